@@ -1,0 +1,8 @@
+//! Integration tests of steedos-wasm, on real components built from source
+//! by `build.rs` (see `util.rs`). One test binary; one module per concern.
+
+mod calls;
+mod events;
+mod faults;
+mod loading;
+mod sandbox;

@@ -1,0 +1,128 @@
+//! Helpers shared by the integration tests: the guest components built by
+//! `build.rs`, and apps started from a manifest written on the fly.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use steedos_wasm::app::{App, LoadOptions};
+use steedos_wasm::context::{CallContext, CallError};
+use steedos_wasm::manifest::Manifest;
+
+/// Paths of the guest components, built from source by `build.rs`.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// A running app in a temporary folder of its own.
+pub struct TestApp {
+    /// The app.
+    pub app: App,
+    /// The app folder (holds steedos.toml and any granted folders).
+    pub dir: tempfile::TempDir,
+}
+
+/// The folder of this crate's fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// Replaces `{GREETER}`, `{PROBE}`, ... with component paths and `{DIR}`
+/// with the app folder.
+pub fn expand(toml: &str, dir: &Path) -> String {
+    let mut text = toml.replace("{DIR}", &dir.display().to_string());
+    for (name, path) in guests::ALL {
+        text = text.replace(&format!("{{{}}}", name.to_uppercase()), path);
+    }
+    text.replace("{FIXTURES}", &fixture("").display().to_string())
+        .replace("{CACHE}", &shared_cache().display().to_string())
+}
+
+/// A compile cache shared by every test of this run, so each component is
+/// compiled once.
+pub fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+}
+
+impl TestApp {
+    /// Starts an app from manifest text (see [`expand`] for placeholders);
+    /// `prepare` may create files in the app folder first.
+    pub async fn start_with(toml: &str, prepare: impl FnOnce(&Path)) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        prepare(dir.path());
+        let text = expand(toml, dir.path());
+        let text = if text.contains("[app]") {
+            text
+        } else {
+            format!("[app]\ncache_dir = \"{}\"\n{text}", shared_cache().display())
+        };
+        let path = dir.path().join("steedos.toml");
+        std::fs::write(&path, &text).expect("write manifest");
+        let manifest = Manifest::load(&path).unwrap_or_else(|e| panic!("manifest: {e}\n{text}"));
+        let options = LoadOptions { build: false, ..LoadOptions::default() };
+        let app = App::load(manifest, &options).await.expect("app loads");
+        TestApp { app, dir }
+    }
+
+    /// Starts an app from manifest text.
+    pub async fn start(toml: &str) -> TestApp {
+        Self::start_with(toml, |_| {}).await
+    }
+
+    /// Calls an action with JSON params and a 10 s deadline.
+    pub async fn call(&self, action: &str, params: serde_json::Value) -> Result<serde_json::Value, CallError> {
+        self.call_within(action, params, Duration::from_secs(10)).await
+    }
+
+    /// Calls an action with JSON params and the given deadline.
+    pub async fn call_within(
+        &self,
+        action: &str,
+        params: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, CallError> {
+        let body = serde_json::to_vec(&params).expect("json");
+        self.app.broker.call_json(action, &body, CallContext::new(timeout)).await
+    }
+
+    /// Calls an action that must succeed.
+    pub async fn ok(&self, action: &str, params: serde_json::Value) -> serde_json::Value {
+        match self.call(action, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{action} failed: {e}"),
+        }
+    }
+
+    /// The state name of a package (`serving`, `backoff`, ...).
+    pub fn state(&self, package: &str) -> String {
+        self.app
+            .broker
+            .reports()
+            .into_iter()
+            .find(|r| r.name == package)
+            .map(|r| r.state.to_string())
+            .unwrap_or_else(|| "absent".into())
+    }
+
+    /// The load failure recorded for `package`, if any.
+    pub fn failure(&self, package: &str) -> Option<String> {
+        self.app.broker.failures().into_iter().find(|f| f.name == package).map(|f| f.error)
+    }
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,1 +1,38 @@
-//! steedos-wasm
+//! steedos-wasm runs every package of an app as a sandboxed WebAssembly
+//! component and wires them into one system through a broker.
+//!
+//! The modules, in the direction dependencies run:
+//! - [`cli`]: the `steedos-wasm` command line.
+//! - [`app`]: loads a `steedos.toml` into a serving [`broker::Broker`].
+//! - [`broker`]: the registry of services and actions; routes calls and events.
+//! - [`pool`]: the live instances of one package; [`supervisor`]: their restart policy.
+//! - [`package`]: a loaded component: its actions, imports and instances.
+//! - [`engine`]: the wasmtime engine, its epoch clock and the compile cache.
+//! - leaves: [`manifest`] (steedos.toml), [`codec`] (values <-> JSON and
+//!   MessagePack by WIT type), [`context`] (call context and errors),
+//!   [`builder`] (building packages from source).
+//!
+//! # Example
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use steedos_wasm::{app::{App, LoadOptions}, manifest::Manifest, context::CallContext};
+//! let manifest = Manifest::load("examples/shop".as_ref())?;
+//! let app = App::load(manifest, &LoadOptions::default()).await?;
+//! let ctx = CallContext::new(std::time::Duration::from_secs(5));
+//! let hello = app.broker.call_json("greeter.hello", br#"{"name":"Ada"}"#, ctx).await?;
+//! assert_eq!(hello, "Hello, Ada!");
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod broker;
+pub mod builder;
+pub mod cli;
+pub mod codec;
+pub mod context;
+pub mod engine;
+pub mod manifest;
+pub mod package;
+pub mod pool;
+pub mod supervisor;

@@ -1,0 +1,637 @@
+//! The broker: the registry of services and actions, and every route a call
+//! or an event takes between them.
+//!
+//! # Services and actions
+//! Each loaded package becomes a [`Service`]: its [`Package`], its
+//! [`InstancePool`], its restart budget and its state. Its actions are
+//! reached as `<package>.<action>`.
+//!
+//! # Calls
+//! A call — from outside ([`Broker::call_json`], [`Broker::call`]), from a
+//! package by name (`broker.call`), or through a typed import — resolves its
+//! target, checks the caller's grants and the call depth, decodes the
+//! parameters by the action's WIT type (so params that do not fit never
+//! enter the callee), checks an instance out of the callee's pool and runs
+//! the call inline on the caller's task. Whatever happens in the callee, the
+//! caller gets a value or a [`CallError`], never a trap.
+//!
+//! Call cycles never deadlock: a package already serving an outer part of
+//! the same call may take another idle instance of itself, but never waits
+//! for one; the call fails at once and says why.
+//!
+//! # Faults
+//! A trap, a timeout or a refused memory grow kills that instance only. The
+//! caller gets `crashed` or `timeout`; the instance is replaced from the
+//! package's `InstancePre` in microseconds, within the restart budget
+//! (see [`supervisor`](crate::supervisor)).
+//!
+//! # Events
+//! `emit` hands an event to one instance of every subscribing package,
+//! `broadcast` to every instance of each. Delivery is asynchronous.
+//!
+//! The broker knows neither HTTP nor NATS: the gateway and the transport
+//! are callers of it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Val;
+use wasmtime::component::types::Type;
+
+use crate::codec::{self, Format};
+use crate::context::{CallContext, CallError, Human, deadline_after};
+use crate::package::{
+    ActionType, BoxFuture, Caller, Fault, ImportTarget, LiveInstance, Package, Router, StartError,
+};
+use crate::pool::{Checkout, InstancePool, Refusal};
+use crate::supervisor::{PackageState, RestartBudget, Verdict};
+
+/// Extra time past a call's deadline before the broker stops waiting for an
+/// instance that does not come back from the host (a guest blocked in a
+/// host call). The epoch deadline normally fires first.
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
+/// How many restart latencies each service keeps for its statistics.
+const RESTART_SAMPLES: usize = 4096;
+
+/// Settings of a broker that do not belong to one package.
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    /// Calls nested deeper than this fail with `overloaded`.
+    pub max_call_depth: u32,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings { max_call_depth: 16 }
+    }
+}
+
+/// A running package: its instances, its restart budget, its state.
+pub struct Service {
+    /// The package.
+    pub package: Package,
+    pool: InstancePool,
+    budget: Mutex<RestartBudget>,
+    status: Mutex<Status>,
+}
+
+struct Status {
+    state: PackageState,
+    last_error: Option<String>,
+    restart_latency: Vec<Duration>,
+}
+
+/// A snapshot of one package for `ps`, `/health` and tests.
+#[derive(Clone, Debug)]
+pub struct ServiceReport {
+    /// The package name.
+    pub name: String,
+    /// `starting`, `serving`, `backoff`, `failed` or `stopped`.
+    pub state: &'static str,
+    /// Instances alive.
+    pub live: usize,
+    /// Instances configured.
+    pub instances: u32,
+    /// Calls waiting for an instance.
+    pub queued: usize,
+    /// Restarts since load.
+    pub restarts: u64,
+    /// The last fault or start failure.
+    pub last_error: Option<String>,
+}
+
+impl Service {
+    fn new(package: Package) -> Self {
+        let pool = InstancePool::new(package.spec.queue);
+        let budget = Mutex::new(RestartBudget::new(package.spec.restart.clone()));
+        let status = Mutex::new(Status { state: PackageState::Starting, last_error: None, restart_latency: Vec::new() });
+        Service { package, pool, budget, status }
+    }
+
+    fn name(&self) -> &str {
+        &self.package.name
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_state(&self, state: PackageState) {
+        let mut s = self.status();
+        if s.state != PackageState::Stopped {
+            s.state = state;
+        }
+    }
+
+    /// The package's state now.
+    pub fn state(&self) -> PackageState {
+        self.status().state.clone()
+    }
+
+    /// Restart latencies (fault to replacement serving) seen so far, oldest first.
+    pub fn restart_latencies(&self) -> Vec<Duration> {
+        self.status().restart_latency.clone()
+    }
+
+    /// A snapshot for reports.
+    pub fn report(&self) -> ServiceReport {
+        let (state, last_error) = {
+            let s = self.status();
+            (s.state.name(), s.last_error.clone())
+        };
+        ServiceReport {
+            name: self.name().to_string(),
+            state,
+            live: self.pool.live(),
+            instances: self.package.spec.instances,
+            queued: self.pool.queued(),
+            restarts: self.budget.lock().map(|b| b.total).unwrap_or(0),
+            last_error,
+        }
+    }
+}
+
+/// A package that could not be loaded at all, and why.
+#[derive(Clone, Debug)]
+pub struct LoadFailure {
+    /// The package name.
+    pub name: String,
+    /// The full explanation.
+    pub error: String,
+}
+
+/// The registry and router of one host.
+pub struct Broker {
+    settings: BrokerSettings,
+    services: RwLock<HashMap<Arc<str>, Arc<Service>>>,
+    failures: Mutex<Vec<LoadFailure>>,
+    handle: Arc<BrokerHandle>,
+    closing: AtomicBool,
+}
+
+/// What a package's host functions hold: a weak link back to the broker,
+/// so instances never keep the broker alive.
+pub struct BrokerHandle(Weak<Broker>);
+
+impl Broker {
+    /// An empty broker.
+    pub fn new(settings: BrokerSettings) -> Arc<Broker> {
+        Arc::new_cyclic(|weak| Broker {
+            settings,
+            services: RwLock::new(HashMap::new()),
+            failures: Mutex::new(Vec::new()),
+            handle: Arc::new(BrokerHandle(weak.clone())),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    /// The router that packages' host functions use.
+    pub fn router(&self) -> Arc<dyn Router> {
+        self.handle.clone()
+    }
+
+    /// The service of `package`.
+    pub fn service(&self, package: &str) -> Option<Arc<Service>> {
+        self.services.read().unwrap_or_else(|p| p.into_inner()).get(package).cloned()
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        let mut all: Vec<_> = self.services.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// Packages that could not be loaded.
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Records a package that could not be loaded.
+    pub fn record_failure(&self, name: &str, error: String) {
+        tracing::error!(package = name, "{error}");
+        if let Ok(mut f) = self.failures.lock() {
+            f.push(LoadFailure { name: name.to_string(), error });
+        }
+    }
+
+    /// Snapshots of every package, loaded or failed.
+    pub fn reports(&self) -> Vec<ServiceReport> {
+        let mut reports: Vec<ServiceReport> = self.services().iter().map(|s| s.report()).collect();
+        for f in self.failures() {
+            reports.push(ServiceReport {
+                name: f.name,
+                state: PackageState::Failed.name(),
+                live: 0,
+                instances: 0,
+                queued: 0,
+                restarts: 0,
+                last_error: Some(f.error),
+            });
+        }
+        reports.sort_by(|a, b| a.name.cmp(&b.name));
+        reports
+    }
+
+    /// Registers `package` and starts its instances; returns once each has
+    /// started or failed (a failed one is retried under the restart policy).
+    pub async fn start(self: &Arc<Self>, package: Package) -> Arc<Service> {
+        let service = Arc::new(Service::new(package));
+        self.services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.package.name.clone(), service.clone());
+        let starts = (0..service.package.spec.instances as usize).map(|slot| self.clone().spawn_instance(service.clone(), slot, None));
+        futures_join_all(starts).await;
+        service
+    }
+
+    // ------------------------------------------------------------ calls
+
+    /// Calls `action` (`<package>.<action>`) with JSON params (an object by
+    /// parameter name, or an array by position); returns the JSON result.
+    pub async fn call_json(&self, action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
+        let (service, index, action_ty) = self.resolve(action)?;
+        let vals = decode_params(&action_ty, action, Format::Json, params)?;
+        let value = self.invoke(&service, index, &vals, ctx).await?;
+        let (ty, val) = split_result(action, action_ty.result.as_ref(), value)?;
+        match (ty, val) {
+            (Some(ty), Some(val)) => codec::to_json_value(&ty, &val)
+                .map_err(|e| CallError::Failed(format!("{action}: cannot encode the result: {e}"))),
+            _ => Ok(serde_json::Value::Null),
+        }
+    }
+
+    /// Calls `action` with component values; returns its raw result value.
+    pub async fn call(&self, action: &str, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
+        let (service, index, _) = self.resolve(action)?;
+        self.invoke(&service, index, params, ctx).await
+    }
+
+    /// Publishes an event from outside the host.
+    pub fn publish(self: &Arc<Self>, event: &str, payload: Vec<u8>, broadcast: bool, ctx: CallContext) {
+        self.dispatch_event(None, event.to_string(), Arc::from(payload), broadcast, ctx);
+    }
+
+    fn resolve(&self, action: &str) -> Result<(Arc<Service>, usize, ActionType), CallError> {
+        let Some((package, name)) = action.split_once('.') else {
+            return Err(CallError::NotFound(format!(
+                "`{action}` is not an action name; actions are called `<package>.<action>`"
+            )));
+        };
+        let service = self.service(package).ok_or_else(|| {
+            let failed = self.failures().into_iter().find(|f| f.name == package);
+            CallError::NotFound(match failed {
+                Some(f) => format!("package `{package}` failed to load: {}", f.error),
+                None => format!("no package `{package}` (for action `{action}`)"),
+            })
+        })?;
+        let Some((index, ty)) = service.package.ty.action(name) else {
+            let known: Vec<&str> = service.package.ty.actions.iter().map(|a| a.name.as_str()).collect();
+            return Err(CallError::NotFound(format!(
+                "package `{package}` has no action `{name}` (it has: {})",
+                known.join(", ")
+            )));
+        };
+        let ty = ty.clone();
+        Ok((service, index, ty))
+    }
+
+    /// Runs one call on one instance of `service`: the common path of every route.
+    async fn invoke(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
+        let label = || format!("{}.{}", service.name(), service.package.ty.actions[action].name);
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(CallError::Overloaded(format!("{}: the host is shutting down", label())));
+        }
+        let level = ctx.level();
+        if level > self.settings.max_call_depth {
+            return Err(CallError::Overloaded(format!(
+                "{}: call depth {level} exceeds the limit of {} (chain: {})",
+                label(),
+                self.settings.max_call_depth,
+                ctx.chain_text()
+            )));
+        }
+        // The callee's own timeout applies too, never more than the caller has left.
+        let budget = service.package.spec.timeout.min(ctx.remaining());
+        let ctx = CallContext { deadline: ctx.deadline.min(deadline_after(budget)), ..ctx };
+        let in_chain = ctx.passed_through(service.name());
+        let mut instance = match service.pool.checkout(!in_chain) {
+            Ok(Checkout::Ready(i)) => i,
+            Ok(Checkout::Queued(rx)) => match tokio::time::timeout_at(ctx.deadline.into(), rx).await {
+                Ok(Ok(i)) => i,
+                Ok(Err(_)) => return Err(unavailable(service, &label())),
+                Err(_) => {
+                    return Err(CallError::Timeout(format!(
+                        "{}: no instance became idle before the deadline ({} instances busy)",
+                        label(),
+                        service.package.spec.instances
+                    )));
+                }
+            },
+            Err(Refusal::Busy) => {
+                return Err(CallError::Overloaded(format!(
+                    "{}: every instance of `{}` is busy serving an outer part of this call (chain: {}); \
+                     waiting would deadlock, so the call fails now — raise `instances` for `{}`",
+                    label(),
+                    service.name(),
+                    ctx.chain_text(),
+                    service.name()
+                )));
+            }
+            Err(Refusal::QueueFull) => {
+                return Err(CallError::Overloaded(format!(
+                    "{}: {} calls are already waiting (queue limit)",
+                    label(),
+                    service.package.spec.queue
+                )));
+            }
+            Err(Refusal::NoInstance) => return Err(unavailable(service, &label())),
+        };
+        let has_result = service.package.ty.actions[action].result.is_some();
+        let deadline = ctx.deadline;
+        let run = instance.call(action, params, has_result, ctx);
+        let outcome = tokio::time::timeout_at((deadline + DEADLINE_GRACE).into(), run).await;
+        match outcome {
+            Ok(Ok(value)) => {
+                service.pool.checkin(instance);
+                Ok(value)
+            }
+            Ok(Err(fault)) => Err(self.fault(service, instance, fault, &label(), budget)),
+            Err(_) => Err(self.fault(service, instance, Fault::Timeout, &label(), budget)),
+        }
+    }
+
+    /// Retires a faulted instance, starts its replacement, and explains the
+    /// fault to the caller.
+    fn fault(&self, service: &Arc<Service>, instance: LiveInstance, fault: Fault, label: &str, budget: Duration) -> CallError {
+        let slot = instance.slot;
+        drop(instance);
+        let error = match &fault {
+            Fault::Timeout => CallError::Timeout(format!(
+                "{label} did not finish within {}; the instance was stopped and is being replaced",
+                Human(budget)
+            )),
+            other => CallError::Crashed(format!("{label} {other}; the instance is being restarted")),
+        };
+        tracing::warn!(package = service.name(), slot, %fault, "instance faulted");
+        self.retire(service, slot, error.message().to_string());
+        error
+    }
+
+    fn retire(&self, service: &Arc<Service>, slot: usize, why: String) {
+        service.pool.remove();
+        service.status().last_error = Some(why);
+        if let Some(broker) = self.handle.0.upgrade() {
+            tokio::spawn(broker.spawn_instance(service.clone(), slot, Some(Instant::now())));
+        }
+    }
+
+    /// Starts the instance for `slot`, within the restart budget when it
+    /// replaces one that faulted at `fault_at`.
+    fn spawn_instance(self: Arc<Self>, service: Arc<Service>, slot: usize, fault_at: Option<Instant>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Some(at) = fault_at {
+                let verdict = service.budget.lock().map(|mut b| b.on_fault(at)).unwrap_or(Verdict::RestartNow);
+                if let Verdict::Backoff(rest) = verdict {
+                    let retry_at = Instant::now() + rest;
+                    tracing::warn!(package = service.name(), backoff = %Human(rest), "restart budget exhausted; backing off");
+                    service.set_state(PackageState::Backoff { retry_at });
+                    tokio::time::sleep(rest).await;
+                    if let Ok(mut b) = service.budget.lock() {
+                        b.after_backoff();
+                    }
+                }
+            }
+            if service.pool.is_closed() {
+                return;
+            }
+            match self.start_instance(&service, slot).await {
+                Ok(instance) => {
+                    if let Some(at) = fault_at {
+                        let mut s = service.status();
+                        if s.restart_latency.len() >= RESTART_SAMPLES {
+                            s.restart_latency.remove(0);
+                        }
+                        s.restart_latency.push(at.elapsed());
+                    }
+                    service.pool.add(instance);
+                    service.set_state(PackageState::Serving);
+                }
+                Err(e) => {
+                    let why = format!("package `{}` instance {slot}: {e}", service.name());
+                    tracing::error!(package = service.name(), slot, error = %e, "instance failed to start");
+                    service.status().last_error = Some(why);
+                    if service.pool.live() == 0 {
+                        service.set_state(PackageState::Starting);
+                    }
+                    tokio::spawn(self.clone().spawn_instance(service.clone(), slot, Some(Instant::now())));
+                }
+            }
+        })
+    }
+
+    async fn start_instance(&self, service: &Arc<Service>, slot: usize) -> Result<LiveInstance, StartError> {
+        let mut instance = service.package.instantiate(slot, self.router()).await?;
+        let ctx = CallContext::new(service.package.spec.timeout);
+        let deadline = ctx.deadline + DEADLINE_GRACE;
+        match tokio::time::timeout_at(deadline.into(), instance.started(ctx)).await {
+            Ok(Ok(())) => Ok(instance),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StartError::Fault(Fault::Timeout)),
+        }
+    }
+
+    // ------------------------------------------------------------ events
+
+    fn dispatch_event(self: &Arc<Self>, from: Option<&str>, event: String, payload: Arc<[u8]>, broadcast: bool, ctx: CallContext) {
+        let event: Arc<str> = event.into();
+        for service in self.services() {
+            if !service.package.ty.handles_events() || !service.package.spec.subscribes_to(&event) {
+                continue;
+            }
+            let timeout = service.package.spec.timeout;
+            let ctx = match from {
+                Some(p) => ctx.nested(&Arc::from(p), timeout),
+                None => ctx.clone(),
+            };
+            // An event outlives the call that emitted it: a fresh deadline.
+            let ctx = CallContext { deadline: deadline_after(timeout), ..ctx };
+            let broker = self.clone();
+            let (event, payload) = (event.clone(), payload.clone());
+            tokio::spawn(async move {
+                if broadcast {
+                    for slot in 0..service.package.spec.instances as usize {
+                        broker.deliver(&service, Some(slot), &event, &payload, ctx.clone()).await;
+                    }
+                } else {
+                    broker.deliver(&service, None, &event, &payload, ctx).await;
+                }
+            });
+        }
+    }
+
+    async fn deliver(&self, service: &Arc<Service>, slot: Option<usize>, event: &str, payload: &[u8], ctx: CallContext) {
+        let label = format!("{} (event `{event}`)", service.name());
+        let checkout = match slot {
+            Some(s) => service.pool.checkout_slot(s).ok_or(Refusal::NoInstance),
+            None => service.pool.checkout(true),
+        };
+        let instance = match checkout {
+            Ok(Checkout::Ready(i)) => Some(i),
+            Ok(Checkout::Queued(rx)) => tokio::time::timeout_at(ctx.deadline.into(), rx).await.ok().and_then(Result::ok),
+            Err(_) => None,
+        };
+        let Some(mut instance) = instance else {
+            tracing::warn!(package = service.name(), event, slot, "event not delivered: no instance available");
+            return;
+        };
+        let deadline = ctx.deadline + DEADLINE_GRACE;
+        let budget = ctx.remaining();
+        match tokio::time::timeout_at(deadline.into(), instance.handle_event(event, payload, ctx)).await {
+            Ok(Ok(())) => service.pool.checkin(instance),
+            Ok(Err(fault)) => {
+                self.fault(service, instance, fault, &label, budget);
+            }
+            Err(_) => {
+                self.fault(service, instance, Fault::Timeout, &label, budget);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------- shutdown
+
+    /// Stops taking calls, lets in-flight calls finish (up to `grace`), and
+    /// calls `stopped` on every instance.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.closing.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + grace;
+        for service in self.services() {
+            service.set_state(PackageState::Stopped);
+            let mut idle = service.pool.close();
+            let mut stopped = 0;
+            loop {
+                for mut instance in idle.drain(..) {
+                    let ctx = CallContext::new(service.package.spec.timeout.min(grace));
+                    if let Err(fault) = instance.stopped(ctx).await {
+                        tracing::warn!(package = service.name(), %fault, "`stopped` failed");
+                    }
+                    stopped += 1;
+                }
+                if stopped >= service.pool.live() || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                idle = service.pool.drain_idle();
+            }
+            tracing::info!(package = service.name(), instances = stopped, "stopped");
+        }
+    }
+}
+
+fn unavailable(service: &Service, label: &str) -> CallError {
+    let status = service.status();
+    let why = status.last_error.as_deref().unwrap_or("no instance is running");
+    match status.state {
+        PackageState::Backoff { retry_at } => CallError::Overloaded(format!(
+            "{label}: package `{}` is in restart backoff after repeated faults (retry in {}); last error: {why}",
+            service.name(),
+            Human(retry_at.saturating_duration_since(Instant::now()))
+        )),
+        PackageState::Stopped => CallError::Overloaded(format!("{label}: package `{}` is stopped", service.name())),
+        _ => CallError::Overloaded(format!(
+            "{label}: package `{}` has no running instance ({}); last error: {why}",
+            service.name(),
+            status.state.name()
+        )),
+    }
+}
+
+fn decode_params(action: &ActionType, label: &str, format: Format, bytes: &[u8]) -> Result<Vec<Val>, CallError> {
+    codec::decode_params(&action.params, format, bytes)
+        .map_err(|e| CallError::InvalidParams(format!("{label}: {e}")))
+}
+
+/// For an action returning `result<T, E>`: the ok value by `T`, or the
+/// error as `failed`. Any other result passes through.
+fn split_result(label: &str, ty: Option<&Type>, value: Option<Val>) -> Result<(Option<Type>, Option<Val>), CallError> {
+    match (ty, value) {
+        (Some(Type::Result(r)), Some(Val::Result(Ok(v)))) => Ok((r.ok(), v.map(|b| *b))),
+        (Some(Type::Result(r)), Some(Val::Result(Err(e)))) => {
+            let message = match (r.err(), e) {
+                (_, Some(v)) if matches!(*v, Val::String(_)) => match *v {
+                    Val::String(s) => s,
+                    _ => unreachable!("checked above"),
+                },
+                (Some(ty), Some(v)) => codec::to_json_value(&ty, &v).map(|j| j.to_string()).unwrap_or_else(|e| e.to_string()),
+                _ => "error".to_string(),
+            };
+            Err(CallError::Failed(format!("{label}: {message}")))
+        }
+        (ty, value) => Ok((ty.cloned(), value)),
+    }
+}
+
+/// Waits for every future (the few starts of one package; no extra crate).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+// ------------------------------------------------------------ the router
+
+impl BrokerHandle {
+    fn broker(&self) -> Result<Arc<Broker>, CallError> {
+        self.0.upgrade().ok_or_else(|| CallError::Overloaded("the host is shutting down".into()))
+    }
+}
+
+impl Router for BrokerHandle {
+    fn call(self: Arc<Self>, from: Caller, action: String, params: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, CallError>> {
+        Box::pin(async move {
+            let broker = self.broker()?;
+            let caller = broker.service(&from.package);
+            let (service, index, action_ty) = broker.resolve(&action)?;
+            if let Some(caller) = &caller
+                && !caller.package.spec.grants.may_call(&action)
+            {
+                return Err(CallError::Denied(format!(
+                    "package `{}` may not call `{action}`: add it to `calls` in [packages.{}.grants]",
+                    from.package, from.package
+                )));
+            }
+            let vals = decode_params(&action_ty, &action, Format::MessagePack, &params)?;
+            let ctx = from.ctx.nested(&from.package, service.package.spec.timeout);
+            let value = broker.invoke(&service, index, &vals, ctx).await?;
+            let (ty, val) = split_result(&action, action_ty.result.as_ref(), value)?;
+            match (ty, val) {
+                (Some(ty), Some(val)) => codec::encode_value(&ty, &val, Format::MessagePack)
+                    .map_err(|e| CallError::Failed(format!("{action}: cannot encode the result: {e}"))),
+                // MessagePack nil: the action returns nothing.
+                _ => Ok(vec![0xc0]),
+            }
+        })
+    }
+
+    fn call_import(self: Arc<Self>, from: Caller, target: Arc<ImportTarget>, params: Vec<Val>) -> BoxFuture<'static, Result<Option<Val>, CallError>> {
+        Box::pin(async move {
+            let broker = self.broker()?;
+            let service = broker
+                .service(&target.provider)
+                .ok_or_else(|| CallError::NotFound(format!("no package `{}` (for `{}`)", target.provider, target.label)))?;
+            let ctx = from.ctx.nested(&from.package, service.package.spec.timeout);
+            broker.invoke(&service, target.action, &params, ctx).await
+        })
+    }
+
+    fn publish(self: Arc<Self>, from: Caller, event: String, payload: Vec<u8>, broadcast: bool) {
+        if let Ok(broker) = self.broker() {
+            broker.dispatch_event(Some(&from.package), event, Arc::from(payload), broadcast, from.ctx);
+        }
+    }
+}

@@ -1,0 +1,2196 @@
+//! Component values as JSON and MessagePack, driven by their WIT type.
+//!
+//! Every dynamic call crosses this module twice: the caller's parameters
+//! arrive as JSON (HTTP, the CLI, Moleculer peers) or MessagePack
+//! (`broker.call` from a package) and become [`Val`]s for wasmtime; the
+//! result goes back the other way. The WIT type is the schema, so a payload
+//! that does not fit is refused here, before it enters the sandbox, with an
+//! error that says where and what.
+//!
+//! # One code path
+//!
+//! Decoding is a [`serde::de::DeserializeSeed`] ([`ValueSeed`],
+//! [`ParamsSeed`]) and encoding a [`serde::Serialize`] ([`TypedVal`],
+//! [`TypedParams`]), so both formats share one implementation and any serde
+//! format works. Nothing goes through an intermediate `serde_json::Value`.
+//! [`decode_value`], [`decode_params`], [`encode_value`], [`encode_params`]
+//! and [`to_json_value`] wrap them for [`Format::Json`] and
+//! [`Format::MessagePack`] and return a [`CodecError`].
+//!
+//! # The encoding
+//!
+//! | WIT | JSON | MessagePack |
+//! | --- | --- | --- |
+//! | `bool`, integers, `f32`, `f64` | number (range-checked; floats accept integers; NaN and infinities as `"NaN"`, `"Infinity"`, `"-Infinity"`) | number |
+//! | `char`, `string` | string (a `char` is one character) | str |
+//! | `list<u8>` | base64 string | bin |
+//! | `list<T>`, `list<T, N>`, `tuple<..>` | array | array |
+//! | `record` | object by field name | map by field name |
+//! | `variant`, `enum` | `"case"` or `{"case": payload}` | the same |
+//! | `option<T>` | `null` or the value | nil or the value |
+//! | `result<T, E>` | `{"ok": v}` or `{"err": e}` (`null` for a side without a type) | the same |
+//! | `flags` | array of the set flag names | the same |
+//! | `map<string, V>` / `map<K, V>` | object / array of `[k, v]` pairs | the same |
+//!
+//! Variants use serde's externally tagged form, which is what a Rust
+//! `#[serde(rename_all = "kebab-case")] enum` produces through `serde_json`
+//! and `rmp-serde`. Decoding is lenient where a writer has a good reason to
+//! differ: `list<u8>` also accepts bytes, base64 or an array of numbers in
+//! either format; `result` also accepts Rust's `"Ok"` / `"Err"`; a missing
+//! `option` field or parameter is `none`; MessagePack records may also be
+//! arrays by position (what `rmp_serde::to_vec` writes for a struct).
+//!
+//! Resources, futures, streams and error contexts cannot be written down and
+//! are refused as unsupported ([`check_supported`] finds them ahead of time).
+//! `option<option<T>>` cannot tell `some(none)` from `none`, as in serde.
+//!
+//! # Errors
+//!
+//! A [`CodecError`] carries a path (`order.items[2].qty`, `params.sku`) and a
+//! message written for the package author on the other end of an HTTP call:
+//! `expected u32, found string "x"`, ``unknown field `colour`, expected one
+//! of `sku`, `qty` ``, ``missing parameter `sku` ``, `trailing data after the
+//! value`, `invalid MessagePack: unexpected end of data`.
+//!
+//! # Example
+//!
+//! ```
+//! use steedos_wasm::codec::{self, Format};
+//! use wasmtime::component::{Component, types::ComponentItem};
+//! use wasmtime::{Config, Engine};
+//!
+//! let engine = Engine::new(&Config::new())?;
+//! let component = Component::new(&engine, r#"(component
+//!     (import "reserve" (func (param "sku" string) (param "qty" u32)
+//!                             (result (result u64 (error string))))))"#)?;
+//! let (_, item) = component.component_type().imports(&engine).next().unwrap();
+//! let ComponentItem::ComponentFunc(func) = item.ty else { unreachable!() };
+//! let params: Vec<_> = func.params().map(|(n, t)| (n.to_string(), t)).collect();
+//! let result = func.results().next();
+//!
+//! assert_eq!(
+//!     codec::wit_signature(&params, result.as_ref()),
+//!     "func(sku: string, qty: u32) -> result<u64, string>"
+//! );
+//! let args = codec::decode_params(&params, Format::Json, br#"{"sku": "A1", "qty": 2}"#)?;
+//! assert_eq!(args.len(), 2);
+//!
+//! let err = codec::decode_params(&params, Format::Json, br#"{"sku": "A1", "qty": "x"}"#)
+//!     .unwrap_err();
+//! assert_eq!(err.to_string(), r#"params.qty: expected u32, found string "x""#);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, SerializeTuple, Serializer};
+use wasmtime::component::types::{Enum, Field, Flags, List, Record, ResultType, Tuple, Variant};
+use wasmtime::component::{Type, Val};
+
+/// Accepts base64 with or without padding; [`STANDARD`] writes it padded.
+const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Upper bound on what a length prefix may preallocate: the prefix is input.
+const MAX_PREALLOCATED: usize = 4096;
+
+// ---------------------------------------------------------------------------
+// Public API
+// ---------------------------------------------------------------------------
+
+/// A wire format the host speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// JSON text (HTTP, the CLI, Moleculer peers).
+    Json,
+    /// MessagePack (`broker.call` and events between packages).
+    MessagePack,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::MessagePack => "MessagePack",
+        }
+    }
+}
+
+/// A payload that does not fit its WIT type, or a value that cannot be
+/// written down.
+///
+/// Displays as `path: message`, or just `message` when the problem is the
+/// payload as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", Location(.path))]
+pub struct CodecError {
+    /// Where: `order.items[2].qty`, `params.sku`; empty for the whole payload.
+    pub path: String,
+    /// What: `expected u32, found string "x"`.
+    pub message: String,
+}
+
+/// Decodes one value of type `.0` from any serde [`de::Deserializer`].
+///
+/// Errors are the deserializer's own, carrying a [`CodecError`]'s text.
+pub struct ValueSeed<'a>(pub &'a Type);
+
+/// Decodes a function's parameters, in declaration order, from a map of
+/// parameter name to value or from a sequence by position.
+///
+/// Parameters of an `option` type may be left out; unknown and missing names
+/// are errors that name them. Errors are the deserializer's own, carrying a
+/// [`CodecError`]'s text.
+pub struct ParamsSeed<'a>(pub &'a [(String, Type)]);
+
+/// A value with its WIT type, serializable into any serde format.
+pub struct TypedVal<'a> {
+    /// The WIT type of `val`.
+    pub ty: &'a Type,
+    /// The value, as wasmtime returned it.
+    pub val: &'a Val,
+}
+
+/// A function's parameters with their types, serializable as a map of
+/// parameter name to value.
+pub struct TypedParams<'a> {
+    /// The parameter names and types, in declaration order.
+    pub params: &'a [(String, Type)],
+    /// One value per parameter, in the same order.
+    pub vals: &'a [Val],
+}
+
+/// Decodes a function's parameters from `bytes`: a map by name or an array
+/// by position. Empty input (or `null`) means no parameters were given.
+pub fn decode_params(
+    params: &[(String, Type)],
+    format: Format,
+    bytes: &[u8],
+) -> Result<Vec<Val>, CodecError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        let mut trail = Trail::default();
+        return absent_params::<de::value::Error>(params, &mut trail)
+            .map_err(|e| trail.into_error(None, || e.to_string()));
+    }
+    decode(ParamsRoot(params), Some("params"), format, bytes)
+}
+
+/// Decodes one value of type `ty` from `bytes`.
+pub fn decode_value(ty: &Type, format: Format, bytes: &[u8]) -> Result<Val, CodecError> {
+    decode(ValueRoot(ty), None, format, bytes)
+}
+
+/// Encodes `val`, of type `ty`, in `format`.
+pub fn encode_value(ty: &Type, val: &Val, format: Format) -> Result<Vec<u8>, CodecError> {
+    let trail = RefCell::new(Trail::default());
+    encode(format, &Encode { ty, val, trail: &trail }, &trail)
+}
+
+/// Encodes a function's parameters as a map of parameter name to value.
+pub fn encode_params(
+    params: &[(String, Type)],
+    vals: &[Val],
+    format: Format,
+) -> Result<Vec<u8>, CodecError> {
+    let trail = RefCell::new(Trail::default());
+    let encode_params = EncodeParams {
+        params,
+        vals,
+        trail: &trail,
+    };
+    encode(format, &encode_params, &trail)
+}
+
+/// Converts `val`, of type `ty`, into a `serde_json::Value` (for logs,
+/// responses that embed it, tests).
+pub fn to_json_value(ty: &Type, val: &Val) -> Result<serde_json::Value, CodecError> {
+    let trail = RefCell::new(Trail::default());
+    serde_json::to_value(Encode {
+        ty,
+        val,
+        trail: &trail,
+    })
+    .map_err(|e| trail.into_inner().into_error(None, || e.to_string()))
+}
+
+/// Checks that values of `ty` can be written down at all: no resource,
+/// future, stream or error context anywhere inside. Call it when a package
+/// is loaded to refuse an action the codec could never serve.
+pub fn check_supported(ty: &Type) -> Result<(), CodecError> {
+    let mut trail = Trail::default();
+    match find_unsupported(ty, &mut trail) {
+        None => Ok(()),
+        Some(message) => Err(CodecError {
+            path: trail.path(None),
+            message,
+        }),
+    }
+}
+
+/// Renders a type in WIT syntax: `list<string>`, `result<u64, string>`,
+/// `record { sku: string, qty: u32 }`, `variant { in-stock(u32), gone }`.
+///
+/// Structural, because wasmtime does not keep type names.
+pub fn wit_type(ty: &Type) -> String {
+    Wit {
+        ty,
+        depth: usize::MAX,
+    }
+    .to_string()
+}
+
+/// Renders a function type in WIT syntax:
+/// `func(sku: string, qty: u32) -> result<u64, string>`.
+pub fn wit_signature(params: &[(String, Type)], result: Option<&Type>) -> String {
+    let mut out = String::from("func(");
+    for (i, (name, ty)) in params.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(out, "{sep}{name}: {}", Wit::full(ty));
+    }
+    out.push(')');
+    if let Some(ty) = result {
+        let _ = write!(out, " -> {}", Wit::full(ty));
+    }
+    out
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Val;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Val, D::Error> {
+        let mut trail = Trail::default();
+        let result = Decode {
+            ty: self.0,
+            trail: &mut trail,
+        }
+        .deserialize(de);
+        result.map_err(|e| trail.into_de_error(None, e))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ParamsSeed<'_> {
+    type Value = Vec<Val>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Vec<Val>, D::Error> {
+        let mut trail = Trail::default();
+        let result = ParamsRoot(self.0).deserialize_in(de, &mut trail);
+        result.map_err(|e| trail.into_de_error(Some("params"), e))
+    }
+}
+
+impl Serialize for TypedVal<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let trail = RefCell::new(Trail::default());
+        let encode = Encode {
+            ty: self.ty,
+            val: self.val,
+            trail: &trail,
+        };
+        encode
+            .serialize(s)
+            .map_err(|e| trail.into_inner().into_ser_error(e))
+    }
+}
+
+impl Serialize for TypedParams<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let trail = RefCell::new(Trail::default());
+        let encode = EncodeParams {
+            params: self.params,
+            vals: self.vals,
+            trail: &trail,
+        };
+        encode
+            .serialize(s)
+            .map_err(|e| trail.into_inner().into_ser_error(e))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Where an error happened
+// ---------------------------------------------------------------------------
+
+/// The path to an error, collected while the error unwinds (so a call that
+/// succeeds pays nothing), and the message when this module raised it.
+#[derive(Default)]
+struct Trail {
+    /// Innermost first.
+    segments: Vec<Segment>,
+    message: Option<String>,
+}
+
+enum Segment {
+    /// A record field, parameter, variant case or `ok` / `err`.
+    Name(String),
+    /// A list, tuple or array position.
+    Index(usize),
+    /// A string key of a `map`.
+    Key(String),
+    /// Any element of a list or map (type paths, no value at hand).
+    Each,
+}
+
+impl Trail {
+    /// Records `message` as the cause and returns it as the format's error.
+    #[cold]
+    fn fail<E: de::Error>(&mut self, message: String) -> E {
+        let error = E::custom(&message);
+        self.message = Some(message);
+        error
+    }
+
+    /// Notes, while `error` unwinds, that it happened inside `segment`.
+    #[cold]
+    fn at<E>(&mut self, segment: Segment, error: E) -> E {
+        self.segments.push(segment);
+        error
+    }
+
+    fn path(&self, root: Option<&str>) -> String {
+        let mut out = String::new();
+        if self.segments.is_empty() {
+            return out;
+        }
+        out.push_str(root.unwrap_or_default());
+        for segment in self.segments.iter().rev() {
+            let _ = match segment {
+                Segment::Name(name) if out.is_empty() => write!(out, "{name}"),
+                Segment::Name(name) => write!(out, ".{name}"),
+                Segment::Index(i) => write!(out, "[{i}]"),
+                Segment::Key(key) => write!(out, "[{key:?}]"),
+                Segment::Each => write!(out, "[]"),
+            };
+        }
+        out
+    }
+
+    /// The error, with `fallback` describing a failure of the format itself.
+    fn into_error(self, root: Option<&str>, fallback: impl FnOnce() -> String) -> CodecError {
+        let path = self.path(root);
+        let message = self.message.unwrap_or_else(fallback);
+        CodecError { path, message }
+    }
+
+    fn into_de_error<E: de::Error>(self, root: Option<&str>, error: E) -> E {
+        if self.message.is_none() && self.segments.is_empty() {
+            return error;
+        }
+        E::custom(self.into_error(root, || error.to_string()))
+    }
+
+    fn into_ser_error<E: ser::Error>(self, error: E) -> E {
+        if self.message.is_none() && self.segments.is_empty() {
+            return error;
+        }
+        E::custom(self.into_error(None, || error.to_string()))
+    }
+}
+
+struct Location<'a>(&'a str);
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            "" => Ok(()),
+            path => write!(f, "{path}: "),
+        }
+    }
+}
+
+/// What the input held where something else was expected.
+#[derive(Clone, Copy)]
+enum Found<'a> {
+    Bool(bool),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Str(&'a str),
+    Bytes,
+    Null,
+    Seq,
+    Map,
+    Extension,
+    Enum,
+}
+
+impl Found<'_> {
+    fn describe(self, human: bool) -> String {
+        match self {
+            Found::Bool(v) => format!("boolean {v}"),
+            Found::Unsigned(v) => format!("integer {v}"),
+            Found::Signed(v) => format!("integer {v}"),
+            Found::Float(v) => format!("float {v}"),
+            Found::Str(v) => format!("string {}", Quoted(v)),
+            Found::Bytes => "binary data".to_owned(),
+            Found::Null => "null".to_owned(),
+            Found::Seq => "array".to_owned(),
+            Found::Map if human => "object".to_owned(),
+            Found::Map => "map".to_owned(),
+            Found::Extension => "a MessagePack extension".to_owned(),
+            Found::Enum => "an enum".to_owned(),
+        }
+    }
+}
+
+/// A string from the input, quoted and cut short if long.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 40;
+        match self.0.char_indices().nth(SHOWN) {
+            None => write!(f, "{:?}", self.0),
+            Some((end, _)) => write!(f, "{:?}...", &self.0[..end]),
+        }
+    }
+}
+
+/// `expected one of `a`, `b`` for the names a lookup could have matched.
+fn one_of<'a>(mut names: impl ExactSizeIterator<Item = &'a str>, none: &str) -> String {
+    match names.len() {
+        0 => none.to_owned(),
+        1 => format!("expected `{}`", names.next().unwrap_or_default()),
+        _ => format!("expected one of {}", ticked(names)),
+    }
+}
+
+/// `` `a`, `b` ``.
+fn ticked<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for (i, name) in names.enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(out, "{sep}`{name}`");
+    }
+    out
+}
+
+/// `missing field `a`` or `missing fields `a`, `b``.
+fn missing(what: &str, names: &[&str]) -> String {
+    let plural = if names.len() == 1 { "" } else { "s" };
+    format!("missing {what}{plural} {}", ticked(names.iter().copied()))
+}
+
+fn unsupported(ty: &Type) -> String {
+    format!(
+        "unsupported type `{}`: resources, futures, streams and error contexts cannot be sent as JSON or MessagePack",
+        Wit::short(ty)
+    )
+}
+
+/// The `message` of the first unsupported type inside `ty`, its path in `trail`.
+fn find_unsupported(ty: &Type, trail: &mut Trail) -> Option<String> {
+    let nested = |trail: &mut Trail, segment: Segment, ty: &Type| {
+        let message = find_unsupported(ty, trail)?;
+        trail.segments.push(segment);
+        Some(message)
+    };
+    match ty {
+        Type::Own(_) | Type::Borrow(_) | Type::Future(_) | Type::Stream(_) | Type::ErrorContext => {
+            Some(unsupported(ty))
+        }
+        Type::List(list) => nested(trail, Segment::Each, &list.ty()),
+        Type::FixedLengthList(list) => nested(trail, Segment::Each, &list.ty()),
+        Type::Option(option) => find_unsupported(&option.ty(), trail),
+        Type::Map(map) => find_unsupported(&map.key(), trail)
+            .or_else(|| nested(trail, Segment::Each, &map.value())),
+        Type::Record(record) => record
+            .fields()
+            .find_map(|f| nested(trail, Segment::Name(f.name.to_owned()), &f.ty)),
+        Type::Tuple(tuple) => tuple
+            .types()
+            .enumerate()
+            .find_map(|(i, ty)| nested(trail, Segment::Index(i), &ty)),
+        Type::Variant(variant) => variant.cases().find_map(|case| {
+            let ty = case.ty?;
+            nested(trail, Segment::Name(case.name.to_owned()), &ty)
+        }),
+        Type::Result(result) => {
+            let ok = result.ok().and_then(|ty| nested(trail, Segment::Name("ok".into()), &ty));
+            ok.or_else(|| {
+                let ty = result.err()?;
+                nested(trail, Segment::Name("err".into()), &ty)
+            })
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------
+
+/// A root seed that reports into a caller-owned [`Trail`].
+trait RootSeed {
+    type Value;
+    fn deserialize_in<'de, D: de::Deserializer<'de>>(
+        self,
+        de: D,
+        trail: &mut Trail,
+    ) -> Result<Self::Value, D::Error>;
+}
+
+struct ValueRoot<'t>(&'t Type);
+struct ParamsRoot<'p>(&'p [(String, Type)]);
+
+impl RootSeed for ValueRoot<'_> {
+    type Value = Val;
+    fn deserialize_in<'de, D: de::Deserializer<'de>>(
+        self,
+        de: D,
+        trail: &mut Trail,
+    ) -> Result<Val, D::Error> {
+        Decode { ty: self.0, trail }.deserialize(de)
+    }
+}
+
+impl RootSeed for ParamsRoot<'_> {
+    type Value = Vec<Val>;
+    fn deserialize_in<'de, D: de::Deserializer<'de>>(
+        self,
+        de: D,
+        trail: &mut Trail,
+    ) -> Result<Vec<Val>, D::Error> {
+        let human = de.is_human_readable();
+        de.deserialize_any(ParamsVisitor {
+            params: self.0,
+            trail,
+            human,
+        })
+    }
+}
+
+fn decode<S: RootSeed>(
+    seed: S,
+    root: Option<&str>,
+    format: Format,
+    bytes: &[u8],
+) -> Result<S::Value, CodecError> {
+    let mut trail = Trail::default();
+    match format {
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let value = seed
+                .deserialize_in(&mut de, &mut trail)
+                .map_err(|e| trail.into_error(root, || invalid(format, e)))?;
+            de.end().map_err(|e| trailing_data(Some(&e)))?;
+            Ok(value)
+        }
+        Format::MessagePack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            let value = seed
+                .deserialize_in(&mut de, &mut trail)
+                .map_err(|e| trail.into_error(root, || invalid(format, msgpack_cause(e))))?;
+            msgpack_end(&mut de)?;
+            Ok(value)
+        }
+    }
+}
+
+fn invalid(format: Format, cause: impl fmt::Display) -> String {
+    format!("invalid {}: {cause}", format.name())
+}
+
+fn msgpack_cause(error: rmp_serde::decode::Error) -> String {
+    use rmp_serde::decode::Error;
+    match error {
+        Error::InvalidMarkerRead(e) | Error::InvalidDataRead(e)
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            "unexpected end of data".to_owned()
+        }
+        Error::TypeMismatch(marker) => format!("unexpected marker {marker:?}"),
+        Error::Utf8Error(_) => "string is not valid UTF-8".to_owned(),
+        Error::DepthLimitExceeded => "nested too deeply".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn trailing_data(json: Option<&serde_json::Error>) -> CodecError {
+    let message = match json {
+        Some(e) => format!(
+            "trailing data after the value at line {} column {}",
+            e.line(),
+            e.column()
+        ),
+        None => "trailing data after the value".to_owned(),
+    };
+    CodecError {
+        path: String::new(),
+        message,
+    }
+}
+
+/// Fails unless the MessagePack input has been read to its end.
+fn msgpack_end<'de, R: rmp_serde::decode::ReadSlice<'de>>(
+    de: &mut rmp_serde::Deserializer<R>,
+) -> Result<(), CodecError> {
+    use rmp_serde::decode::Error;
+    match de::Deserialize::deserialize(&mut *de) {
+        Err(Error::InvalidMarkerRead(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+        Ok(IgnoredAny) | Err(_) => Err(trailing_data(None)),
+    }
+}
+
+/// The recursive seed: one value of type `ty`.
+struct Decode<'t, 'r> {
+    ty: &'t Type,
+    trail: &'r mut Trail,
+}
+
+impl<'de> DeserializeSeed<'de> for Decode<'_, '_> {
+    type Value = Val;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Val, D::Error> {
+        let Decode { ty, trail } = self;
+        match ty {
+            Type::Option(option) => de.deserialize_option(OptionVisitor {
+                inner: option.ty(),
+                trail,
+            }),
+            Type::Own(_)
+            | Type::Borrow(_)
+            | Type::Future(_)
+            | Type::Stream(_)
+            | Type::ErrorContext => Err(trail.fail(unsupported(ty))),
+            _ => {
+                let human = de.is_human_readable();
+                de.deserialize_any(ValueVisitor { ty, trail, human })
+            }
+        }
+    }
+}
+
+struct OptionVisitor<'r> {
+    inner: Type,
+    trail: &'r mut Trail,
+}
+
+impl<'de> Visitor<'de> for OptionVisitor<'_> {
+    type Value = Val;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "null or {}", Wit::short(&self.inner))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Val, E> {
+        Ok(Val::Option(None))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Val, E> {
+        Ok(Val::Option(None))
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, de: D) -> Result<Val, D::Error> {
+        let value = Decode {
+            ty: &self.inner,
+            trail: self.trail,
+        }
+        .deserialize(de)?;
+        Ok(Val::Option(Some(Box::new(value))))
+    }
+}
+
+/// Rejects what a visitor does not accept, through the visitor's own
+/// `reject` (so every message reads `expected .., found ..`).
+macro_rules! reject {
+    ($($kind:ident)*) => { $(reject!(@ $kind);)* };
+    (@ bool) => {
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Err(self.reject(Found::Bool(v)))
+        }
+    };
+    (@ i64) => {
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Err(self.reject(Found::Signed(v)))
+        }
+    };
+    (@ u64) => {
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Err(self.reject(Found::Unsigned(v)))
+        }
+    };
+    (@ f64) => {
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Err(self.reject(Found::Float(v)))
+        }
+    };
+    (@ str) => {
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Err(self.reject(Found::Str(v)))
+        }
+    };
+    (@ bytes) => {
+        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
+            Err(self.reject(Found::Bytes))
+        }
+    };
+    (@ null) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(self.reject(Found::Null))
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(self.reject(Found::Null))
+        }
+    };
+    (@ seq) => {
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(self.reject(Found::Seq))
+        }
+    };
+    (@ map) => {
+        fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(self.reject(Found::Map))
+        }
+    };
+    (@ ext) => {
+        fn visit_newtype_struct<D: de::Deserializer<'de>>(self, _: D) -> Result<Self::Value, D::Error> {
+            Err(self.reject(Found::Extension))
+        }
+        fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(self.reject(Found::Enum))
+        }
+    };
+}
+
+/// Every type but `option` and the unsupported ones.
+struct ValueVisitor<'t, 'r> {
+    ty: &'t Type,
+    trail: &'r mut Trail,
+    human: bool,
+}
+
+impl ValueVisitor<'_, '_> {
+    fn reject<E: de::Error>(self, found: Found<'_>) -> E {
+        let message = format!(
+            "expected {}, found {}",
+            Wit::short(self.ty),
+            found.describe(self.human)
+        );
+        self.trail.fail(message)
+    }
+
+    fn number<E: de::Error>(self, v: i128, found: Found<'_>) -> Result<Val, E> {
+        match number(self.ty, v) {
+            Numeric::Fits(val) => Ok(val),
+            Numeric::OutOfRange(range) => {
+                let found = found.describe(self.human);
+                let ty = Wit::short(self.ty);
+                Err(self.trail.fail(format!("{found} is out of range for {ty} ({range})")))
+            }
+            Numeric::NotNumeric => Err(self.reject(found)),
+        }
+    }
+
+    fn char<E: de::Error>(self, v: &str) -> Result<Val, E> {
+        let mut chars = v.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => Ok(Val::Char(c)),
+            _ => {
+                let message = format!(
+                    "expected char (a single character), found string {}",
+                    Quoted(v)
+                );
+                Err(self.trail.fail(message))
+            }
+        }
+    }
+
+    fn float_word<E: de::Error>(self, v: &str) -> Result<Val, E> {
+        let x = match v {
+            "NaN" => f64::NAN,
+            "Infinity" => f64::INFINITY,
+            "-Infinity" => f64::NEG_INFINITY,
+            _ => return Err(self.reject(Found::Str(v))),
+        };
+        Ok(match self.ty {
+            Type::Float32 => Val::Float32(x as f32),
+            _ => Val::Float64(x),
+        })
+    }
+
+    fn enum_case<E: de::Error>(self, cases: &Enum, v: &str) -> Result<Val, E> {
+        if cases.names().any(|name| name == v) {
+            return Ok(Val::Enum(v.to_owned()));
+        }
+        let expected = one_of(cases.names(), "it has none");
+        let message = format!("unknown case `{v}` for enum, {expected}");
+        Err(self.trail.fail(message))
+    }
+
+    fn bare_case<E: de::Error>(self, variant: &Variant, v: &str) -> Result<Val, E> {
+        match variant.cases().find(|case| case.name == v) {
+            Some(case) => match case.ty {
+                None => Ok(Val::Variant(v.to_owned(), None)),
+                Some(ty) => Err(self.trail.fail(format!(
+                    "case `{v}` needs a payload of type {}",
+                    Wit::short(&ty)
+                ))),
+            },
+            None => Err(self.trail.fail(unknown_case(variant, v))),
+        }
+    }
+
+    fn bare_result<E: de::Error>(self, result: &ResultType, v: &str) -> Result<Val, E> {
+        let (is_ok, ty) = match v {
+            "ok" | "Ok" => (true, result.ok()),
+            "err" | "Err" => (false, result.err()),
+            _ => return Err(self.trail.fail(unknown_result_case(v))),
+        };
+        match ty {
+            None if is_ok => Ok(Val::Result(Ok(None))),
+            None => Ok(Val::Result(Err(None))),
+            Some(ty) => Err(self.trail.fail(format!(
+                "case `{v}` needs a payload of type {}",
+                Wit::short(&ty)
+            ))),
+        }
+    }
+
+    fn base64<E: de::Error>(self, v: &str) -> Result<Val, E> {
+        match BASE64_LENIENT.decode(v) {
+            Ok(bytes) => Ok(bytes_val(&bytes)),
+            Err(e) => Err(self.trail.fail(format!("invalid base64 for list<u8>: {e}"))),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for ValueVisitor<'_, '_> {
+    type Value = Val;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&Wit::short(self.ty), f)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Val, E> {
+        match self.ty {
+            Type::Bool => Ok(Val::Bool(v)),
+            _ => Err(self.reject(Found::Bool(v))),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Val, E> {
+        self.number(v.into(), Found::Signed(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Val, E> {
+        self.number(v.into(), Found::Unsigned(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Val, E> {
+        match self.ty {
+            Type::Float64 => Ok(Val::Float64(v)),
+            Type::Float32 if v.is_finite() && v.abs() > f64::from(f32::MAX) => {
+                let found = Found::Float(v).describe(self.human);
+                Err(self.trail.fail(format!("{found} is out of range for f32")))
+            }
+            Type::Float32 => Ok(Val::Float32(v as f32)),
+            // Integral floats are integers to a JavaScript caller.
+            _ if v.fract() == 0.0 && v.abs() < 1e38 => self.number(v as i128, Found::Float(v)),
+            _ => Err(self.reject(Found::Float(v))),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Val, E> {
+        match self.ty {
+            Type::String => Ok(Val::String(v.to_owned())),
+            Type::Char => self.char(v),
+            Type::Enum(cases) => self.enum_case(cases, v),
+            Type::Variant(variant) => self.bare_case(variant, v),
+            Type::Result(result) => self.bare_result(result, v),
+            Type::List(list) if is_bytes(list) => self.base64(v),
+            Type::Float32 | Type::Float64 => self.float_word(v),
+            _ => Err(self.reject(Found::Str(v))),
+        }
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Val, E> {
+        match self.ty {
+            Type::String => Ok(Val::String(v)),
+            _ => self.visit_str(&v),
+        }
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Val, E> {
+        match self.ty {
+            Type::List(list) if is_bytes(list) => Ok(bytes_val(v)),
+            _ => Err(self.reject(Found::Bytes)),
+        }
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Val, E> {
+        Err(self.reject(Found::Null))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Val, E> {
+        Err(self.reject(Found::Null))
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, de: D) -> Result<Val, D::Error> {
+        Decode {
+            ty: self.ty,
+            trail: self.trail,
+        }
+        .deserialize(de)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Val, A::Error> {
+        let trail = &mut *self.trail;
+        match self.ty {
+            Type::List(list) => decode_list(seq, &list.ty(), trail).map(Val::List),
+            Type::FixedLengthList(list) => {
+                let items = decode_list(seq, &list.ty(), trail)?;
+                check_len(items.len(), list.len() as usize, self.ty, trail)?;
+                Ok(Val::FixedLengthList(items))
+            }
+            Type::Tuple(tuple) => decode_tuple(seq, tuple, self.ty, trail),
+            Type::Flags(flags) => decode_flags(seq, flags, trail),
+            Type::Map(map) => decode_map_pairs(seq, &map.key(), &map.value(), trail),
+            Type::Record(record) if !self.human => decode_record_seq(seq, record, self.ty, trail),
+            _ => Err(self.reject(Found::Seq)),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Val, A::Error> {
+        let trail = &mut *self.trail;
+        match self.ty {
+            Type::Record(record) => decode_record(map, record, trail),
+            Type::Variant(variant) => decode_variant(map, variant, self.ty, trail),
+            Type::Result(result) => decode_result(map, result, self.ty, trail),
+            Type::Map(m) => decode_map_object(map, &m.key(), &m.value(), trail),
+            _ => Err(self.reject(Found::Map)),
+        }
+    }
+
+    reject!(ext);
+}
+
+enum Numeric {
+    Fits(Val),
+    OutOfRange(&'static str),
+    NotNumeric,
+}
+
+/// `v` as a value of the numeric type `ty`, range-checked.
+fn number(ty: &Type, v: i128) -> Numeric {
+    fn fit<T: TryFrom<i128>>(v: i128, val: fn(T) -> Val, range: &'static str) -> Numeric {
+        match T::try_from(v) {
+            Ok(x) => Numeric::Fits(val(x)),
+            Err(_) => Numeric::OutOfRange(range),
+        }
+    }
+    match ty {
+        Type::U8 => fit(v, Val::U8, "0 to 255"),
+        Type::U16 => fit(v, Val::U16, "0 to 65535"),
+        Type::U32 => fit(v, Val::U32, "0 to 4294967295"),
+        Type::U64 => fit(v, Val::U64, "0 to 18446744073709551615"),
+        Type::S8 => fit(v, Val::S8, "-128 to 127"),
+        Type::S16 => fit(v, Val::S16, "-32768 to 32767"),
+        Type::S32 => fit(v, Val::S32, "-2147483648 to 2147483647"),
+        Type::S64 => fit(v, Val::S64, "-9223372036854775808 to 9223372036854775807"),
+        Type::Float32 => Numeric::Fits(Val::Float32(v as f32)),
+        Type::Float64 => Numeric::Fits(Val::Float64(v as f64)),
+        _ => Numeric::NotNumeric,
+    }
+}
+
+fn is_bytes(list: &List) -> bool {
+    matches!(list.ty(), Type::U8)
+}
+
+fn bytes_val(bytes: &[u8]) -> Val {
+    Val::List(bytes.iter().map(|b| Val::U8(*b)).collect())
+}
+
+fn unknown_case(variant: &Variant, v: &str) -> String {
+    let names: Vec<&str> = variant.cases().map(|case| case.name).collect();
+    format!(
+        "unknown case `{v}` for variant, {}",
+        one_of(names.into_iter(), "it has none")
+    )
+}
+
+fn unknown_result_case(v: &str) -> String {
+    format!("unknown case `{v}` for result, expected `ok` or `err`")
+}
+
+fn capacity(hint: Option<usize>) -> usize {
+    hint.unwrap_or(0).min(MAX_PREALLOCATED)
+}
+
+fn decode_list<'de, A: SeqAccess<'de>>(
+    mut seq: A,
+    elem: &Type,
+    trail: &mut Trail,
+) -> Result<Vec<Val>, A::Error> {
+    let mut items = Vec::with_capacity(capacity(seq.size_hint()));
+    while let Some(item) = seq
+        .next_element_seed(Decode { ty: elem, trail })
+        .map_err(|e| trail.at(Segment::Index(items.len()), e))?
+    {
+        items.push(item);
+    }
+    Ok(items)
+}
+
+fn check_len<E: de::Error>(found: usize, expected: usize, ty: &Type, trail: &mut Trail) -> Result<(), E> {
+    if found == expected {
+        return Ok(());
+    }
+    let ty = Wit::short(ty);
+    Err(trail.fail(format!("expected {expected} elements for {ty}, found {found}")))
+}
+
+fn decode_tuple<'de, A: SeqAccess<'de>>(
+    mut seq: A,
+    tuple: &Tuple,
+    ty: &Type,
+    trail: &mut Trail,
+) -> Result<Val, A::Error> {
+    let len = tuple.types().len();
+    let mut items = Vec::with_capacity(len);
+    for (i, elem) in tuple.types().enumerate() {
+        match seq
+            .next_element_seed(Decode { ty: &elem, trail })
+            .map_err(|e| trail.at(Segment::Index(i), e))?
+        {
+            Some(item) => items.push(item),
+            None => check_len(i, len, ty, trail)?,
+        }
+    }
+    if seq.next_element::<IgnoredAny>()?.is_some() {
+        let ty = Wit::short(ty);
+        return Err(trail.fail(format!("expected {len} elements for {ty}, found more")));
+    }
+    Ok(Val::Tuple(items))
+}
+
+fn decode_flags<'de, A: SeqAccess<'de>>(
+    mut seq: A,
+    flags: &Flags,
+    trail: &mut Trail,
+) -> Result<Val, A::Error> {
+    let mut set = Seen::new(flags.names().len());
+    let mut i = 0;
+    while let Some(name) = seq
+        .next_element_seed(NameSeed {
+            what: "a flag name",
+            trail,
+        })
+        .map_err(|e| trail.at(Segment::Index(i), e))?
+    {
+        let Some(bit) = flags.names().position(|flag| flag == name) else {
+            let message = format!(
+                "unknown flag `{name}`, {}",
+                one_of(flags.names(), "the flags type has none")
+            );
+            trail.segments.push(Segment::Index(i));
+            return Err(trail.fail(message));
+        };
+        set.insert(bit);
+        i += 1;
+    }
+    // Declaration order, duplicates merged: the form wasmtime itself lifts.
+    let names = flags.names().enumerate();
+    let names = names.filter(|(bit, _)| set.contains(*bit));
+    Ok(Val::Flags(names.map(|(_, name)| name.to_owned()).collect()))
+}
+
+fn decode_record<'de, A: MapAccess<'de>>(
+    mut map: A,
+    record: &Record,
+    trail: &mut Trail,
+) -> Result<Val, A::Error> {
+    let fields: Vec<Field<'_>> = record.fields().collect();
+    // Missing option fields stay `none`; missing others are reported below.
+    let mut values: Vec<(String, Val)> = fields
+        .iter()
+        .map(|f| (f.name.to_owned(), Val::Option(None)))
+        .collect();
+    let mut seen = Seen::new(fields.len());
+    while let Some(key) = map.next_key_seed(NameSeed {
+        what: "a field name",
+        trail,
+    })? {
+        let Some(i) = fields.iter().position(|f| f.name == key) else {
+            let names = fields.iter().map(|f| f.name);
+            let expected = one_of(names, "the record has no fields");
+            return Err(trail.fail(format!("unknown field `{key}`, {expected}")));
+        };
+        if !seen.insert(i) {
+            return Err(trail.fail(format!("duplicate field `{key}`")));
+        }
+        let field = &fields[i];
+        values[i].1 = map
+            .next_value_seed(Decode {
+                ty: &field.ty,
+                trail,
+            })
+            .map_err(|e| trail.at(Segment::Name(field.name.to_owned()), e))?;
+    }
+    let absent = fields.iter().enumerate();
+    let absent: Vec<&str> = absent
+        .filter(|(i, f)| !seen.contains(*i) && !matches!(f.ty, Type::Option(_)))
+        .map(|(_, f)| f.name)
+        .collect();
+    if !absent.is_empty() {
+        return Err(trail.fail(missing("field", &absent)));
+    }
+    Ok(Val::Record(values))
+}
+
+/// A MessagePack record written by position (`rmp_serde::to_vec` of a struct).
+fn decode_record_seq<'de, A: SeqAccess<'de>>(
+    mut seq: A,
+    record: &Record,
+    ty: &Type,
+    trail: &mut Trail,
+) -> Result<Val, A::Error> {
+    let mut values = Vec::with_capacity(record.fields().len());
+    let mut absent = Vec::new();
+    for field in record.fields() {
+        let value = seq
+            .next_element_seed(Decode {
+                ty: &field.ty,
+                trail,
+            })
+            .map_err(|e| trail.at(Segment::Name(field.name.to_owned()), e))?;
+        let value = match (value, &field.ty) {
+            (Some(value), _) => value,
+            (None, Type::Option(_)) => Val::Option(None),
+            (None, _) => {
+                absent.push(field.name);
+                continue;
+            }
+        };
+        values.push((field.name.to_owned(), value));
+    }
+    if !absent.is_empty() {
+        return Err(trail.fail(missing("field", &absent)));
+    }
+    if seq.next_element::<IgnoredAny>()?.is_some() {
+        let message = format!("too many fields for {}, expected {}", Wit::short(ty), values.len());
+        return Err(trail.fail(message));
+    }
+    Ok(Val::Record(values))
+}
+
+fn decode_variant<'de, A: MapAccess<'de>>(
+    mut map: A,
+    variant: &Variant,
+    ty: &Type,
+    trail: &mut Trail,
+) -> Result<Val, A::Error> {
+    let Some(key) = map.next_key_seed(NameSeed {
+        what: "a case name",
+        trail,
+    })?
+    else {
+        return Err(trail.fail(one_case(ty, "found an empty object")));
+    };
+    let Some(case) = variant.cases().find(|case| case.name == key) else {
+        return Err(trail.fail(unknown_case(variant, &key)));
+    };
+    let payload = decode_payload(&mut map, case.name, case.ty.as_ref(), trail)?;
+    if map.next_key::<IgnoredAny>()?.is_some() {
+        return Err(trail.fail(one_case(ty, "found more than one key")));
+    }
+    Ok(Val::Variant(case.name.to_owned(), payload))
+}
+
+fn decode_result<'de, A: MapAccess<'de>>(
+    mut map: A,
+    result: &ResultType,
+    ty: &Type,
+    trail: &mut Trail,
+) -> Result<Val, A::Error> {
+    let Some(key) = map.next_key_seed(NameSeed {
+        what: "`ok` or `err`",
+        trail,
+    })?
+    else {
+        return Err(trail.fail(one_case(ty, "found an empty object")));
+    };
+    let (is_ok, name, side) = match &*key {
+        "ok" | "Ok" => (true, "ok", result.ok()),
+        "err" | "Err" => (false, "err", result.err()),
+        _ => return Err(trail.fail(unknown_result_case(&key))),
+    };
+    let payload = decode_payload(&mut map, name, side.as_ref(), trail)?;
+    if map.next_key::<IgnoredAny>()?.is_some() {
+        return Err(trail.fail(one_case(ty, "found more than one key")));
+    }
+    Ok(Val::Result(if is_ok { Ok(payload) } else { Err(payload) }))
+}
+
+fn one_case(ty: &Type, found: &str) -> String {
+    format!("expected one case for {}, {found}", Wit::short(ty))
+}
+
+/// The value under a case key: the payload, or `null` for a case without one.
+fn decode_payload<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    case: &str,
+    ty: Option<&Type>,
+    trail: &mut Trail,
+) -> Result<Option<Box<Val>>, A::Error> {
+    let result = match ty {
+        Some(ty) => map.next_value_seed(Decode { ty, trail }).map(|v| Some(Box::new(v))),
+        None => map.next_value_seed(NullSeed { case, trail }).map(|()| None),
+    };
+    result.map_err(|e| trail.at(Segment::Name(case.to_owned()), e))
+}
+
+fn decode_map_object<'de, A: MapAccess<'de>>(
+    mut map: A,
+    key_ty: &Type,
+    value_ty: &Type,
+    trail: &mut Trail,
+) -> Result<Val, A::Error> {
+    let mut entries = Vec::with_capacity(capacity(map.size_hint()));
+    while let Some(key) = map.next_key_seed(Decode { ty: key_ty, trail })? {
+        let value = map.next_value_seed(Decode { ty: value_ty, trail });
+        let value = value.map_err(|e| {
+            let segment = match &key {
+                Val::String(key) => Segment::Key(key.clone()),
+                _ => Segment::Index(entries.len()),
+            };
+            trail.at(segment, e)
+        })?;
+        entries.push((key, value));
+    }
+    Ok(Val::Map(entries))
+}
+
+fn decode_map_pairs<'de, A: SeqAccess<'de>>(
+    mut seq: A,
+    key: &Type,
+    value: &Type,
+    trail: &mut Trail,
+) -> Result<Val, A::Error> {
+    let mut entries = Vec::with_capacity(capacity(seq.size_hint()));
+    while let Some(entry) = seq
+        .next_element_seed(PairSeed { key, value, trail })
+        .map_err(|e| trail.at(Segment::Index(entries.len()), e))?
+    {
+        entries.push(entry);
+    }
+    Ok(Val::Map(entries))
+}
+
+/// Tracks which of `n` fields, parameters or flags have been seen.
+struct Seen {
+    small: u64,
+    large: Vec<bool>,
+}
+
+impl Seen {
+    fn new(n: usize) -> Self {
+        let large = if n > 64 { vec![false; n] } else { Vec::new() };
+        Seen { small: 0, large }
+    }
+
+    /// Marks `i` seen; false if it already was.
+    fn insert(&mut self, i: usize) -> bool {
+        let fresh = !self.contains(i);
+        match self.large.get_mut(i) {
+            Some(slot) => *slot = true,
+            None => self.small |= 1 << i,
+        }
+        fresh
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self.large.get(i) {
+            Some(slot) => *slot,
+            None => self.small & (1 << i) != 0,
+        }
+    }
+}
+
+/// A key or name from the input, borrowed from it when the format allows.
+struct NameSeed<'r> {
+    what: &'static str,
+    trail: &'r mut Trail,
+}
+
+struct NameVisitor<'r> {
+    what: &'static str,
+    trail: &'r mut Trail,
+    human: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        let human = de.is_human_readable();
+        de.deserialize_any(NameVisitor {
+            what: self.what,
+            trail: self.trail,
+            human,
+        })
+    }
+}
+
+impl NameVisitor<'_> {
+    fn reject<E: de::Error>(self, found: Found<'_>) -> E {
+        let message = format!("expected {}, found {}", self.what, found.describe(self.human));
+        self.trail.fail(message)
+    }
+}
+
+impl<'de> Visitor<'de> for NameVisitor<'_> {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.what)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+
+    reject!(bool i64 u64 f64 bytes null seq map ext);
+}
+
+/// The value of a case that has no payload: only `null` fits.
+struct NullSeed<'c, 'r> {
+    case: &'c str,
+    trail: &'r mut Trail,
+}
+
+struct NullVisitor<'c, 'r> {
+    case: &'c str,
+    trail: &'r mut Trail,
+    human: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for NullSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        let human = de.is_human_readable();
+        de.deserialize_any(NullVisitor {
+            case: self.case,
+            trail: self.trail,
+            human,
+        })
+    }
+}
+
+impl NullVisitor<'_, '_> {
+    fn reject<E: de::Error>(self, found: Found<'_>) -> E {
+        let found = found.describe(self.human);
+        let message = format!("case `{}` has no payload, expected null, found {found}", self.case);
+        self.trail.fail(message)
+    }
+}
+
+impl<'de> Visitor<'de> for NullVisitor<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("null")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    reject!(bool i64 u64 f64 str bytes seq map ext);
+}
+
+/// One `[key, value]` entry of a `map` written as an array of pairs.
+struct PairSeed<'t, 'r> {
+    key: &'t Type,
+    value: &'t Type,
+    trail: &'r mut Trail,
+}
+
+struct PairVisitor<'t, 'r> {
+    seed: PairSeed<'t, 'r>,
+    human: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for PairSeed<'_, '_> {
+    type Value = (Val, Val);
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(Val, Val), D::Error> {
+        let human = de.is_human_readable();
+        de.deserialize_any(PairVisitor { seed: self, human })
+    }
+}
+
+impl PairVisitor<'_, '_> {
+    fn reject<E: de::Error>(self, found: Found<'_>) -> E {
+        let message = format!(
+            "expected a [key, value] pair, found {}",
+            found.describe(self.human)
+        );
+        self.seed.trail.fail(message)
+    }
+}
+
+impl<'de> Visitor<'de> for PairVisitor<'_, '_> {
+    type Value = (Val, Val);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a [key, value] pair")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(Val, Val), A::Error> {
+        let PairSeed { key, value, trail } = self.seed;
+        let mut next = |ty: &Type, i: usize, trail: &mut Trail| {
+            seq.next_element_seed(Decode { ty, trail })
+                .map_err(|e| trail.at(Segment::Index(i), e))
+        };
+        let key = next(key, 0, trail)?;
+        let value = next(value, 1, trail)?;
+        let (Some(key), Some(value)) = (key, value) else {
+            return Err(trail.fail("expected a [key, value] pair, found a shorter array".to_owned()));
+        };
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(trail.fail("expected a [key, value] pair, found a longer array".to_owned()));
+        }
+        Ok((key, value))
+    }
+
+    reject!(bool i64 u64 f64 str bytes null map ext);
+}
+
+/// A function's parameters: a map by name, an array by position, or null.
+struct ParamsVisitor<'p, 'r> {
+    params: &'p [(String, Type)],
+    trail: &'r mut Trail,
+    human: bool,
+}
+
+impl ParamsVisitor<'_, '_> {
+    fn reject<E: de::Error>(self, found: Found<'_>) -> E {
+        let by_name = if self.human { "an object" } else { "a map" };
+        let message = format!(
+            "expected the parameters as {by_name} by name or an array by position, found {}",
+            found.describe(self.human)
+        );
+        self.trail.fail(message)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
+    type Value = Vec<Val>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the parameters by name or by position")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Vec<Val>, E> {
+        absent_params(self.params, self.trail)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Vec<Val>, E> {
+        absent_params(self.params, self.trail)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Val>, A::Error> {
+        let ParamsVisitor { params, trail, .. } = self;
+        let mut values: Vec<Val> = params.iter().map(|_| Val::Option(None)).collect();
+        let mut seen = Seen::new(params.len());
+        while let Some(key) = map.next_key_seed(NameSeed {
+            what: "a parameter name",
+            trail,
+        })? {
+            let Some(i) = params.iter().position(|(name, _)| *name == key) else {
+                let names = params.iter().map(|(name, _)| name.as_str());
+                let expected = one_of(names, "the function takes no parameters");
+                return Err(trail.fail(format!("unknown parameter `{key}`, {expected}")));
+            };
+            if !seen.insert(i) {
+                return Err(trail.fail(format!("duplicate parameter `{key}`")));
+            }
+            let (name, ty) = &params[i];
+            values[i] = map
+                .next_value_seed(Decode { ty, trail })
+                .map_err(|e| trail.at(Segment::Name(name.clone()), e))?;
+        }
+        let absent = params.iter().enumerate();
+        let absent: Vec<&str> = absent
+            .filter(|(i, (_, ty))| !seen.contains(*i) && !matches!(ty, Type::Option(_)))
+            .map(|(_, (name, _))| name.as_str())
+            .collect();
+        if !absent.is_empty() {
+            return Err(trail.fail(missing("parameter", &absent)));
+        }
+        Ok(values)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Val>, A::Error> {
+        let ParamsVisitor { params, trail, .. } = self;
+        let mut values = Vec::with_capacity(params.len());
+        for (name, ty) in params {
+            let value = seq
+                .next_element_seed(Decode { ty, trail })
+                .map_err(|e| trail.at(Segment::Name(name.clone()), e))?;
+            match value {
+                Some(value) => values.push(value),
+                None => return absent_params(&params[values.len()..], trail).map(|rest| {
+                    values.extend(rest);
+                    values
+                }),
+            }
+        }
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            let names = ticked(params.iter().map(|(name, _)| name.as_str()));
+            let message = match params.len() {
+                0 => "too many parameters: the function takes none".to_owned(),
+                n => format!("too many parameters: the function takes {n} ({names})"),
+            };
+            return Err(trail.fail(message));
+        }
+        Ok(values)
+    }
+
+    reject!(bool i64 u64 f64 str bytes ext);
+}
+
+/// Parameters that were not given: `none` if they are all options.
+fn absent_params<E: de::Error>(params: &[(String, Type)], trail: &mut Trail) -> Result<Vec<Val>, E> {
+    let required: Vec<&str> = params
+        .iter()
+        .filter(|(_, ty)| !matches!(ty, Type::Option(_)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !required.is_empty() {
+        return Err(trail.fail(missing("parameter", &required)));
+    }
+    Ok(params.iter().map(|_| Val::Option(None)).collect())
+}
+
+// ---------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------
+
+fn encode<T: Serialize>(
+    format: Format,
+    value: &T,
+    trail: &RefCell<Trail>,
+) -> Result<Vec<u8>, CodecError> {
+    let written = match format {
+        Format::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+        // Records are maps already; `_named` keeps any nested struct so too.
+        Format::MessagePack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+    };
+    written.map_err(|cause| trail.take().into_error(None, || cause))
+}
+
+/// The recursive serializer: `val`, checked against `ty` as it goes.
+struct Encode<'a> {
+    ty: &'a Type,
+    val: &'a Val,
+    trail: &'a RefCell<Trail>,
+}
+
+impl<'a> Encode<'a> {
+    fn nested(&self, ty: &'a Type, val: &'a Val) -> Encode<'a> {
+        Encode {
+            ty,
+            val,
+            trail: self.trail,
+        }
+    }
+
+    #[cold]
+    fn fail<E: ser::Error>(&self, message: String) -> E {
+        let error = E::custom(&message);
+        self.trail.borrow_mut().message = Some(message);
+        error
+    }
+
+    /// Notes, while `error` unwinds, that it happened inside `segment`.
+    #[cold]
+    fn at<E>(&self, segment: Segment, error: E) -> E {
+        self.trail.borrow_mut().segments.push(segment);
+        error
+    }
+
+    fn mismatch<E: ser::Error>(&self) -> E {
+        let message = format!(
+            "cannot encode {} as {}",
+            val_kind(self.val),
+            Wit::short(self.ty)
+        );
+        self.fail(message)
+    }
+}
+
+impl Serialize for Encode<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.ty, self.val) {
+            (Type::Bool, Val::Bool(v)) => s.serialize_bool(*v),
+            (Type::S8, Val::S8(v)) => s.serialize_i8(*v),
+            (Type::U8, Val::U8(v)) => s.serialize_u8(*v),
+            (Type::S16, Val::S16(v)) => s.serialize_i16(*v),
+            (Type::U16, Val::U16(v)) => s.serialize_u16(*v),
+            (Type::S32, Val::S32(v)) => s.serialize_i32(*v),
+            (Type::U32, Val::U32(v)) => s.serialize_u32(*v),
+            (Type::S64, Val::S64(v)) => s.serialize_i64(*v),
+            (Type::U64, Val::U64(v)) => s.serialize_u64(*v),
+            (Type::Float32, Val::Float32(v)) => match float_word(f64::from(*v), &s) {
+                Some(word) => s.serialize_str(word),
+                None => s.serialize_f32(*v),
+            },
+            (Type::Float64, Val::Float64(v)) => match float_word(*v, &s) {
+                Some(word) => s.serialize_str(word),
+                None => s.serialize_f64(*v),
+            },
+            (Type::Char, Val::Char(v)) => s.serialize_char(*v),
+            (Type::String, Val::String(v)) => s.serialize_str(v),
+            (Type::List(list), Val::List(items)) => self.list(s, list, items),
+            (Type::FixedLengthList(list), Val::FixedLengthList(items)) => {
+                self.elements(s, &list.ty(), items)
+            }
+            (Type::Tuple(tuple), Val::Tuple(items)) => self.tuple(s, tuple, items),
+            (Type::Record(record), Val::Record(fields)) => self.record(s, record, fields),
+            (Type::Variant(variant), Val::Variant(case, payload)) => {
+                self.variant(s, variant, case, payload.as_deref())
+            }
+            (Type::Enum(_), Val::Enum(case)) => s.serialize_str(case),
+            (Type::Option(option), Val::Option(value)) => match value {
+                None => s.serialize_none(),
+                Some(value) => s.serialize_some(&self.nested(&option.ty(), value)),
+            },
+            (Type::Result(result), Val::Result(value)) => self.result(s, result, value),
+            (Type::Flags(_), Val::Flags(names)) => s.collect_seq(names),
+            (Type::Map(map), Val::Map(entries)) => self.map(s, &map.key(), &map.value(), entries),
+            (
+                Type::Own(_)
+                | Type::Borrow(_)
+                | Type::Future(_)
+                | Type::Stream(_)
+                | Type::ErrorContext,
+                _,
+            ) => Err(self.fail(unsupported(self.ty))),
+            _ => Err(self.mismatch()),
+        }
+    }
+}
+
+/// The word for a float JSON cannot write as a number.
+fn float_word<S: Serializer>(v: f64, s: &S) -> Option<&'static str> {
+    match () {
+        _ if v.is_finite() || !s.is_human_readable() => None,
+        _ if v.is_nan() => Some("NaN"),
+        _ if v > 0.0 => Some("Infinity"),
+        _ => Some("-Infinity"),
+    }
+}
+
+impl<'a> Encode<'a> {
+    fn list<S: Serializer>(&self, s: S, list: &List, items: &'a [Val]) -> Result<S::Ok, S::Error> {
+        let elem = list.ty();
+        if !matches!(elem, Type::U8) {
+            return self.elements(s, &elem, items);
+        }
+        if let Some(i) = items.iter().position(|v| !matches!(v, Val::U8(_))) {
+            let error = self.nested(&elem, &items[i]).mismatch();
+            return Err(self.at(Segment::Index(i), error));
+        }
+        if s.is_human_readable() {
+            s.collect_str(&Base64Vals(items))
+        } else {
+            let bytes: Vec<u8> = items
+                .iter()
+                .map(|v| match v {
+                    Val::U8(b) => *b,
+                    _ => 0,
+                })
+                .collect();
+            s.serialize_bytes(&bytes)
+        }
+    }
+
+    fn elements<S: Serializer>(&self, s: S, elem: &Type, items: &'a [Val]) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(items.len()))?;
+        for (i, item) in items.iter().enumerate() {
+            let item = Encode {
+                ty: elem,
+                val: item,
+                trail: self.trail,
+            };
+            seq.serialize_element(&item)
+                .map_err(|e| self.at(Segment::Index(i), e))?;
+        }
+        seq.end()
+    }
+
+    fn tuple<S: Serializer>(&self, s: S, tuple: &Tuple, items: &'a [Val]) -> Result<S::Ok, S::Error> {
+        if tuple.types().len() != items.len() {
+            return Err(self.mismatch());
+        }
+        let mut seq = s.serialize_tuple(items.len())?;
+        for (i, (ty, item)) in tuple.types().zip(items).enumerate() {
+            let item = Encode {
+                ty: &ty,
+                val: item,
+                trail: self.trail,
+            };
+            seq.serialize_element(&item)
+                .map_err(|e| self.at(Segment::Index(i), e))?;
+        }
+        seq.end()
+    }
+
+    fn record<S: Serializer>(
+        &self,
+        s: S,
+        record: &Record,
+        fields: &'a [(String, Val)],
+    ) -> Result<S::Ok, S::Error> {
+        if record.fields().len() != fields.len() {
+            return Err(self.mismatch());
+        }
+        let mut map = s.serialize_map(Some(fields.len()))?;
+        for (field, (name, value)) in record.fields().zip(fields) {
+            if field.name != name {
+                let message = format!("expected field `{}`, found `{name}`", field.name);
+                return Err(self.fail(message));
+            }
+            let value = Encode {
+                ty: &field.ty,
+                val: value,
+                trail: self.trail,
+            };
+            map.serialize_entry(name.as_str(), &value)
+                .map_err(|e| self.at(Segment::Name(name.clone()), e))?;
+        }
+        map.end()
+    }
+
+    fn variant<S: Serializer>(
+        &self,
+        s: S,
+        variant: &Variant,
+        case: &str,
+        payload: Option<&'a Val>,
+    ) -> Result<S::Ok, S::Error> {
+        let Some(found) = variant.cases().find(|c| c.name == case) else {
+            return Err(self.fail(unknown_case(variant, case)));
+        };
+        match (found.ty, payload) {
+            (None, None) => s.serialize_str(case),
+            (Some(ty), Some(payload)) => self.single_entry(s, case, Some((&ty, payload))),
+            _ => Err(self.mismatch()),
+        }
+    }
+
+    fn result<S: Serializer>(
+        &self,
+        s: S,
+        result: &ResultType,
+        value: &'a Result<Option<Box<Val>>, Option<Box<Val>>>,
+    ) -> Result<S::Ok, S::Error> {
+        let (case, ty, payload) = match value {
+            Ok(payload) => ("ok", result.ok(), payload.as_deref()),
+            Err(payload) => ("err", result.err(), payload.as_deref()),
+        };
+        match (ty, payload) {
+            (None, None) => self.single_entry(s, case, None),
+            (Some(ty), Some(payload)) => self.single_entry(s, case, Some((&ty, payload))),
+            _ => Err(self.mismatch()),
+        }
+    }
+
+    /// `{case: payload}`, with `null` for a case without a payload.
+    fn single_entry<S: Serializer>(
+        &self,
+        s: S,
+        case: &str,
+        payload: Option<(&Type, &Val)>,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        let written = match payload {
+            None => map.serialize_entry(case, &()),
+            Some((ty, val)) => map.serialize_entry(
+                case,
+                &Encode {
+                    ty,
+                    val,
+                    trail: self.trail,
+                },
+            ),
+        };
+        written.map_err(|e| self.at(Segment::Name(case.to_owned()), e))?;
+        map.end()
+    }
+
+    fn map<S: Serializer>(
+        &self,
+        s: S,
+        key: &Type,
+        value: &Type,
+        entries: &'a [(Val, Val)],
+    ) -> Result<S::Ok, S::Error> {
+        if !matches!(key, Type::String) {
+            let mut seq = s.serialize_seq(Some(entries.len()))?;
+            for (i, (k, v)) in entries.iter().enumerate() {
+                let pair = (self.nested_in(key, k), self.nested_in(value, v));
+                seq.serialize_element(&pair)
+                    .map_err(|e| self.at(Segment::Index(i), e))?;
+            }
+            return seq.end();
+        }
+        let mut map = s.serialize_map(Some(entries.len()))?;
+        for (k, v) in entries {
+            let segment = || match k {
+                Val::String(k) => Segment::Key(k.clone()),
+                _ => Segment::Each,
+            };
+            map.serialize_entry(&self.nested_in(key, k), &self.nested_in(value, v))
+                .map_err(|e| self.at(segment(), e))?;
+        }
+        map.end()
+    }
+
+    fn nested_in<'b>(&self, ty: &'b Type, val: &'b Val) -> Encode<'b>
+    where
+        'a: 'b,
+    {
+        Encode {
+            ty,
+            val,
+            trail: self.trail,
+        }
+    }
+}
+
+/// A function's parameters as a map of name to value.
+struct EncodeParams<'a> {
+    params: &'a [(String, Type)],
+    vals: &'a [Val],
+    trail: &'a RefCell<Trail>,
+}
+
+impl Serialize for EncodeParams<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.params.len() != self.vals.len() {
+            let message = format!(
+                "expected {} parameter values, found {}",
+                self.params.len(),
+                self.vals.len()
+            );
+            let error = <S::Error as ser::Error>::custom(&message);
+            self.trail.borrow_mut().message = Some(message);
+            return Err(error);
+        }
+        let mut map = s.serialize_map(Some(self.params.len()))?;
+        for ((name, ty), val) in self.params.iter().zip(self.vals) {
+            let value = Encode {
+                ty,
+                val,
+                trail: self.trail,
+            };
+            map.serialize_entry(name.as_str(), &value).map_err(|e| {
+                self.trail.borrow_mut().segments.push(Segment::Name(name.clone()));
+                e
+            })?;
+        }
+        map.end()
+    }
+}
+
+/// `list<u8>` as base64, written straight into the serializer in chunks.
+struct Base64Vals<'a>(&'a [Val]);
+
+impl fmt::Display for Base64Vals<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A multiple of 3, so only the last chunk carries padding.
+        const CHUNK: usize = 768;
+        let mut raw = [0u8; CHUNK];
+        let mut text = [0u8; CHUNK / 3 * 4];
+        for chunk in self.0.chunks(CHUNK) {
+            for (byte, val) in raw.iter_mut().zip(chunk) {
+                *byte = match val {
+                    Val::U8(b) => *b,
+                    _ => return Err(fmt::Error),
+                };
+            }
+            let len = STANDARD
+                .encode_slice(&raw[..chunk.len()], &mut text)
+                .map_err(|_| fmt::Error)?;
+            f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn val_kind(val: &Val) -> &'static str {
+    match val {
+        Val::Bool(_) => "a bool",
+        Val::S8(_) => "an s8",
+        Val::U8(_) => "a u8",
+        Val::S16(_) => "an s16",
+        Val::U16(_) => "a u16",
+        Val::S32(_) => "an s32",
+        Val::U32(_) => "a u32",
+        Val::S64(_) => "an s64",
+        Val::U64(_) => "a u64",
+        Val::Float32(_) => "an f32",
+        Val::Float64(_) => "an f64",
+        Val::Char(_) => "a char",
+        Val::String(_) => "a string",
+        Val::List(_) => "a list",
+        Val::FixedLengthList(_) => "a fixed-length list",
+        Val::Map(_) => "a map",
+        Val::Record(_) => "a record",
+        Val::Tuple(_) => "a tuple",
+        Val::Variant(..) => "a variant",
+        Val::Enum(_) => "an enum",
+        Val::Option(_) => "an option",
+        Val::Result(_) => "a result",
+        Val::Flags(_) => "flags",
+        Val::Resource(_) => "a resource",
+        Val::Future(_) => "a future",
+        Val::Stream(_) => "a stream",
+        Val::ErrorContext(_) => "an error context",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// WIT rendering
+// ---------------------------------------------------------------------------
+
+/// A type in WIT syntax; bodies of records, variants, enums and flags nested
+/// deeper than `depth` are elided as `{ ... }` (error messages stay short).
+struct Wit<'a> {
+    ty: &'a Type,
+    depth: usize,
+}
+
+impl<'a> Wit<'a> {
+    fn full(ty: &'a Type) -> Self {
+        Wit {
+            ty,
+            depth: usize::MAX,
+        }
+    }
+
+    /// For error messages: the outer body shown, inner ones elided.
+    fn short(ty: &'a Type) -> Self {
+        Wit { ty, depth: 1 }
+    }
+
+    fn inner<'b>(&self, ty: &'b Type) -> Wit<'b> {
+        Wit {
+            ty,
+            depth: self.depth,
+        }
+    }
+
+    /// `kind { a, b }`, or `kind { ... }` past the depth limit.
+    fn body<T>(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        kind: &str,
+        items: impl Iterator<Item = T>,
+        mut item: impl FnMut(&mut fmt::Formatter<'_>, T, usize) -> fmt::Result,
+    ) -> fmt::Result {
+        if self.depth == 0 {
+            return write!(f, "{kind} {{ ... }}");
+        }
+        write!(f, "{kind} {{")?;
+        let mut empty = true;
+        for (i, x) in items.enumerate() {
+            f.write_str(if i == 0 { " " } else { ", " })?;
+            item(f, x, self.depth - 1)?;
+            empty = false;
+        }
+        f.write_str(if empty { "}" } else { " }" })
+    }
+}
+
+impl fmt::Display for Wit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.ty {
+            Type::Bool => "bool",
+            Type::S8 => "s8",
+            Type::U8 => "u8",
+            Type::S16 => "s16",
+            Type::U16 => "u16",
+            Type::S32 => "s32",
+            Type::U32 => "u32",
+            Type::S64 => "s64",
+            Type::U64 => "u64",
+            Type::Float32 => "f32",
+            Type::Float64 => "f64",
+            Type::Char => "char",
+            Type::String => "string",
+            Type::ErrorContext => "error-context",
+            Type::Own(_) => "own<resource>",
+            Type::Borrow(_) => "borrow<resource>",
+            _ => return self.compound(f),
+        };
+        f.write_str(name)
+    }
+}
+
+impl Wit<'_> {
+    fn compound(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ty {
+            Type::List(list) => write!(f, "list<{}>", self.inner(&list.ty())),
+            Type::FixedLengthList(list) => {
+                write!(f, "list<{}, {}>", self.inner(&list.ty()), list.len())
+            }
+            Type::Map(map) => write!(
+                f,
+                "map<{}, {}>",
+                self.inner(&map.key()),
+                self.inner(&map.value())
+            ),
+            Type::Option(option) => write!(f, "option<{}>", self.inner(&option.ty())),
+            Type::Result(result) => self.result(f, result),
+            Type::Tuple(tuple) => {
+                f.write_str("tuple<")?;
+                for (i, ty) in tuple.types().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{}", self.inner(&ty))?;
+                }
+                f.write_str(">")
+            }
+            Type::Record(record) => self.body(f, "record", record.fields(), |f, field, depth| {
+                write!(f, "{}: {}", field.name, Wit { ty: &field.ty, depth })
+            }),
+            Type::Variant(variant) => self.body(f, "variant", variant.cases(), |f, case, depth| {
+                match &case.ty {
+                    None => f.write_str(case.name),
+                    Some(ty) => write!(f, "{}({})", case.name, Wit { ty, depth }),
+                }
+            }),
+            Type::Enum(e) => self.body(f, "enum", e.names(), |f, name, _| f.write_str(name)),
+            Type::Flags(flags) => {
+                self.body(f, "flags", flags.names(), |f, name, _| f.write_str(name))
+            }
+            Type::Future(future) => match future.ty() {
+                None => f.write_str("future"),
+                Some(ty) => write!(f, "future<{}>", self.inner(&ty)),
+            },
+            Type::Stream(stream) => match stream.ty() {
+                None => f.write_str("stream"),
+                Some(ty) => write!(f, "stream<{}>", self.inner(&ty)),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn result(&self, f: &mut fmt::Formatter<'_>, result: &ResultType) -> fmt::Result {
+        match (result.ok(), result.err()) {
+            (None, None) => f.write_str("result"),
+            (Some(ok), None) => write!(f, "result<{}>", self.inner(&ok)),
+            (None, Some(err)) => write!(f, "result<_, {}>", self.inner(&err)),
+            (Some(ok), Some(err)) => {
+                write!(f, "result<{}, {}>", self.inner(&ok), self.inner(&err))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+    use std::collections::HashMap;
+    use std::sync::LazyLock;
+    use wasmtime::component::Component;
+    use wasmtime::component::types::ComponentItem;
+    use wasmtime::{Config, Engine};
+
+    /// Every type kind, as the parameters of one imported function (named
+    /// after their kind), plus a few functions for the parameter tests.
+    const FIXTURE: &str = r#"(component
+        (type $item' (record (field "sku" string) (field "qty" u32)))
+        (import "item" (type $item (eq $item')))
+        (type $order' (record (field "id" u64) (field "items" (list $item))
+                              (field "note" (option string))))
+        (import "order" (type $order (eq $order')))
+        (type $stock' (variant (case "in-stock" u32) (case "discontinued")
+                               (case "backordered" (tuple u32 string))))
+        (import "stock" (type $stock (eq $stock')))
+        (type $colour' (enum "red" "green" "blue"))
+        (import "colour" (type $colour (eq $colour')))
+        (type $perms' (flags "read" "write" "exec"))
+        (import "perms" (type $perms (eq $perms')))
+        (type $empty' (record))
+        (import "empty" (type $empty (eq $empty')))
+        (import "handle" (type $handle (sub resource)))
+        (import "kinds" (func
+            (param "bool" bool) (param "s8" s8) (param "u8" u8) (param "s16" s16)
+            (param "u16" u16) (param "s32" s32) (param "u32" u32) (param "s64" s64)
+            (param "u64" u64) (param "f32" f32) (param "f64" f64) (param "char" char)
+            (param "string" string) (param "list-string" (list string))
+            (param "bytes" (list u8)) (param "tuple" (tuple u8 string))
+            (param "opt" (option u64)) (param "res" (result u64 (error string)))
+            (param "res-ok" (result u64)) (param "res-err" (result (error string)))
+            (param "res-none" (result)) (param "order" $order) (param "stock" $stock)
+            (param "colour" $colour) (param "perms" $perms) (param "empty" $empty)
+            (param "map" (map string u32)) (param "map-u32" (map u32 string))
+            (param "fixed" (list u8 4)) (param "stocks" (list (option $stock)))
+            (param "own" (own $handle)) (param "holder" (tuple u32 (list (own $handle))))))
+        (import "reserve" (func (param "sku" string) (param "qty" u32)
+                                (param "note" (option string))
+                                (result (result u64 (error string)))))
+        (import "ping" (func))
+    )"#;
+
+    struct Fixture {
+        kinds: HashMap<String, Type>,
+        funcs: HashMap<String, (Vec<(String, Type)>, Option<Type>)>,
+    }
+
+    static TYPES: LazyLock<Fixture> = LazyLock::new(|| {
+        let mut config = Config::new();
+        config.wasm_component_model_map(true);
+        config.wasm_component_model_fixed_length_lists(true);
+        let engine = Engine::new(&config).expect("engine");
+        let component = Component::new(&engine, FIXTURE).expect("fixture validates");
+        let mut funcs = HashMap::new();
+        for (name, item) in component.component_type().imports(&engine) {
+            if let ComponentItem::ComponentFunc(func) = item.ty {
+                let params: Vec<_> = func.params().map(|(n, t)| (n.to_owned(), t)).collect();
+                funcs.insert(name.to_owned(), (params, func.results().next()));
+            }
+        }
+        let kinds = funcs["kinds"].0.iter().cloned().collect();
+        Fixture { kinds, funcs }
+    });
+
+    fn ty(kind: &str) -> &'static Type {
+        &TYPES.kinds[kind]
+    }
+
+    fn func(name: &str) -> &'static (Vec<(String, Type)>, Option<Type>) {
+        &TYPES.funcs[name]
+    }
+
+    #[test]
+    fn fixture_loads() {
+        assert_eq!(TYPES.kinds.len(), 33);
+    }
+}

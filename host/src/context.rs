@@ -1,0 +1,218 @@
+//! The context every call carries, and the errors a call can end with.
+//!
+//! A [`CallContext`] travels with a call across every hop: the request id
+//! that ties log lines together, the chain of packages the call has passed
+//! through (which gives the caller, the level, and cycle detection), the
+//! caller's metadata, and the absolute deadline that a nested call may
+//! never outlive.
+//!
+//! [`CallError`] mirrors the WIT `call-error` variant that packages see;
+//! errors are values here, kept apart from traps.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where a call comes from and how long it may take.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    /// Ties together every hop and log line of one outside request.
+    pub request_id: Arc<str>,
+    /// Packages the call has passed through, outermost first. Empty for a
+    /// call from outside (CLI, gateway, tests).
+    pub chain: Arc<[Arc<str>]>,
+    /// Caller-provided metadata, passed along unchanged.
+    pub meta: Arc<[(String, String)]>,
+    /// The instant by which the whole call must be done.
+    pub deadline: Instant,
+}
+
+impl CallContext {
+    /// A fresh context for a call from outside the host.
+    pub fn new(timeout: Duration) -> Self {
+        Self::with_request_id(next_request_id(), timeout)
+    }
+
+    /// A context for an outside call whose request id is given (taken from
+    /// an HTTP header, say).
+    pub fn with_request_id(request_id: impl Into<Arc<str>>, timeout: Duration) -> Self {
+        CallContext {
+            request_id: request_id.into(),
+            chain: Arc::from([]),
+            meta: Arc::from([]),
+            deadline: deadline_after(timeout),
+        }
+    }
+
+    /// The context of a call made by `package` while serving `self`: one
+    /// level deeper, never more time than is left, same request id.
+    pub fn nested(&self, package: &Arc<str>, timeout: Duration) -> Self {
+        let mut chain = Vec::with_capacity(self.chain.len() + 1);
+        chain.extend(self.chain.iter().cloned());
+        chain.push(package.clone());
+        CallContext {
+            request_id: self.request_id.clone(),
+            chain: chain.into(),
+            meta: self.meta.clone(),
+            deadline: self.deadline.min(deadline_after(timeout)),
+        }
+    }
+
+    /// The package that made this call, if it came from a package.
+    pub fn caller(&self) -> Option<&str> {
+        self.chain.last().map(|p| &**p)
+    }
+
+    /// 1 for a call from outside, +1 per nested hop (Moleculer's `level`).
+    pub fn level(&self) -> u32 {
+        u32::try_from(self.chain.len()).unwrap_or(u32::MAX).saturating_add(1)
+    }
+
+    /// Whether `package` is already serving an outer part of this call.
+    pub fn passed_through(&self, package: &str) -> bool {
+        self.chain.iter().any(|p| &**p == package)
+    }
+
+    /// The chain as `a -> b -> c`, for messages.
+    pub fn chain_text(&self) -> String {
+        let names: Vec<&str> = self.chain.iter().map(|p| &**p).collect();
+        names.join(" -> ")
+    }
+
+    /// Time left before the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// `now + timeout`, saturating far in the future for huge timeouts.
+pub fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// A process-unique request id: a random per-process prefix and a counter.
+pub fn next_request_id() -> Arc<str> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish() as u32
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:08x}-{n:x}").into()
+}
+
+/// Why a call did not return a value. The same cases as the WIT
+/// `steedos:package/types.call-error` that packages see.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No such action, or no live provider for it.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The parameters do not fit the action's WIT type.
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    /// The callee did not answer within its deadline.
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// The callee trapped (or ran out of memory); it is being restarted.
+    #[error("crashed: {0}")]
+    Crashed(String),
+    /// Queue full, call depth exceeded, or the callee is in restart backoff.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The caller may not call this action.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The action returned its own error.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+impl CallError {
+    /// The case name, as in WIT (`not-found`, `crashed`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::NotFound(_) => "not-found",
+            CallError::InvalidParams(_) => "invalid-params",
+            CallError::Timeout(_) => "timeout",
+            CallError::Crashed(_) => "crashed",
+            CallError::Overloaded(_) => "overloaded",
+            CallError::Denied(_) => "denied",
+            CallError::Failed(_) => "failed",
+        }
+    }
+
+    /// The message without the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            CallError::NotFound(m)
+            | CallError::InvalidParams(m)
+            | CallError::Timeout(m)
+            | CallError::Crashed(m)
+            | CallError::Overloaded(m)
+            | CallError::Denied(m)
+            | CallError::Failed(m) => m,
+        }
+    }
+}
+
+/// A duration as people write it (`1.5s`, `250ms`), for messages.
+pub struct Human(pub Duration);
+
+impl fmt::Display for Human {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d >= Duration::from_secs(1) {
+            write!(f, "{}s", trim(d.as_secs_f64()))
+        } else if d >= Duration::from_millis(1) {
+            write!(f, "{}ms", trim(d.as_secs_f64() * 1e3))
+        } else {
+            write!(f, "{}µs", trim(d.as_secs_f64() * 1e6))
+        }
+    }
+}
+
+fn trim(x: f64) -> String {
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_context_never_outlives_its_caller() {
+        let outer = CallContext::new(Duration::from_millis(100));
+        let a: Arc<str> = "a".into();
+        let inner = outer.nested(&a, Duration::from_secs(60));
+        assert_eq!(inner.deadline, outer.deadline);
+        assert_eq!(inner.level(), 2);
+        assert_eq!(inner.caller(), Some("a"));
+        assert!(inner.passed_through("a"));
+        assert!(!inner.passed_through("b"));
+        assert_eq!(inner.request_id, outer.request_id);
+        let short = outer.nested(&a, Duration::from_millis(1));
+        assert!(short.deadline < outer.deadline);
+    }
+
+    #[test]
+    fn request_ids_are_unique() {
+        let a = next_request_id();
+        let b = next_request_id();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(Human(Duration::from_millis(1500)).to_string(), "1.5s");
+        assert_eq!(Human(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(Human(Duration::from_micros(15)).to_string(), "15µs");
+    }
+}

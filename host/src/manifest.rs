@@ -1,0 +1,1610 @@
+//! An app's `steedos.toml`: parsing and validation.
+//!
+//! An app is a folder holding a `steedos.toml` that names its packages, their
+//! limits, their scale and what each may touch. [`Manifest::load`] reads it
+//! into one [`PackageSpec`] per package, with every default filled in and
+//! every relative path resolved against the app folder.
+//!
+//! # Example
+//!
+//! ```
+//! use std::path::Path;
+//! use std::time::Duration;
+//! use steedos_wasm::manifest::Manifest;
+//!
+//! let text = r#"
+//! [app]
+//! name = "shop"
+//!
+//! [defaults]
+//! timeout = "2s"
+//!
+//! [packages.inventory]
+//! component = "inventory.wasm"
+//! instances = 2
+//! memory = "32 MiB"
+//! events = ["order.*"]
+//!
+//! [packages.inventory.grants]
+//! env = { MODE = "fast" }
+//! calls = ["greeter.hello"]
+//! "#;
+//! let manifest = Manifest::parse(text, Path::new("/srv/shop/steedos.toml"))?;
+//! let inventory = &manifest.packages[0];
+//! assert_eq!(inventory.component, Path::new("/srv/shop/inventory.wasm"));
+//! assert_eq!(inventory.memory, 32 << 20);
+//! assert_eq!(inventory.timeout, Duration::from_secs(2));
+//! assert!(inventory.subscribes_to("order.placed"));
+//! assert!(inventory.grants.may_call("greeter.hello"));
+//! assert!(!inventory.grants.may_call("greeter.goodbye"));
+//! # Ok::<(), steedos_wasm::manifest::ManifestError>(())
+//! ```
+//!
+//! # Keys
+//!
+//! - `[app]`: `name` (default: the folder name), `max_call_depth` (1..=1024,
+//!   default 16), `cache_dir` (default `.steedos/cache`), `shutdown_timeout`
+//!   (0s..=1h, default 10s).
+//! - `[defaults]`: the limits below, for every package that does not set them.
+//! - `[packages.<name>]`: `component` (required), `path` and `build` (the
+//!   source folder and the shell command that builds it there), the limits
+//!   `instances` (1..=1024, default 1), `memory` (64 KiB..=4 GiB, default
+//!   64 MiB), `timeout` (1ms..=1h, default 5s), `queue` (0..=100000, default
+//!   64), `restart` (`{ max, within, backoff, max_backoff }`, default
+//!   `{ max = 5, within = "10s", backoff = "1s", max_backoff = "30s" }`), and
+//!   `events`.
+//! - `[packages.<name>.grants]`: nothing unless granted. `dirs` (host folders
+//!   preopened in the guest, `{ host, guest, read_only }`; `host` must exist),
+//!   `env` (fixed variables), `env_inherit` (variables copied from the host's
+//!   environment when set there), `calls` (the actions it may call).
+//!
+//! A package name is lowercase ASCII letters, digits and `-`, starts with a
+//! letter, and is at most 64 characters. Relative paths resolve against the
+//! app folder, except `component`, which resolves against `path` when given.
+//!
+//! Sizes are human (`"32 MiB"`, `"512KiB"`, `"1GB"`) or a number of bytes;
+//! durations are humantime (`"500ms"`, `"2s"`, `"1m"`). Event patterns are an
+//! exact name, a prefix followed by `.*`, or `*`; call patterns are an exact
+//! `pkg.action`, `pkg.*`, or `*`. A `prefix.*` pattern matches every name
+//! that starts with `prefix.`, however deep.
+//!
+//! # Errors
+//!
+//! A TOML syntax error, an unknown top-level key, or a bad `[app]` or
+//! `[defaults]` table fails the whole manifest. A bad `[packages.<name>]`
+//! table rejects that package alone: it lands in [`Manifest::rejected`] and
+//! every other package still loads. Either way the error names the file, the
+//! line and column of the offending key or value, the package, and the key
+//! path, the way cargo reports manifest errors:
+//!
+//! ```text
+//! steedos.toml:14:10: package `chaos`: memory: "12 parsecs" is not a size (try "64 MiB")
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use toml::Spanned;
+use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
+
+/// The manifest's file name inside an app folder.
+pub const FILE_NAME: &str = "steedos.toml";
+
+const DEFAULT_MAX_CALL_DEPTH: u32 = 16;
+const DEFAULT_CACHE_DIR: &str = ".steedos/cache";
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_INSTANCES: u32 = 1;
+const DEFAULT_MEMORY: u64 = 64 << 20;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_QUEUE: usize = 64;
+
+const MIN_MEMORY: u64 = 64 << 10;
+const MAX_MEMORY: u64 = 4 << 30;
+const MAX_PACKAGE_NAME: usize = 64;
+const HOUR_MS: u64 = 60 * 60 * 1000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+const TOP_LEVEL_KEYS: &str = "`app`, `defaults`, `packages`";
+const PACKAGE_NAME_RULE: &str = "a package name is lowercase ASCII letters, digits and `-`, \
+     starts with a letter, and is at most 64 characters";
+
+/// An app's `steedos.toml`, validated, with every default filled in.
+#[derive(Debug)]
+pub struct Manifest {
+    /// The `steedos.toml` file, as it was given.
+    pub path: PathBuf,
+    /// The app folder, absolute; relative paths in the manifest resolve against it.
+    pub dir: PathBuf,
+    /// App-wide settings from `[app]`.
+    pub app: AppSettings,
+    /// The packages that passed validation, in file order.
+    pub packages: Vec<PackageSpec>,
+    /// One [`ManifestError::Invalid`] per package that failed validation, in
+    /// file order; the rest of the app runs without them.
+    pub rejected: Vec<ManifestError>,
+}
+
+/// App-wide settings: the `[app]` table.
+#[derive(Clone, Debug)]
+pub struct AppSettings {
+    /// The app's name; defaults to the app folder's name.
+    pub name: String,
+    /// The longest chain of nested calls (A calls B calls C ...) the broker allows.
+    pub max_call_depth: u32,
+    /// Where compiled components are cached, absolute.
+    pub cache_dir: PathBuf,
+    /// How long a shutdown waits for calls in flight before it drops them.
+    pub shutdown_timeout: Duration,
+}
+
+/// One package: where its component is, how to build it, its limits and its grants.
+#[derive(Clone, Debug)]
+pub struct PackageSpec {
+    /// The package name; its actions are `<name>.<function>`.
+    pub name: String,
+    /// The package's source folder (`path`), absolute.
+    pub source: Option<PathBuf>,
+    /// The shell command that builds the component, run in [`PackageSpec::source`].
+    pub build: Option<String>,
+    /// The component file, absolute.
+    pub component: PathBuf,
+    /// How many live instances serve calls; each serves one call at a time.
+    pub instances: u32,
+    /// The memory limit of each instance, in bytes.
+    pub memory: u64,
+    /// The deadline of one call.
+    pub timeout: Duration,
+    /// How many calls may wait for an idle instance before callers get `overloaded`.
+    pub queue: usize,
+    /// When a crashing package goes into backoff.
+    pub restart: RestartPolicy,
+    /// Event patterns this package subscribes to; see [`PackageSpec::subscribes_to`].
+    pub events: Vec<String>,
+    /// What this package may touch beyond its own sandbox.
+    pub grants: Grants,
+}
+
+/// A restart budget: more than `max_restarts` restarts within `within` puts
+/// the package in backoff, doubling from `backoff` up to `max_backoff`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within [`RestartPolicy::within`] before backoff (`max`).
+    pub max_restarts: u32,
+    /// The window the restarts are counted in.
+    pub within: Duration,
+    /// The first backoff.
+    pub backoff: Duration,
+    /// The longest backoff.
+    pub max_backoff: Duration,
+}
+
+/// What a package may touch; nothing unless granted.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    /// Host folders preopened in the guest.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables, resolved: the fixed `env` ones, then the
+    /// `env_inherit` ones that are set in the host's environment.
+    pub env: Vec<(String, String)>,
+    /// Call patterns; see [`Grants::may_call`].
+    pub calls: Vec<String>,
+}
+
+/// A host folder preopened in the guest.
+#[derive(Clone, Debug)]
+pub struct DirGrant {
+    /// The folder on the host, absolute; it existed when the manifest was read.
+    pub host: PathBuf,
+    /// The path the guest sees it at.
+    pub guest: String,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+}
+
+/// Why a manifest, or one package in it, could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The manifest file could not be read.
+    #[error("cannot read {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{}:{line}:{column}: invalid TOML: {message}", file.display())]
+    Syntax {
+        /// The manifest file.
+        file: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key is unknown or missing, or a value has the wrong type or is out of range.
+    #[error("{}:{line}:{column}: {}{message}", file.display(), package_prefix(package.as_deref()))]
+    Invalid {
+        /// The manifest file.
+        file: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column (in characters) of the offending key or value.
+        column: usize,
+        /// The package it rejects; `None` when it fails the whole manifest.
+        package: Option<String>,
+        /// What is wrong, starting with the key path (`grants.dirs[0].host: ...`).
+        message: String,
+    },
+}
+
+impl ManifestError {
+    /// The package this error rejects, if it rejects one package rather than the manifest.
+    pub fn package(&self) -> Option<&str> {
+        match self {
+            ManifestError::Invalid { package, .. } => package.as_deref(),
+            ManifestError::Io { .. } | ManifestError::Syntax { .. } => None,
+        }
+    }
+}
+
+fn package_prefix(package: Option<&str>) -> String {
+    package.map_or_else(String::new, |name| format!("package `{name}`: "))
+}
+
+impl Manifest {
+    /// Reads and validates a manifest. `path` is an app folder (then
+    /// `<path>/steedos.toml`) or the toml file itself.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let file = if path.is_dir() {
+            path.join(FILE_NAME)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Validates manifest text. `path` names the file in messages, and its
+    /// parent is the app folder that relative paths resolve against.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let source = Source::new(text, path)?;
+        let root = DeTable::parse(text).map_err(|error| source.syntax_error(&error))?;
+        let sections = Sections::split(&source, root.get_ref())?;
+        let app = source.app(sections.app)?;
+        let defaults = source.defaults(sections.defaults)?;
+        let (packages, rejected) = source.packages(sections.packages, &defaults)?;
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            dir: source.dir,
+            app,
+            packages,
+            rejected,
+        })
+    }
+}
+
+impl PackageSpec {
+    /// A package with every default, for a bare component (used by
+    /// `steedos-wasm inspect` and tests). Its name is not validated.
+    pub fn for_component(name: &str, component: PathBuf) -> PackageSpec {
+        PackageSpec::with_limits(name, component, Limits::default())
+    }
+
+    fn with_limits(name: &str, component: PathBuf, limits: Limits) -> PackageSpec {
+        PackageSpec {
+            name: name.to_owned(),
+            source: None,
+            build: None,
+            component,
+            instances: limits.instances,
+            memory: limits.memory,
+            timeout: limits.timeout,
+            queue: limits.queue,
+            restart: limits.restart,
+            events: Vec::new(),
+            grants: Grants::default(),
+        }
+    }
+
+    /// Whether this package subscribes to `event`: an exact name, a
+    /// `prefix.*` pattern (any name under `prefix.`), or `*`.
+    pub fn subscribes_to(&self, event: &str) -> bool {
+        self.events
+            .iter()
+            .any(|pattern| pattern_matches(pattern, event))
+    }
+}
+
+impl Grants {
+    /// Whether this package may call `action` (`pkg.action`): granted by an
+    /// exact name, a `pkg.*` pattern, or `*`.
+    pub fn may_call(&self, action: &str) -> bool {
+        self.calls
+            .iter()
+            .any(|pattern| pattern_matches(pattern, action))
+    }
+}
+
+impl Default for RestartPolicy {
+    /// At most 5 restarts within 10s, then backoff from 1s up to 30s.
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 5,
+            within: Duration::from_secs(10),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+fn pattern_matches(pattern: &str, name: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix(".*") {
+        Some(prefix) => name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|rest| !rest.is_empty()),
+        None => pattern == name,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The limits a package may set, and `[defaults]` may set for all of them.
+
+#[derive(Clone, Debug)]
+struct Limits {
+    instances: u32,
+    memory: u64,
+    timeout: Duration,
+    queue: usize,
+    restart: RestartPolicy,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            instances: DEFAULT_INSTANCES,
+            memory: DEFAULT_MEMORY,
+            timeout: DEFAULT_TIMEOUT,
+            queue: DEFAULT_QUEUE,
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file as written. Each table is read with serde on its own, so a bad
+// value's error carries the value's span; ranges are checked while reading
+// for the same reason.
+
+type CallDepth = CountIn<1, 1024>;
+type Instances = CountIn<1, 1024>;
+type QueueLength = CountIn<0, 100_000>;
+type RestartCount = CountIn<0, 10_000>;
+type CallTimeout = DurationIn<1, HOUR_MS>;
+type ShutdownTimeout = DurationIn<0, HOUR_MS>;
+type RestartWindow = DurationIn<1, DAY_MS>;
+type Backoff = DurationIn<1, HOUR_MS>;
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawApp {
+    name: Option<Text>,
+    max_call_depth: Option<CallDepth>,
+    cache_dir: Option<PathValue>,
+    shutdown_timeout: Option<ShutdownTimeout>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawLimits {
+    instances: Option<Instances>,
+    memory: Option<Size>,
+    timeout: Option<CallTimeout>,
+    queue: Option<QueueLength>,
+    restart: Option<Spanned<RawRestart>>,
+}
+
+#[derive(Clone, Copy, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { max = 5, within = \"10s\", backoff = \"1s\", max_backoff = \"30s\" }"
+)]
+struct RawRestart {
+    max: Option<RestartCount>,
+    within: Option<RestartWindow>,
+    backoff: Option<Backoff>,
+    max_backoff: Option<Backoff>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a package table")]
+struct RawPackage {
+    path: Option<PathValue>,
+    build: Option<Spanned<Text>>,
+    component: PathValue,
+    instances: Option<Instances>,
+    memory: Option<Size>,
+    timeout: Option<CallTimeout>,
+    queue: Option<QueueLength>,
+    restart: Option<Spanned<RawRestart>>,
+    #[serde(default)]
+    events: Vec<EventPattern>,
+    #[serde(default)]
+    grants: RawGrants,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawGrants {
+    #[serde(default)]
+    dirs: Vec<RawDirGrant>,
+    #[serde(default)]
+    env: BTreeMap<EnvName, String>,
+    #[serde(default)]
+    env_inherit: Vec<Spanned<EnvName>>,
+    #[serde(default)]
+    calls: Vec<CallPattern>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { host = \"data\", guest = \"/data\" }"
+)]
+struct RawDirGrant {
+    host: Spanned<PathValue>,
+    guest: Text,
+    #[serde(default)]
+    read_only: bool,
+}
+
+impl RawLimits {
+    fn over(&self, base: &Limits) -> Limits {
+        Limits {
+            instances: self.instances.map_or(base.instances, |n| n.0),
+            memory: self.memory.map_or(base.memory, |size| size.0),
+            timeout: self.timeout.map_or(base.timeout, |d| d.0),
+            queue: self.queue.map_or(base.queue, |n| n.0 as usize),
+            restart: self
+                .restart
+                .as_ref()
+                .map_or_else(|| base.restart.clone(), |r| r.get_ref().over(&base.restart)),
+        }
+    }
+}
+
+impl RawPackage {
+    fn limits(&self) -> RawLimits {
+        RawLimits {
+            instances: self.instances,
+            memory: self.memory,
+            timeout: self.timeout,
+            queue: self.queue,
+            restart: self.restart.clone(),
+        }
+    }
+}
+
+impl RawRestart {
+    fn over(&self, base: &RestartPolicy) -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: self.max.map_or(base.max_restarts, |n| n.0),
+            within: self.within.map_or(base.within, |d| d.0),
+            backoff: self.backoff.map_or(base.backoff, |d| d.0),
+            max_backoff: self.max_backoff.map_or(base.max_backoff, |d| d.0),
+        }
+    }
+}
+
+/// `Err` with a message when backoff cannot double up to max_backoff.
+fn check_restart(policy: &RestartPolicy) -> Result<(), String> {
+    if policy.max_backoff < policy.backoff {
+        return Err(format!(
+            "max_backoff ({}) is less than backoff ({})",
+            humantime::format_duration(policy.max_backoff),
+            humantime::format_duration(policy.backoff)
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Resolving: from the file as written to the specs the host runs.
+
+/// The text being parsed, for turning spans into `file:line:column`.
+struct Source<'a> {
+    text: &'a str,
+    file: &'a Path,
+    dir: PathBuf,
+}
+
+/// The three top-level tables.
+struct Sections<'t, 'i> {
+    app: Option<&'t Spanned<DeValue<'i>>>,
+    defaults: Option<&'t Spanned<DeValue<'i>>>,
+    packages: Option<&'t Spanned<DeValue<'i>>>,
+}
+
+/// One table of the manifest being read: errors in it name the key path
+/// from `prefix` down, and the package it rejects (if any).
+struct Scope<'s, 'i> {
+    source: &'s Source<'s>,
+    value: &'s Spanned<DeValue<'i>>,
+    prefix: &'static str,
+    package: Option<&'s str>,
+}
+
+impl<'t, 'i> Sections<'t, 'i> {
+    fn split(source: &Source<'_>, root: &'t DeTable<'i>) -> Result<Self, ManifestError> {
+        let mut sections = Sections {
+            app: None,
+            defaults: None,
+            packages: None,
+        };
+        for (key, value) in root.iter() {
+            match key.get_ref().as_ref() {
+                "app" => sections.app = Some(value),
+                "defaults" => sections.defaults = Some(value),
+                "packages" => sections.packages = Some(value),
+                other => {
+                    let message =
+                        format!("unknown key `{other}`, expected one of {TOP_LEVEL_KEYS}");
+                    return Err(source.error(key.span(), None, message));
+                }
+            }
+        }
+        Ok(sections)
+    }
+}
+
+impl<'a> Source<'a> {
+    fn new(text: &'a str, file: &'a Path) -> Result<Self, ManifestError> {
+        let parent = file
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::path::absolute(parent).map_err(|source| ManifestError::Io {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        Ok(Source { text, file, dir })
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    fn syntax_error(&self, error: &toml::de::Error) -> ManifestError {
+        let (line, column) = self.position(error.span().map_or(0, |span| span.start));
+        ManifestError::Syntax {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message: error.message().trim_end().to_owned(),
+        }
+    }
+
+    fn error(&self, span: Range<usize>, package: Option<&str>, message: String) -> ManifestError {
+        let (line, column) = self.position(span.start);
+        ManifestError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            package: package.map(str::to_owned),
+            message,
+        }
+    }
+
+    fn app(&self, value: Option<&Spanned<DeValue<'_>>>) -> Result<AppSettings, ManifestError> {
+        let raw: RawApp = match value {
+            Some(value) => Scope::new(self, value, "app", None).deserialize()?,
+            None => RawApp::default(),
+        };
+        let name = raw.name.map_or_else(|| self.folder_name(), |name| name.0);
+        let cache_dir = raw
+            .cache_dir
+            .map_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR), |dir| dir.0);
+        Ok(AppSettings {
+            name,
+            max_call_depth: raw.max_call_depth.map_or(DEFAULT_MAX_CALL_DEPTH, |n| n.0),
+            cache_dir: self.dir.join(cache_dir),
+            shutdown_timeout: raw
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        })
+    }
+
+    fn folder_name(&self) -> String {
+        self.dir.file_name().map_or_else(
+            || "app".to_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        )
+    }
+
+    fn defaults(&self, value: Option<&Spanned<DeValue<'_>>>) -> Result<Limits, ManifestError> {
+        let Some(value) = value else {
+            return Ok(Limits::default());
+        };
+        let scope = Scope::new(self, value, "defaults", None);
+        let raw: RawLimits = scope.deserialize()?;
+        scope.limits(&raw, &Limits::default())
+    }
+
+    fn packages(
+        &self,
+        value: Option<&Spanned<DeValue<'_>>>,
+        defaults: &Limits,
+    ) -> Result<(Vec<PackageSpec>, Vec<ManifestError>), ManifestError> {
+        let Some(value) = value else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let DeValue::Table(table) = value.get_ref() else {
+            let message = format!(
+                "packages: invalid type: {}, expected a table of packages",
+                value.get_ref().type_str()
+            );
+            return Err(self.error(value.span(), None, message));
+        };
+        // The table is sorted by name; the host starts packages in file order.
+        let mut entries: Vec<_> = table.iter().collect();
+        entries.sort_by_key(|(key, _)| key.span().start);
+        let (mut packages, mut rejected) = (Vec::new(), Vec::new());
+        for (key, value) in entries {
+            match self.package(key, value, defaults) {
+                Ok(package) => packages.push(package),
+                Err(error) => rejected.push(error),
+            }
+        }
+        Ok((packages, rejected))
+    }
+
+    fn package(
+        &self,
+        key: &Spanned<DeString<'_>>,
+        value: &Spanned<DeValue<'_>>,
+        defaults: &Limits,
+    ) -> Result<PackageSpec, ManifestError> {
+        let name = key.get_ref().as_ref();
+        if !is_package_name(name) {
+            return Err(self.error(key.span(), Some(name), PACKAGE_NAME_RULE.to_owned()));
+        }
+        let scope = Scope::new(self, value, "", Some(name));
+        let raw: RawPackage = scope.deserialize()?;
+        let source = raw.path.as_ref().map(|path| self.dir.join(&path.0));
+        let build = match (&raw.build, &source) {
+            (Some(build), None) => {
+                let message = "`build` needs `path`, the folder to run it in".to_owned();
+                return Err(scope.error(build.span(), message));
+            }
+            (build, _) => build.as_ref().map(|build| build.get_ref().0.clone()),
+        };
+        let limits = scope.limits(&raw.limits(), defaults)?;
+        let component = source
+            .as_deref()
+            .unwrap_or(&self.dir)
+            .join(&raw.component.0);
+        let mut spec = PackageSpec::with_limits(name, component, limits);
+        spec.source = source;
+        spec.build = build;
+        spec.events = raw.events.into_iter().map(|pattern| pattern.0).collect();
+        spec.grants = scope.grants(raw.grants)?;
+        Ok(spec)
+    }
+}
+
+impl<'s, 'i> Scope<'s, 'i> {
+    fn new(
+        source: &'s Source<'s>,
+        value: &'s Spanned<DeValue<'i>>,
+        prefix: &'static str,
+        package: Option<&'s str>,
+    ) -> Self {
+        Scope {
+            source,
+            value,
+            prefix,
+            package,
+        }
+    }
+
+    fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ManifestError> {
+        T::deserialize(ValueDeserializer::from(self.value.clone()))
+            .map_err(|error| self.toml_error(&error))
+    }
+
+    fn toml_error(&self, error: &toml::de::Error) -> ManifestError {
+        let span = error.span().unwrap_or_else(|| self.value.span());
+        // serde reports an unknown key at the key: the path is the table holding it.
+        let at_key = error.message().starts_with("unknown field");
+        self.error_at(span, at_key, describe(error.message()))
+    }
+
+    /// An error at `span`, prefixed with the key path that leads to it.
+    fn error(&self, span: Range<usize>, message: String) -> ManifestError {
+        self.error_at(span, false, message)
+    }
+
+    fn error_at(&self, span: Range<usize>, at_key: bool, message: String) -> ManifestError {
+        let steps = if self.value.span() == span {
+            Vec::new()
+        } else {
+            locate(self.value.get_ref(), &span, at_key).unwrap_or_default()
+        };
+        let path = render_path(self.prefix, &steps);
+        let message = if path.is_empty() {
+            message
+        } else {
+            format!("{path}: {message}")
+        };
+        self.source.error(span, self.package, message)
+    }
+
+    fn limits(&self, raw: &RawLimits, base: &Limits) -> Result<Limits, ManifestError> {
+        let limits = raw.over(base);
+        if let Some(restart) = &raw.restart {
+            check_restart(&limits.restart)
+                .map_err(|message| self.error(restart.span(), message))?;
+        }
+        Ok(limits)
+    }
+
+    fn grants(&self, raw: RawGrants) -> Result<Grants, ManifestError> {
+        let dirs = raw
+            .dirs
+            .into_iter()
+            .map(|dir| self.dir_grant(dir))
+            .collect::<Result<_, _>>()?;
+        let mut env: Vec<(String, String)> = raw
+            .env
+            .iter()
+            .map(|(name, value)| (name.0.clone(), value.clone()))
+            .collect();
+        for name in &raw.env_inherit {
+            if raw.env.contains_key(name.get_ref()) {
+                let message = format!("`{}` is already set in `env`", name.get_ref().0);
+                return Err(self.error(name.span(), message));
+            }
+            env.extend(self.inherit(&name.get_ref().0));
+        }
+        let calls = raw.calls.into_iter().map(|pattern| pattern.0).collect();
+        Ok(Grants { dirs, env, calls })
+    }
+
+    fn dir_grant(&self, raw: RawDirGrant) -> Result<DirGrant, ManifestError> {
+        let written = &raw.host.get_ref().0;
+        let host = self.source.dir.join(written);
+        let problem = match std::fs::metadata(&host) {
+            Ok(metadata) if metadata.is_dir() => None,
+            Ok(_) => Some("is not a directory".to_owned()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Some("does not exist".to_owned())
+            }
+            Err(error) => Some(format!("cannot be opened: {error}")),
+        };
+        if let Some(problem) = problem {
+            let message =
+                format!("{written:?} {problem} (host paths are relative to the app folder)");
+            return Err(self.error(raw.host.span(), message));
+        }
+        Ok(DirGrant {
+            host,
+            guest: raw.guest.0,
+            read_only: raw.read_only,
+        })
+    }
+
+    fn inherit(&self, name: &str) -> Option<(String, String)> {
+        match std::env::var(name) {
+            Ok(value) => Some((name.to_owned(), value)),
+            Err(error) => {
+                tracing::warn!(
+                    package = self.package.unwrap_or_default(),
+                    var = name,
+                    %error,
+                    "env_inherit: not passed to the package"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// serde speaks of fields, maps and sequences; a TOML author writes keys,
+/// tables and arrays.
+fn describe(message: &str) -> String {
+    const WORDS: [(&str, &str); 6] = [
+        ("unknown field", "unknown key"),
+        ("missing field", "missing key"),
+        ("invalid type: map", "invalid type: table"),
+        ("expected a map", "expected a table"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("expected a sequence", "expected an array"),
+    ];
+    WORDS
+        .iter()
+        .fold(message.trim_end().to_owned(), |message, (from, to)| {
+            message.replace(from, to)
+        })
+}
+
+// ---------------------------------------------------------------------------
+// Key paths: which key an error's span belongs to.
+
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The path from `value` down to the key or value at `span`, or `None` if
+/// `span` is not inside `value`. Searches every child, because a table
+/// opened by a `[header]` has the header's span, not its contents'.
+fn locate(value: &DeValue<'_>, span: &Range<usize>, at_key: bool) -> Option<Vec<Step>> {
+    match value {
+        DeValue::Table(table) => table.iter().find_map(|(key, child)| {
+            if at_key && covers(&key.span(), span) {
+                return Some(Vec::new());
+            }
+            let step = || Step::Key(key.get_ref().to_string());
+            locate_child(child, span, at_key).map(|steps| prepend(step(), steps))
+        }),
+        DeValue::Array(array) => array.iter().enumerate().find_map(|(index, child)| {
+            locate_child(child, span, at_key).map(|steps| prepend(Step::Index(index), steps))
+        }),
+        _ => None,
+    }
+}
+
+fn locate_child(
+    child: &Spanned<DeValue<'_>>,
+    span: &Range<usize>,
+    at_key: bool,
+) -> Option<Vec<Step>> {
+    if child.span() == *span {
+        return Some(Vec::new());
+    }
+    locate(child.get_ref(), span, at_key).or_else(|| covers(&child.span(), span).then(Vec::new))
+}
+
+fn covers(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+fn prepend(step: Step, mut steps: Vec<Step>) -> Vec<Step> {
+    steps.insert(0, step);
+    steps
+}
+
+fn render_path(prefix: &str, steps: &[Step]) -> String {
+    let mut path = prefix.to_owned();
+    for step in steps {
+        match step {
+            Step::Key(key) if path.is_empty() => path.push_str(key),
+            Step::Key(key) => {
+                path.push('.');
+                path.push_str(key);
+            }
+            Step::Index(index) => path.push_str(&format!("[{index}]")),
+        }
+    }
+    path
+}
+
+// ---------------------------------------------------------------------------
+// Values that are checked as they are read.
+
+/// An integer in `MIN..=MAX`.
+#[derive(Clone, Copy)]
+struct CountIn<const MIN: u32, const MAX: u32>(u32);
+
+struct CountVisitor<const MIN: u32, const MAX: u32>;
+
+impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for CountIn<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_u32(CountVisitor::<MIN, MAX>)
+    }
+}
+
+impl<const MIN: u32, const MAX: u32> Visitor<'_> for CountVisitor<MIN, MAX> {
+    type Value = CountIn<MIN, MAX>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an integer from {MIN} to {MAX}")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        match u32::try_from(value) {
+            Ok(count) => self.visit_u32(count),
+            Err(_) => Err(E::custom(format!(
+                "{value} is out of range ({MIN}..={MAX})"
+            ))),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        match u32::try_from(value) {
+            Ok(count) => self.visit_u32(count),
+            Err(_) => Err(E::custom(format!(
+                "{value} is out of range ({MIN}..={MAX})"
+            ))),
+        }
+    }
+
+    fn visit_u32<E: de::Error>(self, value: u32) -> Result<Self::Value, E> {
+        if (MIN..=MAX).contains(&value) {
+            Ok(CountIn(value))
+        } else {
+            Err(E::custom(format!(
+                "{value} is out of range ({MIN}..={MAX})"
+            )))
+        }
+    }
+}
+
+/// A memory size in bytes, in `MIN_MEMORY..=MAX_MEMORY`: `"32 MiB"` or a number of bytes.
+#[derive(Clone, Copy)]
+struct Size(u64);
+
+struct SizeVisitor;
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+impl Size {
+    fn checked(bytes: u64, written: &dyn fmt::Display) -> Result<Self, String> {
+        if (MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
+            Ok(Size(bytes))
+        } else {
+            Err(format!("{written} is out of range (64 KiB..=4 GiB)"))
+        }
+    }
+}
+
+impl Visitor<'_> for SizeVisitor {
+    type Value = Size;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a size like \"64 MiB\", or a number of bytes")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Size, E> {
+        let written = format!("{value:?}");
+        let size = value
+            .parse::<ByteSize>()
+            .map_err(|_| E::custom(format!("{written} is not a size (try \"64 MiB\")")))?;
+        Size::checked(size.as_u64(), &written).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Size, E> {
+        let bytes = u64::try_from(value).unwrap_or(0);
+        Size::checked(bytes, &format_args!("{value} bytes")).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Size, E> {
+        Size::checked(value, &format_args!("{value} bytes")).map_err(E::custom)
+    }
+}
+
+/// A value written as a TOML string and checked while it is read.
+trait FromTomlStr: Sized {
+    /// What a good value looks like, for "invalid type" messages.
+    const EXPECTING: &'static str;
+
+    fn from_toml_str(text: &str) -> Result<Self, String>;
+}
+
+struct StrVisitor<T>(PhantomData<T>);
+
+impl<T: FromTomlStr> Visitor<'_> for StrVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<T, E> {
+        T::from_toml_str(value).map_err(E::custom)
+    }
+}
+
+macro_rules! deserialize_from_toml_str {
+    ($($ty:ty),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.deserialize_str(StrVisitor(PhantomData))
+            }
+        }
+    )*};
+}
+
+deserialize_from_toml_str!(Text, PathValue, EnvName, EventPattern, CallPattern);
+
+/// A duration in `MIN_MS..=MAX_MS` milliseconds, written the humantime way.
+#[derive(Clone, Copy)]
+struct DurationIn<const MIN_MS: u64, const MAX_MS: u64>(Duration);
+
+impl<'de, const MIN_MS: u64, const MAX_MS: u64> Deserialize<'de> for DurationIn<MIN_MS, MAX_MS> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(StrVisitor(PhantomData))
+    }
+}
+
+impl<const MIN_MS: u64, const MAX_MS: u64> FromTomlStr for DurationIn<MIN_MS, MAX_MS> {
+    const EXPECTING: &'static str = "a duration like \"5s\"";
+
+    fn from_toml_str(text: &str) -> Result<Self, String> {
+        let duration = humantime::parse_duration(text)
+            .map_err(|_| format!("{text:?} is not a duration (try \"5s\")"))?;
+        let (min, max) = (Duration::from_millis(MIN_MS), Duration::from_millis(MAX_MS));
+        if (min..=max).contains(&duration) {
+            Ok(DurationIn(duration))
+        } else {
+            let (min, max) = (
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+            );
+            Err(format!("{text:?} is out of range ({min}..={max})"))
+        }
+    }
+}
+
+/// A non-empty string.
+struct Text(String);
+
+impl FromTomlStr for Text {
+    const EXPECTING: &'static str = "a string";
+
+    fn from_toml_str(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        Ok(Text(text.to_owned()))
+    }
+}
+
+/// A non-empty path.
+struct PathValue(PathBuf);
+
+impl FromTomlStr for PathValue {
+    const EXPECTING: &'static str = "a path";
+
+    fn from_toml_str(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("must not be an empty path".to_owned());
+        }
+        Ok(PathValue(PathBuf::from(text)))
+    }
+}
+
+/// A portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct EnvName(String);
+
+impl FromTomlStr for EnvName {
+    const EXPECTING: &'static str = "an environment variable name";
+
+    fn from_toml_str(text: &str) -> Result<Self, String> {
+        let mut chars = text.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !(first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+            return Err(format!(
+                "{text:?} is not an environment variable name (letters, digits and `_`, not starting with a digit)"
+            ));
+        }
+        Ok(EnvName(text.to_owned()))
+    }
+}
+
+/// An event subscription: an exact name, `prefix.*`, or `*`.
+struct EventPattern(String);
+
+impl FromTomlStr for EventPattern {
+    const EXPECTING: &'static str = "an event pattern";
+
+    fn from_toml_str(text: &str) -> Result<Self, String> {
+        let name = text.strip_suffix(".*").unwrap_or(text);
+        if text != "*" && !is_event_name(name) {
+            return Err(format!(
+                "{text:?} is not an event pattern (use a name like \"order.placed\", a prefix like \"order.*\", or \"*\")"
+            ));
+        }
+        Ok(EventPattern(text.to_owned()))
+    }
+}
+
+/// A call grant: `pkg.action`, `pkg.*`, or `*`.
+struct CallPattern(String);
+
+impl FromTomlStr for CallPattern {
+    const EXPECTING: &'static str = "an action pattern";
+
+    fn from_toml_str(text: &str) -> Result<Self, String> {
+        if !is_call_pattern(text) {
+            return Err(format!(
+                "{text:?} is not an action pattern (use \"package.action\", \"package.*\", or \"*\")"
+            ));
+        }
+        Ok(CallPattern(text.to_owned()))
+    }
+}
+
+fn is_package_name(name: &str) -> bool {
+    name.len() <= MAX_PACKAGE_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Dot-separated, non-empty segments without spaces or `*`.
+fn is_event_name(name: &str) -> bool {
+    name.split('.').all(|segment| {
+        !segment.is_empty()
+            && segment
+                .chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && c != '*')
+    })
+}
+
+fn is_call_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let Some((package, action)) = pattern.split_once('.') else {
+        return false;
+    };
+    is_package_name(package) && (action == "*" || is_action_name(action))
+}
+
+/// A function name, or `interface.function` where two interfaces share one.
+fn is_action_name(action: &str) -> bool {
+    action.split('.').all(|segment| {
+        !segment.is_empty()
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Snapshot tests: `tests/manifest/<case>.toml` beside `<case>.err`, the
+    //! exact errors it must produce (none: no `.err`). `UPDATE_SNAPSHOTS=1`
+    //! rewrites the `.err` files.
+
+    use super::*;
+
+    fn cases_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifest")
+    }
+
+    /// Every error the outcome holds, one a line, with paths relative to the cases folder.
+    fn render(outcome: &Result<Manifest, ManifestError>) -> String {
+        let errors: Vec<String> = match outcome {
+            Ok(manifest) => manifest.rejected.iter().map(ToString::to_string).collect(),
+            Err(error) => vec![error.to_string()],
+        };
+        let dir = format!("{}{}", cases_dir().display(), std::path::MAIN_SEPARATOR);
+        errors
+            .iter()
+            .map(|error| format!("{}\n", error.replace(&dir, "")))
+            .collect()
+    }
+
+    /// Loads `<case>.toml` and compares its errors with `<case>.err`.
+    fn check_snapshot(case: &str) -> Result<Manifest, ManifestError> {
+        let outcome = Manifest::load(&cases_dir().join(format!("{case}.toml")));
+        let actual = render(&outcome);
+        let snapshot = cases_dir().join(format!("{case}.err"));
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some_and(|value| value == "1") {
+            update_snapshot(&snapshot, &actual);
+        } else {
+            let expected = std::fs::read_to_string(&snapshot).unwrap_or_default();
+            assert_eq!(
+                actual, expected,
+                "{case}.toml: errors differ from {case}.err (UPDATE_SNAPSHOTS=1 rewrites it)"
+            );
+        }
+        outcome
+    }
+
+    fn update_snapshot(snapshot: &Path, actual: &str) {
+        if actual.is_empty() {
+            if snapshot.exists() {
+                std::fs::remove_file(snapshot).expect("remove stale snapshot");
+            }
+        } else {
+            std::fs::write(snapshot, actual).expect("write snapshot");
+        }
+    }
+
+    fn load_good(case: &str) -> Manifest {
+        check_snapshot(case).unwrap_or_else(|error| panic!("{case}: {error}"))
+    }
+
+    fn package<'m>(manifest: &'m Manifest, name: &str) -> &'m PackageSpec {
+        manifest
+            .packages
+            .iter()
+            .find(|package| package.name == name)
+            .unwrap_or_else(|| panic!("no package `{name}`"))
+    }
+
+    fn parse_inline(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, &cases_dir().join("inline.toml"))
+    }
+
+    /// Broken inputs: each is a `<case>.toml` with a `<case>.err`.
+    mod snapshots {
+        use super::check_snapshot;
+
+        macro_rules! cases {
+            ($($case:ident),* $(,)?) => {
+                pub(super) const CASES: &[&str] = &[$(stringify!($case)),*];
+                $(#[test]
+                fn $case() {
+                    let _ = check_snapshot(stringify!($case));
+                })*
+            };
+        }
+
+        cases!(
+            syntax_error,
+            unknown_top_level_key,
+            unknown_app_key,
+            app_out_of_range,
+            app_wrong_type,
+            bad_defaults,
+            defaults_unknown_key,
+            defaults_bad_restart,
+            packages_not_a_table,
+            unknown_package_key,
+            unknown_grants_key,
+            wrong_types,
+            out_of_range,
+            bad_values,
+            missing_component,
+            build_without_path,
+            bad_package_names,
+            missing_grant_dir,
+            bad_patterns,
+        );
+    }
+
+    /// Good inputs, each with its own test below.
+    const GOOD_CASES: &[&str] = &["empty", "minimal", "full", "defaults", "one_bad_package"];
+
+    #[test]
+    fn every_case_file_has_a_test() {
+        let mut files: Vec<String> = std::fs::read_dir(cases_dir())
+            .expect("read tests/manifest")
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter_map(|name| name.strip_suffix(".toml").map(str::to_owned))
+            .collect();
+        let mut tested: Vec<String> = snapshots::CASES
+            .iter()
+            .chain(GOOD_CASES)
+            .map(|case| (*case).to_owned())
+            .collect();
+        files.sort();
+        tested.sort();
+        assert_eq!(files, tested);
+    }
+
+    #[test]
+    fn empty_manifest_has_every_app_default() {
+        let manifest = load_good("empty");
+        assert_eq!(manifest.dir, cases_dir());
+        assert_eq!(manifest.path, cases_dir().join("empty.toml"));
+        assert_eq!(manifest.app.name, "manifest");
+        assert_eq!(manifest.app.max_call_depth, 16);
+        assert_eq!(manifest.app.cache_dir, cases_dir().join(".steedos/cache"));
+        assert_eq!(manifest.app.shutdown_timeout, Duration::from_secs(10));
+        assert!(manifest.packages.is_empty());
+        assert!(manifest.rejected.is_empty());
+    }
+
+    #[test]
+    fn minimal_package_has_every_default() {
+        let manifest = load_good("minimal");
+        let [hello] = manifest.packages.as_slice() else {
+            panic!("expected one package, got {:?}", manifest.packages);
+        };
+        assert_eq!(hello.name, "hello");
+        assert_eq!(hello.source, None);
+        assert_eq!(hello.build, None);
+        assert_eq!(hello.component, cases_dir().join("hello.wasm"));
+        assert_eq!(hello.instances, 1);
+        assert_eq!(hello.memory, 64 << 20);
+        assert_eq!(hello.timeout, Duration::from_secs(5));
+        assert_eq!(hello.queue, 64);
+        assert_eq!(hello.restart, RestartPolicy::default());
+        assert!(hello.events.is_empty());
+        assert!(hello.grants.dirs.is_empty());
+        assert!(hello.grants.env.is_empty());
+        assert!(hello.grants.calls.is_empty());
+        assert!(!hello.subscribes_to("order.placed"));
+        assert!(!hello.grants.may_call("hello.hello"));
+    }
+
+    #[test]
+    fn full_manifest_sets_every_key() {
+        let manifest = load_good("full");
+        assert_eq!(manifest.app.name, "shop");
+        assert_eq!(manifest.app.max_call_depth, 8);
+        assert_eq!(manifest.app.cache_dir, Path::new("/var/cache/steedos"));
+        assert_eq!(manifest.app.shutdown_timeout, Duration::from_secs(90));
+        let names: Vec<&str> = manifest.packages.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["inventory", "greeter"], "file order");
+
+        let inventory = package(&manifest, "inventory");
+        let source = cases_dir().join("packages/inventory");
+        assert_eq!(inventory.source.as_deref(), Some(source.as_path()));
+        assert_eq!(
+            inventory.build.as_deref(),
+            Some("cargo build --release --target wasm32-wasip2")
+        );
+        assert_eq!(
+            inventory.component,
+            source.join("target/wasm32-wasip2/release/inventory.wasm")
+        );
+        assert_eq!(inventory.instances, 2);
+        assert_eq!(inventory.memory, 32 << 20);
+        assert_eq!(inventory.timeout, Duration::from_secs(2));
+        assert_eq!(inventory.queue, 128);
+        assert_eq!(inventory.events, ["order.placed", "order.*", "*"]);
+        let restart = RestartPolicy {
+            max_restarts: 10,
+            within: Duration::from_secs(30),
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(20),
+        };
+        assert_eq!(inventory.restart, restart);
+        assert_eq!(
+            inventory.grants.calls,
+            ["inventory.*", "greeter.hello", "*"]
+        );
+
+        let dirs = &inventory.grants.dirs;
+        assert_eq!(dirs.len(), 2);
+        assert_eq!(dirs[0].host, cases_dir().join("data"));
+        assert_eq!(dirs[0].guest, "/data");
+        assert!(dirs[0].read_only);
+        assert_eq!(dirs[1].host, cases_dir().join("."));
+        assert_eq!(dirs[1].guest, "/app");
+        assert!(!dirs[1].read_only);
+    }
+
+    #[test]
+    fn env_is_fixed_then_inherited_when_set() {
+        let manifest = load_good("full");
+        let inventory = package(&manifest, "inventory");
+        let mut expected = vec![
+            ("LEVEL".to_owned(), "3".to_owned()),
+            ("MODE".to_owned(), "fast".to_owned()),
+        ];
+        // PATH is inherited when the test runs with one; the never-set variable is skipped.
+        expected.extend(
+            std::env::var("PATH")
+                .ok()
+                .map(|path| ("PATH".to_owned(), path)),
+        );
+        assert_eq!(inventory.grants.env, expected);
+    }
+
+    #[test]
+    fn absolute_component_and_defaults_table() {
+        let manifest = load_good("full");
+        let greeter = package(&manifest, "greeter");
+        assert_eq!(greeter.component, Path::new("/opt/steedos/greeter.wasm"));
+        assert_eq!(greeter.instances, 3);
+        assert_eq!(greeter.memory, 128 << 20);
+        assert_eq!(greeter.timeout, Duration::from_secs(10));
+        assert_eq!(greeter.queue, 32);
+        let restart = RestartPolicy {
+            max_restarts: 3,
+            within: Duration::from_secs(60),
+            backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(60),
+        };
+        assert_eq!(greeter.restart, restart);
+    }
+
+    #[test]
+    fn defaults_apply_key_by_key() {
+        let manifest = load_good("defaults");
+        let plain = package(&manifest, "plain");
+        assert_eq!(plain.instances, 4);
+        assert_eq!(plain.memory, 1 << 20);
+        assert_eq!(plain.timeout, Duration::from_millis(750));
+        assert_eq!(plain.queue, 0);
+        let restart = RestartPolicy {
+            max_restarts: 2,
+            backoff: Duration::from_millis(100),
+            ..RestartPolicy::default()
+        };
+        assert_eq!(plain.restart, restart);
+
+        let tuned = package(&manifest, "tuned");
+        assert_eq!(tuned.instances, 1);
+        assert_eq!(tuned.memory, 1_000_000_000);
+        assert_eq!(tuned.timeout, Duration::from_millis(750));
+        let restart = RestartPolicy {
+            max_restarts: 2,
+            within: Duration::from_secs(3600),
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(300),
+        };
+        assert_eq!(tuned.restart, restart);
+    }
+
+    #[test]
+    fn one_bad_package_leaves_the_others_loaded() {
+        let manifest = load_good("one_bad_package");
+        let names: Vec<&str> = manifest.packages.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["first", "last"]);
+        let rejected: Vec<Option<&str>> = manifest.rejected.iter().map(|e| e.package()).collect();
+        assert_eq!(rejected, [Some("chaos")]);
+    }
+
+    #[test]
+    fn human_sizes() {
+        let cases: &[(&str, u64)] = &[
+            ("\"32 MiB\"", 32 << 20),
+            ("\"512KiB\"", 512 << 10),
+            ("\"1GB\"", 1_000_000_000),
+            ("\"4 GiB\"", 4 << 30),
+            ("\"1.5 MiB\"", 3 << 19),
+            ("\"100 kb\"", 100_000),
+            ("\"65536\"", 65536),
+            ("65536", 65536),
+        ];
+        for (written, bytes) in cases {
+            let text = format!("[packages.p]\ncomponent = \"p.wasm\"\nmemory = {written}\n");
+            let manifest = parse_inline(&text).expect("valid manifest");
+            assert!(
+                manifest.rejected.is_empty(),
+                "{written}: {:?}",
+                manifest.rejected
+            );
+            assert_eq!(manifest.packages[0].memory, *bytes, "{written}");
+        }
+    }
+
+    #[test]
+    fn human_durations() {
+        let cases: &[(&str, Duration)] = &[
+            ("500ms", Duration::from_millis(500)),
+            ("2s", Duration::from_secs(2)),
+            ("1m", Duration::from_secs(60)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("1h", Duration::from_secs(3600)),
+            ("1ms", Duration::from_millis(1)),
+        ];
+        for (written, duration) in cases {
+            let text = format!("[packages.p]\ncomponent = \"p.wasm\"\ntimeout = \"{written}\"\n");
+            let manifest = parse_inline(&text).expect("valid manifest");
+            assert!(
+                manifest.rejected.is_empty(),
+                "{written}: {:?}",
+                manifest.rejected
+            );
+            assert_eq!(manifest.packages[0].timeout, *duration, "{written}");
+        }
+    }
+
+    #[test]
+    fn may_call_patterns() {
+        let grants = Grants {
+            calls: vec!["inventory.*".into(), "greeter.hello".into()],
+            ..Grants::default()
+        };
+        assert!(grants.may_call("inventory.reserve"));
+        assert!(grants.may_call("inventory.stock.reserve"));
+        assert!(grants.may_call("greeter.hello"));
+        assert!(!grants.may_call("greeter.goodbye"));
+        assert!(!grants.may_call("greeter.hello.world"));
+        assert!(!grants.may_call("inventory"));
+        assert!(!grants.may_call("inventory."));
+        assert!(!grants.may_call("inventoryx.reserve"));
+        assert!(!Grants::default().may_call("inventory.reserve"));
+        let everything = Grants {
+            calls: vec!["*".into()],
+            ..Grants::default()
+        };
+        assert!(everything.may_call("anything.at-all"));
+    }
+
+    #[test]
+    fn subscribes_to_patterns() {
+        let mut spec = PackageSpec::for_component("audit", PathBuf::from("/audit.wasm"));
+        assert!(!spec.subscribes_to("order.placed"));
+        spec.events = vec!["order.*".into(), "user.created".into()];
+        assert!(spec.subscribes_to("order.placed"));
+        assert!(spec.subscribes_to("order.line.added"));
+        assert!(spec.subscribes_to("user.created"));
+        assert!(!spec.subscribes_to("user.deleted"));
+        assert!(!spec.subscribes_to("order"));
+        assert!(!spec.subscribes_to("orders.placed"));
+        spec.events = vec!["*".into()];
+        assert!(spec.subscribes_to("anything"));
+    }
+
+    #[test]
+    fn for_component_has_every_default() {
+        let spec = PackageSpec::for_component("hello", PathBuf::from("/hello.wasm"));
+        let minimal = load_good("minimal");
+        let hello = package(&minimal, "hello");
+        assert_eq!(spec.name, "hello");
+        assert_eq!(spec.component, Path::new("/hello.wasm"));
+        assert_eq!(
+            (spec.instances, spec.memory, spec.timeout, spec.queue),
+            (hello.instances, hello.memory, hello.timeout, hello.queue)
+        );
+        assert_eq!(spec.restart, hello.restart);
+        assert!(spec.source.is_none() && spec.build.is_none() && spec.events.is_empty());
+    }
+
+    #[test]
+    fn load_reads_steedos_toml_in_a_folder() {
+        let folder = cases_dir().join("data");
+        let Err(ManifestError::Io { path, .. }) = Manifest::load(&folder) else {
+            panic!("a folder without steedos.toml is an Io error");
+        };
+        assert_eq!(path, folder.join(FILE_NAME));
+    }
+
+    #[test]
+    fn bare_file_name_resolves_against_the_working_directory() {
+        let manifest = Manifest::parse("", Path::new(FILE_NAME)).expect("empty manifest");
+        let cwd = std::env::current_dir().expect("working directory");
+        assert_eq!(manifest.dir, cwd);
+        assert_eq!(manifest.app.cache_dir, cwd.join(".steedos/cache"));
+    }
+
+    #[test]
+    fn errors_point_at_line_and_column() {
+        let text = "[packages.p]\ncomponent = \"p.wasm\"\n  timeout = \"soon\"\n";
+        let manifest = parse_inline(text).expect("the file itself is valid");
+        let [
+            ManifestError::Invalid {
+                line,
+                column,
+                package,
+                message,
+                ..
+            },
+        ] = manifest.rejected.as_slice()
+        else {
+            panic!("expected one Invalid error, got {:?}", manifest.rejected);
+        };
+        assert_eq!((*line, *column), (3, 13));
+        assert_eq!(package.as_deref(), Some("p"));
+        assert_eq!(message, "timeout: \"soon\" is not a duration (try \"5s\")");
+    }
+}

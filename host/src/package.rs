@@ -1,0 +1,940 @@
+//! A loaded package: what its component exports and imports, how it is
+//! linked, and its live instances.
+//!
+//! # What a package offers
+//! [`PackageType::analyze`] reads a component's types: every function of
+//! every interface it exports is an action (`lifecycle` and `events` of
+//! `steedos:package` excepted), named `<package>.<function>`, or
+//! `<package>.<interface>.<function>` where two interfaces share a name.
+//! A component that exports no action and no event handler is not a
+//! steedos package and is refused with a message that says so.
+//!
+//! # What a package needs
+//! `wasi:*` and `steedos:package/*` imports are the host's. Any other
+//! imported interface is a typed import that another package must export;
+//! the broker resolves those ([`ImportTarget`]) and the linker forwards each
+//! call's values between the two stores.
+//!
+//! # Instances
+//! A [`LiveInstance`] is one instantiation in a `Store` of its own, with a
+//! deny-by-default WASI context built from the package's grants, a memory
+//! limit that traps on a refused grow, and an epoch deadline armed for every
+//! call. A call that traps, times out or runs out of memory returns a
+//! [`Fault`]; the instance is then unusable and the caller drops it.
+//!
+//! The host functions a package imports reach the broker through the
+//! [`Router`] trait, so this module never depends on the broker.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wasmtime::component::{
+    Component, ComponentExportIndex, Func, HasSelf, InstancePre, Linker, ResourceTable, TypedFunc,
+    Val, types::ComponentFunc, types::ComponentItem, types::Type,
+};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::context::{CallContext, CallError, Human};
+use crate::manifest::PackageSpec;
+
+pub(crate) mod wit {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "steedos:%package/%package",
+        imports: { default: async },
+    });
+}
+
+use wit::steedos::package::types as wit_types;
+
+/// The interface name prefix of the host's own contract.
+pub const STEEDOS_PACKAGE: &str = "steedos:package/";
+
+/// A boxed future, as the [`Router`] returns them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Who is calling: the package and the context of the call it is serving.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The calling package.
+    pub package: Arc<str>,
+    /// The context of the call the caller is serving right now.
+    pub ctx: CallContext,
+}
+
+/// How the host functions a package imports reach the broker.
+pub trait Router: Send + Sync + 'static {
+    /// `broker.call`: a dynamic call by name, MessagePack in and out.
+    fn call(
+        self: Arc<Self>,
+        from: Caller,
+        action: String,
+        params: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, CallError>>;
+    /// A call through a typed import, values in and out.
+    fn call_import(
+        self: Arc<Self>,
+        from: Caller,
+        target: Arc<ImportTarget>,
+        params: Vec<Val>,
+    ) -> BoxFuture<'static, Result<Option<Val>, CallError>>;
+    /// `broker.emit` (`broadcast == false`) and `broker.broadcast`.
+    fn publish(self: Arc<Self>, from: Caller, event: String, payload: Vec<u8>, broadcast: bool);
+}
+
+/// Why a package cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    /// The component exports nothing the host can call.
+    #[error(
+        "package `{package}` is not a steedos package: it exports no actions and no \
+         `steedos:package/events` handler (its exports: {exports}). Build it against the \
+         `steedos:package` world and export an interface of its own"
+    )]
+    NotAPackage {
+        /// The package.
+        package: String,
+        /// What it does export.
+        exports: String,
+    },
+    /// An export or import uses something the broker cannot carry.
+    #[error("package `{package}`: {item}: {reason}")]
+    Unsupported {
+        /// The package.
+        package: String,
+        /// The export or import.
+        item: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A typed import cannot be linked to a provider.
+    #[error("package `{package}` imports `{interface}`: {reason}")]
+    Import {
+        /// The importing package.
+        package: String,
+        /// The imported interface.
+        interface: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// wasmtime refused to link the component.
+    #[error("package `{package}` cannot be linked: {message}")]
+    Link {
+        /// The package.
+        package: String,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// A granted folder cannot be opened.
+    #[error("package `{package}`: cannot open granted folder {dir}: {message}")]
+    Grant {
+        /// The package.
+        package: String,
+        /// The folder.
+        dir: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// One action: a function the package exports.
+#[derive(Clone, Debug)]
+pub struct ActionType {
+    /// The action's name within its package (`reserve`, or `stock.reserve`).
+    pub name: String,
+    /// The exported interface it belongs to (`None` for a world-level function).
+    pub interface: Option<String>,
+    /// The WIT function name.
+    pub function: String,
+    /// Parameter names and types, in order.
+    pub params: Vec<(String, Type)>,
+    /// The result type, if any.
+    pub result: Option<Type>,
+    /// Where to find the function in an instance.
+    pub(crate) index: ComponentExportIndex,
+}
+
+/// An interface this package imports that some other package must export.
+#[derive(Clone, Debug)]
+pub struct TypedImport {
+    /// Its full name, `acme:inventory/stock@0.1.0`.
+    pub interface: String,
+    /// Its functions and their types as the importer expects them.
+    pub functions: Vec<(String, ComponentFunc)>,
+}
+
+/// What a component exports and imports, read from its types.
+#[derive(Clone, Debug)]
+pub struct PackageType {
+    /// Its actions.
+    pub actions: Vec<ActionType>,
+    /// Interfaces it exports with their functions' action indexes (for
+    /// providing typed imports of other packages).
+    pub exported_interfaces: Vec<(String, Vec<usize>)>,
+    /// Interfaces it needs from other packages.
+    pub typed_imports: Vec<TypedImport>,
+    /// Host interfaces it imports (`wasi:*`, `steedos:package/*`).
+    pub host_imports: Vec<String>,
+    lifecycle: Option<(ComponentExportIndex, ComponentExportIndex)>,
+    events: Option<ComponentExportIndex>,
+}
+
+impl PackageType {
+    /// Reads what `component` offers and needs; `package` names it in errors.
+    pub fn analyze(engine: &Engine, component: &Component, package: &str) -> Result<Self, PackageError> {
+        let cty = component.component_type();
+        let mut ty = PackageType {
+            actions: Vec::new(),
+            exported_interfaces: Vec::new(),
+            typed_imports: Vec::new(),
+            host_imports: Vec::new(),
+            lifecycle: None,
+            events: None,
+        };
+        let mut other_exports = Vec::new();
+        for (name, ext) in cty.exports(engine) {
+            match ext.ty {
+                ComponentItem::ComponentInstance(inst) if is_steedos(name, "lifecycle") => {
+                    let iface = export_index(component, None, name)?;
+                    let started = export_index(component, Some(&iface), "started")?;
+                    let stopped = export_index(component, Some(&iface), "stopped")?;
+                    ty.lifecycle = Some((started, stopped));
+                    let _ = inst;
+                }
+                ComponentItem::ComponentInstance(_) if is_steedos(name, "events") => {
+                    let iface = export_index(component, None, name)?;
+                    ty.events = Some(export_index(component, Some(&iface), "handle")?);
+                }
+                ComponentItem::ComponentInstance(_) if name.starts_with("wasi:") => {
+                    other_exports.push(name.to_string());
+                }
+                ComponentItem::ComponentInstance(inst) => {
+                    let iface = export_index(component, None, name)?;
+                    let mut indexes = Vec::new();
+                    for (fname, item) in inst.exports(engine) {
+                        match item.ty {
+                            ComponentItem::ComponentFunc(f) => {
+                                let index = export_index(component, Some(&iface), fname)?;
+                                indexes.push(ty.actions.len());
+                                ty.actions.push(action(package, Some(name), fname, &f, index)?);
+                            }
+                            ComponentItem::Resource(_) => {
+                                return Err(unsupported(
+                                    package,
+                                    format!("export `{name}`"),
+                                    format!("resource `{fname}`: packages exchange plain data, not resources"),
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                    ty.exported_interfaces.push((name.to_string(), indexes));
+                }
+                ComponentItem::ComponentFunc(f) => {
+                    let index = export_index(component, None, name)?;
+                    ty.actions.push(action(package, None, name, &f, index)?);
+                }
+                _ => other_exports.push(name.to_string()),
+            }
+        }
+        if ty.actions.is_empty() && ty.events.is_none() {
+            let exports = if other_exports.is_empty() { "none".to_string() } else { other_exports.join(", ") };
+            return Err(PackageError::NotAPackage { package: package.to_string(), exports });
+        }
+        qualify_shared_names(&mut ty.actions);
+        for (name, ext) in cty.imports(engine) {
+            match ext.ty {
+                _ if name.starts_with("wasi:") || name.starts_with(STEEDOS_PACKAGE) => {
+                    ty.host_imports.push(name.to_string())
+                }
+                ComponentItem::ComponentInstance(inst) => {
+                    let mut functions = Vec::new();
+                    for (fname, item) in inst.exports(engine) {
+                        match item.ty {
+                            ComponentItem::ComponentFunc(f) => functions.push((fname.to_string(), f)),
+                            ComponentItem::Type(_) => {}
+                            _ => {
+                                return Err(unsupported(
+                                    package,
+                                    format!("import `{name}`"),
+                                    format!("`{fname}` is not a function; packages import functions only"),
+                                ));
+                            }
+                        }
+                    }
+                    ty.typed_imports.push(TypedImport { interface: name.to_string(), functions });
+                }
+                _ => {
+                    return Err(unsupported(
+                        package,
+                        format!("import `{name}`"),
+                        "only interfaces can be imported (a bare function or type cannot be provided)"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(ty)
+    }
+
+    /// The action called `name` (within this package), with its index.
+    pub fn action(&self, name: &str) -> Option<(usize, &ActionType)> {
+        self.actions.iter().enumerate().find(|(_, a)| a.name == name)
+    }
+
+    /// Whether the package exports `steedos:package/lifecycle`.
+    pub fn has_lifecycle(&self) -> bool {
+        self.lifecycle.is_some()
+    }
+
+    /// Whether the package exports `steedos:package/events`.
+    pub fn handles_events(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// The exported interface `name`'s function `function`, as an action index.
+    pub fn exported_function(&self, interface: &str, function: &str) -> Option<usize> {
+        let (_, indexes) = self.exported_interfaces.iter().find(|(n, _)| n == interface)?;
+        indexes.iter().copied().find(|&i| self.actions[i].function == function)
+    }
+}
+
+fn is_steedos(name: &str, interface: &str) -> bool {
+    name.strip_prefix(STEEDOS_PACKAGE)
+        .is_some_and(|rest| rest == interface || rest.starts_with(&format!("{interface}@")))
+}
+
+fn export_index(
+    component: &Component,
+    parent: Option<&ComponentExportIndex>,
+    name: &str,
+) -> Result<ComponentExportIndex, PackageError> {
+    component.get_export_index(parent, name).ok_or_else(|| PackageError::Link {
+        package: String::new(),
+        message: format!("export `{name}` is listed in the component's type but cannot be found"),
+    })
+}
+
+fn unsupported(package: &str, item: String, reason: String) -> PackageError {
+    PackageError::Unsupported { package: package.to_string(), item, reason }
+}
+
+fn action(
+    package: &str,
+    interface: Option<&str>,
+    function: &str,
+    f: &ComponentFunc,
+    index: ComponentExportIndex,
+) -> Result<ActionType, PackageError> {
+    if f.async_() {
+        return Err(unsupported(package, format!("action `{function}`"), "async functions are not supported yet".into()));
+    }
+    let params: Vec<(String, Type)> = f.params().map(|(n, t)| (n.to_string(), t)).collect();
+    let result = f.results().next();
+    for t in params.iter().map(|(_, t)| t).chain(result.iter()) {
+        if let Some(reason) = unsupported_type(t) {
+            return Err(unsupported(package, format!("action `{function}`"), reason));
+        }
+    }
+    Ok(ActionType {
+        name: function.to_string(),
+        interface: interface.map(str::to_string),
+        function: function.to_string(),
+        params,
+        result,
+        index,
+    })
+}
+
+/// Why a type cannot cross the broker, if it cannot.
+fn unsupported_type(ty: &Type) -> Option<String> {
+    match ty {
+        Type::Own(_) | Type::Borrow(_) => Some("resources cannot cross packages; pass plain data".into()),
+        Type::Future(_) | Type::Stream(_) | Type::ErrorContext => {
+            Some("futures, streams and error-context are not supported yet".into())
+        }
+        Type::List(l) => unsupported_type(&l.ty()),
+        Type::FixedLengthList(l) => unsupported_type(&l.ty()),
+        Type::Option(o) => unsupported_type(&o.ty()),
+        Type::Result(r) => r.ok().iter().chain(r.err().iter()).find_map(unsupported_type),
+        Type::Record(r) => r.fields().find_map(|f| unsupported_type(&f.ty)),
+        Type::Tuple(t) => t.types().find_map(|t| unsupported_type(&t)),
+        Type::Variant(v) => v.cases().find_map(|c| c.ty.as_ref().and_then(unsupported_type)),
+        Type::Map(m) => unsupported_type(&m.key()).or_else(|| unsupported_type(&m.value())),
+        _ => None,
+    }
+}
+
+/// `reserve` stays `reserve` unless another exported interface also has a
+/// `reserve`; then both become `<interface>.reserve`.
+fn qualify_shared_names(actions: &mut [ActionType]) {
+    let shared: Vec<bool> = actions
+        .iter()
+        .map(|a| actions.iter().filter(|b| b.function == a.function).count() > 1)
+        .collect();
+    for (a, shared) in actions.iter_mut().zip(shared) {
+        if let (true, Some(iface)) = (shared, &a.interface) {
+            a.name = format!("{}.{}", interface_short_name(iface), a.function);
+        }
+    }
+}
+
+/// `acme:inventory/stock@0.1.0` -> `stock`.
+pub fn interface_short_name(interface: &str) -> &str {
+    let tail = interface.rsplit('/').next().unwrap_or(interface);
+    tail.split('@').next().unwrap_or(tail)
+}
+
+/// Where a typed import of one package goes: the providing package's action.
+#[derive(Clone, Debug)]
+pub struct ImportTarget {
+    /// The providing package.
+    pub provider: Arc<str>,
+    /// The provider's action index.
+    pub action: usize,
+    /// `<provider>.<action name>`, for messages.
+    pub label: String,
+    /// Whether the importer's result is `result<T, call-error>`, so a
+    /// broker failure can be returned as a value instead of a trap.
+    pub errors_as_value: bool,
+}
+
+// ------------------------------------------------------------------ store
+
+/// Why an instance stopped in the middle of a call. The instance cannot
+/// be entered again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// A trap (a Rust panic, `unreachable`, a stack overflow, ...).
+    Trap(String),
+    /// The call's deadline passed while the instance was running.
+    Timeout,
+    /// The instance asked for more memory than its limit.
+    OutOfMemory {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Trap(cause) => write!(f, "trapped: {cause}"),
+            Fault::Timeout => f.write_str("ran past its deadline"),
+            Fault::OutOfMemory { limit } => {
+                write!(f, "ran out of memory (limit {})", bytesize::ByteSize(*limit).display().iec())
+            }
+        }
+    }
+}
+
+/// The data of one instance's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimit,
+    package: Arc<str>,
+    router: Arc<dyn Router>,
+    /// The call this instance is serving, if any.
+    call: Option<CallContext>,
+    timed_out: bool,
+    stderr_tail: Arc<Mutex<String>>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl HostState {
+    fn caller(&self) -> Caller {
+        Caller {
+            package: self.package.clone(),
+            // Outside a call (in `started`), nested calls get a context of their own.
+            ctx: self.call.clone().unwrap_or_else(|| CallContext::new(std::time::Duration::from_secs(30))),
+        }
+    }
+}
+
+struct MemoryLimit {
+    limit: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            // An error here traps the guest: an OOM must not look like a
+            // panic inside the guest's allocator.
+            wasmtime::bail!("memory limit reached: wanted {desired} bytes, limit {}", self.limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+impl wit_types::Host for HostState {}
+
+impl wit::steedos::package::broker::Host for HostState {
+    async fn call(&mut self, action: String, params: Vec<u8>) -> Result<Vec<u8>, wit_types::CallError> {
+        let caller = self.caller();
+        self.router.clone().call(caller, action, params).await.map_err(to_wit_error)
+    }
+
+    async fn emit(&mut self, event: String, payload: Vec<u8>) {
+        self.router.clone().publish(self.caller(), event, payload, false);
+    }
+
+    async fn broadcast(&mut self, event: String, payload: Vec<u8>) {
+        self.router.clone().publish(self.caller(), event, payload, true);
+    }
+
+    async fn context(&mut self) -> wit_types::CallContext {
+        to_wit_context(&self.caller().ctx)
+    }
+}
+
+impl wit::steedos::package::logging::Host for HostState {
+    async fn log(&mut self, level: wit::steedos::package::logging::Level, message: String) {
+        use wit::steedos::package::logging::Level;
+        let package = &*self.package;
+        let request_id = self.call.as_ref().map(|c| &*c.request_id).unwrap_or("");
+        match level {
+            Level::Trace => tracing::trace!(target: "guest", package, request_id, "{message}"),
+            Level::Debug => tracing::debug!(target: "guest", package, request_id, "{message}"),
+            Level::Info => tracing::info!(target: "guest", package, request_id, "{message}"),
+            Level::Warn => tracing::warn!(target: "guest", package, request_id, "{message}"),
+            Level::Error => tracing::error!(target: "guest", package, request_id, "{message}"),
+        }
+    }
+}
+
+fn to_wit_error(e: CallError) -> wit_types::CallError {
+    use wit_types::CallError as W;
+    match e {
+        CallError::NotFound(m) => W::NotFound(m),
+        CallError::InvalidParams(m) => W::InvalidParams(m),
+        CallError::Timeout(_) => W::Timeout,
+        CallError::Crashed(m) => W::Crashed(m),
+        CallError::Overloaded(m) => W::Overloaded(m),
+        CallError::Denied(m) => W::Denied(m),
+        CallError::Failed(m) => W::Failed(m),
+    }
+}
+
+fn to_wit_context(ctx: &CallContext) -> wit_types::CallContext {
+    wit_types::CallContext {
+        request_id: ctx.request_id.to_string(),
+        caller: ctx.caller().map(str::to_string),
+        level: ctx.level(),
+        meta: ctx.meta.iter().cloned().collect(),
+    }
+}
+
+/// A `call-error` as a component value, for typed imports declared as
+/// `result<T, call-error>`.
+fn call_error_val(e: &CallError) -> Val {
+    let payload = match e {
+        CallError::Timeout(_) => None,
+        other => Some(Box::new(Val::String(other.message().to_string()))),
+    };
+    Val::Variant(e.kind().to_string(), payload)
+}
+
+/// Whether `ty` is `result<_, call-error>` (a variant with call-error's cases).
+pub fn is_call_error_result(ty: Option<&Type>) -> bool {
+    let Some(Type::Result(r)) = ty else { return false };
+    let Some(Type::Variant(v)) = r.err() else { return false };
+    let names: Vec<&str> = v.cases().map(|c| c.name).collect();
+    names == ["not-found", "invalid-params", "timeout", "crashed", "overloaded", "denied", "failed"]
+}
+
+/// The linker every package starts from: WASI and `steedos:package`.
+pub fn base_linker(engine: &Engine) -> Result<Linker<HostState>, PackageError> {
+    let link = |e: wasmtime::Error| PackageError::Link { package: String::new(), message: format!("{e:#}") };
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+    wit::steedos::package::broker::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(link)?;
+    wit::steedos::package::logging::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(link)?;
+    wit_types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(link)?;
+    Ok(linker)
+}
+
+/// Adds one typed import to `linker`: each function forwards its values to
+/// `targets[i]` through the router.
+pub fn link_typed_import(
+    linker: &mut Linker<HostState>,
+    import: &TypedImport,
+    targets: Vec<Arc<ImportTarget>>,
+) -> wasmtime::Result<()> {
+    let mut inst = linker.instance(&import.interface)?;
+    for ((fname, _), target) in import.functions.iter().zip(targets) {
+        inst.func_new_async(fname, move |store, _ty, params, results| {
+            let target = target.clone();
+            Box::new(async move {
+                let state = store.data();
+                let caller = state.caller();
+                let router = state.router.clone();
+                match router.call_import(caller, target.clone(), params.to_vec()).await {
+                    Ok(value) => {
+                        if let (Some(slot), Some(v)) = (results.first_mut(), value) {
+                            *slot = v;
+                        }
+                        Ok(())
+                    }
+                    Err(e) if target.errors_as_value => {
+                        if let Some(slot) = results.first_mut() {
+                            *slot = Val::Result(Err(Some(Box::new(call_error_val(&e)))));
+                        }
+                        Ok(())
+                    }
+                    // Fails only this invocation of the caller; its instance is recycled.
+                    Err(e) => Err(wasmtime::format_err!("typed call to `{}` failed: {e}", target.label)),
+                }
+            })
+        })?;
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------------- package
+
+/// A package ready to instantiate: its spec, its types and its `InstancePre`.
+pub struct Package {
+    /// Its name in the app.
+    pub name: Arc<str>,
+    /// Its manifest entry.
+    pub spec: PackageSpec,
+    /// What it offers and needs.
+    pub ty: PackageType,
+    pre: InstancePre<HostState>,
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Instantiation failed.
+    #[error("cannot instantiate: {0}")]
+    Instantiate(String),
+    /// `started` returned an error.
+    #[error("`started` failed: {0}")]
+    Refused(String),
+    /// `started` trapped, timed out or ran out of memory.
+    #[error("`started` {0}")]
+    Fault(Fault),
+}
+
+impl Package {
+    /// Links `component` with `linker` (which must already hold its typed
+    /// imports) and prepares instantiation.
+    pub fn new(
+        spec: PackageSpec,
+        ty: PackageType,
+        component: &Component,
+        linker: &Linker<HostState>,
+    ) -> Result<Package, PackageError> {
+        let pre = linker.instantiate_pre(component).map_err(|e| PackageError::Link {
+            package: spec.name.clone(),
+            message: format!("{e:#}"),
+        })?;
+        Ok(Package { name: spec.name.as_str().into(), spec, ty, pre })
+    }
+
+    fn wasi(&self) -> Result<(WasiCtx, Arc<Mutex<String>>), StartError> {
+        let tail = Arc::new(Mutex::new(String::new()));
+        let mut b = WasiCtxBuilder::new();
+        b.envs(&self.spec.grants.env);
+        b.stdout(GuestOutput::new(self.name.clone(), "stdout", None));
+        b.stderr(GuestOutput::new(self.name.clone(), "stderr", Some(tail.clone())));
+        for dir in &self.spec.grants.dirs {
+            let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            b.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
+                StartError::Instantiate(format!("cannot open granted folder {}: {e:#}", dir.host.display()))
+            })?;
+        }
+        Ok((b.build(), tail))
+    }
+
+    /// A new instance in slot `slot`, not yet `started`.
+    pub async fn instantiate(&self, slot: usize, router: Arc<dyn Router>) -> Result<LiveInstance, StartError> {
+        let (wasi, stderr_tail) = self.wasi()?;
+        let limit = usize::try_from(self.spec.memory).unwrap_or(usize::MAX);
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryLimit { limit, hit: false },
+            package: self.name.clone(),
+            router,
+            call: None,
+            timed_out: false,
+            stderr_tail,
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_callback(|mut cx| {
+            let state = cx.data_mut();
+            match &state.call {
+                Some(call) if Instant::now() >= call.deadline => {
+                    state.timed_out = true;
+                    Ok(UpdateDeadline::Interrupt)
+                }
+                // Long-running guests give the runtime back every tick.
+                _ => Ok(UpdateDeadline::Yield(1)),
+            }
+        });
+        store.set_epoch_deadline(1);
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| StartError::Instantiate(format!("{e:#}")))?;
+        let missing = |what: &str| StartError::Instantiate(format!("export `{what}` is missing"));
+        let actions = self
+            .ty
+            .actions
+            .iter()
+            .map(|a| instance.get_func(&mut store, a.index).ok_or_else(|| missing(&a.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lifecycle = match self.ty.lifecycle {
+            Some((started, stopped)) => Some((
+                instance.get_typed_func(&mut store, started).map_err(|e| StartError::Instantiate(format!("{e:#}")))?,
+                instance.get_typed_func(&mut store, stopped).map_err(|e| StartError::Instantiate(format!("{e:#}")))?,
+            )),
+            None => None,
+        };
+        let events = match self.ty.events {
+            Some(idx) => {
+                Some(instance.get_typed_func(&mut store, idx).map_err(|e| StartError::Instantiate(format!("{e:#}")))?)
+            }
+            None => None,
+        };
+        Ok(LiveInstance { slot, store, actions, lifecycle, events })
+    }
+}
+
+type Started = TypedFunc<(), (Result<(), String>,)>;
+type Stopped = TypedFunc<(), ()>;
+type Handle = TypedFunc<(String, Vec<u8>, wit_types::CallContext), ()>;
+
+/// One live instance of a package, in a store of its own.
+pub struct LiveInstance {
+    /// Which of the package's instance slots this is.
+    pub slot: usize,
+    store: Store<HostState>,
+    actions: Vec<Func>,
+    lifecycle: Option<(Started, Stopped)>,
+    events: Option<Handle>,
+}
+
+impl LiveInstance {
+    fn arm(&mut self, ctx: CallContext) {
+        let state = self.store.data_mut();
+        state.call = Some(ctx);
+        state.timed_out = false;
+        self.store.set_epoch_deadline(1);
+    }
+
+    fn disarm(&mut self) {
+        self.store.data_mut().call = None;
+    }
+
+    /// Runs action `action` with `params`; a [`Fault`] means this instance is dead.
+    pub async fn call(&mut self, action: usize, params: &[Val], has_result: bool, ctx: CallContext) -> Result<Option<Val>, Fault> {
+        let func = self.actions[action];
+        self.arm(ctx);
+        let mut results = [Val::Bool(false)];
+        let out = if has_result { &mut results[..] } else { &mut results[..0] };
+        let r = func.call_async(&mut self.store, params, out).await;
+        self.disarm();
+        match r {
+            Ok(()) => Ok(has_result.then(|| std::mem::replace(&mut results[0], Val::Bool(false)))),
+            Err(e) => Err(self.fault(e)),
+        }
+    }
+
+    /// Calls `started`, when the package exports `lifecycle`.
+    pub async fn started(&mut self, ctx: CallContext) -> Result<(), StartError> {
+        let Some((started, _)) = self.lifecycle else { return Ok(()) };
+        self.arm(ctx);
+        let r = started.call_async(&mut self.store, ()).await;
+        self.disarm();
+        match r {
+            Ok((Ok(()),)) => Ok(()),
+            Ok((Err(message),)) => Err(StartError::Refused(message)),
+            Err(e) => Err(StartError::Fault(self.fault(e))),
+        }
+    }
+
+    /// Calls `stopped`, when the package exports `lifecycle`.
+    pub async fn stopped(&mut self, ctx: CallContext) -> Result<(), Fault> {
+        let Some((_, stopped)) = self.lifecycle else { return Ok(()) };
+        self.arm(ctx);
+        let r = stopped.call_async(&mut self.store, ()).await;
+        self.disarm();
+        r.map_err(|e| self.fault(e))
+    }
+
+    /// Delivers an event, when the package exports `events`.
+    pub async fn handle_event(&mut self, event: &str, payload: &[u8], ctx: CallContext) -> Result<(), Fault> {
+        let Some(handle) = self.events else { return Ok(()) };
+        let wit_ctx = to_wit_context(&ctx);
+        self.arm(ctx);
+        let r = handle.call_async(&mut self.store, (event.to_string(), payload.to_vec(), wit_ctx)).await;
+        self.disarm();
+        r.map_err(|e| self.fault(e))
+    }
+
+    /// Explains why the last call failed, from the store's flags and the trap.
+    fn fault(&mut self, e: wasmtime::Error) -> Fault {
+        let state = self.store.data_mut();
+        if state.timed_out || matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            return Fault::Timeout;
+        }
+        if state.memory.hit {
+            return Fault::OutOfMemory { limit: state.memory.limit as u64 };
+        }
+        let panic = state.stderr_tail.lock().ok().and_then(|t| panic_message(&t));
+        if let Ok(mut t) = state.stderr_tail.lock() {
+            t.clear();
+        }
+        let cause = match (e.downcast_ref::<Trap>(), panic) {
+            (Some(Trap::UnreachableCodeReached), Some(p)) => p,
+            (Some(Trap::StackOverflow), _) => "stack overflow".to_string(),
+            (Some(trap), _) => trap.to_string(),
+            (None, _) => format!("{}", e.root_cause()),
+        };
+        Fault::Trap(cause)
+    }
+}
+
+/// `panicked at src/lib.rs:3:5: boom` from what a Rust guest wrote to stderr.
+fn panic_message(stderr: &str) -> Option<String> {
+    let at = stderr.rfind("panicked at ")?;
+    let text = stderr[at..].trim();
+    Some(text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+// ----------------------------------------------------------- guest output
+
+/// A guest's stdout or stderr: each line becomes a `tracing` event, and
+/// stderr's tail is kept to explain a panic.
+struct GuestOutput {
+    package: Arc<str>,
+    stream: &'static str,
+    tail: Option<Arc<Mutex<String>>>,
+}
+
+impl GuestOutput {
+    fn new(package: Arc<str>, stream: &'static str, tail: Option<Arc<Mutex<String>>>) -> Self {
+        GuestOutput { package, stream, tail }
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(GuestWriter {
+            package: self.package.clone(),
+            stream: self.stream,
+            tail: self.tail.clone(),
+            line: Vec::new(),
+        })
+    }
+}
+
+struct GuestWriter {
+    package: Arc<str>,
+    stream: &'static str,
+    tail: Option<Arc<Mutex<String>>>,
+    line: Vec<u8>,
+}
+
+const TAIL_KEEP: usize = 4096;
+const LINE_MAX: usize = 16 * 1024;
+
+impl GuestWriter {
+    fn write_bytes(&mut self, buf: &[u8]) {
+        for &b in buf {
+            if b == b'\n' || self.line.len() >= LINE_MAX {
+                self.flush_line();
+            } else {
+                self.line.push(b);
+            }
+        }
+    }
+
+    fn flush_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        tracing::info!(target: "guest", package = &*self.package, stream = self.stream, "{text}");
+        if let Some(Ok(mut tail)) = self.tail.as_ref().map(|t| t.lock()) {
+            tail.push_str(&text);
+            tail.push('\n');
+            if tail.len() > TAIL_KEEP {
+                let cut = tail.len() - TAIL_KEEP;
+                let cut = (cut..tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(0);
+                tail.drain(..cut);
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        if !self.line.is_empty() && self.stream == "stderr" {
+            self.flush_line();
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// `1.5s` for messages about deadlines.
+pub fn human(d: std::time::Duration) -> Human {
+    Human(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_interface_names() {
+        assert_eq!(interface_short_name("acme:inventory/stock@0.1.0"), "stock");
+        assert_eq!(interface_short_name("acme:inventory/stock"), "stock");
+    }
+
+    #[test]
+    fn panic_text_is_found_in_stderr() {
+        let s = "noise\nthread '<unnamed>' panicked at src/lib.rs:15:24:\nboom on purpose\n";
+        assert_eq!(panic_message(s).as_deref(), Some("panicked at src/lib.rs:15:24: boom on purpose"));
+        assert_eq!(panic_message("nothing"), None);
+    }
+}
