@@ -18,7 +18,7 @@ instances = 2
 component = "{CHAOS}"
 instances = 2
 memory = "16 MiB"
-timeout = "300ms"
+timeout = "1s"
 restart = { max = 100, within = "10s", backoff = "100ms" }
 "#;
 
@@ -58,7 +58,7 @@ async fn faults_in_one_package_never_reach_another() {
         other => panic!("trap: {other:?}"),
     }
     match t.call("chaos.spin", json!({})).await {
-        Err(CallError::Timeout(m)) => assert!(m.contains("chaos.spin") && m.contains("300ms"), "{m}"),
+        Err(CallError::Timeout(m)) => assert!(m.contains("chaos.spin") && m.contains("1s"), "{m}"),
         other => panic!("spin: {other:?}"),
     }
     match t.call("chaos.oom", json!({})).await {
@@ -66,7 +66,7 @@ async fn faults_in_one_package_never_reach_another() {
         other => panic!("oom: {other:?}"),
     }
     match t.call("chaos.deep", json!({"n": 10_000_000})).await {
-        Err(CallError::Crashed(m)) => assert!(m.contains("stack overflow"), "{m}"),
+        Err(CallError::Crashed(m)) => assert!(m.contains("out of bounds memory access") && m.contains("stack overflowed"), "{m}"),
         other => panic!("deep: {other:?}"),
     }
     // The faulty package serves again.
@@ -137,5 +137,5 @@ async fn a_huge_result_is_delivered_and_a_small_caller_deadline_is_kept() {
     let started = std::time::Instant::now();
     let e = t.call_within("chaos.spin", json!({}), Duration::from_millis(50)).await;
     assert!(matches!(e, Err(CallError::Timeout(_))), "{e:?}");
-    assert!(started.elapsed() < Duration::from_millis(290), "the caller's 50ms deadline wins over chaos's 300ms: {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(900), "the caller's 50ms deadline wins over chaos's 1s: {:?}", started.elapsed());
 }

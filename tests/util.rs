@@ -40,7 +40,7 @@ pub fn expand(toml: &str, dir: &Path) -> String {
 /// A compile cache shared by every test of this run, so each component is
 /// compiled once.
 pub fn shared_cache() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+    Path::new(env!("OUT_DIR")).join("compile-cache")
 }
 
 impl TestApp {

@@ -244,7 +244,18 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(service.package.name.clone(), service.clone());
-        let starts = (0..service.package.spec.instances as usize).map(|slot| self.clone().spawn_instance(service.clone(), slot, None));
+        let starts = (0..service.package.spec.instances as usize).map(|slot| {
+            let (broker, service) = (self.clone(), service.clone());
+            async move {
+                match broker.start_instance(&service, slot).await {
+                    Ok(instance) => {
+                        service.set_state(PackageState::Serving);
+                        service.pool.add(instance, false);
+                    }
+                    Err(e) => broker.start_failed(&service, slot, e),
+                }
+            }
+        });
         futures_join_all(starts).await;
         service
     }
@@ -385,53 +396,70 @@ impl Broker {
     fn retire(&self, service: &Arc<Service>, slot: usize, why: String) {
         service.pool.remove();
         service.status().last_error = Some(why);
+        self.schedule_restart(service, slot, Instant::now());
+    }
+
+    /// Decides, within the restart budget, when `slot` is started again.
+    fn schedule_restart(&self, service: &Arc<Service>, slot: usize, fault_at: Instant) {
+        let verdict = service.budget.lock().map(|mut b| b.on_fault(fault_at)).unwrap_or(Verdict::RestartNow);
+        let delay = match verdict {
+            Verdict::RestartNow => {
+                service.pool.expect();
+                None
+            }
+            Verdict::Backoff(rest) => {
+                tracing::warn!(package = service.name(), backoff = %Human(rest), "restart budget exhausted; backing off");
+                service.set_state(PackageState::Backoff { retry_at: Instant::now() + rest });
+                Some(rest)
+            }
+        };
         if let Some(broker) = self.handle.0.upgrade() {
-            tokio::spawn(broker.spawn_instance(service.clone(), slot, Some(Instant::now())));
+            tokio::spawn(broker.restart(service.clone(), slot, fault_at, delay));
         }
     }
 
-    /// Starts the instance for `slot`, within the restart budget when it
-    /// replaces one that faulted at `fault_at`.
-    fn spawn_instance(self: Arc<Self>, service: Arc<Service>, slot: usize, fault_at: Option<Instant>) -> BoxFuture<'static, ()> {
+    /// Starts `slot` again after a fault at `fault_at`, first resting for
+    /// `delay` when the package is in backoff.
+    fn restart(self: Arc<Self>, service: Arc<Service>, slot: usize, fault_at: Instant, delay: Option<Duration>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            if let Some(at) = fault_at {
-                let verdict = service.budget.lock().map(|mut b| b.on_fault(at)).unwrap_or(Verdict::RestartNow);
-                if let Verdict::Backoff(rest) = verdict {
-                    let retry_at = Instant::now() + rest;
-                    tracing::warn!(package = service.name(), backoff = %Human(rest), "restart budget exhausted; backing off");
-                    service.set_state(PackageState::Backoff { retry_at });
-                    tokio::time::sleep(rest).await;
-                    if let Ok(mut b) = service.budget.lock() {
-                        b.after_backoff();
-                    }
+            if let Some(rest) = delay {
+                tokio::time::sleep(rest).await;
+                if let Ok(mut b) = service.budget.lock() {
+                    b.after_backoff();
                 }
+                service.pool.expect();
             }
             if service.pool.is_closed() {
+                service.pool.unexpect();
                 return;
             }
             match self.start_instance(&service, slot).await {
                 Ok(instance) => {
-                    if let Some(at) = fault_at {
+                    {
                         let mut s = service.status();
                         if s.restart_latency.len() >= RESTART_SAMPLES {
                             s.restart_latency.remove(0);
                         }
-                        s.restart_latency.push(at.elapsed());
+                        s.restart_latency.push(fault_at.elapsed());
                     }
-                    service.pool.add(instance);
                     service.set_state(PackageState::Serving);
+                    service.pool.add(instance, true);
                 }
                 Err(e) => {
-                    let why = format!("package `{}` instance {slot}: {e}", service.name());
-                    tracing::error!(package = service.name(), slot, error = %e, "instance failed to start");
-                    service.status().last_error = Some(why);
-                    if service.pool.live() == 0 {
-                        service.set_state(PackageState::Starting);
-                    }
-                    tokio::spawn(self.clone().spawn_instance(service.clone(), slot, Some(Instant::now())));
+                    service.pool.unexpect();
+                    self.start_failed(&service, slot, e);
                 }
             }
         })
+    }
+
+    fn start_failed(&self, service: &Arc<Service>, slot: usize, e: StartError) {
+        tracing::error!(package = service.name(), slot, error = %e, "instance failed to start");
+        service.status().last_error = Some(format!("package `{}` instance {slot}: {e}", service.name()));
+        if service.pool.live() == 0 && !matches!(service.state(), PackageState::Backoff { .. }) {
+            service.set_state(PackageState::Starting);
+        }
+        self.schedule_restart(service, slot, Instant::now());
     }
 
     async fn start_instance(&self, service: &Arc<Service>, slot: usize) -> Result<LiveInstance, StartError> {

@@ -427,7 +427,7 @@ impl Found<'_> {
             Found::Bool(v) => format!("boolean {v}"),
             Found::Unsigned(v) => format!("integer {v}"),
             Found::Signed(v) => format!("integer {v}"),
-            Found::Float(v) => format!("float {v}"),
+            Found::Float(v) => format!("float {v:?}"),
             Found::Str(v) => format!("string {}", Quoted(v)),
             Found::Bytes => "binary data".to_owned(),
             Found::Null => "null".to_owned(),
@@ -2137,8 +2137,6 @@ mod tests {
         (import "colour" (type $colour (eq $colour')))
         (type $perms' (flags "read" "write" "exec"))
         (import "perms" (type $perms (eq $perms')))
-        (type $empty' (record))
-        (import "empty" (type $empty (eq $empty')))
         (import "handle" (type $handle (sub resource)))
         (import "kinds" (func
             (param "bool" bool) (param "s8" s8) (param "u8" u8) (param "s16" s16)
@@ -2149,7 +2147,7 @@ mod tests {
             (param "opt" (option u64)) (param "res" (result u64 (error string)))
             (param "res-ok" (result u64)) (param "res-err" (result (error string)))
             (param "res-none" (result)) (param "order" $order) (param "stock" $stock)
-            (param "colour" $colour) (param "perms" $perms) (param "empty" $empty)
+            (param "colour" $colour) (param "perms" $perms)
             (param "map" (map string u32)) (param "map-u32" (map u32 string))
             (param "fixed" (list u8 4)) (param "stocks" (list (option $stock)))
             (param "own" (own $handle)) (param "holder" (tuple u32 (list (own $handle))))))
@@ -2189,8 +2187,619 @@ mod tests {
         &TYPES.funcs[name]
     }
 
+    fn json(kind: &str, text: &str) -> Result<Val, CodecError> {
+        decode_value(ty(kind), Format::Json, text.as_bytes())
+    }
+
+    fn json_error(kind: &str, text: &str) -> String {
+        match json(kind, text) {
+            Ok(val) => panic!("{kind} accepted {text} as {val:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn msgpack(kind: &str, bytes: &[u8]) -> Result<Val, CodecError> {
+        decode_value(ty(kind), Format::MessagePack, bytes)
+    }
+
+    fn params_error(name: &str, format: Format, bytes: &[u8]) -> String {
+        let (params, _) = func(name);
+        match decode_params(params, format, bytes) {
+            Ok(vals) => panic!("{name} accepted {bytes:?} as {vals:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn string(s: &str) -> Val {
+        Val::String(s.to_owned())
+    }
+
+    fn some(val: Val) -> Val {
+        Val::Option(Some(Box::new(val)))
+    }
+
+    /// The canonical JSON of one value of every kind.
+    const CANONICAL: &[(&str, &str)] = &[
+        ("bool", "true"),
+        ("s8", "-128"),
+        ("u8", "255"),
+        ("s16", "-32768"),
+        ("u16", "65535"),
+        ("s32", "-2147483648"),
+        ("u32", "4294967295"),
+        ("s64", "-9223372036854775808"),
+        ("u64", "18446744073709551615"),
+        ("f32", "1.5"),
+        ("f64", "-2.25"),
+        ("f64", r#""NaN""#),
+        ("f32", r#""-Infinity""#),
+        ("char", r#""é""#),
+        ("string", r#""hello \"world\"""#),
+        ("list-string", r#"["a","b"]"#),
+        ("list-string", "[]"),
+        ("bytes", r#""AQID/w==""#),
+        ("bytes", r#""""#),
+        ("tuple", r#"[7,"x"]"#),
+        ("opt", "null"),
+        ("opt", "5"),
+        ("res", r#"{"ok":5}"#),
+        ("res", r#"{"err":"no"}"#),
+        ("res-ok", r#"{"err":null}"#),
+        ("res-err", r#"{"ok":null}"#),
+        ("res-none", r#"{"ok":null}"#),
+        (
+            "order",
+            r#"{"id":1,"items":[{"sku":"A","qty":2},{"sku":"B","qty":1}],"note":"gift"}"#,
+        ),
+        ("order", r#"{"id":1,"items":[],"note":null}"#),
+        ("stock", r#"{"in-stock":3}"#),
+        ("stock", r#""discontinued""#),
+        ("stock", r#"{"backordered":[2,"May"]}"#),
+        ("colour", r#""green""#),
+        ("perms", r#"["read","exec"]"#),
+        ("perms", "[]"),
+        ("map", r#"{"a":1,"b":2}"#),
+        ("map-u32", r#"[[1,"a"],[2,"b"]]"#),
+        ("fixed", "[1,2,3,4]"),
+        ("stocks", r#"[null,"discontinued",{"in-stock":1}]"#),
+    ];
+
     #[test]
-    fn fixture_loads() {
-        assert_eq!(TYPES.kinds.len(), 33);
+    fn every_kind_round_trips_through_json_and_messagepack() {
+        for (kind, text) in CANONICAL {
+            let val = json(kind, text).unwrap_or_else(|e| panic!("{kind} {text}: {e}"));
+            let expected: serde_json::Value = serde_json::from_str(text).unwrap();
+
+            let written = encode_value(ty(kind), &val, Format::Json).unwrap();
+            let written: serde_json::Value = serde_json::from_slice(&written).unwrap();
+            assert_eq!(written, expected, "{kind} {text} to JSON");
+            assert_eq!(to_json_value(ty(kind), &val).unwrap(), expected, "{kind}");
+
+            let packed = encode_value(ty(kind), &val, Format::MessagePack).unwrap();
+            let unpacked = msgpack(kind, &packed).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(unpacked, val, "{kind} {text} through MessagePack");
+        }
+    }
+
+    #[test]
+    fn decodes_hand_written_json_into_the_values_wasmtime_expects() {
+        let order = r#"{ "items": [ {"qty": 2, "sku": "A"} ], "id": 7 }"#;
+        let item = Val::Record(vec![("sku".into(), string("A")), ("qty".into(), Val::U32(2))]);
+        let expected = Val::Record(vec![
+            ("id".into(), Val::U64(7)),
+            ("items".into(), Val::List(vec![item])),
+            ("note".into(), Val::Option(None)),
+        ]);
+        assert_eq!(json("order", order).unwrap(), expected);
+
+        let stock = Val::Variant("in-stock".into(), Some(Box::new(Val::U32(3))));
+        assert_eq!(json("stock", r#"{"in-stock": 3}"#).unwrap(), stock);
+        let gone = Val::Variant("discontinued".into(), None);
+        assert_eq!(json("stock", r#""discontinued""#).unwrap(), gone);
+        assert_eq!(json("stock", r#"{"discontinued": null}"#).unwrap(), gone);
+        assert_eq!(json("colour", r#""blue""#).unwrap(), Val::Enum("blue".into()));
+        let perms = Val::Flags(vec!["read".into(), "exec".into()]);
+        assert_eq!(json("perms", r#"["exec", "read", "exec"]"#).unwrap(), perms);
+        assert_eq!(json("opt", "null").unwrap(), Val::Option(None));
+        assert_eq!(json("opt", "9").unwrap(), some(Val::U64(9)));
+        assert_eq!(json("char", r#""x""#).unwrap(), Val::Char('x'));
+        assert_eq!(json("f64", "3").unwrap(), Val::Float64(3.0));
+        assert_eq!(json("u32", "3.0").unwrap(), Val::U32(3));
+        let ok = Val::Result(Ok(Some(Box::new(Val::U64(5)))));
+        assert_eq!(json("res", r#"{"Ok": 5}"#).unwrap(), ok);
+        assert_eq!(json("res-none", r#""err""#).unwrap(), Val::Result(Err(None)));
+        let map = Val::Map(vec![(string("a"), Val::U32(1))]);
+        assert_eq!(json("map", r#"{"a": 1}"#).unwrap(), map);
+    }
+
+    #[test]
+    fn list_u8_accepts_base64_bytes_or_numbers() {
+        let bytes = Val::List(vec![Val::U8(1), Val::U8(2), Val::U8(3)]);
+        assert_eq!(json("bytes", r#""AQID""#).unwrap(), bytes);
+        assert_eq!(json("bytes", "[1, 2, 3]").unwrap(), bytes);
+        assert_eq!(json("bytes", r#""AQI""#).unwrap(), json("bytes", r#""AQI=""#).unwrap());
+        let bin = rmp_serde::to_vec(&serde_bytes_like(&[1, 2, 3])).unwrap();
+        assert_eq!(bin, [0xc4, 3, 1, 2, 3], "MessagePack bin");
+        assert_eq!(msgpack("bytes", &bin).unwrap(), bytes);
+        let array = rmp_serde::to_vec(&vec![1u8, 2, 3]).unwrap();
+        assert_eq!(msgpack("bytes", &array).unwrap(), bytes);
+        let text = rmp_serde::to_vec("AQID").unwrap();
+        assert_eq!(msgpack("bytes", &text).unwrap(), bytes);
+        assert_eq!(encode_value(ty("bytes"), &bytes, Format::MessagePack).unwrap(), bin);
+
+        // Long enough to cross the encoder's chunk boundary.
+        let long: Vec<u8> = (0..=255).cycle().take(2000).collect();
+        let val = Val::List(long.iter().map(|b| Val::U8(*b)).collect());
+        let text = encode_value(ty("bytes"), &val, Format::Json).unwrap();
+        assert_eq!(text, serde_json::to_vec(&STANDARD.encode(&long)).unwrap());
+        assert_eq!(decode_value(ty("bytes"), Format::Json, &text).unwrap(), val);
+    }
+
+    /// Serializes as MessagePack bin, as `serde_bytes` would.
+    fn serde_bytes_like(bytes: &[u8]) -> impl Serialize + '_ {
+        struct Bytes<'a>(&'a [u8]);
+        impl Serialize for Bytes<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        Bytes(bytes)
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "kebab-case")]
+    struct Item {
+        sku: String,
+        qty: u32,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "kebab-case")]
+    struct Order {
+        id: u64,
+        items: Vec<Item>,
+        note: Option<String>,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "kebab-case")]
+    enum Stock {
+        InStock(u32),
+        Discontinued,
+        Backordered(u32, String),
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "kebab-case")]
+    enum Colour {
+        Red,
+        Green,
+        Blue,
+    }
+
+    /// What a Rust guest needs for a WIT `result`: serde's own `Result`
+    /// spells its cases `Ok` / `Err`.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "lowercase")]
+    enum WitResult<T, E> {
+        Ok(T),
+        Err(E),
+    }
+
+    /// Rust value -> rmp-serde -> host `Val` -> rmp-serde -> the same Rust value.
+    fn through_host<T>(kind: &str, value: &T, expected_json: &str)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug,
+    {
+        let expected = json(kind, expected_json).unwrap();
+        for packed in [rmp_serde::to_vec_named(value), rmp_serde::to_vec(value)] {
+            let packed = packed.unwrap();
+            let val = msgpack(kind, &packed).unwrap_or_else(|e| panic!("{kind} {value:?}: {e}"));
+            assert_eq!(val, expected, "{kind} {value:?}");
+        }
+        let packed = encode_value(ty(kind), &expected, Format::MessagePack).unwrap();
+        let back: T = rmp_serde::from_slice(&packed).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(&back, value);
+    }
+
+    #[test]
+    fn rust_types_through_rmp_serde_meet_host_values() {
+        let order = Order {
+            id: 42,
+            items: vec![Item { sku: "A".into(), qty: 2 }],
+            note: Some("gift".into()),
+        };
+        let order_json = r#"{"id":42,"items":[{"sku":"A","qty":2}],"note":"gift"}"#;
+        through_host("order", &order, order_json);
+        let bare = Order { id: 1, items: vec![], note: None };
+        through_host("order", &bare, r#"{"id":1,"items":[]}"#);
+        through_host("stock", &Stock::InStock(3), r#"{"in-stock":3}"#);
+        through_host("stock", &Stock::Discontinued, r#""discontinued""#);
+        let backordered = Stock::Backordered(2, "May".into());
+        through_host("stock", &backordered, r#"{"backordered":[2,"May"]}"#);
+        through_host("colour", &Colour::Green, r#""green""#);
+        through_host("perms", &vec!["read".to_owned()], r#"["read"]"#);
+        through_host("opt", &Some(7u64), "7");
+        through_host("opt", &None::<u64>, "null");
+        through_host("tuple", &(7u8, "x".to_owned()), r#"[7,"x"]"#);
+        through_host("bytes", &vec![1u8, 2, 3], "[1,2,3]");
+        through_host("res", &WitResult::<u64, String>::Ok(5), r#"{"ok":5}"#);
+        through_host("res", &WitResult::<u64, String>::Err("no".into()), r#"{"err":"no"}"#);
+        let map: HashMap<String, u32> = [("a".to_owned(), 1)].into();
+        through_host("map", &map, r#"{"a":1}"#);
+        through_host("stocks", &vec![None, Some(Stock::Discontinued)], r#"[null,"discontinued"]"#);
+
+        // Rust's own `Result` decodes; the host answers with `ok` / `err`.
+        let packed = rmp_serde::to_vec(&Ok::<u64, String>(5)).unwrap();
+        let ok = Val::Result(Ok(Some(Box::new(Val::U64(5)))));
+        assert_eq!(msgpack("res", &packed).unwrap(), ok);
+    }
+
+    #[test]
+    fn params_by_name_by_position_and_omitted() {
+        let (params, _) = func("reserve");
+        let expected = vec![string("A1"), Val::U32(2), Val::Option(None)];
+        let by_name = br#"{"qty": 2, "sku": "A1"}"#;
+        assert_eq!(decode_params(params, Format::Json, by_name).unwrap(), expected);
+        let by_position = br#"["A1", 2]"#;
+        assert_eq!(decode_params(params, Format::Json, by_position).unwrap(), expected);
+        let with_note = br#"["A1", 2, "gift"]"#;
+        let noted = decode_params(params, Format::Json, with_note).unwrap();
+        assert_eq!(noted[2], some(string("gift")));
+
+        #[derive(Serialize)]
+        struct Reserve<'a> {
+            sku: &'a str,
+            qty: u32,
+        }
+        let reserve = Reserve { sku: "A1", qty: 2 };
+        for packed in [rmp_serde::to_vec_named(&reserve), rmp_serde::to_vec(&reserve)] {
+            let packed = packed.unwrap();
+            let vals = decode_params(params, Format::MessagePack, &packed).unwrap();
+            assert_eq!(vals, expected);
+        }
+
+        let (none, _) = func("ping");
+        for empty in [&b""[..], b"  \n", b"null", b"{}", b"[]"] {
+            assert_eq!(decode_params(none, Format::Json, empty).unwrap(), vec![]);
+        }
+        assert_eq!(decode_params(none, Format::MessagePack, b"").unwrap(), vec![]);
+        assert_eq!(decode_params(none, Format::MessagePack, &[0xc0]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn params_seed_and_value_seed_work_with_any_deserializer() {
+        let (params, _) = func("reserve");
+        let value = serde_json::json!({"sku": "A1", "qty": 2, "note": null});
+        let vals = ParamsSeed(params).deserialize(value).unwrap();
+        assert_eq!(vals, vec![string("A1"), Val::U32(2), Val::Option(None)]);
+
+        let value = serde_json::json!({"sku": "A1", "qty": "x"});
+        let error = ParamsSeed(params).deserialize(value).unwrap_err();
+        assert_eq!(error.to_string(), r#"params.qty: expected u32, found string "x""#);
+
+        let value = serde_json::json!({"id": 1, "items": [{"sku": "A", "qty": -1}]});
+        let error = ValueSeed(ty("order")).deserialize(value).unwrap_err();
+        let message = "items[0].qty: integer -1 is out of range for u32 (0 to 4294967295)";
+        assert_eq!(error.to_string(), message);
+
+        let mut de = serde_json::Deserializer::from_str(r#""red""#);
+        let val = ValueSeed(ty("colour")).deserialize(&mut de).unwrap();
+        assert_eq!(val, Val::Enum("red".into()));
+    }
+
+    #[test]
+    fn typed_values_serialize_with_any_serializer() {
+        let val = json("order", r#"{"id":1,"items":[],"note":null}"#).unwrap();
+        let typed = TypedVal { ty: ty("order"), val: &val };
+        let text = serde_json::to_string(&typed).unwrap();
+        assert_eq!(text, r#"{"id":1,"items":[],"note":null}"#);
+
+        let (params, _) = func("reserve");
+        let vals = [string("A1"), Val::U32(2), Val::Option(None)];
+        let typed = TypedParams { params, vals: &vals };
+        let text = serde_json::to_string(&typed).unwrap();
+        assert_eq!(text, r#"{"sku":"A1","qty":2,"note":null}"#);
+        let packed = encode_params(params, &vals, Format::MessagePack).unwrap();
+        assert_eq!(decode_params(params, Format::MessagePack, &packed).unwrap(), vals);
+    }
+
+    #[test]
+    fn numbers_are_range_checked() {
+        let cases = [
+            ("u8", "300", "integer 300 is out of range for u8 (0 to 255)"),
+            ("u8", "-1", "integer -1 is out of range for u8 (0 to 255)"),
+            ("s8", "128", "integer 128 is out of range for s8 (-128 to 127)"),
+            ("u16", "65536", "integer 65536 is out of range for u16 (0 to 65535)"),
+            ("s16", "-32769", "integer -32769 is out of range for s16 (-32768 to 32767)"),
+            ("u32", "-5", "integer -5 is out of range for u32 (0 to 4294967295)"),
+            (
+                "s32",
+                "2147483648",
+                "integer 2147483648 is out of range for s32 (-2147483648 to 2147483647)",
+            ),
+            ("u64", "-1", "integer -1 is out of range for u64 (0 to 18446744073709551615)"),
+            (
+                "s64",
+                "9223372036854775808",
+                "integer 9223372036854775808 is out of range for s64 \
+                 (-9223372036854775808 to 9223372036854775807)",
+            ),
+            ("u8", "2.5", "expected u8, found float 2.5"),
+            ("f32", "1e300", "float 1e300 is out of range for f32"),
+        ];
+        for (kind, text, message) in cases {
+            assert_eq!(json_error(kind, text), message, "{kind} {text}");
+        }
+        let packed = rmp_serde::to_vec(&300u16).unwrap();
+        let error = msgpack("u8", &packed).unwrap_err().to_string();
+        assert_eq!(error, "integer 300 is out of range for u8 (0 to 255)");
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected_and_found() {
+        let cases = [
+            ("u32", r#""x""#, r#"expected u32, found string "x""#),
+            ("bool", "1", "expected bool, found integer 1"),
+            ("string", "null", "expected string, found null"),
+            ("string", "true", "expected string, found boolean true"),
+            ("list-string", "{}", "expected list<string>, found object"),
+            ("u64", "[]", "expected u64, found array"),
+            ("char", r#""ab""#, r#"expected char (a single character), found string "ab""#),
+            ("char", r#""""#, r#"expected char (a single character), found string """#),
+            ("tuple", "[1]", "expected 2 elements for tuple<u8, string>, found 1"),
+            ("tuple", r#"[1, "a", 2]"#, "expected 2 elements for tuple<u8, string>, found more"),
+            ("fixed", "[1, 2, 3]", "expected 4 elements for list<u8, 4>, found 3"),
+            ("bytes", r#""!!""#, "invalid base64 for list<u8>: Invalid symbol 33, offset 0."),
+            ("bytes", "[1, 256]", "[1]: integer 256 is out of range for u8 (0 to 255)"),
+            (
+                "order",
+                r#""x""#,
+                r#"expected record { id: u64, items: list<record { ... }>, note: option<string> }, found string "x""#,
+            ),
+            ("opt", r#""x""#, r#"expected u64, found string "x""#),
+            ("perms", r#"["read", 1]"#, "[1]: expected a flag name, found integer 1"),
+            (
+                "string",
+                r#""an overly long string that goes on and on and on""#,
+                r#"expected string, found string "an overly long string that goes on and o"..."#,
+            ),
+        ];
+        for (kind, text, message) in cases {
+            assert_eq!(json_error(kind, text), message, "{kind} {text}");
+        }
+        let packed = rmp_serde::to_vec(&HashMap::from([("a", 1)])).unwrap();
+        let error = msgpack("u32", &packed).unwrap_err().to_string();
+        assert_eq!(error, "expected u32, found map");
+    }
+
+    #[test]
+    fn records_name_unknown_missing_and_duplicate_fields() {
+        let cases = [
+            (
+                r#"{"id": 1, "items": [], "colour": "red"}"#,
+                "unknown field `colour`, expected one of `id`, `items`, `note`",
+            ),
+            (r#"{"items": []}"#, "missing field `id`"),
+            (r#"{"note": "x"}"#, "missing fields `id`, `items`"),
+            (r#"{"id": 1, "id": 2, "items": []}"#, "duplicate field `id`"),
+            (r#"{"id": 1, "items": [{"sku": "A"}]}"#, "items[0]: missing field `qty`"),
+            (
+                r#"{"id": 1, "items": [{"sku": "A", "qty": 1}, {"sku": "B", "qty": 1},
+                                       {"sku": "C", "qty": "x"}]}"#,
+                r#"items[2].qty: expected u32, found string "x""#,
+            ),
+            (r#"{"id": 1, "items": [], "note": 5}"#, "note: expected string, found integer 5"),
+            (r#"{"id": 1, "items": [], "7": 5}"#, "unknown field `7`, expected one of `id`, `items`, `note`"),
+        ];
+        for (text, message) in cases {
+            assert_eq!(json_error("order", text), message, "{text}");
+        }
+        let packed = rmp_serde::to_vec(&(1u64, Vec::<Item>::new(), None::<String>, 4)).unwrap();
+        let error = msgpack("order", &packed).unwrap_err().to_string();
+        let message = "too many fields for record { id: u64, items: list<record { ... }>, \
+                       note: option<string> }, expected 3";
+        assert_eq!(error, message);
+        let packed = rmp_serde::to_vec(&HashMap::from([(1, 2)])).unwrap();
+        let error = msgpack("order", &packed).unwrap_err().to_string();
+        assert_eq!(error, "expected a field name, found integer 1");
+    }
+
+    #[test]
+    fn cases_name_unknown_and_malformed_cases() {
+        let cases = [
+            (
+                "stock",
+                r#""blue""#,
+                "unknown case `blue` for variant, expected one of `in-stock`, `discontinued`, `backordered`",
+            ),
+            (
+                "stock",
+                r#"{"blue": 1}"#,
+                "unknown case `blue` for variant, expected one of `in-stock`, `discontinued`, `backordered`",
+            ),
+            ("stock", r#""in-stock""#, "case `in-stock` needs a payload of type u32"),
+            (
+                "stock",
+                r#"{"discontinued": 1}"#,
+                "discontinued: case `discontinued` has no payload, expected null, found integer 1",
+            ),
+            ("stock", r#"{"in-stock": "x"}"#, r#"in-stock: expected u32, found string "x""#),
+            (
+                "stock",
+                "{}",
+                "expected one case for variant { in-stock(u32), discontinued, backordered(tuple<u32, string>) }, found an empty object",
+            ),
+            (
+                "stock",
+                r#"{"in-stock": 1, "discontinued": null}"#,
+                "expected one case for variant { in-stock(u32), discontinued, backordered(tuple<u32, string>) }, found more than one key",
+            ),
+            ("stocks", r#"[null, "gone"]"#, "[1]: unknown case `gone` for variant, expected one of `in-stock`, `discontinued`, `backordered`"),
+            (
+                "colour",
+                r#""pink""#,
+                "unknown case `pink` for enum, expected one of `red`, `green`, `blue`",
+            ),
+            ("colour", "0", "expected enum { red, green, blue }, found integer 0"),
+            ("perms", r#"["read", "fly"]"#, "[1]: unknown flag `fly`, expected one of `read`, `write`, `exec`"),
+            ("res", r#"{"maybe": 1}"#, "unknown case `maybe` for result, expected `ok` or `err`"),
+            ("res", r#"{"ok": "x"}"#, r#"ok: expected u64, found string "x""#),
+            ("res", r#""ok""#, "case `ok` needs a payload of type u64"),
+            ("res-none", r#"{"ok": 1}"#, "ok: case `ok` has no payload, expected null, found integer 1"),
+        ];
+        for (kind, text, message) in cases {
+            assert_eq!(json_error(kind, text), message, "{kind} {text}");
+        }
+    }
+
+    #[test]
+    fn params_name_unknown_and_missing_parameters() {
+        let json = Format::Json;
+        let cases: [(&str, &[u8], &str); 9] = [
+            (
+                "reserve",
+                br#"{"sku": "A", "qty": 1, "skew": 2}"#,
+                "unknown parameter `skew`, expected one of `sku`, `qty`, `note`",
+            ),
+            ("reserve", br#"{"qty": 1}"#, "missing parameter `sku`"),
+            ("reserve", b"{}", "missing parameters `sku`, `qty`"),
+            ("reserve", b"", "missing parameters `sku`, `qty`"),
+            ("reserve", br#"["A"]"#, "missing parameter `qty`"),
+            ("reserve", br#"{"sku": "A", "sku": "B", "qty": 1}"#, "duplicate parameter `sku`"),
+            (
+                "reserve",
+                br#"["A", 1, null, 4]"#,
+                "too many parameters: the function takes 3 (`sku`, `qty`, `note`)",
+            ),
+            (
+                "reserve",
+                br#""A""#,
+                r#"expected the parameters as an object by name or an array by position, found string "A""#,
+            ),
+            ("ping", br#"{"x": 1}"#, "unknown parameter `x`, the function takes no parameters"),
+        ];
+        for (name, bytes, message) in cases {
+            assert_eq!(params_error(name, json, bytes), message, "{name}");
+        }
+        let error = params_error("reserve", json, br#"["A", "x"]"#);
+        assert_eq!(error, r#"params.qty: expected u32, found string "x""#);
+        let error = params_error("reserve", json, br#"{"sku": "A", "qty": 1, "note": 2}"#);
+        assert_eq!(error, "params.note: expected string, found integer 2");
+        let packed = rmp_serde::to_vec("A").unwrap();
+        let error = params_error("reserve", Format::MessagePack, &packed);
+        let message = r#"expected the parameters as a map by name or an array by position, found string "A""#;
+        assert_eq!(error, message);
+    }
+
+    #[test]
+    fn broken_input_is_reported_as_such() {
+        assert_eq!(
+            json_error("u32", "5 6"),
+            "trailing data after the value at line 1 column 3"
+        );
+        assert_eq!(
+            msgpack("u32", &[0x05, 0x06]).unwrap_err().to_string(),
+            "trailing data after the value"
+        );
+        assert_eq!(
+            json_error("u32", ""),
+            "invalid JSON: EOF while parsing a value at line 1 column 0"
+        );
+        assert_eq!(
+            json_error("list-string", r#"["a", "b""#),
+            "invalid JSON: EOF while parsing a list at line 1 column 9"
+        );
+        assert_eq!(
+            json_error("order", r#"{"id": 1, "items": [{"sku": }]}"#),
+            "items[0].sku: invalid JSON: expected value at line 1 column 29"
+        );
+        let mut packed = rmp_serde::to_vec("hello").unwrap();
+        packed.truncate(3);
+        let error = msgpack("string", &packed).unwrap_err().to_string();
+        assert_eq!(error, "invalid MessagePack: unexpected end of data");
+        let error = msgpack("string", &[0xc1]).unwrap_err().to_string();
+        assert_eq!(error, "invalid MessagePack: unexpected marker Reserved");
+        let error = msgpack("string", &[0xa2, 0xff, 0xfe]).unwrap_err().to_string();
+        assert_eq!(error, "invalid MessagePack: string is not valid UTF-8");
+        let error = params_error("reserve", Format::MessagePack, &[0x81, 0xa3]);
+        assert_eq!(error, "invalid MessagePack: unexpected end of data");
+    }
+
+    #[test]
+    fn resources_and_friends_are_unsupported() {
+        let message = "unsupported type `own<resource>`: resources, futures, streams and \
+                       error contexts cannot be sent as JSON or MessagePack";
+        assert_eq!(json_error("own", "1"), message);
+        let error = check_supported(ty("holder")).unwrap_err();
+        assert_eq!(error.path, "[1][]");
+        assert_eq!(error.message, message);
+        for kind in ["order", "stock", "map-u32", "stocks", "res", "fixed"] {
+            assert_eq!(check_supported(ty(kind)), Ok(()), "{kind}");
+        }
+    }
+
+    #[test]
+    fn encoding_checks_values_against_their_type() {
+        let error = encode_value(ty("u32"), &string("x"), Format::Json).unwrap_err();
+        assert_eq!(error.to_string(), "cannot encode a string as u32");
+        let item = Val::Record(vec![("sku".into(), string("A")), ("qty".into(), string("x"))]);
+        let order = Val::Record(vec![
+            ("id".into(), Val::U64(1)),
+            ("items".into(), Val::List(vec![item])),
+            ("note".into(), Val::Option(None)),
+        ]);
+        for format in [Format::Json, Format::MessagePack] {
+            let error = encode_value(ty("order"), &order, format).unwrap_err();
+            assert_eq!(error.to_string(), "items[0].qty: cannot encode a string as u32");
+        }
+        let gone = Val::Variant("gone".into(), None);
+        let error = encode_value(ty("stock"), &gone, Format::Json).unwrap_err();
+        let message = "unknown case `gone` for variant, expected one of `in-stock`, \
+                       `discontinued`, `backordered`";
+        assert_eq!(error.to_string(), message);
+        let error = to_json_value(ty("bytes"), &Val::List(vec![Val::U32(1)])).unwrap_err();
+        assert_eq!(error.to_string(), "[0]: cannot encode a u32 as u8");
+        let typed = TypedVal { ty: ty("u8"), val: &Val::Bool(true) };
+        let error = serde_json::to_string(&typed).unwrap_err().to_string();
+        assert_eq!(error, "cannot encode a bool as u8");
+    }
+
+    #[test]
+    fn wit_types_render_in_wit_syntax() {
+        let cases = [
+            ("f32", "f32"),
+            ("list-string", "list<string>"),
+            ("bytes", "list<u8>"),
+            ("fixed", "list<u8, 4>"),
+            ("tuple", "tuple<u8, string>"),
+            ("opt", "option<u64>"),
+            ("res", "result<u64, string>"),
+            ("res-ok", "result<u64>"),
+            ("res-err", "result<_, string>"),
+            ("res-none", "result"),
+            (
+                "order",
+                "record { id: u64, items: list<record { sku: string, qty: u32 }>, note: option<string> }",
+            ),
+            (
+                "stock",
+                "variant { in-stock(u32), discontinued, backordered(tuple<u32, string>) }",
+            ),
+            ("colour", "enum { red, green, blue }"),
+            ("perms", "flags { read, write, exec }"),
+            ("map", "map<string, u32>"),
+            ("own", "own<resource>"),
+        ];
+        for (kind, wit) in cases {
+            assert_eq!(wit_type(ty(kind)), wit);
+        }
+        let (params, result) = func("reserve");
+        assert_eq!(
+            wit_signature(params, result.as_ref()),
+            "func(sku: string, qty: u32, note: option<string>) -> result<u64, string>"
+        );
+        let (params, result) = func("ping");
+        assert_eq!(wit_signature(params, result.as_ref()), "func()");
     }
 }

@@ -425,7 +425,7 @@ impl std::fmt::Display for Fault {
             Fault::Trap(cause) => write!(f, "trapped: {cause}"),
             Fault::Timeout => f.write_str("ran past its deadline"),
             Fault::OutOfMemory { limit } => {
-                write!(f, "ran out of memory (limit {})", bytesize::ByteSize(*limit).display().iec())
+                write!(f, "ran out of memory (limit {})", human_bytes(*limit))
             }
         }
     }
@@ -810,6 +810,11 @@ impl LiveInstance {
         let cause = match (e.downcast_ref::<Trap>(), panic) {
             (Some(Trap::UnreachableCodeReached), Some(p)) => p,
             (Some(Trap::StackOverflow), _) => "stack overflow".to_string(),
+            // Rust and C guests keep their stack in linear memory: overflowing
+            // it runs off the bottom of memory.
+            (Some(Trap::MemoryOutOfBounds), _) => {
+                format!("{} (a guest whose stack overflowed traps this way)", Trap::MemoryOutOfBounds)
+            }
             (Some(trap), _) => trap.to_string(),
             (None, _) => format!("{}", e.root_cause()),
         };
@@ -913,6 +918,16 @@ impl tokio::io::AsyncWrite for GuestWriter {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         self.poll_flush(cx)
+    }
+}
+
+/// `16 MiB` for exact multiples, else bytesize's `16.5 MiB`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => bytesize::ByteSize(n).display().iec().to_string(),
     }
 }
 

@@ -42,6 +42,8 @@ struct Inner {
     waiters: VecDeque<oneshot::Sender<LiveInstance>>,
     targeted: Vec<(usize, oneshot::Sender<LiveInstance>)>,
     live: usize,
+    /// Instances being restarted right now: callers may wait for them.
+    pending: usize,
     closed: bool,
 }
 
@@ -69,7 +71,7 @@ impl InstancePool {
         if let Some(instance) = inner.idle.pop() {
             return Ok(Checkout::Ready(instance));
         }
-        if inner.closed || inner.live == 0 {
+        if inner.closed || inner.live + inner.pending == 0 {
             return Err(Refusal::NoInstance);
         }
         if !may_wait {
@@ -119,19 +121,43 @@ impl InstancePool {
         inner.idle.push(instance);
     }
 
-    /// Counts a new instance as alive and puts it in service.
-    pub fn add(&self, instance: LiveInstance) {
-        self.lock().live += 1;
+    /// Counts a new instance as alive and puts it in service; `expected`
+    /// when it is a restart announced with [`expect`](Self::expect).
+    pub fn add(&self, instance: LiveInstance, expected: bool) {
+        {
+            let mut inner = self.lock();
+            inner.live += 1;
+            if expected {
+                inner.pending = inner.pending.saturating_sub(1);
+            }
+        }
         self.checkin(instance);
     }
 
-    /// Counts an instance as gone (it faulted and was dropped). When none is
-    /// left, the waiters are released with an error instead of waiting out
-    /// their deadline.
+    /// Counts an instance as gone (it faulted and was dropped).
     pub fn remove(&self) {
         let mut inner = self.lock();
         inner.live = inner.live.saturating_sub(1);
-        if inner.live == 0 {
+        Self::release_if_empty(&mut inner);
+    }
+
+    /// Announces a restart under way: callers wait for it rather than being
+    /// refused.
+    pub fn expect(&self) {
+        self.lock().pending += 1;
+    }
+
+    /// Withdraws an announced restart (it failed, or the pool closed).
+    pub fn unexpect(&self) {
+        let mut inner = self.lock();
+        inner.pending = inner.pending.saturating_sub(1);
+        Self::release_if_empty(&mut inner);
+    }
+
+    /// With no instance alive and none coming, waiters are released with an
+    /// error instead of waiting out their deadline.
+    fn release_if_empty(inner: &mut Inner) {
+        if inner.live + inner.pending == 0 {
             inner.waiters.clear();
             inner.targeted.clear();
         }
