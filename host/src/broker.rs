@@ -33,7 +33,7 @@
 //! are callers of it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,47 @@ impl Service {
     }
 }
 
+/// An instance checked out for one call. Dropped without [`release`]
+/// (the call's future was cancelled mid-call), the instance is retired and
+/// replaced, so no cancellation ever loses capacity.
+///
+/// [`release`]: Lease::release
+struct Lease<'a> {
+    broker: &'a Broker,
+    service: &'a Arc<Service>,
+    instance: Option<LiveInstance>,
+}
+
+impl Lease<'_> {
+    fn get(&mut self) -> &mut LiveInstance {
+        self.instance.as_mut().expect("a lease holds its instance until released")
+    }
+
+    /// The call finished: the instance goes back to the pool.
+    fn release(mut self) {
+        if let Some(instance) = self.instance.take() {
+            self.service.pool.checkin(instance);
+        }
+    }
+
+    /// The call faulted: the instance is retired and replaced.
+    fn fault(mut self, fault: Fault, label: &str, budget: Duration) -> CallError {
+        let instance = self.instance.take().expect("a lease holds its instance until released");
+        self.broker.fault(self.service, instance, fault, label, budget)
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            let slot = instance.slot;
+            drop(instance);
+            tracing::warn!(package = self.service.name(), slot, "call cancelled mid-run; replacing the instance");
+            self.broker.retire(self.service, slot, "a call was cancelled while the instance ran".to_string());
+        }
+    }
+}
+
 /// A package that could not be loaded at all, and why.
 #[derive(Clone, Debug)]
 pub struct LoadFailure {
@@ -170,6 +211,24 @@ pub struct Broker {
     failures: Mutex<Vec<LoadFailure>>,
     handle: Arc<BrokerHandle>,
     closing: AtomicBool,
+    /// Outside calls and event deliveries under way; shutdown waits for them.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one unit of work in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a package's host functions hold: a weak link back to the broker,
@@ -185,6 +244,7 @@ impl Broker {
             failures: Mutex::new(Vec::new()),
             handle: Arc::new(BrokerHandle(weak.clone())),
             closing: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -265,8 +325,9 @@ impl Broker {
     /// Calls `action` (`<package>.<action>`) with JSON params (an object by
     /// parameter name, or an array by position); returns the JSON result.
     pub async fn call_json(&self, action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
-        let (service, index, action_ty) = self.resolve(action)?;
-        let vals = decode_params(&action_ty, action, Format::Json, params)?;
+        let (service, index) = self.resolve(action)?;
+        let action_ty = &service.package.ty.actions[index];
+        let vals = decode_params(action_ty, action, Format::Json, params)?;
         let value = self.invoke(&service, index, &vals, ctx).await?;
         let (ty, val) = split_result(action, action_ty.result.as_ref(), value)?;
         match (ty, val) {
@@ -278,7 +339,7 @@ impl Broker {
 
     /// Calls `action` with component values; returns its raw result value.
     pub async fn call(&self, action: &str, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
-        let (service, index, _) = self.resolve(action)?;
+        let (service, index) = self.resolve(action)?;
         self.invoke(&service, index, params, ctx).await
     }
 
@@ -287,7 +348,7 @@ impl Broker {
         self.dispatch_event(None, event.to_string(), Arc::from(payload), broadcast, ctx);
     }
 
-    fn resolve(&self, action: &str) -> Result<(Arc<Service>, usize, ActionType), CallError> {
+    fn resolve(&self, action: &str) -> Result<(Arc<Service>, usize), CallError> {
         let Some((package, name)) = action.split_once('.') else {
             return Err(CallError::NotFound(format!(
                 "`{action}` is not an action name; actions are called `<package>.<action>`"
@@ -300,23 +361,25 @@ impl Broker {
                 None => format!("no package `{package}` (for action `{action}`)"),
             })
         })?;
-        let Some((index, ty)) = service.package.ty.action(name) else {
+        let Some((index, _)) = service.package.ty.action(name) else {
             let known: Vec<&str> = service.package.ty.actions.iter().map(|a| a.name.as_str()).collect();
             return Err(CallError::NotFound(format!(
                 "package `{package}` has no action `{name}` (it has: {})",
                 known.join(", ")
             )));
         };
-        let ty = ty.clone();
-        Ok((service, index, ty))
+        Ok((service, index))
     }
 
     /// Runs one call on one instance of `service`: the common path of every route.
     async fn invoke(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
         let label = || format!("{}.{}", service.name(), service.package.ty.actions[action].name);
-        if self.closing.load(Ordering::Relaxed) {
+        let outermost = ctx.chain.is_empty();
+        // Calls already under way finish, nested calls included; new ones are refused.
+        if outermost && self.closing.load(Ordering::Acquire) {
             return Err(CallError::Overloaded(format!("{}: the host is shutting down", label())));
         }
+        let _in_flight = outermost.then(|| InFlight::new(&self.in_flight));
         let level = ctx.level();
         if level > self.settings.max_call_depth {
             return Err(CallError::Overloaded(format!(
@@ -330,7 +393,7 @@ impl Broker {
         let budget = service.package.spec.timeout.min(ctx.remaining());
         let ctx = CallContext { deadline: ctx.deadline.min(deadline_after(budget)), ..ctx };
         let in_chain = ctx.passed_through(service.name());
-        let mut instance = match service.pool.checkout(!in_chain) {
+        let instance = match service.pool.checkout(!in_chain) {
             Ok(Checkout::Ready(i)) => i,
             Ok(Checkout::Queued(rx)) => match tokio::time::timeout_at(ctx.deadline.into(), rx).await {
                 Ok(Ok(i)) => i,
@@ -364,15 +427,22 @@ impl Broker {
         };
         let has_result = service.package.ty.actions[action].result.is_some();
         let deadline = ctx.deadline;
-        let run = instance.call(action, params, has_result, ctx);
-        let outcome = tokio::time::timeout_at((deadline + DEADLINE_GRACE).into(), run).await;
+        let mut lease = Lease { broker: self, service, instance: Some(instance) };
+        let run = lease.get().call(action, params, has_result, ctx);
+        // The epoch deadline stops a running guest. The outermost call also
+        // keeps a timer, for a guest stuck in a host call; nested calls are
+        // inside its future and go with it (their leases retire them).
+        let outcome = match outermost {
+            true => tokio::time::timeout_at((deadline + DEADLINE_GRACE).into(), run).await,
+            false => Ok(run.await),
+        };
         match outcome {
             Ok(Ok(value)) => {
-                service.pool.checkin(instance);
+                lease.release();
                 Ok(value)
             }
-            Ok(Err(fault)) => Err(self.fault(service, instance, fault, &label(), budget)),
-            Err(_) => Err(self.fault(service, instance, Fault::Timeout, &label(), budget)),
+            Ok(Err(fault)) => Err(lease.fault(fault, &label(), budget)),
+            Err(_) => Err(lease.fault(Fault::Timeout, &label(), budget)),
         }
     }
 
@@ -413,8 +483,9 @@ impl Broker {
                 Some(rest)
             }
         };
-        if let Some(broker) = self.handle.0.upgrade() {
-            tokio::spawn(broker.restart(service.clone(), slot, fault_at, delay));
+        // Outside a runtime (it is shutting down) there is nothing to restart for.
+        if let (Some(broker), Ok(rt)) = (self.handle.0.upgrade(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(broker.restart(service.clone(), slot, fault_at, delay));
         }
     }
 
@@ -490,7 +561,9 @@ impl Broker {
             let ctx = CallContext { deadline: deadline_after(timeout), ..ctx };
             let broker = self.clone();
             let (event, payload) = (event.clone(), payload.clone());
+            let in_flight = InFlight::new(&self.in_flight);
             tokio::spawn(async move {
+                let _in_flight = in_flight;
                 if broadcast {
                     for slot in 0..service.package.spec.instances as usize {
                         broker.deliver(&service, Some(slot), &event, &payload, ctx.clone()).await;
@@ -513,19 +586,20 @@ impl Broker {
             Ok(Checkout::Queued(rx)) => tokio::time::timeout_at(ctx.deadline.into(), rx).await.ok().and_then(Result::ok),
             Err(_) => None,
         };
-        let Some(mut instance) = instance else {
+        let Some(instance) = instance else {
             tracing::warn!(package = service.name(), event, slot, "event not delivered: no instance available");
             return;
         };
         let deadline = ctx.deadline + DEADLINE_GRACE;
         let budget = ctx.remaining();
-        match tokio::time::timeout_at(deadline.into(), instance.handle_event(event, payload, ctx)).await {
-            Ok(Ok(())) => service.pool.checkin(instance),
+        let mut lease = Lease { broker: self, service, instance: Some(instance) };
+        match tokio::time::timeout_at(deadline.into(), lease.get().handle_event(event, payload, ctx)).await {
+            Ok(Ok(())) => lease.release(),
             Ok(Err(fault)) => {
-                self.fault(service, instance, fault, &label, budget);
+                lease.fault(fault, &label, budget);
             }
             Err(_) => {
-                self.fault(service, instance, Fault::Timeout, &label, budget);
+                lease.fault(Fault::Timeout, &label, budget);
             }
         }
     }
@@ -535,8 +609,11 @@ impl Broker {
     /// Stops taking calls, lets in-flight calls finish (up to `grace`), and
     /// calls `stopped` on every instance.
     pub async fn shutdown(&self, grace: Duration) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.closing.store(true, Ordering::Release);
         let deadline = Instant::now() + grace;
+        while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         for service in self.services() {
             service.set_state(PackageState::Stopped);
             let mut idle = service.pool.close();
@@ -624,7 +701,8 @@ impl Router for BrokerHandle {
         Box::pin(async move {
             let broker = self.broker()?;
             let caller = broker.service(&from.package);
-            let (service, index, action_ty) = broker.resolve(&action)?;
+            let (service, index) = broker.resolve(&action)?;
+            let action_ty = &service.package.ty.actions[index];
             if let Some(caller) = &caller
                 && !caller.package.spec.grants.may_call(&action)
             {
@@ -633,7 +711,7 @@ impl Router for BrokerHandle {
                     from.package, from.package
                 )));
             }
-            let vals = decode_params(&action_ty, &action, Format::MessagePack, &params)?;
+            let vals = decode_params(action_ty, &action, Format::MessagePack, &params)?;
             let ctx = from.ctx.nested(&from.package, service.package.spec.timeout);
             let value = broker.invoke(&service, index, &vals, ctx).await?;
             let (ty, val) = split_result(&action, action_ty.result.as_ref(), value)?;

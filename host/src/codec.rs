@@ -63,7 +63,8 @@
 //! let component = Component::new(&engine, r#"(component
 //!     (import "reserve" (func (param "sku" string) (param "qty" u32)
 //!                             (result (result u64 (error string))))))"#)?;
-//! let (_, item) = component.component_type().imports(&engine).next().unwrap();
+//! let component_type = component.component_type();
+//! let (_, item) = component_type.imports(&engine).next().unwrap();
 //! let ComponentItem::ComponentFunc(func) = item.ty else { unreachable!() };
 //! let params: Vec<_> = func.params().map(|(n, t)| (n.to_string(), t)).collect();
 //! let result = func.results().next();
@@ -86,8 +87,8 @@ use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, SerializeTuple, Serializer};
 use wasmtime::component::types::{Enum, Field, Flags, List, Record, ResultType, Tuple, Variant};
@@ -175,7 +176,11 @@ pub fn decode_params(
     format: Format,
     bytes: &[u8],
 ) -> Result<Vec<Val>, CodecError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let empty = match format {
+        Format::Json => bytes.iter().all(u8::is_ascii_whitespace),
+        Format::MessagePack => bytes.is_empty(),
+    };
+    if empty {
         let mut trail = Trail::default();
         return absent_params::<de::value::Error>(params, &mut trail)
             .map_err(|e| trail.into_error(None, || e.to_string()));
@@ -191,7 +196,15 @@ pub fn decode_value(ty: &Type, format: Format, bytes: &[u8]) -> Result<Val, Code
 /// Encodes `val`, of type `ty`, in `format`.
 pub fn encode_value(ty: &Type, val: &Val, format: Format) -> Result<Vec<u8>, CodecError> {
     let trail = RefCell::new(Trail::default());
-    encode(format, &Encode { ty, val, trail: &trail }, &trail)
+    encode(
+        format,
+        &Encode {
+            ty,
+            val,
+            trail: &trail,
+        },
+        &trail,
+    )
 }
 
 /// Encodes a function's parameters as a map of parameter name to value.
@@ -240,11 +253,7 @@ pub fn check_supported(ty: &Type) -> Result<(), CodecError> {
 ///
 /// Structural, because wasmtime does not keep type names.
 pub fn wit_type(ty: &Type) -> String {
-    Wit {
-        ty,
-        depth: usize::MAX,
-    }
-    .to_string()
+    Wit::full(ty).to_string()
 }
 
 /// Renders a function type in WIT syntax:
@@ -267,11 +276,7 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
 
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Val, D::Error> {
         let mut trail = Trail::default();
-        let result = Decode {
-            ty: self.0,
-            trail: &mut trail,
-        }
-        .deserialize(de);
+        let result = Decode::new(self.0, At::Here, &mut trail).deserialize(de);
         result.map_err(|e| trail.into_de_error(None, e))
     }
 }
@@ -513,7 +518,9 @@ fn find_unsupported(ty: &Type, trail: &mut Trail) -> Option<String> {
             nested(trail, Segment::Name(case.name.to_owned()), &ty)
         }),
         Type::Result(result) => {
-            let ok = result.ok().and_then(|ty| nested(trail, Segment::Name("ok".into()), &ty));
+            let ok = result
+                .ok()
+                .and_then(|ty| nested(trail, Segment::Name("ok".into()), &ty));
             ok.or_else(|| {
                 let ty = result.err()?;
                 nested(trail, Segment::Name("err".into()), &ty)
@@ -547,7 +554,8 @@ impl RootSeed for ValueRoot<'_> {
         de: D,
         trail: &mut Trail,
     ) -> Result<Val, D::Error> {
-        Decode { ty: self.0, trail }.deserialize(de)
+        let at = At::Here;
+        Decode::new(self.0, at, trail).deserialize(de)
     }
 }
 
@@ -639,18 +647,50 @@ fn msgpack_end<'de, R: rmp_serde::decode::ReadSlice<'de>>(
     }
 }
 
+/// Where a seed sits in its parent; turned into a [`Segment`] only when
+/// the seed fails (so a structural error of the parent, such as a missing
+/// `]`, is not blamed on an element that was never read).
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Here,
+    Name(&'a str),
+    Index(usize),
+    Key(&'a Val),
+}
+
+impl At<'_> {
+    #[cold]
+    fn note<E>(self, trail: &mut Trail, error: E) -> E {
+        let segment = match self {
+            At::Here => return error,
+            At::Name(name) => Segment::Name(name.to_owned()),
+            At::Index(i) => Segment::Index(i),
+            At::Key(Val::String(key)) => Segment::Key(key.clone()),
+            At::Key(_) => Segment::Each,
+        };
+        trail.at(segment, error)
+    }
+}
+
 /// The recursive seed: one value of type `ty`.
 struct Decode<'t, 'r> {
     ty: &'t Type,
+    at: At<'t>,
     trail: &'r mut Trail,
+}
+
+impl<'t, 'r> Decode<'t, 'r> {
+    fn new(ty: &'t Type, at: At<'t>, trail: &'r mut Trail) -> Self {
+        Decode { ty, at, trail }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Decode<'_, '_> {
     type Value = Val;
 
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Val, D::Error> {
-        let Decode { ty, trail } = self;
-        match ty {
+        let Decode { ty, at, trail } = self;
+        let result = match ty {
             Type::Option(option) => de.deserialize_option(OptionVisitor {
                 inner: option.ty(),
                 trail,
@@ -664,7 +704,8 @@ impl<'de> DeserializeSeed<'de> for Decode<'_, '_> {
                 let human = de.is_human_readable();
                 de.deserialize_any(ValueVisitor { ty, trail, human })
             }
-        }
+        };
+        result.map_err(|e| at.note(trail, e))
     }
 }
 
@@ -689,11 +730,7 @@ impl<'de> Visitor<'de> for OptionVisitor<'_> {
     }
 
     fn visit_some<D: de::Deserializer<'de>>(self, de: D) -> Result<Val, D::Error> {
-        let value = Decode {
-            ty: &self.inner,
-            trail: self.trail,
-        }
-        .deserialize(de)?;
+        let value = Decode::new(&self.inner, At::Here, self.trail).deserialize(de)?;
         Ok(Val::Option(Some(Box::new(value))))
     }
 }
@@ -783,9 +820,11 @@ impl ValueVisitor<'_, '_> {
             Numeric::OutOfRange(range) => {
                 let found = found.describe(self.human);
                 let ty = Wit::short(self.ty);
-                Err(self.trail.fail(format!("{found} is out of range for {ty} ({range})")))
+                Err(self
+                    .trail
+                    .fail(format!("{found} is out of range for {ty} ({range})")))
             }
-            Numeric::NotNumeric => Err(self.reject(found)),
+            Numeric::WrongType => Err(self.reject(found)),
         }
     }
 
@@ -921,6 +960,16 @@ impl<'de> Visitor<'de> for ValueVisitor<'_, '_> {
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Val, E> {
         match self.ty {
             Type::List(list) if is_bytes(list) => Ok(bytes_val(v)),
+            // rmp-serde hands over a string that is not UTF-8 as bytes.
+            Type::String | Type::Char => match std::str::from_utf8(v) {
+                Ok(text) => self.visit_str(text),
+                Err(_) => {
+                    let ty = Wit::short(self.ty);
+                    Err(self.trail.fail(format!(
+                        "expected {ty}, found a string that is not valid UTF-8"
+                    )))
+                }
+            },
             _ => Err(self.reject(Found::Bytes)),
         }
     }
@@ -934,11 +983,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_, '_> {
     }
 
     fn visit_some<D: de::Deserializer<'de>>(self, de: D) -> Result<Val, D::Error> {
-        Decode {
-            ty: self.ty,
-            trail: self.trail,
-        }
-        .deserialize(de)
+        Decode::new(self.ty, At::Here, self.trail).deserialize(de)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Val, A::Error> {
@@ -947,7 +992,10 @@ impl<'de> Visitor<'de> for ValueVisitor<'_, '_> {
             Type::List(list) => decode_list(seq, &list.ty(), trail).map(Val::List),
             Type::FixedLengthList(list) => {
                 let items = decode_list(seq, &list.ty(), trail)?;
-                check_len(items.len(), list.len() as usize, self.ty, trail)?;
+                let len = list.len() as usize;
+                if items.len() != len {
+                    return Err(wrong_length(trail, self.ty, len, &items.len()));
+                }
                 Ok(Val::FixedLengthList(items))
             }
             Type::Tuple(tuple) => decode_tuple(seq, tuple, self.ty, trail),
@@ -975,7 +1023,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_, '_> {
 enum Numeric {
     Fits(Val),
     OutOfRange(&'static str),
-    NotNumeric,
+    WrongType,
 }
 
 /// `v` as a value of the numeric type `ty`, range-checked.
@@ -997,7 +1045,7 @@ fn number(ty: &Type, v: i128) -> Numeric {
         Type::S64 => fit(v, Val::S64, "-9223372036854775808 to 9223372036854775807"),
         Type::Float32 => Numeric::Fits(Val::Float32(v as f32)),
         Type::Float64 => Numeric::Fits(Val::Float64(v as f64)),
-        _ => Numeric::NotNumeric,
+        _ => Numeric::WrongType,
     }
 }
 
@@ -1010,10 +1058,10 @@ fn bytes_val(bytes: &[u8]) -> Val {
 }
 
 fn unknown_case(variant: &Variant, v: &str) -> String {
-    let names: Vec<&str> = variant.cases().map(|case| case.name).collect();
+    let names = variant.cases().map(|case| case.name);
     format!(
         "unknown case `{v}` for variant, {}",
-        one_of(names.into_iter(), "it has none")
+        one_of(names, "it has none")
     )
 }
 
@@ -1031,21 +1079,27 @@ fn decode_list<'de, A: SeqAccess<'de>>(
     trail: &mut Trail,
 ) -> Result<Vec<Val>, A::Error> {
     let mut items = Vec::with_capacity(capacity(seq.size_hint()));
-    while let Some(item) = seq
-        .next_element_seed(Decode { ty: elem, trail })
-        .map_err(|e| trail.at(Segment::Index(items.len()), e))?
-    {
-        items.push(item);
+    loop {
+        let at = At::Index(items.len());
+        match seq.next_element_seed(Decode::new(elem, at, trail))? {
+            Some(item) => items.push(item),
+            None => break,
+        }
     }
     Ok(items)
 }
 
-fn check_len<E: de::Error>(found: usize, expected: usize, ty: &Type, trail: &mut Trail) -> Result<(), E> {
-    if found == expected {
-        return Ok(());
-    }
+#[cold]
+fn wrong_length<E: de::Error>(
+    trail: &mut Trail,
+    ty: &Type,
+    expected: usize,
+    found: &dyn fmt::Display,
+) -> E {
     let ty = Wit::short(ty);
-    Err(trail.fail(format!("expected {expected} elements for {ty}, found {found}")))
+    trail.fail(format!(
+        "expected {expected} elements for {ty}, found {found}"
+    ))
 }
 
 fn decode_tuple<'de, A: SeqAccess<'de>>(
@@ -1057,17 +1111,14 @@ fn decode_tuple<'de, A: SeqAccess<'de>>(
     let len = tuple.types().len();
     let mut items = Vec::with_capacity(len);
     for (i, elem) in tuple.types().enumerate() {
-        match seq
-            .next_element_seed(Decode { ty: &elem, trail })
-            .map_err(|e| trail.at(Segment::Index(i), e))?
-        {
+        let at = At::Index(i);
+        match seq.next_element_seed(Decode::new(&elem, at, trail))? {
             Some(item) => items.push(item),
-            None => check_len(i, len, ty, trail)?,
+            None => return Err(wrong_length(trail, ty, len, &i)),
         }
     }
     if seq.next_element::<IgnoredAny>()?.is_some() {
-        let ty = Wit::short(ty);
-        return Err(trail.fail(format!("expected {len} elements for {ty}, found more")));
+        return Err(wrong_length(trail, ty, len, &"more"));
     }
     Ok(Val::Tuple(items))
 }
@@ -1079,13 +1130,11 @@ fn decode_flags<'de, A: SeqAccess<'de>>(
 ) -> Result<Val, A::Error> {
     let mut set = Seen::new(flags.names().len());
     let mut i = 0;
-    while let Some(name) = seq
-        .next_element_seed(NameSeed {
-            what: "a flag name",
-            trail,
-        })
-        .map_err(|e| trail.at(Segment::Index(i), e))?
-    {
+    while let Some(name) = seq.next_element_seed(NameSeed {
+        what: "a flag name",
+        at: At::Index(i),
+        trail,
+    })? {
         let Some(bit) = flags.names().position(|flag| flag == name) else {
             let message = format!(
                 "unknown flag `{name}`, {}",
@@ -1117,6 +1166,7 @@ fn decode_record<'de, A: MapAccess<'de>>(
     let mut seen = Seen::new(fields.len());
     while let Some(key) = map.next_key_seed(NameSeed {
         what: "a field name",
+        at: At::Here,
         trail,
     })? {
         let Some(i) = fields.iter().position(|f| f.name == key) else {
@@ -1128,12 +1178,8 @@ fn decode_record<'de, A: MapAccess<'de>>(
             return Err(trail.fail(format!("duplicate field `{key}`")));
         }
         let field = &fields[i];
-        values[i].1 = map
-            .next_value_seed(Decode {
-                ty: &field.ty,
-                trail,
-            })
-            .map_err(|e| trail.at(Segment::Name(field.name.to_owned()), e))?;
+        let at = At::Name(field.name);
+        values[i].1 = map.next_value_seed(Decode::new(&field.ty, at, trail))?;
     }
     let absent = fields.iter().enumerate();
     let absent: Vec<&str> = absent
@@ -1156,12 +1202,7 @@ fn decode_record_seq<'de, A: SeqAccess<'de>>(
     let mut values = Vec::with_capacity(record.fields().len());
     let mut absent = Vec::new();
     for field in record.fields() {
-        let value = seq
-            .next_element_seed(Decode {
-                ty: &field.ty,
-                trail,
-            })
-            .map_err(|e| trail.at(Segment::Name(field.name.to_owned()), e))?;
+        let value = seq.next_element_seed(Decode::new(&field.ty, At::Name(field.name), trail))?;
         let value = match (value, &field.ty) {
             (Some(value), _) => value,
             (None, Type::Option(_)) => Val::Option(None),
@@ -1176,7 +1217,11 @@ fn decode_record_seq<'de, A: SeqAccess<'de>>(
         return Err(trail.fail(missing("field", &absent)));
     }
     if seq.next_element::<IgnoredAny>()?.is_some() {
-        let message = format!("too many fields for {}, expected {}", Wit::short(ty), values.len());
+        let message = format!(
+            "too many fields for {}, expected {}",
+            Wit::short(ty),
+            values.len()
+        );
         return Err(trail.fail(message));
     }
     Ok(Val::Record(values))
@@ -1190,17 +1235,18 @@ fn decode_variant<'de, A: MapAccess<'de>>(
 ) -> Result<Val, A::Error> {
     let Some(key) = map.next_key_seed(NameSeed {
         what: "a case name",
+        at: At::Here,
         trail,
     })?
     else {
-        return Err(trail.fail(one_case(ty, "found an empty object")));
+        return Err(trail.fail(one_case(ty, "found none")));
     };
     let Some(case) = variant.cases().find(|case| case.name == key) else {
         return Err(trail.fail(unknown_case(variant, &key)));
     };
     let payload = decode_payload(&mut map, case.name, case.ty.as_ref(), trail)?;
     if map.next_key::<IgnoredAny>()?.is_some() {
-        return Err(trail.fail(one_case(ty, "found more than one key")));
+        return Err(trail.fail(one_case(ty, "found more than one")));
     }
     Ok(Val::Variant(case.name.to_owned(), payload))
 }
@@ -1213,10 +1259,11 @@ fn decode_result<'de, A: MapAccess<'de>>(
 ) -> Result<Val, A::Error> {
     let Some(key) = map.next_key_seed(NameSeed {
         what: "`ok` or `err`",
+        at: At::Here,
         trail,
     })?
     else {
-        return Err(trail.fail(one_case(ty, "found an empty object")));
+        return Err(trail.fail(one_case(ty, "found none")));
     };
     let (is_ok, name, side) = match &*key {
         "ok" | "Ok" => (true, "ok", result.ok()),
@@ -1225,7 +1272,7 @@ fn decode_result<'de, A: MapAccess<'de>>(
     };
     let payload = decode_payload(&mut map, name, side.as_ref(), trail)?;
     if map.next_key::<IgnoredAny>()?.is_some() {
-        return Err(trail.fail(one_case(ty, "found more than one key")));
+        return Err(trail.fail(one_case(ty, "found more than one")));
     }
     Ok(Val::Result(if is_ok { Ok(payload) } else { Err(payload) }))
 }
@@ -1241,11 +1288,13 @@ fn decode_payload<'de, A: MapAccess<'de>>(
     ty: Option<&Type>,
     trail: &mut Trail,
 ) -> Result<Option<Box<Val>>, A::Error> {
-    let result = match ty {
-        Some(ty) => map.next_value_seed(Decode { ty, trail }).map(|v| Some(Box::new(v))),
+    let at = At::Name(case);
+    match ty {
+        Some(ty) => map
+            .next_value_seed(Decode { ty, at, trail })
+            .map(|v| Some(Box::new(v))),
         None => map.next_value_seed(NullSeed { case, trail }).map(|()| None),
-    };
-    result.map_err(|e| trail.at(Segment::Name(case.to_owned()), e))
+    }
 }
 
 fn decode_map_object<'de, A: MapAccess<'de>>(
@@ -1255,15 +1304,9 @@ fn decode_map_object<'de, A: MapAccess<'de>>(
     trail: &mut Trail,
 ) -> Result<Val, A::Error> {
     let mut entries = Vec::with_capacity(capacity(map.size_hint()));
-    while let Some(key) = map.next_key_seed(Decode { ty: key_ty, trail })? {
-        let value = map.next_value_seed(Decode { ty: value_ty, trail });
-        let value = value.map_err(|e| {
-            let segment = match &key {
-                Val::String(key) => Segment::Key(key.clone()),
-                _ => Segment::Index(entries.len()),
-            };
-            trail.at(segment, e)
-        })?;
+    let at = At::Here;
+    while let Some(key) = map.next_key_seed(Decode::new(key_ty, at, trail))? {
+        let value = map.next_value_seed(Decode::new(value_ty, At::Key(&key), trail))?;
         entries.push((key, value));
     }
     Ok(Val::Map(entries))
@@ -1276,11 +1319,18 @@ fn decode_map_pairs<'de, A: SeqAccess<'de>>(
     trail: &mut Trail,
 ) -> Result<Val, A::Error> {
     let mut entries = Vec::with_capacity(capacity(seq.size_hint()));
-    while let Some(entry) = seq
-        .next_element_seed(PairSeed { key, value, trail })
-        .map_err(|e| trail.at(Segment::Index(entries.len()), e))?
-    {
-        entries.push(entry);
+    loop {
+        let at = At::Index(entries.len());
+        let pair = PairSeed {
+            key,
+            value,
+            at,
+            trail,
+        };
+        match seq.next_element_seed(pair)? {
+            Some(entry) => entries.push(entry),
+            None => break,
+        }
     }
     Ok(Val::Map(entries))
 }
@@ -1316,8 +1366,9 @@ impl Seen {
 }
 
 /// A key or name from the input, borrowed from it when the format allows.
-struct NameSeed<'r> {
+struct NameSeed<'a, 'r> {
     what: &'static str,
+    at: At<'a>,
     trail: &'r mut Trail,
 }
 
@@ -1327,22 +1378,24 @@ struct NameVisitor<'r> {
     human: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
+impl<'de> DeserializeSeed<'de> for NameSeed<'_, '_> {
     type Value = Cow<'de, str>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        let NameSeed { what, at, trail } = self;
         let human = de.is_human_readable();
-        de.deserialize_any(NameVisitor {
-            what: self.what,
-            trail: self.trail,
-            human,
-        })
+        let result = de.deserialize_any(NameVisitor { what, trail, human });
+        result.map_err(|e| at.note(trail, e))
     }
 }
 
 impl NameVisitor<'_> {
     fn reject<E: de::Error>(self, found: Found<'_>) -> E {
-        let message = format!("expected {}, found {}", self.what, found.describe(self.human));
+        let message = format!(
+            "expected {}, found {}",
+            self.what,
+            found.describe(self.human)
+        );
         self.trail.fail(message)
     }
 }
@@ -1385,19 +1438,20 @@ impl<'de> DeserializeSeed<'de> for NullSeed<'_, '_> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        let NullSeed { case, trail } = self;
         let human = de.is_human_readable();
-        de.deserialize_any(NullVisitor {
-            case: self.case,
-            trail: self.trail,
-            human,
-        })
+        let result = de.deserialize_any(NullVisitor { case, trail, human });
+        result.map_err(|e| At::Name(case).note(trail, e))
     }
 }
 
 impl NullVisitor<'_, '_> {
     fn reject<E: de::Error>(self, found: Found<'_>) -> E {
         let found = found.describe(self.human);
-        let message = format!("case `{}` has no payload, expected null, found {found}", self.case);
+        let message = format!(
+            "case `{}` has no payload, expected null, found {found}",
+            self.case
+        );
         self.trail.fail(message)
     }
 }
@@ -1424,11 +1478,14 @@ impl<'de> Visitor<'de> for NullVisitor<'_, '_> {
 struct PairSeed<'t, 'r> {
     key: &'t Type,
     value: &'t Type,
+    at: At<'t>,
     trail: &'r mut Trail,
 }
 
 struct PairVisitor<'t, 'r> {
-    seed: PairSeed<'t, 'r>,
+    key: &'t Type,
+    value: &'t Type,
+    trail: &'r mut Trail,
     human: bool,
 }
 
@@ -1436,8 +1493,20 @@ impl<'de> DeserializeSeed<'de> for PairSeed<'_, '_> {
     type Value = (Val, Val);
 
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(Val, Val), D::Error> {
+        let PairSeed {
+            key,
+            value,
+            at,
+            trail,
+        } = self;
         let human = de.is_human_readable();
-        de.deserialize_any(PairVisitor { seed: self, human })
+        let result = de.deserialize_any(PairVisitor {
+            key,
+            value,
+            trail,
+            human,
+        });
+        result.map_err(|e| at.note(trail, e))
     }
 }
 
@@ -1447,7 +1516,7 @@ impl PairVisitor<'_, '_> {
             "expected a [key, value] pair, found {}",
             found.describe(self.human)
         );
-        self.seed.trail.fail(message)
+        self.trail.fail(message)
     }
 }
 
@@ -1459,15 +1528,15 @@ impl<'de> Visitor<'de> for PairVisitor<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(Val, Val), A::Error> {
-        let PairSeed { key, value, trail } = self.seed;
-        let mut next = |ty: &Type, i: usize, trail: &mut Trail| {
-            seq.next_element_seed(Decode { ty, trail })
-                .map_err(|e| trail.at(Segment::Index(i), e))
-        };
-        let key = next(key, 0, trail)?;
-        let value = next(value, 1, trail)?;
+        let PairVisitor {
+            key, value, trail, ..
+        } = self;
+        let key = seq.next_element_seed(Decode::new(key, At::Index(0), trail))?;
+        let value = seq.next_element_seed(Decode::new(value, At::Index(1), trail))?;
         let (Some(key), Some(value)) = (key, value) else {
-            return Err(trail.fail("expected a [key, value] pair, found a shorter array".to_owned()));
+            return Err(
+                trail.fail("expected a [key, value] pair, found a shorter array".to_owned())
+            );
         };
         if seq.next_element::<IgnoredAny>()?.is_some() {
             return Err(trail.fail("expected a [key, value] pair, found a longer array".to_owned()));
@@ -1517,6 +1586,7 @@ impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
         let mut seen = Seen::new(params.len());
         while let Some(key) = map.next_key_seed(NameSeed {
             what: "a parameter name",
+            at: At::Here,
             trail,
         })? {
             let Some(i) = params.iter().position(|(name, _)| *name == key) else {
@@ -1528,9 +1598,8 @@ impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
                 return Err(trail.fail(format!("duplicate parameter `{key}`")));
             }
             let (name, ty) = &params[i];
-            values[i] = map
-                .next_value_seed(Decode { ty, trail })
-                .map_err(|e| trail.at(Segment::Name(name.clone()), e))?;
+            let at = At::Name(name);
+            values[i] = map.next_value_seed(Decode { ty, at, trail })?;
         }
         let absent = params.iter().enumerate();
         let absent: Vec<&str> = absent
@@ -1547,15 +1616,16 @@ impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
         let ParamsVisitor { params, trail, .. } = self;
         let mut values = Vec::with_capacity(params.len());
         for (name, ty) in params {
-            let value = seq
-                .next_element_seed(Decode { ty, trail })
-                .map_err(|e| trail.at(Segment::Name(name.clone()), e))?;
+            let at = At::Name(name);
+            let value = seq.next_element_seed(Decode { ty, at, trail })?;
             match value {
                 Some(value) => values.push(value),
-                None => return absent_params(&params[values.len()..], trail).map(|rest| {
-                    values.extend(rest);
-                    values
-                }),
+                None => {
+                    return absent_params(&params[values.len()..], trail).map(|rest| {
+                        values.extend(rest);
+                        values
+                    });
+                }
             }
         }
         if seq.next_element::<IgnoredAny>()?.is_some() {
@@ -1573,7 +1643,10 @@ impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
 }
 
 /// Parameters that were not given: `none` if they are all options.
-fn absent_params<E: de::Error>(params: &[(String, Type)], trail: &mut Trail) -> Result<Vec<Val>, E> {
+fn absent_params<E: de::Error>(
+    params: &[(String, Type)],
+    trail: &mut Trail,
+) -> Result<Vec<Val>, E> {
     let required: Vec<&str> = params
         .iter()
         .filter(|(_, ty)| !matches!(ty, Type::Option(_)))
@@ -1610,12 +1683,13 @@ struct Encode<'a> {
 }
 
 impl<'a> Encode<'a> {
-    fn nested(&self, ty: &'a Type, val: &'a Val) -> Encode<'a> {
-        Encode {
-            ty,
-            val,
-            trail: self.trail,
-        }
+    /// A value inside this one, reporting into the same trail.
+    fn child<'b>(&self, ty: &'b Type, val: &'b Val) -> Encode<'b>
+    where
+        'a: 'b,
+    {
+        let trail = self.trail;
+        Encode { ty, val, trail }
     }
 
     #[cold]
@@ -1676,7 +1750,7 @@ impl Serialize for Encode<'_> {
             (Type::Enum(_), Val::Enum(case)) => s.serialize_str(case),
             (Type::Option(option), Val::Option(value)) => match value {
                 None => s.serialize_none(),
-                Some(value) => s.serialize_some(&self.nested(&option.ty(), value)),
+                Some(value) => s.serialize_some(&self.child(&option.ty(), value)),
             },
             (Type::Result(result), Val::Result(value)) => self.result(s, result, value),
             (Type::Flags(_), Val::Flags(names)) => s.collect_seq(names),
@@ -1696,12 +1770,16 @@ impl Serialize for Encode<'_> {
 
 /// The word for a float JSON cannot write as a number.
 fn float_word<S: Serializer>(v: f64, s: &S) -> Option<&'static str> {
-    match () {
-        _ if v.is_finite() || !s.is_human_readable() => None,
-        _ if v.is_nan() => Some("NaN"),
-        _ if v > 0.0 => Some("Infinity"),
-        _ => Some("-Infinity"),
+    if v.is_finite() || !s.is_human_readable() {
+        return None;
     }
+    Some(if v.is_nan() {
+        "NaN"
+    } else if v > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    })
 }
 
 impl<'a> Encode<'a> {
@@ -1711,7 +1789,7 @@ impl<'a> Encode<'a> {
             return self.elements(s, &elem, items);
         }
         if let Some(i) = items.iter().position(|v| !matches!(v, Val::U8(_))) {
-            let error = self.nested(&elem, &items[i]).mismatch();
+            let error = self.child(&elem, &items[i]).mismatch();
             return Err(self.at(Segment::Index(i), error));
         }
         if s.is_human_readable() {
@@ -1719,40 +1797,42 @@ impl<'a> Encode<'a> {
         } else {
             let bytes: Vec<u8> = items
                 .iter()
-                .map(|v| match v {
-                    Val::U8(b) => *b,
-                    _ => 0,
+                .filter_map(|v| match v {
+                    Val::U8(b) => Some(*b),
+                    _ => None,
                 })
                 .collect();
             s.serialize_bytes(&bytes)
         }
     }
 
-    fn elements<S: Serializer>(&self, s: S, elem: &Type, items: &'a [Val]) -> Result<S::Ok, S::Error> {
+    fn elements<S: Serializer>(
+        &self,
+        s: S,
+        elem: &Type,
+        items: &'a [Val],
+    ) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(items.len()))?;
         for (i, item) in items.iter().enumerate() {
-            let item = Encode {
-                ty: elem,
-                val: item,
-                trail: self.trail,
-            };
+            let item = self.child(elem, item);
             seq.serialize_element(&item)
                 .map_err(|e| self.at(Segment::Index(i), e))?;
         }
         seq.end()
     }
 
-    fn tuple<S: Serializer>(&self, s: S, tuple: &Tuple, items: &'a [Val]) -> Result<S::Ok, S::Error> {
+    fn tuple<S: Serializer>(
+        &self,
+        s: S,
+        tuple: &Tuple,
+        items: &'a [Val],
+    ) -> Result<S::Ok, S::Error> {
         if tuple.types().len() != items.len() {
             return Err(self.mismatch());
         }
         let mut seq = s.serialize_tuple(items.len())?;
         for (i, (ty, item)) in tuple.types().zip(items).enumerate() {
-            let item = Encode {
-                ty: &ty,
-                val: item,
-                trail: self.trail,
-            };
+            let item = self.child(&ty, item);
             seq.serialize_element(&item)
                 .map_err(|e| self.at(Segment::Index(i), e))?;
         }
@@ -1774,11 +1854,7 @@ impl<'a> Encode<'a> {
                 let message = format!("expected field `{}`, found `{name}`", field.name);
                 return Err(self.fail(message));
             }
-            let value = Encode {
-                ty: &field.ty,
-                val: value,
-                trail: self.trail,
-            };
+            let value = self.child(&field.ty, value);
             map.serialize_entry(name.as_str(), &value)
                 .map_err(|e| self.at(Segment::Name(name.clone()), e))?;
         }
@@ -1829,14 +1905,7 @@ impl<'a> Encode<'a> {
         let mut map = s.serialize_map(Some(1))?;
         let written = match payload {
             None => map.serialize_entry(case, &()),
-            Some((ty, val)) => map.serialize_entry(
-                case,
-                &Encode {
-                    ty,
-                    val,
-                    trail: self.trail,
-                },
-            ),
+            Some((ty, val)) => map.serialize_entry(case, &self.child(ty, val)),
         };
         written.map_err(|e| self.at(Segment::Name(case.to_owned()), e))?;
         map.end()
@@ -1852,7 +1921,7 @@ impl<'a> Encode<'a> {
         if !matches!(key, Type::String) {
             let mut seq = s.serialize_seq(Some(entries.len()))?;
             for (i, (k, v)) in entries.iter().enumerate() {
-                let pair = (self.nested_in(key, k), self.nested_in(value, v));
+                let pair = (self.child(key, k), self.child(value, v));
                 seq.serialize_element(&pair)
                     .map_err(|e| self.at(Segment::Index(i), e))?;
             }
@@ -1864,21 +1933,10 @@ impl<'a> Encode<'a> {
                 Val::String(k) => Segment::Key(k.clone()),
                 _ => Segment::Each,
             };
-            map.serialize_entry(&self.nested_in(key, k), &self.nested_in(value, v))
+            map.serialize_entry(&self.child(key, k), &self.child(value, v))
                 .map_err(|e| self.at(segment(), e))?;
         }
         map.end()
-    }
-
-    fn nested_in<'b>(&self, ty: &'b Type, val: &'b Val) -> Encode<'b>
-    where
-        'a: 'b,
-    {
-        Encode {
-            ty,
-            val,
-            trail: self.trail,
-        }
     }
 }
 
@@ -1903,15 +1961,10 @@ impl Serialize for EncodeParams<'_> {
         }
         let mut map = s.serialize_map(Some(self.params.len()))?;
         for ((name, ty), val) in self.params.iter().zip(self.vals) {
-            let value = Encode {
-                ty,
-                val,
-                trail: self.trail,
-            };
-            map.serialize_entry(name.as_str(), &value).map_err(|e| {
-                self.trail.borrow_mut().segments.push(Segment::Name(name.clone()));
-                e
-            })?;
+            let trail = self.trail;
+            let value = Encode { ty, val, trail };
+            map.serialize_entry(name.as_str(), &value)
+                .map_err(|e| value.at(Segment::Name(name.clone()), e))?;
         }
         map.end()
     }
@@ -2076,14 +2129,27 @@ impl Wit<'_> {
                 f.write_str(">")
             }
             Type::Record(record) => self.body(f, "record", record.fields(), |f, field, depth| {
-                write!(f, "{}: {}", field.name, Wit { ty: &field.ty, depth })
+                write!(
+                    f,
+                    "{}: {}",
+                    field.name,
+                    Wit {
+                        ty: &field.ty,
+                        depth
+                    }
+                )
             }),
-            Type::Variant(variant) => self.body(f, "variant", variant.cases(), |f, case, depth| {
-                match &case.ty {
-                    None => f.write_str(case.name),
-                    Some(ty) => write!(f, "{}({})", case.name, Wit { ty, depth }),
-                }
-            }),
+            Type::Variant(variant) => {
+                self.body(
+                    f,
+                    "variant",
+                    variant.cases(),
+                    |f, case, depth| match &case.ty {
+                        None => f.write_str(case.name),
+                        Some(ty) => write!(f, "{}({})", case.name, Wit { ty, depth }),
+                    },
+                )
+            }
             Type::Enum(e) => self.body(f, "enum", e.names(), |f, name, _| f.write_str(name)),
             Type::Flags(flags) => {
                 self.body(f, "flags", flags.names(), |f, name, _| f.write_str(name))
@@ -2157,9 +2223,12 @@ mod tests {
         (import "ping" (func))
     )"#;
 
+    /// A function's parameters and result.
+    type Signature = (Vec<(String, Type)>, Option<Type>);
+
     struct Fixture {
         kinds: HashMap<String, Type>,
-        funcs: HashMap<String, (Vec<(String, Type)>, Option<Type>)>,
+        funcs: HashMap<String, Signature>,
     }
 
     static TYPES: LazyLock<Fixture> = LazyLock::new(|| {
@@ -2183,7 +2252,7 @@ mod tests {
         &TYPES.kinds[kind]
     }
 
-    fn func(name: &str) -> &'static (Vec<(String, Type)>, Option<Type>) {
+    fn func(name: &str) -> &'static Signature {
         &TYPES.funcs[name]
     }
 
@@ -2284,7 +2353,10 @@ mod tests {
     #[test]
     fn decodes_hand_written_json_into_the_values_wasmtime_expects() {
         let order = r#"{ "items": [ {"qty": 2, "sku": "A"} ], "id": 7 }"#;
-        let item = Val::Record(vec![("sku".into(), string("A")), ("qty".into(), Val::U32(2))]);
+        let item = Val::Record(vec![
+            ("sku".into(), string("A")),
+            ("qty".into(), Val::U32(2)),
+        ]);
         let expected = Val::Record(vec![
             ("id".into(), Val::U64(7)),
             ("items".into(), Val::List(vec![item])),
@@ -2297,7 +2369,10 @@ mod tests {
         let gone = Val::Variant("discontinued".into(), None);
         assert_eq!(json("stock", r#""discontinued""#).unwrap(), gone);
         assert_eq!(json("stock", r#"{"discontinued": null}"#).unwrap(), gone);
-        assert_eq!(json("colour", r#""blue""#).unwrap(), Val::Enum("blue".into()));
+        assert_eq!(
+            json("colour", r#""blue""#).unwrap(),
+            Val::Enum("blue".into())
+        );
         let perms = Val::Flags(vec!["read".into(), "exec".into()]);
         assert_eq!(json("perms", r#"["exec", "read", "exec"]"#).unwrap(), perms);
         assert_eq!(json("opt", "null").unwrap(), Val::Option(None));
@@ -2307,7 +2382,10 @@ mod tests {
         assert_eq!(json("u32", "3.0").unwrap(), Val::U32(3));
         let ok = Val::Result(Ok(Some(Box::new(Val::U64(5)))));
         assert_eq!(json("res", r#"{"Ok": 5}"#).unwrap(), ok);
-        assert_eq!(json("res-none", r#""err""#).unwrap(), Val::Result(Err(None)));
+        assert_eq!(
+            json("res-none", r#""err""#).unwrap(),
+            Val::Result(Err(None))
+        );
         let map = Val::Map(vec![(string("a"), Val::U32(1))]);
         assert_eq!(json("map", r#"{"a": 1}"#).unwrap(), map);
     }
@@ -2317,7 +2395,10 @@ mod tests {
         let bytes = Val::List(vec![Val::U8(1), Val::U8(2), Val::U8(3)]);
         assert_eq!(json("bytes", r#""AQID""#).unwrap(), bytes);
         assert_eq!(json("bytes", "[1, 2, 3]").unwrap(), bytes);
-        assert_eq!(json("bytes", r#""AQI""#).unwrap(), json("bytes", r#""AQI=""#).unwrap());
+        assert_eq!(
+            json("bytes", r#""AQI""#).unwrap(),
+            json("bytes", r#""AQI=""#).unwrap()
+        );
         let bin = rmp_serde::to_vec(&serde_bytes_like(&[1, 2, 3])).unwrap();
         assert_eq!(bin, [0xc4, 3, 1, 2, 3], "MessagePack bin");
         assert_eq!(msgpack("bytes", &bin).unwrap(), bytes);
@@ -2325,7 +2406,10 @@ mod tests {
         assert_eq!(msgpack("bytes", &array).unwrap(), bytes);
         let text = rmp_serde::to_vec("AQID").unwrap();
         assert_eq!(msgpack("bytes", &text).unwrap(), bytes);
-        assert_eq!(encode_value(ty("bytes"), &bytes, Format::MessagePack).unwrap(), bin);
+        assert_eq!(
+            encode_value(ty("bytes"), &bytes, Format::MessagePack).unwrap(),
+            bin
+        );
 
         // Long enough to cross the encoder's chunk boundary.
         let long: Vec<u8> = (0..=255).cycle().take(2000).collect();
@@ -2363,7 +2447,7 @@ mod tests {
 
     #[derive(Serialize, Deserialize, Debug, PartialEq)]
     #[serde(rename_all = "kebab-case")]
-    enum Stock {
+    enum Supply {
         InStock(u32),
         Discontinued,
         Backordered(u32, String),
@@ -2406,16 +2490,23 @@ mod tests {
     fn rust_types_through_rmp_serde_meet_host_values() {
         let order = Order {
             id: 42,
-            items: vec![Item { sku: "A".into(), qty: 2 }],
+            items: vec![Item {
+                sku: "A".into(),
+                qty: 2,
+            }],
             note: Some("gift".into()),
         };
         let order_json = r#"{"id":42,"items":[{"sku":"A","qty":2}],"note":"gift"}"#;
         through_host("order", &order, order_json);
-        let bare = Order { id: 1, items: vec![], note: None };
+        let bare = Order {
+            id: 1,
+            items: vec![],
+            note: None,
+        };
         through_host("order", &bare, r#"{"id":1,"items":[]}"#);
-        through_host("stock", &Stock::InStock(3), r#"{"in-stock":3}"#);
-        through_host("stock", &Stock::Discontinued, r#""discontinued""#);
-        let backordered = Stock::Backordered(2, "May".into());
+        through_host("stock", &Supply::InStock(3), r#"{"in-stock":3}"#);
+        through_host("stock", &Supply::Discontinued, r#""discontinued""#);
+        let backordered = Supply::Backordered(2, "May".into());
         through_host("stock", &backordered, r#"{"backordered":[2,"May"]}"#);
         through_host("colour", &Colour::Green, r#""green""#);
         through_host("perms", &vec!["read".to_owned()], r#"["read"]"#);
@@ -2424,10 +2515,18 @@ mod tests {
         through_host("tuple", &(7u8, "x".to_owned()), r#"[7,"x"]"#);
         through_host("bytes", &vec![1u8, 2, 3], "[1,2,3]");
         through_host("res", &WitResult::<u64, String>::Ok(5), r#"{"ok":5}"#);
-        through_host("res", &WitResult::<u64, String>::Err("no".into()), r#"{"err":"no"}"#);
+        through_host(
+            "res",
+            &WitResult::<u64, String>::Err("no".into()),
+            r#"{"err":"no"}"#,
+        );
         let map: HashMap<String, u32> = [("a".to_owned(), 1)].into();
         through_host("map", &map, r#"{"a":1}"#);
-        through_host("stocks", &vec![None, Some(Stock::Discontinued)], r#"[null,"discontinued"]"#);
+        through_host(
+            "stocks",
+            &vec![None, Some(Supply::Discontinued)],
+            r#"[null,"discontinued"]"#,
+        );
 
         // Rust's own `Result` decodes; the host answers with `ok` / `err`.
         let packed = rmp_serde::to_vec(&Ok::<u64, String>(5)).unwrap();
@@ -2440,9 +2539,15 @@ mod tests {
         let (params, _) = func("reserve");
         let expected = vec![string("A1"), Val::U32(2), Val::Option(None)];
         let by_name = br#"{"qty": 2, "sku": "A1"}"#;
-        assert_eq!(decode_params(params, Format::Json, by_name).unwrap(), expected);
+        assert_eq!(
+            decode_params(params, Format::Json, by_name).unwrap(),
+            expected
+        );
         let by_position = br#"["A1", 2]"#;
-        assert_eq!(decode_params(params, Format::Json, by_position).unwrap(), expected);
+        assert_eq!(
+            decode_params(params, Format::Json, by_position).unwrap(),
+            expected
+        );
         let with_note = br#"["A1", 2, "gift"]"#;
         let noted = decode_params(params, Format::Json, with_note).unwrap();
         assert_eq!(noted[2], some(string("gift")));
@@ -2453,7 +2558,10 @@ mod tests {
             qty: u32,
         }
         let reserve = Reserve { sku: "A1", qty: 2 };
-        for packed in [rmp_serde::to_vec_named(&reserve), rmp_serde::to_vec(&reserve)] {
+        for packed in [
+            rmp_serde::to_vec_named(&reserve),
+            rmp_serde::to_vec(&reserve),
+        ] {
             let packed = packed.unwrap();
             let vals = decode_params(params, Format::MessagePack, &packed).unwrap();
             assert_eq!(vals, expected);
@@ -2463,8 +2571,14 @@ mod tests {
         for empty in [&b""[..], b"  \n", b"null", b"{}", b"[]"] {
             assert_eq!(decode_params(none, Format::Json, empty).unwrap(), vec![]);
         }
-        assert_eq!(decode_params(none, Format::MessagePack, b"").unwrap(), vec![]);
-        assert_eq!(decode_params(none, Format::MessagePack, &[0xc0]).unwrap(), vec![]);
+        assert_eq!(
+            decode_params(none, Format::MessagePack, b"").unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            decode_params(none, Format::MessagePack, &[0xc0]).unwrap(),
+            vec![]
+        );
     }
 
     #[test]
@@ -2476,7 +2590,10 @@ mod tests {
 
         let value = serde_json::json!({"sku": "A1", "qty": "x"});
         let error = ParamsSeed(params).deserialize(value).unwrap_err();
-        assert_eq!(error.to_string(), r#"params.qty: expected u32, found string "x""#);
+        assert_eq!(
+            error.to_string(),
+            r#"params.qty: expected u32, found string "x""#
+        );
 
         let value = serde_json::json!({"id": 1, "items": [{"sku": "A", "qty": -1}]});
         let error = ValueSeed(ty("order")).deserialize(value).unwrap_err();
@@ -2491,17 +2608,26 @@ mod tests {
     #[test]
     fn typed_values_serialize_with_any_serializer() {
         let val = json("order", r#"{"id":1,"items":[],"note":null}"#).unwrap();
-        let typed = TypedVal { ty: ty("order"), val: &val };
+        let typed = TypedVal {
+            ty: ty("order"),
+            val: &val,
+        };
         let text = serde_json::to_string(&typed).unwrap();
         assert_eq!(text, r#"{"id":1,"items":[],"note":null}"#);
 
         let (params, _) = func("reserve");
         let vals = [string("A1"), Val::U32(2), Val::Option(None)];
-        let typed = TypedParams { params, vals: &vals };
+        let typed = TypedParams {
+            params,
+            vals: &vals,
+        };
         let text = serde_json::to_string(&typed).unwrap();
         assert_eq!(text, r#"{"sku":"A1","qty":2,"note":null}"#);
         let packed = encode_params(params, &vals, Format::MessagePack).unwrap();
-        assert_eq!(decode_params(params, Format::MessagePack, &packed).unwrap(), vals);
+        assert_eq!(
+            decode_params(params, Format::MessagePack, &packed).unwrap(),
+            vals
+        );
     }
 
     #[test]
@@ -2509,16 +2635,36 @@ mod tests {
         let cases = [
             ("u8", "300", "integer 300 is out of range for u8 (0 to 255)"),
             ("u8", "-1", "integer -1 is out of range for u8 (0 to 255)"),
-            ("s8", "128", "integer 128 is out of range for s8 (-128 to 127)"),
-            ("u16", "65536", "integer 65536 is out of range for u16 (0 to 65535)"),
-            ("s16", "-32769", "integer -32769 is out of range for s16 (-32768 to 32767)"),
-            ("u32", "-5", "integer -5 is out of range for u32 (0 to 4294967295)"),
+            (
+                "s8",
+                "128",
+                "integer 128 is out of range for s8 (-128 to 127)",
+            ),
+            (
+                "u16",
+                "65536",
+                "integer 65536 is out of range for u16 (0 to 65535)",
+            ),
+            (
+                "s16",
+                "-32769",
+                "integer -32769 is out of range for s16 (-32768 to 32767)",
+            ),
+            (
+                "u32",
+                "-5",
+                "integer -5 is out of range for u32 (0 to 4294967295)",
+            ),
             (
                 "s32",
                 "2147483648",
                 "integer 2147483648 is out of range for s32 (-2147483648 to 2147483647)",
             ),
-            ("u64", "-1", "integer -1 is out of range for u64 (0 to 18446744073709551615)"),
+            (
+                "u64",
+                "-1",
+                "integer -1 is out of range for u64 (0 to 18446744073709551615)",
+            ),
             (
                 "s64",
                 "9223372036854775808",
@@ -2545,24 +2691,56 @@ mod tests {
             ("string", "true", "expected string, found boolean true"),
             ("list-string", "{}", "expected list<string>, found object"),
             ("u64", "[]", "expected u64, found array"),
-            ("char", r#""ab""#, r#"expected char (a single character), found string "ab""#),
-            ("char", r#""""#, r#"expected char (a single character), found string """#),
-            ("tuple", "[1]", "expected 2 elements for tuple<u8, string>, found 1"),
-            ("tuple", r#"[1, "a", 2]"#, "expected 2 elements for tuple<u8, string>, found more"),
-            ("fixed", "[1, 2, 3]", "expected 4 elements for list<u8, 4>, found 3"),
-            ("bytes", r#""!!""#, "invalid base64 for list<u8>: Invalid symbol 33, offset 0."),
-            ("bytes", "[1, 256]", "[1]: integer 256 is out of range for u8 (0 to 255)"),
+            (
+                "char",
+                r#""ab""#,
+                r#"expected char (a single character), found string "ab""#,
+            ),
+            (
+                "char",
+                r#""""#,
+                r#"expected char (a single character), found string """#,
+            ),
+            (
+                "tuple",
+                "[1]",
+                "expected 2 elements for tuple<u8, string>, found 1",
+            ),
+            (
+                "tuple",
+                r#"[1, "a", 2]"#,
+                "expected 2 elements for tuple<u8, string>, found more",
+            ),
+            (
+                "fixed",
+                "[1, 2, 3]",
+                "expected 4 elements for list<u8, 4>, found 3",
+            ),
+            (
+                "bytes",
+                r#""!!""#,
+                "invalid base64 for list<u8>: Invalid symbol 33, offset 0.",
+            ),
+            (
+                "bytes",
+                "[1, 256]",
+                "[1]: integer 256 is out of range for u8 (0 to 255)",
+            ),
             (
                 "order",
                 r#""x""#,
                 r#"expected record { id: u64, items: list<record { ... }>, note: option<string> }, found string "x""#,
             ),
             ("opt", r#""x""#, r#"expected u64, found string "x""#),
-            ("perms", r#"["read", 1]"#, "[1]: expected a flag name, found integer 1"),
             (
-                "string",
+                "perms",
+                r#"["read", 1]"#,
+                "[1]: expected a flag name, found integer 1",
+            ),
+            (
+                "u32",
                 r#""an overly long string that goes on and on and on""#,
-                r#"expected string, found string "an overly long string that goes on and o"..."#,
+                r#"expected u32, found string "an overly long string that goes on and o"..."#,
             ),
         ];
         for (kind, text, message) in cases {
@@ -2583,14 +2761,23 @@ mod tests {
             (r#"{"items": []}"#, "missing field `id`"),
             (r#"{"note": "x"}"#, "missing fields `id`, `items`"),
             (r#"{"id": 1, "id": 2, "items": []}"#, "duplicate field `id`"),
-            (r#"{"id": 1, "items": [{"sku": "A"}]}"#, "items[0]: missing field `qty`"),
+            (
+                r#"{"id": 1, "items": [{"sku": "A"}]}"#,
+                "items[0]: missing field `qty`",
+            ),
             (
                 r#"{"id": 1, "items": [{"sku": "A", "qty": 1}, {"sku": "B", "qty": 1},
                                        {"sku": "C", "qty": "x"}]}"#,
                 r#"items[2].qty: expected u32, found string "x""#,
             ),
-            (r#"{"id": 1, "items": [], "note": 5}"#, "note: expected string, found integer 5"),
-            (r#"{"id": 1, "items": [], "7": 5}"#, "unknown field `7`, expected one of `id`, `items`, `note`"),
+            (
+                r#"{"id": 1, "items": [], "note": 5}"#,
+                "note: expected string, found integer 5",
+            ),
+            (
+                r#"{"id": 1, "items": [], "7": 5}"#,
+                "unknown field `7`, expected one of `id`, `items`, `note`",
+            ),
         ];
         for (text, message) in cases {
             assert_eq!(json_error("order", text), message, "{text}");
@@ -2618,35 +2805,67 @@ mod tests {
                 r#"{"blue": 1}"#,
                 "unknown case `blue` for variant, expected one of `in-stock`, `discontinued`, `backordered`",
             ),
-            ("stock", r#""in-stock""#, "case `in-stock` needs a payload of type u32"),
+            (
+                "stock",
+                r#""in-stock""#,
+                "case `in-stock` needs a payload of type u32",
+            ),
             (
                 "stock",
                 r#"{"discontinued": 1}"#,
                 "discontinued: case `discontinued` has no payload, expected null, found integer 1",
             ),
-            ("stock", r#"{"in-stock": "x"}"#, r#"in-stock: expected u32, found string "x""#),
+            (
+                "stock",
+                r#"{"in-stock": "x"}"#,
+                r#"in-stock: expected u32, found string "x""#,
+            ),
             (
                 "stock",
                 "{}",
-                "expected one case for variant { in-stock(u32), discontinued, backordered(tuple<u32, string>) }, found an empty object",
+                "expected one case for variant { in-stock(u32), discontinued, backordered(tuple<u32, string>) }, found none",
             ),
             (
                 "stock",
                 r#"{"in-stock": 1, "discontinued": null}"#,
-                "expected one case for variant { in-stock(u32), discontinued, backordered(tuple<u32, string>) }, found more than one key",
+                "expected one case for variant { in-stock(u32), discontinued, backordered(tuple<u32, string>) }, found more than one",
             ),
-            ("stocks", r#"[null, "gone"]"#, "[1]: unknown case `gone` for variant, expected one of `in-stock`, `discontinued`, `backordered`"),
+            (
+                "stocks",
+                r#"[null, "gone"]"#,
+                "[1]: unknown case `gone` for variant, expected one of `in-stock`, `discontinued`, `backordered`",
+            ),
             (
                 "colour",
                 r#""pink""#,
                 "unknown case `pink` for enum, expected one of `red`, `green`, `blue`",
             ),
-            ("colour", "0", "expected enum { red, green, blue }, found integer 0"),
-            ("perms", r#"["read", "fly"]"#, "[1]: unknown flag `fly`, expected one of `read`, `write`, `exec`"),
-            ("res", r#"{"maybe": 1}"#, "unknown case `maybe` for result, expected `ok` or `err`"),
-            ("res", r#"{"ok": "x"}"#, r#"ok: expected u64, found string "x""#),
+            (
+                "colour",
+                "0",
+                "expected enum { red, green, blue }, found integer 0",
+            ),
+            (
+                "perms",
+                r#"["read", "fly"]"#,
+                "[1]: unknown flag `fly`, expected one of `read`, `write`, `exec`",
+            ),
+            (
+                "res",
+                r#"{"maybe": 1}"#,
+                "unknown case `maybe` for result, expected `ok` or `err`",
+            ),
+            (
+                "res",
+                r#"{"ok": "x"}"#,
+                r#"ok: expected u64, found string "x""#,
+            ),
             ("res", r#""ok""#, "case `ok` needs a payload of type u64"),
-            ("res-none", r#"{"ok": 1}"#, "ok: case `ok` has no payload, expected null, found integer 1"),
+            (
+                "res-none",
+                r#"{"ok": 1}"#,
+                "ok: case `ok` has no payload, expected null, found integer 1",
+            ),
         ];
         for (kind, text, message) in cases {
             assert_eq!(json_error(kind, text), message, "{kind} {text}");
@@ -2666,7 +2885,11 @@ mod tests {
             ("reserve", b"{}", "missing parameters `sku`, `qty`"),
             ("reserve", b"", "missing parameters `sku`, `qty`"),
             ("reserve", br#"["A"]"#, "missing parameter `qty`"),
-            ("reserve", br#"{"sku": "A", "sku": "B", "qty": 1}"#, "duplicate parameter `sku`"),
+            (
+                "reserve",
+                br#"{"sku": "A", "sku": "B", "qty": 1}"#,
+                "duplicate parameter `sku`",
+            ),
             (
                 "reserve",
                 br#"["A", 1, null, 4]"#,
@@ -2677,7 +2900,11 @@ mod tests {
                 br#""A""#,
                 r#"expected the parameters as an object by name or an array by position, found string "A""#,
             ),
-            ("ping", br#"{"x": 1}"#, "unknown parameter `x`, the function takes no parameters"),
+            (
+                "ping",
+                br#"{"x": 1}"#,
+                "unknown parameter `x`, the function takes no parameters",
+            ),
         ];
         for (name, bytes, message) in cases {
             assert_eq!(params_error(name, json, bytes), message, "{name}");
@@ -2688,7 +2915,13 @@ mod tests {
         assert_eq!(error, "params.note: expected string, found integer 2");
         let packed = rmp_serde::to_vec("A").unwrap();
         let error = params_error("reserve", Format::MessagePack, &packed);
-        let message = r#"expected the parameters as a map by name or an array by position, found string "A""#;
+        let message =
+            r#"expected the parameters as a map by name or an array by position, found string "A""#;
+        assert_eq!(error, message);
+        // A space is the integer 32 in MessagePack, not "no parameters".
+        let error = params_error("reserve", Format::MessagePack, b" ");
+        let message = "expected the parameters as a map by name or an array by position, \
+                       found integer 32";
         assert_eq!(error, message);
     }
 
@@ -2720,8 +2953,14 @@ mod tests {
         assert_eq!(error, "invalid MessagePack: unexpected end of data");
         let error = msgpack("string", &[0xc1]).unwrap_err().to_string();
         assert_eq!(error, "invalid MessagePack: unexpected marker Reserved");
-        let error = msgpack("string", &[0xa2, 0xff, 0xfe]).unwrap_err().to_string();
-        assert_eq!(error, "invalid MessagePack: string is not valid UTF-8");
+        let error = msgpack("string", &[0xa2, 0xff, 0xfe])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "expected string, found a string that is not valid UTF-8"
+        );
+        assert_eq!(msgpack("string", &[0xc4, 1, b'a']).unwrap(), string("a"));
         let error = params_error("reserve", Format::MessagePack, &[0x81, 0xa3]);
         assert_eq!(error, "invalid MessagePack: unexpected end of data");
     }
@@ -2743,7 +2982,10 @@ mod tests {
     fn encoding_checks_values_against_their_type() {
         let error = encode_value(ty("u32"), &string("x"), Format::Json).unwrap_err();
         assert_eq!(error.to_string(), "cannot encode a string as u32");
-        let item = Val::Record(vec![("sku".into(), string("A")), ("qty".into(), string("x"))]);
+        let item = Val::Record(vec![
+            ("sku".into(), string("A")),
+            ("qty".into(), string("x")),
+        ]);
         let order = Val::Record(vec![
             ("id".into(), Val::U64(1)),
             ("items".into(), Val::List(vec![item])),
@@ -2751,7 +2993,10 @@ mod tests {
         ]);
         for format in [Format::Json, Format::MessagePack] {
             let error = encode_value(ty("order"), &order, format).unwrap_err();
-            assert_eq!(error.to_string(), "items[0].qty: cannot encode a string as u32");
+            assert_eq!(
+                error.to_string(),
+                "items[0].qty: cannot encode a string as u32"
+            );
         }
         let gone = Val::Variant("gone".into(), None);
         let error = encode_value(ty("stock"), &gone, Format::Json).unwrap_err();
@@ -2760,7 +3005,10 @@ mod tests {
         assert_eq!(error.to_string(), message);
         let error = to_json_value(ty("bytes"), &Val::List(vec![Val::U32(1)])).unwrap_err();
         assert_eq!(error.to_string(), "[0]: cannot encode a u32 as u8");
-        let typed = TypedVal { ty: ty("u8"), val: &Val::Bool(true) };
+        let typed = TypedVal {
+            ty: ty("u8"),
+            val: &Val::Bool(true),
+        };
         let error = serde_json::to_string(&typed).unwrap_err().to_string();
         assert_eq!(error, "cannot encode a bool as u8");
     }
