@@ -99,6 +99,7 @@ pub async fn build_if_needed(spec: &PackageSpec, force: bool) -> Result<BuildOut
     if !force && !out_of_date(spec) {
         return Ok(BuildOutcome::UpToDate);
     }
+    ensure_rust_target(command).await;
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_style(
         indicatif::ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]")
@@ -141,6 +142,25 @@ pub async fn build_if_needed(spec: &PackageSpec, force: bool) -> Result<BuildOut
     let took = started.elapsed();
     tracing::info!(package = %spec.name, seconds = took.as_secs_f64(), "built");
     Ok(BuildOutcome::Built(took))
+}
+
+/// A Cargo build for wasm32-wasip2 needs that target: add it through rustup
+/// when it is missing, saying so, as a fresh machine has only the host one.
+async fn ensure_rust_target(command: &str) {
+    const TARGET: &str = "wasm32-wasip2";
+    if !(command.contains("cargo") && command.contains(TARGET)) {
+        return;
+    }
+    let installed = tokio::process::Command::new("rustup").args(["target", "list", "--installed"]).output().await;
+    let Ok(installed) = installed else { return };
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == TARGET) {
+        return;
+    }
+    eprintln!("installing the Rust target {TARGET} (rustup target add {TARGET})");
+    match tokio::process::Command::new("rustup").args(["target", "add", TARGET]).status().await {
+        Ok(s) if s.success() => {}
+        other => tracing::warn!(?other, "`rustup target add {TARGET}` failed; the build will say why"),
+    }
 }
 
 fn tail(text: &str, lines: usize) -> String {

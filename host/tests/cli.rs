@@ -1,0 +1,146 @@
+//! The `steedos-wasm` binary, driven as a user drives it: `build`, `call`,
+//! `inspect` and `run` on examples/shop, with their output and exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_steedos-wasm"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn shop() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop")
+}
+
+/// Builds examples/shop once for every test of this binary (with the
+/// binary's own `build` command, which is under test too).
+fn built() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = bin().arg("build").arg(shop()).output().expect("run steedos-wasm build");
+        assert!(out.status.success(), "build failed:\n{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for package in ["greeter", "inventory", "shop", "audit", "chaos"] {
+            assert!(stdout.contains(package), "{stdout}");
+        }
+        shop()
+    })
+}
+
+fn text(out: &Output) -> String {
+    format!("status: {}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn call(args: &[&str]) -> Output {
+    bin().arg("call").arg(built()).args(args).output().expect("run steedos-wasm call")
+}
+
+#[test]
+fn call_prints_the_json_result() {
+    let out = call(&["greeter.hello", r#"{"name":"Ada"}"#]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#""Hello, Ada!""#);
+
+    let out = call(&["shop.place-order", r#"{"lines":[{"sku":"apple","qty":2}]}"#]);
+    assert!(out.status.success(), "{}", text(&out));
+    let receipt: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(receipt["total-cents"], 240);
+}
+
+#[test]
+fn a_failed_call_prints_its_kind_and_exits_1() {
+    let out = call(&["greeter.goodbye"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error[not-found]"), "{}", text(&out));
+
+    let out = call(&["greeter.hello", r#"{"name":5}"#]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error[invalid-params]"), "{}", text(&out));
+
+    let out = call(&["chaos.crash"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error[crashed]"), "{}", text(&out));
+}
+
+#[test]
+fn a_bad_command_line_exits_2_and_help_teaches() {
+    let out = bin().arg("call").output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = bin().arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "call", "inspect", "build", "Exit codes", "RUST_LOG"] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}
+
+#[test]
+fn a_broken_manifest_points_at_the_line_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("steedos.toml"), "[packages.x]\ncomponent = \"x.wasm\"\ninstances = = 2\n").expect("write");
+    let out = bin().arg("call").arg(dir.path()).arg("x.y").output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("steedos.toml:3:"), "{err}");
+}
+
+#[test]
+fn inspect_shows_actions_with_signatures_and_imports() {
+    let component = built().join("target/wasm32-wasip2/release/shop.wasm");
+    let out = bin().arg("inspect").arg(&component).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("place-order") && s.contains("func(lines: list<record { sku: string, qty: u32 }>)"), "{s}");
+    assert!(s.contains("acme:inventory/stock@0.1.0") && s.contains("needs a package in the app that exports it"), "{s}");
+    assert!(s.contains("steedos:package/broker@0.1.0") && s.contains("provided by the host"), "{s}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").expect("write");
+    let out = bin().arg("inspect").arg(&junk).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid WebAssembly component"), "{}", text(&out));
+}
+
+#[test]
+fn run_serves_until_sigterm_then_stops_every_instance() {
+    let mut child = bin()
+        .arg("run")
+        .arg(built())
+        .arg("--no-build")
+        .env("RUST_LOG", "steedos_wasm=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let started = Instant::now();
+    let mut summary = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        summary.push_str(&line);
+        summary.push('\n');
+        if line.starts_with("serving") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no `serving` line:\n{summary}");
+    }
+    assert!(summary.contains("5 package(s)") && summary.contains("greeter") && summary.contains("hello"), "{summary}");
+    let pid = child.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    for package in ["greeter", "inventory", "shop", "audit", "chaos"] {
+        assert!(
+            log.lines().any(|l| l.contains("stopped") && l.contains(&format!("package=\"{package}\"")) && l.contains("instances=2")),
+            "{package} was not stopped:\n{log}"
+        );
+    }
+}
