@@ -4,5 +4,6 @@
 mod calls;
 mod events;
 mod faults;
+mod gateway;
 mod loading;
 mod sandbox;

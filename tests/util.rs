@@ -126,3 +126,18 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+impl TestApp {
+    /// Starts the app's HTTP gateway on a free port of 127.0.0.1.
+    pub async fn gateway(&self) -> (steedos_wasm::gateway::RunningGateway, String) {
+        let gateway = steedos_wasm::gateway::Gateway::new(
+            &self.app.manifest.app.name,
+            self.app.broker.clone(),
+            self.app.manifest.gateway.clone(),
+            self.app.metrics.clone(),
+        );
+        let running = gateway.bind(([127, 0, 0, 1], 0).into()).await.expect("bind");
+        let base = format!("http://{}", running.addr);
+        (running, base)
+    }
+}

@@ -67,6 +67,8 @@ pub struct App {
     pub broker: Arc<Broker>,
     /// The engine its packages run on.
     pub engine: Engine,
+    /// Its metrics, for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// What happened to each package during load.
     pub loaded: Vec<LoadedPackage>,
     /// How long loading took.
@@ -152,7 +154,8 @@ impl App {
         }
         let load_time = started.elapsed();
         tracing::info!(app = %manifest.app.name, seconds = load_time.as_secs_f64(), "app loaded");
-        Ok(App { manifest, broker, engine, loaded, load_time, _clock: clock })
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        Ok(App { manifest, broker, engine, metrics, loaded, load_time, _clock: clock })
     }
 
     /// Stops taking calls, lets in-flight ones finish, calls `stopped`.

@@ -20,6 +20,7 @@ use crate::builder::{self, BuildOutcome};
 use crate::codec;
 use crate::context::CallContext;
 use crate::engine::{CompileCache, EngineLimits, new_engine};
+use crate::gateway::Gateway;
 use crate::manifest::Manifest;
 use crate::package::{self, PackageType};
 
@@ -70,6 +71,9 @@ pub struct RunArgs {
     /// The app folder (holding steedos.toml), or the toml file itself.
     #[arg(default_value = ".")]
     pub app: PathBuf,
+    /// Where the HTTP gateway listens (overrides `[gateway] listen`); `off` for none.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
     /// How to load the app.
     #[command(flatten)]
     pub load: LoadFlags,
@@ -145,15 +149,31 @@ async fn load(app: &std::path::Path, flags: &LoadFlags) -> anyhow::Result<App> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let listen = match args.listen.as_deref() {
+        Some("off") => None,
+        Some(addr) => Some(addr.parse().with_context(|| format!("--listen {addr:?} is not an address like 127.0.0.1:3000"))?),
+        None => None,
+    };
     let app = load(&args.app, &args.load).await?;
-    print_summary(&app)?;
+    let listen = if args.listen.is_some() { listen } else { app.manifest.gateway.listen };
+    let gateway = match listen {
+        Some(addr) => {
+            let gateway = Gateway::new(&app.manifest.app.name, app.broker.clone(), app.manifest.gateway.clone(), app.metrics.clone());
+            Some(gateway.bind(addr).await.with_context(|| format!("the gateway cannot listen on {addr}"))?)
+        }
+        None => None,
+    };
+    print_summary(&app, gateway.as_ref().map(|g| g.addr))?;
     wait_for_stop().await;
     eprintln!("stopping: letting in-flight calls finish, then calling `stopped`");
+    if let Some(gateway) = gateway {
+        gateway.shutdown(app.manifest.app.shutdown_timeout).await;
+    }
     app.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_summary(app: &App) -> anyhow::Result<()> {
+fn print_summary(app: &App, gateway: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let services = app.broker.services();
     writeln!(
@@ -170,6 +190,9 @@ fn print_summary(app: &App) -> anyhow::Result<()> {
     }
     for f in app.broker.failures() {
         writeln!(out, "  {:<12} failed   {}", f.name, f.error)?;
+    }
+    if let Some(addr) = gateway {
+        writeln!(out, "gateway: http://{addr} (POST /api/<package>/<action>, /health, /metrics, /openapi.json)")?;
     }
     writeln!(out, "serving; Ctrl-C to stop")?;
     out.flush()?;

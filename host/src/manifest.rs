@@ -111,7 +111,7 @@ const MAX_PACKAGE_NAME: usize = 64;
 const HOUR_MS: u64 = 60 * 60 * 1000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
-const TOP_LEVEL_KEYS: &str = "`app`, `defaults`, `packages`";
+const TOP_LEVEL_KEYS: &str = "`app`, `defaults`, `gateway`, `packages`";
 const PACKAGE_NAME_RULE: &str = "a package name is lowercase ASCII letters, digits and `-`, \
      starts with a letter, and is at most 64 characters";
 
@@ -124,6 +124,8 @@ pub struct Manifest {
     pub dir: PathBuf,
     /// App-wide settings from `[app]`.
     pub app: AppSettings,
+    /// The HTTP gateway: `[gateway]`.
+    pub gateway: GatewaySettings,
     /// The packages that passed validation, in file order.
     pub packages: Vec<PackageSpec>,
     /// One [`ManifestError::Invalid`] per package that failed validation, in
@@ -142,6 +144,101 @@ pub struct AppSettings {
     pub cache_dir: PathBuf,
     /// How long a shutdown waits for calls in flight before it drops them.
     pub shutdown_timeout: Duration,
+}
+
+/// The HTTP gateway's settings: the `[gateway]` table.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    /// Where it listens; `None` when `listen = "off"`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Actions reachable as `POST /api/<package>/<action>`: exact names,
+    /// `pkg.*` or `*`. Nothing is exposed unless listed.
+    pub expose: Vec<String>,
+    /// REST aliases, in file order.
+    pub aliases: Vec<Alias>,
+    /// The largest request body accepted.
+    pub max_body: u64,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// The bearer token of the `/admin` API, read from the environment
+    /// variable `admin_token_env` names; `None` leaves `/admin` off.
+    pub admin_token: Option<String>,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 3000))),
+            expose: Vec::new(),
+            aliases: Vec::new(),
+            max_body: 1 << 20,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            admin_token: None,
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// Whether `action` is reachable over HTTP.
+    pub fn exposes(&self, action: &str) -> bool {
+        self.expose.iter().any(|p| pattern_matches(p, action))
+            || self.aliases.iter().any(|a| a.action == action)
+    }
+}
+
+/// A REST alias: `"GET /stock/:sku" = "inventory.get-item"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alias {
+    /// The HTTP method, upper case.
+    pub method: String,
+    /// The path's segments; a segment starting with `:` is a parameter.
+    pub segments: Vec<String>,
+    /// The action it calls.
+    pub action: String,
+}
+
+impl Alias {
+    /// The path parameters of `path` if it matches this alias.
+    pub fn matches(&self, method: &str, path: &str) -> Option<Vec<(String, String)>> {
+        if method != self.method {
+            return None;
+        }
+        let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (segment, part) in self.segments.iter().zip(parts) {
+            match segment.strip_prefix(':') {
+                Some(name) => params.push((name.to_string(), part.to_string())),
+                None if segment == part => {}
+                None => return None,
+            }
+        }
+        Some(params)
+    }
+
+    fn parse(route: &str, action: &str) -> Result<Alias, String> {
+        let (method, path) = route
+            .split_once(' ')
+            .ok_or_else(|| format!("{route:?} is not a route (try \"GET /stock/:sku\")"))?;
+        let method = method.to_ascii_uppercase();
+        if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
+            return Err(format!("{method:?} is not a method (GET, POST, PUT, PATCH or DELETE)"));
+        }
+        let path = path.trim();
+        if !path.starts_with('/') {
+            return Err(format!("{path:?}: a route's path starts with `/`"));
+        }
+        if action.split_once('.').is_none_or(|(p, a)| p.is_empty() || a.is_empty()) {
+            return Err(format!("{action:?} is not an action (try \"inventory.get-item\")"));
+        }
+        let segments = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        Ok(Alias { method, segments, action: action.to_string() })
+    }
 }
 
 /// One package: where its component is, how to build it, its limits and its grants.
@@ -284,12 +381,14 @@ impl Manifest {
         let root = DeTable::parse(text).map_err(|error| source.syntax_error(&error))?;
         let sections = Sections::split(&source, root.get_ref())?;
         let app = source.app(sections.app)?;
+        let gateway = source.gateway(sections.gateway)?;
         let defaults = source.defaults(sections.defaults)?;
         let (packages, rejected) = source.packages(sections.packages, &defaults)?;
         Ok(Manifest {
             path: path.to_path_buf(),
             dir: source.dir,
             app,
+            gateway,
             packages,
             rejected,
         })
@@ -350,7 +449,8 @@ impl Default for RestartPolicy {
     }
 }
 
-fn pattern_matches(pattern: &str, name: &str) -> bool {
+/// Whether `name` matches `pattern`: exact, `prefix.*` or `*`.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     if pattern == "*" {
         return true;
     }
@@ -400,6 +500,18 @@ type CallTimeout = DurationIn<1, HOUR_MS>;
 type ShutdownTimeout = DurationIn<0, HOUR_MS>;
 type RestartWindow = DurationIn<1, DAY_MS>;
 type Backoff = DurationIn<1, HOUR_MS>;
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawGateway {
+    listen: Option<Text>,
+    expose: Option<Vec<CallPattern>>,
+    aliases: Option<std::collections::BTreeMap<String, Text>>,
+    max_body: Option<BodySize>,
+    header_timeout: Option<DurationIn<1, HOUR_MS>>,
+    idle_timeout: Option<DurationIn<1, DAY_MS>>,
+    admin_token_env: Option<EnvName>,
+}
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
@@ -537,6 +649,7 @@ struct Source<'a> {
 /// The three top-level tables.
 struct Sections<'t, 'i> {
     app: Option<&'t Spanned<DeValue<'i>>>,
+    gateway: Option<&'t Spanned<DeValue<'i>>>,
     defaults: Option<&'t Spanned<DeValue<'i>>>,
     packages: Option<&'t Spanned<DeValue<'i>>>,
 }
@@ -554,12 +667,14 @@ impl<'t, 'i> Sections<'t, 'i> {
     fn split(source: &Source<'_>, root: &'t DeTable<'i>) -> Result<Self, ManifestError> {
         let mut sections = Sections {
             app: None,
+            gateway: None,
             defaults: None,
             packages: None,
         };
         for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
                 "app" => sections.app = Some(value),
+                "gateway" => sections.gateway = Some(value),
                 "defaults" => sections.defaults = Some(value),
                 "packages" => sections.packages = Some(value),
                 other => {
@@ -632,6 +747,39 @@ impl<'a> Source<'a> {
             shutdown_timeout: raw
                 .shutdown_timeout
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        })
+    }
+
+    fn gateway(&self, value: Option<&Spanned<DeValue<'_>>>) -> Result<GatewaySettings, ManifestError> {
+        let Some(value) = value else {
+            return Ok(GatewaySettings::default());
+        };
+        let scope = Scope::new(self, value, "gateway", None);
+        let raw: RawGateway = scope.deserialize()?;
+        let defaults = GatewaySettings::default();
+        let span = value.span();
+        let listen = match raw.listen.map(|t| t.0) {
+            None => defaults.listen,
+            Some(off) if off == "off" => None,
+            Some(addr) => Some(addr.parse().map_err(|_| {
+                scope.error(span.clone(), format!("listen: {addr:?} is not an address (try \"127.0.0.1:3000\", or \"off\")"))
+            })?),
+        };
+        let mut aliases = Vec::new();
+        for (route, action) in raw.aliases.unwrap_or_default() {
+            let alias = Alias::parse(&route, &action.0)
+                .map_err(|e| scope.error(span.clone(), format!("aliases: {e}")))?;
+            aliases.push(alias);
+        }
+        let admin_token = raw.admin_token_env.and_then(|name| std::env::var(&name.0).ok()).filter(|t| !t.is_empty());
+        Ok(GatewaySettings {
+            listen,
+            expose: raw.expose.unwrap_or_default().into_iter().map(|p| p.0).collect(),
+            aliases,
+            max_body: raw.max_body.map_or(defaults.max_body, |s| s.0),
+            header_timeout: raw.header_timeout.map_or(defaults.header_timeout, |d| d.0),
+            idle_timeout: raw.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
+            admin_token,
         })
     }
 
@@ -963,48 +1111,57 @@ impl<const MIN: u32, const MAX: u32> Visitor<'_> for CountVisitor<MIN, MAX> {
 
 /// A memory size in bytes, in `MIN_MEMORY..=MAX_MEMORY`: `"32 MiB"` or a number of bytes.
 #[derive(Clone, Copy)]
-struct Size(u64);
+struct SizeIn<const MIN: u64, const MAX: u64>(u64);
 
-struct SizeVisitor;
+/// A memory limit.
+type Size = SizeIn<MIN_MEMORY, MAX_MEMORY>;
+/// A request body limit: 1 byte to 1 GiB.
+type BodySize = SizeIn<1, { 1 << 30 }>;
 
-impl<'de> Deserialize<'de> for Size {
+struct SizeVisitor<const MIN: u64, const MAX: u64>;
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for SizeIn<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SizeVisitor)
+        deserializer.deserialize_any(SizeVisitor::<MIN, MAX>)
     }
 }
 
-impl Size {
+impl<const MIN: u64, const MAX: u64> SizeIn<MIN, MAX> {
     fn checked(bytes: u64, written: &dyn fmt::Display) -> Result<Self, String> {
-        if (MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
-            Ok(Size(bytes))
+        if (MIN..=MAX).contains(&bytes) {
+            Ok(SizeIn(bytes))
         } else {
-            Err(format!("{written} is out of range (64 KiB..=4 GiB)"))
+            let range = |n: u64| match n {
+                n if n >= 1 << 10 => ByteSize(n).display().iec().to_string().replace(".0 ", " "),
+                n => format!("{n} B"),
+            };
+            Err(format!("{written} is out of range ({}..={})", range(MIN), range(MAX)))
         }
     }
 }
 
-impl Visitor<'_> for SizeVisitor {
-    type Value = Size;
+impl<const MIN: u64, const MAX: u64> Visitor<'_> for SizeVisitor<MIN, MAX> {
+    type Value = SizeIn<MIN, MAX>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a size like \"64 MiB\", or a number of bytes")
     }
 
-    fn visit_str<E: de::Error>(self, value: &str) -> Result<Size, E> {
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
         let written = format!("{value:?}");
         let size = value
             .parse::<ByteSize>()
             .map_err(|_| E::custom(format!("{written} is not a size (try \"64 MiB\")")))?;
-        Size::checked(size.as_u64(), &written).map_err(E::custom)
+        SizeIn::checked(size.as_u64(), &written).map_err(E::custom)
     }
 
-    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Size, E> {
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
         let bytes = u64::try_from(value).unwrap_or(0);
-        Size::checked(bytes, &format_args!("{value} bytes")).map_err(E::custom)
+        SizeIn::checked(bytes, &format_args!("{value} bytes")).map_err(E::custom)
     }
 
-    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Size, E> {
-        Size::checked(value, &format_args!("{value} bytes")).map_err(E::custom)
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        SizeIn::checked(value, &format_args!("{value} bytes")).map_err(E::custom)
     }
 }
 

@@ -112,6 +112,7 @@ fn run_serves_until_sigterm_then_stops_every_instance() {
         .arg("run")
         .arg(built())
         .arg("--no-build")
+        .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "steedos_wasm=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -131,6 +132,7 @@ fn run_serves_until_sigterm_then_stops_every_instance() {
         assert!(started.elapsed() < Duration::from_secs(60), "no `serving` line:\n{summary}");
     }
     assert!(summary.contains("5 package(s)") && summary.contains("greeter") && summary.contains("hello"), "{summary}");
+    assert!(summary.contains("gateway: http://127.0.0.1:"), "{summary}");
     let pid = child.id().to_string();
     let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(kill.success());

@@ -1,0 +1,199 @@
+//! OpenAPI 3.1 for the gateway, generated from the packages' WIT types.
+//!
+//! Every exposed action is one `POST /api/<package>/<action>` operation
+//! whose request body is an object of its WIT parameters and whose 200
+//! response is its result (for `result<T, E>`, `T`; `E` answers 422).
+//! Every REST alias is one more operation with its path and query
+//! parameters. Schemas are JSON Schema 2020-12, as OpenAPI 3.1 uses, and
+//! follow the gateway's JSON encoding exactly (see [`codec`](crate::codec)).
+
+use serde_json::{Map, Value, json};
+use wasmtime::component::types::Type;
+
+use crate::broker::Broker;
+use crate::manifest::GatewaySettings;
+use crate::package::ActionType;
+
+/// The OpenAPI document of what the gateway exposes now.
+pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value {
+    let mut paths = Map::new();
+    for service in broker.services() {
+        for action in &service.package.ty.actions {
+            let name = format!("{}.{}", service.package.name, action.name);
+            if !gateway.expose.iter().any(|p| crate::manifest::pattern_matches(p, &name)) {
+                continue;
+            }
+            let path = format!("/api/{}/{}", service.package.name, action.name);
+            paths.insert(path, json!({ "post": operation(&name, action, None) }));
+        }
+        for alias in gateway.aliases.iter() {
+            let Some((package, action_name)) = alias.action.split_once('.') else { continue };
+            if package != &*service.package.name {
+                continue;
+            }
+            let Some((_, action)) = service.package.ty.action(action_name) else { continue };
+            let path = format!(
+                "/{}",
+                alias
+                    .segments
+                    .iter()
+                    .map(|s| match s.strip_prefix(':') {
+                        Some(p) => format!("{{{p}}}"),
+                        None => s.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            );
+            let path_text = path.clone();
+            let entry = paths.entry(path).or_insert_with(|| json!({}));
+            if let Value::Object(ops) = entry {
+                let mut op = operation(&alias.action, action, Some(&alias.segments));
+                // operationIds are unique: the alias's names its route too.
+                op["operationId"] = json!(format!("{} via {} {path_text}", alias.action, alias.method));
+                ops.insert(alias.method.to_ascii_lowercase(), op);
+            }
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": format!("{app} (steedos-wasm)"), "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": { "schemas": { "Error": error_schema() } },
+    })
+}
+
+fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Value {
+    let mut op = Map::new();
+    op.insert("operationId".into(), json!(name));
+    op.insert("summary".into(), json!(format!("{name}: {}", crate::codec::wit_signature(&action.params, action.result.as_ref()))));
+    let path_params: Vec<&str> = alias
+        .map(|segs| segs.iter().filter_map(|s| s.strip_prefix(':')).collect())
+        .unwrap_or_default();
+    match alias {
+        Some(_) => {
+            let mut parameters = Vec::new();
+            for (pname, ty) in &action.params {
+                let location = if path_params.contains(&pname.as_str()) { "path" } else { "query" };
+                let required = location == "path" || !matches!(ty, Type::Option(_));
+                parameters.push(json!({ "name": pname, "in": location, "required": required, "schema": schema(ty) }));
+            }
+            op.insert("parameters".into(), Value::Array(parameters));
+        }
+        None => {
+            op.insert(
+                "requestBody".into(),
+                json!({ "required": true, "content": { "application/json": { "schema": params_schema(&action.params) } } }),
+            );
+        }
+    }
+    let ok = match &action.result {
+        Some(Type::Result(r)) => r.ok().map(|t| schema(&t)).unwrap_or(json!({ "type": "null" })),
+        Some(t) => schema(t),
+        None => json!({ "type": "null" }),
+    };
+    let error = json!({ "$ref": "#/components/schemas/Error" });
+    let mut responses = Map::new();
+    responses.insert("200".into(), json!({ "description": "the action's result", "content": { "application/json": { "schema": ok } } }));
+    for (code, what) in [
+        ("400", "malformed JSON or parameters that do not fit the WIT type"),
+        ("403", "denied"),
+        ("404", "unknown action or package"),
+        ("413", "request body too large"),
+        ("422", "the action returned its own error"),
+        ("502", "the action crashed; its instance is being restarted"),
+        ("503", "overloaded or restarting; see Retry-After"),
+        ("504", "the action did not answer within its deadline"),
+    ] {
+        responses.insert(code.into(), json!({ "description": what, "content": { "application/json": { "schema": error } } }));
+    }
+    op.insert("responses".into(), Value::Object(responses));
+    Value::Object(op)
+}
+
+fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": { "error": {
+            "type": "object",
+            "required": ["kind", "message", "request_id"],
+            "properties": {
+                "kind": { "type": "string" },
+                "message": { "type": "string" },
+                "package": { "type": ["string", "null"] },
+                "action": { "type": ["string", "null"] },
+                "request_id": { "type": "string" },
+            },
+        }},
+    })
+}
+
+fn params_schema(params: &[(String, Type)]) -> Value {
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for (name, ty) in params {
+        props.insert(name.clone(), schema(ty));
+        if !matches!(ty, Type::Option(_)) {
+            required.push(json!(name));
+        }
+    }
+    json!({ "type": "object", "properties": props, "required": required, "additionalProperties": false })
+}
+
+/// The JSON Schema of a WIT type, in the gateway's JSON encoding.
+pub fn schema(ty: &Type) -> Value {
+    let int = |min: i128, max: i128| json!({ "type": "integer", "minimum": min, "maximum": max });
+    match ty {
+        Type::Bool => json!({ "type": "boolean" }),
+        Type::S8 => int(i8::MIN.into(), i8::MAX.into()),
+        Type::U8 => int(0, u8::MAX.into()),
+        Type::S16 => int(i16::MIN.into(), i16::MAX.into()),
+        Type::U16 => int(0, u16::MAX.into()),
+        Type::S32 => int(i32::MIN.into(), i32::MAX.into()),
+        Type::U32 => int(0, u32::MAX.into()),
+        Type::S64 => int(i64::MIN.into(), i64::MAX.into()),
+        Type::U64 => int(0, u64::MAX.into()),
+        Type::Float32 | Type::Float64 => json!({ "type": "number" }),
+        Type::Char => json!({ "type": "string", "minLength": 1, "maxLength": 1 }),
+        Type::String => json!({ "type": "string" }),
+        Type::List(l) if l.ty() == Type::U8 => json!({ "type": "string", "contentEncoding": "base64" }),
+        Type::List(l) => json!({ "type": "array", "items": schema(&l.ty()) }),
+        Type::FixedLengthList(l) => {
+            json!({ "type": "array", "items": schema(&l.ty()), "minItems": l.len(), "maxItems": l.len() })
+        }
+        Type::Record(r) => {
+            let fields: Vec<(String, Type)> = r.fields().map(|f| (f.name.to_string(), f.ty)).collect();
+            params_schema(&fields)
+        }
+        Type::Tuple(t) => {
+            let items: Vec<Value> = t.types().map(|t| schema(&t)).collect();
+            let n = items.len();
+            json!({ "type": "array", "prefixItems": items, "minItems": n, "maxItems": n })
+        }
+        Type::Variant(v) => {
+            let cases: Vec<Value> = v
+                .cases()
+                .map(|c| match &c.ty {
+                    None => json!({ "const": c.name }),
+                    Some(t) => single_key(c.name, schema(t)),
+                })
+                .collect();
+            json!({ "oneOf": cases })
+        }
+        Type::Enum(e) => json!({ "type": "string", "enum": e.names().collect::<Vec<_>>() }),
+        Type::Option(o) => json!({ "oneOf": [{ "type": "null" }, schema(&o.ty())] }),
+        Type::Result(r) => {
+            let side = |t: Option<Type>| t.map(|t| schema(&t)).unwrap_or(json!({ "type": "null" }));
+            json!({ "oneOf": [single_key("ok", side(r.ok())), single_key("err", side(r.err()))] })
+        }
+        Type::Flags(f) => {
+            json!({ "type": "array", "uniqueItems": true, "items": { "type": "string", "enum": f.names().collect::<Vec<_>>() } })
+        }
+        Type::Map(m) => json!({ "type": "object", "additionalProperties": schema(&m.value()) }),
+        _ => json!({ "description": "not representable in JSON" }),
+    }
+}
+
+fn single_key(key: &str, value: Value) -> Value {
+    json!({ "type": "object", "properties": { key: value }, "required": [key], "additionalProperties": false })
+}
