@@ -803,7 +803,7 @@ impl LiveInstance {
         if state.memory.hit {
             return Fault::OutOfMemory { limit: state.memory.limit as u64 };
         }
-        let panic = state.stderr_tail.lock().ok().and_then(|t| panic_message(&t));
+        let panic = state.stderr_tail.lock().ok().and_then(|t| last_words(&t));
         if let Ok(mut t) = state.stderr_tail.lock() {
             t.clear();
         }
@@ -822,11 +822,42 @@ impl LiveInstance {
     }
 }
 
+/// Why a guest that trapped on `unreachable` gave up, from its stderr: an
+/// uncaught Python or JavaScript exception, else a Rust panic.
+fn last_words(stderr: &str) -> Option<String> {
+    python_exception(stderr).or_else(|| javascript_exception(stderr)).or_else(|| panic_message(stderr))
+}
+
 /// `panicked at src/lib.rs:3:5: boom` from what a Rust guest wrote to stderr.
 fn panic_message(stderr: &str) -> Option<String> {
     let at = stderr.rfind("panicked at ")?;
     let text = stderr[at..].trim();
     Some(text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// `ValueError: boom` from componentize-py's traceback, which its runtime
+/// follows with a panic. Frames are indented; the exception line may arrive
+/// in pieces (each write is flushed), so the pieces are joined as written.
+fn python_exception(stderr: &str) -> Option<String> {
+    let end = stderr.rfind("Python function threw an unexpected exception")?;
+    let start = stderr[..end].rfind("Traceback (most recent call last):")?;
+    let text: String = stderr[start..end]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("thread '"))
+        .filter(|l| !l.starts_with(' '))
+        .collect();
+    let text = text.trim();
+    (!text.is_empty()).then(|| format!("uncaught Python exception: {text}"))
+}
+
+/// The message StarlingMonkey (componentize-js) prints above `Stack:` for
+/// an uncaught exception before it aborts.
+fn javascript_exception(stderr: &str) -> Option<String> {
+    let end = stderr.rfind("Redirecting call to abort()")?;
+    let stack = stderr[..end].rfind("Stack:\n")?;
+    let text = stderr[..stack].trim_end().lines().next_back()?.trim();
+    (!text.is_empty()).then(|| format!("uncaught JavaScript exception: {text}"))
 }
 
 // ----------------------------------------------------------- guest output
@@ -951,5 +982,23 @@ mod tests {
         let s = "noise\nthread '<unnamed>' panicked at src/lib.rs:15:24:\nboom on purpose\n";
         assert_eq!(panic_message(s).as_deref(), Some("panicked at src/lib.rs:15:24: boom on purpose"));
         assert_eq!(panic_message("nothing"), None);
+    }
+
+    #[test]
+    fn uncaught_python_and_javascript_exceptions_are_found_in_stderr() {
+        // As componentize-py writes it, each write flushed on a line of its own.
+        let py = "Traceback (most recent call last):\n  File \"/1/app.py\", line 17, in boom\nValueError\n: \nkaboom\n\n\n\
+                  thread '<unnamed>' (1) panicked at runtime/src/lib.rs:1280:25:\n\
+                  Python function threw an unexpected exception\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(last_words(py).as_deref(), Some("uncaught Python exception: ValueError: kaboom"));
+        let js = "earlier line\ncan't access property \"x\", o is null\nStack:\n  boom@dist/app.js:9:5\n\n\
+                  Redirecting call to abort() to mozalloc_abort\n\n";
+        assert_eq!(
+            last_words(js).as_deref(),
+            Some("uncaught JavaScript exception: can't access property \"x\", o is null")
+        );
+        // A Rust panic is still a panic.
+        let rust = "thread '<unnamed>' panicked at src/lib.rs:1:1:\nboom\n";
+        assert_eq!(last_words(rust).as_deref(), Some("panicked at src/lib.rs:1:1: boom"));
     }
 }
