@@ -5,18 +5,23 @@
 //! component, read its types, link its typed imports to the packages that
 //! export them, and start its instances. A package that fails at any step
 //! is reported and left out; the rest of the app serves.
+//!
+//! While it serves, [`App::deploy`] adds a package or upgrades one without
+//! downtime, and [`App::remove`] takes one out; the gateway's `/admin` API
+//! and `steedos-wasm run --watch` drive them.
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Linker};
 
 use crate::broker::{Broker, BrokerSettings};
 use crate::builder::{self, BuildOutcome};
 use crate::codec;
 use crate::engine::{CompileCache, Compiled, EngineLimits, EpochClock, new_engine};
+use crate::gateway::{BoxFuture, Operator, OperatorError};
 use crate::manifest::{Manifest, PackageSpec};
 use crate::package::{self, ImportTarget, Package, PackageError, PackageType, TypedImport};
 
@@ -73,9 +78,13 @@ pub struct App {
     pub loaded: Vec<LoadedPackage>,
     /// How long loading took.
     pub load_time: Duration,
+    cache: CompileCache,
+    base: Linker<package::HostState>,
+    deploying: tokio::sync::Mutex<()>,
     _clock: EpochClock,
 }
 
+/// A package compiled and analyzed, not yet linked.
 struct Compiled1 {
     spec: PackageSpec,
     component: Component,
@@ -135,9 +144,10 @@ impl App {
         }
 
         let base = package::base_linker(&engine)?;
+        let providers: Vec<Provider<'_>> = ready.iter().map(|c| Provider { spec: &c.spec, ty: &c.ty }).collect();
         let mut packages = Vec::new();
         for c in &ready {
-            match link(c, &ready, &base) {
+            match link(&c.spec, &c.ty, &c.component, &providers, &base) {
                 Ok(p) => packages.push(p),
                 Err(e) => broker.record_failure(&c.spec.name, e.to_string()),
             }
@@ -154,40 +164,221 @@ impl App {
         }
         let load_time = started.elapsed();
         tracing::info!(app = %manifest.app.name, seconds = load_time.as_secs_f64(), "app loaded");
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        Ok(App { manifest, broker, engine, metrics, loaded, load_time, _clock: clock })
+        let metrics = broker.metrics();
+        Ok(App {
+            manifest,
+            broker,
+            engine,
+            metrics,
+            loaded,
+            load_time,
+            cache,
+            base,
+            deploying: tokio::sync::Mutex::new(()),
+            _clock: clock,
+        })
     }
 
     /// Stops taking calls, lets in-flight ones finish, calls `stopped`.
     pub async fn shutdown(&self) {
         self.broker.shutdown(self.manifest.app.shutdown_timeout).await;
     }
+
+    /// Deploys the component `bytes` as package `name`, or upgrades `name`
+    /// to it: the new version's instances start and take new calls, calls in
+    /// flight on the old version finish, then the old instances get
+    /// `stopped`. A version that fails to load or to start leaves the old one
+    /// serving, and the error says why. `settings` override the package's
+    /// `instances`, `memory`, `timeout`, `events` and `calls`.
+    pub async fn deploy(&self, name: &str, bytes: &[u8], settings: &[(String, String)]) -> Result<String, OperatorError> {
+        let _one_at_a_time = self.deploying.lock().await;
+        let old = self.broker.service(name);
+        let mut spec = match (&old, self.manifest.packages.iter().find(|p| p.name == name)) {
+            (Some(old), _) => old.package.spec.clone(),
+            (None, Some(spec)) => spec.clone(),
+            (None, None) => PackageSpec::for_component(name, PathBuf::new()),
+        };
+        apply_settings(&mut spec, settings).map_err(OperatorError::Invalid)?;
+        spec.component = self.store_component(name, bytes).map_err(|e| OperatorError::Invalid(format!("package `{name}`: cannot store the component: {e}")))?;
+        let label = spec.component.clone();
+        let (engine, cache, owned) = (self.engine.clone(), self.cache.clone(), bytes.to_vec());
+        let component = tokio::task::spawn_blocking(move || cache.load_bytes(&engine, &label, &owned))
+            .await
+            .map_err(|e| OperatorError::Invalid(format!("package `{name}`: compile task failed: {e}")))?
+            .map_err(|e| OperatorError::Invalid(format!("package `{name}`: {e}")))?
+            .0;
+        let ty = PackageType::analyze(&self.engine, &component, name).map_err(|e| OperatorError::Invalid(e.to_string()))?;
+        let others: Vec<Arc<crate::broker::Service>> =
+            self.broker.services().into_iter().filter(|s| &*s.package.name != name).collect();
+        let providers: Vec<Provider<'_>> = others.iter().map(|s| Provider { spec: &s.package.spec, ty: &s.package.ty }).collect();
+        if let Some(old) = &old {
+            check_dependents(name, &old.package.ty, &ty, &providers).map_err(OperatorError::Invalid)?;
+        }
+        let package = link(&spec, &ty, &component, &providers, &self.base).map_err(|e| OperatorError::Invalid(e.to_string()))?;
+        let fresh = self.broker.prepare(package).await;
+        let live = fresh.report().live;
+        if live == 0 {
+            let why = fresh.report().last_error.unwrap_or_else(|| "no instance started".into());
+            self.broker.retire_service(fresh, Duration::from_secs(1)).await;
+            let keeps = if old.is_some() { "; the old version keeps serving" } else { "" };
+            return Err(OperatorError::Start(format!("package `{name}` did not start: {why}{keeps}")));
+        }
+        let replaced = self.broker.install(fresh);
+        match replaced {
+            Some(old) => {
+                let broker = self.broker.clone();
+                let grace = self.manifest.app.shutdown_timeout;
+                tokio::spawn(async move { broker.retire_service(old, grace).await });
+                tracing::info!(package = name, instances = live, "upgraded");
+                Ok(format!("upgraded `{name}`: {live} instance(s) of the new version serve"))
+            }
+            None => {
+                tracing::info!(package = name, instances = live, "deployed");
+                Ok(format!("deployed `{name}`: {live} instance(s) serve"))
+            }
+        }
+    }
+
+    /// Removes package `name`: it takes no new calls, calls in flight
+    /// finish, its instances get `stopped`.
+    pub async fn remove(&self, name: &str) -> Result<String, OperatorError> {
+        let _one_at_a_time = self.deploying.lock().await;
+        let Some(old) = self.broker.uninstall(name) else {
+            return Err(OperatorError::NotFound(format!("no package `{name}`")));
+        };
+        self.broker.retire_service(old, self.manifest.app.shutdown_timeout).await;
+        Ok(format!("removed `{name}`"))
+    }
+
+    /// Keeps a deployed component beside the app, named by its content.
+    fn store_component(&self, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+        let dir = self.manifest.dir.join(".steedos").join("deployed");
+        std::fs::create_dir_all(&dir)?;
+        let hash = blake3::hash(bytes).to_hex();
+        let path = dir.join(format!("{name}-{}.wasm", &hash[..16]));
+        if !path.exists() {
+            std::fs::write(&path, bytes)?;
+        }
+        Ok(path)
+    }
+}
+
+impl Operator for App {
+    fn deploy(&self, name: String, component: bytes::Bytes, settings: Vec<(String, String)>) -> BoxFuture<'_, Result<String, OperatorError>> {
+        Box::pin(async move { App::deploy(self, &name, &component, &settings).await })
+    }
+
+    fn remove(&self, name: String) -> BoxFuture<'_, Result<String, OperatorError>> {
+        Box::pin(async move { App::remove(self, &name).await })
+    }
+}
+
+/// Applies `instances`, `memory`, `timeout`, `events` and `calls` from an
+/// admin request to `spec`.
+fn apply_settings(spec: &mut PackageSpec, settings: &[(String, String)]) -> Result<(), String> {
+    if !valid_name(&spec.name) {
+        return Err(format!("`{}` is not a package name (lowercase letters, digits and `-`, starting with a letter)", spec.name));
+    }
+    let list = |v: &str| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
+    for (key, value) in settings {
+        match key.as_str() {
+            "instances" => {
+                spec.instances = value.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or(format!("instances: {value:?} is not a number in 1..=1024"))?
+            }
+            "memory" => {
+                let size: bytesize::ByteSize = value.parse().map_err(|_| format!("memory: {value:?} is not a size (try \"64 MiB\")"))?;
+                spec.memory = size.as_u64().max(64 << 10);
+            }
+            "timeout" => spec.timeout = humantime::parse_duration(value).map_err(|_| format!("timeout: {value:?} is not a duration (try \"5s\")"))?,
+            "events" => spec.events = list(value),
+            "calls" => spec.grants.calls = list(value),
+            other => return Err(format!("unknown setting `{other}` (instances, memory, timeout, events, calls)")),
+        }
+    }
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A package that may provide typed imports: its spec and its types.
+struct Provider<'a> {
+    spec: &'a PackageSpec,
+    ty: &'a PackageType,
 }
 
 /// Links one package: its typed imports to their providers, then the rest.
-fn link(c: &Compiled1, all: &[Compiled1], base: &wasmtime::component::Linker<package::HostState>) -> Result<Package, PackageError> {
+fn link(
+    spec: &PackageSpec,
+    ty: &PackageType,
+    component: &Component,
+    providers: &[Provider<'_>],
+    base: &Linker<package::HostState>,
+) -> Result<Package, PackageError> {
     let mut linker = base.clone();
-    for import in &c.ty.typed_imports {
-        let targets = resolve_import(c, import, all)?;
+    for import in &ty.typed_imports {
+        let targets = resolve_import(spec, import, providers)?;
         package::link_typed_import(&mut linker, import, targets).map_err(|e| PackageError::Link {
-            package: c.spec.name.clone(),
+            package: spec.name.clone(),
             message: format!("{e:#}"),
         })?;
     }
-    Package::new(c.spec.clone(), c.ty.clone(), &c.component, &linker)
+    Package::new(spec.clone(), ty.clone(), component, &linker)
+}
+
+/// An upgrade of `name` from `old` to `ty` must keep every function other
+/// packages import from it, with the same type.
+fn check_dependents(name: &str, old: &PackageType, ty: &PackageType, others: &[Provider<'_>]) -> Result<(), String> {
+    for other in others {
+        for import in &other.ty.typed_imports {
+            if !old.exported_interfaces.iter().any(|(n, _)| *n == import.interface) {
+                continue;
+            }
+            for (fname, fty) in &import.functions {
+                let Some(index) = ty.exported_function(&import.interface, fname) else {
+                    return Err(format!(
+                        "package `{}` imports `{}` function `{fname}`, which this version of `{name}` no longer exports",
+                        other.spec.name, import.interface
+                    ));
+                };
+                let action = &ty.actions[index];
+                let wanted: Vec<(String, _)> = fty.params().map(|(n, t)| (n.to_string(), t)).collect();
+                if !same_signature(&wanted, fty.results().next().as_ref(), action) {
+                    return Err(format!(
+                        "package `{}` imports `{}` function `{fname}` as {} but this version of `{name}` exports {}",
+                        other.spec.name,
+                        import.interface,
+                        codec::wit_signature(&wanted, fty.results().next().as_ref()),
+                        codec::wit_signature(&action.params, action.result.as_ref())
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn same_signature(params: &[(String, wasmtime::component::types::Type)], result: Option<&wasmtime::component::types::Type>, action: &crate::package::ActionType) -> bool {
+    params.len() == action.params.len()
+        && params.iter().zip(&action.params).all(|((_, a), (_, b))| a == b)
+        && result == action.result.as_ref()
 }
 
 /// Finds the one package that exports `import`, checks the grant and every
 /// function's type, and returns where each function goes.
-fn resolve_import(c: &Compiled1, import: &TypedImport, all: &[Compiled1]) -> Result<Vec<Arc<ImportTarget>>, PackageError> {
+fn resolve_import(importer: &PackageSpec, import: &TypedImport, all: &[Provider<'_>]) -> Result<Vec<Arc<ImportTarget>>, PackageError> {
     let err = |reason: String| PackageError::Import {
-        package: c.spec.name.clone(),
+        package: importer.name.clone(),
         interface: import.interface.clone(),
         reason,
     };
-    let providers: Vec<&Compiled1> = all
+    let providers: Vec<&Provider<'_>> = all
         .iter()
-        .filter(|p| p.spec.name != c.spec.name && p.ty.exported_interfaces.iter().any(|(n, _)| *n == import.interface))
+        .filter(|p| p.spec.name != importer.name && p.ty.exported_interfaces.iter().any(|(n, _)| *n == import.interface))
         .collect();
     let provider = match providers.as_slice() {
         [] => return Err(err("no loaded package exports it".to_string())),
@@ -197,29 +388,22 @@ fn resolve_import(c: &Compiled1, import: &TypedImport, all: &[Compiled1]) -> Res
             return Err(err(format!("it is exported by more than one package ({}); keep one", names.join(", "))));
         }
     };
-    let mut by_name: HashMap<&str, usize> = HashMap::new();
-    for (fname, _) in &import.functions {
+    let mut targets = Vec::new();
+    for (fname, fty) in &import.functions {
         let Some(index) = provider.ty.exported_function(&import.interface, fname) else {
             return Err(err(format!("package `{}` exports it without the function `{fname}`", provider.spec.name)));
         };
-        by_name.insert(fname, index);
-    }
-    let mut targets = Vec::new();
-    for (fname, fty) in &import.functions {
-        let action = &provider.ty.actions[by_name[fname.as_str()]];
+        let action = &provider.ty.actions[index];
         let label = format!("{}.{}", provider.spec.name, action.name);
-        if !c.spec.grants.may_call(&label) {
+        if !importer.grants.may_call(&label) {
             return Err(err(format!(
                 "its grants do not allow calling `{label}`: add \"{}.*\" to `calls` in [packages.{}.grants]",
-                provider.spec.name, c.spec.name
+                provider.spec.name, importer.name
             )));
         }
         let wanted: Vec<(String, _)> = fty.params().map(|(n, t)| (n.to_string(), t)).collect();
         let wanted_result = fty.results().next();
-        let same = wanted.len() == action.params.len()
-            && wanted.iter().zip(&action.params).all(|((_, a), (_, b))| a == b)
-            && wanted_result == action.result;
-        if !same {
+        if !same_signature(&wanted, wanted_result.as_ref(), action) {
             return Err(err(format!(
                 "function `{fname}` has another type in package `{}`: the importer expects {} but `{}` exports {}",
                 provider.spec.name,
@@ -230,7 +414,9 @@ fn resolve_import(c: &Compiled1, import: &TypedImport, all: &[Compiled1]) -> Res
         }
         targets.push(Arc::new(ImportTarget {
             provider: provider.spec.name.as_str().into(),
-            action: by_name[fname.as_str()],
+            action: index,
+            interface: import.interface.clone(),
+            function: fname.clone(),
             label,
             errors_as_value: package::is_call_error_result(wanted_result.as_ref()),
         }));

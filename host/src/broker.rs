@@ -41,6 +41,7 @@ use wasmtime::component::Val;
 use wasmtime::component::types::Type;
 
 use crate::codec::{self, Format};
+use crate::metrics::{ActionMetrics, Metrics};
 use crate::context::{CallContext, CallError, Human, deadline_after};
 use crate::package::{
     ActionType, BoxFuture, Caller, Fault, ImportTarget, LiveInstance, Package, Router, StartError,
@@ -76,6 +77,8 @@ pub struct Service {
     pool: InstancePool,
     budget: Mutex<RestartBudget>,
     status: Mutex<Status>,
+    /// Recording handles, one per action, by action index.
+    metrics: Vec<ActionMetrics>,
 }
 
 struct Status {
@@ -104,11 +107,18 @@ pub struct ServiceReport {
 }
 
 impl Service {
-    fn new(package: Package) -> Self {
+    fn new(package: Package, metrics: &Metrics) -> Self {
         let pool = InstancePool::new(package.spec.queue);
         let budget = Mutex::new(RestartBudget::new(package.spec.restart.clone()));
         let status = Mutex::new(Status { state: PackageState::Starting, last_error: None, restart_latency: Vec::new() });
-        Service { package, pool, budget, status }
+        let metrics = package.ty.actions.iter().map(|a| metrics.action(&package.name, &a.name)).collect();
+        Service { package, pool, budget, status, metrics }
+    }
+
+    fn record<T>(&self, action: usize, started: Instant, outcome: &Result<T, CallError>) {
+        if let Some(m) = self.metrics.get(action) {
+            m.record(started.elapsed(), outcome);
+        }
     }
 
     fn name(&self) -> &str {
@@ -213,6 +223,7 @@ pub struct Broker {
     closing: AtomicBool,
     /// Outside calls and event deliveries under way; shutdown waits for them.
     in_flight: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 /// Counts one unit of work in flight until dropped.
@@ -245,7 +256,13 @@ impl Broker {
             handle: Arc::new(BrokerHandle(weak.clone())),
             closing: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// The metrics of every call this broker routes.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The router that packages' host functions use.
@@ -299,11 +316,15 @@ impl Broker {
     /// Registers `package` and starts its instances; returns once each has
     /// started or failed (a failed one is retried under the restart policy).
     pub async fn start(self: &Arc<Self>, package: Package) -> Arc<Service> {
-        let service = Arc::new(Service::new(package));
-        self.services
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(service.package.name.clone(), service.clone());
+        let service = self.prepare(package).await;
+        self.install(service.clone());
+        service
+    }
+
+    /// Starts `package`'s instances without routing calls to it yet: the
+    /// first half of a deploy or an upgrade.
+    pub async fn prepare(self: &Arc<Self>, package: Package) -> Arc<Service> {
+        let service = Arc::new(Service::new(package, &self.metrics));
         let starts = (0..service.package.spec.instances as usize).map(|slot| {
             let (broker, service) = (self.clone(), service.clone());
             async move {
@@ -320,6 +341,29 @@ impl Broker {
         service
     }
 
+    /// Routes calls for the service's package to `service` from now on;
+    /// returns the version it replaces, still running.
+    pub fn install(&self, service: Arc<Service>) -> Option<Arc<Service>> {
+        let name = service.package.name.clone();
+        if let Ok(mut f) = self.failures.lock() {
+            f.retain(|f| *f.name != *name);
+        }
+        self.services.write().unwrap_or_else(|p| p.into_inner()).insert(name, service)
+    }
+
+    /// Stops routing calls to `package`; returns its service, still running.
+    pub fn uninstall(&self, package: &str) -> Option<Arc<Service>> {
+        self.services.write().unwrap_or_else(|p| p.into_inner()).remove(package)
+    }
+
+    /// Lets the calls in flight on `service` finish (up to `grace`), then
+    /// calls `stopped` on its instances. For a version replaced or removed.
+    pub async fn retire_service(&self, service: Arc<Service>, grace: Duration) {
+        service.set_state(PackageState::Stopped);
+        let stopped = drain(&service, Instant::now() + grace, grace).await;
+        tracing::info!(package = service.name(), instances = stopped, "retired");
+    }
+
     // ------------------------------------------------------------ calls
 
     /// Calls `action` (`<package>.<action>`) with JSON params (an object by
@@ -327,7 +371,7 @@ impl Broker {
     pub async fn call_json(&self, action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
         let (service, index) = self.resolve(action)?;
         let action_ty = &service.package.ty.actions[index];
-        let vals = decode_params(action_ty, action, Format::Json, params)?;
+        let vals = decode_params(action_ty, action, Format::Json, params).inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
         let value = self.invoke(&service, index, &vals, ctx).await?;
         let (ty, val) = split_result(action, action_ty.result.as_ref(), value)?;
         match (ty, val) {
@@ -373,6 +417,13 @@ impl Broker {
 
     /// Runs one call on one instance of `service`: the common path of every route.
     async fn invoke(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
+        let started = Instant::now();
+        let outcome = self.invoke_unmetered(service, action, params, ctx).await;
+        service.record(action, started, &outcome);
+        outcome
+    }
+
+    async fn invoke_unmetered(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
         let label = || format!("{}.{}", service.name(), service.package.ty.actions[action].name);
         let outermost = ctx.chain.is_empty();
         // Calls already under way finish, nested calls included; new ones are refused.
@@ -616,24 +667,36 @@ impl Broker {
         }
         for service in self.services() {
             service.set_state(PackageState::Stopped);
-            let mut idle = service.pool.close();
-            let mut stopped = 0;
-            loop {
-                for mut instance in idle.drain(..) {
-                    let ctx = CallContext::new(service.package.spec.timeout.min(grace));
-                    if let Err(fault) = instance.stopped(ctx).await {
-                        tracing::warn!(package = service.name(), %fault, "`stopped` failed");
-                    }
-                    stopped += 1;
-                }
-                if stopped >= service.pool.live() || Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                idle = service.pool.drain_idle();
-            }
+            let stopped = drain(&service, deadline, grace).await;
             tracing::info!(package = service.name(), instances = stopped, "stopped");
         }
+    }
+}
+
+/// Waits (until `deadline`) for `service`'s busy instances to come back,
+/// closing its pool to new calls, and calls `stopped` on each instance.
+/// Returns how many were stopped.
+async fn drain(service: &Service, deadline: Instant, grace: Duration) -> usize {
+    // Calls that resolved this service before it was replaced may still
+    // queue for it: give them the instances until the busy ones are back.
+    while service.pool.idle() < service.pool.live() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut idle = service.pool.close();
+    let mut stopped = 0;
+    loop {
+        for mut instance in idle.drain(..) {
+            let ctx = CallContext::new(service.package.spec.timeout.min(grace));
+            if let Err(fault) = instance.stopped(ctx).await {
+                tracing::warn!(package = service.name(), %fault, "`stopped` failed");
+            }
+            stopped += 1;
+        }
+        if stopped >= service.pool.live() || Instant::now() >= deadline {
+            return stopped;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        idle = service.pool.drain_idle();
     }
 }
 
@@ -711,7 +774,8 @@ impl Router for BrokerHandle {
                     from.package, from.package
                 )));
             }
-            let vals = decode_params(action_ty, &action, Format::MessagePack, &params)?;
+            let vals = decode_params(action_ty, &action, Format::MessagePack, &params)
+                .inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
             let ctx = from.ctx.nested(&from.package, service.package.spec.timeout);
             let value = broker.invoke(&service, index, &vals, ctx).await?;
             let (ty, val) = split_result(&action, action_ty.result.as_ref(), value)?;
@@ -730,8 +794,19 @@ impl Router for BrokerHandle {
             let service = broker
                 .service(&target.provider)
                 .ok_or_else(|| CallError::NotFound(format!("no package `{}` (for `{}`)", target.provider, target.label)))?;
+            let ty = &service.package.ty;
+            let linked = ty.actions.get(target.action).is_some_and(|a| {
+                a.function == target.function && a.interface.as_deref() == Some(target.interface.as_str())
+            });
+            let action = match linked {
+                true => target.action,
+                // The provider was upgraded since the import was linked.
+                false => ty.exported_function(&target.interface, &target.function).ok_or_else(|| {
+                    CallError::NotFound(format!("package `{}` no longer exports `{}`", target.provider, target.label))
+                })?,
+            };
             let ctx = from.ctx.nested(&from.package, service.package.spec.timeout);
-            broker.invoke(&service, target.action, &params, ctx).await
+            broker.invoke(&service, action, &params, ctx).await
         })
     }
 

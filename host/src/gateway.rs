@@ -9,7 +9,7 @@
 //!   "inventory.get-item"`: path and query parameters (and a JSON body for
 //!   POST, PUT and PATCH) become the action's parameters.
 //! - `GET /health`: every package's state; 200 when all serve, else 503.
-//! - `GET /metrics`: Prometheus text format.
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text format).
 //! - `GET /openapi.json`: OpenAPI 3.1 generated from the WIT types.
 //!
 //! # Errors
@@ -23,6 +23,14 @@
 //! Request body size, header count and size, URI length, a header-read
 //! timeout and an idle timeout per connection, so a slow or idle client
 //! cannot hold the server.
+//!
+//! # Operations
+//! `/admin` is off unless `[gateway] admin_token_env` names a set variable;
+//! then it takes `Authorization: Bearer <token>` (compared in constant
+//! time): `GET /admin/packages` lists packages, `PUT /admin/packages/<name>`
+//! with a component as the body deploys or upgrades one (settings as query
+//! parameters: `instances`, `memory`, `timeout`, `events`, `calls`), and
+//! `DELETE /admin/packages/<name>` removes one.
 //!
 //! Every response carries `X-Request-Id` (taken from the request when it
 //! has a sane one), and every log line of that call carries it, across
@@ -60,12 +68,42 @@ const MAX_HEAD: usize = 64 * 1024;
 /// How long an HTTP call may take, unless the action's own timeout is shorter.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The largest component `/admin` accepts.
+const MAX_COMPONENT: usize = 256 << 20;
+
+/// What the `/admin` API asks of the app: deploy, upgrade and remove packages.
+pub trait Operator: Send + Sync + 'static {
+    /// Deploys `name` (or upgrades it when it exists) to `component`.
+    /// Returns a one-line description of what happened.
+    fn deploy(&self, name: String, component: Bytes, settings: Vec<(String, String)>) -> BoxFuture<'_, Result<String, OperatorError>>;
+    /// Removes `name`.
+    fn remove(&self, name: String) -> BoxFuture<'_, Result<String, OperatorError>>;
+}
+
+/// A boxed future, as [`Operator`] returns them.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Why an operation was refused; the old version, if any, keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The request is wrong (bad component, bad setting, incompatible types).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such package.
+    #[error("{0}")]
+    NotFound(String),
+    /// The new version loaded but did not start.
+    #[error("{0}")]
+    Start(String),
+}
+
 /// The gateway of one app.
 pub struct Gateway {
     app: String,
     broker: Arc<Broker>,
     settings: GatewaySettings,
     metrics: Arc<Metrics>,
+    operator: Option<Arc<dyn Operator>>,
 }
 
 /// A listening gateway; dropping it does not stop it, [`shutdown`](Self::shutdown) does.
@@ -87,7 +125,18 @@ impl RunningGateway {
 impl Gateway {
     /// A gateway for `broker` with `settings`.
     pub fn new(app: &str, broker: Arc<Broker>, settings: GatewaySettings, metrics: Arc<Metrics>) -> Arc<Gateway> {
-        Arc::new(Gateway { app: app.to_string(), broker, settings, metrics })
+        Arc::new(Gateway { app: app.to_string(), broker, settings, metrics, operator: None })
+    }
+
+    /// A gateway whose `/admin` API drives `operator` (when a token is set).
+    pub fn with_operator(
+        app: &str,
+        broker: Arc<Broker>,
+        settings: GatewaySettings,
+        metrics: Arc<Metrics>,
+        operator: Arc<dyn Operator>,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway { app: app.to_string(), broker, settings, metrics, operator: Some(operator) })
     }
 
     /// Listens on `addr` (port 0 picks a free one) and serves in the background.
@@ -187,11 +236,12 @@ impl Gateway {
         let path = req.uri().path().to_string();
         match (req.method(), path.as_str()) {
             (&Method::GET, "/health") => self.health(),
-            (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render(&self.broker.reports())),
+            (&Method::GET, "/metrics") => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.render(&self.broker.reports())),
             (&Method::GET, "/openapi.json") => {
                 json_response(StatusCode::OK, &crate::openapi::document(&self.app, &self.broker, &self.settings))
             }
             (&Method::POST, p) if p.starts_with("/api/") => self.api(req, &path, request_id).await,
+            (_, p) if p == "/admin" || p.starts_with("/admin/") => self.admin(req, &path, request_id).await,
             _ => self.alias(req, &path, request_id).await,
         }
     }
@@ -265,6 +315,61 @@ impl Gateway {
         }
         let body = serde_json::to_vec(&Value::Object(object)).unwrap_or_default();
         self.call(&action, &body, request_id).await
+    }
+
+    async fn admin(&self, req: Request<Incoming>, path: &str, request_id: &Arc<str>) -> Response<Full<Bytes>> {
+        let (Some(token), Some(operator)) = (&self.settings.admin_token, &self.operator) else {
+            return problem(StatusCode::NOT_FOUND, "not-found", "the admin API is off (set [gateway] admin_token_env)".into(), None, request_id);
+        };
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes())) {
+            let mut r = problem(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".into(), None, request_id);
+            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        let name = path.strip_prefix("/admin/packages").map(|n| n.trim_matches('/').to_string());
+        let outcome = match (req.method().clone(), name) {
+            (Method::GET, Some(n)) if n.is_empty() => {
+                let list: Vec<Value> = self
+                    .broker
+                    .reports()
+                    .into_iter()
+                    .map(|r| json!({ "name": r.name, "state": r.state, "instances": r.live, "configured": r.instances,
+                                     "restarts": r.restarts, "queued": r.queued, "last_error": r.last_error }))
+                    .collect();
+                return json_response(StatusCode::OK, &json!({ "packages": list }));
+            }
+            (Method::PUT, Some(n)) if !n.is_empty() && !n.contains('/') => {
+                let settings: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+                let component = match Limited::new(req.into_body(), MAX_COMPONENT).collect().await {
+                    Ok(c) => c.to_bytes(),
+                    Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("cannot read the component: {e}"), None, request_id),
+                };
+                tracing::info!(package = %n, bytes = component.len(), "admin: deploy");
+                operator.deploy(n, component, settings).await
+            }
+            (Method::DELETE, Some(n)) if !n.is_empty() && !n.contains('/') => {
+                tracing::info!(package = %n, "admin: remove");
+                operator.remove(n).await
+            }
+            _ => return problem(StatusCode::NOT_FOUND, "not-found", format!("no admin route {} {path}", req.method()), None, request_id),
+        };
+        match outcome {
+            Ok(done) => json_response(StatusCode::OK, &json!({ "ok": done })),
+            Err(e) => {
+                let (status, kind) = match &e {
+                    OperatorError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+                    OperatorError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+                    OperatorError::Start(_) => (StatusCode::UNPROCESSABLE_ENTITY, "start-failed"),
+                };
+                problem(status, kind, e.to_string(), None, request_id)
+            }
+        }
     }
 
     fn param_types(&self, action: &str) -> Vec<(String, Type)> {

@@ -393,8 +393,13 @@ pub fn interface_short_name(interface: &str) -> &str {
 pub struct ImportTarget {
     /// The providing package.
     pub provider: Arc<str>,
-    /// The provider's action index.
+    /// The provider's action index when the import was linked (a hint: an
+    /// upgraded provider may have moved it).
     pub action: usize,
+    /// The imported interface, `acme:inventory/stock@0.1.0`.
+    pub interface: String,
+    /// The function within it.
+    pub function: String,
     /// `<provider>.<action name>`, for messages.
     pub label: String,
     /// Whether the importer's result is `result<T, call-error>`, so a

@@ -168,6 +168,11 @@ impl InstancePool {
         self.lock().live
     }
 
+    /// Instances idle now.
+    pub fn idle(&self) -> usize {
+        self.lock().idle.len()
+    }
+
     /// Calls waiting for an instance.
     pub fn queued(&self) -> usize {
         let mut inner = self.lock();
