@@ -16,7 +16,7 @@ pub mod guests {
 /// A running app in a temporary folder of its own.
 pub struct TestApp {
     /// The app.
-    pub app: App,
+    pub app: std::sync::Arc<App>,
     /// The app folder (holds steedos.toml and any granted folders).
     pub dir: tempfile::TempDir,
 }
@@ -60,7 +60,7 @@ impl TestApp {
         let manifest = Manifest::load(&path).unwrap_or_else(|e| panic!("manifest: {e}\n{text}"));
         let options = LoadOptions { build: false, ..LoadOptions::default() };
         let app = App::load(manifest, &options).await.expect("app loads");
-        TestApp { app, dir }
+        TestApp { app: std::sync::Arc::new(app), dir }
     }
 
     /// Starts an app from manifest text.
@@ -130,11 +130,12 @@ where
 impl TestApp {
     /// Starts the app's HTTP gateway on a free port of 127.0.0.1.
     pub async fn gateway(&self) -> (steedos_wasm::gateway::RunningGateway, String) {
-        let gateway = steedos_wasm::gateway::Gateway::new(
+        let gateway = steedos_wasm::gateway::Gateway::with_operator(
             &self.app.manifest.app.name,
             self.app.broker.clone(),
             self.app.manifest.gateway.clone(),
             self.app.metrics.clone(),
+            self.app.clone(),
         );
         let running = gateway.bind(([127, 0, 0, 1], 0).into()).await.expect("bind");
         let base = format!("http://{}", running.addr);

@@ -1,0 +1,182 @@
+//! Operations over the `/admin` API: upgrade under load without a failed
+//! request, a failed upgrade keeping the old version, deploy and remove,
+//! upgrades that would break a dependent refused, and the bearer token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use steedos_tests::{TestApp, guests};
+
+const TOKEN: &str = "s3cret-admin-token";
+
+const APP: &str = r#"
+[app]
+cache_dir = "{CACHE}"
+shutdown_timeout = "5s"
+
+[gateway]
+expose = ["greeter.*", "tally.*", "tally2.*", "inventory.*"]
+admin_token_env = "STEEDOS_TEST_ADMIN_TOKEN"
+
+[packages.greeter]
+component = "{GREETER}"
+instances = 2
+[packages.greeter.grants]
+env = { PROBE_REQUIRE_FILE = "/nowhere/ready" }
+
+[packages.inventory]
+component = "{INVENTORY}"
+[packages.shop]
+component = "{SHOP}"
+[packages.shop.grants]
+calls = ["inventory.*"]
+[packages.tally]
+component = "{TALLY}"
+"#;
+
+async fn start() -> TestApp {
+    // SAFETY: every test of this module sets the same value.
+    unsafe { std::env::set_var("STEEDOS_TEST_ADMIN_TOKEN", TOKEN) };
+    TestApp::start(APP).await
+}
+
+async fn admin(method: reqwest::Method, url: String, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+    let mut r = reqwest::Client::new().request(method, url).body(body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().await.expect("request");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn hello(base: &str, name: &str) -> Result<String, String> {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/greeter/hello"))
+        .body(json!({ "name": name }).to_string())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status();
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    match status {
+        StatusCode::OK => Ok(v.as_str().unwrap_or_default().to_string()),
+        s => Err(format!("{s}: {v}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_load_fails_no_request() {
+    let t = start().await;
+    let (_g, base) = t.gateway().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (v1, v2) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let (base, stop, v1, v2) = (base.clone(), stop.clone(), v1.clone(), v2.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let name = format!("c{i}");
+                    match hello(&base, &name).await? {
+                        s if s == format!("Hello, {name}!") => v1.fetch_add(1, Ordering::Relaxed),
+                        s if s == format!("Hi, {name}! (v2)") => v2.fetch_add(1, Ordering::Relaxed),
+                        other => return Err(format!("unexpected answer {other:?}")),
+                    };
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let component = std::fs::read(guests::GREETER_V2).expect("greeter-v2 component");
+    let (s, v) = admin(reqwest::Method::PUT, format!("{base}/admin/packages/greeter"), Some(TOKEN), component).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["ok"].as_str().unwrap().contains("upgraded"), "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("task").expect("no request failed during the upgrade");
+    }
+    assert!(v1.load(Ordering::Relaxed) > 0 && v2.load(Ordering::Relaxed) > 0, "both versions answered");
+    for i in 0..10 {
+        assert_eq!(hello(&base, &format!("n{i}")).await, Ok(format!("Hi, n{i}! (v2)")), "the new version answers");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_keeps_the_old_version_serving() {
+    let t = start().await;
+    let (_g, base) = t.gateway().await;
+    let url = format!("{base}/admin/packages/greeter");
+    let (s, v) = admin(reqwest::Method::PUT, url.clone(), Some(TOKEN), b"\0asm garbage".to_vec()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("not a valid WebAssembly component"), "{v}");
+    // probe refuses to start without its file: the upgrade is refused.
+    let probe = std::fs::read(guests::PROBE).expect("probe component");
+    let (s, v) = admin(reqwest::Method::PUT, url.clone(), Some(TOKEN), probe).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("did not start") && m.contains("/nowhere/ready") && m.contains("old version keeps serving"), "{m}");
+    assert_eq!(hello(&base, "still").await, Ok("Hello, still!".to_string()));
+    assert_eq!(t.state("greeter"), "serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_would_break_a_dependent_is_refused() {
+    let t = start().await;
+    let (_g, base) = t.gateway().await;
+    let other = std::fs::read(guests::GREETER_V2).expect("component");
+    let (s, v) = admin(reqwest::Method::PUT, format!("{base}/admin/packages/inventory"), Some(TOKEN), other).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("shop") && m.contains("acme:inventory/stock@0.1.0"), "{m}");
+    assert_eq!(t.ok("shop.quote", json!({"lines": [{"sku": "apple", "qty": 1}]})).await, json!(120));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_are_deployed_listed_and_removed() {
+    let t = start().await;
+    let (_g, base) = t.gateway().await;
+    let tally = std::fs::read(guests::TALLY).expect("component");
+    let (s, v) = admin(reqwest::Method::PUT, format!("{base}/admin/packages/tally2?instances=3"), Some(TOKEN), tally).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["ok"].as_str().unwrap().contains("deployed `tally2`: 3 instance(s)"), "{v}");
+    assert_eq!(t.ok("tally2.entries", json!({})).await, json!([]));
+    let (s, v) = admin(reqwest::Method::GET, format!("{base}/admin/packages"), Some(TOKEN), vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let names: Vec<&str> = v["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"tally2") && names.contains(&"greeter"), "{names:?}");
+    let (s, _) = admin(reqwest::Method::DELETE, format!("{base}/admin/packages/tally2"), Some(TOKEN), vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(t.call("tally2.entries", json!({})).await.is_err());
+    let (s, _) = admin(reqwest::Method::DELETE, format!("{base}/admin/packages/tally2"), Some(TOKEN), vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = admin(reqwest::Method::PUT, format!("{base}/admin/packages/Bad_Name"), Some(TOKEN), vec![1]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_wants_the_right_bearer_token() {
+    let t = start().await;
+    let (_g, base) = t.gateway().await;
+    let url = format!("{base}/admin/packages");
+    let (s, v) = admin(reqwest::Method::GET, url.clone(), None, vec![]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _) = admin(reqwest::Method::GET, url.clone(), Some("s3cret-admin-tokeN"), vec![]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = admin(reqwest::Method::DELETE, format!("{url}/greeter"), Some("wrong"), vec![]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(t.state("greeter"), "serving");
+    // Without a configured token the admin API does not exist.
+    let plain = TestApp::start(r#"
+[packages.greeter]
+component = "{GREETER}"
+"#)
+    .await;
+    let (_g2, base2) = plain.gateway().await;
+    let (s, _) = admin(reqwest::Method::GET, format!("{base2}/admin/packages"), Some(TOKEN), vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
