@@ -6,6 +6,6 @@ mod events;
 mod faults;
 mod gateway;
 mod loading;
-mod polyglot;
 mod operations;
+mod polyglot;
 mod sandbox;
