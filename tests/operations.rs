@@ -180,3 +180,34 @@ component = "{GREETER}"
     let (s, _) = admin(reqwest::Method::GET, format!("{base2}/admin/packages"), Some(TOKEN), vec![]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_upgrades_a_package_whose_component_changed_on_disk() {
+    let t = TestApp::start_with(
+        r#"
+[packages.greeter]
+component = "{DIR}/greeter.wasm"
+"#,
+        |dir| {
+            std::fs::copy(guests::GREETER, dir.join("greeter.wasm")).expect("copy");
+        },
+    )
+    .await;
+    assert_eq!(t.ok("greeter.hello", json!({"name": "w"})).await, json!("Hello, w!"));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(steedos_wasm::watch::watch_packages(t.app.clone(), stopped));
+    tokio::time::sleep(steedos_wasm::watch::POLL * 2).await;
+    // A half-written or broken component is refused; the old one serves on.
+    std::fs::write(t.dir.path().join("greeter.wasm"), b"\0asm half written").expect("write");
+    tokio::time::sleep(steedos_wasm::watch::POLL * 3).await;
+    assert_eq!(t.ok("greeter.hello", json!({"name": "w"})).await, json!("Hello, w!"));
+    std::fs::copy(guests::GREETER_V2, t.dir.path().join("greeter.wasm")).expect("copy v2");
+    let upgraded = steedos_tests::eventually(Duration::from_secs(10), || async {
+        let v = t.ok("greeter.hello", json!({"name": "w"})).await;
+        (v == json!("Hi, w! (v2)")).then_some(())
+    })
+    .await;
+    assert!(upgraded.is_some(), "the watcher upgraded greeter");
+    stop.send(true).expect("stop");
+    watcher.await.expect("watcher");
+}

@@ -69,7 +69,9 @@ pub fn out_of_date(spec: &PackageSpec) -> bool {
     newest_source(source).is_some_and(|t| t > built)
 }
 
-fn newest_source(dir: &Path) -> Option<SystemTime> {
+/// The newest modification time of the files in a package's source folder
+/// (`target/`, `node_modules/` and hidden folders aside).
+pub fn newest_source(dir: &Path) -> Option<SystemTime> {
     let mut newest: Option<SystemTime> = None;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

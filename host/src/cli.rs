@@ -5,11 +5,13 @@
 //! steedos-wasm call examples/shop greeter.hello '{"name":"Ada"}'
 //! steedos-wasm inspect target/.../inventory.wasm      # actions, imports, what the host provides
 //! steedos-wasm build examples/shop                    # build packages that are out of date
+//! steedos-wasm new hello --lang js                    # a new app with one package, ready to run
 //! ```
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,8 +23,10 @@ use crate::codec;
 use crate::context::CallContext;
 use crate::engine::{CompileCache, EngineLimits, new_engine};
 use crate::gateway::Gateway;
+use crate::operate::AdminClient;
 use crate::manifest::Manifest;
 use crate::package::{self, PackageType};
+use crate::scaffold::{self, Lang, Sdk};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -61,9 +65,44 @@ pub enum Command {
     Call(CallArgs),
     /// Show a component's actions with their WIT signatures and its imports.
     Inspect(InspectArgs),
+    /// Deploy a package to a running host, or upgrade it when it exists.
+    ///
+    /// Sends the component to the host's admin API; the new version's
+    /// instances start and take new calls, calls in flight on the old one
+    /// finish, then the old instances are stopped. A version that fails to
+    /// load or start is refused and the old one keeps serving.
+    #[command(after_help = "Example:\n  STEEDOS_ADMIN_TOKEN=... steedos-wasm deploy greeter target/wasm32-wasip2/release/greeter.wasm --instances 4")]
+    Deploy(DeployArgs),
+    /// Upgrade a package of a running host (like `deploy`, but it must exist).
+    Upgrade(DeployArgs),
+    /// Remove a package from a running host.
+    Remove(RemoveArgs),
+    /// List the packages of a running host with their state.
+    Ps(AdminArgs),
     /// Build the packages of an app that are out of date.
     Build(BuildArgs),
+    /// Create a new app with one package, in Rust, JavaScript or Python.
+    ///
+    /// Writes <DIR>/<NAME>/: steedos.toml naming the package with its build
+    /// command and component, a README with the commands to build, run and
+    /// call it, and packages/<NAME>/ with the package's WIT (an interface
+    /// `api` whose function `hello` is the action `<NAME>.hello`, plus the
+    /// host's steedos:package WIT) and its code. It builds and runs as it is:
+    /// `run` and `call` run the build command first.
+    #[command(after_help = NEW_HELP)]
+    New(NewArgs),
 }
+
+const NEW_HELP: &str = "\
+Examples:
+  steedos-wasm new hello --lang rust
+  steedos-wasm run hello                                  # builds, then serves until Ctrl-C
+  steedos-wasm call hello hello.hello '{\"name\":\"Ada\"}'    # \"Hello, Ada!\"
+
+What each language needs (the build command installs the rest):
+  rust    the Rust toolchain; depends on steedos-sdk by path (see --sdk)
+  js      node and npm; componentize-js 0.23 and esbuild from npm
+  python  python3 with venv; componentize-py 0.25.1 from PyPI in .venv";
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
@@ -74,9 +113,61 @@ pub struct RunArgs {
     /// Where the HTTP gateway listens (overrides `[gateway] listen`); `off` for none.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Upgrade a package by itself when its component changes on disk
+    /// (rebuilding it first when its sources changed and it has a build command).
+    #[arg(long)]
+    pub watch: bool,
     /// How to load the app.
     #[command(flatten)]
     pub load: LoadFlags,
+}
+
+/// How to reach a running host's admin API.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The host's gateway.
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// The admin bearer token (the host reads it from the variable `[gateway] admin_token_env` names).
+    #[arg(long, env = "STEEDOS_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Arguments of `deploy` and `upgrade`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The package name.
+    pub name: String,
+    /// The component file (.wasm).
+    pub component: PathBuf,
+    /// Instances to run.
+    #[arg(long)]
+    pub instances: Option<u32>,
+    /// Memory limit per instance, e.g. "64 MiB".
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Per-call timeout, e.g. "5s".
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Event subscriptions, comma-separated.
+    #[arg(long)]
+    pub events: Option<String>,
+    /// Actions it may call, comma-separated patterns.
+    #[arg(long)]
+    pub calls: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `remove`.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The package name.
+    pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: AdminArgs,
 }
 
 /// Arguments of `call`.
@@ -115,6 +206,30 @@ pub struct BuildArgs {
     pub force: bool,
 }
 
+/// Arguments of `new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The app's and its package's name: lowercase words of letters and
+    /// digits joined by `-` (`hello`, `order-book`).
+    #[arg(value_parser = parse_name)]
+    pub name: String,
+    /// The package's language.
+    #[arg(long, value_enum)]
+    pub lang: Lang,
+    /// The folder to create the app folder in.
+    #[arg(long, value_name = "PARENT", default_value = ".")]
+    pub dir: PathBuf,
+    /// Rust only: the steedos-sdk crate to depend on (a folder holding its
+    /// Cargo.toml). Default: the sdk/ of the source tree this binary was
+    /// built from when it still exists, else the project's git repository.
+    #[arg(long, value_name = "PATH")]
+    pub sdk: Option<PathBuf>,
+}
+
+fn parse_name(name: &str) -> Result<String, String> {
+    scaffold::check_name(name).map(|()| name.to_string()).map_err(|e| e.to_string())
+}
+
 /// Flags shared by the commands that load an app.
 #[derive(Debug, Args)]
 pub struct LoadFlags {
@@ -139,6 +254,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Call(args) => call(args).await,
         Command::Inspect(args) => inspect(args),
         Command::Build(args) => build(args).await,
+        Command::Deploy(args) => deploy(args, false).await,
+        Command::Upgrade(args) => deploy(args, true).await,
+        Command::Remove(args) => {
+            let client = AdminClient::new(&args.admin.url, args.admin.token);
+            println!("{}", client.remove(&args.name).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ps(args) => ps(args).await,
+        Command::New(args) => new(args),
     }
 }
 
@@ -154,22 +278,71 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => Some(addr.parse().with_context(|| format!("--listen {addr:?} is not an address like 127.0.0.1:3000"))?),
         None => None,
     };
-    let app = load(&args.app, &args.load).await?;
+    let app = Arc::new(load(&args.app, &args.load).await?);
     let listen = if args.listen.is_some() { listen } else { app.manifest.gateway.listen };
     let gateway = match listen {
         Some(addr) => {
-            let gateway = Gateway::new(&app.manifest.app.name, app.broker.clone(), app.manifest.gateway.clone(), app.metrics.clone());
+            let m = &app.manifest;
+            let gateway = Gateway::with_operator(&m.app.name, app.broker.clone(), m.gateway.clone(), app.metrics.clone(), app.clone());
             Some(gateway.bind(addr).await.with_context(|| format!("the gateway cannot listen on {addr}"))?)
         }
         None => None,
     };
     print_summary(&app, gateway.as_ref().map(|g| g.addr))?;
+    let (stop_watching, stopped) = tokio::sync::watch::channel(false);
+    let watcher = args.watch.then(|| tokio::spawn(crate::watch::watch_packages(app.clone(), stopped)));
     wait_for_stop().await;
     eprintln!("stopping: letting in-flight calls finish, then calling `stopped`");
+    let _ = stop_watching.send(true);
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
     if let Some(gateway) = gateway {
         gateway.shutdown(app.manifest.app.shutdown_timeout).await;
     }
     app.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn deploy(args: DeployArgs, must_exist: bool) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&args.admin.url, args.admin.token.clone());
+    if must_exist {
+        let packages = client.packages().await?;
+        if !packages.iter().any(|p| p["name"] == args.name.as_str()) {
+            anyhow::bail!("the host has no package `{}` to upgrade (use `deploy` to add one)", args.name);
+        }
+    }
+    let settings: Vec<(String, String)> = [
+        ("instances", args.instances.map(|n| n.to_string())),
+        ("memory", args.memory.clone()),
+        ("timeout", args.timeout.clone()),
+        ("events", args.events.clone()),
+        ("calls", args.calls.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+    .collect();
+    println!("{}", client.deploy(&args.name, &args.component, &settings).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ps(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let packages = AdminClient::new(&args.url, args.token).packages().await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<16} {:<9} {:>9} {:>8} {:>6}  LAST ERROR", "PACKAGE", "STATE", "INSTANCES", "RESTARTS", "QUEUED")?;
+    for p in packages {
+        let instances = format!("{}/{}", p["instances"], p["configured"]);
+        writeln!(
+            out,
+            "{:<16} {:<9} {:>9} {:>8} {:>6}  {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+            instances,
+            p["restarts"],
+            p["queued"],
+            p["last_error"].as_str().unwrap_or("")
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -257,6 +430,28 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let sdk = match &args.sdk {
+        Some(path) if path.join("Cargo.toml").is_file() => Sdk::Path(std::path::absolute(path)?),
+        Some(path) => anyhow::bail!("--sdk {}: no Cargo.toml there; give the steedos-sdk crate's folder", path.display()),
+        None => Sdk::default_for_this_binary(),
+    };
+    let app = scaffold::create(&args.dir, &args.name, args.lang, &sdk)?;
+    // `./hello` reads better as `hello`.
+    let shown = app.strip_prefix(".").unwrap_or(&app).display();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "created app `{}` in {shown}: one package in {}", args.name, args.lang)?;
+    for f in scaffold::files(&args.name, args.lang, &sdk) {
+        writeln!(out, "  {}", f.path.display())?;
+    }
+    if let (Lang::Rust, Sdk::Git(url)) = (args.lang, &sdk) {
+        writeln!(out, "\nsteedos-sdk comes from {url} by git; --sdk <PATH> takes a local one")?;
+    }
+    writeln!(out, "\nthen:\n  steedos-wasm run {shown}")?;
+    writeln!(out, "  steedos-wasm call {shown} {}.hello '{{\"name\":\"Ada\"}}'", args.name)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {

@@ -10,7 +10,8 @@
 //! - [`engine`]: the wasmtime engine, its epoch clock and the compile cache.
 //! - leaves: [`manifest`] (steedos.toml), [`codec`] (values <-> JSON and
 //!   MessagePack by WIT type), [`context`] (call context and errors),
-//!   [`builder`] (building packages from source).
+//!   [`builder`] (building packages from source), [`scaffold`] (new apps
+//!   for `steedos-wasm new`).
 //!
 //! # Example
 //! ```no_run
@@ -36,6 +37,9 @@ pub mod gateway;
 pub mod manifest;
 pub mod metrics;
 pub mod openapi;
+pub mod operate;
 pub mod package;
 pub mod pool;
+pub mod scaffold;
 pub mod supervisor;
+pub mod watch;

@@ -146,3 +146,54 @@ fn run_serves_until_sigterm_then_stops_every_instance() {
         );
     }
 }
+
+#[test]
+fn deploy_ps_upgrade_and_remove_against_a_running_host() {
+    let token = "cli-test-token";
+    let dir = tempfile::tempdir().expect("tmp");
+    let greeter = built().join("target/wasm32-wasip2/release/greeter.wasm");
+    let manifest = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nexpose = [\"*\"]\nadmin_token_env = \"STEEDOS_ADMIN_TOKEN\"\n\n[packages.greeter]\ncomponent = {:?}\n",
+        greeter.display().to_string()
+    );
+    std::fs::write(dir.path().join("steedos.toml"), manifest).expect("write");
+    let mut child = bin()
+        .arg("run")
+        .arg(dir.path())
+        .env("STEEDOS_ADMIN_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn run");
+    let mut url = String::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("line");
+        if let Some(rest) = line.strip_prefix("gateway: ") {
+            url = rest.split_whitespace().next().unwrap_or_default().to_string();
+        }
+        if line.starts_with("serving") {
+            break;
+        }
+    }
+    assert!(url.starts_with("http://127.0.0.1:"), "no gateway line");
+    let admin = |args: &[&str]| {
+        bin().args(args).args(["--url", &url]).env("STEEDOS_ADMIN_TOKEN", token).output().expect("run")
+    };
+    let out = admin(&["deploy", "hello2", greeter.to_str().unwrap(), "--instances", "3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deployed `hello2`: 3 instance(s)"), "{}", text(&out));
+    let out = admin(&["ps"]);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(table.contains("hello2") && table.contains("3/3") && table.contains("greeter"), "{table}");
+    let out = admin(&["upgrade", "greeter", greeter.to_str().unwrap()]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("upgraded `greeter`"), "{}", text(&out));
+    let out = admin(&["upgrade", "nobody", greeter.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = admin(&["remove", "hello2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = bin().args(["ps", "--url", &url]).env("STEEDOS_ADMIN_TOKEN", "wrong").output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the admin token"), "{}", text(&out));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().expect("wait").success());
+}
