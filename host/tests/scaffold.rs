@@ -1,0 +1,192 @@
+//! `steedos-wasm new` on the real binary, in each language: the scaffold
+//! builds through its own build command, runs, and answers a call, and its
+//! error idiom reaches the caller as `failed`.
+//!
+//! The JavaScript and Python scaffolds need node and npm, and python3; they
+//! skip without them, saying so, unless `CI=true`, where they fail.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_steedos-wasm"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether `tools` all run. Under `CI=true` a missing one is a failure.
+fn tools_present(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|tool| {
+            !Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {missing:?} missing: .ci/run must install them");
+    }
+    eprintln!("skipped: {missing:?} not found");
+    false
+}
+
+/// `new <name> --lang <lang>`, then `call <name> <name>.hello`, as the
+/// scaffold's README says, from the folder holding the app.
+fn new_then_call(lang: &str, name: &str) {
+    let parent = tempfile::tempdir().expect("tmp");
+    let out = bin()
+        .args(["new", name, "--lang", lang, "--dir"])
+        .arg(parent.path())
+        .output()
+        .expect("run new");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{name}.hello")) && stdout.contains("steedos.toml"),
+        "{stdout}"
+    );
+
+    let app = parent.path().join(name);
+    let readme = std::fs::read_to_string(app.join("README.md")).expect("README.md");
+    for command in [
+        format!("steedos-wasm build {name}"),
+        format!("steedos-wasm run {name}"),
+        format!("steedos-wasm call {name} {name}.hello '{{\"name\":\"Ada\"}}'"),
+    ] {
+        assert!(
+            readme.contains(&command),
+            "README lacks `{command}`:\n{readme}"
+        );
+    }
+    let wit = app.join(format!("packages/{name}/wit"));
+    assert!(wit.join("deps/steedos-package/package.wit").is_file());
+
+    // The first call builds the package through its build command.
+    let call = |params: &str| {
+        bin()
+            .current_dir(parent.path())
+            .args(["call", name, &format!("{name}.hello"), params])
+            .output()
+            .expect("run call")
+    };
+    let out = call(r#"{"name":"Ada"}"#);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#""Hello, Ada!""#
+    );
+    assert!(has_cache(&app), "no compile cache in {}", app.display());
+
+    // The action's own error, by the language's idiom, fails that call only.
+    let out = call(r#"{"name":" "}"#);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error[failed]") && stderr.contains("name must not be empty"),
+        "{}",
+        text(&out)
+    );
+
+    // Built once: the next build has nothing to do.
+    let out = bin().arg("build").arg(&app).output().expect("run build");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("up to date"),
+        "{}",
+        text(&out)
+    );
+}
+
+fn has_cache(app: &Path) -> bool {
+    std::fs::read_dir(app.join(".steedos/cache")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+    })
+}
+
+#[test]
+fn a_rust_scaffold_builds_runs_and_answers() {
+    new_then_call("rust", "hello-rust");
+}
+
+#[test]
+fn a_javascript_scaffold_builds_runs_and_answers() {
+    if tools_present(&["node", "npm"]) {
+        new_then_call("js", "hello-js");
+    }
+}
+
+#[test]
+fn a_python_scaffold_builds_runs_and_answers() {
+    if tools_present(&["python3"]) {
+        new_then_call("python", "hello-py");
+    }
+}
+
+#[test]
+fn new_refuses_a_bad_name_and_an_occupied_folder() {
+    let parent = tempfile::tempdir().expect("tmp");
+    let out = bin()
+        .args(["new", "Hello_World", "--lang", "rust"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lowercase words"),
+        "{}",
+        text(&out)
+    );
+
+    std::fs::create_dir(parent.path().join("taken")).expect("mkdir");
+    std::fs::write(parent.path().join("taken/notes.txt"), "mine").expect("write");
+    let out = bin()
+        .args(["new", "taken", "--lang", "js", "--dir"])
+        .arg(parent.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(parent.path().join("taken/notes.txt")).expect("read"),
+        "mine"
+    );
+}
+
+#[test]
+fn new_help_teaches_the_languages_and_the_next_commands() {
+    let out = bin().args(["new", "--help"]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--lang",
+        "rust",
+        "js",
+        "python",
+        "--dir",
+        "--sdk",
+        "steedos-wasm run hello",
+        "componentize-py",
+    ] {
+        assert!(help.contains(word), "`new --help` lacks {word}:\n{help}");
+    }
+}
