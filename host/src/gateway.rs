@@ -174,8 +174,7 @@ impl Gateway {
 
     async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
         let activity = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone(), started });
+        let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
         let gateway = self.clone();
         let service = hyper::service::service_fn(move |req| gateway.clone().handle(req));
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -190,6 +189,7 @@ impl Gateway {
         let idle = self.settings.idle_timeout;
         let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
         let mut closing = false;
+        let (mut seen, mut quiet_since) = (0, Instant::now());
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -203,8 +203,10 @@ impl Gateway {
                     conn.as_mut().graceful_shutdown();
                 }
                 _ = tick.tick(), if !closing => {
-                    let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                    if started.elapsed().saturating_sub(last) >= idle {
+                    let now = activity.load(Ordering::Relaxed);
+                    if now != seen {
+                        (seen, quiet_since) = (now, Instant::now());
+                    } else if quiet_since.elapsed() >= idle {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -230,7 +232,7 @@ impl Gateway {
     }
 
     async fn route(&self, req: Request<Incoming>, request_id: &Arc<str>) -> Response<Full<Bytes>> {
-        if req.uri().to_string().len() > MAX_URI {
+        if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
             return problem(StatusCode::URI_TOO_LONG, "uri-too-long", format!("the URI is longer than {MAX_URI} bytes"), None, request_id);
         }
         let path = req.uri().path().to_string();
@@ -470,18 +472,16 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-/// A socket that remembers when it last moved bytes (milliseconds since
-/// `started`), for the idle timeout.
+/// A socket that counts the reads and writes that moved bytes, so the idle
+/// timeout can tell a quiet connection without reading the clock per I/O.
 struct Tracked {
     inner: tokio::net::TcpStream,
     activity: Arc<AtomicU64>,
-    started: Instant,
 }
 
 impl Tracked {
     fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.store(ms, Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
