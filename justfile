@@ -30,4 +30,5 @@ check:
 # The benchmarks, in release mode, with the peer figures measured in the same run.
 bench:
     cargo bench -p steedos-wasm --bench broker
+    cargo bench -p steedos-wasm --bench gateway
     cd bench/moleculer && npm install --no-audit --no-fund --silent && node local.js
