@@ -53,6 +53,14 @@
 //!   64), `restart` (`{ max, within, backoff, max_backoff }`, default
 //!   `{ max = 5, within = "10s", backoff = "1s", max_backoff = "30s" }`), and
 //!   `events`.
+//! - `[cluster]` (optional; without it the host joins no cluster):
+//!   `transporter` (`nats://host:port`, required), `node_id` (default:
+//!   `<hostname>-<pid>`), `namespace`, `protocol` (4 for Moleculer 0.14 and
+//!   Steedos, the default; 5 for Moleculer 0.15), `serializer` (`"json"`,
+//!   the default, or `"msgpack"` between steedos-wasm nodes only),
+//!   `heartbeat_interval` (default 5s), `heartbeat_timeout` (default 30s,
+//!   more than the interval), `advertise` (default true: offer this host's
+//!   packages to the cluster). See [`transport`](crate::transport).
 //! - `[packages.<name>.grants]`: nothing unless granted. `dirs` (host folders
 //!   preopened in the guest, `{ host, guest, read_only }`; `host` must exist),
 //!   `env` (fixed variables), `env_inherit` (variables copied from the host's
@@ -111,7 +119,7 @@ const MAX_PACKAGE_NAME: usize = 64;
 const HOUR_MS: u64 = 60 * 60 * 1000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
-const TOP_LEVEL_KEYS: &str = "`app`, `defaults`, `gateway`, `packages`";
+const TOP_LEVEL_KEYS: &str = "`app`, `cluster`, `defaults`, `gateway`, `packages`";
 const PACKAGE_NAME_RULE: &str = "a package name is lowercase ASCII letters, digits and `-`, \
      starts with a letter, and is at most 64 characters";
 
@@ -126,6 +134,8 @@ pub struct Manifest {
     pub app: AppSettings,
     /// The HTTP gateway: `[gateway]`.
     pub gateway: GatewaySettings,
+    /// The cluster this host joins: `[cluster]`; `None` without the table.
+    pub cluster: Option<ClusterSettings>,
     /// The packages that passed validation, in file order.
     pub packages: Vec<PackageSpec>,
     /// One [`ManifestError::Invalid`] per package that failed validation, in
@@ -186,6 +196,54 @@ impl GatewaySettings {
     pub fn exposes(&self, action: &str) -> bool {
         self.expose.iter().any(|p| pattern_matches(p, action))
             || self.aliases.iter().any(|a| a.action == action)
+    }
+}
+
+/// How this host joins a cluster of steedos-wasm nodes and Moleculer
+/// services over NATS: the `[cluster]` table (see [`transport`](crate::transport)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The transporter, `nats://host:port`.
+    pub transporter: String,
+    /// This node's id; `None` picks `<hostname>-<pid>` when the node starts.
+    pub node_id: Option<String>,
+    /// The namespace: subjects are prefixed `MOL-<namespace>` instead of `MOL`.
+    pub namespace: Option<String>,
+    /// The Moleculer protocol version spoken: 4 (Moleculer 0.14, Steedos) or 5 (0.15).
+    pub protocol: u8,
+    /// How packets are written.
+    pub serializer: Serializer,
+    /// How often this node sends a HEARTBEAT.
+    pub heartbeat_interval: Duration,
+    /// A node silent for this long is taken as lost.
+    pub heartbeat_timeout: Duration,
+    /// Whether this node offers its packages to the cluster (`false`: it
+    /// only calls, as `steedos-wasm call` does).
+    pub advertise: bool,
+}
+
+/// How cluster packets are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serializer {
+    /// Moleculer's JSON serializer; every Moleculer node reads it.
+    Json,
+    /// MessagePack through rmp-serde; for clusters of steedos-wasm nodes only.
+    MessagePack,
+}
+
+impl ClusterSettings {
+    /// Every default, for a transporter URL (what `--nats URL` gives without a `[cluster]` table).
+    pub fn new(transporter: impl Into<String>) -> Self {
+        ClusterSettings {
+            transporter: transporter.into(),
+            node_id: None,
+            namespace: None,
+            protocol: 4,
+            serializer: Serializer::Json,
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(30),
+            advertise: true,
+        }
     }
 }
 
@@ -382,6 +440,7 @@ impl Manifest {
         let sections = Sections::split(&source, root.get_ref())?;
         let app = source.app(sections.app)?;
         let gateway = source.gateway(sections.gateway)?;
+        let cluster = sections.cluster.map(|value| source.cluster(value)).transpose()?;
         let defaults = source.defaults(sections.defaults)?;
         let (packages, rejected) = source.packages(sections.packages, &defaults)?;
         Ok(Manifest {
@@ -389,6 +448,7 @@ impl Manifest {
             dir: source.dir,
             app,
             gateway,
+            cluster,
             packages,
             rejected,
         })
@@ -511,6 +571,19 @@ struct RawGateway {
     header_timeout: Option<DurationIn<1, HOUR_MS>>,
     idle_timeout: Option<DurationIn<1, DAY_MS>>,
     admin_token_env: Option<EnvName>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawCluster {
+    transporter: Text,
+    node_id: Option<SubjectToken>,
+    namespace: Option<SubjectToken>,
+    protocol: Option<CountIn<4, 5>>,
+    serializer: Option<Text>,
+    heartbeat_interval: Option<DurationIn<100, HOUR_MS>>,
+    heartbeat_timeout: Option<DurationIn<100, DAY_MS>>,
+    advertise: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
@@ -646,9 +719,10 @@ struct Source<'a> {
     dir: PathBuf,
 }
 
-/// The three top-level tables.
+/// The top-level tables.
 struct Sections<'t, 'i> {
     app: Option<&'t Spanned<DeValue<'i>>>,
+    cluster: Option<&'t Spanned<DeValue<'i>>>,
     gateway: Option<&'t Spanned<DeValue<'i>>>,
     defaults: Option<&'t Spanned<DeValue<'i>>>,
     packages: Option<&'t Spanned<DeValue<'i>>>,
@@ -667,6 +741,7 @@ impl<'t, 'i> Sections<'t, 'i> {
     fn split(source: &Source<'_>, root: &'t DeTable<'i>) -> Result<Self, ManifestError> {
         let mut sections = Sections {
             app: None,
+            cluster: None,
             gateway: None,
             defaults: None,
             packages: None,
@@ -675,6 +750,7 @@ impl<'t, 'i> Sections<'t, 'i> {
             match key.get_ref().as_ref() {
                 "app" => sections.app = Some(value),
                 "gateway" => sections.gateway = Some(value),
+                "cluster" => sections.cluster = Some(value),
                 "defaults" => sections.defaults = Some(value),
                 "packages" => sections.packages = Some(value),
                 other => {
@@ -780,6 +856,45 @@ impl<'a> Source<'a> {
             header_timeout: raw.header_timeout.map_or(defaults.header_timeout, |d| d.0),
             idle_timeout: raw.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
             admin_token,
+        })
+    }
+
+    fn cluster(&self, value: &Spanned<DeValue<'_>>) -> Result<ClusterSettings, ManifestError> {
+        let scope = Scope::new(self, value, "cluster", None);
+        let raw: RawCluster = scope.deserialize()?;
+        let defaults = ClusterSettings::new(raw.transporter.0.clone());
+        let at = |key: &str| find_key(value.get_ref(), key).unwrap_or_else(|| value.span());
+        if !raw.transporter.0.starts_with("nats://") {
+            let message = format!("{:?} is not a NATS URL (try \"nats://127.0.0.1:4222\")", raw.transporter.0);
+            return Err(scope.error(at("transporter"), message));
+        }
+        let serializer = match raw.serializer.as_ref().map(|s| s.0.as_str()) {
+            None | Some("json") => Serializer::Json,
+            Some("msgpack") => Serializer::MessagePack,
+            Some(other) => {
+                let message = format!("{other:?} is not a serializer (\"json\", or \"msgpack\" between steedos-wasm nodes)");
+                return Err(scope.error(at("serializer"), message));
+            }
+        };
+        let heartbeat_interval = raw.heartbeat_interval.map_or(defaults.heartbeat_interval, |d| d.0);
+        let heartbeat_timeout = raw.heartbeat_timeout.map_or(defaults.heartbeat_timeout, |d| d.0);
+        if heartbeat_timeout <= heartbeat_interval {
+            let message = format!(
+                "{} must be longer than heartbeat_interval ({})",
+                humantime::format_duration(heartbeat_timeout),
+                humantime::format_duration(heartbeat_interval)
+            );
+            return Err(scope.error(at("heartbeat_timeout"), message));
+        }
+        Ok(ClusterSettings {
+            transporter: raw.transporter.0,
+            node_id: raw.node_id.map(|t| t.0),
+            namespace: raw.namespace.map(|t| t.0),
+            protocol: raw.protocol.map_or(defaults.protocol, |n| n.0 as u8),
+            serializer,
+            heartbeat_interval,
+            heartbeat_timeout,
+            advertise: raw.advertise.unwrap_or(true),
         })
     }
 
@@ -996,6 +1111,12 @@ fn describe(message: &str) -> String {
         })
 }
 
+/// The span of `key`'s value in `table`, if the table has it.
+fn find_key(table: &DeValue<'_>, key: &str) -> Option<Range<usize>> {
+    let DeValue::Table(table) = table else { return None };
+    table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v.span())
+}
+
 // ---------------------------------------------------------------------------
 // Key paths: which key an error's span belongs to.
 
@@ -1197,7 +1318,7 @@ macro_rules! deserialize_from_toml_str {
     )*};
 }
 
-deserialize_from_toml_str!(Text, PathValue, EnvName, EventPattern, CallPattern);
+deserialize_from_toml_str!(Text, PathValue, EnvName, EventPattern, CallPattern, SubjectToken);
 
 /// A duration in `MIN_MS..=MAX_MS` milliseconds, written the humantime way.
 #[derive(Clone, Copy)]
@@ -1239,6 +1360,24 @@ impl FromTomlStr for Text {
             return Err("must not be empty".to_owned());
         }
         Ok(Text(text.to_owned()))
+    }
+}
+
+/// A node id or namespace: it becomes part of NATS subjects, so no
+/// whitespace, `.`, `*` or `>`.
+struct SubjectToken(String);
+
+impl FromTomlStr for SubjectToken {
+    const EXPECTING: &'static str = "a name";
+
+    fn from_toml_str(text: &str) -> Result<Self, String> {
+        let bad = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>');
+        if text.is_empty() || text.len() > 128 || text.contains(bad) {
+            return Err(format!(
+                "{text:?} cannot be part of a NATS subject (1 to 128 characters, no whitespace, `.`, `*` or `>`)"
+            ));
+        }
+        Ok(SubjectToken(text.to_owned()))
     }
 }
 
@@ -1450,11 +1589,39 @@ mod tests {
             bad_package_names,
             missing_grant_dir,
             bad_patterns,
+            cluster_unknown_key,
+            cluster_bad_transporter,
+            cluster_bad_node_id,
+            cluster_bad_protocol,
+            cluster_bad_serializer,
+            cluster_bad_heartbeat,
         );
     }
 
     /// Good inputs, each with its own test below.
-    const GOOD_CASES: &[&str] = &["empty", "minimal", "full", "defaults", "one_bad_package"];
+    const GOOD_CASES: &[&str] = &["empty", "minimal", "full", "defaults", "one_bad_package", "cluster"];
+
+    #[test]
+    fn cluster_sets_every_key_and_is_off_without_the_table() {
+        let manifest = load_good("cluster");
+        let cluster = manifest.cluster.expect("[cluster]");
+        assert_eq!(
+            cluster,
+            ClusterSettings {
+                transporter: "nats://127.0.0.1:4222".into(),
+                node_id: Some("shop-1".into()),
+                namespace: Some("dev".into()),
+                protocol: 5,
+                serializer: Serializer::MessagePack,
+                heartbeat_interval: Duration::from_secs(1),
+                heartbeat_timeout: Duration::from_secs(3),
+                advertise: false,
+            }
+        );
+        assert!(load_good("empty").cluster.is_none());
+        let minimal = parse_inline("[cluster]\ntransporter = \"nats://10.0.0.1:4222\"\n").expect("parses");
+        assert_eq!(minimal.cluster, Some(ClusterSettings::new("nats://10.0.0.1:4222")));
+    }
 
     #[test]
     fn every_case_file_has_a_test() {
