@@ -59,8 +59,12 @@ async fn run() -> anyhow::Result<()> {
     figure("start.cached", starts[starts.len() / 2].as_secs_f64() * 1e3, "ms");
 
     // 100 concurrent callers need a wait queue of 100 (the example's default
-    // bulkhead of 64 would refuse the rest at once, as it should).
-    let text = std::fs::read_to_string(dir.join("steedos.toml"))?.replace("[defaults]\n", "[defaults]\nqueue = 1024\n");
+    // bulkhead of 64 would refuse the rest at once, as it should). The
+    // restart figures need every crash restarted at once: a budget that
+    // covers all of them (the example's small one would back off for hours).
+    let text = std::fs::read_to_string(dir.join("steedos.toml"))?
+        .replace("[defaults]\n", "[defaults]\nqueue = 1024\n")
+        .replace("[packages.chaos]\n", "[packages.chaos]\nrestart = { max = 10000, within = \"10s\" }\n");
     let text = match std::env::var("BENCH_INSTANCES") {
         Ok(n) => text.replace("instances = 2", &format!("instances = {n}")),
         Err(_) => text,
@@ -91,7 +95,7 @@ async fn run() -> anyhow::Result<()> {
         let r = broker.call("chaos.trap", &[], CallContext::new(Duration::from_secs(5))).await;
         match r {
             Err(e) if e.kind() == "crashed" => done += 1,
-            // Over budget: wait out the backoff (the manifest's budget is small on purpose).
+            // Over budget: wait out the backoff.
             Err(e) if e.kind() == "overloaded" => tokio::time::sleep(Duration::from_millis(20)).await,
             other => anyhow::bail!("chaos.trap: {other:?}"),
         }
