@@ -31,6 +31,12 @@
 //!
 //! The broker knows neither HTTP nor NATS: the gateway and the transport
 //! are callers of it.
+//!
+//! # Other nodes
+//! A [`RemoteRoute`] set with [`Broker::set_remote`] (the cluster
+//! transport) takes the calls no local package serves, and hears of every
+//! event emitted here so that other nodes' listeners get it too. Local
+//! packages always come first.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -214,6 +220,26 @@ pub struct LoadFailure {
     pub error: String,
 }
 
+/// Params of a call to another node, as the caller wrote them.
+#[derive(Clone, Copy, Debug)]
+pub enum RemoteParams<'a> {
+    /// JSON (the gateway, the CLI, [`Broker::call_json`]).
+    Json(&'a [u8]),
+    /// MessagePack (`broker.call` from a package).
+    MessagePack(&'a [u8]),
+}
+
+/// The route to other nodes: calls that no local package serves, and
+/// events for listeners elsewhere. Set once by the cluster transport.
+pub trait RemoteRoute: Send + Sync + 'static {
+    /// Calls `action` on another node; `None` when no node serves it. The
+    /// result is the action's JSON result.
+    fn call(&self, action: &str, params: RemoteParams<'_>, ctx: &CallContext) -> Option<BoxFuture<'static, Result<serde_json::Value, CallError>>>;
+    /// Hands an event emitted here (`payload` in MessagePack) to the other
+    /// nodes' listeners; for `emit`, `local_groups` already got it here.
+    fn publish(&self, event: &str, payload: &[u8], broadcast: bool, local_groups: &[Arc<str>], ctx: &CallContext);
+}
+
 /// The registry and router of one host.
 pub struct Broker {
     settings: BrokerSettings,
@@ -224,6 +250,7 @@ pub struct Broker {
     /// Outside calls and event deliveries under way; shutdown waits for them.
     in_flight: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    remote: RwLock<Option<Arc<dyn RemoteRoute>>>,
 }
 
 /// Counts one unit of work in flight until dropped.
@@ -257,7 +284,27 @@ impl Broker {
             closing: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
             metrics: Arc::new(Metrics::new()),
+            remote: RwLock::new(None),
         })
+    }
+
+    /// Routes calls that no local package serves, and events, to other
+    /// nodes through `remote`; `None` ends that.
+    pub fn set_remote(&self, remote: Option<Arc<dyn RemoteRoute>>) {
+        *self.remote.write().unwrap_or_else(|p| p.into_inner()) = remote;
+    }
+
+    fn remote(&self) -> Option<Arc<dyn RemoteRoute>> {
+        self.remote.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A local miss goes to another node when one serves `action`.
+    async fn call_remote(&self, action: &str, params: RemoteParams<'_>, ctx: CallContext, missing: CallError) -> Result<serde_json::Value, CallError> {
+        let call = self.remote().and_then(|remote| remote.call(action, params, &ctx));
+        match call {
+            Some(call) => call.await,
+            None => Err(missing),
+        }
     }
 
     /// The metrics of every call this broker routes.
@@ -368,8 +415,23 @@ impl Broker {
 
     /// Calls `action` (`<package>.<action>`) with JSON params (an object by
     /// parameter name, or an array by position); returns the JSON result.
+    /// An action no local package serves goes to another node of the
+    /// cluster when one serves it.
     pub async fn call_json(&self, action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
-        let (service, index) = self.resolve(action)?;
+        match self.resolve(action) {
+            Ok(found) => self.call_json_on(found, action, params, ctx).await,
+            Err(missing) => self.call_remote(action, RemoteParams::Json(params), ctx, missing).await,
+        }
+    }
+
+    /// [`Broker::call_json`] on this host's packages only (for calls that
+    /// came from another node).
+    pub async fn call_json_local(&self, action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
+        let found = self.resolve(action)?;
+        self.call_json_on(found, action, params, ctx).await
+    }
+
+    async fn call_json_on(&self, (service, index): (Arc<Service>, usize), action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
         let action_ty = &service.package.ty.actions[index];
         let vals = decode_params(action_ty, action, Format::Json, params).inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
         let value = self.invoke(&service, index, &vals, ctx).await?;
@@ -598,11 +660,32 @@ impl Broker {
     // ------------------------------------------------------------ events
 
     fn dispatch_event(self: &Arc<Self>, from: Option<&str>, event: String, payload: Arc<[u8]>, broadcast: bool, ctx: CallContext) {
+        let remote = self.remote();
         let event: Arc<str> = event.into();
+        let groups = self.dispatch_local(from, &event, &payload, broadcast, &ctx, None);
+        if let Some(remote) = remote {
+            remote.publish(&event, &payload, broadcast, &groups, &ctx);
+        }
+    }
+
+    /// Hands an event that came from another node (`payload` in
+    /// MessagePack) to this host's subscribers; `groups` (package names)
+    /// limits it to those when given.
+    pub fn deliver_remote_event(self: &Arc<Self>, event: &str, payload: Vec<u8>, broadcast: bool, groups: Option<&[String]>, ctx: CallContext) {
+        self.dispatch_local(None, &event.into(), &Arc::from(payload), broadcast, &ctx, groups);
+    }
+
+    /// Delivers an event to the local subscribers; returns their names.
+    fn dispatch_local(self: &Arc<Self>, from: Option<&str>, event: &Arc<str>, payload: &Arc<[u8]>, broadcast: bool, ctx: &CallContext, groups: Option<&[String]>) -> Vec<Arc<str>> {
+        let mut served = Vec::new();
         for service in self.services() {
-            if !service.package.ty.handles_events() || !service.package.spec.subscribes_to(&event) {
+            if !service.package.ty.handles_events() || !service.package.spec.subscribes_to(event) {
                 continue;
             }
+            if groups.is_some_and(|g| !g.iter().any(|g| **g == *service.package.name)) {
+                continue;
+            }
+            served.push(service.package.name.clone());
             let timeout = service.package.spec.timeout;
             let ctx = match from {
                 Some(p) => ctx.nested(&Arc::from(p), timeout),
@@ -624,6 +707,7 @@ impl Broker {
                 }
             });
         }
+        served
     }
 
     async fn deliver(&self, service: &Arc<Service>, slot: Option<usize>, event: &str, payload: &[u8], ctx: CallContext) {
@@ -753,6 +837,29 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
 
 // ------------------------------------------------------------ the router
 
+impl Broker {
+    /// `broker.call` of an action no local package serves: the caller's
+    /// grants apply, then another node may serve it (JSON on the wire,
+    /// MessagePack for the package).
+    async fn call_remote_for(&self, from: &Caller, caller: Option<&Service>, action: &str, params: &[u8], missing: CallError) -> Result<Vec<u8>, CallError> {
+        if self.remote().is_none() {
+            return Err(missing);
+        }
+        if let Some(caller) = caller
+            && !caller.package.spec.grants.may_call(action)
+        {
+            return Err(CallError::Denied(format!(
+                "package `{}` may not call `{action}`: add it to `calls` in [packages.{}.grants]",
+                from.package, from.package
+            )));
+        }
+        // No callee limit is known here: the caller's deadline bounds it.
+        let ctx = from.ctx.nested(&from.package, from.ctx.remaining());
+        let value = self.call_remote(action, RemoteParams::MessagePack(params), ctx, missing).await?;
+        rmp_serde::to_vec_named(&value).map_err(|e| CallError::Failed(format!("{action}: cannot encode the result as MessagePack: {e}")))
+    }
+}
+
 impl BrokerHandle {
     fn broker(&self) -> Result<Arc<Broker>, CallError> {
         self.0.upgrade().ok_or_else(|| CallError::Overloaded("the host is shutting down".into()))
@@ -764,7 +871,10 @@ impl Router for BrokerHandle {
         Box::pin(async move {
             let broker = self.broker()?;
             let caller = broker.service(&from.package);
-            let (service, index) = broker.resolve(&action)?;
+            let (service, index) = match broker.resolve(&action) {
+                Ok(found) => found,
+                Err(missing) => return broker.call_remote_for(&from, caller.as_deref(), &action, &params, missing).await,
+            };
             let action_ty = &service.package.ty.actions[index];
             if let Some(caller) = &caller
                 && !caller.package.spec.grants.may_call(&action)

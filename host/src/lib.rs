@@ -4,6 +4,7 @@
 //! The modules, in the direction dependencies run:
 //! - [`cli`]: the `steedos-wasm` command line.
 //! - [`app`]: loads a `steedos.toml` into a serving [`broker::Broker`].
+//! - [`transport`]: this host as a node of a Moleculer cluster over NATS.
 //! - [`broker`]: the registry of services and actions; routes calls and events.
 //! - [`pool`]: the live instances of one package; [`supervisor`]: their restart policy.
 //! - [`package`]: a loaded component: its actions, imports and instances.
@@ -42,4 +43,5 @@ pub mod package;
 pub mod pool;
 pub mod scaffold;
 pub mod supervisor;
+pub mod transport;
 pub mod watch;

@@ -1,0 +1,682 @@
+//! The Moleculer packets on the wire, and how errors cross it.
+//!
+//! Incoming packets are read into owned structs whose payload fields
+//! (`params`, `data`) stay as the JSON text they came in ([`Data::Raw`]),
+//! so a request's params reach the codec without being parsed twice.
+//! Outgoing packets are borrowed structs written in one pass. With the
+//! MessagePack serializer (between steedos-wasm nodes only) the same
+//! structs go through rmp-serde and payloads are values ([`Data::Value`]).
+//!
+//! [`error_to_wire`] and [`error_from_wire`] map a [`CallError`] to the
+//! Moleculer error a Node.js caller expects (`ValidationError` 422,
+//! `ServiceNotFoundError` 404, `RequestTimeoutError` 504, a crash as
+//! `MoleculerServerError` 500 `CRASHED`, ...) and back.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use crate::context::CallError;
+use crate::manifest::Serializer;
+
+/// A packet that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    /// Not a packet of this kind in this serializer.
+    #[error("malformed {kind} packet: {message}")]
+    Malformed {
+        /// DISCOVER, INFO, REQ, ...
+        kind: &'static str,
+        /// What the deserializer said.
+        message: String,
+    },
+    /// A payload that cannot be written in this serializer.
+    #[error("cannot encode a {kind} packet: {message}")]
+    Encode {
+        /// DISCOVER, INFO, REQ, ...
+        kind: &'static str,
+        /// What the serializer said.
+        message: String,
+    },
+}
+
+/// A payload (`params`, `data`): JSON text as it arrived, or a value.
+#[derive(Debug)]
+pub enum Data {
+    /// JSON text, never parsed (JSON serializer only).
+    Raw(Box<RawValue>),
+    /// A value (either serializer).
+    Value(Value),
+}
+
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Data::Raw(raw) => raw.serialize(s),
+            Data::Value(v) => v.serialize(s),
+        }
+    }
+}
+
+impl Data {
+    /// The payload as a value.
+    pub fn into_value(self) -> Result<Value, serde_json::Error> {
+        match self {
+            Data::Raw(raw) => serde_json::from_str(raw.get()),
+            Data::Value(v) => Ok(v),
+        }
+    }
+
+    /// The payload as JSON text.
+    pub fn to_json(&self) -> Result<std::borrow::Cow<'_, [u8]>, serde_json::Error> {
+        match self {
+            Data::Raw(raw) => Ok(raw.get().as_bytes().into()),
+            Data::Value(v) => serde_json::to_vec(v).map(Into::into),
+        }
+    }
+
+    /// The payload as MessagePack, for a package.
+    pub fn to_msgpack(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Data::Raw(raw) => {
+                let v: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+                rmp_serde::to_vec_named(&v).map_err(|e| e.to_string())
+            }
+            Data::Value(v) => rmp_serde::to_vec_named(v).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl From<Box<RawValue>> for Data {
+    fn from(raw: Box<RawValue>) -> Data {
+        Data::Raw(raw)
+    }
+}
+
+impl From<Value> for Data {
+    fn from(v: Value) -> Data {
+        Data::Value(v)
+    }
+}
+
+/// How packets are written and read: Moleculer's JSON, or MessagePack.
+#[derive(Clone, Copy, Debug)]
+pub struct Wire(pub Serializer);
+
+impl Wire {
+    /// Writes a packet.
+    pub fn encode<T: Serialize>(self, kind: &'static str, packet: &T) -> Result<Vec<u8>, PacketError> {
+        let encoded = match self.0 {
+            Serializer::Json => serde_json::to_vec(packet).map_err(|e| e.to_string()),
+            Serializer::MessagePack => rmp_serde::to_vec_named(packet).map_err(|e| e.to_string()),
+        };
+        encoded.map_err(|message| PacketError::Encode { kind, message })
+    }
+
+    /// Reads a packet without payload fields.
+    pub fn decode<T: DeserializeOwned>(self, kind: &'static str, bytes: &[u8]) -> Result<T, PacketError> {
+        let decoded = match self.0 {
+            Serializer::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Serializer::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+        };
+        decoded.map_err(|message| PacketError::Malformed { kind, message })
+    }
+
+    /// Reads a packet whose payload field is kept as [`Data`]: raw JSON
+    /// text with the JSON serializer, a value with MessagePack.
+    pub fn decode_with_data<P>(self, kind: &'static str, bytes: &[u8]) -> Result<P::Of<Data>, PacketError>
+    where
+        P: WithData,
+        P::Of<Box<RawValue>>: DeserializeOwned,
+        P::Of<Value>: DeserializeOwned,
+    {
+        match self.0 {
+            Serializer::Json => self.decode::<P::Of<Box<RawValue>>>(kind, bytes).map(P::raw_to_data),
+            Serializer::MessagePack => self.decode::<P::Of<Value>>(kind, bytes).map(P::value_to_data),
+        }
+    }
+
+    /// A payload given as JSON text (`b""` for none), in the form this wire writes.
+    pub fn data_from_json(self, json: &[u8]) -> Result<Data, String> {
+        let json = if json.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { json };
+        match self.0 {
+            Serializer::Json => {
+                let text = std::str::from_utf8(json).map_err(|e| e.to_string())?;
+                RawValue::from_string(text.to_owned()).map(Data::Raw).map_err(|e| e.to_string())
+            }
+            Serializer::MessagePack => serde_json::from_slice(json).map(Data::Value).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// A payload given as MessagePack (`b""` for none).
+    pub fn data_from_msgpack(self, bytes: &[u8], empty: Value) -> Result<Data, String> {
+        if bytes.is_empty() {
+            return Ok(Data::Value(empty));
+        }
+        rmp_serde::from_slice::<Value>(bytes).map(Data::Value).map_err(|e| e.to_string())
+    }
+}
+
+/// A packet type generic over its payload field, so one struct serves
+/// both serializers.
+pub trait WithData {
+    /// The packet with payload type `D`.
+    type Of<D>;
+    /// JSON-text payload to [`Data`].
+    fn raw_to_data(p: Self::Of<Box<RawValue>>) -> Self::Of<Data>;
+    /// Value payload to [`Data`].
+    fn value_to_data(p: Self::Of<Value>) -> Self::Of<Data>;
+}
+
+macro_rules! with_data {
+    ($name:ident) => {
+        impl WithData for $name<()> {
+            type Of<D> = $name<D>;
+            fn raw_to_data(p: $name<Box<RawValue>>) -> $name<Data> {
+                p.map_data(Data::from)
+            }
+            fn value_to_data(p: $name<Value>) -> $name<Data> {
+                p.map_data(Data::from)
+            }
+        }
+    };
+}
+
+// ------------------------------------------------------------ incoming
+
+/// Fields every packet has.
+#[derive(Debug, Deserialize)]
+pub struct Header {
+    /// Protocol version.
+    pub ver: String,
+    /// Sender node id.
+    pub sender: String,
+}
+
+/// INFO: a node and its services.
+#[derive(Debug, Deserialize)]
+pub struct Info {
+    /// Protocol version.
+    pub ver: String,
+    /// Sender node id.
+    pub sender: String,
+    /// Its services.
+    #[serde(default)]
+    pub services: Vec<ServiceInfo>,
+    /// Changes every time the node process starts.
+    #[serde(rename = "instanceID", default)]
+    pub instance_id: Option<String>,
+    /// Grows when the services change.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// The node's host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `{ type, version, langVersion }`.
+    #[serde(default)]
+    pub client: Option<Value>,
+}
+
+/// A service in an INFO packet.
+#[derive(Debug, Deserialize)]
+pub struct ServiceInfo {
+    /// The service name.
+    pub name: String,
+    /// Its actions by full name.
+    #[serde(default)]
+    pub actions: Option<Map<String, Value>>,
+    /// Its event listeners by event name.
+    #[serde(default)]
+    pub events: Option<Map<String, Value>>,
+}
+
+/// HEARTBEAT.
+#[derive(Debug, Deserialize)]
+pub struct Heartbeat {
+    /// Protocol version.
+    pub ver: String,
+    /// Sender node id.
+    pub sender: String,
+}
+
+/// REQ: a call.
+#[derive(Debug, Deserialize)]
+pub struct Request<D> {
+    /// Protocol version.
+    pub ver: String,
+    /// Sender node id.
+    pub sender: String,
+    /// The context id, echoed in the RES.
+    pub id: String,
+    /// The action's full name.
+    pub action: String,
+    /// The params object.
+    #[serde(default)]
+    pub params: Option<D>,
+    /// `ctx.meta`.
+    #[serde(default)]
+    pub meta: Option<Value>,
+    /// Milliseconds the caller waits; 0 or absent: no limit from the caller.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// Nesting level.
+    #[serde(default)]
+    pub level: Option<u32>,
+    /// `ctx.requestID`.
+    #[serde(rename = "requestID", default)]
+    pub request_id: Option<String>,
+    /// The caller's action or service name.
+    #[serde(default)]
+    pub caller: Option<String>,
+    /// A stream chunk (refused: streams are not supported).
+    #[serde(default)]
+    pub stream: Option<bool>,
+}
+
+impl<D> Request<D> {
+    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Request<E> {
+        Request {
+            ver: self.ver,
+            sender: self.sender,
+            id: self.id,
+            action: self.action,
+            params: self.params.map(f),
+            meta: self.meta,
+            timeout: self.timeout,
+            level: self.level,
+            request_id: self.request_id,
+            caller: self.caller,
+            stream: self.stream,
+        }
+    }
+}
+
+/// RES: the answer to a REQ.
+#[derive(Debug, Deserialize)]
+pub struct Response<D> {
+    /// Protocol version.
+    pub ver: String,
+    /// Sender node id.
+    pub sender: String,
+    /// The REQ's id.
+    pub id: String,
+    /// Whether `data` holds the result.
+    #[serde(default)]
+    pub success: bool,
+    /// The result.
+    #[serde(default)]
+    pub data: Option<D>,
+    /// The error, when not `success`.
+    #[serde(default)]
+    pub error: Option<WireError>,
+}
+
+impl<D> Response<D> {
+    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Response<E> {
+        Response { ver: self.ver, sender: self.sender, id: self.id, success: self.success, data: self.data.map(f), error: self.error }
+    }
+}
+
+/// EVENT.
+#[derive(Debug, Deserialize)]
+pub struct Event<D> {
+    /// Protocol version.
+    pub ver: String,
+    /// Sender node id.
+    pub sender: String,
+    /// The event name.
+    pub event: String,
+    /// The payload.
+    #[serde(default)]
+    pub data: Option<D>,
+    /// For `emit`: the groups (services) this node is to serve.
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// `broadcast` rather than `emit`.
+    #[serde(default)]
+    pub broadcast: bool,
+    /// `ctx.meta`.
+    #[serde(default)]
+    pub meta: Option<Value>,
+    /// `ctx.requestID`.
+    #[serde(rename = "requestID", default)]
+    pub request_id: Option<String>,
+    /// The context id.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl<D> Event<D> {
+    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Event<E> {
+        Event {
+            ver: self.ver,
+            sender: self.sender,
+            event: self.event,
+            data: self.data.map(f),
+            groups: self.groups,
+            broadcast: self.broadcast,
+            meta: self.meta,
+            request_id: self.request_id,
+            id: self.id,
+        }
+    }
+}
+
+with_data!(Request);
+with_data!(Response);
+with_data!(Event);
+
+/// PING and PONG.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Ping {
+    /// Protocol version.
+    pub ver: String,
+    /// Sender node id.
+    pub sender: String,
+    /// Matches a PONG to its PING.
+    pub id: String,
+    /// Milliseconds since the epoch when the PING left.
+    pub time: i64,
+    /// PONG only: when the PING arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived: Option<i64>,
+}
+
+/// The error of a RES, as Moleculer's `Regenerator` writes and reads it.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct WireError {
+    /// The error class: `ValidationError`, `ServiceNotFoundError`, ...
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// An HTTP-like status.
+    #[serde(default)]
+    pub code: Option<Value>,
+    /// A machine-readable kind: `VALIDATION_ERROR`, `CRASHED`, ...
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// Whether a retry may succeed.
+    #[serde(default)]
+    pub retryable: Option<bool>,
+    /// The node that raised it.
+    #[serde(rename = "nodeID", default)]
+    pub node_id: Option<String>,
+    /// Details.
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// A stack trace, when the node sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+}
+
+// ------------------------------------------------------------ outgoing
+
+/// DISCOVER, DISCONNECT and the like: only the header.
+#[derive(Serialize)]
+pub struct HeaderOut<'a> {
+    /// Protocol version.
+    pub ver: &'a str,
+    /// This node.
+    pub sender: &'a str,
+}
+
+/// HEARTBEAT.
+#[derive(Serialize)]
+pub struct HeartbeatOut<'a> {
+    /// Protocol version.
+    pub ver: &'a str,
+    /// This node.
+    pub sender: &'a str,
+    /// CPU use, percent.
+    pub cpu: f64,
+}
+
+/// REQ.
+#[derive(Serialize)]
+pub struct RequestOut<'a> {
+    /// Protocol version.
+    pub ver: &'a str,
+    /// This node.
+    pub sender: &'a str,
+    /// Matches the RES.
+    pub id: &'a str,
+    /// The action's full name.
+    pub action: &'a str,
+    /// The params object.
+    pub params: &'a Data,
+    /// `ctx.meta`.
+    pub meta: &'a Value,
+    /// Protocol 5: headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<&'a Value>,
+    /// Milliseconds left.
+    pub timeout: f64,
+    /// Nesting level.
+    pub level: u32,
+    /// Tracing is not propagated.
+    pub tracing: Option<bool>,
+    /// No parent context id.
+    #[serde(rename = "parentID")]
+    pub parent_id: Option<&'a str>,
+    /// The request id of the whole request.
+    #[serde(rename = "requestID")]
+    pub request_id: &'a str,
+    /// The calling package.
+    pub caller: Option<&'a str>,
+    /// Not a stream.
+    pub stream: bool,
+}
+
+/// RES.
+#[derive(Serialize)]
+pub struct ResponseOut<'a> {
+    /// Protocol version.
+    pub ver: &'a str,
+    /// This node.
+    pub sender: &'a str,
+    /// The REQ's id.
+    pub id: &'a str,
+    /// Whether `data` is the result.
+    pub success: bool,
+    /// The result.
+    pub data: Option<&'a Data>,
+    /// The error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a WireError>,
+    /// `ctx.meta`, as it came.
+    pub meta: &'a Value,
+    /// Protocol 5: headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<&'a Value>,
+    /// Not a stream.
+    pub stream: bool,
+}
+
+/// EVENT.
+#[derive(Serialize)]
+pub struct EventOut<'a> {
+    /// Protocol version.
+    pub ver: &'a str,
+    /// This node.
+    pub sender: &'a str,
+    /// The context id.
+    pub id: &'a str,
+    /// The event name.
+    pub event: &'a str,
+    /// The payload.
+    pub data: &'a Data,
+    /// For `emit`: the groups the receiver serves.
+    pub groups: Option<&'a [String]>,
+    /// `broadcast` rather than `emit`.
+    pub broadcast: bool,
+    /// `ctx.meta`.
+    pub meta: &'a Value,
+    /// Protocol 5: headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<&'a Value>,
+    /// Nesting level.
+    pub level: u32,
+    /// Tracing is not propagated.
+    pub tracing: Option<bool>,
+    /// No parent context id.
+    #[serde(rename = "parentID")]
+    pub parent_id: Option<&'a str>,
+    /// The request id.
+    #[serde(rename = "requestID")]
+    pub request_id: &'a str,
+    /// The emitting package.
+    pub caller: Option<&'a str>,
+    /// No acknowledgement is asked for.
+    #[serde(rename = "needAck")]
+    pub need_ack: Option<bool>,
+    /// Not a stream.
+    pub stream: bool,
+}
+
+// ------------------------------------------------------------ meta
+
+/// `ctx.meta` of a packet as the host's string pairs: strings as they
+/// are, other values as JSON text.
+pub fn meta_pairs(meta: Option<&Value>) -> Vec<(String, String)> {
+    let Some(Value::Object(map)) = meta else { return Vec::new() };
+    map.iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k.clone(), s.clone()),
+            other => (k.clone(), other.to_string()),
+        })
+        .collect()
+}
+
+/// The host's meta pairs as a `ctx.meta` object.
+pub fn meta_object(pairs: &[(String, String)]) -> Value {
+    Value::Object(pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+}
+
+// ------------------------------------------------------------ errors
+
+/// The Moleculer error a Node.js caller expects for `error`, raised by
+/// `node` serving `action`.
+pub fn error_to_wire(error: &CallError, action: &str, node: &str) -> WireError {
+    let message = error.message().to_string();
+    let about = json!({ "action": action, "nodeID": node, "reason": message });
+    let (name, code, kind, retryable, data) = match error {
+        CallError::NotFound(_) => ("ServiceNotFoundError", 404, "SERVICE_NOT_FOUND", true, about),
+        CallError::InvalidParams(m) => (
+            "ValidationError",
+            422,
+            "VALIDATION_ERROR",
+            false,
+            json!([{ "type": "wit", "message": m, "action": action, "nodeID": node }]),
+        ),
+        CallError::Timeout(_) => ("RequestTimeoutError", 504, "REQUEST_TIMEOUT", true, about),
+        CallError::Crashed(_) => ("MoleculerServerError", 500, "CRASHED", true, about),
+        CallError::Overloaded(_) => ("MoleculerRetryableError", 503, "OVERLOADED", true, about),
+        CallError::Denied(_) => ("MoleculerClientError", 403, "DENIED", false, about),
+        CallError::Failed(_) => ("MoleculerClientError", 422, "FAILED", false, about),
+    };
+    WireError {
+        name: Some(name.into()),
+        message: Some(message),
+        code: Some(code.into()),
+        kind: Some(kind.into()),
+        retryable: Some(retryable),
+        node_id: Some(node.into()),
+        data: Some(data),
+        stack: None,
+    }
+}
+
+/// A Moleculer error from `node` as the caller's [`CallError`].
+pub fn error_from_wire(error: WireError, action: &str, node: &str) -> CallError {
+    let name = error.name.as_deref().unwrap_or("Error");
+    let kind = error.kind.as_deref().unwrap_or("");
+    let code = error.code.as_ref().and_then(Value::as_u64).unwrap_or(500);
+    let text = error.message.as_deref().unwrap_or("no message");
+    let message = format!("{action} on node `{node}`: {name}: {text}");
+    match (name, kind, code) {
+        ("ServiceNotFoundError" | "ServiceNotAvailableError", _, _) | (_, "SERVICE_NOT_FOUND", _) => CallError::NotFound(message),
+        ("ValidationError", _, _) | (_, "VALIDATION_ERROR" | "INVALID_PARAMS", _) => CallError::InvalidParams(message),
+        ("RequestTimeoutError", _, _) | (_, "REQUEST_TIMEOUT", _) | (_, _, 504) => CallError::Timeout(message),
+        (_, "CRASHED", _) => CallError::Crashed(message),
+        ("QueueIsFullError" | "RequestRejectedError", _, _) | (_, "OVERLOADED" | "QUEUE_FULL", _) | (_, _, 429 | 503) => {
+            CallError::Overloaded(message)
+        }
+        (_, "DENIED", _) | (_, _, 401 | 403) => CallError::Denied(message),
+        _ => CallError::Failed(message),
+    }
+}
+
+/// Protocol 5 carries headers; 4 does not.
+pub fn headers(ver: &str) -> Option<&'static Value> {
+    static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    (ver != "4").then(|| EMPTY.get_or_init(|| Value::Object(Map::new())))
+}
+
+/// An empty `{}` (meta of packets that carry none).
+pub fn empty_object() -> &'static Value {
+    static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Value::Object(Map::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_error_round_trips_as_its_moleculer_error() {
+        let cases = [
+            CallError::NotFound("x".into()),
+            CallError::InvalidParams("params.name: expected string".into()),
+            CallError::Timeout("slow".into()),
+            CallError::Crashed("trap".into()),
+            CallError::Overloaded("busy".into()),
+            CallError::Denied("no".into()),
+            CallError::Failed("own error".into()),
+        ];
+        for e in cases {
+            let wire = error_to_wire(&e, "a.b", "n1");
+            let back = error_from_wire(wire, "a.b", "n1");
+            assert_eq!(back.kind(), e.kind(), "{e}");
+            assert!(back.message().contains(e.message()), "{back}");
+        }
+        let v = serde_json::to_value(error_to_wire(&CallError::InvalidParams("p".into()), "a.b", "n1")).unwrap();
+        assert_eq!(v["name"], "ValidationError");
+        assert_eq!(v["code"], 422);
+        assert_eq!(v["type"], "VALIDATION_ERROR");
+    }
+
+    #[test]
+    fn requests_keep_their_params_as_raw_json() {
+        let bytes = br#"{"ver":"4","sender":"n","id":"1","action":"a.b","params":{"x": [1, 2]},"meta":{"k":"v","n":1},"timeout":500,"level":1,"requestID":"r"}"#;
+        let req = Wire(Serializer::Json).decode_with_data::<Request<()>>("REQ", bytes).unwrap();
+        match req.params {
+            Some(Data::Raw(raw)) => assert_eq!(raw.get(), r#"{"x": [1, 2]}"#),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(meta_pairs(req.meta.as_ref()), vec![("k".into(), "v".into()), ("n".into(), "1".into())]);
+        let mp = Wire(Serializer::MessagePack);
+        let data = Data::Value(json!({"x": 1}));
+        let out = RequestOut {
+            ver: "4",
+            sender: "n",
+            id: "1",
+            action: "a.b",
+            params: &data,
+            meta: empty_object(),
+            headers: None,
+            timeout: 1.0,
+            level: 1,
+            tracing: None,
+            parent_id: None,
+            request_id: "r",
+            caller: None,
+            stream: false,
+        };
+        let bytes = mp.encode("REQ", &out).unwrap();
+        let back = mp.decode_with_data::<Request<()>>("REQ", &bytes).unwrap();
+        assert_eq!(back.params.unwrap().into_value().unwrap(), json!({"x": 1}));
+    }
+}

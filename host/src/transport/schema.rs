@@ -1,0 +1,133 @@
+//! This host's packages as Moleculer services, for INFO packets.
+//!
+//! Each package is a service of its name; each action `<package>.<action>`
+//! carries a parameter schema in fastest-validator's words (what Moleculer
+//! nodes and tools such as moleculer-web expect), derived from the WIT
+//! types the same way the codec reads JSON (see [`codec`](crate::codec)):
+//! `string` is `{ type: "string" }`, a `u8` is `{ type: "number",
+//! integer: true, min: 0, max: 255 }`, a record is an `object` with
+//! `props`, an `option` is `optional`. Event subscriptions become
+//! listeners in the package's group, with our `prefix.*` (any depth)
+//! written as Moleculer's `prefix.**`.
+
+use serde_json::{Map, Value, json};
+use wasmtime::component::types::Type;
+
+use crate::broker::Broker;
+
+/// The `services` of this host's INFO packet.
+pub fn services(broker: &Broker) -> Value {
+    let mut services = Vec::new();
+    for service in broker.services() {
+        let package = &service.package;
+        let mut actions = Map::new();
+        for action in &package.ty.actions {
+            let name = format!("{}.{}", package.name, action.name);
+            let mut params = Map::new();
+            for (pname, ty) in &action.params {
+                params.insert(pname.clone(), rule(ty));
+            }
+            actions.insert(name.clone(), json!({ "name": name, "rawName": action.name, "params": params }));
+        }
+        let mut events = Map::new();
+        if package.ty.handles_events() {
+            for pattern in &package.spec.events {
+                let name = moleculer_pattern(pattern);
+                events.insert(name.clone(), json!({ "name": name, "group": &*package.name }));
+            }
+        }
+        services.push(json!({
+            "name": &*package.name,
+            "fullName": &*package.name,
+            "version": null,
+            "settings": {},
+            "metadata": { "steedos-wasm": true },
+            "actions": actions,
+            "events": events,
+        }));
+    }
+    Value::Array(services)
+}
+
+/// Our event pattern (`order.*` is any name under `order.`) in Moleculer's words.
+fn moleculer_pattern(pattern: &str) -> String {
+    match pattern {
+        "*" => "**".to_string(),
+        p => match p.strip_suffix(".*") {
+            Some(prefix) => format!("{prefix}.**"),
+            None => p.to_string(),
+        },
+    }
+}
+
+/// The fastest-validator rule of a WIT type.
+pub fn rule(ty: &Type) -> Value {
+    let int = |min: i128, max: i128| json!({ "type": "number", "integer": true, "min": min, "max": max });
+    match ty {
+        Type::Bool => json!({ "type": "boolean" }),
+        Type::S8 => int(i8::MIN.into(), i8::MAX.into()),
+        Type::U8 => int(0, u8::MAX.into()),
+        Type::S16 => int(i16::MIN.into(), i16::MAX.into()),
+        Type::U16 => int(0, u16::MAX.into()),
+        Type::S32 => int(i32::MIN.into(), i32::MAX.into()),
+        Type::U32 => int(0, u32::MAX.into()),
+        // Past 2^53 a JavaScript number is not exact: no bounds beyond the sign.
+        Type::S64 => json!({ "type": "number", "integer": true }),
+        Type::U64 => json!({ "type": "number", "integer": true, "min": 0 }),
+        Type::Float32 | Type::Float64 => json!({ "type": "number" }),
+        Type::Char => json!({ "type": "string", "length": 1 }),
+        Type::String => json!({ "type": "string" }),
+        Type::List(l) if l.ty() == Type::U8 => json!({ "type": "string", "base64": true }),
+        Type::List(l) => json!({ "type": "array", "items": rule(&l.ty()) }),
+        Type::FixedLengthList(l) => json!({ "type": "array", "items": rule(&l.ty()), "length": l.len() }),
+        Type::Record(r) => {
+            let props: Map<String, Value> = r.fields().map(|f| (f.name.to_string(), rule(&f.ty))).collect();
+            json!({ "type": "object", "props": props, "strict": "remove" })
+        }
+        Type::Tuple(t) => json!({ "type": "tuple", "items": t.types().map(|t| rule(&t)).collect::<Vec<_>>() }),
+        Type::Enum(e) => json!({ "type": "enum", "values": e.names().collect::<Vec<_>>() }),
+        Type::Variant(v) => {
+            let mut rules = Vec::new();
+            let units: Vec<&str> = v.cases().filter(|c| c.ty.is_none()).map(|c| c.name).collect();
+            if !units.is_empty() {
+                rules.push(json!({ "type": "enum", "values": units }));
+            }
+            for case in v.cases() {
+                if let Some(t) = &case.ty {
+                    rules.push(json!({ "type": "object", "props": { case.name: rule(t) }, "strict": true }));
+                }
+            }
+            json!({ "type": "multi", "rules": rules })
+        }
+        Type::Option(o) => {
+            let mut inner = rule(&o.ty());
+            if let Value::Object(m) = &mut inner {
+                m.insert("optional".into(), json!(true));
+                m.insert("nullable".into(), json!(true));
+            }
+            inner
+        }
+        Type::Flags(f) => json!({ "type": "array", "items": { "type": "enum", "values": f.names().collect::<Vec<_>>() } }),
+        Type::Map(m) => json!({ "type": "record", "key": rule(&m.key()), "value": rule(&m.value()) }),
+        _ => json!({ "type": "any" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_in_moleculer_words() {
+        assert_eq!(moleculer_pattern("order.*"), "order.**");
+        assert_eq!(moleculer_pattern("*"), "**");
+        assert_eq!(moleculer_pattern("order.placed"), "order.placed");
+    }
+
+    #[test]
+    fn rules_of_simple_types() {
+        assert_eq!(rule(&Type::String), json!({ "type": "string" }));
+        assert_eq!(rule(&Type::U8), json!({ "type": "number", "integer": true, "min": 0, "max": 255 }));
+        assert_eq!(rule(&Type::Bool), json!({ "type": "boolean" }));
+    }
+}
