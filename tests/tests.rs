@@ -2,6 +2,7 @@
 //! by `build.rs` (see `util.rs`). One test binary; one module per concern.
 
 mod calls;
+mod cluster;
 mod events;
 mod faults;
 mod gateway;

@@ -1,0 +1,116 @@
+// A real Moleculer node for tests/cluster.rs, driven over stdin/stdout.
+//
+// Env: MOLECULER (14 or 15: which npm release, hence protocol 4 or 5),
+// NATS_URL, NODE_ID, NAMESPACE (optional).
+//
+// Services: `node-math` (add, whoami, fail, slow) and a listener of
+// `test.**` in the group named by LISTENER_GROUP (default `node-watch`).
+//
+// Commands, one JSON object a line on stdin, answered by one JSON line on
+// stdout with the same `id`:
+//   {"id":1,"cmd":"call","action":"greeter.hello","params":{...},"meta":{...}}
+//     -> {"id":1,"ok":true,"result":...} or {"id":1,"ok":false,"error":{name,message,code,type,data}}
+//   {"id":2,"cmd":"emit"|"broadcast","event":"test.x","payload":{...}} -> {"id":2,"ok":true}
+//   {"id":3,"cmd":"wait","services":["greeter"]} -> {"id":3,"ok":true}
+//   {"id":4,"cmd":"nodes"} -> {"id":4,"ok":true,"result":[{id, available}]}
+//   {"id":5,"cmd":"stop"} -> {"id":5,"ok":true}, then the process exits
+// Events the listener receives are printed as {"received":event,"data":...,"group":...,"sender":...}.
+// The first line printed is {"ready":true,"protocol":"4"|"5"}.
+"use strict";
+const readline = require("readline");
+
+const release = process.env.MOLECULER === "14" ? "moleculer14" : "moleculer15";
+const { ServiceBroker, Errors } = require(release);
+
+const broker = new ServiceBroker({
+	nodeID: process.env.NODE_ID,
+	namespace: process.env.NAMESPACE || "",
+	transporter: process.env.NATS_URL,
+	logger: false,
+	heartbeatInterval: 1,
+	heartbeatTimeout: 3,
+	requestTimeout: 10000
+});
+
+function say(obj) {
+	process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+broker.createService({
+	name: "node-math",
+	actions: {
+		add: {
+			params: { a: "number", b: "number" },
+			handler(ctx) {
+				return ctx.params.a + ctx.params.b;
+			}
+		},
+		whoami(ctx) {
+			return {
+				nodeID: broker.nodeID,
+				meta: ctx.meta,
+				requestID: ctx.requestID,
+				level: ctx.level,
+				caller: ctx.caller,
+				params: ctx.params
+			};
+		},
+		fail() {
+			throw new Errors.MoleculerClientError("the teapot refuses", 418, "TEAPOT", { why: "test" });
+		}
+	}
+});
+
+const group = process.env.LISTENER_GROUP || "node-watch";
+broker.createService({
+	name: group,
+	events: {
+		"test.**"(ctx) {
+			say({ received: ctx.eventName, data: ctx.params, group, sender: ctx.nodeID, type: ctx.eventType });
+		}
+	}
+});
+
+function plainError(e) {
+	return { name: e.name, message: e.message, code: e.code, type: e.type, data: e.data, retryable: e.retryable };
+}
+
+async function run(cmd) {
+	switch (cmd.cmd) {
+		case "call":
+			return broker.call(cmd.action, cmd.params || {}, { meta: cmd.meta || {}, timeout: cmd.timeout || 10000 });
+		case "emit":
+			return broker.emit(cmd.event, cmd.payload);
+		case "broadcast":
+			return broker.broadcast(cmd.event, cmd.payload);
+		case "wait":
+			return broker.waitForServices(cmd.services, 10000);
+		case "nodes":
+			return broker.registry.nodes.list({}).map(n => ({ id: n.id, available: n.available, client: n.client }));
+		case "stop":
+			await broker.stop();
+			say({ id: cmd.id, ok: true });
+			process.exit(0);
+			return;
+		default:
+			throw new Error(`unknown command ${cmd.cmd}`);
+	}
+}
+
+broker.start().then(() => {
+	say({ ready: true, protocol: broker.PROTOCOL_VERSION });
+	const lines = readline.createInterface({ input: process.stdin });
+	lines.on("line", line => {
+		let cmd;
+		try {
+			cmd = JSON.parse(line);
+		} catch (e) {
+			return say({ ok: false, error: { message: `not JSON: ${line}` } });
+		}
+		run(cmd).then(
+			result => say({ id: cmd.id, ok: true, result: result === undefined ? null : result }),
+			e => say({ id: cmd.id, ok: false, error: plainError(e) })
+		);
+	});
+	lines.on("close", () => broker.stop().then(() => process.exit(0)));
+});
