@@ -393,6 +393,25 @@ async fn python_calls_rust_and_javascript_typed_and_by_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dynamic_call_is_an_error_value_in_python() {
+    let Some(manifest) = polyglot().await else {
+        return;
+    };
+    // reviews may no longer call pricing: its dynamic call is denied.
+    let granted = r#"calls = ["inventory.*", "pricing.quote"]"#;
+    assert!(manifest.contains(granted));
+    let t = TestApp::start(&manifest.replace(granted, r#"calls = ["inventory.*"]"#)).await;
+    let m = failed(t.call("reviews.summary", json!({"sku": "apple"})).await);
+    assert!(m.contains("pricing.quote: denied"), "{m}");
+    // Nothing trapped; an item without a price needs no quote.
+    assert_eq!(
+        t.ok("reviews.summary", json!({"sku": "dodo"})).await["name"],
+        "Dodo"
+    );
+    assert_eq!(restarts(&t, "reviews"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_cross_between_languages() {
     let Some(t) = start().await else { return };
     // JavaScript emits; Python and Rust handle.

@@ -15,6 +15,8 @@ escapes (see `explode`) traps: the host restarts the instance and the
 caller gets `crashed` with the exception's message.
 """
 
+import re
+
 import msgpack
 from componentize_py_types import Err
 
@@ -48,7 +50,8 @@ def call_action(action: str, params: dict):
         reply = broker.call(action, msgpack.packb(params))
     except Err as e:
         # e.value is the call-error variant: CallError_NotFound(value=...), ...
-        case = type(e.value).__name__.removeprefix("CallError_")
+        # Named as WIT names it: `not-found`.
+        case = re.sub(r"(?<!^)(?=[A-Z])", "-", type(e.value).__name__.removeprefix("CallError_")).lower()
         raise CallFailed(f"{action}: {case}: {getattr(e.value, 'value', '')}") from None
     return msgpack.unpackb(reply)
 
