@@ -27,6 +27,11 @@ use crate::operate::AdminClient;
 use crate::manifest::Manifest;
 use crate::package::{self, PackageType};
 use crate::scaffold::{self, Lang, Sdk};
+use crate::manifest::ClusterSettings;
+use crate::transport::Transport;
+
+/// How long `call` waits for the cluster to show a node serving the action.
+const CLUSTER_DISCOVERY: Duration = Duration::from_secs(3);
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -120,6 +125,46 @@ pub struct RunArgs {
     /// How to load the app.
     #[command(flatten)]
     pub load: LoadFlags,
+    /// How to join a cluster.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
+}
+
+/// Joining a cluster of steedos-wasm nodes and Moleculer services over
+/// NATS; these override `[cluster]`, and `--nats` alone joins with its defaults.
+#[derive(Debug, Args)]
+pub struct ClusterFlags {
+    /// The NATS transporter to join, e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// This node's id in the cluster (default: `<hostname>-<pid>`).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// The cluster's namespace (subjects `MOL-<namespace>.*`).
+    #[arg(long, value_name = "NAME")]
+    pub namespace: Option<String>,
+}
+
+impl ClusterFlags {
+    /// The cluster to join, if any: `[cluster]` with these flags over it.
+    fn settings(&self, manifest: Option<&ClusterSettings>) -> Option<ClusterSettings> {
+        let mut settings = match (&self.nats, manifest) {
+            (Some(url), Some(m)) => ClusterSettings { transporter: url.clone(), ..m.clone() },
+            (Some(url), None) => ClusterSettings::new(url.clone()),
+            (None, m) => m?.clone(),
+        };
+        settings.node_id = self.node_id.clone().or(settings.node_id);
+        settings.namespace = self.namespace.clone().or(settings.namespace);
+        Some(settings)
+    }
+}
+
+/// Joins the cluster `flags` and `[cluster]` name, if any.
+async fn join(app: &App, flags: &ClusterFlags, advertise: bool) -> anyhow::Result<Option<Transport>> {
+    let Some(mut settings) = flags.settings(app.manifest.cluster.as_ref()) else { return Ok(None) };
+    settings.advertise &= advertise;
+    let transport = Transport::start(app.broker.clone(), settings).await.context("cannot join the cluster")?;
+    Ok(Some(transport))
 }
 
 /// How to reach a running host's admin API.
@@ -186,6 +231,9 @@ pub struct CallArgs {
     /// How to load the app.
     #[command(flatten)]
     pub load: LoadFlags,
+    /// How to join a cluster, to call actions other nodes serve.
+    #[command(flatten)]
+    pub cluster: ClusterFlags,
 }
 
 /// Arguments of `inspect`.
@@ -288,7 +336,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let cluster = join(&app, &args.cluster, true).await?;
     print_summary(&app, gateway.as_ref().map(|g| g.addr))?;
+    if let Some(t) = &cluster {
+        println!("cluster: node `{}` joined (Moleculer protocol over NATS)", t.node_id());
+    }
     let (stop_watching, stopped) = tokio::sync::watch::channel(false);
     let watcher = args.watch.then(|| tokio::spawn(crate::watch::watch_packages(app.clone(), stopped)));
     wait_for_stop().await;
@@ -299,6 +351,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(gateway) = gateway {
         gateway.shutdown(app.manifest.app.shutdown_timeout).await;
+    }
+    if let Some(t) = cluster {
+        t.stop(app.manifest.app.shutdown_timeout).await;
     }
     app.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -396,8 +451,17 @@ async fn wait_for_stop() {
 
 async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let app = load(&args.app, &args.load).await?;
+    // Joined only to call: this process offers no packages to the cluster.
+    let cluster = join(&app, &args.cluster, false).await?;
+    let local = app.broker.service(args.action.split('.').next().unwrap_or_default()).is_some();
+    if let (Some(t), false) = (&cluster, local) {
+        t.wait_for_action(&args.action, args.timeout.min(CLUSTER_DISCOVERY)).await;
+    }
     let ctx = CallContext::new(args.timeout);
     let result = app.broker.call_json(&args.action, args.params.as_bytes(), ctx).await;
+    if let Some(t) = cluster {
+        t.stop(Duration::from_secs(1)).await;
+    }
     app.shutdown().await;
     match result {
         Ok(value) => {
