@@ -76,6 +76,9 @@ pub fn new_engine(limits: &EngineLimits) -> Result<Engine, EngineError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // Packages export plain (non-`async`) functions: without concurrency
+    // support every call skips the component-model-async task bookkeeping.
+    config.concurrency_support(false);
     // A guest that overflows its stack traps instead of crashing the host.
     config.max_wasm_stack(1 << 20);
     config.async_stack_size(2 << 20);
