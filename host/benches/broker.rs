@@ -11,6 +11,10 @@
 //!   cache warm.
 //!
 //! Uses examples/shop, built from source on the first run.
+//!
+//! Knobs: `BENCH_CALLERS=1,2,100` measures only `shop.relay` at those
+//! concurrencies; `BENCH_RUNTIME=current` runs on a current-thread runtime;
+//! `BENCH_INSTANCES=n` overrides the example's instances.
 
 use std::path::Path;
 use std::sync::Arc;
