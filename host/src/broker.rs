@@ -48,6 +48,7 @@ use wasmtime::component::types::Type;
 
 use crate::codec::{self, Format};
 use crate::metrics::{ActionMetrics, Metrics};
+use crate::resilience::{self, Admission, CircuitBreaker};
 use crate::context::{CallContext, CallError, Human, deadline_after};
 use crate::package::{
     ActionType, BoxFuture, Caller, Fault, ImportTarget, LiveInstance, Package, Router, StartError,
@@ -85,6 +86,18 @@ pub struct Service {
     status: Mutex<Status>,
     /// Recording handles, one per action, by action index.
     metrics: Vec<ActionMetrics>,
+    /// Breaker, retry, fallback and bulkhead settings, by action index.
+    policies: Vec<ActionRuntime>,
+}
+
+/// How one action is protected: its circuit breaker, whether it may be
+/// retried, its fallback, and its own wait-queue bound.
+struct ActionRuntime {
+    breaker: Option<CircuitBreaker>,
+    idempotent: bool,
+    fallback: Option<String>,
+    queue: Option<usize>,
+    waiting: AtomicUsize,
 }
 
 struct Status {
@@ -118,7 +131,22 @@ impl Service {
         let budget = Mutex::new(RestartBudget::new(package.spec.restart.clone()));
         let status = Mutex::new(Status { state: PackageState::Starting, last_error: None, restart_latency: Vec::new() });
         let metrics = package.ty.actions.iter().map(|a| metrics.action(&package.name, &a.name)).collect();
-        Service { package, pool, budget, status, metrics }
+        let policies = package
+            .ty
+            .actions
+            .iter()
+            .map(|a| {
+                let own = package.spec.actions.iter().find(|p| p.name == a.name);
+                ActionRuntime {
+                    breaker: package.spec.circuit.clone().map(CircuitBreaker::new),
+                    idempotent: own.is_some_and(|p| p.idempotent),
+                    fallback: own.and_then(|p| p.fallback.clone()),
+                    queue: own.and_then(|p| p.queue),
+                    waiting: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        Service { package, pool, budget, status, metrics, policies }
     }
 
     fn record<T>(&self, action: usize, started: Instant, outcome: &Result<T, CallError>) {
@@ -479,10 +507,62 @@ impl Broker {
 
     /// Runs one call on one instance of `service`: the common path of every route.
     async fn invoke(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
-        let started = Instant::now();
-        let outcome = self.invoke_unmetered(service, action, params, ctx).await;
-        service.record(action, started, &outcome);
-        outcome
+        self.invoke_protected(service, action, params, ctx, true).await
+    }
+
+    /// One call with its protections: the circuit breaker, retries of
+    /// idempotent actions with exponential backoff, and the fallback.
+    async fn invoke_protected(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        params: &[Val],
+        ctx: CallContext,
+        allow_fallback: bool,
+    ) -> Result<Option<Val>, CallError> {
+        let policy = &service.policies[action];
+        let mut attempt = 0;
+        let outcome = loop {
+            let started = Instant::now();
+            let admission = policy.breaker.as_ref().map_or(Admission::Pass, |b| b.admit(started));
+            let outcome = match admission {
+                Admission::Reject(after) => {
+                    let label = format!("{}.{}", service.name(), service.package.ty.actions[action].name);
+                    let e = CallError::Overloaded(format!(
+                        "{label}: circuit open after repeated failures; the next probe in {}",
+                        Human(after)
+                    ));
+                    service.record(action, started, &Err::<(), _>(e.clone()));
+                    break Err(e);
+                }
+                Admission::Pass | Admission::Probe => self.invoke_unmetered(service, action, params, ctx.clone()).await,
+            };
+            if let Some(b) = &policy.breaker {
+                b.record(matches!(&outcome, Err(e) if resilience::is_failure(e)), Instant::now());
+            }
+            service.record(action, started, &outcome);
+            match &outcome {
+                Err(e) if resilience::is_failure(e) && policy.idempotent && attempt < service.package.spec.retry.max => {
+                    attempt += 1;
+                    let delay = resilience::retry_delay(&service.package.spec.retry, attempt);
+                    if ctx.remaining() <= delay {
+                        break outcome;
+                    }
+                    tracing::debug!(package = service.name(), attempt, "retrying an idempotent action");
+                    tokio::time::sleep(delay).await;
+                }
+                _ => break outcome,
+            }
+        };
+        match (&outcome, &policy.fallback) {
+            (Err(e), Some(fallback)) if allow_fallback && resilience::is_failure(e) => {
+                let Ok((fb_service, fb_action)) = self.resolve(fallback) else { return outcome };
+                tracing::info!(package = service.name(), fallback = %fallback, "calling the fallback");
+                let call = Box::pin(self.invoke_protected(&fb_service, fb_action, params, ctx, false));
+                call.await.or(outcome)
+            }
+            _ => outcome,
+        }
     }
 
     async fn invoke_unmetered(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
@@ -508,10 +588,11 @@ impl Broker {
         let in_chain = ctx.passed_through(service.name());
         let instance = match service.pool.checkout(!in_chain) {
             Ok(Checkout::Ready(i)) => i,
-            Ok(Checkout::Queued(rx)) => match tokio::time::timeout_at(ctx.deadline.into(), rx).await {
-                Ok(Ok(i)) => i,
-                Ok(Err(_)) => return Err(unavailable(service, &label())),
-                Err(_) => {
+            Ok(Checkout::Queued(rx)) => match self.wait_queued(service, action, rx, &ctx).await {
+                Err(e) => return Err(e),
+                Ok(Ok(Ok(i))) => i,
+                Ok(Ok(Err(_))) => return Err(unavailable(service, &label())),
+                Ok(Err(_)) => {
                     return Err(CallError::Timeout(format!(
                         "{}: no instance became idle before the deadline ({} instances busy)",
                         label(),
@@ -557,6 +638,29 @@ impl Broker {
             Ok(Err(fault)) => Err(lease.fault(fault, &label(), budget)),
             Err(_) => Err(lease.fault(Fault::Timeout, &label(), budget)),
         }
+    }
+
+    /// Waits for a queued instance, within the action's own bulkhead.
+    async fn wait_queued(
+        &self,
+        service: &Service,
+        action: usize,
+        rx: tokio::sync::oneshot::Receiver<LiveInstance>,
+        ctx: &CallContext,
+    ) -> Result<Result<Result<LiveInstance, tokio::sync::oneshot::error::RecvError>, tokio::time::error::Elapsed>, CallError> {
+        let policy = &service.policies[action];
+        let waiting = policy.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = scopeguard_dec(&policy.waiting);
+        if let Some(limit) = policy.queue
+            && waiting >= limit
+        {
+            return Err(CallError::Overloaded(format!(
+                "{}.{}: {limit} calls of this action are already waiting (its queue limit)",
+                service.name(),
+                service.package.ty.actions[action].name
+            )));
+        }
+        Ok(tokio::time::timeout_at(ctx.deadline.into(), rx).await)
     }
 
     /// Retires a faulted instance, starts its replacement, and explains the
@@ -782,6 +886,17 @@ async fn drain(service: &Service, deadline: Instant, grace: Duration) -> usize {
         tokio::time::sleep(Duration::from_millis(5)).await;
         idle = service.pool.drain_idle();
     }
+}
+
+/// Decrements `counter` when dropped.
+fn scopeguard_dec(counter: &AtomicUsize) -> impl Drop + '_ {
+    struct Dec<'a>(&'a AtomicUsize);
+    impl Drop for Dec<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    Dec(counter)
 }
 
 fn unavailable(service: &Service, label: &str) -> CallError {

@@ -41,6 +41,7 @@ pub mod openapi;
 pub mod operate;
 pub mod package;
 pub mod pool;
+pub mod resilience;
 pub mod scaffold;
 pub mod supervisor;
 pub mod transport;

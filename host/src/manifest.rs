@@ -310,8 +310,20 @@ pub struct PackageSpec {
     pub build: Option<String>,
     /// The component file, absolute.
     pub component: PathBuf,
-    /// How many live instances serve calls; each serves one call at a time.
+    /// How many live instances serve calls (the minimum, when the pool
+    /// scales); each serves one call at a time.
     pub instances: u32,
+    /// The most instances the pool grows to when calls wait (`instances =
+    /// { min, max }`); equal to `instances` for a fixed pool.
+    pub max_instances: u32,
+    /// An instance above the minimum idle this long is stopped.
+    pub scale_down_after: Duration,
+    /// The circuit breaker of each action, when set.
+    pub circuit: Option<CircuitPolicy>,
+    /// Retries of idempotent actions.
+    pub retry: RetryPolicy,
+    /// Per-action settings from `[packages.<name>.actions.<action>]`.
+    pub actions: Vec<ActionPolicy>,
     /// The memory limit of each instance, in bytes.
     pub memory: u64,
     /// The deadline of one call.
@@ -324,6 +336,53 @@ pub struct PackageSpec {
     pub events: Vec<String>,
     /// What this package may touch beyond its own sandbox.
     pub grants: Grants,
+}
+
+/// Moleculer's circuit breaker: once at least `min_calls` calls in `window`
+/// failed at a ratio of `threshold` or more (crashes, timeouts, overload;
+/// not the action's own errors), the action's circuit opens and calls fail
+/// at once; after `half_open_after` one call probes, and its outcome closes
+/// or reopens the circuit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CircuitPolicy {
+    /// The failure ratio that opens the circuit, in 0..=1.
+    pub threshold: f64,
+    /// Calls in the window before the ratio counts.
+    pub min_calls: u32,
+    /// The window the ratio is measured over.
+    pub window: Duration,
+    /// How long an open circuit waits before a probe.
+    pub half_open_after: Duration,
+}
+
+/// Retries, with exponential backoff, of actions marked `idempotent`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0: none).
+    pub max: u32,
+    /// The first delay; each next one doubles.
+    pub delay: Duration,
+    /// The longest delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max: 0, delay: Duration::from_millis(50), max_delay: Duration::from_secs(1) }
+    }
+}
+
+/// Settings of one action.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActionPolicy {
+    /// The action's name within its package.
+    pub name: String,
+    /// Calls of this action that may wait at once (its own bulkhead).
+    pub queue: Option<usize>,
+    /// Whether it may be retried.
+    pub idempotent: bool,
+    /// An action (`pkg.action`) to call, with the same parameters, when this one fails.
+    pub fallback: Option<String>,
 }
 
 /// A restart budget: more than `max_restarts` restarts within `within` puts
@@ -469,6 +528,11 @@ impl PackageSpec {
             build: None,
             component,
             instances: limits.instances,
+            max_instances: limits.max_instances,
+            scale_down_after: Duration::from_secs(30),
+            circuit: None,
+            retry: RetryPolicy::default(),
+            actions: Vec::new(),
             memory: limits.memory,
             timeout: limits.timeout,
             queue: limits.queue,
@@ -529,6 +593,7 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 #[derive(Clone, Debug)]
 struct Limits {
     instances: u32,
+    max_instances: u32,
     memory: u64,
     timeout: Duration,
     queue: usize,
@@ -539,6 +604,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             instances: DEFAULT_INSTANCES,
+            max_instances: DEFAULT_INSTANCES,
             memory: DEFAULT_MEMORY,
             timeout: DEFAULT_TIMEOUT,
             queue: DEFAULT_QUEUE,
@@ -553,7 +619,7 @@ impl Default for Limits {
 // for the same reason.
 
 type CallDepth = CountIn<1, 1024>;
-type Instances = CountIn<1, 1024>;
+type InstanceCount = CountIn<1, 1024>;
 type QueueLength = CountIn<0, 100_000>;
 type RestartCount = CountIn<0, 10_000>;
 type CallTimeout = DurationIn<1, HOUR_MS>;
@@ -632,6 +698,87 @@ struct RawPackage {
     events: Vec<EventPattern>,
     #[serde(default)]
     grants: RawGrants,
+    scale_down_after: Option<DurationIn<1, DAY_MS>>,
+    circuit: Option<RawCircuit>,
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    actions: std::collections::BTreeMap<String, RawAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table like { threshold = 0.5, min_calls = 20, window = \"60s\", half_open_after = \"10s\" }")]
+struct RawCircuit {
+    threshold: Option<f64>,
+    min_calls: Option<CountIn<1, 1_000_000>>,
+    window: Option<DurationIn<1, DAY_MS>>,
+    half_open_after: Option<DurationIn<1, DAY_MS>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table like { max = 3, delay = \"50ms\", max_delay = \"1s\" }")]
+struct RawRetry {
+    max: CountIn<0, 100>,
+    delay: Option<DurationIn<1, HOUR_MS>>,
+    max_delay: Option<DurationIn<1, HOUR_MS>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of `queue`, `idempotent`, `fallback`")]
+struct RawAction {
+    queue: Option<QueueLength>,
+    #[serde(default)]
+    idempotent: bool,
+    fallback: Option<CallPattern>,
+}
+
+/// `instances = 2` or `instances = { min = 1, max = 8 }`.
+#[derive(Clone, Copy)]
+struct Instances {
+    min: u32,
+    max: u32,
+}
+
+impl<'de> Deserialize<'de> for Instances {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(InstancesVisitor)
+    }
+}
+
+struct InstancesVisitor;
+
+impl<'de> Visitor<'de> for InstancesVisitor {
+    type Value = Instances;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number of instances, or a table like { min = 1, max = 8 }")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Instances, E> {
+        let n = CountVisitor::<1, 1024>.visit_i64::<E>(value)?.0;
+        Ok(Instances { min: n, max: n })
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Instances, E> {
+        let n = CountVisitor::<1, 1024>.visit_u64::<E>(value)?.0;
+        Ok(Instances { min: n, max: n })
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Instances, A::Error> {
+        let (mut min, mut max) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "min" => min = Some(map.next_value::<InstanceCount>()?.0),
+                "max" => max = Some(map.next_value::<InstanceCount>()?.0),
+                other => return Err(de::Error::custom(format!("unknown key `{other}`, expected `min` or `max`"))),
+            }
+        }
+        let min = min.unwrap_or(1);
+        let max = max.ok_or_else(|| de::Error::custom("`max` is missing"))?;
+        if max < min {
+            return Err(de::Error::custom(format!("max ({max}) is below min ({min})")));
+        }
+        Ok(Instances { min, max })
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -662,7 +809,8 @@ struct RawDirGrant {
 impl RawLimits {
     fn over(&self, base: &Limits) -> Limits {
         Limits {
-            instances: self.instances.map_or(base.instances, |n| n.0),
+            instances: self.instances.map_or(base.instances, |n| n.min),
+            max_instances: self.instances.map_or(base.max_instances, |n| n.max),
             memory: self.memory.map_or(base.memory, |size| size.0),
             timeout: self.timeout.map_or(base.timeout, |d| d.0),
             queue: self.queue.map_or(base.queue, |n| n.0 as usize),
@@ -972,6 +1120,39 @@ impl<'a> Source<'a> {
         spec.build = build;
         spec.events = raw.events.into_iter().map(|pattern| pattern.0).collect();
         spec.grants = scope.grants(raw.grants)?;
+        if let Some(d) = raw.scale_down_after {
+            spec.scale_down_after = d.0;
+        }
+        if let Some(c) = raw.circuit {
+            let threshold = c.threshold.unwrap_or(0.5);
+            if !(threshold > 0.0 && threshold <= 1.0) {
+                return Err(scope.error(value.span(), format!("circuit.threshold: {threshold} is out of range (0..=1)")));
+            }
+            spec.circuit = Some(CircuitPolicy {
+                threshold,
+                min_calls: c.min_calls.map_or(20, |n| n.0),
+                window: c.window.map_or(Duration::from_secs(60), |d| d.0),
+                half_open_after: c.half_open_after.map_or(Duration::from_secs(10), |d| d.0),
+            });
+        }
+        if let Some(r) = raw.retry {
+            let base = RetryPolicy::default();
+            spec.retry = RetryPolicy {
+                max: r.max.0,
+                delay: r.delay.map_or(base.delay, |d| d.0),
+                max_delay: r.max_delay.map_or(base.max_delay, |d| d.0),
+            };
+        }
+        spec.actions = raw
+            .actions
+            .into_iter()
+            .map(|(name, a)| ActionPolicy {
+                name,
+                queue: a.queue.map(|q| q.0 as usize),
+                idempotent: a.idempotent,
+                fallback: a.fallback.map(|f| f.0),
+            })
+            .collect();
         Ok(spec)
     }
 }
