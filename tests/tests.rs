@@ -9,4 +9,5 @@ mod gateway;
 mod loading;
 mod operations;
 mod polyglot;
+mod resilience;
 mod sandbox;

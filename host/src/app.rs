@@ -162,6 +162,7 @@ impl App {
         for s in starts {
             let _ = s.await;
         }
+        broker.start_reaper();
         let load_time = started.elapsed();
         tracing::info!(app = %manifest.app.name, seconds = load_time.as_secs_f64(), "app loaded");
         let metrics = broker.metrics();

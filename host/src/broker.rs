@@ -123,6 +123,8 @@ pub struct ServiceReport {
     pub restarts: u64,
     /// The last fault or start failure.
     pub last_error: Option<String>,
+    /// Actions whose circuit breaker is not closed, with its state.
+    pub circuits: Vec<(String, &'static str)>,
 }
 
 impl Service {
@@ -194,6 +196,13 @@ impl Service {
             queued: self.pool.queued(),
             restarts: self.budget.lock().map(|b| b.total).unwrap_or(0),
             last_error,
+            circuits: self
+                .policies
+                .iter()
+                .zip(&self.package.ty.actions)
+                .filter_map(|(p, a)| p.breaker.as_ref().map(|b| (a.name.clone(), b.state_name())))
+                .filter(|(_, state)| *state != "closed")
+                .collect(),
         }
     }
 }
@@ -382,6 +391,7 @@ impl Broker {
                 queued: 0,
                 restarts: 0,
                 last_error: Some(f.error),
+                circuits: Vec::new(),
             });
         }
         reports.sort_by(|a, b| a.name.cmp(&b.name));
@@ -557,8 +567,13 @@ impl Broker {
         match (&outcome, &policy.fallback) {
             (Err(e), Some(fallback)) if allow_fallback && resilience::is_failure(e) => {
                 let Ok((fb_service, fb_action)) = self.resolve(fallback) else { return outcome };
+                let from = &service.package.ty.actions[action];
+                let Some(fb_params) = fallback_params(from, &fb_service.package.ty.actions[fb_action], params) else {
+                    tracing::warn!(package = service.name(), fallback = %fallback, "the fallback's parameters do not fit; not called");
+                    return outcome;
+                };
                 tracing::info!(package = service.name(), fallback = %fallback, "calling the fallback");
-                let call = Box::pin(self.invoke_protected(&fb_service, fb_action, params, ctx, false));
+                let call = Box::pin(self.invoke_protected(&fb_service, fb_action, &fb_params, ctx, false));
                 call.await.or(outcome)
             }
             _ => outcome,
@@ -566,6 +581,9 @@ impl Broker {
     }
 
     async fn invoke_unmetered(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
+        // A caller that never waits (its instances are always idle) still
+        // gives the runtime back now and then, so restarts and timers run.
+        tokio::task::consume_budget().await;
         let label = || format!("{}.{}", service.name(), service.package.ty.actions[action].name);
         let outermost = ctx.chain.is_empty();
         // Calls already under way finish, nested calls included; new ones are refused.
@@ -588,7 +606,7 @@ impl Broker {
         let in_chain = ctx.passed_through(service.name());
         let instance = match service.pool.checkout(!in_chain) {
             Ok(Checkout::Ready(i)) => i,
-            Ok(Checkout::Queued(rx)) => match self.wait_queued(service, action, rx, &ctx).await {
+            Ok(Checkout::Queued(rx)) => match self.grow_then_wait(service, action, rx, &ctx).await {
                 Err(e) => return Err(e),
                 Ok(Ok(Ok(i))) => i,
                 Ok(Ok(Err(_))) => return Err(unavailable(service, &label())),
@@ -638,6 +656,67 @@ impl Broker {
             Ok(Err(fault)) => Err(lease.fault(fault, &label(), budget)),
             Err(_) => Err(lease.fault(Fault::Timeout, &label(), budget)),
         }
+    }
+
+    /// A call had to wait: start one more instance if the pool may grow,
+    /// then wait for whichever instance comes back first.
+    async fn grow_then_wait(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        rx: tokio::sync::oneshot::Receiver<LiveInstance>,
+        ctx: &CallContext,
+    ) -> Result<Result<Result<LiveInstance, tokio::sync::oneshot::error::RecvError>, tokio::time::error::Elapsed>, CallError> {
+        let max = service.package.spec.max_instances as usize;
+        if let (Some(slot), Some(broker)) = (service.pool.grow(max), self.handle.0.upgrade()) {
+            let service = service.clone();
+            tokio::spawn(async move {
+                match broker.start_instance(&service, slot).await {
+                    Ok(instance) => {
+                        tracing::debug!(package = service.name(), slot, "scaled up");
+                        service.pool.add(instance, true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(package = service.name(), slot, error = %e, "could not scale up");
+                        service.pool.abandon(slot);
+                    }
+                }
+            });
+        }
+        self.wait_queued(service, action, rx, ctx).await
+    }
+
+    /// Stops instances above each package's minimum that stayed idle past
+    /// its `scale_down_after`. The broker's reaper calls this every second.
+    pub async fn scale_down(&self) {
+        for service in self.services() {
+            let spec = &service.package.spec;
+            if spec.max_instances <= spec.instances {
+                continue;
+            }
+            let Some(before) = Instant::now().checked_sub(spec.scale_down_after) else { continue };
+            while let Some(mut instance) = service.pool.take_idle_since(before, spec.instances as usize) {
+                let slot = instance.slot;
+                let _ = instance.stopped(CallContext::new(spec.timeout)).await;
+                tracing::debug!(package = service.name(), slot, "scaled down");
+            }
+        }
+    }
+
+    /// Runs [`scale_down`](Self::scale_down) every second while the broker lives.
+    pub fn start_reaper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(broker) = weak.upgrade() else { return };
+                if broker.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                broker.scale_down().await;
+            }
+        });
     }
 
     /// Waits for a queued instance, within the action's own bulkhead.
@@ -691,7 +770,7 @@ impl Broker {
         let verdict = service.budget.lock().map(|mut b| b.on_fault(fault_at)).unwrap_or(Verdict::RestartNow);
         let delay = match verdict {
             Verdict::RestartNow => {
-                service.pool.expect();
+                service.pool.expect(slot);
                 None
             }
             Verdict::Backoff(rest) => {
@@ -715,7 +794,7 @@ impl Broker {
                 if let Ok(mut b) = service.budget.lock() {
                     b.after_backoff();
                 }
-                service.pool.expect();
+                service.pool.expect(slot);
             }
             if service.pool.is_closed() {
                 service.pool.unexpect();
@@ -803,7 +882,7 @@ impl Broker {
             tokio::spawn(async move {
                 let _in_flight = in_flight;
                 if broadcast {
-                    for slot in 0..service.package.spec.instances as usize {
+                    for slot in service.pool.slots() {
                         broker.deliver(&service, Some(slot), &event, &payload, ctx.clone()).await;
                     }
                 } else {
@@ -886,6 +965,19 @@ async fn drain(service: &Service, deadline: Instant, grace: Duration) -> usize {
         tokio::time::sleep(Duration::from_millis(5)).await;
         idle = service.pool.drain_idle();
     }
+}
+
+/// The fallback's parameters, taken by name from the failed call's: each
+/// must be there with the same type, or be an `option` (then `none`).
+fn fallback_params(from: &ActionType, to: &ActionType, params: &[Val]) -> Option<Vec<Val>> {
+    to.params
+        .iter()
+        .map(|(name, ty)| match from.params.iter().position(|(n, t)| n == name && t == ty) {
+            Some(i) => params.get(i).cloned(),
+            None if matches!(ty, Type::Option(_)) => Some(Val::Option(None)),
+            None => None,
+        })
+        .collect()
 }
 
 /// Decrements `counter` when dropped.

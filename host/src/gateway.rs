@@ -261,6 +261,7 @@ impl Gateway {
                     "restarts": r.restarts,
                     "queued": r.queued,
                     "last_error": r.last_error,
+                    "circuits": r.circuits.iter().map(|(a, st)| (a.clone(), json!(st))).collect::<Map<String, Value>>(),
                 });
                 (r.name, v)
             })

@@ -50,6 +50,7 @@ pub struct Metrics {
     restarts: Family<PackageLabels, Gauge>,
     live: Family<PackageLabels, Gauge>,
     queued: Family<PackageLabels, Gauge>,
+    circuits: Family<ActionLabels, Gauge>,
 }
 
 /// The recording handles of one action.
@@ -90,13 +91,15 @@ impl Metrics {
         let restarts = Family::<PackageLabels, Gauge>::default();
         let live = Family::<PackageLabels, Gauge>::default();
         let queued = Family::<PackageLabels, Gauge>::default();
+        let circuits = Family::<ActionLabels, Gauge>::default();
         registry.register("calls", "Calls per action", calls.clone());
         registry.register("call_errors", "Failed calls per action and error kind", errors.clone());
         registry.register("call_duration_seconds", "Call latency per action", latency.clone());
         registry.register("package_restarts", "Instance restarts per package since load", restarts.clone());
         registry.register("package_instances", "Live instances per package", live.clone());
         registry.register("package_queue_depth", "Calls waiting for an idle instance", queued.clone());
-        Metrics { registry: Mutex::new(registry), calls, errors, latency, restarts, live, queued }
+        registry.register("circuit_open", "1 while an action's circuit breaker is open or half-open", circuits.clone());
+        Metrics { registry: Mutex::new(registry), calls, errors, latency, restarts, live, queued, circuits }
     }
 
     /// Handles for recording `package.action`.
@@ -118,7 +121,12 @@ impl Metrics {
         self.restarts.clear();
         self.live.clear();
         self.queued.clear();
+        self.circuits.clear();
         for r in packages {
+            for (action, _) in &r.circuits {
+                let l = ActionLabels { package: r.name.clone(), action: action.clone() };
+                self.circuits.get_or_create(&l).set(1);
+            }
             let l = PackageLabels { package: r.name.clone(), state: r.state.to_string() };
             self.restarts.get_or_create(&l).set(i64::try_from(r.restarts).unwrap_or(i64::MAX));
             self.live.get_or_create(&l).set(i64::try_from(r.live).unwrap_or(i64::MAX));

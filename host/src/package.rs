@@ -445,6 +445,9 @@ pub struct HostState {
     router: Arc<dyn Router>,
     /// The call this instance is serving, if any.
     call: Option<CallContext>,
+    /// Time the current call spent waiting on other packages: its own
+    /// deadline is extended by it, so a slow callee never traps its caller.
+    waited: std::time::Duration,
     timed_out: bool,
     stderr_tail: Arc<Mutex<String>>,
 }
@@ -491,7 +494,10 @@ impl wit_types::Host for HostState {}
 impl wit::steedos::package::broker::Host for HostState {
     async fn call(&mut self, action: String, params: Vec<u8>) -> Result<Vec<u8>, wit_types::CallError> {
         let caller = self.caller();
-        self.router.clone().call(caller, action, params).await.map_err(to_wit_error)
+        let started = Instant::now();
+        let result = self.router.clone().call(caller, action, params).await;
+        self.waited += started.elapsed();
+        result.map_err(to_wit_error)
     }
 
     async fn emit(&mut self, event: String, payload: Vec<u8>) {
@@ -587,10 +593,14 @@ pub fn link_typed_import(
         inst.func_new_async(fname, move |store, _ty, params, results| {
             let target = target.clone();
             Box::new(async move {
+                let mut store = store;
                 let state = store.data();
                 let caller = state.caller();
                 let router = state.router.clone();
-                match router.call_import(caller, target.clone(), params.to_vec()).await {
+                let started = Instant::now();
+                let outcome = router.call_import(caller, target.clone(), params.to_vec()).await;
+                store.data_mut().waited += started.elapsed();
+                match outcome {
                     Ok(value) => {
                         if let (Some(slot), Some(v)) = (results.first_mut(), value) {
                             *slot = v;
@@ -681,6 +691,7 @@ impl Package {
             package: self.name.clone(),
             router,
             call: None,
+            waited: std::time::Duration::ZERO,
             timed_out: false,
             stderr_tail,
         };
@@ -689,7 +700,7 @@ impl Package {
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
             match &state.call {
-                Some(call) if Instant::now() >= call.deadline => {
+                Some(call) if Instant::now() >= call.deadline + state.waited => {
                     state.timed_out = true;
                     Ok(UpdateDeadline::Interrupt)
                 }
@@ -745,6 +756,7 @@ impl LiveInstance {
     fn arm(&mut self, ctx: CallContext) {
         let state = self.store.data_mut();
         state.call = Some(ctx);
+        state.waited = std::time::Duration::ZERO;
         state.timed_out = false;
         self.store.set_epoch_deadline(1);
     }
@@ -836,7 +848,7 @@ fn last_words(stderr: &str) -> Option<String> {
 /// `panicked at src/lib.rs:3:5: boom` from what a Rust guest wrote to stderr.
 fn panic_message(stderr: &str) -> Option<String> {
     let at = stderr.rfind("panicked at ")?;
-    let text = stderr[at..].trim();
+    let text = stderr[at..].split("\nnote: run with `RUST_BACKTRACE").next().unwrap_or_default().trim();
     Some(text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 

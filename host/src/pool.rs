@@ -7,11 +7,18 @@
 //! the longest waiter, so no wake-up is lost and no caller waits while an
 //! instance sits idle.
 //!
+//! Idle instances are handed out in turn (first in, first out), so calls
+//! are balanced over the live instances. A pool with room to grow
+//! ([`InstancePool::grow`]) gets a new instance when calls have to wait;
+//! one above its minimum that stays idle is retired
+//! ([`InstancePool::take_idle_since`]).
+//!
 //! A broadcast must reach every instance, not just any one; it asks for a
 //! particular slot with [`InstancePool::checkout_slot`].
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -38,7 +45,10 @@ pub enum Refusal {
 
 #[derive(Default)]
 struct Inner {
-    idle: Vec<LiveInstance>,
+    /// Idle instances with the moment they became idle, oldest first.
+    idle: VecDeque<(LiveInstance, Instant)>,
+    /// The slots of live and pending instances.
+    slots: BTreeSet<usize>,
     waiters: VecDeque<oneshot::Sender<LiveInstance>>,
     targeted: Vec<(usize, oneshot::Sender<LiveInstance>)>,
     live: usize,
@@ -68,7 +78,7 @@ impl InstancePool {
     /// Takes an idle instance, or a place in the queue when `may_wait`.
     pub fn checkout(&self, may_wait: bool) -> Result<Checkout, Refusal> {
         let mut inner = self.lock();
-        if let Some(instance) = inner.idle.pop() {
+        if let Some((instance, _)) = inner.idle.pop_front() {
             return Ok(Checkout::Ready(instance));
         }
         if inner.closed || inner.live + inner.pending == 0 {
@@ -89,8 +99,8 @@ impl InstancePool {
     /// Takes the instance in `slot` (now, or when it comes back).
     pub fn checkout_slot(&self, slot: usize) -> Option<Checkout> {
         let mut inner = self.lock();
-        if let Some(at) = inner.idle.iter().position(|i| i.slot == slot) {
-            return Some(Checkout::Ready(inner.idle.swap_remove(at)));
+        if let Some(at) = inner.idle.iter().position(|(i, _)| i.slot == slot) {
+            return inner.idle.remove(at).map(|(i, _)| Checkout::Ready(i));
         }
         if inner.closed {
             return None;
@@ -118,7 +128,7 @@ impl InstancePool {
                 Err(back) => instance = back,
             }
         }
-        inner.idle.push(instance);
+        inner.idle.push_back((instance, Instant::now()));
     }
 
     /// Counts a new instance as alive and puts it in service; `expected`
@@ -127,6 +137,7 @@ impl InstancePool {
         {
             let mut inner = self.lock();
             inner.live += 1;
+            inner.slots.insert(instance.slot);
             if expected {
                 inner.pending = inner.pending.saturating_sub(1);
             }
@@ -134,17 +145,65 @@ impl InstancePool {
         self.checkin(instance);
     }
 
-    /// Counts an instance as gone (it faulted and was dropped).
+    /// Counts an instance as gone (it faulted and was dropped); its slot
+    /// stays, as its replacement will take it.
     pub fn remove(&self) {
         let mut inner = self.lock();
         inner.live = inner.live.saturating_sub(1);
         Self::release_if_empty(&mut inner);
     }
 
+    /// Reserves a new slot when the pool has fewer than `max` instances
+    /// (live or starting) and calls are waiting; the caller starts an
+    /// instance for it and adds it with `add(instance, true)`.
+    pub fn grow(&self, max: usize) -> Option<usize> {
+        let mut inner = self.lock();
+        if inner.closed || inner.slots.len() >= max || inner.waiters.is_empty() {
+            return None;
+        }
+        let slot = (0..).find(|s| !inner.slots.contains(s)).unwrap_or(0);
+        inner.slots.insert(slot);
+        inner.pending += 1;
+        Some(slot)
+    }
+
+    /// Gives up a slot reserved by [`grow`](Self::grow) whose instance did not start.
+    pub fn abandon(&self, slot: usize) {
+        let mut inner = self.lock();
+        inner.slots.remove(&slot);
+        inner.pending = inner.pending.saturating_sub(1);
+        Self::release_if_empty(&mut inner);
+    }
+
+    /// Takes one instance that has been idle since before `before`, when
+    /// more than `min` are live; the caller stops it. Its slot is freed.
+    pub fn take_idle_since(&self, before: Instant, min: usize) -> Option<LiveInstance> {
+        let mut inner = self.lock();
+        if inner.live <= min {
+            return None;
+        }
+        let (instance, since) = inner.idle.front()?;
+        if *since > before {
+            return None;
+        }
+        let slot = instance.slot;
+        let (instance, _) = inner.idle.pop_front()?;
+        inner.live -= 1;
+        inner.slots.remove(&slot);
+        Some(instance)
+    }
+
+    /// The slots of the instances alive or starting, for a broadcast.
+    pub fn slots(&self) -> Vec<usize> {
+        self.lock().slots.iter().copied().collect()
+    }
+
     /// Announces a restart under way: callers wait for it rather than being
     /// refused.
-    pub fn expect(&self) {
-        self.lock().pending += 1;
+    pub fn expect(&self, slot: usize) {
+        let mut inner = self.lock();
+        inner.pending += 1;
+        inner.slots.insert(slot);
     }
 
     /// Withdraws an announced restart (it failed, or the pool closed).
@@ -188,12 +247,12 @@ impl InstancePool {
         inner.closed = true;
         inner.waiters.clear();
         inner.targeted.clear();
-        std::mem::take(&mut inner.idle)
+        std::mem::take(&mut inner.idle).into_iter().map(|(i, _)| i).collect()
     }
 
     /// Takes every idle instance (after [`close`](Self::close)).
     pub fn drain_idle(&self) -> Vec<LiveInstance> {
-        std::mem::take(&mut self.lock().idle)
+        std::mem::take(&mut self.lock().idle).into_iter().map(|(i, _)| i).collect()
     }
 
     /// Whether [`close`](Self::close) was called.

@@ -25,6 +25,13 @@ impl Guest for Chaos {
         panic!("chaos.crash: panicking on purpose")
     }
 
+    fn maybe_crash(crash: bool) -> String {
+        match crash {
+            true => panic!("chaos.maybe-crash: panicking on purpose"),
+            false => "alive".to_string(),
+        }
+    }
+
     fn trap() {
         core::arch::wasm32::unreachable()
     }
