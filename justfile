@@ -31,4 +31,5 @@ check:
 bench:
     cargo bench -p steedos-wasm --bench broker
     cargo bench -p steedos-wasm --bench gateway
+    cargo bench -p steedos-wasm --bench resilience
     cd bench/moleculer && npm install --no-audit --no-fund --silent && node local.js
