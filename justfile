@@ -33,3 +33,4 @@ bench:
     cargo bench -p steedos-wasm --bench gateway
     cargo bench -p steedos-wasm --bench resilience
     cd bench/moleculer && npm install --no-audit --no-fund --silent && node local.js
+    cargo bench -p steedos-wasm --bench cluster

@@ -150,6 +150,17 @@ impl Kind {
     }
 }
 
+/// Counters of one node's traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// REQ packets answered.
+    pub requests_served: u64,
+    /// EVENT packets handed to the local subscribers.
+    pub events_received: u64,
+    /// Calls of ours waiting for a RES now.
+    pub calls_waiting: usize,
+}
+
 /// A call sent to another node, waiting for its RES.
 struct Pending {
     node: Arc<str>,
@@ -182,6 +193,8 @@ struct Shared {
     pings: Mutex<HashMap<String, oneshot::Sender<Duration>>>,
     /// Calls from other nodes under way; stop waits for them.
     serving: AtomicUsize,
+    requests_served: AtomicU64,
+    events_received: AtomicU64,
     leaving: AtomicBool,
     /// Senders whose packets spoke another protocol version (warned once).
     wrong_version: Mutex<HashSet<String>>,
@@ -223,6 +236,8 @@ impl Transport {
             sent_services: Mutex::new(Value::Null),
             pings: Mutex::new(HashMap::new()),
             serving: AtomicUsize::new(0),
+            requests_served: AtomicU64::new(0),
+            events_received: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
             wrong_version: Mutex::new(HashSet::new()),
             outbox,
@@ -268,6 +283,15 @@ impl Transport {
     /// The remote nodes known now.
     pub fn nodes(&self) -> Vec<NodeReport> {
         self.shared.registry().reports()
+    }
+
+    /// What this node has handled so far.
+    pub fn stats(&self) -> TransportStats {
+        TransportStats {
+            requests_served: self.shared.requests_served.load(Ordering::Relaxed),
+            events_received: self.shared.events_received.load(Ordering::Relaxed),
+            calls_waiting: lock(&self.shared.pending).len(),
+        }
     }
 
     /// Whether some remote node serves `action` now.
@@ -621,6 +645,7 @@ impl Shared {
             headers: packet::headers(self.ver),
             stream: false,
         };
+        self.requests_served.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.publish_now(Kind::Response, self.subject_to("RES", &req.sender), &res).await {
             tracing::warn!(node = %self.node_id, to = %req.sender, action = %req.action, error = %e, "response not sent");
         }
@@ -662,6 +687,7 @@ impl Shared {
         }
         let groups = if event.broadcast { None } else { event.groups.as_deref() };
         self.broker.deliver_remote_event(&event.event, payload, event.broadcast, groups, ctx);
+        self.events_received.fetch_add(1, Ordering::Relaxed);
     }
 }
 

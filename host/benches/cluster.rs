@@ -1,0 +1,206 @@
+//! `just bench`, cluster part, over a nats-server it starts on 127.0.0.1:
+//! two steedos-wasm nodes in this process, a caller (no packages) and
+//! examples/shop, joined over NATS with the JSON serializer.
+//!
+//! - `cluster.call.c1`, `cluster.call.c100`: calls/s of `greeter.hello`
+//!   from the caller to the shop node, 1 and 100 concurrent callers;
+//! - `cluster.event`: events/s emitted by the caller and handled by the
+//!   shop node's subscriber (`audit`, `order.*`, its queue sized for the
+//!   flood), the emitter kept at most 20 000 events ahead;
+//! - `cluster.raw.c1`, `cluster.raw.c100`: plain async-nats request/reply
+//!   between two connections, no protocol on top, same run: the limit.
+//!
+//! Then, when Node.js and bench/moleculer's node_modules are there, the
+//! same shapes between two Moleculer 0.15 processes over the same
+//! nats-server (`bench/moleculer/cluster.js`): `peer.moleculer.cluster.*`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use steedos_wasm::app::{App, LoadOptions};
+use steedos_wasm::context::CallContext;
+use steedos_wasm::manifest::{ClusterSettings, Manifest};
+use steedos_wasm::transport::Transport;
+
+const MEASURE: Duration = Duration::from_secs(3);
+const EVENTS: u64 = 300_000;
+/// Events the emitter may be ahead of the receiver, so NATS never drops any.
+const EVENT_WINDOW: u64 = 20_000;
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run())
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let nats_bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("the cluster benchmark needs nats-server (apt-get install nats-server)"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _nats = Killed(Command::new(nats_bin).args(["-a", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let url = format!("nats://127.0.0.1:{port}");
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "nats-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    raw(&url).await?;
+
+    let shop_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+    let mut manifest = Manifest::load(&shop_dir)?;
+    // The broker drops an event its subscriber's queue has no room for: size
+    // audit's bulkhead for the flood so that every event is handled.
+    for p in manifest.packages.iter_mut().filter(|p| p.name == "audit") {
+        p.queue = 2 * EVENT_WINDOW as usize;
+    }
+    let shop = App::load(manifest, &LoadOptions::default()).await?;
+    let caller_dir = tempfile::tempdir()?;
+    std::fs::write(caller_dir.path().join("steedos.toml"), "[app]\nname = \"caller\"\n")?;
+    let caller = App::load(Manifest::load(caller_dir.path())?, &LoadOptions::default()).await?;
+    let settings = |id: &str| ClusterSettings { node_id: Some(id.into()), ..ClusterSettings::new(url.clone()) };
+    let shop_node = Transport::start(shop.broker.clone(), settings("bench-shop")).await?;
+    let caller_node = Transport::start(caller.broker.clone(), settings("bench-caller")).await?;
+    anyhow::ensure!(caller_node.wait_for_action("greeter.hello", Duration::from_secs(10)).await, "greeter.hello not discovered");
+
+    let broker = caller.broker.clone();
+    let call = move || {
+        let broker = broker.clone();
+        async move {
+            let v = broker.call_json("greeter.hello", br#"{"name":"bench"}"#, CallContext::new(Duration::from_secs(10))).await;
+            v.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    };
+    rate(1, Duration::from_millis(500), call.clone()).await?; // warm up
+    for callers in [1, 100] {
+        let r = rate(callers, MEASURE, call.clone()).await?;
+        println!("bench: cluster.call.c{callers} = {r:.1} calls/s");
+    }
+
+    let events = events(&caller, &shop, &shop_node).await?;
+    println!("bench: cluster.event = {events:.1} events/s");
+
+    caller_node.stop(Duration::from_secs(2)).await;
+    shop_node.stop(Duration::from_secs(2)).await;
+    caller.shutdown().await;
+    shop.shutdown().await;
+
+    moleculer_peer(&url);
+    Ok(())
+}
+
+/// Calls/s of `call` from `callers` concurrent loops over `measure`.
+async fn rate<F, Fut>(callers: usize, measure: Duration, call: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let loops: Vec<_> = (0..callers)
+        .map(|_| {
+            let (call, count) = (call.clone(), count.clone());
+            tokio::spawn(async move {
+                while start.elapsed() < measure {
+                    call().await?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for l in loops {
+        l.await??;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Events/s from the caller to the shop node's `audit`, end to end: the
+/// clock stops when the shop node has handed every event to `audit` and a
+/// last marker event has reached it.
+async fn events(caller: &App, shop: &App, shop_node: &Transport) -> anyhow::Result<f64> {
+    // MessagePack {"order-id": 1}
+    let payload = vec![0x81, 0xa8, b'o', b'r', b'd', b'e', b'r', b'-', b'i', b'd', 0x01];
+    let base = shop_node.stats().events_received;
+    let start = Instant::now();
+    for sent in 1..=EVENTS {
+        caller.broker.publish("order.bench", payload.clone(), false, CallContext::new(Duration::from_secs(10)));
+        if sent % 1000 == 0 {
+            while sent - (shop_node.stats().events_received - base) > EVENT_WINDOW {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+    }
+    caller.broker.publish("order.bench-end", payload.clone(), false, CallContext::new(Duration::from_secs(10)));
+    loop {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "events did not all arrive");
+        if shop_node.stats().events_received - base > EVENTS {
+            let recent = shop.broker.call_json("audit.recent", b"{}", CallContext::new(Duration::from_secs(5))).await;
+            let seen = recent.map_err(|e| anyhow::anyhow!("{e}"))?.to_string();
+            if seen.contains("order.bench-end") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(EVENTS as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Plain async-nats request/reply between two connections.
+async fn raw(url: &str) -> anyhow::Result<()> {
+    let server = async_nats::connect(url).await?;
+    let client = async_nats::connect(url).await?;
+    let mut sub = server.subscribe("bench.echo").await?;
+    let responder = server.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    server.flush().await?;
+    let call = move || {
+        let client = client.clone();
+        async move {
+            client.request("bench.echo", bytes::Bytes::from_static(br#"{"name":"bench"}"#)).await?;
+            anyhow::Ok(())
+        }
+    };
+    rate(1, Duration::from_millis(300), call.clone()).await?;
+    for callers in [1, 100] {
+        let r = rate(callers, MEASURE, call.clone()).await?;
+        println!("bench: cluster.raw.c{callers} = {r:.1} requests/s");
+    }
+    echo.abort();
+    Ok(())
+}
+
+/// The Moleculer figures for the same shapes over the same nats-server.
+fn moleculer_peer(url: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/moleculer");
+    if !dir.join("node_modules/nats").exists() {
+        println!("bench: peer.moleculer.cluster skipped (cd bench/moleculer && npm install)");
+        return;
+    }
+    match Command::new("node").arg("cluster.js").arg(url).current_dir(&dir).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => println!("bench: peer.moleculer.cluster failed ({s})"),
+        Err(e) => println!("bench: peer.moleculer.cluster skipped (node: {e})"),
+    }
+}
