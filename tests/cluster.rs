@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use steedos_tests::{TestApp, eventually};
 use steedos_wasm::context::{CallContext, CallError};
-use steedos_wasm::manifest::ClusterSettings;
 use steedos_wasm::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -30,13 +29,23 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 /// `None` (after saying why) when one is missing outside CI.
 fn tools() -> Option<(PathBuf, PathBuf)> {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("moleculer");
-    let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let missing = match (&nats, peers.join("node_modules/moleculer14").exists() && peers.join("node_modules/moleculer15").exists()) {
+    let nats = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
+    let missing = match (
+        &nats,
+        peers.join("node_modules/moleculer14").exists()
+            && peers.join("node_modules/moleculer15").exists(),
+    ) {
         (None, _) => Some("nats-server is not installed (apt-get install nats-server)"),
-        (_, false) => Some("tests/moleculer/node_modules is missing (cd tests/moleculer && npm ci)"),
+        (_, false) => {
+            Some("tests/moleculer/node_modules is missing (cd tests/moleculer && npm ci)")
+        }
         _ => None,
     };
     match missing {
@@ -59,7 +68,11 @@ struct Nats {
 
 impl Nats {
     async fn start(binary: &Path) -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
         let child = std::process::Command::new(binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -67,11 +80,20 @@ impl Nats {
             .spawn()
             .expect("start nats-server");
         let up = eventually(Duration::from_secs(10), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
         })
         .await;
-        assert!(up.is_some(), "nats-server did not listen on 127.0.0.1:{port}");
-        Nats { child, url: format!("nats://127.0.0.1:{port}") }
+        assert!(
+            up.is_some(),
+            "nats-server did not listen on 127.0.0.1:{port}"
+        );
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
     }
 }
 
@@ -117,7 +139,9 @@ impl Peer {
         tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
                 if v.get("ready").is_some() {
                     if let Some(tx) = ready_tx.take() {
                         let _ = tx.send(v);
@@ -131,10 +155,22 @@ impl Peer {
                 }
             }
         });
-        let ready = tokio::time::timeout(Duration::from_secs(20), ready).await.expect("peer ready in time").expect("peer ready");
+        let ready = tokio::time::timeout(Duration::from_secs(20), ready)
+            .await
+            .expect("peer ready in time")
+            .expect("peer ready");
         let protocol = if release == "14" { "4" } else { "5" };
-        assert_eq!(ready["protocol"], protocol, "moleculer {release} speaks protocol {protocol}");
-        Peer { child, stdin: Mutex::new(stdin), waiting, events: Mutex::new(events), next: AtomicU64::new(1) }
+        assert_eq!(
+            ready["protocol"], protocol,
+            "moleculer {release} speaks protocol {protocol}"
+        );
+        Peer {
+            child,
+            stdin: Mutex::new(stdin),
+            waiting,
+            events: Mutex::new(events),
+            next: AtomicU64::new(1),
+        }
     }
 
     async fn cmd(&self, mut command: Value) -> Value {
@@ -143,12 +179,22 @@ impl Peer {
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().expect("lock").insert(id, tx);
         let line = format!("{command}\n");
-        self.stdin.lock().await.write_all(line.as_bytes()).await.expect("write to peer");
-        tokio::time::timeout(Duration::from_secs(20), rx).await.expect("peer answered in time").expect("peer answered")
+        self.stdin
+            .lock()
+            .await
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to peer");
+        tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("peer answered in time")
+            .expect("peer answered")
     }
 
     async fn call(&self, action: &str, params: Value) -> Result<Value, Value> {
-        let r = self.cmd(json!({ "cmd": "call", "action": action, "params": params })).await;
+        let r = self
+            .cmd(json!({ "cmd": "call", "action": action, "params": params }))
+            .await;
         match r["ok"].as_bool() {
             Some(true) => Ok(r["result"].clone()),
             _ => Err(r["error"].clone()),
@@ -186,7 +232,13 @@ struct Node {
 }
 
 impl Node {
-    async fn start(nats: &str, node_id: &str, protocol: u8, serializer: &str, packages: &str) -> Node {
+    async fn start(
+        nats: &str,
+        node_id: &str,
+        protocol: u8,
+        serializer: &str,
+        packages: &str,
+    ) -> Node {
         let toml = format!(
             r#"
 [app]
@@ -203,8 +255,13 @@ heartbeat_timeout = "2500ms"
         );
         let t = TestApp::start(&toml).await;
         let settings = t.app.manifest.cluster.clone().expect("[cluster]");
-        let transport = Transport::start(t.app.broker.clone(), settings).await.expect("join the cluster");
-        Node { t, transport: Some(transport) }
+        let transport = Transport::start(t.app.broker.clone(), settings)
+            .await
+            .expect("join the cluster");
+        Node {
+            t,
+            transport: Some(transport),
+        }
     }
 
     fn transport(&self) -> &Transport {
@@ -212,7 +269,12 @@ heartbeat_timeout = "2500ms"
     }
 
     async fn wait_for(&self, action: &str) {
-        assert!(self.transport().wait_for_action(action, Duration::from_secs(15)).await, "{action} was never discovered");
+        assert!(
+            self.transport()
+                .wait_for_action(action, Duration::from_secs(15))
+                .await,
+            "{action} was never discovered"
+        );
     }
 
     async fn stop(mut self) {
@@ -245,7 +307,12 @@ async fn tally(t: &TestApp) -> Vec<(String, u64)> {
     v.as_array()
         .expect("list")
         .iter()
-        .map(|e| (e[0].as_str().expect("event").to_string(), e[1].as_u64().expect("instance")))
+        .map(|e| {
+            (
+                e[0].as_str().expect("event").to_string(),
+                e[1].as_u64().expect("instance"),
+            )
+        })
         .collect()
 }
 
@@ -265,43 +332,129 @@ async fn tally_at_least(t: &TestApp, n: usize) -> Vec<(String, u64)> {
 /// a package calling Node.js actions with the context travelling, events
 /// both ways, emit balanced per group and broadcast to all.
 async fn with_moleculer(release: &str, protocol: u8) {
-    let Some((nats_bin, peers)) = tools() else { return };
+    let Some((nats_bin, peers)) = tools() else {
+        return;
+    };
     let nats = Nats::start(&nats_bin).await;
     let node = Node::start(&nats.url, "wasm-1", protocol, "json", WASM_PACKAGES).await;
     let peer_a = Peer::start(&peers, release, &nats.url, "node-a", "node-watch").await;
     let peer_b = Peer::start(&peers, release, &nats.url, "node-b", "node-watch").await;
-    let waited = peer_a.cmd(json!({ "cmd": "wait", "services": ["greeter", "probe", "chaos"] })).await;
+    let waited = peer_a
+        .cmd(json!({ "cmd": "wait", "services": ["greeter", "probe", "chaos"] }))
+        .await;
     assert_eq!(waited["ok"], true, "{waited}");
 
     // Node.js calls Wasm: a result, a validation error, a crash, a timeout.
-    assert_eq!(peer_a.call("greeter.hello", json!({ "name": "Ada" })).await, Ok(json!("Hello, Ada!")));
-    let e = peer_a.call("greeter.hello", json!({ "name": 7 })).await.expect_err("7 is not a string");
-    assert_eq!((e["name"].as_str(), e["code"].as_u64(), e["type"].as_str()), (Some("ValidationError"), Some(422), Some("VALIDATION_ERROR")), "{e}");
-    assert!(e["message"].as_str().is_some_and(|m| m.contains("params.name")), "{e}");
-    let e = peer_a.call("chaos.crash", json!({})).await.expect_err("a crash");
-    assert_eq!((e["name"].as_str(), e["code"].as_u64(), e["type"].as_str()), (Some("MoleculerServerError"), Some(500), Some("CRASHED")), "{e}");
-    let e = peer_a.call("chaos.spin", json!({})).await.expect_err("a timeout");
-    assert_eq!((e["name"].as_str(), e["code"].as_u64()), (Some("RequestTimeoutError"), Some(504)), "{e}");
+    assert_eq!(
+        peer_a.call("greeter.hello", json!({ "name": "Ada" })).await,
+        Ok(json!("Hello, Ada!"))
+    );
+    let e = peer_a
+        .call("greeter.hello", json!({ "name": 7 }))
+        .await
+        .expect_err("7 is not a string");
+    assert_eq!(
+        (e["name"].as_str(), e["code"].as_u64(), e["type"].as_str()),
+        (Some("ValidationError"), Some(422), Some("VALIDATION_ERROR")),
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("params.name")),
+        "{e}"
+    );
+    let e = peer_a
+        .call("chaos.crash", json!({}))
+        .await
+        .expect_err("a crash");
+    assert_eq!(
+        (e["name"].as_str(), e["code"].as_u64(), e["type"].as_str()),
+        (Some("MoleculerServerError"), Some(500), Some("CRASHED")),
+        "{e}"
+    );
+    let e = peer_a
+        .call("chaos.spin", json!({}))
+        .await
+        .expect_err("a timeout");
+    assert_eq!(
+        (e["name"].as_str(), e["code"].as_u64()),
+        (Some("RequestTimeoutError"), Some(504)),
+        "{e}"
+    );
     let nodes = peer_a.cmd(json!({ "cmd": "nodes" })).await;
-    assert!(nodes["result"].as_array().expect("nodes").iter().any(|n| n["id"] == "wasm-1" && n["client"]["type"] == "rust"), "{nodes}");
+    assert!(
+        nodes["result"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| n["id"] == "wasm-1" && n["client"]["type"] == "rust"),
+        "{nodes}"
+    );
 
     // Wasm calls Node.js: from a package by name, and from outside (gateway, CLI).
     node.wait_for("node-math.add").await;
     let forward = |action: &str, params: Value| json!({ "action": action, "params-json": params.to_string() });
-    assert_eq!(node.t.ok("probe.forward", forward("node-math.add", json!({ "a": 1, "b": 2 }))).await, json!("3"));
-    let e = node.t.call("probe.forward", forward("node-math.fail", json!({}))).await.expect_err("fails");
-    assert!(e.message().contains("teapot") && e.message().contains("failed"), "{e}");
-    let e = node.t.call("probe.forward", forward("node-math.add", json!({ "a": "x" }))).await.expect_err("invalid");
+    assert_eq!(
+        node.t
+            .ok(
+                "probe.forward",
+                forward("node-math.add", json!({ "a": 1, "b": 2 }))
+            )
+            .await,
+        json!("3")
+    );
+    let e = node
+        .t
+        .call("probe.forward", forward("node-math.fail", json!({})))
+        .await
+        .expect_err("fails");
+    assert!(
+        e.message().contains("teapot") && e.message().contains("failed"),
+        "{e}"
+    );
+    let e = node
+        .t
+        .call(
+            "probe.forward",
+            forward("node-math.add", json!({ "a": "x" })),
+        )
+        .await
+        .expect_err("invalid");
     assert!(e.message().contains("invalid-params"), "{e}");
     let body = serde_json::to_vec(&json!({ "a": 2, "b": 3 })).expect("json");
-    assert_eq!(node.t.app.broker.call_json("node-math.add", &body, CallContext::new(Duration::from_secs(5))).await, Ok(json!(5)));
-    let e = node.t.call("node-math.fail", json!({})).await.expect_err("fails");
-    assert!(matches!(e, CallError::Failed(_)) && e.message().contains("teapot"), "{e}");
+    assert_eq!(
+        node.t
+            .app
+            .broker
+            .call_json(
+                "node-math.add",
+                &body,
+                CallContext::new(Duration::from_secs(5))
+            )
+            .await,
+        Ok(json!(5))
+    );
+    let e = node
+        .t
+        .call("node-math.fail", json!({}))
+        .await
+        .expect_err("fails");
+    assert!(
+        matches!(e, CallError::Failed(_)) && e.message().contains("teapot"),
+        "{e}"
+    );
     // The context travels: request id, meta, level and caller.
     let mut ctx = CallContext::with_request_id("req-cluster-1", Duration::from_secs(5));
     ctx.meta = vec![("tenant".to_string(), "acme".to_string())].into();
     let params = serde_json::to_vec(&forward("node-math.whoami", json!({ "x": 1 }))).expect("json");
-    let who = node.t.app.broker.call_json("probe.forward", &params, ctx).await.expect("whoami");
+    let who = node
+        .t
+        .app
+        .broker
+        .call_json("probe.forward", &params, ctx)
+        .await
+        .expect("whoami");
     let who: Value = serde_json::from_str(who.as_str().expect("JSON text")).expect("JSON");
     assert_eq!(who["requestID"], "req-cluster-1", "{who}");
     assert_eq!(who["meta"]["tenant"], "acme", "{who}");
@@ -311,46 +464,95 @@ async fn with_moleculer(release: &str, protocol: u8) {
     // Round-robin over the two Node.js nodes.
     let mut served = HashSet::new();
     for _ in 0..4 {
-        let who = node.t.call("node-math.whoami", json!({})).await.expect("whoami");
+        let who = node
+            .t
+            .call("node-math.whoami", json!({}))
+            .await
+            .expect("whoami");
         served.insert(who["nodeID"].as_str().expect("nodeID").to_string());
     }
     assert_eq!(served.len(), 2, "both Node.js nodes served: {served:?}");
 
     // Wasm events reach Node.js: emit to one node of the group, broadcast to both.
     for i in 0..10 {
-        node.t.ok("probe.emit", json!({ "event": "test.wasm", "payload-json": json!({ "n": i }).to_string() })).await;
+        node.t
+            .ok(
+                "probe.emit",
+                json!({ "event": "test.wasm", "payload-json": json!({ "n": i }).to_string() }),
+            )
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (a, b) = (peer_a.events(0, Duration::ZERO).await, peer_b.events(0, Duration::ZERO).await);
-    assert_eq!(a.len() + b.len(), 10, "each emit reached one node of group node-watch: {a:?} {b:?}");
-    assert!(!a.is_empty() && !b.is_empty(), "emits were balanced: {} / {}", a.len(), b.len());
-    assert!(a.iter().chain(&b).all(|e| e["received"] == "test.wasm" && e["data"]["n"].is_u64() && e["type"] == "emit"), "{a:?}");
-    node.t.ok("probe.broadcast", json!({ "event": "test.all", "payload-json": "{\"k\":\"v\"}" })).await;
+    let (a, b) = (
+        peer_a.events(0, Duration::ZERO).await,
+        peer_b.events(0, Duration::ZERO).await,
+    );
+    assert_eq!(
+        a.len() + b.len(),
+        10,
+        "each emit reached one node of group node-watch: {a:?} {b:?}"
+    );
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "emits were balanced: {} / {}",
+        a.len(),
+        b.len()
+    );
+    assert!(
+        a.iter().chain(&b).all(|e| e["received"] == "test.wasm"
+            && e["data"]["n"].is_u64()
+            && e["type"] == "emit"),
+        "{a:?}"
+    );
+    node.t
+        .ok(
+            "probe.broadcast",
+            json!({ "event": "test.all", "payload-json": "{\"k\":\"v\"}" }),
+        )
+        .await;
     let a = peer_a.events(1, Duration::from_secs(5)).await;
     let b = peer_b.events(1, Duration::from_secs(5)).await;
-    assert_eq!((a.len(), b.len()), (1, 1), "a broadcast reached both: {a:?} {b:?}");
+    assert_eq!(
+        (a.len(), b.len()),
+        (1, 1),
+        "a broadcast reached both: {a:?} {b:?}"
+    );
     assert_eq!(a[0]["data"], json!({ "k": "v" }));
     // The local subscriber (probe itself) got them all too.
     tally_at_least(&node.t, 12).await;
     node.t.ok("tally.reset", json!({})).await;
 
     // Node.js events reach Wasm: emit to one probe instance, broadcast to every one.
-    let r = peer_a.cmd(json!({ "cmd": "emit", "event": "test.node", "payload": { "from": "node" } })).await;
+    let r = peer_a
+        .cmd(json!({ "cmd": "emit", "event": "test.node", "payload": { "from": "node" } }))
+        .await;
     assert_eq!(r["ok"], true, "{r}");
     let got = tally_at_least(&node.t, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(tally(&node.t).await, got, "an emit is delivered once");
     assert_eq!(got[0].0, "test.node");
     node.t.ok("tally.reset", json!({})).await;
-    peer_b.cmd(json!({ "cmd": "broadcast", "event": "test.every", "payload": {} })).await;
+    peer_b
+        .cmd(json!({ "cmd": "broadcast", "event": "test.every", "payload": {} }))
+        .await;
     let got = tally_at_least(&node.t, 2).await;
     let instances: HashSet<u64> = got.iter().map(|(_, i)| *i).collect();
-    assert_eq!(instances.len(), 2, "a broadcast reaches both probe instances: {got:?}");
+    assert_eq!(
+        instances.len(),
+        2,
+        "a broadcast reaches both probe instances: {got:?}"
+    );
 
     // A clean stop: the Node.js nodes drop wasm-1 at once.
     node.stop().await;
-    let e = peer_a.call("greeter.hello", json!({ "name": "x" })).await.expect_err("gone");
-    assert_eq!(e["code"], 404, "after INFO(empty) and DISCONNECT, greeter is gone: {e}");
+    let e = peer_a
+        .call("greeter.hello", json!({ "name": "x" }))
+        .await
+        .expect_err("gone");
+    assert_eq!(
+        e["code"], 404,
+        "after INFO(empty) and DISCONNECT, greeter is gone: {e}"
+    );
     peer_a.stop().await;
     peer_b.stop().await;
 }
@@ -367,13 +569,22 @@ async fn moleculer_0_15_and_wasm_call_each_other_over_protocol_5() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_the_other_protocol_version_is_ignored() {
-    let Some((nats_bin, peers)) = tools() else { return };
+    let Some((nats_bin, peers)) = tools() else {
+        return;
+    };
     let nats = Nats::start(&nats_bin).await;
     let node = Node::start(&nats.url, "wasm-v4", 4, "json", WASM_PACKAGES).await;
     let peer = Peer::start(&peers, "15", &nats.url, "node-v5", "node-watch").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(node.transport().nodes().is_empty(), "{:?}", node.transport().nodes());
-    let e = peer.call("greeter.hello", json!({ "name": "x" })).await.expect_err("not visible");
+    assert!(
+        node.transport().nodes().is_empty(),
+        "{:?}",
+        node.transport().nodes()
+    );
+    let e = peer
+        .call("greeter.hello", json!({ "name": "x" }))
+        .await
+        .expect_err("not visible");
     assert_eq!(e["name"], "ServiceNotFoundError", "{e}");
     peer.stop().await;
     node.stop().await;
@@ -399,7 +610,13 @@ component = "{TALLY}"
 /// Calls `probe.instance-id` from `caller`; the id of the instance that answered.
 async fn instance(caller: &Node, timeout: Duration) -> Result<u64, CallError> {
     let ctx = CallContext::new(timeout);
-    caller.t.app.broker.call_json("probe.instance-id", b"{}", ctx).await.map(|v| v.as_u64().expect("u64"))
+    caller
+        .t
+        .app
+        .broker
+        .call_json("probe.instance-id", b"{}", ctx)
+        .await
+        .map(|v| v.as_u64().expect("u64"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,17 +629,36 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
     let mut c = Node::start(&nats.url, "wasm-c", 4, "msgpack", WORKER).await;
     let both = eventually(Duration::from_secs(10), || async {
         let nodes = a.transport().nodes();
-        (nodes.iter().filter(|n| n.actions.iter().any(|x| x == "probe.instance-id")).count() == 2).then_some(())
+        (nodes
+            .iter()
+            .filter(|n| n.actions.iter().any(|x| x == "probe.instance-id"))
+            .count()
+            == 2)
+            .then_some(())
     })
     .await;
-    assert!(both.is_some(), "a sees b and c: {:?}", a.transport().nodes());
-    let id_b = b.t.ok("probe.instance-id", json!({})).await.as_u64().expect("id");
-    let id_c = c.t.ok("probe.instance-id", json!({})).await.as_u64().expect("id");
+    assert!(
+        both.is_some(),
+        "a sees b and c: {:?}",
+        a.transport().nodes()
+    );
+    let id_b =
+        b.t.ok("probe.instance-id", json!({}))
+            .await
+            .as_u64()
+            .expect("id");
+    let id_c =
+        c.t.ok("probe.instance-id", json!({}))
+            .await
+            .as_u64()
+            .expect("id");
 
     // Round-robin: half each.
     let mut counts: HashMap<u64, usize> = HashMap::new();
     for _ in 0..40 {
-        *counts.entry(instance(&a, Duration::from_secs(5)).await.expect("call")).or_default() += 1;
+        *counts
+            .entry(instance(&a, Duration::from_secs(5)).await.expect("call"))
+            .or_default() += 1;
     }
     assert_eq!(counts.get(&id_b), Some(&20), "{counts:?}");
     assert_eq!(counts.get(&id_c), Some(&20), "{counts:?}");
@@ -430,15 +666,40 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
     // Events between Wasm nodes: emit reaches one node's probe, broadcast both.
     let payload = vec![0x81, 0xa1, b'n', 0x01]; // MessagePack {"n": 1}
     for _ in 0..10 {
-        a.t.app.broker.publish("test.emit", payload.clone(), false, CallContext::new(Duration::from_secs(5)));
+        a.t.app.broker.publish(
+            "test.emit",
+            payload.clone(),
+            false,
+            CallContext::new(Duration::from_secs(5)),
+        );
     }
     let (tb, tc) = (tally_at_least(&b.t, 1).await, tally_at_least(&c.t, 1).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (tb, tc) = (tally(&b.t).await.len().max(tb.len()), tally(&c.t).await.len().max(tc.len()));
+    let (tb, tc) = (
+        tally(&b.t).await.len().max(tb.len()),
+        tally(&c.t).await.len().max(tc.len()),
+    );
     assert_eq!(tb + tc, 10, "each emit reached one node: {tb} + {tc}");
-    a.t.app.broker.publish("test.all", payload.clone(), true, CallContext::new(Duration::from_secs(5)));
-    assert_eq!(tally_at_least(&b.t, tb + 1).await.last().map(|e| e.0.clone()), Some("test.all".into()));
-    assert_eq!(tally_at_least(&c.t, tc + 1).await.last().map(|e| e.0.clone()), Some("test.all".into()));
+    a.t.app.broker.publish(
+        "test.all",
+        payload.clone(),
+        true,
+        CallContext::new(Duration::from_secs(5)),
+    );
+    assert_eq!(
+        tally_at_least(&b.t, tb + 1)
+            .await
+            .last()
+            .map(|e| e.0.clone()),
+        Some("test.all".into())
+    );
+    assert_eq!(
+        tally_at_least(&c.t, tc + 1)
+            .await
+            .last()
+            .map(|e| e.0.clone()),
+        Some("test.all".into())
+    );
 
     // c is lost mid-load (no goodbye): calls move to b, none hangs past its timeout.
     let timeout = Duration::from_secs(6);
@@ -464,30 +725,53 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
     };
     let (results, ()) = tokio::join!(join_all(loops), killer);
     let results: Vec<_> = results.into_iter().flatten().collect();
-    let slowest = results.iter().map(|(_, took, _)| *took).max().expect("calls");
-    assert!(slowest < timeout, "no call waited out its timeout: slowest {slowest:?}");
+    let slowest = results
+        .iter()
+        .map(|(_, took, _)| *took)
+        .max()
+        .expect("calls");
+    assert!(
+        slowest < timeout,
+        "no call waited out its timeout: slowest {slowest:?}"
+    );
     let mut lost = 0;
     for (at, _, r) in &results {
         match r {
-            Ok(id) if *at > Duration::from_millis(4000) => assert_eq!(*id, id_b, "after detection only b serves"),
+            Ok(id) if *at > Duration::from_millis(4000) => {
+                assert_eq!(*id, id_b, "after detection only b serves")
+            }
             Ok(_) => {}
             Err(CallError::Crashed(m)) if m.contains("wasm-c") && m.contains("lost") => lost += 1,
             Err(e) => panic!("unexpected error at {at:?}: {e}"),
         }
     }
     assert!(results.len() > 100, "load ran: {} calls", results.len());
-    eprintln!("{} calls during the loss, {lost} failed as lost with c", results.len());
-    assert!(!a.transport().nodes().iter().any(|n| n.id == "wasm-c"), "c is gone from a's registry");
+    eprintln!(
+        "{} calls during the loss, {lost} failed as lost with c",
+        results.len()
+    );
+    assert!(
+        !a.transport().nodes().iter().any(|n| n.id == "wasm-c"),
+        "c is gone from a's registry"
+    );
 
     // c comes back (a new instance, same node id): a finds it again.
     let settings = c.t.app.manifest.cluster.clone().expect("[cluster]");
-    c.transport = Some(Transport::start(c.t.app.broker.clone(), settings).await.expect("rejoin"));
+    c.transport = Some(
+        Transport::start(c.t.app.broker.clone(), settings)
+            .await
+            .expect("rejoin"),
+    );
     let back = eventually(Duration::from_secs(10), || async {
         (instance(&a, Duration::from_secs(2)).await.ok()? == id_c).then_some(())
     })
     .await;
     assert!(back.is_some(), "the restarted node serves again");
-    let rtt = a.transport().ping("wasm-c", Duration::from_secs(2)).await.expect("pong");
+    let rtt = a
+        .transport()
+        .ping("wasm-c", Duration::from_secs(2))
+        .await
+        .expect("pong");
     assert!(rtt < Duration::from_secs(2));
     a.stop().await;
     b.stop().await;
@@ -509,7 +793,11 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
                 }
             }
         }
-        if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     })
     .await;
     out.extend(done.into_iter().flatten());

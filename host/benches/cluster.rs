@@ -32,7 +32,10 @@ const EVENTS: u64 = 300_000;
 const EVENT_WINDOW: u64 = 20_000;
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run())
 }
 
@@ -46,17 +49,37 @@ impl Drop for Killed {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let nats_bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or_else(|| anyhow::anyhow!("the cluster benchmark needs nats-server (apt-get install nats-server)"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _nats = Killed(Command::new(nats_bin).args(["-a", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    let nats_bin = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .ok_or_else(|| {
+        anyhow::anyhow!("the cluster benchmark needs nats-server (apt-get install nats-server)")
+    })?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _nats = Killed(
+        Command::new(nats_bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let url = format!("nats://127.0.0.1:{port}");
     let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "nats-server did not start");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -71,18 +94,35 @@ async fn run() -> anyhow::Result<()> {
     }
     let shop = App::load(manifest, &LoadOptions::default()).await?;
     let caller_dir = tempfile::tempdir()?;
-    std::fs::write(caller_dir.path().join("steedos.toml"), "[app]\nname = \"caller\"\n")?;
+    std::fs::write(
+        caller_dir.path().join("steedos.toml"),
+        "[app]\nname = \"caller\"\n",
+    )?;
     let caller = App::load(Manifest::load(caller_dir.path())?, &LoadOptions::default()).await?;
-    let settings = |id: &str| ClusterSettings { node_id: Some(id.into()), ..ClusterSettings::new(url.clone()) };
+    let settings = |id: &str| ClusterSettings {
+        node_id: Some(id.into()),
+        ..ClusterSettings::new(url.clone())
+    };
     let shop_node = Transport::start(shop.broker.clone(), settings("bench-shop")).await?;
     let caller_node = Transport::start(caller.broker.clone(), settings("bench-caller")).await?;
-    anyhow::ensure!(caller_node.wait_for_action("greeter.hello", Duration::from_secs(10)).await, "greeter.hello not discovered");
+    anyhow::ensure!(
+        caller_node
+            .wait_for_action("greeter.hello", Duration::from_secs(10))
+            .await,
+        "greeter.hello not discovered"
+    );
 
     let broker = caller.broker.clone();
     let call = move || {
         let broker = broker.clone();
         async move {
-            let v = broker.call_json("greeter.hello", br#"{"name":"bench"}"#, CallContext::new(Duration::from_secs(10))).await;
+            let v = broker
+                .call_json(
+                    "greeter.hello",
+                    br#"{"name":"bench"}"#,
+                    CallContext::new(Duration::from_secs(10)),
+                )
+                .await;
             v.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
         }
     };
@@ -135,22 +175,44 @@ where
 /// last marker event has reached it.
 async fn events(caller: &App, shop: &App, shop_node: &Transport) -> anyhow::Result<f64> {
     // MessagePack {"order-id": 1}
-    let payload = vec![0x81, 0xa8, b'o', b'r', b'd', b'e', b'r', b'-', b'i', b'd', 0x01];
+    let payload = vec![
+        0x81, 0xa8, b'o', b'r', b'd', b'e', b'r', b'-', b'i', b'd', 0x01,
+    ];
     let base = shop_node.stats().events_received;
     let start = Instant::now();
     for sent in 1..=EVENTS {
-        caller.broker.publish("order.bench", payload.clone(), false, CallContext::new(Duration::from_secs(10)));
+        caller.broker.publish(
+            "order.bench",
+            payload.clone(),
+            false,
+            CallContext::new(Duration::from_secs(10)),
+        );
         if sent % 1000 == 0 {
             while sent - (shop_node.stats().events_received - base) > EVENT_WINDOW {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
         }
     }
-    caller.broker.publish("order.bench-end", payload.clone(), false, CallContext::new(Duration::from_secs(10)));
+    caller.broker.publish(
+        "order.bench-end",
+        payload.clone(),
+        false,
+        CallContext::new(Duration::from_secs(10)),
+    );
     loop {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "events did not all arrive");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "events did not all arrive"
+        );
         if shop_node.stats().events_received - base > EVENTS {
-            let recent = shop.broker.call_json("audit.recent", b"{}", CallContext::new(Duration::from_secs(5))).await;
+            let recent = shop
+                .broker
+                .call_json(
+                    "audit.recent",
+                    b"{}",
+                    CallContext::new(Duration::from_secs(5)),
+                )
+                .await;
             let seen = recent.map_err(|e| anyhow::anyhow!("{e}"))?.to_string();
             if seen.contains("order.bench-end") {
                 break;
@@ -178,7 +240,12 @@ async fn raw(url: &str) -> anyhow::Result<()> {
     let call = move || {
         let client = client.clone();
         async move {
-            client.request("bench.echo", bytes::Bytes::from_static(br#"{"name":"bench"}"#)).await?;
+            client
+                .request(
+                    "bench.echo",
+                    bytes::Bytes::from_static(br#"{"name":"bench"}"#),
+                )
+                .await?;
             anyhow::Ok(())
         }
     };
@@ -198,7 +265,12 @@ fn moleculer_peer(url: &str) {
         println!("bench: peer.moleculer.cluster skipped (cd bench/moleculer && npm install)");
         return;
     }
-    match Command::new("node").arg("cluster.js").arg(url).current_dir(&dir).status() {
+    match Command::new("node")
+        .arg("cluster.js")
+        .arg(url)
+        .current_dir(&dir)
+        .status()
+    {
         Ok(s) if s.success() => {}
         Ok(s) => println!("bench: peer.moleculer.cluster failed ({s})"),
         Err(e) => println!("bench: peer.moleculer.cluster skipped (node: {e})"),

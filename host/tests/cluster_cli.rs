@@ -18,14 +18,28 @@ fn bin() -> Command {
 }
 
 fn text(out: &Output) -> String {
-    format!("status: {}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn nats_server() -> Option<PathBuf> {
-    let found = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"].iter().map(PathBuf::from).find(|p| p.exists());
+    let found = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
     if found.is_none() {
         if std::env::var_os("CI").is_some_and(|v| v == "true" || v == "1") {
-            panic!("the cluster CLI test must run under CI, but nats-server is not installed (apt-get install nats-server)");
+            panic!(
+                "the cluster CLI test must run under CI, but nats-server is not installed (apt-get install nats-server)"
+            );
         }
         eprintln!("skipping the cluster CLI test: nats-server is not installed");
     }
@@ -44,8 +58,19 @@ impl Drop for Killed {
 #[test]
 fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
     let Some(nats) = nats_server() else { return };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let _nats = Killed(Command::new(nats).args(["-a", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let _nats = Killed(
+        Command::new(nats)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server"),
+    );
     let url = format!("nats://127.0.0.1:{port}");
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let built = bin().arg("build").arg(&shop).output().expect("build");
@@ -54,7 +79,17 @@ fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
     let mut node = bin()
         .arg("run")
         .arg(&shop)
-        .args(["--no-build", "--listen", "off", "--nats", &url, "--node-id", "shop-node", "--namespace", "cli"])
+        .args([
+            "--no-build",
+            "--listen",
+            "off",
+            "--nats",
+            &url,
+            "--node-id",
+            "shop-node",
+            "--namespace",
+            "cli",
+        ])
         .env("RUST_LOG", "steedos_wasm=info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -71,35 +106,66 @@ fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
         if line.starts_with("cluster:") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no `cluster:` line:\n{summary}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no `cluster:` line:\n{summary}"
+        );
     }
     assert!(summary.contains("node `shop-node` joined"), "{summary}");
 
     // A client app with no packages of its own, in the same namespace.
     let client = tempfile::tempdir().expect("temp dir");
-    std::fs::write(client.path().join("steedos.toml"), "[app]\nname = \"client\"\n").expect("manifest");
+    std::fs::write(
+        client.path().join("steedos.toml"),
+        "[app]\nname = \"client\"\n",
+    )
+    .expect("manifest");
     let call = |namespace: &str| {
         bin()
             .arg("call")
             .arg(client.path())
-            .args(["greeter.hello", r#"{"name":"Ada"}"#, "--timeout", "5s", "--nats", &url, "--namespace", namespace])
+            .args([
+                "greeter.hello",
+                r#"{"name":"Ada"}"#,
+                "--timeout",
+                "5s",
+                "--nats",
+                &url,
+                "--namespace",
+                namespace,
+            ])
             .output()
             .expect("call")
     };
     let out = call("cli");
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#""Hello, Ada!""#);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#""Hello, Ada!""#
+    );
     // Another namespace is another cluster.
     let out = call("other");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("error[not-found]"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error[not-found]"),
+        "{}",
+        text(&out)
+    );
 
-    let kill = Command::new("kill").args(["-TERM", &node.id().to_string()]).status().expect("kill");
+    let kill = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(kill.success());
     let out = node.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("left the cluster"), "{log}");
     let out = call("cli");
-    assert_eq!(out.status.code(), Some(1), "after the node left: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "after the node left: {}",
+        text(&out)
+    );
 }

@@ -205,8 +205,15 @@ struct Shared {
 impl Transport {
     /// Connects to the transporter, joins the cluster and routes the
     /// broker's unserved calls and its events through it.
-    pub async fn start(broker: Arc<Broker>, settings: ClusterSettings) -> Result<Transport, TransportError> {
-        let node_id: Arc<str> = settings.node_id.clone().unwrap_or_else(default_node_id).into();
+    pub async fn start(
+        broker: Arc<Broker>,
+        settings: ClusterSettings,
+    ) -> Result<Transport, TransportError> {
+        let node_id: Arc<str> = settings
+            .node_id
+            .clone()
+            .unwrap_or_else(default_node_id)
+            .into();
         let prefix = match &settings.namespace {
             Some(ns) => format!("MOL-{ns}"),
             None => "MOL".to_string(),
@@ -218,7 +225,10 @@ impl Transport {
             .client_capacity(1 << 14)
             .connect(settings.transporter.as_str())
             .await
-            .map_err(|e| TransportError::Connect { url: settings.transporter.clone(), message: e.to_string() })?;
+            .map_err(|e| TransportError::Connect {
+                url: settings.transporter.clone(),
+                message: e.to_string(),
+            })?;
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             broker: broker.clone(),
@@ -259,16 +269,32 @@ impl Transport {
         ];
         let mut tasks = Vec::new();
         for (kind, subject) in subscriptions {
-            let subscriber = client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| TransportError::Subscribe { subject, message: e.to_string() })?;
+            let subscriber =
+                client
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| TransportError::Subscribe {
+                        subject,
+                        message: e.to_string(),
+                    })?;
             tasks.push(tokio::spawn(shared.clone().listen(kind, subscriber)));
         }
         tasks.push(tokio::spawn(send_outbox(client.clone(), outgoing)));
-        client.flush().await.map_err(|e| TransportError::Connect { url: shared.settings.transporter.clone(), message: e.to_string() })?;
+        client.flush().await.map_err(|e| TransportError::Connect {
+            url: shared.settings.transporter.clone(),
+            message: e.to_string(),
+        })?;
         broker.set_remote(Some(Arc::new(Route(shared.clone()))));
-        shared.publish_now(Kind::Discover, shared.subject("DISCOVER"), &packet::HeaderOut { ver: shared.ver, sender: &node_id }).await?;
+        shared
+            .publish_now(
+                Kind::Discover,
+                shared.subject("DISCOVER"),
+                &packet::HeaderOut {
+                    ver: shared.ver,
+                    sender: &node_id,
+                },
+            )
+            .await?;
         shared.send_info(None, false).await?;
         tasks.push(tokio::spawn(shared.clone().beat()));
         tracing::info!(node = %node_id, transporter = %shared.settings.transporter, protocol = shared.ver, "joined the cluster");
@@ -318,17 +344,33 @@ impl Transport {
         let id = next_request_id().to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pings).insert(id.clone(), tx);
-        let ping = packet::Ping { ver: self.shared.ver.into(), sender: self.shared.node_id.to_string(), id: id.clone(), time: now_ms(), arrived: None };
-        let sent = self.shared.publish_now(Kind::Ping, self.shared.subject_to("PING", node), &ping).await;
+        let ping = packet::Ping {
+            ver: self.shared.ver.into(),
+            sender: self.shared.node_id.to_string(),
+            id: id.clone(),
+            time: now_ms(),
+            arrived: None,
+        };
+        let sent = self
+            .shared
+            .publish_now(Kind::Ping, self.shared.subject_to("PING", node), &ping)
+            .await;
         let answer = match sent {
-            Ok(()) => tokio::time::timeout(within, rx).await.ok().and_then(Result::ok),
+            Ok(()) => tokio::time::timeout(within, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
             Err(e) => {
                 lock(&self.shared.pings).remove(&id);
                 return Err(e);
             }
         };
         lock(&self.shared.pings).remove(&id);
-        answer.ok_or(TransportError::NoAnswer { kind: "PING", node: node.to_string(), within })
+        answer.ok_or(TransportError::NoAnswer {
+            kind: "PING",
+            node: node.to_string(),
+            within,
+        })
     }
 
     /// Leaves the cluster cleanly: an INFO with no services so that no new
@@ -346,8 +388,14 @@ impl Transport {
         while shared.serving.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let bye = packet::HeaderOut { ver: shared.ver, sender: &shared.node_id };
-        if let Err(e) = shared.publish_now(Kind::Disconnect, shared.subject("DISCONNECT"), &bye).await {
+        let bye = packet::HeaderOut {
+            ver: shared.ver,
+            sender: &shared.node_id,
+        };
+        if let Err(e) = shared
+            .publish_now(Kind::Disconnect, shared.subject("DISCONNECT"), &bye)
+            .await
+        {
             tracing::warn!(node = %shared.node_id, error = %e, "could not say DISCONNECT");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.client.flush()).await;
@@ -405,12 +453,21 @@ impl Shared {
     }
 
     /// Writes and publishes a packet, waiting for the client to take it.
-    async fn publish_now<T: serde::Serialize>(&self, kind: Kind, subject: Subject, packet: &T) -> Result<(), TransportError> {
+    async fn publish_now<T: serde::Serialize>(
+        &self,
+        kind: Kind,
+        subject: Subject,
+        packet: &T,
+    ) -> Result<(), TransportError> {
         let bytes = self.wire.encode(kind.name(), packet)?;
         self.client
             .publish(subject.clone(), bytes.into())
             .await
-            .map_err(|e| TransportError::Publish { kind: kind.name(), subject: subject.to_string(), message: e.to_string() })
+            .map_err(|e| TransportError::Publish {
+                kind: kind.name(),
+                subject: subject.to_string(),
+                message: e.to_string(),
+            })
     }
 
     /// Writes a packet and queues it, for code that cannot wait.
@@ -435,7 +492,11 @@ impl Shared {
             if *sent != services {
                 let first = sent.is_null();
                 *sent = services.clone();
-                if first { self.seq.load(Ordering::Relaxed) } else { self.seq.fetch_add(1, Ordering::Relaxed) + 1 }
+                if first {
+                    self.seq.load(Ordering::Relaxed)
+                } else {
+                    self.seq.fetch_add(1, Ordering::Relaxed) + 1
+                }
             } else {
                 self.seq.load(Ordering::Relaxed)
             }
@@ -469,15 +530,29 @@ impl Shared {
             if self.leaving.load(Ordering::Acquire) {
                 return;
             }
-            let beat = packet::HeartbeatOut { ver: self.ver, sender: &self.node_id, cpu: cpu_percent() };
-            if let Err(e) = self.publish_now(Kind::Heartbeat, self.subject("HEARTBEAT"), &beat).await {
+            let beat = packet::HeartbeatOut {
+                ver: self.ver,
+                sender: &self.node_id,
+                cpu: cpu_percent(),
+            };
+            if let Err(e) = self
+                .publish_now(Kind::Heartbeat, self.subject("HEARTBEAT"), &beat)
+                .await
+            {
                 tracing::warn!(node = %self.node_id, error = %e, "heartbeat not sent");
             }
             let silent = self.registry().silent_for(self.settings.heartbeat_timeout);
             for node in silent {
-                self.lose(&node, &format!("no heartbeat for {}", Human(self.settings.heartbeat_timeout)));
+                self.lose(
+                    &node,
+                    &format!(
+                        "no heartbeat for {}",
+                        Human(self.settings.heartbeat_timeout)
+                    ),
+                );
             }
-            let changed = self.settings.advertise && *lock(&self.sent_services) != schema::services(&self.broker);
+            let changed = self.settings.advertise
+                && *lock(&self.sent_services) != schema::services(&self.broker);
             if changed && let Err(e) = self.send_info(None, false).await {
                 tracing::warn!(node = %self.node_id, error = %e, "INFO not sent");
             }
@@ -492,8 +567,14 @@ impl Shared {
         tracing::warn!(node, reason = why, "node lost");
         let lost: Vec<Pending> = {
             let mut pending = lock(&self.pending);
-            let ids: Vec<u64> = pending.iter().filter(|(_, p)| &*p.node == node).map(|(id, _)| *id).collect();
-            ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| &*p.node == node)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id))
+                .collect()
         };
         for p in lost {
             let _ = p.reply.send(Err(CallError::Crashed(format!(
@@ -506,7 +587,9 @@ impl Shared {
     fn fail_all(&self, why: &str) {
         let all: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
         for p in all {
-            let _ = p.reply.send(Err(CallError::Overloaded(format!("{}: {why}", p.action))));
+            let _ = p
+                .reply
+                .send(Err(CallError::Overloaded(format!("{}: {why}", p.action))));
         }
     }
 
@@ -526,7 +609,12 @@ impl Shared {
         }
         if ver != self.ver {
             if lock(&self.wrong_version).insert(sender.to_string()) {
-                tracing::warn!(node = sender, their = ver, ours = self.ver, "node speaks another protocol version; its packets are ignored");
+                tracing::warn!(
+                    node = sender,
+                    their = ver,
+                    ours = self.ver,
+                    "node speaks another protocol version; its packets are ignored"
+                );
             }
             return false;
         }
@@ -563,13 +651,17 @@ impl Shared {
             }
             Kind::Info => {
                 let info: packet::Info = wire.decode("INFO", &bytes)?;
-                if info.sender == *self.node_id && info.instance_id.as_deref() != Some(&self.instance_id) {
+                if info.sender == *self.node_id
+                    && info.instance_id.as_deref() != Some(&self.instance_id)
+                {
                     tracing::error!(node = %self.node_id, "another node uses this node id; give each node its own `node_id`");
                 }
                 if self.accept(&info.ver, &info.sender) {
                     let joined = self.registry_mut().apply_info(&info);
                     match joined {
-                        Joined::New => tracing::info!(node = %info.sender, services = info.services.len(), "node joined"),
+                        Joined::New => {
+                            tracing::info!(node = %info.sender, services = info.services.len(), "node joined")
+                        }
                         Joined::Restarted => {
                             tracing::info!(node = %info.sender, "node restarted");
                         }
@@ -582,8 +674,12 @@ impl Shared {
                 let h: packet::Heartbeat = wire.decode("HEARTBEAT", &bytes)?;
                 if self.accept(&h.ver, &h.sender) && !self.registry_mut().heartbeat(&h.sender) {
                     // A node we do not know (or lost): ask for its INFO.
-                    let ask = packet::HeaderOut { ver: self.ver, sender: &self.node_id };
-                    self.publish_now(Kind::Discover, self.subject_to("DISCOVER", &h.sender), &ask).await?;
+                    let ask = packet::HeaderOut {
+                        ver: self.ver,
+                        sender: &self.node_id,
+                    };
+                    self.publish_now(Kind::Discover, self.subject_to("DISCOVER", &h.sender), &ask)
+                        .await?;
                 }
             }
             Kind::Disconnect => {
@@ -596,14 +692,21 @@ impl Shared {
                 let ping: packet::Ping = wire.decode("PING", &bytes)?;
                 if self.accept(&ping.ver, &ping.sender) {
                     let to = self.subject_to("PONG", &ping.sender);
-                    let pong = packet::Ping { ver: self.ver.into(), sender: self.node_id.to_string(), id: ping.id, time: ping.time, arrived: Some(now_ms()) };
+                    let pong = packet::Ping {
+                        ver: self.ver.into(),
+                        sender: self.node_id.to_string(),
+                        id: ping.id,
+                        time: ping.time,
+                        arrived: Some(now_ms()),
+                    };
                     self.publish_now(Kind::Pong, to, &pong).await?;
                 }
             }
             Kind::Pong => {
                 let pong: packet::Ping = wire.decode("PONG", &bytes)?;
                 if let Some(tx) = lock(&self.pings).remove(&pong.id) {
-                    let rtt = Duration::from_millis(u64::try_from(now_ms() - pong.time).unwrap_or(0));
+                    let rtt =
+                        Duration::from_millis(u64::try_from(now_ms() - pong.time).unwrap_or(0));
                     let _ = tx.send(rtt);
                 }
             }
@@ -614,7 +717,10 @@ impl Shared {
     /// Runs a REQ from another node on this host's packages and answers it.
     async fn serve(self: Arc<Self>, req: packet::Request<Data>) {
         let _serving = Serving(&self.serving);
-        let timeout = req.timeout.filter(|t| *t > 0.0).map_or(NO_CALLER_TIMEOUT, |ms| Duration::from_secs_f64(ms / 1000.0));
+        let timeout = req
+            .timeout
+            .filter(|t| *t > 0.0)
+            .map_or(NO_CALLER_TIMEOUT, |ms| Duration::from_secs_f64(ms / 1000.0));
         let request_id = req.request_id.clone().unwrap_or_else(|| req.id.clone());
         let mut ctx = CallContext::with_request_id(request_id, timeout);
         let pairs = packet::meta_pairs(req.meta.as_ref());
@@ -622,17 +728,26 @@ impl Shared {
             ctx.meta = pairs.into();
         }
         let outcome = match (&req.params, req.stream) {
-            (_, Some(true)) => Err(CallError::InvalidParams(format!("{}: streams are not supported by steedos-wasm", req.action))),
+            (_, Some(true)) => Err(CallError::InvalidParams(format!(
+                "{}: streams are not supported by steedos-wasm",
+                req.action
+            ))),
             (Some(params), _) => match params.to_json() {
                 Ok(json) => self.broker.call_json_local(&req.action, &json, ctx).await,
-                Err(e) => Err(CallError::InvalidParams(format!("{}: params are not JSON: {e}", req.action))),
+                Err(e) => Err(CallError::InvalidParams(format!(
+                    "{}: params are not JSON: {e}",
+                    req.action
+                ))),
             },
             (None, _) => self.broker.call_json_local(&req.action, b"", ctx).await,
         };
         tracing::debug!(node = %self.node_id, from = %req.sender, action = %req.action, request_id = ?req.request_id, level = ?req.level, caller = ?req.caller, ok = outcome.is_ok(), "served a remote call");
         let (data, error) = match outcome {
             Ok(v) => (Some(Data::Value(v)), None),
-            Err(e) => (None, Some(packet::error_to_wire(&e, &req.action, &self.node_id))),
+            Err(e) => (
+                None,
+                Some(packet::error_to_wire(&e, &req.action, &self.node_id)),
+            ),
         };
         let res = packet::ResponseOut {
             ver: self.ver,
@@ -646,14 +761,22 @@ impl Shared {
             stream: false,
         };
         self.requests_served.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.publish_now(Kind::Response, self.subject_to("RES", &req.sender), &res).await {
+        if let Err(e) = self
+            .publish_now(Kind::Response, self.subject_to("RES", &req.sender), &res)
+            .await
+        {
             tracing::warn!(node = %self.node_id, to = %req.sender, action = %req.action, error = %e, "response not sent");
         }
     }
 
     /// Completes the call a RES answers.
     fn answer(&self, res: packet::Response<Data>) {
-        let Some(id) = res.id.strip_prefix(&*self.node_id).and_then(|r| r.strip_prefix('-')).and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(id) = res
+            .id
+            .strip_prefix(&*self.node_id)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
             return;
         };
         let Some(pending) = lock(&self.pending).remove(&id) else {
@@ -662,10 +785,18 @@ impl Shared {
         let result = match (res.success, res.error) {
             (true, _) => match res.data.map(Data::into_value).transpose() {
                 Ok(v) => Ok(v.unwrap_or(Value::Null)),
-                Err(e) => Err(CallError::Failed(format!("{} on node `{}`: the result is not JSON: {e}", pending.action, res.sender))),
+                Err(e) => Err(CallError::Failed(format!(
+                    "{} on node `{}`: the result is not JSON: {e}",
+                    pending.action, res.sender
+                ))),
             },
-            (false, Some(error)) => Err(packet::error_from_wire(error, &pending.action, &res.sender)),
-            (false, None) => Err(CallError::Failed(format!("{} on node `{}` failed without an error", pending.action, res.sender))),
+            (false, Some(error)) => {
+                Err(packet::error_from_wire(error, &pending.action, &res.sender))
+            }
+            (false, None) => Err(CallError::Failed(format!(
+                "{} on node `{}` failed without an error",
+                pending.action, res.sender
+            ))),
         };
         let _ = pending.reply.send(result);
     }
@@ -679,14 +810,23 @@ impl Shared {
                 return;
             }
         };
-        let request_id = event.request_id.clone().or(event.id.clone()).map_or_else(next_request_id, Into::into);
+        let request_id = event
+            .request_id
+            .clone()
+            .or(event.id.clone())
+            .map_or_else(next_request_id, Into::into);
         let mut ctx = CallContext::with_request_id(request_id, NO_CALLER_TIMEOUT);
         let pairs = packet::meta_pairs(event.meta.as_ref());
         if !pairs.is_empty() {
             ctx.meta = pairs.into();
         }
-        let groups = if event.broadcast { None } else { event.groups.as_deref() };
-        self.broker.deliver_remote_event(&event.event, payload, event.broadcast, groups, ctx);
+        let groups = if event.broadcast {
+            None
+        } else {
+            event.groups.as_deref()
+        };
+        self.broker
+            .deliver_remote_event(&event.event, payload, event.broadcast, groups, ctx);
         self.events_received.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -716,7 +856,12 @@ impl Drop for PendingGuard {
 struct Route(Arc<Shared>);
 
 impl RemoteRoute for Route {
-    fn call(&self, action: &str, params: RemoteParams<'_>, ctx: &CallContext) -> Option<BoxFuture<'static, Result<Value, CallError>>> {
+    fn call(
+        &self,
+        action: &str,
+        params: RemoteParams<'_>,
+        ctx: &CallContext,
+    ) -> Option<BoxFuture<'static, Result<Value, CallError>>> {
         let shared = &self.0;
         if shared.leaving.load(Ordering::Acquire) {
             return None;
@@ -754,24 +899,42 @@ impl RemoteRoute for Route {
         };
         let bytes = match shared.wire.encode("REQ", &req) {
             Ok(b) => b,
-            Err(e) => return Some(Box::pin(std::future::ready(Err(CallError::InvalidParams(format!("{action}: {e}")))))),
+            Err(e) => {
+                return Some(Box::pin(std::future::ready(Err(CallError::InvalidParams(
+                    format!("{action}: {e}"),
+                )))));
+            }
         };
         let (reply, answer) = oneshot::channel();
         let action: Arc<str> = action.into();
-        lock(&shared.pending).insert(id, Pending { node: node.clone(), action: action.clone(), reply });
-        let guard = PendingGuard { shared: shared.clone(), id };
+        lock(&shared.pending).insert(
+            id,
+            Pending {
+                node: node.clone(),
+                action: action.clone(),
+                reply,
+            },
+        );
+        let guard = PendingGuard {
+            shared: shared.clone(),
+            id,
+        };
         let deadline = ctx.deadline;
         let request_id = ctx.request_id.clone();
         Some(Box::pin(async move {
             let _guard = guard;
             let shared = &_guard.shared;
             if let Err(e) = shared.client.publish(subject, bytes.into()).await {
-                return Err(CallError::Overloaded(format!("{action}: cannot send the request to node `{node}`: {e}")));
+                return Err(CallError::Overloaded(format!(
+                    "{action}: cannot send the request to node `{node}`: {e}"
+                )));
             }
             let started = Instant::now();
             match tokio::time::timeout_at(deadline.into(), answer).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(CallError::Overloaded(format!("{action}: the transport to node `{node}` closed"))),
+                Ok(Err(_)) => Err(CallError::Overloaded(format!(
+                    "{action}: the transport to node `{node}` closed"
+                ))),
                 Err(_) => {
                     tracing::debug!(%action, node = %node, request_id = %request_id, "remote call timed out");
                     Err(CallError::Timeout(format!(
@@ -783,12 +946,21 @@ impl RemoteRoute for Route {
         }))
     }
 
-    fn publish(&self, event: &str, payload: &[u8], broadcast: bool, local_groups: &[Arc<str>], ctx: &CallContext) {
+    fn publish(
+        &self,
+        event: &str,
+        payload: &[u8],
+        broadcast: bool,
+        local_groups: &[Arc<str>],
+        ctx: &CallContext,
+    ) {
         let shared = &self.0;
         if shared.leaving.load(Ordering::Acquire) {
             return;
         }
-        let targets = shared.registry().event_targets(event, broadcast, local_groups);
+        let targets = shared
+            .registry()
+            .event_targets(event, broadcast, local_groups);
         if targets.is_empty() {
             return;
         }
@@ -830,7 +1002,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn hostname() -> String {
@@ -851,7 +1025,11 @@ pub fn default_node_id() -> String {
 fn cpu_percent() -> f64 {
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()))
+        .and_then(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<f64>().ok())
+        })
         .unwrap_or(0.0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     (load / cores * 100.0).clamp(0.0, 100.0).round()

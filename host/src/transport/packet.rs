@@ -106,7 +106,11 @@ pub struct Wire(pub Serializer);
 
 impl Wire {
     /// Writes a packet.
-    pub fn encode<T: Serialize>(self, kind: &'static str, packet: &T) -> Result<Vec<u8>, PacketError> {
+    pub fn encode<T: Serialize>(
+        self,
+        kind: &'static str,
+        packet: &T,
+    ) -> Result<Vec<u8>, PacketError> {
         let encoded = match self.0 {
             Serializer::Json => serde_json::to_vec(packet).map_err(|e| e.to_string()),
             Serializer::MessagePack => rmp_serde::to_vec_named(packet).map_err(|e| e.to_string()),
@@ -115,7 +119,11 @@ impl Wire {
     }
 
     /// Reads a packet without payload fields.
-    pub fn decode<T: DeserializeOwned>(self, kind: &'static str, bytes: &[u8]) -> Result<T, PacketError> {
+    pub fn decode<T: DeserializeOwned>(
+        self,
+        kind: &'static str,
+        bytes: &[u8],
+    ) -> Result<T, PacketError> {
         let decoded = match self.0 {
             Serializer::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
             Serializer::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
@@ -125,27 +133,43 @@ impl Wire {
 
     /// Reads a packet whose payload field is kept as [`Data`]: raw JSON
     /// text with the JSON serializer, a value with MessagePack.
-    pub fn decode_with_data<P>(self, kind: &'static str, bytes: &[u8]) -> Result<P::Of<Data>, PacketError>
+    pub fn decode_with_data<P>(
+        self,
+        kind: &'static str,
+        bytes: &[u8],
+    ) -> Result<P::Of<Data>, PacketError>
     where
         P: WithData,
         P::Of<Box<RawValue>>: DeserializeOwned,
         P::Of<Value>: DeserializeOwned,
     {
         match self.0 {
-            Serializer::Json => self.decode::<P::Of<Box<RawValue>>>(kind, bytes).map(P::raw_to_data),
-            Serializer::MessagePack => self.decode::<P::Of<Value>>(kind, bytes).map(P::value_to_data),
+            Serializer::Json => self
+                .decode::<P::Of<Box<RawValue>>>(kind, bytes)
+                .map(P::raw_to_data),
+            Serializer::MessagePack => self
+                .decode::<P::Of<Value>>(kind, bytes)
+                .map(P::value_to_data),
         }
     }
 
     /// A payload given as JSON text (`b""` for none), in the form this wire writes.
     pub fn data_from_json(self, json: &[u8]) -> Result<Data, String> {
-        let json = if json.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { json };
+        let json = if json.iter().all(u8::is_ascii_whitespace) {
+            b"{}".as_slice()
+        } else {
+            json
+        };
         match self.0 {
             Serializer::Json => {
                 let text = std::str::from_utf8(json).map_err(|e| e.to_string())?;
-                RawValue::from_string(text.to_owned()).map(Data::Raw).map_err(|e| e.to_string())
+                RawValue::from_string(text.to_owned())
+                    .map(Data::Raw)
+                    .map_err(|e| e.to_string())
             }
-            Serializer::MessagePack => serde_json::from_slice(json).map(Data::Value).map_err(|e| e.to_string()),
+            Serializer::MessagePack => serde_json::from_slice(json)
+                .map(Data::Value)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -154,7 +178,9 @@ impl Wire {
         if bytes.is_empty() {
             return Ok(Data::Value(empty));
         }
-        rmp_serde::from_slice::<Value>(bytes).map(Data::Value).map_err(|e| e.to_string())
+        rmp_serde::from_slice::<Value>(bytes)
+            .map(Data::Value)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -314,7 +340,14 @@ pub struct Response<D> {
 
 impl<D> Response<D> {
     fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Response<E> {
-        Response { ver: self.ver, sender: self.sender, id: self.id, success: self.success, data: self.data.map(f), error: self.error }
+        Response {
+            ver: self.ver,
+            sender: self.sender,
+            id: self.id,
+            success: self.success,
+            data: self.data.map(f),
+            error: self.error,
+        }
     }
 }
 
@@ -541,7 +574,9 @@ pub struct EventOut<'a> {
 /// `ctx.meta` of a packet as the host's string pairs: strings as they
 /// are, other values as JSON text.
 pub fn meta_pairs(meta: Option<&Value>) -> Vec<(String, String)> {
-    let Some(Value::Object(map)) = meta else { return Vec::new() };
+    let Some(Value::Object(map)) = meta else {
+        return Vec::new();
+    };
     map.iter()
         .map(|(k, v)| match v {
             Value::String(s) => (k.clone(), s.clone()),
@@ -552,7 +587,12 @@ pub fn meta_pairs(meta: Option<&Value>) -> Vec<(String, String)> {
 
 /// The host's meta pairs as a `ctx.meta` object.
 pub fn meta_object(pairs: &[(String, String)]) -> Value {
-    Value::Object(pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+    Value::Object(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
 }
 
 // ------------------------------------------------------------ errors
@@ -563,7 +603,13 @@ pub fn error_to_wire(error: &CallError, action: &str, node: &str) -> WireError {
     let message = error.message().to_string();
     let about = json!({ "action": action, "nodeID": node, "reason": message });
     let (name, code, kind, retryable, data) = match error {
-        CallError::NotFound(_) => ("ServiceNotFoundError", 404, "SERVICE_NOT_FOUND", true, about),
+        CallError::NotFound(_) => (
+            "ServiceNotFoundError",
+            404,
+            "SERVICE_NOT_FOUND",
+            true,
+            about,
+        ),
         CallError::InvalidParams(m) => (
             "ValidationError",
             422,
@@ -597,13 +643,18 @@ pub fn error_from_wire(error: WireError, action: &str, node: &str) -> CallError 
     let text = error.message.as_deref().unwrap_or("no message");
     let message = format!("{action} on node `{node}`: {name}: {text}");
     match (name, kind, code) {
-        ("ServiceNotFoundError" | "ServiceNotAvailableError", _, _) | (_, "SERVICE_NOT_FOUND", _) => CallError::NotFound(message),
-        ("ValidationError", _, _) | (_, "VALIDATION_ERROR" | "INVALID_PARAMS", _) => CallError::InvalidParams(message),
-        ("RequestTimeoutError", _, _) | (_, "REQUEST_TIMEOUT", _) | (_, _, 504) => CallError::Timeout(message),
-        (_, "CRASHED", _) => CallError::Crashed(message),
-        ("QueueIsFullError" | "RequestRejectedError", _, _) | (_, "OVERLOADED" | "QUEUE_FULL", _) | (_, _, 429 | 503) => {
-            CallError::Overloaded(message)
+        ("ServiceNotFoundError" | "ServiceNotAvailableError", _, _)
+        | (_, "SERVICE_NOT_FOUND", _) => CallError::NotFound(message),
+        ("ValidationError", _, _) | (_, "VALIDATION_ERROR" | "INVALID_PARAMS", _) => {
+            CallError::InvalidParams(message)
         }
+        ("RequestTimeoutError", _, _) | (_, "REQUEST_TIMEOUT", _) | (_, _, 504) => {
+            CallError::Timeout(message)
+        }
+        (_, "CRASHED", _) => CallError::Crashed(message),
+        ("QueueIsFullError" | "RequestRejectedError", _, _)
+        | (_, "OVERLOADED" | "QUEUE_FULL", _)
+        | (_, _, 429 | 503) => CallError::Overloaded(message),
         (_, "DENIED", _) | (_, _, 401 | 403) => CallError::Denied(message),
         _ => CallError::Failed(message),
     }
@@ -642,7 +693,12 @@ mod tests {
             assert_eq!(back.kind(), e.kind(), "{e}");
             assert!(back.message().contains(e.message()), "{back}");
         }
-        let v = serde_json::to_value(error_to_wire(&CallError::InvalidParams("p".into()), "a.b", "n1")).unwrap();
+        let v = serde_json::to_value(error_to_wire(
+            &CallError::InvalidParams("p".into()),
+            "a.b",
+            "n1",
+        ))
+        .unwrap();
         assert_eq!(v["name"], "ValidationError");
         assert_eq!(v["code"], 422);
         assert_eq!(v["type"], "VALIDATION_ERROR");
@@ -651,12 +707,17 @@ mod tests {
     #[test]
     fn requests_keep_their_params_as_raw_json() {
         let bytes = br#"{"ver":"4","sender":"n","id":"1","action":"a.b","params":{"x": [1, 2]},"meta":{"k":"v","n":1},"timeout":500,"level":1,"requestID":"r"}"#;
-        let req = Wire(Serializer::Json).decode_with_data::<Request<()>>("REQ", bytes).unwrap();
+        let req = Wire(Serializer::Json)
+            .decode_with_data::<Request<()>>("REQ", bytes)
+            .unwrap();
         match req.params {
             Some(Data::Raw(raw)) => assert_eq!(raw.get(), r#"{"x": [1, 2]}"#),
             other => panic!("{other:?}"),
         }
-        assert_eq!(meta_pairs(req.meta.as_ref()), vec![("k".into(), "v".into()), ("n".into(), "1".into())]);
+        assert_eq!(
+            meta_pairs(req.meta.as_ref()),
+            vec![("k".into(), "v".into()), ("n".into(), "1".into())]
+        );
         let mp = Wire(Serializer::MessagePack);
         let data = Data::Value(json!({"x": 1}));
         let out = RequestOut {

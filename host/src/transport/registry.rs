@@ -88,7 +88,12 @@ pub struct Registry {
 impl Registry {
     /// An empty registry for subjects under `prefix` (`MOL`, `MOL-dev`).
     pub fn new(prefix: &str) -> Self {
-        Registry { prefix: prefix.to_string(), nodes: HashMap::new(), actions: HashMap::new(), groups: HashMap::new() }
+        Registry {
+            prefix: prefix.to_string(),
+            nodes: HashMap::new(),
+            actions: HashMap::new(),
+            groups: HashMap::new(),
+        }
     }
 
     /// Records a node's INFO.
@@ -106,18 +111,34 @@ impl Registry {
                 if matches!(visibility, Some("protected" | "private")) {
                     continue;
                 }
-                actions.push(action.get("name").and_then(Value::as_str).unwrap_or(name).to_string());
+                actions.push(
+                    action
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or(name)
+                        .to_string(),
+                );
             }
             for (name, event) in service.events.iter().flatten() {
-                let pattern = event.get("name").and_then(Value::as_str).unwrap_or(name).to_string();
-                let group = event.get("group").and_then(Value::as_str).unwrap_or(&service.name).to_string();
+                let pattern = event
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(name)
+                    .to_string();
+                let group = event
+                    .get("group")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&service.name)
+                    .to_string();
                 listeners.push((pattern, group));
             }
         }
         let joined = match self.nodes.get(&id) {
             None => Joined::New,
             Some(n) if n.instance_id != info.instance_id => Joined::Restarted,
-            Some(n) if seq > n.seq || n.actions != actions || n.listeners != listeners => Joined::Updated,
+            Some(n) if seq > n.seq || n.actions != actions || n.listeners != listeners => {
+                Joined::Updated
+            }
             Some(_) => Joined::Same,
         };
         let node = Node {
@@ -125,7 +146,12 @@ impl Registry {
             seq,
             last_seen: Instant::now(),
             hostname: info.hostname.clone(),
-            client: info.client.as_ref().and_then(|c| c.get("type")).and_then(Value::as_str).map(str::to_string),
+            client: info
+                .client
+                .as_ref()
+                .and_then(|c| c.get("type"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
             services,
             actions,
             listeners,
@@ -162,7 +188,11 @@ impl Registry {
     /// Nodes not heard from for `timeout`.
     pub fn silent_for(&self, timeout: Duration) -> Vec<Arc<str>> {
         let now = Instant::now();
-        self.nodes.iter().filter(|(_, n)| now.duration_since(n.last_seen) > timeout).map(|(id, _)| id.clone()).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| now.duration_since(n.last_seen) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// The next node serving `action`, round-robin, with its REQ subject.
@@ -178,14 +208,21 @@ impl Registry {
 
     /// Whether some node serves `action`.
     pub fn serves(&self, action: &str) -> bool {
-        self.actions.get(action).is_some_and(|e| !e.nodes.is_empty())
+        self.actions
+            .get(action)
+            .is_some_and(|e| !e.nodes.is_empty())
     }
 
     /// Where an event goes: `(node, EVENT subject, groups)`. `emit` picks one
     /// node per listening group that `local_groups` does not already serve
     /// and sends each node its groups; `broadcast` reaches every node with a
     /// matching listener (groups `None`: all its listeners).
-    pub fn event_targets(&self, event: &str, broadcast: bool, local_groups: &[Arc<str>]) -> Vec<(Subject, Option<Vec<String>>)> {
+    pub fn event_targets(
+        &self,
+        event: &str,
+        broadcast: bool,
+        local_groups: &[Arc<str>],
+    ) -> Vec<(Subject, Option<Vec<String>>)> {
         if broadcast {
             return self
                 .nodes
@@ -199,7 +236,12 @@ impl Registry {
             if local_groups.iter().any(|g| **g == **group) {
                 continue;
             }
-            let mut nodes: Vec<&Arc<str>> = members.listeners.iter().filter(|(p, _)| matches(p, event)).map(|(_, n)| n).collect();
+            let mut nodes: Vec<&Arc<str>> = members
+                .listeners
+                .iter()
+                .filter(|(p, _)| matches(p, event))
+                .map(|(_, n)| n)
+                .collect();
             nodes.dedup();
             if nodes.is_empty() {
                 continue;
@@ -212,7 +254,11 @@ impl Registry {
         }
         by_node
             .into_iter()
-            .filter_map(|(node, groups)| self.nodes.get(&node).map(|n| (n.event.clone(), Some(groups))))
+            .filter_map(|(node, groups)| {
+                self.nodes
+                    .get(&node)
+                    .map(|n| (n.event.clone(), Some(groups)))
+            })
             .collect()
     }
 
@@ -247,18 +293,24 @@ impl Registry {
                 }
             }
             for (pattern, group) in &node.listeners {
-                groups.entry(group.clone()).or_default().listeners.push((pattern.clone(), id.clone()));
+                groups
+                    .entry(group.clone())
+                    .or_default()
+                    .listeners
+                    .push((pattern.clone(), id.clone()));
             }
         }
         // Keep the round-robin positions across updates.
         for (name, e) in &actions {
             if let Some(old) = self.actions.get(name) {
-                e.next.store(old.next.load(Ordering::Relaxed), Ordering::Relaxed);
+                e.next
+                    .store(old.next.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
         for (name, g) in &groups {
             if let Some(old) = self.groups.get(name) {
-                g.next.store(old.next.load(Ordering::Relaxed), Ordering::Relaxed);
+                g.next
+                    .store(old.next.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
         self.actions = actions;
@@ -322,14 +374,23 @@ mod tests {
         assert_eq!(r.apply_info(&info("b", "1", svc.clone())), Joined::New);
         assert_eq!(r.apply_info(&info("b", "1", svc.clone())), Joined::Same);
         assert_eq!(r.apply_info(&info("b", "2", svc)), Joined::Restarted);
-        let picks: Vec<String> = (0..4).map(|_| r.pick("greeter.hello").unwrap().0.to_string()).collect();
+        let picks: Vec<String> = (0..4)
+            .map(|_| r.pick("greeter.hello").unwrap().0.to_string())
+            .collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
         assert!(r.pick("greeter.secret").is_none());
         let one = r.event_targets("order.placed", false, &[]);
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].1, Some(vec!["greeter".to_string()]));
-        assert!(r.event_targets("order.placed", false, &["greeter".into()]).is_empty());
-        assert_eq!(r.event_targets("order.placed", true, &["greeter".into()]).len(), 2);
+        assert!(
+            r.event_targets("order.placed", false, &["greeter".into()])
+                .is_empty()
+        );
+        assert_eq!(
+            r.event_targets("order.placed", true, &["greeter".into()])
+                .len(),
+            2
+        );
         assert!(r.event_targets("user.created", true, &[]).is_empty());
         assert!(r.remove("a"));
         assert_eq!(r.pick("greeter.hello").unwrap().0.as_ref(), "b");

@@ -27,13 +27,19 @@ pub fn services(broker: &Broker) -> Value {
             for (pname, ty) in &action.params {
                 params.insert(pname.clone(), rule(ty));
             }
-            actions.insert(name.clone(), json!({ "name": name, "rawName": action.name, "params": params }));
+            actions.insert(
+                name.clone(),
+                json!({ "name": name, "rawName": action.name, "params": params }),
+            );
         }
         let mut events = Map::new();
         if package.ty.handles_events() {
             for pattern in &package.spec.events {
                 let name = moleculer_pattern(pattern);
-                events.insert(name.clone(), json!({ "name": name, "group": &*package.name }));
+                events.insert(
+                    name.clone(),
+                    json!({ "name": name, "group": &*package.name }),
+                );
             }
         }
         services.push(json!({
@@ -62,7 +68,8 @@ fn moleculer_pattern(pattern: &str) -> String {
 
 /// The fastest-validator rule of a WIT type.
 pub fn rule(ty: &Type) -> Value {
-    let int = |min: i128, max: i128| json!({ "type": "number", "integer": true, "min": min, "max": max });
+    let int =
+        |min: i128, max: i128| json!({ "type": "number", "integer": true, "min": min, "max": max });
     match ty {
         Type::Bool => json!({ "type": "boolean" }),
         Type::S8 => int(i8::MIN.into(), i8::MAX.into()),
@@ -79,16 +86,27 @@ pub fn rule(ty: &Type) -> Value {
         Type::String => json!({ "type": "string" }),
         Type::List(l) if l.ty() == Type::U8 => json!({ "type": "string", "base64": true }),
         Type::List(l) => json!({ "type": "array", "items": rule(&l.ty()) }),
-        Type::FixedLengthList(l) => json!({ "type": "array", "items": rule(&l.ty()), "length": l.len() }),
+        Type::FixedLengthList(l) => {
+            json!({ "type": "array", "items": rule(&l.ty()), "length": l.len() })
+        }
         Type::Record(r) => {
-            let props: Map<String, Value> = r.fields().map(|f| (f.name.to_string(), rule(&f.ty))).collect();
+            let props: Map<String, Value> = r
+                .fields()
+                .map(|f| (f.name.to_string(), rule(&f.ty)))
+                .collect();
             json!({ "type": "object", "props": props, "strict": "remove" })
         }
-        Type::Tuple(t) => json!({ "type": "tuple", "items": t.types().map(|t| rule(&t)).collect::<Vec<_>>() }),
+        Type::Tuple(t) => {
+            json!({ "type": "tuple", "items": t.types().map(|t| rule(&t)).collect::<Vec<_>>() })
+        }
         Type::Enum(e) => json!({ "type": "enum", "values": e.names().collect::<Vec<_>>() }),
         Type::Variant(v) => {
             let mut rules = Vec::new();
-            let units: Vec<&str> = v.cases().filter(|c| c.ty.is_none()).map(|c| c.name).collect();
+            let units: Vec<&str> = v
+                .cases()
+                .filter(|c| c.ty.is_none())
+                .map(|c| c.name)
+                .collect();
             if !units.is_empty() {
                 rules.push(json!({ "type": "enum", "values": units }));
             }
@@ -107,8 +125,12 @@ pub fn rule(ty: &Type) -> Value {
             }
             inner
         }
-        Type::Flags(f) => json!({ "type": "array", "items": { "type": "enum", "values": f.names().collect::<Vec<_>>() } }),
-        Type::Map(m) => json!({ "type": "record", "key": rule(&m.key()), "value": rule(&m.value()) }),
+        Type::Flags(f) => {
+            json!({ "type": "array", "items": { "type": "enum", "values": f.names().collect::<Vec<_>>() } })
+        }
+        Type::Map(m) => {
+            json!({ "type": "record", "key": rule(&m.key()), "value": rule(&m.value()) })
+        }
         _ => json!({ "type": "any" }),
     }
 }
@@ -127,7 +149,10 @@ mod tests {
     #[test]
     fn rules_of_simple_types() {
         assert_eq!(rule(&Type::String), json!({ "type": "string" }));
-        assert_eq!(rule(&Type::U8), json!({ "type": "number", "integer": true, "min": 0, "max": 255 }));
+        assert_eq!(
+            rule(&Type::U8),
+            json!({ "type": "number", "integer": true, "min": 0, "max": 255 })
+        );
         assert_eq!(rule(&Type::Bool), json!({ "type": "boolean" }));
     }
 }
