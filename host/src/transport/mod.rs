@@ -625,20 +625,18 @@ impl Shared {
         let wire = self.wire;
         match kind {
             Kind::Request => {
-                let req = wire.decode_with_data::<packet::Request<()>>("REQ", &bytes)?;
-                if self.accept(&req.ver, &req.sender) {
-                    self.serving.fetch_add(1, Ordering::AcqRel);
-                    tokio::spawn(self.clone().serve(req));
-                }
+                // Read in its own task: the call may take a while.
+                self.serving.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(self.clone().serve(bytes));
             }
             Kind::Response => {
-                let res = wire.decode_with_data::<packet::Response<()>>("RES", &bytes)?;
+                let res = wire.decode_response(&bytes)?;
                 if self.accept(&res.ver, &res.sender) {
                     self.answer(res);
                 }
             }
             Kind::Event => {
-                let event = wire.decode_with_data::<packet::Event<()>>("EVENT", &bytes)?;
+                let event = wire.decode_event(&bytes)?;
                 if self.accept(&event.ver, &event.sender) {
                     self.deliver(event);
                 }
@@ -715,8 +713,18 @@ impl Shared {
     }
 
     /// Runs a REQ from another node on this host's packages and answers it.
-    async fn serve(self: Arc<Self>, req: packet::Request<Data>) {
+    async fn serve(self: Arc<Self>, bytes: Bytes) {
         let _serving = Serving(&self.serving);
+        let req = match self.wire.decode_request(&bytes) {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::debug!(node = %self.node_id, error = %e, "packet dropped");
+                return;
+            }
+        };
+        if !self.accept(&req.ver, &req.sender) {
+            return;
+        }
         let timeout = req
             .timeout
             .filter(|t| *t > 0.0)
@@ -770,18 +778,19 @@ impl Shared {
     }
 
     /// Completes the call a RES answers.
-    fn answer(&self, res: packet::Response<Data>) {
-        let Some(id) = res
-            .id
-            .strip_prefix(&*self.node_id)
-            .and_then(|r| r.strip_prefix('-'))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
+    fn answer(&self, res: packet::Response<'_, Data<'_>>) {
+        let Ok(id) = res.id.parse::<u64>() else {
             return;
         };
-        let Some(pending) = lock(&self.pending).remove(&id) else {
-            return; // timed out already
+        // Only the node the call went to may answer it.
+        let pending = {
+            let mut pending = lock(&self.pending);
+            match pending.get(&id) {
+                Some(p) if *p.node == *res.sender => pending.remove(&id),
+                _ => None, // timed out already, or not its call
+            }
         };
+        let Some(pending) = pending else { return };
         let result = match (res.success, res.error) {
             (true, _) => match res.data.map(Data::into_value).transpose() {
                 Ok(v) => Ok(v.unwrap_or(Value::Null)),
@@ -802,7 +811,7 @@ impl Shared {
     }
 
     /// Hands an EVENT from another node to the subscribed packages.
-    fn deliver(&self, event: packet::Event<Data>) {
+    fn deliver(&self, event: packet::Event<'_, Data<'_>>) {
         let payload = match event.data.as_ref().map(Data::to_msgpack).transpose() {
             Ok(p) => p.unwrap_or_else(|| vec![0xc0]),
             Err(e) => {
@@ -879,7 +888,8 @@ impl RemoteRoute for Route {
             }
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let wire_id = format!("{}-{id}", shared.node_id);
+        // Only this node reads the id back (its RES comes to our subject).
+        let wire_id = id.to_string();
         let meta = packet::meta_object(&ctx.meta);
         let req = packet::RequestOut {
             ver: shared.ver,

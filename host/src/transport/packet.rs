@@ -12,6 +12,8 @@
 //! `ServiceNotFoundError` 404, `RequestTimeoutError` 504, a crash as
 //! `MoleculerServerError` 500 `CRASHED`, ...) and back.
 
+use std::borrow::Cow;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -41,68 +43,103 @@ pub enum PacketError {
     },
 }
 
-/// A payload (`params`, `data`): JSON text as it arrived, or a value.
+/// A payload (`params`, `data`): JSON text (borrowed from the packet as
+/// it arrived, or owned), or a value.
 #[derive(Debug)]
-pub enum Data {
-    /// JSON text, never parsed (JSON serializer only).
-    Raw(Box<RawValue>),
+pub enum Data<'a> {
+    /// JSON text inside a packet being read, never parsed (JSON serializer).
+    Raw(&'a RawValue),
+    /// JSON text of our own (JSON serializer).
+    Json(Box<RawValue>),
     /// A value (either serializer).
     Value(Value),
 }
 
-impl Serialize for Data {
+impl Serialize for Data<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Data::Raw(raw) => raw.serialize(s),
+            Data::Json(raw) => raw.serialize(s),
             Data::Value(v) => v.serialize(s),
         }
     }
 }
 
-impl Data {
+impl Data<'_> {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Data::Raw(raw) => Some(raw.get()),
+            Data::Json(raw) => Some(raw.get()),
+            Data::Value(_) => None,
+        }
+    }
+
     /// The payload as a value.
     pub fn into_value(self) -> Result<Value, serde_json::Error> {
         match self {
-            Data::Raw(raw) => serde_json::from_str(raw.get()),
             Data::Value(v) => Ok(v),
+            other => serde_json::from_str(other.text().unwrap_or("null")),
         }
     }
 
     /// The payload as JSON text.
     pub fn to_json(&self) -> Result<std::borrow::Cow<'_, [u8]>, serde_json::Error> {
-        match self {
-            Data::Raw(raw) => Ok(raw.get().as_bytes().into()),
-            Data::Value(v) => serde_json::to_vec(v).map(Into::into),
+        match (self, self.text()) {
+            (_, Some(text)) => Ok(text.as_bytes().into()),
+            (Data::Value(v), None) => serde_json::to_vec(v).map(Into::into),
+            _ => Ok(b"null".as_slice().into()),
         }
     }
 
     /// The payload as MessagePack, for a package.
     pub fn to_msgpack(&self) -> Result<Vec<u8>, String> {
-        match self {
-            Data::Raw(raw) => {
-                let v: Value = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
-                rmp_serde::to_vec_named(&v).map_err(|e| e.to_string())
-            }
-            Data::Value(v) => rmp_serde::to_vec_named(v).map_err(|e| e.to_string()),
+        match (self, self.text()) {
+            (_, Some(text)) => json_to_msgpack(text),
+            (Data::Value(v), None) => rmp_serde::to_vec_named(v).map_err(|e| e.to_string()),
+            _ => Ok(vec![0xc0]),
         }
     }
 }
 
-impl From<Box<RawValue>> for Data {
-    fn from(raw: Box<RawValue>) -> Data {
-        Data::Raw(raw)
-    }
+/// JSON text to MessagePack, without building a value in between.
+fn json_to_msgpack(text: &str) -> Result<Vec<u8>, String> {
+    let mut from = serde_json::Deserializer::from_str(text);
+    let mut out = Vec::with_capacity(text.len());
+    serde_transcode::transcode(&mut from, &mut rmp_serde::Serializer::new(&mut out))
+        .map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
-impl From<Value> for Data {
-    fn from(v: Value) -> Data {
-        Data::Value(v)
-    }
+/// MessagePack to JSON text, without building a value in between.
+fn msgpack_to_json(bytes: &[u8]) -> Result<Box<RawValue>, String> {
+    let mut from = rmp_serde::Deserializer::from_read_ref(bytes);
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 2 + 8);
+    serde_transcode::transcode(&mut from, &mut serde_json::Serializer::new(&mut out))
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8(out).map_err(|e| e.to_string())?;
+    RawValue::from_string(text).map_err(|e| e.to_string())
 }
 
 /// How packets are written and read: Moleculer's JSON, or MessagePack.
 #[derive(Clone, Copy, Debug)]
 pub struct Wire(pub Serializer);
+
+/// Reads one packet kind, keeping its payload as [`Data`] borrowed from the bytes.
+macro_rules! decoder {
+    ($(#[$doc:meta])* $fn:ident, $packet:ident, $kind:literal) => {
+        $(#[$doc])*
+        pub fn $fn<'a>(self, bytes: &'a [u8]) -> Result<$packet<'a, Data<'a>>, PacketError> {
+            match self.0 {
+                Serializer::Json => self
+                    .decode_borrowed::<$packet<'a, &'a RawValue>>($kind, bytes)
+                    .map(|p| p.map_data(Data::Raw)),
+                Serializer::MessagePack => self
+                    .decode_borrowed::<$packet<'a, Value>>($kind, bytes)
+                    .map(|p| p.map_data(Data::Value)),
+            }
+        }
+    };
+}
 
 impl Wire {
     /// Writes a packet.
@@ -124,6 +161,14 @@ impl Wire {
         kind: &'static str,
         bytes: &[u8],
     ) -> Result<T, PacketError> {
+        self.decode_borrowed(kind, bytes)
+    }
+
+    fn decode_borrowed<'a, T: Deserialize<'a>>(
+        self,
+        kind: &'static str,
+        bytes: &'a [u8],
+    ) -> Result<T, PacketError> {
         let decoded = match self.0 {
             Serializer::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
             Serializer::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
@@ -131,30 +176,27 @@ impl Wire {
         decoded.map_err(|message| PacketError::Malformed { kind, message })
     }
 
-    /// Reads a packet whose payload field is kept as [`Data`]: raw JSON
-    /// text with the JSON serializer, a value with MessagePack.
-    pub fn decode_with_data<P>(
-        self,
-        kind: &'static str,
-        bytes: &[u8],
-    ) -> Result<P::Of<Data>, PacketError>
-    where
-        P: WithData,
-        P::Of<Box<RawValue>>: DeserializeOwned,
-        P::Of<Value>: DeserializeOwned,
-    {
-        match self.0 {
-            Serializer::Json => self
-                .decode::<P::Of<Box<RawValue>>>(kind, bytes)
-                .map(P::raw_to_data),
-            Serializer::MessagePack => self
-                .decode::<P::Of<Value>>(kind, bytes)
-                .map(P::value_to_data),
-        }
-    }
+    decoder!(
+        /// Reads a REQ.
+        decode_request,
+        Request,
+        "REQ"
+    );
+    decoder!(
+        /// Reads a RES.
+        decode_response,
+        Response,
+        "RES"
+    );
+    decoder!(
+        /// Reads an EVENT.
+        decode_event,
+        Event,
+        "EVENT"
+    );
 
     /// A payload given as JSON text (`b""` for none), in the form this wire writes.
-    pub fn data_from_json(self, json: &[u8]) -> Result<Data, String> {
+    pub fn data_from_json(self, json: &[u8]) -> Result<Data<'static>, String> {
         let json = if json.iter().all(u8::is_ascii_whitespace) {
             b"{}".as_slice()
         } else {
@@ -164,7 +206,7 @@ impl Wire {
             Serializer::Json => {
                 let text = std::str::from_utf8(json).map_err(|e| e.to_string())?;
                 RawValue::from_string(text.to_owned())
-                    .map(Data::Raw)
+                    .map(Data::Json)
                     .map_err(|e| e.to_string())
             }
             Serializer::MessagePack => serde_json::from_slice(json)
@@ -173,40 +215,16 @@ impl Wire {
         }
     }
 
-    /// A payload given as MessagePack (`b""` for none).
-    pub fn data_from_msgpack(self, bytes: &[u8], empty: Value) -> Result<Data, String> {
-        if bytes.is_empty() {
-            return Ok(Data::Value(empty));
+    /// A payload given as MessagePack (`b""` for `empty`).
+    pub fn data_from_msgpack(self, bytes: &[u8], empty: Value) -> Result<Data<'static>, String> {
+        match (self.0, bytes.is_empty()) {
+            (_, true) => Ok(Data::Value(empty)),
+            (Serializer::Json, false) => msgpack_to_json(bytes).map(Data::Json),
+            (Serializer::MessagePack, false) => rmp_serde::from_slice::<Value>(bytes)
+                .map(Data::Value)
+                .map_err(|e| e.to_string()),
         }
-        rmp_serde::from_slice::<Value>(bytes)
-            .map(Data::Value)
-            .map_err(|e| e.to_string())
     }
-}
-
-/// A packet type generic over its payload field, so one struct serves
-/// both serializers.
-pub trait WithData {
-    /// The packet with payload type `D`.
-    type Of<D>;
-    /// JSON-text payload to [`Data`].
-    fn raw_to_data(p: Self::Of<Box<RawValue>>) -> Self::Of<Data>;
-    /// Value payload to [`Data`].
-    fn value_to_data(p: Self::Of<Value>) -> Self::Of<Data>;
-}
-
-macro_rules! with_data {
-    ($name:ident) => {
-        impl WithData for $name<()> {
-            type Of<D> = $name<D>;
-            fn raw_to_data(p: $name<Box<RawValue>>) -> $name<Data> {
-                p.map_data(Data::from)
-            }
-            fn value_to_data(p: $name<Value>) -> $name<Data> {
-                p.map_data(Data::from)
-            }
-        }
-    };
 }
 
 // ------------------------------------------------------------ incoming
@@ -268,17 +286,20 @@ pub struct Heartbeat {
 
 /// REQ: a call.
 #[derive(Debug, Deserialize)]
-pub struct Request<D> {
+pub struct Request<'a, D> {
     /// Protocol version.
-    pub ver: String,
+    #[serde(borrow)]
+    pub ver: Cow<'a, str>,
     /// Sender node id.
-    pub sender: String,
+    #[serde(borrow)]
+    pub sender: Cow<'a, str>,
     /// The context id, echoed in the RES.
-    pub id: String,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
     /// The action's full name.
-    pub action: String,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// The params object.
-    #[serde(default)]
     pub params: Option<D>,
     /// `ctx.meta`.
     #[serde(default)]
@@ -290,18 +311,18 @@ pub struct Request<D> {
     #[serde(default)]
     pub level: Option<u32>,
     /// `ctx.requestID`.
-    #[serde(rename = "requestID", default)]
-    pub request_id: Option<String>,
+    #[serde(borrow, rename = "requestID", default)]
+    pub request_id: Option<Cow<'a, str>>,
     /// The caller's action or service name.
-    #[serde(default)]
-    pub caller: Option<String>,
+    #[serde(borrow, default)]
+    pub caller: Option<Cow<'a, str>>,
     /// A stream chunk (refused: streams are not supported).
     #[serde(default)]
     pub stream: Option<bool>,
 }
 
-impl<D> Request<D> {
-    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Request<E> {
+impl<'a, D> Request<'a, D> {
+    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Request<'a, E> {
         Request {
             ver: self.ver,
             sender: self.sender,
@@ -320,26 +341,28 @@ impl<D> Request<D> {
 
 /// RES: the answer to a REQ.
 #[derive(Debug, Deserialize)]
-pub struct Response<D> {
+pub struct Response<'a, D> {
     /// Protocol version.
-    pub ver: String,
+    #[serde(borrow)]
+    pub ver: Cow<'a, str>,
     /// Sender node id.
-    pub sender: String,
+    #[serde(borrow)]
+    pub sender: Cow<'a, str>,
     /// The REQ's id.
-    pub id: String,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
     /// Whether `data` holds the result.
     #[serde(default)]
     pub success: bool,
     /// The result.
-    #[serde(default)]
     pub data: Option<D>,
     /// The error, when not `success`.
     #[serde(default)]
     pub error: Option<WireError>,
 }
 
-impl<D> Response<D> {
-    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Response<E> {
+impl<'a, D> Response<'a, D> {
+    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Response<'a, E> {
         Response {
             ver: self.ver,
             sender: self.sender,
@@ -353,15 +376,17 @@ impl<D> Response<D> {
 
 /// EVENT.
 #[derive(Debug, Deserialize)]
-pub struct Event<D> {
+pub struct Event<'a, D> {
     /// Protocol version.
-    pub ver: String,
+    #[serde(borrow)]
+    pub ver: Cow<'a, str>,
     /// Sender node id.
-    pub sender: String,
+    #[serde(borrow)]
+    pub sender: Cow<'a, str>,
     /// The event name.
-    pub event: String,
+    #[serde(borrow)]
+    pub event: Cow<'a, str>,
     /// The payload.
-    #[serde(default)]
     pub data: Option<D>,
     /// For `emit`: the groups (services) this node is to serve.
     #[serde(default)]
@@ -373,15 +398,15 @@ pub struct Event<D> {
     #[serde(default)]
     pub meta: Option<Value>,
     /// `ctx.requestID`.
-    #[serde(rename = "requestID", default)]
-    pub request_id: Option<String>,
+    #[serde(borrow, rename = "requestID", default)]
+    pub request_id: Option<Cow<'a, str>>,
     /// The context id.
-    #[serde(default)]
-    pub id: Option<String>,
+    #[serde(borrow, default)]
+    pub id: Option<Cow<'a, str>>,
 }
 
-impl<D> Event<D> {
-    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Event<E> {
+impl<'a, D> Event<'a, D> {
+    fn map_data<E>(self, f: impl FnOnce(D) -> E) -> Event<'a, E> {
         Event {
             ver: self.ver,
             sender: self.sender,
@@ -395,10 +420,6 @@ impl<D> Event<D> {
         }
     }
 }
-
-with_data!(Request);
-with_data!(Response);
-with_data!(Event);
 
 /// PING and PONG.
 #[derive(Debug, Deserialize, Serialize)]
@@ -479,7 +500,7 @@ pub struct RequestOut<'a> {
     /// The action's full name.
     pub action: &'a str,
     /// The params object.
-    pub params: &'a Data,
+    pub params: &'a Data<'a>,
     /// `ctx.meta`.
     pub meta: &'a Value,
     /// Protocol 5: headers.
@@ -515,7 +536,7 @@ pub struct ResponseOut<'a> {
     /// Whether `data` is the result.
     pub success: bool,
     /// The result.
-    pub data: Option<&'a Data>,
+    pub data: Option<&'a Data<'a>>,
     /// The error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a WireError>,
@@ -540,7 +561,7 @@ pub struct EventOut<'a> {
     /// The event name.
     pub event: &'a str,
     /// The payload.
-    pub data: &'a Data,
+    pub data: &'a Data<'a>,
     /// For `emit`: the groups the receiver serves.
     pub groups: Option<&'a [String]>,
     /// `broadcast` rather than `emit`.
@@ -707,9 +728,7 @@ mod tests {
     #[test]
     fn requests_keep_their_params_as_raw_json() {
         let bytes = br#"{"ver":"4","sender":"n","id":"1","action":"a.b","params":{"x": [1, 2]},"meta":{"k":"v","n":1},"timeout":500,"level":1,"requestID":"r"}"#;
-        let req = Wire(Serializer::Json)
-            .decode_with_data::<Request<()>>("REQ", bytes)
-            .unwrap();
+        let req = Wire(Serializer::Json).decode_request(bytes).unwrap();
         match req.params {
             Some(Data::Raw(raw)) => assert_eq!(raw.get(), r#"{"x": [1, 2]}"#),
             other => panic!("{other:?}"),
@@ -737,7 +756,24 @@ mod tests {
             stream: false,
         };
         let bytes = mp.encode("REQ", &out).unwrap();
-        let back = mp.decode_with_data::<Request<()>>("REQ", &bytes).unwrap();
+        let back = mp.decode_request(&bytes).unwrap();
         assert_eq!(back.params.unwrap().into_value().unwrap(), json!({"x": 1}));
+    }
+
+    #[test]
+    fn payloads_cross_between_messagepack_and_json_text() {
+        let msgpack =
+            rmp_serde::to_vec_named(&json!({"n": 1, "s": "x", "l": [true, null]})).unwrap();
+        let data = Wire(Serializer::Json)
+            .data_from_msgpack(&msgpack, Value::Null)
+            .unwrap();
+        assert!(matches!(data, Data::Json(_)));
+        assert_eq!(
+            data.to_json().unwrap().as_ref(),
+            br#"{"l":[true,null],"n":1,"s":"x"}"#
+        );
+        let back: Value = rmp_serde::from_slice(&data.to_msgpack().unwrap()).unwrap();
+        assert_eq!(back, json!({"n": 1, "s": "x", "l": [true, null]}));
+        assert!(Wire(Serializer::Json).data_from_json(b"{not json").is_err());
     }
 }
