@@ -55,6 +55,7 @@ pub mod schema;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, Subject};
@@ -625,9 +626,16 @@ impl Shared {
         let wire = self.wire;
         match kind {
             Kind::Request => {
-                // Read in its own task: the call may take a while.
                 self.serving.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(self.clone().serve(bytes));
+                let mut serve = Box::pin(self.clone().serve(bytes));
+                // Most calls finish within their first poll: serve them here,
+                // without a task hop. One that waits (for an instance, a
+                // nested call, or a guest yielding at an epoch tick, 5 ms at
+                // most) goes on in a task of its own.
+                let first = std::future::poll_fn(|cx| Poll::Ready(serve.as_mut().poll(cx))).await;
+                if first.is_pending() {
+                    tokio::spawn(serve);
+                }
             }
             Kind::Response => {
                 let res = wire.decode_response(&bytes)?;
