@@ -990,7 +990,7 @@ impl RemoteRoute for Route {
             }
         };
         let meta = packet::meta_object(&ctx.meta);
-        let id = next_request_id();
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         for (subject, groups) in targets {
             let out = packet::EventOut {
                 ver: shared.ver,

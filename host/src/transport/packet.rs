@@ -113,11 +113,9 @@ fn json_to_msgpack(text: &str) -> Result<Vec<u8>, String> {
 /// MessagePack to JSON text, without building a value in between.
 fn msgpack_to_json(bytes: &[u8]) -> Result<Box<RawValue>, String> {
     let mut from = rmp_serde::Deserializer::from_read_ref(bytes);
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 2 + 8);
-    serde_transcode::transcode(&mut from, &mut serde_json::Serializer::new(&mut out))
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8(out).map_err(|e| e.to_string())?;
-    RawValue::from_string(text).map_err(|e| e.to_string())
+    // Written by serde_json itself, so not parsed again to be checked.
+    serde_json::value::to_raw_value(&serde_transcode::Transcoder::new(&mut from))
+        .map_err(|e| e.to_string())
 }
 
 /// How packets are written and read: Moleculer's JSON, or MessagePack.
