@@ -337,13 +337,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let cluster = join(&app, &args.cluster, true).await?;
+    let stop = listen_for_stop();
     print_summary(&app, gateway.as_ref().map(|g| g.addr))?;
     if let Some(t) = &cluster {
         println!("cluster: node `{}` joined (Moleculer protocol over NATS)", t.node_id());
     }
     let (stop_watching, stopped) = tokio::sync::watch::channel(false);
     let watcher = args.watch.then(|| tokio::spawn(crate::watch::watch_packages(app.clone(), stopped)));
-    wait_for_stop().await;
+    stop.await;
     eprintln!("stopping: letting in-flight calls finish, then calling `stopped`");
     let _ = stop_watching.send(true);
     if let Some(w) = watcher {
@@ -427,24 +428,33 @@ fn print_summary(app: &App, gateway: Option<std::net::SocketAddr>) -> anyhow::Re
     Ok(())
 }
 
-async fn wait_for_stop() {
+/// Listens for SIGTERM and Ctrl-C from now on (so a signal sent right
+/// after `serving` is printed is not lost); the future ends on the first.
+fn listen_for_stop() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, interrupt) {
+                (Some(mut term), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut term), None) => {
+                    term.recv().await;
+                }
+                (None, _) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
