@@ -593,6 +593,9 @@ async fn a_node_of_the_other_protocol_version_is_ignored() {
 // ------------------------------------------------------------ Wasm <-> Wasm
 
 const CALLER: &str = r#"
+[gateway]
+expose = ["probe.*"]
+
 [packages.greeter]
 component = "{GREETER}"
 "#;
@@ -662,6 +665,19 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
     }
     assert_eq!(counts.get(&id_b), Some(&20), "{counts:?}");
     assert_eq!(counts.get(&id_c), Some(&20), "{counts:?}");
+
+    // The gateway reaches the remote action too.
+    let (gateway, base) = a.t.gateway().await;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/probe/instance-id"))
+        .body("{}")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let id: u64 = r.json().await.expect("json");
+    assert!(id == id_b || id == id_c, "{id}");
+    gateway.shutdown(Duration::from_secs(1)).await;
 
     // Events between Wasm nodes: emit reaches one node's probe, broadcast both.
     let payload = vec![0x81, 0xa1, b'n', 0x01]; // MessagePack {"n": 1}
