@@ -28,9 +28,15 @@ component = "{TALLY}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smallest_call() {
     let t = TestApp::start(SHOP).await;
-    assert_eq!(t.ok("greeter.hello", json!({"name": "Ada"})).await, json!("Hello, Ada!"));
+    assert_eq!(
+        t.ok("greeter.hello", json!({"name": "Ada"})).await,
+        json!("Hello, Ada!")
+    );
     // By position too.
-    assert_eq!(t.ok("greeter.hello", json!(["Grace"])).await, json!("Hello, Grace!"));
+    assert_eq!(
+        t.ok("greeter.hello", json!(["Grace"])).await,
+        json!("Hello, Grace!")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,22 +51,35 @@ async fn records_options_variants_and_lists_come_back_by_their_wit_types() {
     let dodo = t.ok("inventory.get-item", json!({"sku": "dodo"})).await;
     assert_eq!(dodo["price-cents"], json!(null));
     assert_eq!(dodo["status"], json!("discontinued"));
-    assert_eq!(t.ok("inventory.get-item", json!({"sku": "unicorn"})).await, json!(null));
+    assert_eq!(
+        t.ok("inventory.get-item", json!({"sku": "unicorn"})).await,
+        json!(null)
+    );
     // An option parameter may be left out.
     let all = t.ok("inventory.list-items", json!({})).await;
     assert!(all.as_array().is_some_and(|a| a.len() >= 3), "{all}");
     let fruit = t.ok("inventory.list-items", json!({"tag": "fruit"})).await;
-    assert!(fruit.as_array().is_some_and(|a| a.iter().all(|i| i["tags"].as_array().unwrap().contains(&json!("fruit")))));
+    assert!(fruit.as_array().is_some_and(|a| {
+        a.iter()
+            .all(|i| i["tags"].as_array().unwrap().contains(&json!("fruit")))
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_actions_own_error_is_failed_with_its_value() {
     let t = TestApp::start(SHOP).await;
-    let ok = t.ok("inventory.reserve", json!({"sku": "apple", "qty": 2})).await;
+    let ok = t
+        .ok("inventory.reserve", json!({"sku": "apple", "qty": 2}))
+        .await;
     assert_eq!(ok["sku"], "apple");
     assert_eq!(ok["qty"], 2);
-    match t.call("inventory.reserve", json!({"sku": "nope", "qty": 1})).await {
-        Err(CallError::Failed(m)) => assert!(m.contains("unknown-sku") && m.contains("nope"), "{m}"),
+    match t
+        .call("inventory.reserve", json!({"sku": "nope", "qty": 1}))
+        .await
+    {
+        Err(CallError::Failed(m)) => {
+            assert!(m.contains("unknown-sku") && m.contains("nope"), "{m}")
+        }
         other => panic!("expected failed, got {other:?}"),
     }
 }
@@ -70,7 +89,10 @@ async fn typed_import_and_dynamic_call_in_one_order() {
     let t = TestApp::start(SHOP).await;
     // shop reserves through the typed import and prices through dynamic calls.
     let receipt = t
-        .ok("shop.place-order", json!({"lines": [{"sku": "apple", "qty": 3}]}))
+        .ok(
+            "shop.place-order",
+            json!({"lines": [{"sku": "apple", "qty": 3}]}),
+        )
         .await;
     let lines = receipt["lines"].as_array().expect("lines");
     assert_eq!(lines.len(), 1);
@@ -78,21 +100,41 @@ async fn typed_import_and_dynamic_call_in_one_order() {
     assert_eq!(lines[0]["unit-price-cents"], 120);
     assert_eq!(receipt["total-cents"], 360);
     // The typed import's error variant comes back through shop's own error.
-    match t.call("shop.place-order", json!({"lines": [{"sku": "apple", "qty": 1000}]})).await {
+    match t
+        .call(
+            "shop.place-order",
+            json!({"lines": [{"sku": "apple", "qty": 1000}]}),
+        )
+        .await
+    {
         Err(CallError::Failed(m)) => assert!(m.to_lowercase().contains("insufficient"), "{m}"),
         other => panic!("expected failed, got {other:?}"),
     }
-    let quote = t.ok("shop.quote", json!({"lines": [{"sku": "apple", "qty": 2}]})).await;
+    let quote = t
+        .ok("shop.quote", json!({"lines": [{"sku": "apple", "qty": 2}]}))
+        .await;
     assert_eq!(quote, json!(240));
 }
 
 /// `<via>.forward(action, params)`: a dynamic call made by the probe
 /// package; `Ok` is the callee's result, `Err` the probe's error text
 /// (which names the call-error case the probe received).
-pub async fn forward(t: &TestApp, via: &str, action: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {
-    let r = t.call(&format!("{via}.forward"), json!({"action": action, "params-json": params.to_string()})).await;
+pub async fn forward(
+    t: &TestApp,
+    via: &str,
+    action: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let r = t
+        .call(
+            &format!("{via}.forward"),
+            json!({"action": action, "params-json": params.to_string()}),
+        )
+        .await;
     match r {
-        Ok(serde_json::Value::String(text)) => Ok(serde_json::from_str(&text).expect("probe returns JSON text")),
+        Ok(serde_json::Value::String(text)) => {
+            Ok(serde_json::from_str(&text).expect("probe returns JSON text"))
+        }
         Ok(other) => panic!("probe.forward returned {other}"),
         Err(e) => Err(e.to_string()),
     }
@@ -101,10 +143,19 @@ pub async fn forward(t: &TestApp, via: &str, action: &str, params: serde_json::V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_calls_another_by_name_with_rich_types() {
     let t = TestApp::start(SHOP).await;
-    let item = forward(&t, "probe", "inventory.get-item", json!({"sku": "pear"})).await.expect("item");
+    let item = forward(&t, "probe", "inventory.get-item", json!({"sku": "pear"}))
+        .await
+        .expect("item");
     assert_eq!(item["status"], json!({"backorder": 7}));
     assert_eq!(item["qty"], 0);
-    let e = forward(&t, "probe", "inventory.reserve", json!({"sku": "dodo", "qty": 1})).await.unwrap_err();
+    let e = forward(
+        &t,
+        "probe",
+        "inventory.reserve",
+        json!({"sku": "dodo", "qty": 1}),
+    )
+    .await
+    .unwrap_err();
     assert!(e.contains("failed") && e.contains("discontinued"), "{e}");
 }
 
@@ -112,27 +163,48 @@ async fn a_package_calls_another_by_name_with_rich_types() {
 async fn params_that_do_not_fit_never_enter_the_callee() {
     let t = TestApp::start(SHOP).await;
     match t.call("greeter.hello", json!({"name": 5})).await {
-        Err(CallError::InvalidParams(m)) => assert!(m.contains("greeter.hello") && m.contains("name"), "{m}"),
+        Err(CallError::InvalidParams(m)) => {
+            assert!(m.contains("greeter.hello") && m.contains("name"), "{m}")
+        }
         other => panic!("expected invalid params, got {other:?}"),
     }
     match t.call("greeter.hello", json!({})).await {
         Err(CallError::InvalidParams(m)) => assert!(m.contains("name"), "{m}"),
         other => panic!("expected invalid params, got {other:?}"),
     }
-    match t.call("inventory.reserve", json!({"sku": "apple", "qty": -1})).await {
+    match t
+        .call("inventory.reserve", json!({"sku": "apple", "qty": -1}))
+        .await
+    {
         Err(CallError::InvalidParams(m)) => assert!(m.contains("qty"), "{m}"),
         other => panic!("expected invalid params, got {other:?}"),
     }
     // tally records every call that reaches it: a rejected one must not.
-    let _ = t.call("tally.record", json!({"event": 1, "instance": 2})).await;
-    let e = forward(&t, "probe", "tally.record", json!({"event": "x", "instance": "nope"})).await.unwrap_err();
-    assert!(e.contains("invalid-params") && e.contains("instance"), "{e}");
+    let _ = t
+        .call("tally.record", json!({"event": 1, "instance": 2}))
+        .await;
+    let e = forward(
+        &t,
+        "probe",
+        "tally.record",
+        json!({"event": "x", "instance": "nope"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("invalid-params") && e.contains("instance"),
+        "{e}"
+    );
     assert_eq!(t.ok("tally.entries", json!({})).await, json!([]));
     let body = b"{not json";
     let e = t
         .app
         .broker
-        .call_json("greeter.hello", body, steedos_wasm::context::CallContext::new(Duration::from_secs(1)))
+        .call_json(
+            "greeter.hello",
+            body,
+            steedos_wasm::context::CallContext::new(Duration::from_secs(1)),
+        )
         .await;
     assert!(matches!(e, Err(CallError::InvalidParams(_))), "{e:?}");
 }
@@ -144,9 +216,17 @@ async fn unknown_actions_and_packages_are_not_found() {
         Err(CallError::NotFound(m)) => assert!(m.contains("goodbye") && m.contains("hello"), "{m}"),
         other => panic!("expected not found, got {other:?}"),
     }
-    assert!(matches!(t.call("nobody.hello", json!({})).await, Err(CallError::NotFound(_))));
-    assert!(matches!(t.call("no-dot", json!({})).await, Err(CallError::NotFound(_))));
-    let e = forward(&t, "probe", "greeter.goodbye", json!({})).await.unwrap_err();
+    assert!(matches!(
+        t.call("nobody.hello", json!({})).await,
+        Err(CallError::NotFound(_))
+    ));
+    assert!(matches!(
+        t.call("no-dot", json!({})).await,
+        Err(CallError::NotFound(_))
+    ));
+    let e = forward(&t, "probe", "greeter.goodbye", json!({}))
+        .await
+        .unwrap_err();
     assert!(e.contains("not-found") && e.contains("goodbye"), "{e}");
 }
 
@@ -170,7 +250,9 @@ fn nested(action: &str, inner: serde_json::Value) -> serde_json::Value {
 async fn a_calls_b_calls_a_without_deadlock_and_carries_the_context() {
     let t = TestApp::start(&CYCLE.replace("INSTANCES_A", "2")).await;
     // a.forward -> b.forward -> a.context: a serves twice, on two instances.
-    let r = forward(&t, "a", "b.forward", nested("a.context", json!({}))).await.expect("a -> b -> a");
+    let r = forward(&t, "a", "b.forward", nested("a.context", json!({})))
+        .await
+        .expect("a -> b -> a");
     // b.forward's own result is JSON text of a.context's result.
     let inner: serde_json::Value = serde_json::from_str(r.as_str().expect("text")).expect("json");
     // (request-id, caller, level, meta)
@@ -183,16 +265,34 @@ async fn a_calls_b_calls_a_without_deadlock_and_carries_the_context() {
 async fn a_cycle_with_no_free_instance_fails_fast_instead_of_deadlocking() {
     let t = TestApp::start(&CYCLE.replace("INSTANCES_A", "1")).await;
     let started = Instant::now();
-    let why = forward(&t, "a", "b.forward", nested("a.context", json!({}))).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
-    assert!(why.contains("overloaded") && why.contains("deadlock") && why.contains("a -> b"), "{why}");
+    let why = forward(&t, "a", "b.forward", nested("a.context", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        why.contains("overloaded") && why.contains("deadlock") && why.contains("a -> b"),
+        "{why}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_depth_limit_stops_runaway_recursion() {
-    let toml = format!("[app]\ncache_dir = \"{{CACHE}}\"\nmax_call_depth = 3\n{}", CYCLE.replace("INSTANCES_A", "4"));
+    let toml = format!(
+        "[app]\ncache_dir = \"{{CACHE}}\"\nmax_call_depth = 3\n{}",
+        CYCLE.replace("INSTANCES_A", "4")
+    );
     let t = TestApp::start(&toml).await;
-    let deep = nested("a.forward", nested("b.forward", nested("a.context", json!({}))));
+    let deep = nested(
+        "a.forward",
+        nested("b.forward", nested("a.context", json!({}))),
+    );
     let text = forward(&t, "a", "b.forward", deep).await.unwrap_err();
-    assert!(text.contains("call depth") && text.contains("limit of 3"), "{text}");
+    assert!(
+        text.contains("call depth") && text.contains("limit of 3"),
+        "{text}"
+    );
 }

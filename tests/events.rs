@@ -28,7 +28,12 @@ async fn entries(t: &TestApp) -> Vec<(String, u64)> {
     v.as_array()
         .expect("list")
         .iter()
-        .map(|e| (e[0].as_str().expect("event").to_string(), e[1].as_u64().expect("instance")))
+        .map(|e| {
+            (
+                e[0].as_str().expect("event").to_string(),
+                e[1].as_u64().expect("instance"),
+            )
+        })
         .collect()
 }
 
@@ -44,7 +49,11 @@ async fn wait_for(t: &TestApp, n: usize) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emit_reaches_one_instance_and_broadcast_reaches_every_instance() {
     let t = TestApp::start(LISTENERS).await;
-    t.ok("deaf.emit", json!({"event": "test.one", "payload-json": "{}"})).await;
+    t.ok(
+        "deaf.emit",
+        json!({"event": "test.one", "payload-json": "{}"}),
+    )
+    .await;
     let got = wait_for(&t, 1).await;
     // Give a wrong second delivery time to show up.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -53,12 +62,20 @@ async fn emit_reaches_one_instance_and_broadcast_reaches_every_instance() {
     assert_eq!(got[0].0, "test.one");
 
     t.ok("tally.reset", json!({})).await;
-    t.ok("deaf.broadcast", json!({"event": "test.all", "payload-json": "{}"})).await;
+    t.ok(
+        "deaf.broadcast",
+        json!({"event": "test.all", "payload-json": "{}"}),
+    )
+    .await;
     let got = wait_for(&t, 3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let got = {
         let again = entries(&t).await;
-        assert_eq!(again.len(), got.len(), "broadcast must deliver once per instance");
+        assert_eq!(
+            again.len(),
+            got.len(),
+            "broadcast must deliver once per instance"
+        );
         again
     };
     assert!(got.iter().all(|(e, _)| e == "test.all"));
@@ -71,7 +88,11 @@ async fn an_emitting_instance_of_a_subscriber_still_gets_its_broadcast() {
     // probe's instance that broadcasts is busy in that call; it must get
     // the event once it is free, not be skipped.
     let t = TestApp::start(LISTENERS).await;
-    t.ok("probe.broadcast", json!({"event": "test.self", "payload-json": "{}"})).await;
+    t.ok(
+        "probe.broadcast",
+        json!({"event": "test.self", "payload-json": "{}"}),
+    )
+    .await;
     let got = wait_for(&t, 3).await;
     let instances: HashSet<u64> = got.iter().map(|(_, i)| *i).collect();
     assert_eq!(instances.len(), 3, "{got:?}");
@@ -80,8 +101,16 @@ async fn an_emitting_instance_of_a_subscriber_still_gets_its_broadcast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_outside_a_subscription_are_not_delivered() {
     let t = TestApp::start(LISTENERS).await;
-    t.ok("probe.emit", json!({"event": "unrelated", "payload-json": "{}"})).await;
-    t.ok("probe.emit", json!({"event": "other.thing", "payload-json": "{}"})).await;
+    t.ok(
+        "probe.emit",
+        json!({"event": "unrelated", "payload-json": "{}"}),
+    )
+    .await;
+    t.ok(
+        "probe.emit",
+        json!({"event": "other.thing", "payload-json": "{}"}),
+    )
+    .await;
     // Only `deaf` subscribes to other.*.
     let got = wait_for(&t, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -105,7 +134,11 @@ events = ["order.*"]
 "#,
     )
     .await;
-    t.ok("shop.place-order", json!({"lines": [{"sku": "apple", "qty": 1}]})).await;
+    t.ok(
+        "shop.place-order",
+        json!({"lines": [{"sku": "apple", "qty": 1}]}),
+    )
+    .await;
     let recent = eventually(Duration::from_secs(5), || async {
         let r = t.ok("audit.recent", json!({})).await;
         (!r.as_array().expect("list").is_empty()).then_some(r)
@@ -113,5 +146,9 @@ events = ["order.*"]
     .await
     .expect("audit saw the order");
     assert_eq!(recent[0]["event"], "order.placed");
-    assert!(recent[0]["request-id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(
+        recent[0]["request-id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
 }

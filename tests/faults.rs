@@ -24,7 +24,12 @@ restart = { max = 100, within = "10s", backoff = "100ms" }
 
 /// Calls greeter.hello from `tasks` tasks until `stop`; counts successes
 /// and fails on the first error.
-fn steady_load(t: &Arc<TestApp>, tasks: usize, stop: &Arc<AtomicBool>, ok: &Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<Result<(), String>>> {
+fn steady_load(
+    t: &Arc<TestApp>,
+    tasks: usize,
+    stop: &Arc<AtomicBool>,
+    ok: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Result<(), String>>> {
     (0..tasks)
         .map(|i| {
             let (t, stop, ok) = (t.clone(), stop.clone(), ok.clone());
@@ -32,7 +37,9 @@ fn steady_load(t: &Arc<TestApp>, tasks: usize, stop: &Arc<AtomicBool>, ok: &Arc<
                 while !stop.load(Ordering::Relaxed) {
                     let name = format!("caller-{i}");
                     match t.call("greeter.hello", json!({ "name": name })).await {
-                        Ok(v) if v == json!(format!("Hello, {name}!")) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(v) if v == json!(format!("Hello, {name}!")) => {
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
                         other => return Err(format!("healthy call failed: {other:?}")),
                     };
                 }
@@ -50,7 +57,9 @@ async fn faults_in_one_package_never_reach_another() {
     let load = steady_load(&t, 4, &stop, &ok);
 
     match t.call("chaos.crash", json!({})).await {
-        Err(CallError::Crashed(m)) => assert!(m.contains("chaos.crash") && m.contains("panicked"), "{m}"),
+        Err(CallError::Crashed(m)) => {
+            assert!(m.contains("chaos.crash") && m.contains("panicked"), "{m}")
+        }
         other => panic!("crash: {other:?}"),
     }
     match t.call("chaos.trap", json!({})).await {
@@ -62,22 +71,35 @@ async fn faults_in_one_package_never_reach_another() {
         other => panic!("spin: {other:?}"),
     }
     match t.call("chaos.oom", json!({})).await {
-        Err(CallError::Crashed(m)) => assert!(m.contains("out of memory") && m.contains("16 MiB"), "{m}"),
+        Err(CallError::Crashed(m)) => {
+            assert!(m.contains("out of memory") && m.contains("16 MiB"), "{m}")
+        }
         other => panic!("oom: {other:?}"),
     }
     match t.call("chaos.deep", json!({"n": 10_000_000})).await {
-        Err(CallError::Crashed(m)) => assert!(m.contains("out of bounds memory access") && m.contains("stack overflowed"), "{m}"),
+        Err(CallError::Crashed(m)) => assert!(
+            m.contains("out of bounds memory access") && m.contains("stack overflowed"),
+            "{m}"
+        ),
         other => panic!("deep: {other:?}"),
     }
     // The faulty package serves again.
-    let alive = eventually(Duration::from_secs(5), || async { t.call("chaos.ok", json!({})).await.ok() }).await;
+    let alive = eventually(Duration::from_secs(5), || async {
+        t.call("chaos.ok", json!({})).await.ok()
+    })
+    .await;
     assert_eq!(alive, Some(json!("alive")));
 
     stop.store(true, Ordering::Relaxed);
     for h in load {
-        h.await.expect("load task").expect("every healthy call succeeded");
+        h.await
+            .expect("load task")
+            .expect("every healthy call succeeded");
     }
-    assert!(ok.load(Ordering::Relaxed) > 10, "the healthy package kept answering");
+    assert!(
+        ok.load(Ordering::Relaxed) > 10,
+        "the healthy package kept answering"
+    );
     let chaos = t.app.broker.service("chaos").expect("chaos");
     assert!(chaos.report().restarts >= 5, "{:?}", chaos.report());
     let greeter = t.app.broker.service("greeter").expect("greeter");
@@ -93,8 +115,15 @@ async fn a_crash_kills_one_instance_and_the_other_keeps_serving() {
     // Right after the crash one instance may still be restarting; calls
     // still succeed on the other.
     assert_eq!(t.ok("chaos.ok", json!({})).await, json!("alive"));
-    let back = eventually(Duration::from_secs(2), || async { (chaos.report().live == 2).then_some(()) }).await;
-    assert!(back.is_some(), "the crashed instance was replaced: {:?}", chaos.report());
+    let back = eventually(Duration::from_secs(2), || async {
+        (chaos.report().live == 2).then_some(())
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the crashed instance was replaced: {:?}",
+        chaos.report()
+    );
     let lat = chaos.restart_latencies();
     assert_eq!(lat.len(), 1);
 }
@@ -114,16 +143,23 @@ restart = { max = 2, within = "30s", backoff = "500ms", max_backoff = "2s" }
         assert!(matches!(e, Err(CallError::Crashed(_))), "{e:?}");
         // Wait for the restart (or the backoff) to be decided.
         let _ = eventually(Duration::from_secs(2), || async {
-            (t.state("chaos") != "starting" && t.app.broker.service("chaos")?.report().live == 1 || t.state("chaos") == "backoff").then_some(())
+            (t.state("chaos") != "starting" && t.app.broker.service("chaos")?.report().live == 1
+                || t.state("chaos") == "backoff")
+                .then_some(())
         })
         .await;
     }
     assert_eq!(t.state("chaos"), "backoff");
     match t.call("chaos.ok", json!({})).await {
-        Err(CallError::Overloaded(m)) => assert!(m.contains("backoff") && m.contains("panicked"), "{m}"),
+        Err(CallError::Overloaded(m)) => {
+            assert!(m.contains("backoff") && m.contains("panicked"), "{m}")
+        }
         other => panic!("expected overloaded during backoff, got {other:?}"),
     }
-    let alive = eventually(Duration::from_secs(3), || async { t.call("chaos.ok", json!({})).await.ok() }).await;
+    let alive = eventually(Duration::from_secs(3), || async {
+        t.call("chaos.ok", json!({})).await.ok()
+    })
+    .await;
     assert_eq!(alive, Some(json!("alive")), "recovered after the backoff");
     assert_eq!(t.state("chaos"), "serving");
 }
@@ -135,7 +171,13 @@ async fn a_huge_result_is_delivered_and_a_small_caller_deadline_is_kept() {
     // list<u8> is base64 in JSON: 1 MiB -> about 1.4 MB of text.
     assert!(v.as_str().is_some_and(|s| s.len() > 1_000_000));
     let started = std::time::Instant::now();
-    let e = t.call_within("chaos.spin", json!({}), Duration::from_millis(50)).await;
+    let e = t
+        .call_within("chaos.spin", json!({}), Duration::from_millis(50))
+        .await;
     assert!(matches!(e, Err(CallError::Timeout(_))), "{e:?}");
-    assert!(started.elapsed() < Duration::from_millis(900), "the caller's 50ms deadline wins over chaos's 1s: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the caller's 50ms deadline wins over chaos's 1s: {:?}",
+        started.elapsed()
+    );
 }

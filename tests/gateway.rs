@@ -42,7 +42,11 @@ memory = "16 MiB"
 restart = { max = 1, within = "30s", backoff = "3s" }
 "#;
 
-async fn post(base: &str, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+async fn post(
+    base: &str,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
     let r = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .header("content-type", "application/json")
@@ -56,7 +60,9 @@ async fn post(base: &str, path: &str, body: impl Into<reqwest::Body>) -> (Status
 }
 
 async fn get(base: &str, path: &str) -> (StatusCode, Value) {
-    let r = reqwest::get(format!("{base}{path}")).await.expect("request");
+    let r = reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("request");
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -90,8 +96,18 @@ async fn every_error_kind_has_its_status_and_a_json_body() {
     let expect = |status: StatusCode, want: StatusCode, kind: &str, v: &Value| {
         assert_eq!(status, want, "{v}");
         assert_eq!(v["error"]["kind"], kind, "{v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-        assert!(v["error"]["request_id"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        assert!(
+            v["error"]["request_id"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
     };
     let (s, _, v) = post(&base, "/api/greeter/hello", "{not json").await;
     expect(s, StatusCode::BAD_REQUEST, "invalid-params", &v);
@@ -103,10 +119,22 @@ async fn every_error_kind_has_its_status_and_a_json_body() {
     expect(s, StatusCode::NOT_FOUND, "not-found", &v);
     let (s, _, v) = post(&base, "/api/shop/relay", r#"{"payload":"x"}"#).await;
     expect(s, StatusCode::NOT_FOUND, "not-found", &v);
-    assert!(v["error"]["message"].as_str().unwrap().contains("not exposed"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not exposed"),
+        "{v}"
+    );
     let (s, _, v) = post(&base, "/api/inventory/reserve", r#"{"sku":"nope","qty":1}"#).await;
     expect(s, StatusCode::UNPROCESSABLE_ENTITY, "failed", &v);
-    assert!(v["error"]["message"].as_str().unwrap().contains("unknown-sku"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown-sku"),
+        "{v}"
+    );
     let (s, _, v) = post(&base, "/api/chaos/crash", "{}").await;
     expect(s, StatusCode::BAD_GATEWAY, "crashed", &v);
     let (s, _, v) = post(&base, "/api/chaos/spin", "{}").await;
@@ -115,7 +143,10 @@ async fn every_error_kind_has_its_status_and_a_json_body() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (s, headers, v) = post(&base, "/api/chaos/ok", "{}").await;
     expect(s, StatusCode::SERVICE_UNAVAILABLE, "overloaded", &v);
-    assert_eq!(headers.get("retry-after").map(|h| h.to_str().unwrap()), Some("1"));
+    assert_eq!(
+        headers.get("retry-after").map(|h| h.to_str().unwrap()),
+        Some("1")
+    );
     let (s, v) = get(&base, "/health").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["packages"]["chaos"]["state"], "backoff");
@@ -135,14 +166,25 @@ async fn aliases_take_path_query_and_body_parameters() {
     assert_eq!((s, v), (StatusCode::OK, Value::Null));
     let (s, v) = get(&base, "/items?tag=fruit").await;
     assert_eq!(s, StatusCode::OK);
-    let skus: Vec<&str> = v.as_array().unwrap().iter().map(|i| i["sku"].as_str().unwrap()).collect();
+    let skus: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sku"].as_str().unwrap())
+        .collect();
     assert_eq!(skus, ["apple", "pear"]);
     let (s, v) = get(&base, "/items").await;
-    assert!(s == StatusCode::OK && v.as_array().unwrap().len() >= 4, "{v}");
+    assert!(
+        s == StatusCode::OK && v.as_array().unwrap().len() >= 4,
+        "{v}"
+    );
     // Path parameter + body field, a number coerced by its WIT type.
     let (s, _, v) = post(&base, "/reserve/apple", r#"{"qty": 2}"#).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!((v["sku"].as_str(), v["qty"].as_u64()), (Some("apple"), Some(2)));
+    assert_eq!(
+        (v["sku"].as_str(), v["qty"].as_u64()),
+        (Some("apple"), Some(2))
+    );
     let (s, _, v) = post(&base, "/reserve/apple?qty=3", "").await;
     assert_eq!((s, v["qty"].as_u64()), (StatusCode::OK, Some(3)), "{v}");
     let (s, _, v) = post(&base, "/reserve/apple?qty=lots", "").await;
@@ -166,34 +208,53 @@ async fn limits_protect_the_server() {
     let long = format!("/api/greeter/hello?{}", "q".repeat(10_000));
     let (s, _, _) = post(&base, &long, "{}").await;
     assert!(s == StatusCode::URI_TOO_LONG || s.as_u16() == 431, "{s}");
-    let mut too_many = reqwest::Client::new().post(format!("{base}/api/greeter/hello")).body(r#"{"name":"h"}"#);
+    let mut too_many = reqwest::Client::new()
+        .post(format!("{base}/api/greeter/hello"))
+        .body(r#"{"name":"h"}"#);
     for i in 0..100 {
         too_many = too_many.header(format!("x-h{i}"), "v");
     }
     let s = too_many.send().await.map(|r| r.status());
-    assert!(matches!(s, Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)) || s.is_err(), "{s:?}");
+    assert!(
+        matches!(s, Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)) || s.is_err(),
+        "{s:?}"
+    );
 
     let addr = base.trim_start_matches("http://").to_string();
     // A client that sends half a request head is cut off after header_timeout.
     let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
-    slow.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    slow.write_all(b"POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\n").expect("write");
+    slow.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    slow.write_all(b"POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
     let mut buf = Vec::new();
     let started = std::time::Instant::now();
     let _ = slow.read_to_end(&mut buf);
-    assert!(started.elapsed() < Duration::from_secs(4), "the slow client was cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the slow client was cut off"
+    );
     // An idle keep-alive connection is closed after idle_timeout.
     let mut idle = std::net::TcpStream::connect(&addr).expect("connect");
-    idle.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    idle.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let body = r#"{"name":"i"}"#;
-    write!(idle, "POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).expect("write");
+    write!(
+        idle,
+        "POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
     let mut first = [0u8; 512];
     let n = idle.read(&mut first).expect("response");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
     let started = std::time::Instant::now();
     let mut rest = Vec::new();
     let _ = idle.read_to_end(&mut rest);
-    assert!(started.elapsed() < Duration::from_secs(4), "the idle connection was closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the idle connection was closed"
+    );
     // The server still serves.
     let (s, _, _) = post(&base, "/api/greeter/hello", r#"{"name":"after"}"#).await;
     assert_eq!(s, StatusCode::OK);
@@ -207,8 +268,15 @@ async fn metrics_parse_as_prometheus_text() {
         post(&base, "/api/greeter/hello", r#"{"name":"m"}"#).await;
     }
     post(&base, "/api/greeter/hello", r#"{"name":1}"#).await;
-    let r = reqwest::get(format!("{base}/metrics")).await.expect("request");
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let r = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("request");
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
     let text = r.text().await.expect("text");
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("prometheus text");
@@ -219,19 +287,32 @@ async fn metrics_parse_as_prometheus_text() {
         _ => -1.0,
     };
     let find = |name: &str, label: (&str, &str)| {
-        scrape.samples.iter().find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1)).map(|s| s.value.clone())
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .map(|s| s.value.clone())
     };
-    assert!(matches!(find("steedos_package_instances", ("package", "greeter")), Some(prometheus_parse::Value::Gauge(n)) if n >= 1.0), "{text}");
-    let calls = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "steedos_calls_total" && s.labels.get("package") == Some("greeter") && s.labels.get("action") == Some("hello"));
+    assert!(
+        matches!(find("steedos_package_instances", ("package", "greeter")), Some(prometheus_parse::Value::Gauge(n)) if n >= 1.0),
+        "{text}"
+    );
+    let calls = scrape.samples.iter().find(|s| {
+        s.metric == "steedos_calls_total"
+            && s.labels.get("package") == Some("greeter")
+            && s.labels.get("action") == Some("hello")
+    });
     assert!(count(calls.map(|s| &s.value)) >= 4.0, "{text}");
     let errors = scrape.samples.iter().find(|s| {
-        s.metric == "steedos_call_errors_total" && s.labels.get("action") == Some("hello") && s.labels.get("kind") == Some("invalid-params")
+        s.metric == "steedos_call_errors_total"
+            && s.labels.get("action") == Some("hello")
+            && s.labels.get("kind") == Some("invalid-params")
     });
     assert!(count(errors.map(|s| &s.value)) >= 1.0, "{text}");
-    assert!(text.contains("steedos_call_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("steedos_call_duration_seconds_bucket"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,9 +322,18 @@ async fn openapi_is_valid_openapi_3() {
     let (s, doc) = get(&base, "/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
-    assert!(doc["paths"]["/api/greeter/hello"]["post"].is_object(), "{doc}");
-    assert!(doc["paths"]["/stock/{sku}"]["get"]["parameters"][0]["in"] == "path", "{doc}");
-    assert!(doc["paths"].get("/api/shop/relay").is_none(), "unexposed actions stay out");
+    assert!(
+        doc["paths"]["/api/greeter/hello"]["post"].is_object(),
+        "{doc}"
+    );
+    assert!(
+        doc["paths"]["/stock/{sku}"]["get"]["parameters"][0]["in"] == "path",
+        "{doc}"
+    );
+    assert!(
+        doc["paths"].get("/api/shop/relay").is_none(),
+        "unexposed actions stay out"
+    );
     let file = t.dir.path().join("openapi.json");
     std::fs::write(&file, serde_json::to_vec(&doc).expect("json")).expect("write");
     let out = std::process::Command::new("python3")
@@ -251,12 +341,19 @@ async fn openapi_is_valid_openapi_3() {
         .arg(&file)
         .output();
     match out {
-        Ok(o) if o.status.success() => assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "valid"),
+        Ok(o) if o.status.success() => {
+            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "valid")
+        }
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
             let missing = err.contains("No module named 'openapi_spec_validator'");
-            assert!(missing && std::env::var_os("CI").is_none(), "OpenAPI validation failed:\n{err}");
-            eprintln!("skipping the validator: pip install openapi-spec-validator (CI installs it)");
+            assert!(
+                missing && std::env::var_os("CI").is_none(),
+                "OpenAPI validation failed:\n{err}"
+            );
+            eprintln!(
+                "skipping the validator: pip install openapi-spec-validator (CI installs it)"
+            );
         }
         Err(e) => panic!("python3: {e}"),
     }

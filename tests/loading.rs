@@ -16,12 +16,23 @@ component = "{GREETER}"
 [packages.broken]
 component = "{DIR}/garbage.wasm"
 "#,
-        |dir| std::fs::write(dir.join("garbage.wasm"), b"\0asm this is not a component").expect("write"),
+        |dir| {
+            std::fs::write(dir.join("garbage.wasm"), b"\0asm this is not a component")
+                .expect("write")
+        },
     )
     .await;
     let why = t.failure("broken").expect("broken is reported");
-    assert!(why.contains("broken") && why.contains("garbage.wasm") && why.contains("not a valid WebAssembly component"), "{why}");
-    assert_eq!(t.ok("greeter.hello", json!({"name": "x"})).await, json!("Hello, x!"));
+    assert!(
+        why.contains("broken")
+            && why.contains("garbage.wasm")
+            && why.contains("not a valid WebAssembly component"),
+        "{why}"
+    );
+    assert_eq!(
+        t.ok("greeter.hello", json!({"name": "x"})).await,
+        json!("Hello, x!")
+    );
     match t.call("broken.anything", json!({})).await {
         Err(CallError::NotFound(m)) => assert!(m.contains("failed to load"), "{m}"),
         other => panic!("{other:?}"),
@@ -40,7 +51,10 @@ component = "{FIXTURES}/not-a-package.wat"
     )
     .await;
     let why = t.failure("command").expect("command is reported");
-    assert!(why.contains("not a steedos package") && why.contains("wasi:cli/run"), "{why}");
+    assert!(
+        why.contains("not a steedos package") && why.contains("wasi:cli/run"),
+        "{why}"
+    );
     assert_eq!(t.state("greeter"), "serving");
 }
 
@@ -57,8 +71,14 @@ instnces = 3
     )
     .await;
     let why = t.failure("typo").expect("typo is reported");
-    assert!(why.contains("instnces") && why.contains("steedos.toml:"), "{why}");
-    assert_eq!(t.ok("greeter.hello", json!({"name": "y"})).await, json!("Hello, y!"));
+    assert!(
+        why.contains("instnces") && why.contains("steedos.toml:"),
+        "{why}"
+    );
+    assert_eq!(
+        t.ok("greeter.hello", json!({"name": "y"})).await,
+        json!("Hello, y!")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,11 +98,17 @@ component = "{FIXTURES}/missing-provider.wat"
     .await;
     let why = t.failure("mismatch").expect("mismatch is reported");
     assert!(
-        why.contains("mismatch") && why.contains("inventory") && why.contains("acme:inventory/stock@0.1.0") && why.contains("reserve"),
+        why.contains("mismatch")
+            && why.contains("inventory")
+            && why.contains("acme:inventory/stock@0.1.0")
+            && why.contains("reserve"),
         "{why}"
     );
     let why = t.failure("orphan").expect("orphan is reported");
-    assert!(why.contains("acme:nowhere/thing@0.1.0") && why.contains("no loaded package exports it"), "{why}");
+    assert!(
+        why.contains("acme:nowhere/thing@0.1.0") && why.contains("no loaded package exports it"),
+        "{why}"
+    );
     assert_eq!(t.state("inventory"), "serving");
 }
 
@@ -98,7 +124,10 @@ component = "{SHOP}"
     )
     .await;
     let why = t.failure("shop").expect("shop is reported");
-    assert!(why.contains("grants") && why.contains("inventory.*"), "{why}");
+    assert!(
+        why.contains("grants") && why.contains("inventory.*"),
+        "{why}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,13 +146,25 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
         |dir| std::fs::create_dir(dir.join("state")).expect("mkdir"),
     )
     .await;
-    assert_eq!(t.ok("greeter.hello", json!({"name": "z"})).await, json!("Hello, z!"));
+    assert_eq!(
+        t.ok("greeter.hello", json!({"name": "z"})).await,
+        json!("Hello, z!")
+    );
     match t.call("probe.instance-id", json!({})).await {
-        Err(CallError::Overloaded(m)) => assert!(m.contains("required file /state/ready is missing"), "{m}"),
+        Err(CallError::Overloaded(m)) => {
+            assert!(m.contains("required file /state/ready is missing"), "{m}")
+        }
         other => panic!("expected overloaded, got {other:?}"),
     }
     std::fs::write(t.dir.path().join("state/ready"), b"yes").expect("write");
-    let started = eventually(Duration::from_secs(5), || async { t.call("probe.instance-id", json!({})).await.ok() }).await;
-    assert!(started.is_some(), "probe started once its file appeared: {:?}", t.app.broker.reports());
+    let started = eventually(Duration::from_secs(5), || async {
+        t.call("probe.instance-id", json!({})).await.ok()
+    })
+    .await;
+    assert!(
+        started.is_some(),
+        "probe started once its file appeared: {:?}",
+        t.app.broker.reports()
+    );
     assert_eq!(t.state("probe"), "serving");
 }

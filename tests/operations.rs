@@ -43,7 +43,12 @@ async fn start() -> TestApp {
     TestApp::start(APP).await
 }
 
-async fn admin(method: reqwest::Method, url: String, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+async fn admin(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let mut r = reqwest::Client::new().request(method, url).body(body);
     if let Some(t) = token {
         r = r.bearer_auth(t);
@@ -92,17 +97,32 @@ async fn an_upgrade_under_load_fails_no_request() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let component = std::fs::read(guests::GREETER_V2).expect("greeter-v2 component");
-    let (s, v) = admin(reqwest::Method::PUT, format!("{base}/admin/packages/greeter"), Some(TOKEN), component).await;
+    let (s, v) = admin(
+        reqwest::Method::PUT,
+        format!("{base}/admin/packages/greeter"),
+        Some(TOKEN),
+        component,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["ok"].as_str().unwrap().contains("upgraded"), "{v}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for l in load {
-        l.await.expect("task").expect("no request failed during the upgrade");
+        l.await
+            .expect("task")
+            .expect("no request failed during the upgrade");
     }
-    assert!(v1.load(Ordering::Relaxed) > 0 && v2.load(Ordering::Relaxed) > 0, "both versions answered");
+    assert!(
+        v1.load(Ordering::Relaxed) > 0 && v2.load(Ordering::Relaxed) > 0,
+        "both versions answered"
+    );
     for i in 0..10 {
-        assert_eq!(hello(&base, &format!("n{i}")).await, Ok(format!("Hi, n{i}! (v2)")), "the new version answers");
+        assert_eq!(
+            hello(&base, &format!("n{i}")).await,
+            Ok(format!("Hi, n{i}! (v2)")),
+            "the new version answers"
+        );
     }
 }
 
@@ -111,15 +131,32 @@ async fn a_failed_upgrade_keeps_the_old_version_serving() {
     let t = start().await;
     let (_g, base) = t.gateway().await;
     let url = format!("{base}/admin/packages/greeter");
-    let (s, v) = admin(reqwest::Method::PUT, url.clone(), Some(TOKEN), b"\0asm garbage".to_vec()).await;
+    let (s, v) = admin(
+        reqwest::Method::PUT,
+        url.clone(),
+        Some(TOKEN),
+        b"\0asm garbage".to_vec(),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("not a valid WebAssembly component"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component"),
+        "{v}"
+    );
     // probe refuses to start without its file: the upgrade is refused.
     let probe = std::fs::read(guests::PROBE).expect("probe component");
     let (s, v) = admin(reqwest::Method::PUT, url.clone(), Some(TOKEN), probe).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let m = v["error"]["message"].as_str().unwrap();
-    assert!(m.contains("did not start") && m.contains("/nowhere/ready") && m.contains("old version keeps serving"), "{m}");
+    assert!(
+        m.contains("did not start")
+            && m.contains("/nowhere/ready")
+            && m.contains("old version keeps serving"),
+        "{m}"
+    );
     assert_eq!(hello(&base, "still").await, Ok("Hello, still!".to_string()));
     assert_eq!(t.state("greeter"), "serving");
 }
@@ -129,11 +166,24 @@ async fn an_upgrade_that_would_break_a_dependent_is_refused() {
     let t = start().await;
     let (_g, base) = t.gateway().await;
     let other = std::fs::read(guests::GREETER_V2).expect("component");
-    let (s, v) = admin(reqwest::Method::PUT, format!("{base}/admin/packages/inventory"), Some(TOKEN), other).await;
+    let (s, v) = admin(
+        reqwest::Method::PUT,
+        format!("{base}/admin/packages/inventory"),
+        Some(TOKEN),
+        other,
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let m = v["error"]["message"].as_str().unwrap();
-    assert!(m.contains("shop") && m.contains("acme:inventory/stock@0.1.0"), "{m}");
-    assert_eq!(t.ok("shop.quote", json!({"lines": [{"sku": "apple", "qty": 1}]})).await, json!(120));
+    assert!(
+        m.contains("shop") && m.contains("acme:inventory/stock@0.1.0"),
+        "{m}"
+    );
+    assert_eq!(
+        t.ok("shop.quote", json!({"lines": [{"sku": "apple", "qty": 1}]}))
+            .await,
+        json!(120)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,20 +191,64 @@ async fn packages_are_deployed_listed_and_removed() {
     let t = start().await;
     let (_g, base) = t.gateway().await;
     let tally = std::fs::read(guests::TALLY).expect("component");
-    let (s, v) = admin(reqwest::Method::PUT, format!("{base}/admin/packages/tally2?instances=3"), Some(TOKEN), tally).await;
+    let (s, v) = admin(
+        reqwest::Method::PUT,
+        format!("{base}/admin/packages/tally2?instances=3"),
+        Some(TOKEN),
+        tally,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert!(v["ok"].as_str().unwrap().contains("deployed `tally2`: 3 instance(s)"), "{v}");
+    assert!(
+        v["ok"]
+            .as_str()
+            .unwrap()
+            .contains("deployed `tally2`: 3 instance(s)"),
+        "{v}"
+    );
     assert_eq!(t.ok("tally2.entries", json!({})).await, json!([]));
-    let (s, v) = admin(reqwest::Method::GET, format!("{base}/admin/packages"), Some(TOKEN), vec![]).await;
+    let (s, v) = admin(
+        reqwest::Method::GET,
+        format!("{base}/admin/packages"),
+        Some(TOKEN),
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let names: Vec<&str> = v["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"tally2") && names.contains(&"greeter"), "{names:?}");
-    let (s, _) = admin(reqwest::Method::DELETE, format!("{base}/admin/packages/tally2"), Some(TOKEN), vec![]).await;
+    let names: Vec<&str> = v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"tally2") && names.contains(&"greeter"),
+        "{names:?}"
+    );
+    let (s, _) = admin(
+        reqwest::Method::DELETE,
+        format!("{base}/admin/packages/tally2"),
+        Some(TOKEN),
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert!(t.call("tally2.entries", json!({})).await.is_err());
-    let (s, _) = admin(reqwest::Method::DELETE, format!("{base}/admin/packages/tally2"), Some(TOKEN), vec![]).await;
+    let (s, _) = admin(
+        reqwest::Method::DELETE,
+        format!("{base}/admin/packages/tally2"),
+        Some(TOKEN),
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, v) = admin(reqwest::Method::PUT, format!("{base}/admin/packages/Bad_Name"), Some(TOKEN), vec![1]).await;
+    let (s, v) = admin(
+        reqwest::Method::PUT,
+        format!("{base}/admin/packages/Bad_Name"),
+        Some(TOKEN),
+        vec![1],
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
 
@@ -165,19 +259,39 @@ async fn the_admin_api_wants_the_right_bearer_token() {
     let url = format!("{base}/admin/packages");
     let (s, v) = admin(reqwest::Method::GET, url.clone(), None, vec![]).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    let (s, _) = admin(reqwest::Method::GET, url.clone(), Some("s3cret-admin-tokeN"), vec![]).await;
+    let (s, _) = admin(
+        reqwest::Method::GET,
+        url.clone(),
+        Some("s3cret-admin-tokeN"),
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = admin(reqwest::Method::DELETE, format!("{url}/greeter"), Some("wrong"), vec![]).await;
+    let (s, _) = admin(
+        reqwest::Method::DELETE,
+        format!("{url}/greeter"),
+        Some("wrong"),
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(t.state("greeter"), "serving");
     // Without a configured token the admin API does not exist.
-    let plain = TestApp::start(r#"
+    let plain = TestApp::start(
+        r#"
 [packages.greeter]
 component = "{GREETER}"
-"#)
+"#,
+    )
     .await;
     let (_g2, base2) = plain.gateway().await;
-    let (s, _) = admin(reqwest::Method::GET, format!("{base2}/admin/packages"), Some(TOKEN), vec![]).await;
+    let (s, _) = admin(
+        reqwest::Method::GET,
+        format!("{base2}/admin/packages"),
+        Some(TOKEN),
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
@@ -193,14 +307,20 @@ component = "{DIR}/greeter.wasm"
         },
     )
     .await;
-    assert_eq!(t.ok("greeter.hello", json!({"name": "w"})).await, json!("Hello, w!"));
+    assert_eq!(
+        t.ok("greeter.hello", json!({"name": "w"})).await,
+        json!("Hello, w!")
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(steedos_wasm::watch::watch_packages(t.app.clone(), stopped));
     tokio::time::sleep(steedos_wasm::watch::POLL * 2).await;
     // A half-written or broken component is refused; the old one serves on.
     std::fs::write(t.dir.path().join("greeter.wasm"), b"\0asm half written").expect("write");
     tokio::time::sleep(steedos_wasm::watch::POLL * 3).await;
-    assert_eq!(t.ok("greeter.hello", json!({"name": "w"})).await, json!("Hello, w!"));
+    assert_eq!(
+        t.ok("greeter.hello", json!({"name": "w"})).await,
+        json!("Hello, w!")
+    );
     std::fs::copy(guests::GREETER_V2, t.dir.path().join("greeter.wasm")).expect("copy v2");
     let upgraded = steedos_tests::eventually(Duration::from_secs(10), || async {
         let v = t.ok("greeter.hello", json!({"name": "w"})).await;

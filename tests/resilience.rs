@@ -28,7 +28,9 @@ timeout = "30s"
     )
     .await;
     let started = Instant::now();
-    let e = forward(&t, "probe", "chaos.spin", json!({})).await.unwrap_err();
+    let e = forward(&t, "probe", "chaos.spin", json!({}))
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     // chaos's own 30 s never applied: it got what probe had left.
     assert!(took < Duration::from_secs(5), "took {took:?}");
@@ -37,7 +39,10 @@ timeout = "30s"
     let probe = t.app.broker.service("probe").expect("probe");
     assert_eq!(probe.report().restarts, 0, "{:?}", probe.report());
     let chaos = t.app.broker.service("chaos").expect("chaos");
-    let restarted = eventually(Duration::from_secs(2), || async { (chaos.report().restarts == 1).then_some(()) }).await;
+    let restarted = eventually(Duration::from_secs(2), || async {
+        (chaos.report().restarts == 1).then_some(())
+    })
+    .await;
     assert!(restarted.is_some(), "{:?}", chaos.report());
 }
 
@@ -57,7 +62,10 @@ circuit = { threshold = 0.5, min_calls = 4, window = "60s", half_open_after = "4
         let _ = call(crash).await;
     }
     let chaos = t.app.broker.service("chaos").expect("chaos");
-    assert_eq!(chaos.report().circuits, vec![("maybe-crash".to_string(), "open")]);
+    assert_eq!(
+        chaos.report().circuits,
+        vec![("maybe-crash".to_string(), "open")]
+    );
     let restarts = chaos.report().restarts;
     // Open: the call fails at once without entering the package.
     match call(false).await {
@@ -74,7 +82,11 @@ circuit = { threshold = 0.5, min_calls = 4, window = "60s", half_open_after = "4
     tokio::time::sleep(Duration::from_millis(450)).await;
     // The next probe succeeds: closed.
     assert_eq!(call(false).await.expect("probe"), json!("alive"));
-    assert!(chaos.report().circuits.is_empty(), "{:?}", chaos.report().circuits);
+    assert!(
+        chaos.report().circuits.is_empty(),
+        "{:?}",
+        chaos.report().circuits
+    );
     assert_eq!(call(false).await.expect("closed"), json!("alive"));
 }
 
@@ -95,18 +107,40 @@ fallback = "chaos.ok"
     .await;
     let chaos = t.app.broker.service("chaos").expect("chaos");
     let started = Instant::now();
-    assert!(matches!(t.call("chaos.crash", json!({})).await, Err(CallError::Crashed(_))));
+    assert!(matches!(
+        t.call("chaos.crash", json!({})).await,
+        Err(CallError::Crashed(_))
+    ));
     // 1 try + 3 retries after 40 + 80 + 160 ms.
-    assert!(started.elapsed() >= Duration::from_millis(280), "{:?}", started.elapsed());
-    let four = eventually(Duration::from_secs(2), || async { (chaos.report().restarts == 4).then_some(()) }).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(280),
+        "{:?}",
+        started.elapsed()
+    );
+    let four = eventually(Duration::from_secs(2), || async {
+        (chaos.report().restarts == 4).then_some(())
+    })
+    .await;
     assert!(four.is_some(), "{:?}", chaos.report());
     // Not idempotent: one try; it falls back to chaos.ok instead of failing.
-    assert_eq!(t.call("chaos.maybe-crash", json!({"crash": true})).await, Ok(json!("alive")));
-    let five = eventually(Duration::from_secs(2), || async { (chaos.report().restarts == 5).then_some(()) }).await;
+    assert_eq!(
+        t.call("chaos.maybe-crash", json!({"crash": true})).await,
+        Ok(json!("alive"))
+    );
+    let five = eventually(Duration::from_secs(2), || async {
+        (chaos.report().restarts == 5).then_some(())
+    })
+    .await;
     assert!(five.is_some(), "{:?}", chaos.report());
     // trap is neither idempotent nor has a fallback: one try, its error.
-    assert!(matches!(t.call("chaos.trap", json!({})).await, Err(CallError::Crashed(_))));
-    let six = eventually(Duration::from_secs(2), || async { (chaos.report().restarts == 6).then_some(()) }).await;
+    assert!(matches!(
+        t.call("chaos.trap", json!({})).await,
+        Err(CallError::Crashed(_))
+    ));
+    let six = eventually(Duration::from_secs(2), || async {
+        (chaos.report().restarts == 6).then_some(())
+    })
+    .await;
     assert!(six.is_some(), "{:?}", chaos.report());
 }
 
@@ -139,13 +173,25 @@ queue = 0
         other => panic!("{other:?}"),
     }
     // The action's own bound (0 waiting) refuses even with room in the package's.
-    let spins_left = t.app.broker.service("chaos").expect("chaos").report().queued;
+    let spins_left = t
+        .app
+        .broker
+        .service("chaos")
+        .expect("chaos")
+        .report()
+        .queued;
     assert!(spins_left <= 2);
     match t.call("chaos.ok", json!({})).await {
-        Err(CallError::Overloaded(m)) => assert!(m.contains("queue limit") || m.contains("already waiting"), "{m}"),
+        Err(CallError::Overloaded(m)) => assert!(
+            m.contains("queue limit") || m.contains("already waiting"),
+            "{m}"
+        ),
         other => panic!("{other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_millis(500), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
     for s in spins {
         let _ = s.await;
     }
@@ -177,7 +223,10 @@ timeout = "300ms"
             tokio::spawn(async move { t.call("chaos.spin", json!({})).await })
         })
         .collect();
-    let grew = eventually(Duration::from_secs(3), || async { (chaos.report().live >= 2).then_some(()) }).await;
+    let grew = eventually(Duration::from_secs(3), || async {
+        (chaos.report().live >= 2).then_some(())
+    })
+    .await;
     assert!(grew.is_some(), "{:?}", chaos.report());
     for s in spins {
         let _ = s.await;
@@ -186,15 +235,27 @@ timeout = "300ms"
     // go round all three of rotor's.
     let mut ids = Vec::new();
     for _ in 0..9 {
-        ids.push(t.ok("rotor.instance-id", json!({})).await.as_u64().unwrap_or(0));
+        ids.push(
+            t.ok("rotor.instance-id", json!({}))
+                .await
+                .as_u64()
+                .unwrap_or(0),
+        );
     }
     let distinct: HashSet<u64> = ids.iter().copied().collect();
     assert_eq!(distinct.len(), 3, "{ids:?}");
     for id in &distinct {
-        assert_eq!(ids.iter().filter(|i| *i == id).count(), 3, "evenly: {ids:?}");
+        assert_eq!(
+            ids.iter().filter(|i| *i == id).count(),
+            3,
+            "evenly: {ids:?}"
+        );
     }
     // Idle past scale_down_after, the extra instances go.
-    let shrank = eventually(Duration::from_secs(6), || async { (chaos.report().live == 1).then_some(()) }).await;
+    let shrank = eventually(Duration::from_secs(6), || async {
+        (chaos.report().live == 1).then_some(())
+    })
+    .await;
     assert!(shrank.is_some(), "{:?}", chaos.report());
 }
 
@@ -256,8 +317,14 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let r = match i % 2 {
-                        0 => t.call("greeter.hello", json!({"name": "load"})).await.map(|v| v == json!("Hello, load!")),
-                        _ => t.call("inventory.get-item", json!({"sku": "apple"})).await.map(|v| v["sku"] == "apple"),
+                        0 => t
+                            .call("greeter.hello", json!({"name": "load"}))
+                            .await
+                            .map(|v| v == json!("Hello, load!")),
+                        _ => t
+                            .call("inventory.get-item", json!({"sku": "apple"}))
+                            .await
+                            .map(|v| v["sku"] == "apple"),
                     };
                     match r {
                         Ok(true) => ok.fetch_add(1, Ordering::Relaxed),
@@ -291,20 +358,33 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
             3 => crashes(t.call("chaos.deep", json!({"n": 10_000_000})).await),
             4 => {
                 let r = t.call("chaos.huge", json!({"mib": 1})).await;
-                assert!(r.as_ref().is_ok_and(|v| v.as_str().is_some_and(|s| s.len() > 1_000_000)), "{:?}", r.map(|_| ()));
+                assert!(
+                    r.as_ref()
+                        .is_ok_and(|v| v.as_str().is_some_and(|s| s.len() > 1_000_000)),
+                    "{:?}",
+                    r.map(|_| ())
+                );
             }
             5 => {
                 // fragile fails in `started` while its file is gone: crash
                 // it so it restarts into that failure, then let it recover.
                 let _ = std::fs::remove_file(&ready);
-                let _ = t.call("fragile.forward", json!({"action": "fragile.nothing", "params-json": "{}"})).await;
+                let _ = t
+                    .call(
+                        "fragile.forward",
+                        json!({"action": "fragile.nothing", "params-json": "{}"}),
+                    )
+                    .await;
                 std::fs::write(&ready, "yes").expect("write");
             }
             _ => crashes(t.call("chaos.crash", json!({})).await),
         }
     }
     // The faulty packages serve again.
-    let back = eventually(Duration::from_secs(5), || async { t.call("chaos.ok", json!({})).await.ok() }).await;
+    let back = eventually(Duration::from_secs(5), || async {
+        t.call("chaos.ok", json!({})).await.ok()
+    })
+    .await;
     assert_eq!(back, Some(json!("alive")));
 
     // 100,000 restarts, memory measured from this process.
@@ -338,7 +418,10 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
     for c in callers {
         c.await.expect("caller");
     }
-    let done = eventually(Duration::from_secs(10), || async { (chaos.report().restarts >= first + total).then_some(()) }).await;
+    let done = eventually(Duration::from_secs(10), || async {
+        (chaos.report().restarts >= first + total).then_some(())
+    })
+    .await;
     assert!(done.is_some(), "{:?}", chaos.report());
     rss.extend(sampler.await.expect("sampler"));
     rss.push((total, rss_kib()));
@@ -349,8 +432,20 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
     assert!(healthy_ok.load(Ordering::Relaxed) > 100);
     // Flat: after the first 10,000 restarts warm everything up, the last
     // sample is within 32 MiB of the first.
-    let warm = rss.iter().find(|(n, _)| *n >= 10_000).map(|(_, k)| *k).unwrap_or(0);
+    let warm = rss
+        .iter()
+        .find(|(n, _)| *n >= 10_000)
+        .map(|(_, k)| *k)
+        .unwrap_or(0);
     let last = rss.last().map(|(_, k)| *k).unwrap_or(0);
-    eprintln!("rss over restarts (restarts, KiB): {:?}", rss.iter().step_by((rss.len() / 10).max(1)).collect::<Vec<_>>());
-    assert!(warm > 0 && last < warm + 32 * 1024, "memory grew from {warm} KiB to {last} KiB over {total} restarts");
+    eprintln!(
+        "rss over restarts (restarts, KiB): {:?}",
+        rss.iter()
+            .step_by((rss.len() / 10).max(1))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        warm > 0 && last < warm + 32 * 1024,
+        "memory grew from {warm} KiB to {last} KiB over {total} restarts"
+    );
 }

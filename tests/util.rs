@@ -23,7 +23,9 @@ pub struct TestApp {
 
 /// The folder of this crate's fixtures.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// Replaces `{GREETER}`, `{PROBE}`, ... with component paths and `{DIR}`
@@ -53,14 +55,23 @@ impl TestApp {
         let text = if text.contains("[app]") {
             text
         } else {
-            format!("[app]\ncache_dir = \"{}\"\n{text}", shared_cache().display())
+            format!(
+                "[app]\ncache_dir = \"{}\"\n{text}",
+                shared_cache().display()
+            )
         };
         let path = dir.path().join("steedos.toml");
         std::fs::write(&path, &text).expect("write manifest");
         let manifest = Manifest::load(&path).unwrap_or_else(|e| panic!("manifest: {e}\n{text}"));
-        let options = LoadOptions { build: false, ..LoadOptions::default() };
+        let options = LoadOptions {
+            build: false,
+            ..LoadOptions::default()
+        };
         let app = App::load(manifest, &options).await.expect("app loads");
-        TestApp { app: std::sync::Arc::new(app), dir }
+        TestApp {
+            app: std::sync::Arc::new(app),
+            dir,
+        }
     }
 
     /// Starts an app from manifest text.
@@ -69,8 +80,13 @@ impl TestApp {
     }
 
     /// Calls an action with JSON params and a 10 s deadline.
-    pub async fn call(&self, action: &str, params: serde_json::Value) -> Result<serde_json::Value, CallError> {
-        self.call_within(action, params, Duration::from_secs(10)).await
+    pub async fn call(
+        &self,
+        action: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, CallError> {
+        self.call_within(action, params, Duration::from_secs(10))
+            .await
     }
 
     /// Calls an action with JSON params and the given deadline.
@@ -81,7 +97,10 @@ impl TestApp {
         timeout: Duration,
     ) -> Result<serde_json::Value, CallError> {
         let body = serde_json::to_vec(&params).expect("json");
-        self.app.broker.call_json(action, &body, CallContext::new(timeout)).await
+        self.app
+            .broker
+            .call_json(action, &body, CallContext::new(timeout))
+            .await
     }
 
     /// Calls an action that must succeed.
@@ -105,7 +124,12 @@ impl TestApp {
 
     /// The load failure recorded for `package`, if any.
     pub fn failure(&self, package: &str) -> Option<String> {
-        self.app.broker.failures().into_iter().find(|f| f.name == package).map(|f| f.error)
+        self.app
+            .broker
+            .failures()
+            .into_iter()
+            .find(|f| f.name == package)
+            .map(|f| f.error)
     }
 }
 
@@ -137,7 +161,10 @@ impl TestApp {
             self.app.metrics.clone(),
             self.app.clone(),
         );
-        let running = gateway.bind(([127, 0, 0, 1], 0).into()).await.expect("bind");
+        let running = gateway
+            .bind(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("bind");
         let base = format!("http://{}", running.addr);
         (running, base)
     }

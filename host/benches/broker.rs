@@ -30,8 +30,13 @@ const MEASURE: Duration = Duration::from_secs(3);
 
 fn main() -> anyhow::Result<()> {
     let rt = match std::env::var("BENCH_RUNTIME").as_deref() {
-        Ok("current") => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        _ => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?,
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
     };
     rt.block_on(run())
 }
@@ -60,7 +65,11 @@ async fn run() -> anyhow::Result<()> {
         app.shutdown().await;
     }
     starts.sort();
-    figure("start.cached", starts[starts.len() / 2].as_secs_f64() * 1e3, "ms");
+    figure(
+        "start.cached",
+        starts[starts.len() / 2].as_secs_f64() * 1e3,
+        "ms",
+    );
 
     // 100 concurrent callers need a wait queue of 100 (the example's default
     // bulkhead of 64 would refuse the rest at once, as it should). The
@@ -68,39 +77,70 @@ async fn run() -> anyhow::Result<()> {
     // covers all of them (the example's small one would back off for hours).
     let text = std::fs::read_to_string(dir.join("steedos.toml"))?
         .replace("[defaults]\n", "[defaults]\nqueue = 1024\n")
-        .replace("[packages.chaos]\n", "[packages.chaos]\nrestart = { max = 10000, within = \"10s\" }\n");
+        .replace(
+            "[packages.chaos]\n",
+            "[packages.chaos]\nrestart = { max = 10000, within = \"10s\" }\n",
+        );
     let text = match std::env::var("BENCH_INSTANCES") {
         Ok(n) => text.replace("instances = 2", &format!("instances = {n}")),
         Err(_) => text,
     };
     let manifest = Manifest::parse(&text, &dir.join("steedos.toml"))?;
-    let app = App::load(manifest, &LoadOptions { build: false, ..LoadOptions::default() }).await?;
+    let app = App::load(
+        manifest,
+        &LoadOptions {
+            build: false,
+            ..LoadOptions::default()
+        },
+    )
+    .await?;
     let broker = app.broker.clone();
     let payload = Val::String("0123456789abcdef".repeat(4));
     if let Ok(list) = std::env::var("BENCH_CALLERS") {
         for c in list.split(',').filter_map(|c| c.parse().ok()) {
-            figure(&format!("probe.c{c}"), rate(&broker, "shop.relay", &payload, c).await?, "calls/s");
+            figure(
+                &format!("probe.c{c}"),
+                rate(&broker, "shop.relay", &payload, c).await?,
+                "calls/s",
+            );
         }
         return Ok(());
     }
-    for (name, action) in [("call.host_a_b", "shop.relay"), ("call.host_a_b.dynamic", "shop.relay-dynamic")] {
+    for (name, action) in [
+        ("call.host_a_b", "shop.relay"),
+        ("call.host_a_b.dynamic", "shop.relay-dynamic"),
+    ] {
         check(&broker, action, &payload).await?;
         if action == "shop.relay" {
-            figure(&format!("{name}.c1"), rate(&broker, action, &payload, 1).await?, "calls/s");
+            figure(
+                &format!("{name}.c1"),
+                rate(&broker, action, &payload, 1).await?,
+                "calls/s",
+            );
         }
-        figure(&format!("{name}.c100"), rate(&broker, action, &payload, 100).await?, "calls/s");
+        figure(
+            &format!("{name}.c100"),
+            rate(&broker, action, &payload, 100).await?,
+            "calls/s",
+        );
     }
 
-    let chaos = broker.service("chaos").ok_or_else(|| anyhow::anyhow!("no chaos package"))?;
+    let chaos = broker
+        .service("chaos")
+        .ok_or_else(|| anyhow::anyhow!("no chaos package"))?;
     let before = chaos.restart_latencies().len();
     let crashes = 2000;
     let mut done = 0;
     while done < crashes {
-        let r = broker.call("chaos.trap", &[], CallContext::new(Duration::from_secs(5))).await;
+        let r = broker
+            .call("chaos.trap", &[], CallContext::new(Duration::from_secs(5)))
+            .await;
         match r {
             Err(e) if e.kind() == "crashed" => done += 1,
             // Over budget: wait out the backoff.
-            Err(e) if e.kind() == "overloaded" => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) if e.kind() == "overloaded" => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             other => anyhow::bail!("chaos.trap: {other:?}"),
         }
     }
@@ -114,12 +154,26 @@ async fn run() -> anyhow::Result<()> {
 }
 
 async fn check(broker: &Arc<Broker>, action: &str, payload: &Val) -> anyhow::Result<()> {
-    let r = broker.call(action, std::slice::from_ref(payload), CallContext::new(Duration::from_secs(5))).await?;
-    anyhow::ensure!(r.as_ref() == Some(payload), "{action} did not echo its payload: {r:?}");
+    let r = broker
+        .call(
+            action,
+            std::slice::from_ref(payload),
+            CallContext::new(Duration::from_secs(5)),
+        )
+        .await?;
+    anyhow::ensure!(
+        r.as_ref() == Some(payload),
+        "{action} did not echo its payload: {r:?}"
+    );
     Ok(())
 }
 
-async fn rate(broker: &Arc<Broker>, action: &str, payload: &Val, callers: usize) -> anyhow::Result<f64> {
+async fn rate(
+    broker: &Arc<Broker>,
+    action: &str,
+    payload: &Val,
+    callers: usize,
+) -> anyhow::Result<f64> {
     let end = Instant::now() + MEASURE;
     let tasks: Vec<_> = (0..callers)
         .map(|_| {

@@ -229,6 +229,19 @@ async fn raw(url: &str) -> anyhow::Result<()> {
         }
     });
     server.flush().await?;
+    // Until the server routes to the new subscription, requests find no responder.
+    let ready = Instant::now();
+    while client
+        .request("bench.echo", bytes::Bytes::new())
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(10),
+            "the echo responder never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let call = move || {
         let client = client.clone();
         async move {

@@ -20,7 +20,10 @@ const CONNECTIONS: u32 = 50;
 const SECONDS: u32 = 5;
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run())
 }
 
@@ -32,21 +35,32 @@ async fn run() -> anyhow::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let manifest = Manifest::load(&dir)?;
     let app = App::load(manifest, &LoadOptions::default()).await?;
-    let gateway = Gateway::new("shop", app.broker.clone(), app.manifest.gateway.clone(), app.metrics.clone());
+    let gateway = Gateway::new(
+        "shop",
+        app.broker.clone(),
+        app.manifest.gateway.clone(),
+        app.metrics.clone(),
+    );
     let running = gateway.bind(([127, 0, 0, 1], 0).into()).await?;
     let script = std::env::temp_dir().join(format!("steedos-bench-{}.lua", std::process::id()));
     std::fs::write(
         &script,
         "wrk.method = \"POST\"\nwrk.body = '{\"name\":\"bench\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
     )?;
-    let ours = wrk(&format!("http://{}/api/greeter/hello", running.addr), &script)?;
+    let ours = wrk(
+        &format!("http://{}/api/greeter/hello", running.addr),
+        &script,
+    )?;
 
     let baseline = baseline_server().await?;
     let theirs = wrk(&format!("http://{baseline}/api/greeter/hello"), &script)?;
     let _ = std::fs::remove_file(&script);
     println!("bench: gateway.hello.c{CONNECTIONS} = {ours:.1} req/s");
     println!("bench: gateway.baseline.c{CONNECTIONS} = {theirs:.1} req/s");
-    println!("bench: gateway.ratio = {:.3} (hello / baseline)", ours / theirs);
+    println!(
+        "bench: gateway.ratio = {:.3} (hello / baseline)",
+        ours / theirs
+    );
     running.shutdown(std::time::Duration::from_secs(2)).await;
     app.shutdown().await;
     Ok(())
@@ -54,7 +68,12 @@ async fn run() -> anyhow::Result<()> {
 
 fn wrk(url: &str, script: &Path) -> anyhow::Result<f64> {
     let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{SECONDS}s"), "-s"])
+        .args([
+            "-t2",
+            &format!("-c{CONNECTIONS}"),
+            &format!("-d{SECONDS}s"),
+            "-s",
+        ])
         .arg(script)
         .arg(url)
         .output()?;
@@ -78,7 +97,9 @@ async fn baseline_server() -> anyhow::Result<std::net::SocketAddr> {
                 let service = hyper::service::service_fn(hello);
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder.timer(TokioTimer::new()).keep_alive(true);
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -86,14 +107,22 @@ async fn baseline_server() -> anyhow::Result<std::net::SocketAddr> {
 }
 
 async fn hello(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let name = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
         .unwrap_or_default();
     let reply = serde_json::to_string(&format!("Hello, {name}!")).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(reply)));
-    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     let id: Arc<str> = steedos_wasm::context::next_request_id();
     if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {
         r.headers_mut().insert("x-request-id", v);

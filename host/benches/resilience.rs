@@ -24,7 +24,10 @@ use wasmtime::component::Val;
 const MEASURE: Duration = Duration::from_secs(3);
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run())
 }
 
@@ -59,9 +62,19 @@ async fn run() -> anyhow::Result<()> {
     anyhow::ensure!(!lat.is_empty(), "the storm made no restart");
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
     println!("bench: call.host_a_b.c100 = {calm:.1} calls/s");
-    println!("bench: isolation.healthy_ratio = {:.3} ({budgeted:.1} calls/s during the storm)", budgeted / calm);
-    println!("bench: isolation.healthy_ratio.unbudgeted = {:.3} ({unbudgeted:.1} calls/s)", unbudgeted / calm);
-    println!("bench: restart.p50.loaded = {:.1} us ({} restarts sampled)", p(0.5), lat.len());
+    println!(
+        "bench: isolation.healthy_ratio = {:.3} ({budgeted:.1} calls/s during the storm)",
+        budgeted / calm
+    );
+    println!(
+        "bench: isolation.healthy_ratio.unbudgeted = {:.3} ({unbudgeted:.1} calls/s)",
+        unbudgeted / calm
+    );
+    println!(
+        "bench: restart.p50.loaded = {:.1} us ({} restarts sampled)",
+        p(0.5),
+        lat.len()
+    );
     println!("bench: restart.p99.loaded = {:.1} us", p(0.99));
     app.shutdown().await;
     Ok(())
@@ -69,9 +82,15 @@ async fn run() -> anyhow::Result<()> {
 
 /// The healthy rate while 2 callers crash `faulty` on every call, and the
 /// restart latencies seen meanwhile.
-async fn storm(broker: &Arc<Broker>, payload: &Val, faulty: &str) -> anyhow::Result<(f64, Vec<Duration>)> {
+async fn storm(
+    broker: &Arc<Broker>,
+    payload: &Val,
+    faulty: &str,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let service = broker.service(faulty).ok_or_else(|| anyhow::anyhow!("no {faulty}"))?;
+    let service = broker
+        .service(faulty)
+        .ok_or_else(|| anyhow::anyhow!("no {faulty}"))?;
     let before = service.restart_latencies().len();
     let action = format!("{faulty}.trap");
     let callers: Vec<_> = (0..2)
@@ -79,7 +98,9 @@ async fn storm(broker: &Arc<Broker>, payload: &Val, faulty: &str) -> anyhow::Res
             let (broker, stop, action) = (broker.clone(), stop.clone(), action.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let _ = broker.call(&action, &[], CallContext::new(Duration::from_secs(5))).await;
+                    let _ = broker
+                        .call(&action, &[], CallContext::new(Duration::from_secs(5)))
+                        .await;
                 }
             })
         })
@@ -104,7 +125,13 @@ async fn rate(broker: &Arc<Broker>, payload: &Val) -> anyhow::Result<f64> {
                 let mut n = 0u64;
                 while Instant::now() < end {
                     for _ in 0..16 {
-                        broker.call("shop.relay", &params, CallContext::new(Duration::from_secs(5))).await?;
+                        broker
+                            .call(
+                                "shop.relay",
+                                &params,
+                                CallContext::new(Duration::from_secs(5)),
+                            )
+                            .await?;
                         n += 1;
                     }
                 }

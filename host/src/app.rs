@@ -38,7 +38,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { build: true, cache: true, limits: EngineLimits::default() }
+        LoadOptions {
+            build: true,
+            cache: true,
+            limits: EngineLimits::default(),
+        }
     }
 }
 
@@ -97,9 +101,14 @@ impl App {
         let started = Instant::now();
         let engine = new_engine(&options.limits)?;
         let clock = EpochClock::start(&engine);
-        let broker = Broker::new(BrokerSettings { max_call_depth: manifest.app.max_call_depth });
+        let broker = Broker::new(BrokerSettings {
+            max_call_depth: manifest.app.max_call_depth,
+        });
         for rejected in &manifest.rejected {
-            broker.record_failure(rejected.package().unwrap_or("steedos.toml"), rejected.to_string());
+            broker.record_failure(
+                rejected.package().unwrap_or("steedos.toml"),
+                rejected.to_string(),
+            );
         }
         let cache = match options.cache {
             true => CompileCache::new(&manifest.app.cache_dir),
@@ -130,21 +139,38 @@ impl App {
                     continue;
                 }
                 Err(e) => {
-                    broker.record_failure(&spec.name, format!("package `{}`: compile task failed: {e}", spec.name));
+                    broker.record_failure(
+                        &spec.name,
+                        format!("package `{}`: compile task failed: {e}", spec.name),
+                    );
                     continue;
                 }
             };
             match PackageType::analyze(&engine, &component, &spec.name) {
                 Ok(ty) => {
-                    loaded.push(LoadedPackage { name: spec.name.clone(), compiled: Some(how), built });
-                    ready.push(Compiled1 { spec: spec.clone(), component, ty });
+                    loaded.push(LoadedPackage {
+                        name: spec.name.clone(),
+                        compiled: Some(how),
+                        built,
+                    });
+                    ready.push(Compiled1 {
+                        spec: spec.clone(),
+                        component,
+                        ty,
+                    });
                 }
                 Err(e) => broker.record_failure(&spec.name, e.to_string()),
             }
         }
 
         let base = package::base_linker(&engine)?;
-        let providers: Vec<Provider<'_>> = ready.iter().map(|c| Provider { spec: &c.spec, ty: &c.ty }).collect();
+        let providers: Vec<Provider<'_>> = ready
+            .iter()
+            .map(|c| Provider {
+                spec: &c.spec,
+                ty: &c.ty,
+            })
+            .collect();
         let mut packages = Vec::new();
         for c in &ready {
             match link(&c.spec, &c.ty, &c.component, &providers, &base) {
@@ -182,7 +208,9 @@ impl App {
 
     /// Stops taking calls, lets in-flight ones finish, calls `stopped`.
     pub async fn shutdown(&self) {
-        self.broker.shutdown(self.manifest.app.shutdown_timeout).await;
+        self.broker
+            .shutdown(self.manifest.app.shutdown_timeout)
+            .await;
     }
 
     /// Deploys the component `bytes` as package `name`, or upgrades `name`
@@ -191,7 +219,12 @@ impl App {
     /// `stopped`. A version that fails to load or to start leaves the old one
     /// serving, and the error says why. `settings` override the package's
     /// `instances`, `memory`, `timeout`, `events` and `calls`.
-    pub async fn deploy(&self, name: &str, bytes: &[u8], settings: &[(String, String)]) -> Result<String, OperatorError> {
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        settings: &[(String, String)],
+    ) -> Result<String, OperatorError> {
         let _one_at_a_time = self.deploying.lock().await;
         let old = self.broker.service(name);
         let mut spec = match (&old, self.manifest.packages.iter().find(|p| p.name == name)) {
@@ -200,29 +233,58 @@ impl App {
             (None, None) => PackageSpec::for_component(name, PathBuf::new()),
         };
         apply_settings(&mut spec, settings).map_err(OperatorError::Invalid)?;
-        spec.component = self.store_component(name, bytes).map_err(|e| OperatorError::Invalid(format!("package `{name}`: cannot store the component: {e}")))?;
+        spec.component = self.store_component(name, bytes).map_err(|e| {
+            OperatorError::Invalid(format!("package `{name}`: cannot store the component: {e}"))
+        })?;
         let label = spec.component.clone();
         let (engine, cache, owned) = (self.engine.clone(), self.cache.clone(), bytes.to_vec());
-        let component = tokio::task::spawn_blocking(move || cache.load_bytes(&engine, &label, &owned))
-            .await
-            .map_err(|e| OperatorError::Invalid(format!("package `{name}`: compile task failed: {e}")))?
-            .map_err(|e| OperatorError::Invalid(format!("package `{name}`: {e}")))?
-            .0;
-        let ty = PackageType::analyze(&self.engine, &component, name).map_err(|e| OperatorError::Invalid(e.to_string()))?;
-        let others: Vec<Arc<crate::broker::Service>> =
-            self.broker.services().into_iter().filter(|s| &*s.package.name != name).collect();
-        let providers: Vec<Provider<'_>> = others.iter().map(|s| Provider { spec: &s.package.spec, ty: &s.package.ty }).collect();
+        let component =
+            tokio::task::spawn_blocking(move || cache.load_bytes(&engine, &label, &owned))
+                .await
+                .map_err(|e| {
+                    OperatorError::Invalid(format!("package `{name}`: compile task failed: {e}"))
+                })?
+                .map_err(|e| OperatorError::Invalid(format!("package `{name}`: {e}")))?
+                .0;
+        let ty = PackageType::analyze(&self.engine, &component, name)
+            .map_err(|e| OperatorError::Invalid(e.to_string()))?;
+        let others: Vec<Arc<crate::broker::Service>> = self
+            .broker
+            .services()
+            .into_iter()
+            .filter(|s| &*s.package.name != name)
+            .collect();
+        let providers: Vec<Provider<'_>> = others
+            .iter()
+            .map(|s| Provider {
+                spec: &s.package.spec,
+                ty: &s.package.ty,
+            })
+            .collect();
         if let Some(old) = &old {
-            check_dependents(name, &old.package.ty, &ty, &providers).map_err(OperatorError::Invalid)?;
+            check_dependents(name, &old.package.ty, &ty, &providers)
+                .map_err(OperatorError::Invalid)?;
         }
-        let package = link(&spec, &ty, &component, &providers, &self.base).map_err(|e| OperatorError::Invalid(e.to_string()))?;
+        let package = link(&spec, &ty, &component, &providers, &self.base)
+            .map_err(|e| OperatorError::Invalid(e.to_string()))?;
         let fresh = self.broker.prepare(package).await;
         let live = fresh.report().live;
         if live == 0 {
-            let why = fresh.report().last_error.unwrap_or_else(|| "no instance started".into());
-            self.broker.retire_service(fresh, Duration::from_secs(1)).await;
-            let keeps = if old.is_some() { "; the old version keeps serving" } else { "" };
-            return Err(OperatorError::Start(format!("package `{name}` did not start: {why}{keeps}")));
+            let why = fresh
+                .report()
+                .last_error
+                .unwrap_or_else(|| "no instance started".into());
+            self.broker
+                .retire_service(fresh, Duration::from_secs(1))
+                .await;
+            let keeps = if old.is_some() {
+                "; the old version keeps serving"
+            } else {
+                ""
+            };
+            return Err(OperatorError::Start(format!(
+                "package `{name}` did not start: {why}{keeps}"
+            )));
         }
         let replaced = self.broker.install(fresh);
         match replaced {
@@ -231,7 +293,9 @@ impl App {
                 let grace = self.manifest.app.shutdown_timeout;
                 tokio::spawn(async move { broker.retire_service(old, grace).await });
                 tracing::info!(package = name, instances = live, "upgraded");
-                Ok(format!("upgraded `{name}`: {live} instance(s) of the new version serve"))
+                Ok(format!(
+                    "upgraded `{name}`: {live} instance(s) of the new version serve"
+                ))
             }
             None => {
                 tracing::info!(package = name, instances = live, "deployed");
@@ -247,7 +311,9 @@ impl App {
         let Some(old) = self.broker.uninstall(name) else {
             return Err(OperatorError::NotFound(format!("no package `{name}`")));
         };
-        self.broker.retire_service(old, self.manifest.app.shutdown_timeout).await;
+        self.broker
+            .retire_service(old, self.manifest.app.shutdown_timeout)
+            .await;
         Ok(format!("removed `{name}`"))
     }
 
@@ -265,7 +331,12 @@ impl App {
 }
 
 impl Operator for App {
-    fn deploy(&self, name: String, component: bytes::Bytes, settings: Vec<(String, String)>) -> BoxFuture<'_, Result<String, OperatorError>> {
+    fn deploy(
+        &self,
+        name: String,
+        component: bytes::Bytes,
+        settings: Vec<(String, String)>,
+    ) -> BoxFuture<'_, Result<String, OperatorError>> {
         Box::pin(async move { App::deploy(self, &name, &component, &settings).await })
     }
 
@@ -278,22 +349,44 @@ impl Operator for App {
 /// admin request to `spec`.
 fn apply_settings(spec: &mut PackageSpec, settings: &[(String, String)]) -> Result<(), String> {
     if !valid_name(&spec.name) {
-        return Err(format!("`{}` is not a package name (lowercase letters, digits and `-`, starting with a letter)", spec.name));
+        return Err(format!(
+            "`{}` is not a package name (lowercase letters, digits and `-`, starting with a letter)",
+            spec.name
+        ));
     }
-    let list = |v: &str| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
+    let list = |v: &str| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     for (key, value) in settings {
         match key.as_str() {
             "instances" => {
-                spec.instances = value.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or(format!("instances: {value:?} is not a number in 1..=1024"))?
+                spec.instances = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or(format!("instances: {value:?} is not a number in 1..=1024"))?
             }
             "memory" => {
-                let size: bytesize::ByteSize = value.parse().map_err(|_| format!("memory: {value:?} is not a size (try \"64 MiB\")"))?;
+                let size: bytesize::ByteSize = value
+                    .parse()
+                    .map_err(|_| format!("memory: {value:?} is not a size (try \"64 MiB\")"))?;
                 spec.memory = size.as_u64().max(64 << 10);
             }
-            "timeout" => spec.timeout = humantime::parse_duration(value).map_err(|_| format!("timeout: {value:?} is not a duration (try \"5s\")"))?,
+            "timeout" => {
+                spec.timeout = humantime::parse_duration(value)
+                    .map_err(|_| format!("timeout: {value:?} is not a duration (try \"5s\")"))?
+            }
             "events" => spec.events = list(value),
             "calls" => spec.grants.calls = list(value),
-            other => return Err(format!("unknown setting `{other}` (instances, memory, timeout, events, calls)")),
+            other => {
+                return Err(format!(
+                    "unknown setting `{other}` (instances, memory, timeout, events, calls)"
+                ));
+            }
         }
     }
     Ok(())
@@ -323,9 +416,11 @@ fn link(
     let mut linker = base.clone();
     for import in &ty.typed_imports {
         let targets = resolve_import(spec, import, providers)?;
-        package::link_typed_import(&mut linker, import, targets).map_err(|e| PackageError::Link {
-            package: spec.name.clone(),
-            message: format!("{e:#}"),
+        package::link_typed_import(&mut linker, import, targets).map_err(|e| {
+            PackageError::Link {
+                package: spec.name.clone(),
+                message: format!("{e:#}"),
+            }
         })?;
     }
     Package::new(spec.clone(), ty.clone(), component, &linker)
@@ -333,10 +428,19 @@ fn link(
 
 /// An upgrade of `name` from `old` to `ty` must keep every function other
 /// packages import from it, with the same type.
-fn check_dependents(name: &str, old: &PackageType, ty: &PackageType, others: &[Provider<'_>]) -> Result<(), String> {
+fn check_dependents(
+    name: &str,
+    old: &PackageType,
+    ty: &PackageType,
+    others: &[Provider<'_>],
+) -> Result<(), String> {
     for other in others {
         for import in &other.ty.typed_imports {
-            if !old.exported_interfaces.iter().any(|(n, _)| *n == import.interface) {
+            if !old
+                .exported_interfaces
+                .iter()
+                .any(|(n, _)| *n == import.interface)
+            {
                 continue;
             }
             for (fname, fty) in &import.functions {
@@ -347,7 +451,8 @@ fn check_dependents(name: &str, old: &PackageType, ty: &PackageType, others: &[P
                     ));
                 };
                 let action = &ty.actions[index];
-                let wanted: Vec<(String, _)> = fty.params().map(|(n, t)| (n.to_string(), t)).collect();
+                let wanted: Vec<(String, _)> =
+                    fty.params().map(|(n, t)| (n.to_string(), t)).collect();
                 if !same_signature(&wanted, fty.results().next().as_ref(), action) {
                     return Err(format!(
                         "package `{}` imports `{}` function `{fname}` as {} but this version of `{name}` exports {}",
@@ -363,15 +468,26 @@ fn check_dependents(name: &str, old: &PackageType, ty: &PackageType, others: &[P
     Ok(())
 }
 
-fn same_signature(params: &[(String, wasmtime::component::types::Type)], result: Option<&wasmtime::component::types::Type>, action: &crate::package::ActionType) -> bool {
+fn same_signature(
+    params: &[(String, wasmtime::component::types::Type)],
+    result: Option<&wasmtime::component::types::Type>,
+    action: &crate::package::ActionType,
+) -> bool {
     params.len() == action.params.len()
-        && params.iter().zip(&action.params).all(|((_, a), (_, b))| a == b)
+        && params
+            .iter()
+            .zip(&action.params)
+            .all(|((_, a), (_, b))| a == b)
         && result == action.result.as_ref()
 }
 
 /// Finds the one package that exports `import`, checks the grant and every
 /// function's type, and returns where each function goes.
-fn resolve_import(importer: &PackageSpec, import: &TypedImport, all: &[Provider<'_>]) -> Result<Vec<Arc<ImportTarget>>, PackageError> {
+fn resolve_import(
+    importer: &PackageSpec,
+    import: &TypedImport,
+    all: &[Provider<'_>],
+) -> Result<Vec<Arc<ImportTarget>>, PackageError> {
     let err = |reason: String| PackageError::Import {
         package: importer.name.clone(),
         interface: import.interface.clone(),
@@ -379,20 +495,32 @@ fn resolve_import(importer: &PackageSpec, import: &TypedImport, all: &[Provider<
     };
     let providers: Vec<&Provider<'_>> = all
         .iter()
-        .filter(|p| p.spec.name != importer.name && p.ty.exported_interfaces.iter().any(|(n, _)| *n == import.interface))
+        .filter(|p| {
+            p.spec.name != importer.name
+                && p.ty
+                    .exported_interfaces
+                    .iter()
+                    .any(|(n, _)| *n == import.interface)
+        })
         .collect();
     let provider = match providers.as_slice() {
         [] => return Err(err("no loaded package exports it".to_string())),
         [one] => *one,
         many => {
             let names: Vec<&str> = many.iter().map(|p| p.spec.name.as_str()).collect();
-            return Err(err(format!("it is exported by more than one package ({}); keep one", names.join(", "))));
+            return Err(err(format!(
+                "it is exported by more than one package ({}); keep one",
+                names.join(", ")
+            )));
         }
     };
     let mut targets = Vec::new();
     for (fname, fty) in &import.functions {
         let Some(index) = provider.ty.exported_function(&import.interface, fname) else {
-            return Err(err(format!("package `{}` exports it without the function `{fname}`", provider.spec.name)));
+            return Err(err(format!(
+                "package `{}` exports it without the function `{fname}`",
+                provider.spec.name
+            )));
         };
         let action = &provider.ty.actions[index];
         let label = format!("{}.{}", provider.spec.name, action.name);

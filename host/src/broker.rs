@@ -47,13 +47,13 @@ use wasmtime::component::Val;
 use wasmtime::component::types::Type;
 
 use crate::codec::{self, Format};
-use crate::metrics::{ActionMetrics, Metrics};
-use crate::resilience::{self, Admission, CircuitBreaker};
 use crate::context::{CallContext, CallError, Human, deadline_after};
+use crate::metrics::{ActionMetrics, Metrics};
 use crate::package::{
     ActionType, BoxFuture, Caller, Fault, ImportTarget, LiveInstance, Package, Router, StartError,
 };
-use crate::pool::{Checkout, InstancePool, Refusal};
+use crate::pool::{Checkout, InstancePool, Refusal, Unserved, Wait};
+use crate::resilience::{self, Admission, CircuitBreaker};
 use crate::supervisor::{PackageState, RestartBudget, Verdict};
 
 /// Extra time past a call's deadline before the broker stops waiting for an
@@ -131,8 +131,17 @@ impl Service {
     fn new(package: Package, metrics: &Metrics) -> Self {
         let pool = InstancePool::new(package.spec.queue);
         let budget = Mutex::new(RestartBudget::new(package.spec.restart.clone()));
-        let status = Mutex::new(Status { state: PackageState::Starting, last_error: None, restart_latency: Vec::new() });
-        let metrics = package.ty.actions.iter().map(|a| metrics.action(&package.name, &a.name)).collect();
+        let status = Mutex::new(Status {
+            state: PackageState::Starting,
+            last_error: None,
+            restart_latency: Vec::new(),
+        });
+        let metrics = package
+            .ty
+            .actions
+            .iter()
+            .map(|a| metrics.action(&package.name, &a.name))
+            .collect();
         let policies = package
             .ty
             .actions
@@ -148,7 +157,14 @@ impl Service {
                 }
             })
             .collect();
-        Service { package, pool, budget, status, metrics, policies }
+        Service {
+            package,
+            pool,
+            budget,
+            status,
+            metrics,
+            policies,
+        }
     }
 
     fn record<T>(&self, action: usize, started: Instant, outcome: &Result<T, CallError>) {
@@ -220,7 +236,9 @@ struct Lease<'a> {
 
 impl Lease<'_> {
     fn get(&mut self) -> &mut LiveInstance {
-        self.instance.as_mut().expect("a lease holds its instance until released")
+        self.instance
+            .as_mut()
+            .expect("a lease holds its instance until released")
     }
 
     /// The call finished: the instance goes back to the pool.
@@ -232,8 +250,12 @@ impl Lease<'_> {
 
     /// The call faulted: the instance is retired and replaced.
     fn fault(mut self, fault: Fault, label: &str, budget: Duration) -> CallError {
-        let instance = self.instance.take().expect("a lease holds its instance until released");
-        self.broker.fault(self.service, instance, fault, label, budget)
+        let instance = self
+            .instance
+            .take()
+            .expect("a lease holds its instance until released");
+        self.broker
+            .fault(self.service, instance, fault, label, budget)
     }
 }
 
@@ -242,8 +264,16 @@ impl Drop for Lease<'_> {
         if let Some(instance) = self.instance.take() {
             let slot = instance.slot;
             drop(instance);
-            tracing::warn!(package = self.service.name(), slot, "call cancelled mid-run; replacing the instance");
-            self.broker.retire(self.service, slot, "a call was cancelled while the instance ran".to_string());
+            tracing::warn!(
+                package = self.service.name(),
+                slot,
+                "call cancelled mid-run; replacing the instance"
+            );
+            self.broker.retire(
+                self.service,
+                slot,
+                "a call was cancelled while the instance ran".to_string(),
+            );
         }
     }
 }
@@ -271,10 +301,22 @@ pub enum RemoteParams<'a> {
 pub trait RemoteRoute: Send + Sync + 'static {
     /// Calls `action` on another node; `None` when no node serves it. The
     /// result is the action's JSON result.
-    fn call(&self, action: &str, params: RemoteParams<'_>, ctx: &CallContext) -> Option<BoxFuture<'static, Result<serde_json::Value, CallError>>>;
+    fn call(
+        &self,
+        action: &str,
+        params: RemoteParams<'_>,
+        ctx: &CallContext,
+    ) -> Option<BoxFuture<'static, Result<serde_json::Value, CallError>>>;
     /// Hands an event emitted here (`payload` in MessagePack) to the other
     /// nodes' listeners; for `emit`, `local_groups` already got it here.
-    fn publish(&self, event: &str, payload: &[u8], broadcast: bool, local_groups: &[Arc<str>], ctx: &CallContext);
+    fn publish(
+        &self,
+        event: &str,
+        payload: &[u8],
+        broadcast: bool,
+        local_groups: &[Arc<str>],
+        ctx: &CallContext,
+    );
 }
 
 /// The registry and router of one host.
@@ -332,12 +374,23 @@ impl Broker {
     }
 
     fn remote(&self) -> Option<Arc<dyn RemoteRoute>> {
-        self.remote.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A local miss goes to another node when one serves `action`.
-    async fn call_remote(&self, action: &str, params: RemoteParams<'_>, ctx: CallContext, missing: CallError) -> Result<serde_json::Value, CallError> {
-        let call = self.remote().and_then(|remote| remote.call(action, params, &ctx));
+    async fn call_remote(
+        &self,
+        action: &str,
+        params: RemoteParams<'_>,
+        ctx: CallContext,
+        missing: CallError,
+    ) -> Result<serde_json::Value, CallError> {
+        let call = self
+            .remote()
+            .and_then(|remote| remote.call(action, params, &ctx));
         match call {
             Some(call) => call.await,
             None => Err(missing),
@@ -356,12 +409,22 @@ impl Broker {
 
     /// The service of `package`.
     pub fn service(&self, package: &str) -> Option<Arc<Service>> {
-        self.services.read().unwrap_or_else(|p| p.into_inner()).get(package).cloned()
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(package)
+            .cloned()
     }
 
     /// Every service, by name.
     pub fn services(&self) -> Vec<Arc<Service>> {
-        let mut all: Vec<_> = self.services.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut all: Vec<_> = self
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
     }
@@ -375,7 +438,10 @@ impl Broker {
     pub fn record_failure(&self, name: &str, error: String) {
         tracing::error!(package = name, "{error}");
         if let Ok(mut f) = self.failures.lock() {
-            f.push(LoadFailure { name: name.to_string(), error });
+            f.push(LoadFailure {
+                name: name.to_string(),
+                error,
+            });
         }
     }
 
@@ -433,12 +499,18 @@ impl Broker {
         if let Ok(mut f) = self.failures.lock() {
             f.retain(|f| *f.name != *name);
         }
-        self.services.write().unwrap_or_else(|p| p.into_inner()).insert(name, service)
+        self.services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, service)
     }
 
     /// Stops routing calls to `package`; returns its service, still running.
     pub fn uninstall(&self, package: &str) -> Option<Arc<Service>> {
-        self.services.write().unwrap_or_else(|p| p.into_inner()).remove(package)
+        self.services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(package)
     }
 
     /// Lets the calls in flight on `service` finish (up to `grace`), then
@@ -455,23 +527,43 @@ impl Broker {
     /// parameter name, or an array by position); returns the JSON result.
     /// An action no local package serves goes to another node of the
     /// cluster when one serves it.
-    pub async fn call_json(&self, action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
+    pub async fn call_json(
+        &self,
+        action: &str,
+        params: &[u8],
+        ctx: CallContext,
+    ) -> Result<serde_json::Value, CallError> {
         match self.resolve(action) {
             Ok(found) => self.call_json_on(found, action, params, ctx).await,
-            Err(missing) => self.call_remote(action, RemoteParams::Json(params), ctx, missing).await,
+            Err(missing) => {
+                self.call_remote(action, RemoteParams::Json(params), ctx, missing)
+                    .await
+            }
         }
     }
 
     /// [`Broker::call_json`] on this host's packages only (for calls that
     /// came from another node).
-    pub async fn call_json_local(&self, action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
+    pub async fn call_json_local(
+        &self,
+        action: &str,
+        params: &[u8],
+        ctx: CallContext,
+    ) -> Result<serde_json::Value, CallError> {
         let found = self.resolve(action)?;
         self.call_json_on(found, action, params, ctx).await
     }
 
-    async fn call_json_on(&self, (service, index): (Arc<Service>, usize), action: &str, params: &[u8], ctx: CallContext) -> Result<serde_json::Value, CallError> {
+    async fn call_json_on(
+        &self,
+        (service, index): (Arc<Service>, usize),
+        action: &str,
+        params: &[u8],
+        ctx: CallContext,
+    ) -> Result<serde_json::Value, CallError> {
         let action_ty = &service.package.ty.actions[index];
-        let vals = decode_params(action_ty, action, Format::Json, params).inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
+        let vals = decode_params(action_ty, action, Format::Json, params)
+            .inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
         let value = self.invoke(&service, index, &vals, ctx).await?;
         let (ty, val) = split_result(action, action_ty.result.as_ref(), value)?;
         match (ty, val) {
@@ -482,13 +574,24 @@ impl Broker {
     }
 
     /// Calls `action` with component values; returns its raw result value.
-    pub async fn call(&self, action: &str, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
+    pub async fn call(
+        &self,
+        action: &str,
+        params: &[Val],
+        ctx: CallContext,
+    ) -> Result<Option<Val>, CallError> {
         let (service, index) = self.resolve(action)?;
         self.invoke(&service, index, params, ctx).await
     }
 
     /// Publishes an event from outside the host.
-    pub fn publish(self: &Arc<Self>, event: &str, payload: Vec<u8>, broadcast: bool, ctx: CallContext) {
+    pub fn publish(
+        self: &Arc<Self>,
+        event: &str,
+        payload: Vec<u8>,
+        broadcast: bool,
+        ctx: CallContext,
+    ) {
         self.dispatch_event(None, event.to_string(), Arc::from(payload), broadcast, ctx);
     }
 
@@ -506,7 +609,13 @@ impl Broker {
             })
         })?;
         let Some((index, _)) = service.package.ty.action(name) else {
-            let known: Vec<&str> = service.package.ty.actions.iter().map(|a| a.name.as_str()).collect();
+            let known: Vec<&str> = service
+                .package
+                .ty
+                .actions
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect();
             return Err(CallError::NotFound(format!(
                 "package `{package}` has no action `{name}` (it has: {})",
                 known.join(", ")
@@ -516,8 +625,15 @@ impl Broker {
     }
 
     /// Runs one call on one instance of `service`: the common path of every route.
-    async fn invoke(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
-        self.invoke_protected(service, action, params, ctx, true).await
+    async fn invoke(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        params: &[Val],
+        ctx: CallContext,
+    ) -> Result<Option<Val>, CallError> {
+        self.invoke_protected(service, action, params, ctx, true)
+            .await
     }
 
     /// One call with its protections: the circuit breaker, retries of
@@ -534,10 +650,17 @@ impl Broker {
         let mut attempt = 0;
         let outcome = loop {
             let started = Instant::now();
-            let admission = policy.breaker.as_ref().map_or(Admission::Pass, |b| b.admit(started));
+            let admission = policy
+                .breaker
+                .as_ref()
+                .map_or(Admission::Pass, |b| b.admit(started));
             let outcome = match admission {
                 Admission::Reject(after) => {
-                    let label = format!("{}.{}", service.name(), service.package.ty.actions[action].name);
+                    let label = format!(
+                        "{}.{}",
+                        service.name(),
+                        service.package.ty.actions[action].name
+                    );
                     let e = CallError::Overloaded(format!(
                         "{label}: circuit open after repeated failures; the next probe in {}",
                         Human(after)
@@ -545,20 +668,34 @@ impl Broker {
                     service.record(action, started, &Err::<(), _>(e.clone()));
                     break Err(e);
                 }
-                Admission::Pass | Admission::Probe => self.invoke_unmetered(service, action, params, ctx.clone()).await,
+                Admission::Pass | Admission::Probe => {
+                    self.invoke_unmetered(service, action, params, ctx.clone())
+                        .await
+                }
             };
             if let Some(b) = &policy.breaker {
-                b.record(matches!(&outcome, Err(e) if resilience::is_failure(e)), Instant::now());
+                b.record(
+                    matches!(&outcome, Err(e) if resilience::is_failure(e)),
+                    Instant::now(),
+                );
             }
             service.record(action, started, &outcome);
             match &outcome {
-                Err(e) if resilience::is_failure(e) && policy.idempotent && attempt < service.package.spec.retry.max => {
+                Err(e)
+                    if resilience::is_failure(e)
+                        && policy.idempotent
+                        && attempt < service.package.spec.retry.max =>
+                {
                     attempt += 1;
                     let delay = resilience::retry_delay(&service.package.spec.retry, attempt);
                     if ctx.remaining() <= delay {
                         break outcome;
                     }
-                    tracing::debug!(package = service.name(), attempt, "retrying an idempotent action");
+                    tracing::debug!(
+                        package = service.name(),
+                        attempt,
+                        "retrying an idempotent action"
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 _ => break outcome,
@@ -566,29 +703,49 @@ impl Broker {
         };
         match (&outcome, &policy.fallback) {
             (Err(e), Some(fallback)) if allow_fallback && resilience::is_failure(e) => {
-                let Ok((fb_service, fb_action)) = self.resolve(fallback) else { return outcome };
+                let Ok((fb_service, fb_action)) = self.resolve(fallback) else {
+                    return outcome;
+                };
                 let from = &service.package.ty.actions[action];
-                let Some(fb_params) = fallback_params(from, &fb_service.package.ty.actions[fb_action], params) else {
+                let Some(fb_params) =
+                    fallback_params(from, &fb_service.package.ty.actions[fb_action], params)
+                else {
                     tracing::warn!(package = service.name(), fallback = %fallback, "the fallback's parameters do not fit; not called");
                     return outcome;
                 };
                 tracing::info!(package = service.name(), fallback = %fallback, "calling the fallback");
-                let call = Box::pin(self.invoke_protected(&fb_service, fb_action, &fb_params, ctx, false));
+                let call =
+                    Box::pin(self.invoke_protected(&fb_service, fb_action, &fb_params, ctx, false));
                 call.await.or(outcome)
             }
             _ => outcome,
         }
     }
 
-    async fn invoke_unmetered(&self, service: &Arc<Service>, action: usize, params: &[Val], ctx: CallContext) -> Result<Option<Val>, CallError> {
+    async fn invoke_unmetered(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        params: &[Val],
+        ctx: CallContext,
+    ) -> Result<Option<Val>, CallError> {
         // A caller that never waits (its instances are always idle) still
         // gives the runtime back now and then, so restarts and timers run.
         tokio::task::consume_budget().await;
-        let label = || format!("{}.{}", service.name(), service.package.ty.actions[action].name);
+        let label = || {
+            format!(
+                "{}.{}",
+                service.name(),
+                service.package.ty.actions[action].name
+            )
+        };
         let outermost = ctx.chain.is_empty();
         // Calls already under way finish, nested calls included; new ones are refused.
         if outermost && self.closing.load(Ordering::Acquire) {
-            return Err(CallError::Overloaded(format!("{}: the host is shutting down", label())));
+            return Err(CallError::Overloaded(format!(
+                "{}: the host is shutting down",
+                label()
+            )));
         }
         let _in_flight = outermost.then(|| InFlight::new(&self.in_flight));
         let level = ctx.level();
@@ -602,22 +759,27 @@ impl Broker {
         }
         // The callee's own timeout applies too, never more than the caller has left.
         let budget = service.package.spec.timeout.min(ctx.remaining());
-        let ctx = CallContext { deadline: ctx.deadline.min(deadline_after(budget)), ..ctx };
+        let ctx = CallContext {
+            deadline: ctx.deadline.min(deadline_after(budget)),
+            ..ctx
+        };
         let in_chain = ctx.passed_through(service.name());
-        let instance = match service.pool.checkout(!in_chain) {
+        let instance = match service.pool.checkout(!in_chain, ctx.deadline) {
             Ok(Checkout::Ready(i)) => i,
-            Ok(Checkout::Queued(rx)) => match self.grow_then_wait(service, action, rx, &ctx).await {
-                Err(e) => return Err(e),
-                Ok(Ok(Ok(i))) => i,
-                Ok(Ok(Err(_))) => return Err(unavailable(service, &label())),
-                Ok(Err(_)) => {
-                    return Err(CallError::Timeout(format!(
-                        "{}: no instance became idle before the deadline ({} instances busy)",
-                        label(),
-                        service.package.spec.instances
-                    )));
+            Ok(Checkout::Queued(wait)) => {
+                match self.grow_then_wait(service, action, wait).await {
+                    Err(e) => return Err(e),
+                    Ok(Ok(i)) => i,
+                    Ok(Err(Unserved::Released)) => return Err(unavailable(service, &label())),
+                    Ok(Err(Unserved::Expired)) => {
+                        return Err(CallError::Timeout(format!(
+                            "{}: no instance became idle before the deadline ({} instances busy)",
+                            label(),
+                            service.package.spec.instances
+                        )));
+                    }
                 }
-            },
+            }
             Err(Refusal::Busy) => {
                 return Err(CallError::Overloaded(format!(
                     "{}: every instance of `{}` is busy serving an outer part of this call (chain: {}); \
@@ -639,7 +801,11 @@ impl Broker {
         };
         let has_result = service.package.ty.actions[action].result.is_some();
         let deadline = ctx.deadline;
-        let mut lease = Lease { broker: self, service, instance: Some(instance) };
+        let mut lease = Lease {
+            broker: self,
+            service,
+            instance: Some(instance),
+        };
         let run = lease.get().call(action, params, has_result, ctx);
         // The epoch deadline stops a running guest. The outermost call also
         // keeps a timer, for a guest stuck in a host call; nested calls are
@@ -664,9 +830,8 @@ impl Broker {
         &self,
         service: &Arc<Service>,
         action: usize,
-        rx: tokio::sync::oneshot::Receiver<LiveInstance>,
-        ctx: &CallContext,
-    ) -> Result<Result<Result<LiveInstance, tokio::sync::oneshot::error::RecvError>, tokio::time::error::Elapsed>, CallError> {
+        wait: Wait<'_>,
+    ) -> Result<Result<LiveInstance, Unserved>, CallError> {
         let max = service.package.spec.max_instances as usize;
         if let (Some(slot), Some(broker)) = (service.pool.grow(max), self.handle.0.upgrade()) {
             let service = service.clone();
@@ -683,7 +848,7 @@ impl Broker {
                 }
             });
         }
-        self.wait_queued(service, action, rx, ctx).await
+        self.wait_queued(service, action, wait).await
     }
 
     /// Stops instances above each package's minimum that stayed idle past
@@ -694,8 +859,13 @@ impl Broker {
             if spec.max_instances <= spec.instances {
                 continue;
             }
-            let Some(before) = Instant::now().checked_sub(spec.scale_down_after) else { continue };
-            while let Some(mut instance) = service.pool.take_idle_since(before, spec.instances as usize) {
+            let Some(before) = Instant::now().checked_sub(spec.scale_down_after) else {
+                continue;
+            };
+            while let Some(mut instance) = service
+                .pool
+                .take_idle_since(before, spec.instances as usize)
+            {
                 let slot = instance.slot;
                 let _ = instance.stopped(CallContext::new(spec.timeout)).await;
                 tracing::debug!(package = service.name(), slot, "scaled down");
@@ -724,9 +894,8 @@ impl Broker {
         &self,
         service: &Service,
         action: usize,
-        rx: tokio::sync::oneshot::Receiver<LiveInstance>,
-        ctx: &CallContext,
-    ) -> Result<Result<Result<LiveInstance, tokio::sync::oneshot::error::RecvError>, tokio::time::error::Elapsed>, CallError> {
+        wait: Wait<'_>,
+    ) -> Result<Result<LiveInstance, Unserved>, CallError> {
         let policy = &service.policies[action];
         let waiting = policy.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = scopeguard_dec(&policy.waiting);
@@ -739,12 +908,19 @@ impl Broker {
                 service.package.ty.actions[action].name
             )));
         }
-        Ok(tokio::time::timeout_at(ctx.deadline.into(), rx).await)
+        Ok(wait.await)
     }
 
     /// Retires a faulted instance, starts its replacement, and explains the
     /// fault to the caller.
-    fn fault(&self, service: &Arc<Service>, instance: LiveInstance, fault: Fault, label: &str, budget: Duration) -> CallError {
+    fn fault(
+        &self,
+        service: &Arc<Service>,
+        instance: LiveInstance,
+        fault: Fault,
+        label: &str,
+        budget: Duration,
+    ) -> CallError {
         let slot = instance.slot;
         drop(instance);
         let error = match &fault {
@@ -752,7 +928,9 @@ impl Broker {
                 "{label} did not finish within {}; the instance was stopped and is being replaced",
                 Human(budget)
             )),
-            other => CallError::Crashed(format!("{label} {other}; the instance is being restarted")),
+            other => {
+                CallError::Crashed(format!("{label} {other}; the instance is being restarted"))
+            }
         };
         tracing::warn!(package = service.name(), slot, %fault, "instance faulted");
         self.retire(service, slot, error.message().to_string());
@@ -767,7 +945,11 @@ impl Broker {
 
     /// Decides, within the restart budget, when `slot` is started again.
     fn schedule_restart(&self, service: &Arc<Service>, slot: usize, fault_at: Instant) {
-        let verdict = service.budget.lock().map(|mut b| b.on_fault(fault_at)).unwrap_or(Verdict::RestartNow);
+        let verdict = service
+            .budget
+            .lock()
+            .map(|mut b| b.on_fault(fault_at))
+            .unwrap_or(Verdict::RestartNow);
         let delay = match verdict {
             Verdict::RestartNow => {
                 service.pool.expect(slot);
@@ -775,19 +957,30 @@ impl Broker {
             }
             Verdict::Backoff(rest) => {
                 tracing::warn!(package = service.name(), backoff = %Human(rest), "restart budget exhausted; backing off");
-                service.set_state(PackageState::Backoff { retry_at: Instant::now() + rest });
+                service.set_state(PackageState::Backoff {
+                    retry_at: Instant::now() + rest,
+                });
                 Some(rest)
             }
         };
         // Outside a runtime (it is shutting down) there is nothing to restart for.
-        if let (Some(broker), Ok(rt)) = (self.handle.0.upgrade(), tokio::runtime::Handle::try_current()) {
+        if let (Some(broker), Ok(rt)) = (
+            self.handle.0.upgrade(),
+            tokio::runtime::Handle::try_current(),
+        ) {
             rt.spawn(broker.restart(service.clone(), slot, fault_at, delay));
         }
     }
 
     /// Starts `slot` again after a fault at `fault_at`, first resting for
     /// `delay` when the package is in backoff.
-    fn restart(self: Arc<Self>, service: Arc<Service>, slot: usize, fault_at: Instant, delay: Option<Duration>) -> BoxFuture<'static, ()> {
+    fn restart(
+        self: Arc<Self>,
+        service: Arc<Service>,
+        slot: usize,
+        fault_at: Instant,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             if let Some(rest) = delay {
                 tokio::time::sleep(rest).await;
@@ -822,14 +1015,19 @@ impl Broker {
 
     fn start_failed(&self, service: &Arc<Service>, slot: usize, e: StartError) {
         tracing::error!(package = service.name(), slot, error = %e, "instance failed to start");
-        service.status().last_error = Some(format!("package `{}` instance {slot}: {e}", service.name()));
+        service.status().last_error =
+            Some(format!("package `{}` instance {slot}: {e}", service.name()));
         if service.pool.live() == 0 && !matches!(service.state(), PackageState::Backoff { .. }) {
             service.set_state(PackageState::Starting);
         }
         self.schedule_restart(service, slot, Instant::now());
     }
 
-    async fn start_instance(&self, service: &Arc<Service>, slot: usize) -> Result<LiveInstance, StartError> {
+    async fn start_instance(
+        &self,
+        service: &Arc<Service>,
+        slot: usize,
+    ) -> Result<LiveInstance, StartError> {
         let mut instance = service.package.instantiate(slot, self.router()).await?;
         let ctx = CallContext::new(service.package.spec.timeout);
         let deadline = ctx.deadline + DEADLINE_GRACE;
@@ -842,7 +1040,14 @@ impl Broker {
 
     // ------------------------------------------------------------ events
 
-    fn dispatch_event(self: &Arc<Self>, from: Option<&str>, event: String, payload: Arc<[u8]>, broadcast: bool, ctx: CallContext) {
+    fn dispatch_event(
+        self: &Arc<Self>,
+        from: Option<&str>,
+        event: String,
+        payload: Arc<[u8]>,
+        broadcast: bool,
+        ctx: CallContext,
+    ) {
         let remote = self.remote();
         let event: Arc<str> = event.into();
         let groups = self.dispatch_local(from, &event, &payload, broadcast, &ctx, None);
@@ -854,12 +1059,34 @@ impl Broker {
     /// Hands an event that came from another node (`payload` in
     /// MessagePack) to this host's subscribers; `groups` (package names)
     /// limits it to those when given.
-    pub fn deliver_remote_event(self: &Arc<Self>, event: &str, payload: Vec<u8>, broadcast: bool, groups: Option<&[String]>, ctx: CallContext) {
-        self.dispatch_local(None, &event.into(), &Arc::from(payload), broadcast, &ctx, groups);
+    pub fn deliver_remote_event(
+        self: &Arc<Self>,
+        event: &str,
+        payload: Vec<u8>,
+        broadcast: bool,
+        groups: Option<&[String]>,
+        ctx: CallContext,
+    ) {
+        self.dispatch_local(
+            None,
+            &event.into(),
+            &Arc::from(payload),
+            broadcast,
+            &ctx,
+            groups,
+        );
     }
 
     /// Delivers an event to the local subscribers; returns their names.
-    fn dispatch_local(self: &Arc<Self>, from: Option<&str>, event: &Arc<str>, payload: &Arc<[u8]>, broadcast: bool, ctx: &CallContext, groups: Option<&[String]>) -> Vec<Arc<str>> {
+    fn dispatch_local(
+        self: &Arc<Self>,
+        from: Option<&str>,
+        event: &Arc<str>,
+        payload: &Arc<[u8]>,
+        broadcast: bool,
+        ctx: &CallContext,
+        groups: Option<&[String]>,
+    ) -> Vec<Arc<str>> {
         let mut served = Vec::new();
         for service in self.services() {
             if !service.package.ty.handles_events() || !service.package.spec.subscribes_to(event) {
@@ -875,7 +1102,10 @@ impl Broker {
                 None => ctx.clone(),
             };
             // An event outlives the call that emitted it: a fresh deadline.
-            let ctx = CallContext { deadline: deadline_after(timeout), ..ctx };
+            let ctx = CallContext {
+                deadline: deadline_after(timeout),
+                ..ctx
+            };
             let broker = self.clone();
             let (event, payload) = (event.clone(), payload.clone());
             let in_flight = InFlight::new(&self.in_flight);
@@ -883,7 +1113,9 @@ impl Broker {
                 let _in_flight = in_flight;
                 if broadcast {
                     for slot in service.pool.slots() {
-                        broker.deliver(&service, Some(slot), &event, &payload, ctx.clone()).await;
+                        broker
+                            .deliver(&service, Some(slot), &event, &payload, ctx.clone())
+                            .await;
                     }
                 } else {
                     broker.deliver(&service, None, &event, &payload, ctx).await;
@@ -893,25 +1125,49 @@ impl Broker {
         served
     }
 
-    async fn deliver(&self, service: &Arc<Service>, slot: Option<usize>, event: &str, payload: &[u8], ctx: CallContext) {
+    async fn deliver(
+        &self,
+        service: &Arc<Service>,
+        slot: Option<usize>,
+        event: &str,
+        payload: &[u8],
+        ctx: CallContext,
+    ) {
         let label = format!("{} (event `{event}`)", service.name());
         let checkout = match slot {
-            Some(s) => service.pool.checkout_slot(s).ok_or(Refusal::NoInstance),
-            None => service.pool.checkout(true),
+            Some(s) => service
+                .pool
+                .checkout_slot(s, ctx.deadline)
+                .ok_or(Refusal::NoInstance),
+            None => service.pool.checkout(true, ctx.deadline),
         };
         let instance = match checkout {
             Ok(Checkout::Ready(i)) => Some(i),
-            Ok(Checkout::Queued(rx)) => tokio::time::timeout_at(ctx.deadline.into(), rx).await.ok().and_then(Result::ok),
+            Ok(Checkout::Queued(wait)) => wait.await.ok(),
             Err(_) => None,
         };
         let Some(instance) = instance else {
-            tracing::warn!(package = service.name(), event, slot, "event not delivered: no instance available");
+            tracing::warn!(
+                package = service.name(),
+                event,
+                slot,
+                "event not delivered: no instance available"
+            );
             return;
         };
         let deadline = ctx.deadline + DEADLINE_GRACE;
         let budget = ctx.remaining();
-        let mut lease = Lease { broker: self, service, instance: Some(instance) };
-        match tokio::time::timeout_at(deadline.into(), lease.get().handle_event(event, payload, ctx)).await {
+        let mut lease = Lease {
+            broker: self,
+            service,
+            instance: Some(instance),
+        };
+        match tokio::time::timeout_at(
+            deadline.into(),
+            lease.get().handle_event(event, payload, ctx),
+        )
+        .await
+        {
             Ok(Ok(())) => lease.release(),
             Ok(Err(fault)) => {
                 lease.fault(fault, &label, budget);
@@ -972,11 +1228,13 @@ async fn drain(service: &Service, deadline: Instant, grace: Duration) -> usize {
 fn fallback_params(from: &ActionType, to: &ActionType, params: &[Val]) -> Option<Vec<Val>> {
     to.params
         .iter()
-        .map(|(name, ty)| match from.params.iter().position(|(n, t)| n == name && t == ty) {
-            Some(i) => params.get(i).cloned(),
-            None if matches!(ty, Type::Option(_)) => Some(Val::Option(None)),
-            None => None,
-        })
+        .map(
+            |(name, ty)| match from.params.iter().position(|(n, t)| n == name && t == ty) {
+                Some(i) => params.get(i).cloned(),
+                None if matches!(ty, Type::Option(_)) => Some(Val::Option(None)),
+                None => None,
+            },
+        )
         .collect()
 }
 
@@ -993,14 +1251,19 @@ fn scopeguard_dec(counter: &AtomicUsize) -> impl Drop + '_ {
 
 fn unavailable(service: &Service, label: &str) -> CallError {
     let status = service.status();
-    let why = status.last_error.as_deref().unwrap_or("no instance is running");
+    let why = status
+        .last_error
+        .as_deref()
+        .unwrap_or("no instance is running");
     match status.state {
         PackageState::Backoff { retry_at } => CallError::Overloaded(format!(
             "{label}: package `{}` is in restart backoff after repeated faults (retry in {}); last error: {why}",
             service.name(),
             Human(retry_at.saturating_duration_since(Instant::now()))
         )),
-        PackageState::Stopped => CallError::Overloaded(format!("{label}: package `{}` is stopped", service.name())),
+        PackageState::Stopped => {
+            CallError::Overloaded(format!("{label}: package `{}` is stopped", service.name()))
+        }
         _ => CallError::Overloaded(format!(
             "{label}: package `{}` has no running instance ({}); last error: {why}",
             service.name(),
@@ -1009,14 +1272,23 @@ fn unavailable(service: &Service, label: &str) -> CallError {
     }
 }
 
-fn decode_params(action: &ActionType, label: &str, format: Format, bytes: &[u8]) -> Result<Vec<Val>, CallError> {
+fn decode_params(
+    action: &ActionType,
+    label: &str,
+    format: Format,
+    bytes: &[u8],
+) -> Result<Vec<Val>, CallError> {
     codec::decode_params(&action.params, format, bytes)
         .map_err(|e| CallError::InvalidParams(format!("{label}: {e}")))
 }
 
 /// For an action returning `result<T, E>`: the ok value by `T`, or the
 /// error as `failed`. Any other result passes through.
-fn split_result(label: &str, ty: Option<&Type>, value: Option<Val>) -> Result<(Option<Type>, Option<Val>), CallError> {
+fn split_result(
+    label: &str,
+    ty: Option<&Type>,
+    value: Option<Val>,
+) -> Result<(Option<Type>, Option<Val>), CallError> {
     match (ty, value) {
         (Some(Type::Result(r)), Some(Val::Result(Ok(v)))) => Ok((r.ok(), v.map(|b| *b))),
         (Some(Type::Result(r)), Some(Val::Result(Err(e)))) => {
@@ -1025,7 +1297,9 @@ fn split_result(label: &str, ty: Option<&Type>, value: Option<Val>) -> Result<(O
                     Val::String(s) => s,
                     _ => unreachable!("checked above"),
                 },
-                (Some(ty), Some(v)) => codec::to_json_value(&ty, &v).map(|j| j.to_string()).unwrap_or_else(|e| e.to_string()),
+                (Some(ty), Some(v)) => codec::to_json_value(&ty, &v)
+                    .map(|j| j.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
                 _ => "error".to_string(),
             };
             Err(CallError::Failed(format!("{label}: {message}")))
@@ -1035,7 +1309,9 @@ fn split_result(label: &str, ty: Option<&Type>, value: Option<Val>) -> Result<(O
 }
 
 /// Waits for every future (the few starts of one package; no extra crate).
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     for h in handles {
         let _ = h.await;
@@ -1048,7 +1324,14 @@ impl Broker {
     /// `broker.call` of an action no local package serves: the caller's
     /// grants apply, then another node may serve it (JSON on the wire,
     /// MessagePack for the package).
-    async fn call_remote_for(&self, from: &Caller, caller: Option<&Service>, action: &str, params: &[u8], missing: CallError) -> Result<Vec<u8>, CallError> {
+    async fn call_remote_for(
+        &self,
+        from: &Caller,
+        caller: Option<&Service>,
+        action: &str,
+        params: &[u8],
+        missing: CallError,
+    ) -> Result<Vec<u8>, CallError> {
         if self.remote().is_none() {
             return Err(missing);
         }
@@ -1062,25 +1345,42 @@ impl Broker {
         }
         // No callee limit is known here: the caller's deadline bounds it.
         let ctx = from.ctx.nested(&from.package, from.ctx.remaining());
-        let value = self.call_remote(action, RemoteParams::MessagePack(params), ctx, missing).await?;
-        rmp_serde::to_vec_named(&value).map_err(|e| CallError::Failed(format!("{action}: cannot encode the result as MessagePack: {e}")))
+        let value = self
+            .call_remote(action, RemoteParams::MessagePack(params), ctx, missing)
+            .await?;
+        rmp_serde::to_vec_named(&value).map_err(|e| {
+            CallError::Failed(format!(
+                "{action}: cannot encode the result as MessagePack: {e}"
+            ))
+        })
     }
 }
 
 impl BrokerHandle {
     fn broker(&self) -> Result<Arc<Broker>, CallError> {
-        self.0.upgrade().ok_or_else(|| CallError::Overloaded("the host is shutting down".into()))
+        self.0
+            .upgrade()
+            .ok_or_else(|| CallError::Overloaded("the host is shutting down".into()))
     }
 }
 
 impl Router for BrokerHandle {
-    fn call(self: Arc<Self>, from: Caller, action: String, params: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, CallError>> {
+    fn call(
+        self: Arc<Self>,
+        from: Caller,
+        action: String,
+        params: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, CallError>> {
         Box::pin(async move {
             let broker = self.broker()?;
             let caller = broker.service(&from.package);
             let (service, index) = match broker.resolve(&action) {
                 Ok(found) => found,
-                Err(missing) => return broker.call_remote_for(&from, caller.as_deref(), &action, &params, missing).await,
+                Err(missing) => {
+                    return broker
+                        .call_remote_for(&from, caller.as_deref(), &action, &params, missing)
+                        .await;
+                }
             };
             let action_ty = &service.package.ty.actions[index];
             if let Some(caller) = &caller
@@ -1098,29 +1398,45 @@ impl Router for BrokerHandle {
             let (ty, val) = split_result(&action, action_ty.result.as_ref(), value)?;
             match (ty, val) {
                 (Some(ty), Some(val)) => codec::encode_value(&ty, &val, Format::MessagePack)
-                    .map_err(|e| CallError::Failed(format!("{action}: cannot encode the result: {e}"))),
+                    .map_err(|e| {
+                        CallError::Failed(format!("{action}: cannot encode the result: {e}"))
+                    }),
                 // MessagePack nil: the action returns nothing.
                 _ => Ok(vec![0xc0]),
             }
         })
     }
 
-    fn call_import(self: Arc<Self>, from: Caller, target: Arc<ImportTarget>, params: Vec<Val>) -> BoxFuture<'static, Result<Option<Val>, CallError>> {
+    fn call_import(
+        self: Arc<Self>,
+        from: Caller,
+        target: Arc<ImportTarget>,
+        params: Vec<Val>,
+    ) -> BoxFuture<'static, Result<Option<Val>, CallError>> {
         Box::pin(async move {
             let broker = self.broker()?;
-            let service = broker
-                .service(&target.provider)
-                .ok_or_else(|| CallError::NotFound(format!("no package `{}` (for `{}`)", target.provider, target.label)))?;
+            let service = broker.service(&target.provider).ok_or_else(|| {
+                CallError::NotFound(format!(
+                    "no package `{}` (for `{}`)",
+                    target.provider, target.label
+                ))
+            })?;
             let ty = &service.package.ty;
             let linked = ty.actions.get(target.action).is_some_and(|a| {
-                a.function == target.function && a.interface.as_deref() == Some(target.interface.as_str())
+                a.function == target.function
+                    && a.interface.as_deref() == Some(target.interface.as_str())
             });
             let action = match linked {
                 true => target.action,
                 // The provider was upgraded since the import was linked.
-                false => ty.exported_function(&target.interface, &target.function).ok_or_else(|| {
-                    CallError::NotFound(format!("package `{}` no longer exports `{}`", target.provider, target.label))
-                })?,
+                false => ty
+                    .exported_function(&target.interface, &target.function)
+                    .ok_or_else(|| {
+                        CallError::NotFound(format!(
+                            "package `{}` no longer exports `{}`",
+                            target.provider, target.label
+                        ))
+                    })?,
             };
             let ctx = from.ctx.nested(&from.package, service.package.spec.timeout);
             broker.invoke(&service, action, &params, ctx).await
@@ -1129,7 +1445,13 @@ impl Router for BrokerHandle {
 
     fn publish(self: Arc<Self>, from: Caller, event: String, payload: Vec<u8>, broadcast: bool) {
         if let Ok(broker) = self.broker() {
-            broker.dispatch_event(Some(&from.package), event, Arc::from(payload), broadcast, from.ctx);
+            broker.dispatch_event(
+                Some(&from.package),
+                event,
+                Arc::from(payload),
+                broadcast,
+                from.ctx,
+            );
         }
     }
 }

@@ -49,7 +49,9 @@ pub enum BuildError {
         output: String,
     },
     /// The command succeeded but the component is not where the manifest says.
-    #[error("package `{package}`: build command `{command}` succeeded but {component} does not exist; check `component` in steedos.toml")]
+    #[error(
+        "package `{package}`: build command `{command}` succeeded but {component} does not exist; check `component` in steedos.toml"
+    )]
     NoComponent {
         /// The package.
         package: String,
@@ -62,7 +64,9 @@ pub enum BuildError {
 
 /// Whether `spec`'s component is missing or older than its sources.
 pub fn out_of_date(spec: &PackageSpec) -> bool {
-    let Some(source) = &spec.source else { return false };
+    let Some(source) = &spec.source else {
+        return false;
+    };
     let Ok(built) = std::fs::metadata(&spec.component).and_then(|m| m.modified()) else {
         return true;
     };
@@ -75,7 +79,9 @@ pub fn newest_source(dir: &Path) -> Option<SystemTime> {
     let mut newest: Option<SystemTime> = None;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -153,15 +159,28 @@ async fn ensure_rust_target(command: &str) {
     if !(command.contains("cargo") && command.contains(TARGET)) {
         return;
     }
-    let installed = tokio::process::Command::new("rustup").args(["target", "list", "--installed"]).output().await;
+    let installed = tokio::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .await;
     let Ok(installed) = installed else { return };
-    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == TARGET) {
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == TARGET)
+    {
         return;
     }
     eprintln!("installing the Rust target {TARGET} (rustup target add {TARGET})");
-    match tokio::process::Command::new("rustup").args(["target", "add", TARGET]).status().await {
+    match tokio::process::Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .await
+    {
         Ok(s) if s.success() => {}
-        other => tracing::warn!(?other, "`rustup target add {TARGET}` failed; the build will say why"),
+        other => tracing::warn!(
+            ?other,
+            "`rustup target add {TARGET}` failed; the build will say why"
+        ),
     }
 }
 

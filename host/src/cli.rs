@@ -23,11 +23,11 @@ use crate::codec;
 use crate::context::CallContext;
 use crate::engine::{CompileCache, EngineLimits, new_engine};
 use crate::gateway::Gateway;
-use crate::operate::AdminClient;
+use crate::manifest::ClusterSettings;
 use crate::manifest::Manifest;
+use crate::operate::AdminClient;
 use crate::package::{self, PackageType};
 use crate::scaffold::{self, Lang, Sdk};
-use crate::manifest::ClusterSettings;
 use crate::transport::Transport;
 
 /// How long `call` waits for the cluster to show a node serving the action.
@@ -66,7 +66,9 @@ pub enum Command {
     /// Loads the app in this process, calls <ACTION> (`<package>.<action>`)
     /// with <PARAMS> (a JSON object by parameter name, or an array by
     /// position), prints the result as JSON, and stops the app.
-    #[command(after_help = "Example:\n  steedos-wasm call examples/shop greeter.hello '{\"name\":\"Ada\"}'")]
+    #[command(
+        after_help = "Example:\n  steedos-wasm call examples/shop greeter.hello '{\"name\":\"Ada\"}'"
+    )]
     Call(CallArgs),
     /// Show a component's actions with their WIT signatures and its imports.
     Inspect(InspectArgs),
@@ -76,7 +78,9 @@ pub enum Command {
     /// instances start and take new calls, calls in flight on the old one
     /// finish, then the old instances are stopped. A version that fails to
     /// load or start is refused and the old one keeps serving.
-    #[command(after_help = "Example:\n  STEEDOS_ADMIN_TOKEN=... steedos-wasm deploy greeter target/wasm32-wasip2/release/greeter.wasm --instances 4")]
+    #[command(
+        after_help = "Example:\n  STEEDOS_ADMIN_TOKEN=... steedos-wasm deploy greeter target/wasm32-wasip2/release/greeter.wasm --instances 4"
+    )]
     Deploy(DeployArgs),
     /// Upgrade a package of a running host (like `deploy`, but it must exist).
     Upgrade(DeployArgs),
@@ -149,7 +153,10 @@ impl ClusterFlags {
     /// The cluster to join, if any: `[cluster]` with these flags over it.
     fn settings(&self, manifest: Option<&ClusterSettings>) -> Option<ClusterSettings> {
         let mut settings = match (&self.nats, manifest) {
-            (Some(url), Some(m)) => ClusterSettings { transporter: url.clone(), ..m.clone() },
+            (Some(url), Some(m)) => ClusterSettings {
+                transporter: url.clone(),
+                ..m.clone()
+            },
             (Some(url), None) => ClusterSettings::new(url.clone()),
             (None, m) => m?.clone(),
         };
@@ -160,10 +167,18 @@ impl ClusterFlags {
 }
 
 /// Joins the cluster `flags` and `[cluster]` name, if any.
-async fn join(app: &App, flags: &ClusterFlags, advertise: bool) -> anyhow::Result<Option<Transport>> {
-    let Some(mut settings) = flags.settings(app.manifest.cluster.as_ref()) else { return Ok(None) };
+async fn join(
+    app: &App,
+    flags: &ClusterFlags,
+    advertise: bool,
+) -> anyhow::Result<Option<Transport>> {
+    let Some(mut settings) = flags.settings(app.manifest.cluster.as_ref()) else {
+        return Ok(None);
+    };
     settings.advertise &= advertise;
-    let transport = Transport::start(app.broker.clone(), settings).await.context("cannot join the cluster")?;
+    let transport = Transport::start(app.broker.clone(), settings)
+        .await
+        .context("cannot join the cluster")?;
     Ok(Some(transport))
 }
 
@@ -275,7 +290,9 @@ pub struct NewArgs {
 }
 
 fn parse_name(name: &str) -> Result<String, String> {
-    scaffold::check_name(name).map(|()| name.to_string()).map_err(|e| e.to_string())
+    scaffold::check_name(name)
+        .map(|()| name.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Flags shared by the commands that load an app.
@@ -291,7 +308,11 @@ pub struct LoadFlags {
 
 impl LoadFlags {
     fn options(&self) -> LoadOptions {
-        LoadOptions { build: !self.no_build, cache: !self.no_cache, limits: EngineLimits::default() }
+        LoadOptions {
+            build: !self.no_build,
+            cache: !self.no_cache,
+            limits: EngineLimits::default(),
+        }
     }
 }
 
@@ -315,24 +336,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn load(app: &std::path::Path, flags: &LoadFlags) -> anyhow::Result<App> {
-    let manifest = Manifest::load(app).with_context(|| format!("cannot load the app at {}", app.display()))?;
-    let app = App::load(manifest, &flags.options()).await.context("cannot start the app")?;
+    let manifest =
+        Manifest::load(app).with_context(|| format!("cannot load the app at {}", app.display()))?;
+    let app = App::load(manifest, &flags.options())
+        .await
+        .context("cannot start the app")?;
     Ok(app)
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let listen = match args.listen.as_deref() {
-        Some("off") => None,
-        Some(addr) => Some(addr.parse().with_context(|| format!("--listen {addr:?} is not an address like 127.0.0.1:3000"))?),
-        None => None,
-    };
+    let listen =
+        match args.listen.as_deref() {
+            Some("off") => None,
+            Some(addr) => Some(addr.parse().with_context(|| {
+                format!("--listen {addr:?} is not an address like 127.0.0.1:3000")
+            })?),
+            None => None,
+        };
     let app = Arc::new(load(&args.app, &args.load).await?);
-    let listen = if args.listen.is_some() { listen } else { app.manifest.gateway.listen };
+    let listen = if args.listen.is_some() {
+        listen
+    } else {
+        app.manifest.gateway.listen
+    };
     let gateway = match listen {
         Some(addr) => {
             let m = &app.manifest;
-            let gateway = Gateway::with_operator(&m.app.name, app.broker.clone(), m.gateway.clone(), app.metrics.clone(), app.clone());
-            Some(gateway.bind(addr).await.with_context(|| format!("the gateway cannot listen on {addr}"))?)
+            let gateway = Gateway::with_operator(
+                &m.app.name,
+                app.broker.clone(),
+                m.gateway.clone(),
+                app.metrics.clone(),
+                app.clone(),
+            );
+            Some(
+                gateway
+                    .bind(addr)
+                    .await
+                    .with_context(|| format!("the gateway cannot listen on {addr}"))?,
+            )
         }
         None => None,
     };
@@ -340,10 +382,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let stop = listen_for_stop();
     print_summary(&app, gateway.as_ref().map(|g| g.addr))?;
     if let Some(t) = &cluster {
-        println!("cluster: node `{}` joined (Moleculer protocol over NATS)", t.node_id());
+        println!(
+            "cluster: node `{}` joined (Moleculer protocol over NATS)",
+            t.node_id()
+        );
     }
     let (stop_watching, stopped) = tokio::sync::watch::channel(false);
-    let watcher = args.watch.then(|| tokio::spawn(crate::watch::watch_packages(app.clone(), stopped)));
+    let watcher = args
+        .watch
+        .then(|| tokio::spawn(crate::watch::watch_packages(app.clone(), stopped)));
     stop.await;
     eprintln!("stopping: letting in-flight calls finish, then calling `stopped`");
     let _ = stop_watching.send(true);
@@ -365,7 +412,10 @@ async fn deploy(args: DeployArgs, must_exist: bool) -> anyhow::Result<ExitCode> 
     if must_exist {
         let packages = client.packages().await?;
         if !packages.iter().any(|p| p["name"] == args.name.as_str()) {
-            anyhow::bail!("the host has no package `{}` to upgrade (use `deploy` to add one)", args.name);
+            anyhow::bail!(
+                "the host has no package `{}` to upgrade (use `deploy` to add one)",
+                args.name
+            );
         }
     }
     let settings: Vec<(String, String)> = [
@@ -378,14 +428,23 @@ async fn deploy(args: DeployArgs, must_exist: bool) -> anyhow::Result<ExitCode> 
     .into_iter()
     .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
     .collect();
-    println!("{}", client.deploy(&args.name, &args.component, &settings).await?);
+    println!(
+        "{}",
+        client
+            .deploy(&args.name, &args.component, &settings)
+            .await?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 async fn ps(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let packages = AdminClient::new(&args.url, args.token).packages().await?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<16} {:<9} {:>9} {:>8} {:>6}  LAST ERROR", "PACKAGE", "STATE", "INSTANCES", "RESTARTS", "QUEUED")?;
+    writeln!(
+        out,
+        "{:<16} {:<9} {:>9} {:>8} {:>6}  LAST ERROR",
+        "PACKAGE", "STATE", "INSTANCES", "RESTARTS", "QUEUED"
+    )?;
     for p in packages {
         let instances = format!("{}/{}", p["instances"], p["configured"]);
         writeln!(
@@ -414,14 +473,31 @@ fn print_summary(app: &App, gateway: Option<std::net::SocketAddr>) -> anyhow::Re
     )?;
     for s in &services {
         let r = s.report();
-        let actions: Vec<&str> = s.package.ty.actions.iter().map(|a| a.name.as_str()).collect();
-        writeln!(out, "  {:<12} {:<8} {}/{} instances  actions: {}", r.name, r.state, r.live, r.instances, actions.join(", "))?;
+        let actions: Vec<&str> = s
+            .package
+            .ty
+            .actions
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        writeln!(
+            out,
+            "  {:<12} {:<8} {}/{} instances  actions: {}",
+            r.name,
+            r.state,
+            r.live,
+            r.instances,
+            actions.join(", ")
+        )?;
     }
     for f in app.broker.failures() {
         writeln!(out, "  {:<12} failed   {}", f.name, f.error)?;
     }
     if let Some(addr) = gateway {
-        writeln!(out, "gateway: http://{addr} (POST /api/<package>/<action>, /health, /metrics, /openapi.json)")?;
+        writeln!(
+            out,
+            "gateway: http://{addr} (POST /api/<package>/<action>, /health, /metrics, /openapi.json)"
+        )?;
     }
     writeln!(out, "serving; Ctrl-C to stop")?;
     out.flush()?;
@@ -463,12 +539,19 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let app = load(&args.app, &args.load).await?;
     // Joined only to call: this process offers no packages to the cluster.
     let cluster = join(&app, &args.cluster, false).await?;
-    let local = app.broker.service(args.action.split('.').next().unwrap_or_default()).is_some();
+    let local = app
+        .broker
+        .service(args.action.split('.').next().unwrap_or_default())
+        .is_some();
     if let (Some(t), false) = (&cluster, local) {
-        t.wait_for_action(&args.action, args.timeout.min(CLUSTER_DISCOVERY)).await;
+        t.wait_for_action(&args.action, args.timeout.min(CLUSTER_DISCOVERY))
+            .await;
     }
     let ctx = CallContext::new(args.timeout);
-    let result = app.broker.call_json(&args.action, args.params.as_bytes(), ctx).await;
+    let result = app
+        .broker
+        .call_json(&args.action, args.params.as_bytes(), ctx)
+        .await;
     if let Some(t) = cluster {
         t.stop(Duration::from_secs(1)).await;
     }
@@ -486,7 +569,8 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::load(&args.app).with_context(|| format!("cannot load the app at {}", args.app.display()))?;
+    let manifest = Manifest::load(&args.app)
+        .with_context(|| format!("cannot load the app at {}", args.app.display()))?;
     let mut failed = false;
     for rejected in &manifest.rejected {
         eprintln!("error: {rejected}");
@@ -494,7 +578,9 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     for spec in &manifest.packages {
         match builder::build_if_needed(spec, args.force).await {
-            Ok(BuildOutcome::Built(t)) => println!("{:<12} built in {:.1}s", spec.name, t.as_secs_f64()),
+            Ok(BuildOutcome::Built(t)) => {
+                println!("{:<12} built in {:.1}s", spec.name, t.as_secs_f64())
+            }
             Ok(BuildOutcome::UpToDate) => println!("{:<12} up to date", spec.name),
             Ok(BuildOutcome::NoBuild) => println!("{:<12} no build command", spec.name),
             Err(e) => {
@@ -503,28 +589,46 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     let sdk = match &args.sdk {
         Some(path) if path.join("Cargo.toml").is_file() => Sdk::Path(std::path::absolute(path)?),
-        Some(path) => anyhow::bail!("--sdk {}: no Cargo.toml there; give the steedos-sdk crate's folder", path.display()),
+        Some(path) => anyhow::bail!(
+            "--sdk {}: no Cargo.toml there; give the steedos-sdk crate's folder",
+            path.display()
+        ),
         None => Sdk::default_for_this_binary(),
     };
     let app = scaffold::create(&args.dir, &args.name, args.lang, &sdk)?;
     // `./hello` reads better as `hello`.
     let shown = app.strip_prefix(".").unwrap_or(&app).display();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "created app `{}` in {shown}: one package in {}", args.name, args.lang)?;
+    writeln!(
+        out,
+        "created app `{}` in {shown}: one package in {}",
+        args.name, args.lang
+    )?;
     for f in scaffold::files(&args.name, args.lang, &sdk) {
         writeln!(out, "  {}", f.path.display())?;
     }
     if let (Lang::Rust, Sdk::Git(url)) = (args.lang, &sdk) {
-        writeln!(out, "\nsteedos-sdk comes from {url} by git; --sdk <PATH> takes a local one")?;
+        writeln!(
+            out,
+            "\nsteedos-sdk comes from {url} by git; --sdk <PATH> takes a local one"
+        )?;
     }
     writeln!(out, "\nthen:\n  steedos-wasm run {shown}")?;
-    writeln!(out, "  steedos-wasm call {shown} {}.hello '{{\"name\":\"Ada\"}}'", args.name)?;
+    writeln!(
+        out,
+        "  steedos-wasm call {shown} {}.hello '{{\"name\":\"Ada\"}}'",
+        args.name
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -540,28 +644,66 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| "package".to_string());
     let ty = PackageType::analyze(&engine, &component, &name)?;
     let mut out = std::io::stdout().lock();
-    let size = std::fs::metadata(&args.component).map(|m| m.len()).unwrap_or(0);
-    writeln!(out, "component {} ({} KiB, compiled in {compile_ms} ms)", args.component.display(), size / 1024)?;
+    let size = std::fs::metadata(&args.component)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "component {} ({} KiB, compiled in {compile_ms} ms)",
+        args.component.display(),
+        size / 1024
+    )?;
     writeln!(out, "\nactions (called as `<package>.<action>`):")?;
     for a in &ty.actions {
-        writeln!(out, "  {:<24} {}", a.name, codec::wit_signature(&a.params, a.result.as_ref()))?;
+        writeln!(
+            out,
+            "  {:<24} {}",
+            a.name,
+            codec::wit_signature(&a.params, a.result.as_ref())
+        )?;
     }
-    writeln!(out, "\nlifecycle: {}", if ty.has_lifecycle() { "exports steedos:package/lifecycle" } else { "none" })?;
-    writeln!(out, "events:    {}", if ty.handles_events() { "exports steedos:package/events" } else { "none" })?;
+    writeln!(
+        out,
+        "\nlifecycle: {}",
+        if ty.has_lifecycle() {
+            "exports steedos:package/lifecycle"
+        } else {
+            "none"
+        }
+    )?;
+    writeln!(
+        out,
+        "events:    {}",
+        if ty.handles_events() {
+            "exports steedos:package/events"
+        } else {
+            "none"
+        }
+    )?;
     writeln!(out, "\nimports:")?;
     for i in &ty.host_imports {
         writeln!(out, "  {i:<44} provided by the host")?;
     }
     for i in &ty.typed_imports {
-        writeln!(out, "  {:<44} needs a package in the app that exports it", i.interface)?;
+        writeln!(
+            out,
+            "  {:<44} needs a package in the app that exports it",
+            i.interface
+        )?;
         for (f, fty) in &i.functions {
             let params: Vec<(String, _)> = fty.params().map(|(n, t)| (n.to_string(), t)).collect();
-            writeln!(out, "    {f}: {}", codec::wit_signature(&params, fty.results().next().as_ref()))?;
+            writeln!(
+                out,
+                "    {f}: {}",
+                codec::wit_signature(&params, fty.results().next().as_ref())
+            )?;
         }
     }
     let mut linker = package::base_linker(&engine)?;
     for i in &ty.typed_imports {
-        let mut inst = linker.instance(&i.interface).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let mut inst = linker
+            .instance(&i.interface)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         for (f, _) in &i.functions {
             inst.func_new(f, |_, _, _, _| Err(wasmtime::format_err!("not linked")))
                 .map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -569,7 +711,15 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     }
     match linker.instantiate_pre(&component) {
         Ok(_) => {
-            writeln!(out, "\nthe host satisfies every host import{}", if ty.typed_imports.is_empty() { "" } else { "; typed imports need their providers" })?;
+            writeln!(
+                out,
+                "\nthe host satisfies every host import{}",
+                if ty.typed_imports.is_empty() {
+                    ""
+                } else {
+                    "; typed imports need their providers"
+                }
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -66,7 +66,9 @@ impl CallContext {
 
     /// 1 for a call from outside, +1 per nested hop (Moleculer's `level`).
     pub fn level(&self) -> u32 {
-        u32::try_from(self.chain.len()).unwrap_or(u32::MAX).saturating_add(1)
+        u32::try_from(self.chain.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
     }
 
     /// Whether `package` is already serving an outer part of this call.

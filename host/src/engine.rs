@@ -43,7 +43,10 @@ pub struct EngineLimits {
 
 impl Default for EngineLimits {
     fn default() -> Self {
-        EngineLimits { total_instances: 1000, max_memory: 4 << 30 }
+        EngineLimits {
+            total_instances: 1000,
+            max_memory: 4 << 30,
+        }
     }
 }
 
@@ -155,7 +158,9 @@ pub enum Compiled {
 impl CompileCache {
     /// A cache in `dir` (created on first store).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CompileCache { dir: Some(dir.into()) }
+        CompileCache {
+            dir: Some(dir.into()),
+        }
     }
 
     /// No cache: every load compiles.
@@ -165,8 +170,10 @@ impl CompileCache {
 
     /// Loads the component at `path`, from the cache when it holds it.
     pub fn load(&self, engine: &Engine, path: &Path) -> Result<(Component, Compiled), EngineError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| EngineError::Read { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| EngineError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         self.load_bytes(engine, path, &bytes)
     }
 
@@ -182,7 +189,10 @@ impl CompileCache {
             message: format!("{e:#}"),
         };
         let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, bytes).map_err(invalid)?, Compiled::Fresh));
+            return Ok((
+                Component::new(engine, bytes).map_err(invalid)?,
+                Compiled::Fresh,
+            ));
         };
         let entry = dir.join(format!("{}.cwasm", cache_key(engine, bytes)));
         if entry.is_file() {
@@ -191,7 +201,9 @@ impl CompileCache {
             // the cache directory belongs to this app.
             match unsafe { Component::deserialize_file(engine, &entry) } {
                 Ok(component) => return Ok((component, Compiled::Cached)),
-                Err(e) => tracing::warn!(entry = %entry.display(), error = %e, "ignoring unusable cache entry"),
+                Err(e) => {
+                    tracing::warn!(entry = %entry.display(), error = %e, "ignoring unusable cache entry")
+                }
             }
         }
         let code = engine.precompile_component(bytes).map_err(invalid)?;
@@ -213,7 +225,11 @@ fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
 
 fn store_atomically(dir: &Path, entry: &Path, code: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), crate::context::next_request_id()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        crate::context::next_request_id()
+    ));
     std::fs::write(&tmp, code)?;
     std::fs::rename(&tmp, entry)
 }

@@ -75,7 +75,12 @@ const MAX_COMPONENT: usize = 256 << 20;
 pub trait Operator: Send + Sync + 'static {
     /// Deploys `name` (or upgrades it when it exists) to `component`.
     /// Returns a one-line description of what happened.
-    fn deploy(&self, name: String, component: Bytes, settings: Vec<(String, String)>) -> BoxFuture<'_, Result<String, OperatorError>>;
+    fn deploy(
+        &self,
+        name: String,
+        component: Bytes,
+        settings: Vec<(String, String)>,
+    ) -> BoxFuture<'_, Result<String, OperatorError>>;
     /// Removes `name`.
     fn remove(&self, name: String) -> BoxFuture<'_, Result<String, OperatorError>>;
 }
@@ -124,8 +129,19 @@ impl RunningGateway {
 
 impl Gateway {
     /// A gateway for `broker` with `settings`.
-    pub fn new(app: &str, broker: Arc<Broker>, settings: GatewaySettings, metrics: Arc<Metrics>) -> Arc<Gateway> {
-        Arc::new(Gateway { app: app.to_string(), broker, settings, metrics, operator: None })
+    pub fn new(
+        app: &str,
+        broker: Arc<Broker>,
+        settings: GatewaySettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            app: app.to_string(),
+            broker,
+            settings,
+            metrics,
+            operator: None,
+        })
     }
 
     /// A gateway whose `/admin` API drives `operator` (when a token is set).
@@ -136,7 +152,13 @@ impl Gateway {
         metrics: Arc<Metrics>,
         operator: Arc<dyn Operator>,
     ) -> Arc<Gateway> {
-        Arc::new(Gateway { app: app.to_string(), broker, settings, metrics, operator: Some(operator) })
+        Arc::new(Gateway {
+            app: app.to_string(),
+            broker,
+            settings,
+            metrics,
+            operator: Some(operator),
+        })
     }
 
     /// Listens on `addr` (port 0 picks a free one) and serves in the background.
@@ -172,9 +194,17 @@ impl Gateway {
         while connections.join_next().await.is_some() {}
     }
 
-    async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
+    async fn connection(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let activity = Arc::new(AtomicU64::new(0));
-        let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
+        let io = TokioIo::new(Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        });
         let gateway = self.clone();
         let service = hyper::service::service_fn(move |req| gateway.clone().handle(req));
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -187,7 +217,10 @@ impl Gateway {
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
         let idle = self.settings.idle_timeout;
-        let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
+        let mut tick = tokio::time::interval(
+            idle.min(Duration::from_secs(1))
+                .max(Duration::from_millis(10)),
+        );
         let mut closing = false;
         let (mut seen, mut quiet_since) = (0, Instant::now());
         loop {
@@ -215,7 +248,10 @@ impl Gateway {
         }
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
         let request_id = req
             .headers()
             .get("x-request-id")
@@ -233,17 +269,30 @@ impl Gateway {
 
     async fn route(&self, req: Request<Incoming>, request_id: &Arc<str>) -> Response<Full<Bytes>> {
         if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
-            return problem(StatusCode::URI_TOO_LONG, "uri-too-long", format!("the URI is longer than {MAX_URI} bytes"), None, request_id);
+            return problem(
+                StatusCode::URI_TOO_LONG,
+                "uri-too-long",
+                format!("the URI is longer than {MAX_URI} bytes"),
+                None,
+                request_id,
+            );
         }
         let path = req.uri().path().to_string();
         match (req.method(), path.as_str()) {
             (&Method::GET, "/health") => self.health(),
-            (&Method::GET, "/metrics") => text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.render(&self.broker.reports())),
-            (&Method::GET, "/openapi.json") => {
-                json_response(StatusCode::OK, &crate::openapi::document(&self.app, &self.broker, &self.settings))
-            }
+            (&Method::GET, "/metrics") => text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.render(&self.broker.reports()),
+            ),
+            (&Method::GET, "/openapi.json") => json_response(
+                StatusCode::OK,
+                &crate::openapi::document(&self.app, &self.broker, &self.settings),
+            ),
             (&Method::POST, p) if p.starts_with("/api/") => self.api(req, &path, request_id).await,
-            (_, p) if p == "/admin" || p.starts_with("/admin/") => self.admin(req, &path, request_id).await,
+            (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+                self.admin(req, &path, request_id).await
+            }
             _ => self.alias(req, &path, request_id).await,
         }
     }
@@ -266,32 +315,83 @@ impl Gateway {
                 (r.name, v)
             })
             .collect();
-        let status = if all_serving { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        json_response(status, &json!({ "status": if all_serving { "serving" } else { "degraded" }, "packages": packages }))
+        let status = if all_serving {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(
+            status,
+            &json!({ "status": if all_serving { "serving" } else { "degraded" }, "packages": packages }),
+        )
     }
 
-    async fn api(&self, req: Request<Incoming>, path: &str, request_id: &Arc<str>) -> Response<Full<Bytes>> {
+    async fn api(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        request_id: &Arc<str>,
+    ) -> Response<Full<Bytes>> {
         let rest = &path["/api/".len()..];
-        let Some((package, action)) = rest.split_once('/').filter(|(p, a)| !p.is_empty() && !a.is_empty() && !a.contains('/')) else {
-            return problem(StatusCode::NOT_FOUND, "not-found", format!("no route for POST {path}; actions are at /api/<package>/<action>"), None, request_id);
+        let Some((package, action)) = rest
+            .split_once('/')
+            .filter(|(p, a)| !p.is_empty() && !a.is_empty() && !a.contains('/'))
+        else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no route for POST {path}; actions are at /api/<package>/<action>"),
+                None,
+                request_id,
+            );
         };
         let name = format!("{package}.{action}");
-        if !self.settings.expose.iter().any(|p| crate::manifest::pattern_matches(p, &name)) {
-            return problem(StatusCode::NOT_FOUND, "not-found", format!("`{name}` is not exposed over HTTP (see [gateway] expose in steedos.toml)"), Some(&name), request_id);
+        if !self
+            .settings
+            .expose
+            .iter()
+            .any(|p| crate::manifest::pattern_matches(p, &name))
+        {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("`{name}` is not exposed over HTTP (see [gateway] expose in steedos.toml)"),
+                Some(&name),
+                request_id,
+            );
         }
         let body = match self.body(req, &name, request_id).await {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let body = if body.iter().all(u8::is_ascii_whitespace) { Bytes::from_static(b"{}") } else { body };
+        let body = if body.iter().all(u8::is_ascii_whitespace) {
+            Bytes::from_static(b"{}")
+        } else {
+            body
+        };
         self.call(&name, &body, request_id).await
     }
 
-    async fn alias(&self, req: Request<Incoming>, path: &str, request_id: &Arc<str>) -> Response<Full<Bytes>> {
+    async fn alias(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        request_id: &Arc<str>,
+    ) -> Response<Full<Bytes>> {
         let method = req.method().as_str().to_string();
-        let found = self.settings.aliases.iter().find_map(|a| a.matches(&method, path).map(|p| (a, p)));
+        let found = self
+            .settings
+            .aliases
+            .iter()
+            .find_map(|a| a.matches(&method, path).map(|p| (a, p)));
         let Some((alias, path_params)) = found else {
-            return problem(StatusCode::NOT_FOUND, "not-found", format!("no route for {method} {path}"), None, request_id);
+            return problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no route for {method} {path}"),
+                None,
+                request_id,
+            );
         };
         let action = alias.action.clone();
         let params = self.param_types(&action);
@@ -306,12 +406,35 @@ impl Gateway {
             if !body.iter().all(u8::is_ascii_whitespace) {
                 match serde_json::from_slice::<Value>(&body) {
                     Ok(Value::Object(fields)) => object.extend(fields),
-                    Ok(_) => return problem(StatusCode::BAD_REQUEST, "invalid-params", "the body must be a JSON object".into(), Some(&action), request_id),
-                    Err(e) => return problem(StatusCode::BAD_REQUEST, "invalid-params", format!("malformed JSON body: {e}"), Some(&action), request_id),
+                    Ok(_) => {
+                        return problem(
+                            StatusCode::BAD_REQUEST,
+                            "invalid-params",
+                            "the body must be a JSON object".into(),
+                            Some(&action),
+                            request_id,
+                        );
+                    }
+                    Err(e) => {
+                        return problem(
+                            StatusCode::BAD_REQUEST,
+                            "invalid-params",
+                            format!("malformed JSON body: {e}"),
+                            Some(&action),
+                            request_id,
+                        );
+                    }
                 }
             }
         }
-        let decoded = path_params.into_iter().map(|(k, v)| (k, percent_encoding::percent_decode_str(&v).decode_utf8_lossy().into_owned()));
+        let decoded = path_params.into_iter().map(|(k, v)| {
+            (
+                k,
+                percent_encoding::percent_decode_str(&v)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        });
         for (name, raw) in decoded.chain(form_urlencoded::parse(query.as_bytes()).into_owned()) {
             let ty = params.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
             object.insert(name, coerce(&raw, ty));
@@ -320,9 +443,20 @@ impl Gateway {
         self.call(&action, &body, request_id).await
     }
 
-    async fn admin(&self, req: Request<Incoming>, path: &str, request_id: &Arc<str>) -> Response<Full<Bytes>> {
+    async fn admin(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        request_id: &Arc<str>,
+    ) -> Response<Full<Bytes>> {
         let (Some(token), Some(operator)) = (&self.settings.admin_token, &self.operator) else {
-            return problem(StatusCode::NOT_FOUND, "not-found", "the admin API is off (set [gateway] admin_token_env)".into(), None, request_id);
+            return problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "the admin API is off (set [gateway] admin_token_env)".into(),
+                None,
+                request_id,
+            );
         };
         let given = req
             .headers()
@@ -330,12 +464,26 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes())) {
-            let mut r = problem(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".into(), None, request_id);
-            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            token.as_bytes(),
+        )) {
+            let mut r = problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required".into(),
+                None,
+                request_id,
+            );
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
             return r;
         }
-        let name = path.strip_prefix("/admin/packages").map(|n| n.trim_matches('/').to_string());
+        let name = path
+            .strip_prefix("/admin/packages")
+            .map(|n| n.trim_matches('/').to_string());
         let outcome = match (req.method().clone(), name) {
             (Method::GET, Some(n)) if n.is_empty() => {
                 let list: Vec<Value> = self
@@ -348,10 +496,21 @@ impl Gateway {
                 return json_response(StatusCode::OK, &json!({ "packages": list }));
             }
             (Method::PUT, Some(n)) if !n.is_empty() && !n.contains('/') => {
-                let settings: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+                let settings: Vec<(String, String)> =
+                    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                        .into_owned()
+                        .collect();
                 let component = match Limited::new(req.into_body(), MAX_COMPONENT).collect().await {
                     Ok(c) => c.to_bytes(),
-                    Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, "too-large", format!("cannot read the component: {e}"), None, request_id),
+                    Err(e) => {
+                        return problem(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "too-large",
+                            format!("cannot read the component: {e}"),
+                            None,
+                            request_id,
+                        );
+                    }
                 };
                 tracing::info!(package = %n, bytes = component.len(), "admin: deploy");
                 operator.deploy(n, component, settings).await
@@ -360,7 +519,15 @@ impl Gateway {
                 tracing::info!(package = %n, "admin: remove");
                 operator.remove(n).await
             }
-            _ => return problem(StatusCode::NOT_FOUND, "not-found", format!("no admin route {} {path}", req.method()), None, request_id),
+            _ => {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    format!("no admin route {} {path}", req.method()),
+                    None,
+                    request_id,
+                );
+            }
         };
         match outcome {
             Ok(done) => json_response(StatusCode::OK, &json!({ "ok": done })),
@@ -376,38 +543,68 @@ impl Gateway {
     }
 
     fn param_types(&self, action: &str) -> Vec<(String, Type)> {
-        let Some((package, name)) = action.split_once('.') else { return Vec::new() };
+        let Some((package, name)) = action.split_once('.') else {
+            return Vec::new();
+        };
         self.broker
             .service(package)
             .and_then(|s| s.package.ty.action(name).map(|(_, a)| a.params.clone()))
             .unwrap_or_default()
     }
 
-    async fn body(&self, req: Request<Incoming>, action: &str, request_id: &Arc<str>) -> Result<Bytes, Response<Full<Bytes>>> {
+    async fn body(
+        &self,
+        req: Request<Incoming>,
+        action: &str,
+        request_id: &Arc<str>,
+    ) -> Result<Bytes, Response<Full<Bytes>>> {
         let limit = usize::try_from(self.settings.max_body).unwrap_or(usize::MAX);
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                format!("the request body is larger than {limit} bytes"),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    format!("the request body is larger than {limit} bytes"),
+                    Some(action),
+                    request_id,
+                ))
+            }
+            Err(e) => Err(problem(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("cannot read the body: {e}"),
                 Some(action),
                 request_id,
             )),
-            Err(e) => Err(problem(StatusCode::BAD_REQUEST, "bad-request", format!("cannot read the body: {e}"), Some(action), request_id)),
         }
     }
 
-    async fn call(&self, action: &str, body: &[u8], request_id: &Arc<str>) -> Response<Full<Bytes>> {
+    async fn call(
+        &self,
+        action: &str,
+        body: &[u8],
+        request_id: &Arc<str>,
+    ) -> Response<Full<Bytes>> {
         let ctx = CallContext::with_request_id(request_id.clone(), CALL_TIMEOUT);
         match self.broker.call_json(action, body, ctx).await {
             Ok(value) => json_response(StatusCode::OK, &value),
             Err(e) => {
                 tracing::info!(action, kind = e.kind(), error = %e.message(), "call failed");
                 let status = status_of(&e, action);
-                let mut r = problem(status, e.kind(), e.message().to_string(), Some(action), request_id);
+                let mut r = problem(
+                    status,
+                    e.kind(),
+                    e.message().to_string(),
+                    Some(action),
+                    request_id,
+                );
                 if status == StatusCode::SERVICE_UNAVAILABLE {
-                    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    r.headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 }
                 r
             }
@@ -431,9 +628,17 @@ fn status_of(e: &CallError, action: &str) -> StatusCode {
 /// An action's error value that is a record with a `status` field in
 /// 400..=599 names the HTTP status to answer with.
 fn named_status(message: &str, action: &str) -> Option<StatusCode> {
-    let value = message.strip_prefix(action).and_then(|m| m.strip_prefix(": ")).unwrap_or(message);
-    let status = serde_json::from_str::<Value>(value).ok()?.get("status")?.as_u64()?;
-    let status = u16::try_from(status).ok().filter(|s| (400..=599).contains(s))?;
+    let value = message
+        .strip_prefix(action)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(message);
+    let status = serde_json::from_str::<Value>(value)
+        .ok()?
+        .get("status")?
+        .as_u64()?;
+    let status = u16::try_from(status)
+        .ok()
+        .filter(|s| (400..=599).contains(s))?;
     StatusCode::from_u16(status).ok()
 }
 
@@ -451,7 +656,13 @@ fn coerce(raw: &str, ty: Option<&Type>) -> Value {
     }
 }
 
-fn problem(status: StatusCode, kind: &str, message: String, action: Option<&str>, request_id: &Arc<str>) -> Response<Full<Bytes>> {
+fn problem(
+    status: StatusCode,
+    kind: &str,
+    message: String,
+    action: Option<&str>,
+    request_id: &Arc<str>,
+) -> Response<Full<Bytes>> {
     let (package, action) = match action.and_then(|a| a.split_once('.')) {
         Some((p, a)) => (Some(p), Some(a)),
         None => (None, None),
@@ -463,13 +674,18 @@ fn problem(status: StatusCode, kind: &str, message: String, action: Option<&str>
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
-    text(status, "application/json", serde_json::to_string(value).unwrap_or_default())
+    text(
+        status,
+        "application/json",
+        serde_json::to_string(value).unwrap_or_default(),
+    )
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -514,11 +730,17 @@ impl tokio::io::AsyncWrite for Tracked {
         r
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -264,7 +264,11 @@ impl Alias {
         if method != self.method {
             return None;
         }
-        let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
+        let parts: Vec<&str> = path
+            .trim_matches('/')
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .collect();
         if parts.len() != self.segments.len() {
             return None;
         }
@@ -285,17 +289,32 @@ impl Alias {
             .ok_or_else(|| format!("{route:?} is not a route (try \"GET /stock/:sku\")"))?;
         let method = method.to_ascii_uppercase();
         if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
-            return Err(format!("{method:?} is not a method (GET, POST, PUT, PATCH or DELETE)"));
+            return Err(format!(
+                "{method:?} is not a method (GET, POST, PUT, PATCH or DELETE)"
+            ));
         }
         let path = path.trim();
         if !path.starts_with('/') {
             return Err(format!("{path:?}: a route's path starts with `/`"));
         }
-        if action.split_once('.').is_none_or(|(p, a)| p.is_empty() || a.is_empty()) {
-            return Err(format!("{action:?} is not an action (try \"inventory.get-item\")"));
+        if action
+            .split_once('.')
+            .is_none_or(|(p, a)| p.is_empty() || a.is_empty())
+        {
+            return Err(format!(
+                "{action:?} is not an action (try \"inventory.get-item\")"
+            ));
         }
-        let segments = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
-        Ok(Alias { method, segments, action: action.to_string() })
+        let segments = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok(Alias {
+            method,
+            segments,
+            action: action.to_string(),
+        })
     }
 }
 
@@ -368,7 +387,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max: 0, delay: Duration::from_millis(50), max_delay: Duration::from_secs(1) }
+        RetryPolicy {
+            max: 0,
+            delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+        }
     }
 }
 
@@ -499,7 +522,10 @@ impl Manifest {
         let sections = Sections::split(&source, root.get_ref())?;
         let app = source.app(sections.app)?;
         let gateway = source.gateway(sections.gateway)?;
-        let cluster = sections.cluster.map(|value| source.cluster(value)).transpose()?;
+        let cluster = sections
+            .cluster
+            .map(|value| source.cluster(value))
+            .transpose()?;
         let defaults = source.defaults(sections.defaults)?;
         let (packages, rejected) = source.packages(sections.packages, &defaults)?;
         Ok(Manifest {
@@ -706,7 +732,10 @@ struct RawPackage {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table like { threshold = 0.5, min_calls = 20, window = \"60s\", half_open_after = \"10s\" }")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { threshold = 0.5, min_calls = 20, window = \"60s\", half_open_after = \"10s\" }"
+)]
 struct RawCircuit {
     threshold: Option<f64>,
     min_calls: Option<CountIn<1, 1_000_000>>,
@@ -715,7 +744,10 @@ struct RawCircuit {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table like { max = 3, delay = \"50ms\", max_delay = \"1s\" }")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { max = 3, delay = \"50ms\", max_delay = \"1s\" }"
+)]
 struct RawRetry {
     max: CountIn<0, 100>,
     delay: Option<DurationIn<1, HOUR_MS>>,
@@ -723,7 +755,10 @@ struct RawRetry {
 }
 
 #[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a table of `queue`, `idempotent`, `fallback`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table of `queue`, `idempotent`, `fallback`"
+)]
 struct RawAction {
     queue: Option<QueueLength>,
     #[serde(default)]
@@ -769,13 +804,19 @@ impl<'de> Visitor<'de> for InstancesVisitor {
             match key.as_str() {
                 "min" => min = Some(map.next_value::<InstanceCount>()?.0),
                 "max" => max = Some(map.next_value::<InstanceCount>()?.0),
-                other => return Err(de::Error::custom(format!("unknown key `{other}`, expected `min` or `max`"))),
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "unknown key `{other}`, expected `min` or `max`"
+                    )));
+                }
             }
         }
         let min = min.unwrap_or(1);
         let max = max.ok_or_else(|| de::Error::custom("`max` is missing"))?;
         if max < min {
-            return Err(de::Error::custom(format!("max ({max}) is below min ({min})")));
+            return Err(de::Error::custom(format!(
+                "max ({max}) is below min ({min})"
+            )));
         }
         Ok(Instances { min, max })
     }
@@ -974,7 +1015,10 @@ impl<'a> Source<'a> {
         })
     }
 
-    fn gateway(&self, value: Option<&Spanned<DeValue<'_>>>) -> Result<GatewaySettings, ManifestError> {
+    fn gateway(
+        &self,
+        value: Option<&Spanned<DeValue<'_>>>,
+    ) -> Result<GatewaySettings, ManifestError> {
         let Some(value) = value else {
             return Ok(GatewaySettings::default());
         };
@@ -986,7 +1030,12 @@ impl<'a> Source<'a> {
             None => defaults.listen,
             Some(off) if off == "off" => None,
             Some(addr) => Some(addr.parse().map_err(|_| {
-                scope.error(span.clone(), format!("listen: {addr:?} is not an address (try \"127.0.0.1:3000\", or \"off\")"))
+                scope.error(
+                    span.clone(),
+                    format!(
+                        "listen: {addr:?} is not an address (try \"127.0.0.1:3000\", or \"off\")"
+                    ),
+                )
             })?),
         };
         let mut aliases = Vec::new();
@@ -995,10 +1044,18 @@ impl<'a> Source<'a> {
                 .map_err(|e| scope.error(span.clone(), format!("aliases: {e}")))?;
             aliases.push(alias);
         }
-        let admin_token = raw.admin_token_env.and_then(|name| std::env::var(&name.0).ok()).filter(|t| !t.is_empty());
+        let admin_token = raw
+            .admin_token_env
+            .and_then(|name| std::env::var(&name.0).ok())
+            .filter(|t| !t.is_empty());
         Ok(GatewaySettings {
             listen,
-            expose: raw.expose.unwrap_or_default().into_iter().map(|p| p.0).collect(),
+            expose: raw
+                .expose
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.0)
+                .collect(),
             aliases,
             max_body: raw.max_body.map_or(defaults.max_body, |s| s.0),
             header_timeout: raw.header_timeout.map_or(defaults.header_timeout, |d| d.0),
@@ -1013,19 +1070,28 @@ impl<'a> Source<'a> {
         let defaults = ClusterSettings::new(raw.transporter.0.clone());
         let at = |key: &str| find_key(value.get_ref(), key).unwrap_or_else(|| value.span());
         if !raw.transporter.0.starts_with("nats://") {
-            let message = format!("{:?} is not a NATS URL (try \"nats://127.0.0.1:4222\")", raw.transporter.0);
+            let message = format!(
+                "{:?} is not a NATS URL (try \"nats://127.0.0.1:4222\")",
+                raw.transporter.0
+            );
             return Err(scope.error(at("transporter"), message));
         }
         let serializer = match raw.serializer.as_ref().map(|s| s.0.as_str()) {
             None | Some("json") => Serializer::Json,
             Some("msgpack") => Serializer::MessagePack,
             Some(other) => {
-                let message = format!("{other:?} is not a serializer (\"json\", or \"msgpack\" between steedos-wasm nodes)");
+                let message = format!(
+                    "{other:?} is not a serializer (\"json\", or \"msgpack\" between steedos-wasm nodes)"
+                );
                 return Err(scope.error(at("serializer"), message));
             }
         };
-        let heartbeat_interval = raw.heartbeat_interval.map_or(defaults.heartbeat_interval, |d| d.0);
-        let heartbeat_timeout = raw.heartbeat_timeout.map_or(defaults.heartbeat_timeout, |d| d.0);
+        let heartbeat_interval = raw
+            .heartbeat_interval
+            .map_or(defaults.heartbeat_interval, |d| d.0);
+        let heartbeat_timeout = raw
+            .heartbeat_timeout
+            .map_or(defaults.heartbeat_timeout, |d| d.0);
         if heartbeat_timeout <= heartbeat_interval {
             let message = format!(
                 "{} must be longer than heartbeat_interval ({})",
@@ -1126,7 +1192,10 @@ impl<'a> Source<'a> {
         if let Some(c) = raw.circuit {
             let threshold = c.threshold.unwrap_or(0.5);
             if !(threshold > 0.0 && threshold <= 1.0) {
-                return Err(scope.error(value.span(), format!("circuit.threshold: {threshold} is out of range (0..=1)")));
+                return Err(scope.error(
+                    value.span(),
+                    format!("circuit.threshold: {threshold} is out of range (0..=1)"),
+                ));
             }
             spec.circuit = Some(CircuitPolicy {
                 threshold,
@@ -1294,8 +1363,13 @@ fn describe(message: &str) -> String {
 
 /// The span of `key`'s value in `table`, if the table has it.
 fn find_key(table: &DeValue<'_>, key: &str) -> Option<Range<usize>> {
-    let DeValue::Table(table) = table else { return None };
-    table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v.span())
+    let DeValue::Table(table) = table else {
+        return None;
+    };
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v.span())
 }
 
 // ---------------------------------------------------------------------------
@@ -1437,7 +1511,11 @@ impl<const MIN: u64, const MAX: u64> SizeIn<MIN, MAX> {
                 n if n >= 1 << 10 => ByteSize(n).display().iec().to_string().replace(".0 ", " "),
                 n => format!("{n} B"),
             };
-            Err(format!("{written} is out of range ({}..={})", range(MIN), range(MAX)))
+            Err(format!(
+                "{written} is out of range ({}..={})",
+                range(MIN),
+                range(MAX)
+            ))
         }
     }
 }
@@ -1499,7 +1577,14 @@ macro_rules! deserialize_from_toml_str {
     )*};
 }
 
-deserialize_from_toml_str!(Text, PathValue, EnvName, EventPattern, CallPattern, SubjectToken);
+deserialize_from_toml_str!(
+    Text,
+    PathValue,
+    EnvName,
+    EventPattern,
+    CallPattern,
+    SubjectToken
+);
 
 /// A duration in `MIN_MS..=MAX_MS` milliseconds, written the humantime way.
 #[derive(Clone, Copy)]
@@ -1780,7 +1865,14 @@ mod tests {
     }
 
     /// Good inputs, each with its own test below.
-    const GOOD_CASES: &[&str] = &["empty", "minimal", "full", "defaults", "one_bad_package", "cluster"];
+    const GOOD_CASES: &[&str] = &[
+        "empty",
+        "minimal",
+        "full",
+        "defaults",
+        "one_bad_package",
+        "cluster",
+    ];
 
     #[test]
     fn cluster_sets_every_key_and_is_off_without_the_table() {
@@ -1800,8 +1892,12 @@ mod tests {
             }
         );
         assert!(load_good("empty").cluster.is_none());
-        let minimal = parse_inline("[cluster]\ntransporter = \"nats://10.0.0.1:4222\"\n").expect("parses");
-        assert_eq!(minimal.cluster, Some(ClusterSettings::new("nats://10.0.0.1:4222")));
+        let minimal =
+            parse_inline("[cluster]\ntransporter = \"nats://10.0.0.1:4222\"\n").expect("parses");
+        assert_eq!(
+            minimal.cluster,
+            Some(ClusterSettings::new("nats://10.0.0.1:4222"))
+        );
     }
 
     #[test]

@@ -39,7 +39,15 @@ struct PackageLabels {
 }
 
 /// The error kinds, in `call-error` order.
-const KINDS: [&str; 7] = ["not-found", "invalid-params", "timeout", "crashed", "overloaded", "denied", "failed"];
+const KINDS: [&str; 7] = [
+    "not-found",
+    "invalid-params",
+    "timeout",
+    "crashed",
+    "overloaded",
+    "denied",
+    "failed",
+];
 
 /// Every metric of one host.
 pub struct Metrics {
@@ -67,7 +75,10 @@ impl ActionMetrics {
         self.calls.inc();
         self.latency.observe(elapsed.as_secs_f64());
         if let Err(e) = outcome {
-            let i = KINDS.iter().position(|k| *k == e.kind()).unwrap_or(KINDS.len() - 1);
+            let i = KINDS
+                .iter()
+                .position(|k| *k == e.kind())
+                .unwrap_or(KINDS.len() - 1);
             self.errors[i].inc();
         }
     }
@@ -93,20 +104,60 @@ impl Metrics {
         let queued = Family::<PackageLabels, Gauge>::default();
         let circuits = Family::<ActionLabels, Gauge>::default();
         registry.register("calls", "Calls per action", calls.clone());
-        registry.register("call_errors", "Failed calls per action and error kind", errors.clone());
-        registry.register("call_duration_seconds", "Call latency per action", latency.clone());
-        registry.register("package_restarts", "Instance restarts per package since load", restarts.clone());
-        registry.register("package_instances", "Live instances per package", live.clone());
-        registry.register("package_queue_depth", "Calls waiting for an idle instance", queued.clone());
-        registry.register("circuit_open", "1 while an action's circuit breaker is open or half-open", circuits.clone());
-        Metrics { registry: Mutex::new(registry), calls, errors, latency, restarts, live, queued, circuits }
+        registry.register(
+            "call_errors",
+            "Failed calls per action and error kind",
+            errors.clone(),
+        );
+        registry.register(
+            "call_duration_seconds",
+            "Call latency per action",
+            latency.clone(),
+        );
+        registry.register(
+            "package_restarts",
+            "Instance restarts per package since load",
+            restarts.clone(),
+        );
+        registry.register(
+            "package_instances",
+            "Live instances per package",
+            live.clone(),
+        );
+        registry.register(
+            "package_queue_depth",
+            "Calls waiting for an idle instance",
+            queued.clone(),
+        );
+        registry.register(
+            "circuit_open",
+            "1 while an action's circuit breaker is open or half-open",
+            circuits.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            calls,
+            errors,
+            latency,
+            restarts,
+            live,
+            queued,
+            circuits,
+        }
     }
 
     /// Handles for recording `package.action`.
     pub fn action(&self, package: &str, action: &str) -> ActionMetrics {
-        let labels = ActionLabels { package: package.to_string(), action: action.to_string() };
+        let labels = ActionLabels {
+            package: package.to_string(),
+            action: action.to_string(),
+        };
         let errors = KINDS.map(|kind| {
-            let l = ErrorLabels { package: package.to_string(), action: action.to_string(), kind: kind.to_string() };
+            let l = ErrorLabels {
+                package: package.to_string(),
+                action: action.to_string(),
+                kind: kind.to_string(),
+            };
             self.errors.get_or_create(&l).clone()
         });
         ActionMetrics {
@@ -124,13 +175,25 @@ impl Metrics {
         self.circuits.clear();
         for r in packages {
             for (action, _) in &r.circuits {
-                let l = ActionLabels { package: r.name.clone(), action: action.clone() };
+                let l = ActionLabels {
+                    package: r.name.clone(),
+                    action: action.clone(),
+                };
                 self.circuits.get_or_create(&l).set(1);
             }
-            let l = PackageLabels { package: r.name.clone(), state: r.state.to_string() };
-            self.restarts.get_or_create(&l).set(i64::try_from(r.restarts).unwrap_or(i64::MAX));
-            self.live.get_or_create(&l).set(i64::try_from(r.live).unwrap_or(i64::MAX));
-            self.queued.get_or_create(&l).set(i64::try_from(r.queued).unwrap_or(i64::MAX));
+            let l = PackageLabels {
+                package: r.name.clone(),
+                state: r.state.to_string(),
+            };
+            self.restarts
+                .get_or_create(&l)
+                .set(i64::try_from(r.restarts).unwrap_or(i64::MAX));
+            self.live
+                .get_or_create(&l)
+                .set(i64::try_from(r.live).unwrap_or(i64::MAX));
+            self.queued
+                .get_or_create(&l)
+                .set(i64::try_from(r.queued).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());

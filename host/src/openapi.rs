@@ -20,18 +20,26 @@ pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value 
     for service in broker.services() {
         for action in &service.package.ty.actions {
             let name = format!("{}.{}", service.package.name, action.name);
-            if !gateway.expose.iter().any(|p| crate::manifest::pattern_matches(p, &name)) {
+            if !gateway
+                .expose
+                .iter()
+                .any(|p| crate::manifest::pattern_matches(p, &name))
+            {
                 continue;
             }
             let path = format!("/api/{}/{}", service.package.name, action.name);
             paths.insert(path, json!({ "post": operation(&name, action, None) }));
         }
         for alias in gateway.aliases.iter() {
-            let Some((package, action_name)) = alias.action.split_once('.') else { continue };
+            let Some((package, action_name)) = alias.action.split_once('.') else {
+                continue;
+            };
             if package != &*service.package.name {
                 continue;
             }
-            let Some((_, action)) = service.package.ty.action(action_name) else { continue };
+            let Some((_, action)) = service.package.ty.action(action_name) else {
+                continue;
+            };
             let path = format!(
                 "/{}",
                 alias
@@ -49,7 +57,8 @@ pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value 
             if let Value::Object(ops) = entry {
                 let mut op = operation(&alias.action, action, Some(&alias.segments));
                 // operationIds are unique: the alias's names its route too.
-                op["operationId"] = json!(format!("{} via {} {path_text}", alias.action, alias.method));
+                op["operationId"] =
+                    json!(format!("{} via {} {path_text}", alias.action, alias.method));
                 ops.insert(alias.method.to_ascii_lowercase(), op);
             }
         }
@@ -65,7 +74,13 @@ pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value 
 fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Value {
     let mut op = Map::new();
     op.insert("operationId".into(), json!(name));
-    op.insert("summary".into(), json!(format!("{name}: {}", crate::codec::wit_signature(&action.params, action.result.as_ref()))));
+    op.insert(
+        "summary".into(),
+        json!(format!(
+            "{name}: {}",
+            crate::codec::wit_signature(&action.params, action.result.as_ref())
+        )),
+    );
     let path_params: Vec<&str> = alias
         .map(|segs| segs.iter().filter_map(|s| s.strip_prefix(':')).collect())
         .unwrap_or_default();
@@ -73,7 +88,11 @@ fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Va
         Some(_) => {
             let mut parameters = Vec::new();
             for (pname, ty) in &action.params {
-                let location = if path_params.contains(&pname.as_str()) { "path" } else { "query" };
+                let location = if path_params.contains(&pname.as_str()) {
+                    "path"
+                } else {
+                    "query"
+                };
                 let required = location == "path" || !matches!(ty, Type::Option(_));
                 parameters.push(json!({ "name": pname, "in": location, "required": required, "schema": schema(ty) }));
             }
@@ -87,7 +106,10 @@ fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Va
         }
     }
     let ok = match &action.result {
-        Some(Type::Result(r)) => r.ok().map(|t| schema(&t)).unwrap_or(json!({ "type": "null" })),
+        Some(Type::Result(r)) => r
+            .ok()
+            .map(|t| schema(&t))
+            .unwrap_or(json!({ "type": "null" })),
         Some(t) => schema(t),
         None => json!({ "type": "null" }),
     };
@@ -95,7 +117,10 @@ fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Va
     let mut responses = Map::new();
     responses.insert("200".into(), json!({ "description": "the action's result", "content": { "application/json": { "schema": ok } } }));
     for (code, what) in [
-        ("400", "malformed JSON or parameters that do not fit the WIT type"),
+        (
+            "400",
+            "malformed JSON or parameters that do not fit the WIT type",
+        ),
         ("403", "denied"),
         ("404", "unknown action or package"),
         ("413", "request body too large"),
@@ -104,7 +129,10 @@ fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Va
         ("503", "overloaded or restarting; see Retry-After"),
         ("504", "the action did not answer within its deadline"),
     ] {
-        responses.insert(code.into(), json!({ "description": what, "content": { "application/json": { "schema": error } } }));
+        responses.insert(
+            code.into(),
+            json!({ "description": what, "content": { "application/json": { "schema": error } } }),
+        );
     }
     op.insert("responses".into(), Value::Object(responses));
     Value::Object(op)
@@ -156,13 +184,16 @@ pub fn schema(ty: &Type) -> Value {
         Type::Float32 | Type::Float64 => json!({ "type": "number" }),
         Type::Char => json!({ "type": "string", "minLength": 1, "maxLength": 1 }),
         Type::String => json!({ "type": "string" }),
-        Type::List(l) if l.ty() == Type::U8 => json!({ "type": "string", "contentEncoding": "base64" }),
+        Type::List(l) if l.ty() == Type::U8 => {
+            json!({ "type": "string", "contentEncoding": "base64" })
+        }
         Type::List(l) => json!({ "type": "array", "items": schema(&l.ty()) }),
         Type::FixedLengthList(l) => {
             json!({ "type": "array", "items": schema(&l.ty()), "minItems": l.len(), "maxItems": l.len() })
         }
         Type::Record(r) => {
-            let fields: Vec<(String, Type)> = r.fields().map(|f| (f.name.to_string(), f.ty)).collect();
+            let fields: Vec<(String, Type)> =
+                r.fields().map(|f| (f.name.to_string(), f.ty)).collect();
             params_schema(&fields)
         }
         Type::Tuple(t) => {

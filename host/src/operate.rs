@@ -16,7 +16,11 @@ pub struct AdminClient {
 impl AdminClient {
     /// The admin API at `base` (`http://127.0.0.1:3000`), with a bearer token.
     pub fn new(base: &str, token: Option<String>) -> Self {
-        AdminClient { base: base.trim_end_matches('/').to_string(), token, http: reqwest::Client::new() }
+        AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
@@ -24,16 +28,27 @@ impl AdminClient {
             Some(t) => request.bearer_auth(t),
             None => request,
         };
-        let response = request.send().await.with_context(|| format!("cannot reach the host at {}", self.base))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the host at {}", self.base))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(body);
         }
-        let message = body["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+        let message = body["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| body.to_string());
         match status.as_u16() {
-            401 => bail!("the host refused the admin token ({message}); pass --token or set STEEDOS_ADMIN_TOKEN"),
-            404 if body["error"]["message"].as_str().is_some_and(|m| m.contains("admin API is off")) => {
+            401 => bail!(
+                "the host refused the admin token ({message}); pass --token or set STEEDOS_ADMIN_TOKEN"
+            ),
+            404 if body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("admin API is off")) =>
+            {
                 bail!("{message}")
             }
             _ => bail!("{status}: {message}"),
@@ -41,22 +56,38 @@ impl AdminClient {
     }
 
     /// Deploys (or upgrades) `name` to the component file at `component`.
-    pub async fn deploy(&self, name: &str, component: &Path, settings: &[(String, String)]) -> anyhow::Result<String> {
-        let bytes = tokio::fs::read(component).await.with_context(|| format!("cannot read {}", component.display()))?;
+    pub async fn deploy(
+        &self,
+        name: &str,
+        component: &Path,
+        settings: &[(String, String)],
+    ) -> anyhow::Result<String> {
+        let bytes = tokio::fs::read(component)
+            .await
+            .with_context(|| format!("cannot read {}", component.display()))?;
         let url = format!("{}/admin/packages/{name}", self.base);
-        let body = self.send(self.http.put(url).query(settings).body(bytes)).await?;
+        let body = self
+            .send(self.http.put(url).query(settings).body(bytes))
+            .await?;
         Ok(body["ok"].as_str().unwrap_or_default().to_string())
     }
 
     /// Removes `name`.
     pub async fn remove(&self, name: &str) -> anyhow::Result<String> {
-        let body = self.send(self.http.delete(format!("{}/admin/packages/{name}", self.base))).await?;
+        let body = self
+            .send(
+                self.http
+                    .delete(format!("{}/admin/packages/{name}", self.base)),
+            )
+            .await?;
         Ok(body["ok"].as_str().unwrap_or_default().to_string())
     }
 
     /// Every package with its state.
     pub async fn packages(&self) -> anyhow::Result<Vec<Value>> {
-        let body = self.send(self.http.get(format!("{}/admin/packages", self.base))).await?;
+        let body = self
+            .send(self.http.get(format!("{}/admin/packages", self.base)))
+            .await?;
         Ok(body["packages"].as_array().cloned().unwrap_or_default())
     }
 }

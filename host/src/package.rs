@@ -184,7 +184,11 @@ pub struct PackageType {
 
 impl PackageType {
     /// Reads what `component` offers and needs; `package` names it in errors.
-    pub fn analyze(engine: &Engine, component: &Component, package: &str) -> Result<Self, PackageError> {
+    pub fn analyze(
+        engine: &Engine,
+        component: &Component,
+        package: &str,
+    ) -> Result<Self, PackageError> {
         let cty = component.component_type();
         let mut ty = PackageType {
             actions: Vec::new(),
@@ -219,13 +223,16 @@ impl PackageType {
                             ComponentItem::ComponentFunc(f) => {
                                 let index = export_index(component, Some(&iface), fname)?;
                                 indexes.push(ty.actions.len());
-                                ty.actions.push(action(package, Some(name), fname, &f, index)?);
+                                ty.actions
+                                    .push(action(package, Some(name), fname, &f, index)?);
                             }
                             ComponentItem::Resource(_) => {
                                 return Err(unsupported(
                                     package,
                                     format!("export `{name}`"),
-                                    format!("resource `{fname}`: packages exchange plain data, not resources"),
+                                    format!(
+                                        "resource `{fname}`: packages exchange plain data, not resources"
+                                    ),
                                 ));
                             }
                             _ => {}
@@ -241,8 +248,15 @@ impl PackageType {
             }
         }
         if ty.actions.is_empty() && ty.events.is_none() {
-            let exports = if other_exports.is_empty() { "none".to_string() } else { other_exports.join(", ") };
-            return Err(PackageError::NotAPackage { package: package.to_string(), exports });
+            let exports = if other_exports.is_empty() {
+                "none".to_string()
+            } else {
+                other_exports.join(", ")
+            };
+            return Err(PackageError::NotAPackage {
+                package: package.to_string(),
+                exports,
+            });
         }
         qualify_shared_names(&mut ty.actions);
         for (name, ext) in cty.imports(engine) {
@@ -254,18 +268,25 @@ impl PackageType {
                     let mut functions = Vec::new();
                     for (fname, item) in inst.exports(engine) {
                         match item.ty {
-                            ComponentItem::ComponentFunc(f) => functions.push((fname.to_string(), f)),
+                            ComponentItem::ComponentFunc(f) => {
+                                functions.push((fname.to_string(), f))
+                            }
                             ComponentItem::Type(_) => {}
                             _ => {
                                 return Err(unsupported(
                                     package,
                                     format!("import `{name}`"),
-                                    format!("`{fname}` is not a function; packages import functions only"),
+                                    format!(
+                                        "`{fname}` is not a function; packages import functions only"
+                                    ),
                                 ));
                             }
                         }
                     }
-                    ty.typed_imports.push(TypedImport { interface: name.to_string(), functions });
+                    ty.typed_imports.push(TypedImport {
+                        interface: name.to_string(),
+                        functions,
+                    });
                 }
                 _ => {
                     return Err(unsupported(
@@ -282,7 +303,10 @@ impl PackageType {
 
     /// The action called `name` (within this package), with its index.
     pub fn action(&self, name: &str) -> Option<(usize, &ActionType)> {
-        self.actions.iter().enumerate().find(|(_, a)| a.name == name)
+        self.actions
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.name == name)
     }
 
     /// Whether the package exports `steedos:package/lifecycle`.
@@ -297,8 +321,14 @@ impl PackageType {
 
     /// The exported interface `name`'s function `function`, as an action index.
     pub fn exported_function(&self, interface: &str, function: &str) -> Option<usize> {
-        let (_, indexes) = self.exported_interfaces.iter().find(|(n, _)| n == interface)?;
-        indexes.iter().copied().find(|&i| self.actions[i].function == function)
+        let (_, indexes) = self
+            .exported_interfaces
+            .iter()
+            .find(|(n, _)| n == interface)?;
+        indexes
+            .iter()
+            .copied()
+            .find(|&i| self.actions[i].function == function)
     }
 }
 
@@ -312,14 +342,22 @@ fn export_index(
     parent: Option<&ComponentExportIndex>,
     name: &str,
 ) -> Result<ComponentExportIndex, PackageError> {
-    component.get_export_index(parent, name).ok_or_else(|| PackageError::Link {
-        package: String::new(),
-        message: format!("export `{name}` is listed in the component's type but cannot be found"),
-    })
+    component
+        .get_export_index(parent, name)
+        .ok_or_else(|| PackageError::Link {
+            package: String::new(),
+            message: format!(
+                "export `{name}` is listed in the component's type but cannot be found"
+            ),
+        })
 }
 
 fn unsupported(package: &str, item: String, reason: String) -> PackageError {
-    PackageError::Unsupported { package: package.to_string(), item, reason }
+    PackageError::Unsupported {
+        package: package.to_string(),
+        item,
+        reason,
+    }
 }
 
 fn action(
@@ -330,7 +368,11 @@ fn action(
     index: ComponentExportIndex,
 ) -> Result<ActionType, PackageError> {
     if f.async_() {
-        return Err(unsupported(package, format!("action `{function}`"), "async functions are not supported yet".into()));
+        return Err(unsupported(
+            package,
+            format!("action `{function}`"),
+            "async functions are not supported yet".into(),
+        ));
     }
     let params: Vec<(String, Type)> = f.params().map(|(n, t)| (n.to_string(), t)).collect();
     let result = f.results().next();
@@ -352,17 +394,25 @@ fn action(
 /// Why a type cannot cross the broker, if it cannot.
 fn unsupported_type(ty: &Type) -> Option<String> {
     match ty {
-        Type::Own(_) | Type::Borrow(_) => Some("resources cannot cross packages; pass plain data".into()),
+        Type::Own(_) | Type::Borrow(_) => {
+            Some("resources cannot cross packages; pass plain data".into())
+        }
         Type::Future(_) | Type::Stream(_) | Type::ErrorContext => {
             Some("futures, streams and error-context are not supported yet".into())
         }
         Type::List(l) => unsupported_type(&l.ty()),
         Type::FixedLengthList(l) => unsupported_type(&l.ty()),
         Type::Option(o) => unsupported_type(&o.ty()),
-        Type::Result(r) => r.ok().iter().chain(r.err().iter()).find_map(unsupported_type),
+        Type::Result(r) => r
+            .ok()
+            .iter()
+            .chain(r.err().iter())
+            .find_map(unsupported_type),
         Type::Record(r) => r.fields().find_map(|f| unsupported_type(&f.ty)),
         Type::Tuple(t) => t.types().find_map(|t| unsupported_type(&t)),
-        Type::Variant(v) => v.cases().find_map(|c| c.ty.as_ref().and_then(unsupported_type)),
+        Type::Variant(v) => v
+            .cases()
+            .find_map(|c| c.ty.as_ref().and_then(unsupported_type)),
         Type::Map(m) => unsupported_type(&m.key()).or_else(|| unsupported_type(&m.value())),
         _ => None,
     }
@@ -454,7 +504,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -463,7 +516,10 @@ impl HostState {
         Caller {
             package: self.package.clone(),
             // Outside a call (in `started`), nested calls get a context of their own.
-            ctx: self.call.clone().unwrap_or_else(|| CallContext::new(std::time::Duration::from_secs(30))),
+            ctx: self
+                .call
+                .clone()
+                .unwrap_or_else(|| CallContext::new(std::time::Duration::from_secs(30))),
         }
     }
 }
@@ -474,17 +530,30 @@ struct MemoryLimit {
 }
 
 impl ResourceLimiter for MemoryLimit {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             // An error here traps the guest: an OOM must not look like a
             // panic inside the guest's allocator.
-            wasmtime::bail!("memory limit reached: wanted {desired} bytes, limit {}", self.limit);
+            wasmtime::bail!(
+                "memory limit reached: wanted {desired} bytes, limit {}",
+                self.limit
+            );
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -492,7 +561,11 @@ impl ResourceLimiter for MemoryLimit {
 impl wit_types::Host for HostState {}
 
 impl wit::steedos::package::broker::Host for HostState {
-    async fn call(&mut self, action: String, params: Vec<u8>) -> Result<Vec<u8>, wit_types::CallError> {
+    async fn call(
+        &mut self,
+        action: String,
+        params: Vec<u8>,
+    ) -> Result<Vec<u8>, wit_types::CallError> {
         let caller = self.caller();
         let started = Instant::now();
         let result = self.router.clone().call(caller, action, params).await;
@@ -501,11 +574,15 @@ impl wit::steedos::package::broker::Host for HostState {
     }
 
     async fn emit(&mut self, event: String, payload: Vec<u8>) {
-        self.router.clone().publish(self.caller(), event, payload, false);
+        self.router
+            .clone()
+            .publish(self.caller(), event, payload, false);
     }
 
     async fn broadcast(&mut self, event: String, payload: Vec<u8>) {
-        self.router.clone().publish(self.caller(), event, payload, true);
+        self.router
+            .clone()
+            .publish(self.caller(), event, payload, true);
     }
 
     async fn context(&mut self) -> wit_types::CallContext {
@@ -562,21 +639,43 @@ fn call_error_val(e: &CallError) -> Val {
 
 /// Whether `ty` is `result<_, call-error>` (a variant with call-error's cases).
 pub fn is_call_error_result(ty: Option<&Type>) -> bool {
-    let Some(Type::Result(r)) = ty else { return false };
-    let Some(Type::Variant(v)) = r.err() else { return false };
+    let Some(Type::Result(r)) = ty else {
+        return false;
+    };
+    let Some(Type::Variant(v)) = r.err() else {
+        return false;
+    };
     let names: Vec<&str> = v.cases().map(|c| c.name).collect();
-    names == ["not-found", "invalid-params", "timeout", "crashed", "overloaded", "denied", "failed"]
+    names
+        == [
+            "not-found",
+            "invalid-params",
+            "timeout",
+            "crashed",
+            "overloaded",
+            "denied",
+            "failed",
+        ]
 }
 
 /// The linker every package starts from: WASI and `steedos:package`.
 pub fn base_linker(engine: &Engine) -> Result<Linker<HostState>, PackageError> {
-    let link = |e: wasmtime::Error| PackageError::Link { package: String::new(), message: format!("{e:#}") };
+    let link = |e: wasmtime::Error| PackageError::Link {
+        package: String::new(),
+        message: format!("{e:#}"),
+    };
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
-    wit::steedos::package::broker::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-        .map_err(link)?;
-    wit::steedos::package::logging::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-        .map_err(link)?;
+    wit::steedos::package::broker::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |s| s,
+    )
+    .map_err(link)?;
+    wit::steedos::package::logging::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |s| s,
+    )
+    .map_err(link)?;
     wit_types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(link)?;
     Ok(linker)
 }
@@ -598,7 +697,9 @@ pub fn link_typed_import(
                 let caller = state.caller();
                 let router = state.router.clone();
                 let started = Instant::now();
-                let outcome = router.call_import(caller, target.clone(), params.to_vec()).await;
+                let outcome = router
+                    .call_import(caller, target.clone(), params.to_vec())
+                    .await;
                 store.data_mut().waited += started.elapsed();
                 match outcome {
                     Ok(value) => {
@@ -614,7 +715,10 @@ pub fn link_typed_import(
                         Ok(())
                     }
                     // Fails only this invocation of the caller; its instance is recycled.
-                    Err(e) => Err(wasmtime::format_err!("typed call to `{}` failed: {e}", target.label)),
+                    Err(e) => Err(wasmtime::format_err!(
+                        "typed call to `{}` failed: {e}",
+                        target.label
+                    )),
                 }
             })
         })?;
@@ -658,11 +762,18 @@ impl Package {
         component: &Component,
         linker: &Linker<HostState>,
     ) -> Result<Package, PackageError> {
-        let pre = linker.instantiate_pre(component).map_err(|e| PackageError::Link {
-            package: spec.name.clone(),
-            message: format!("{e:#}"),
-        })?;
-        Ok(Package { name: spec.name.as_str().into(), spec, ty, pre })
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| PackageError::Link {
+                package: spec.name.clone(),
+                message: format!("{e:#}"),
+            })?;
+        Ok(Package {
+            name: spec.name.as_str().into(),
+            spec,
+            ty,
+            pre,
+        })
     }
 
     fn wasi(&self) -> Result<(WasiCtx, Arc<Mutex<String>>), StartError> {
@@ -670,18 +781,33 @@ impl Package {
         let mut b = WasiCtxBuilder::new();
         b.envs(&self.spec.grants.env);
         b.stdout(GuestOutput::new(self.name.clone(), "stdout", None));
-        b.stderr(GuestOutput::new(self.name.clone(), "stderr", Some(tail.clone())));
+        b.stderr(GuestOutput::new(
+            self.name.clone(),
+            "stderr",
+            Some(tail.clone()),
+        ));
         for dir in &self.spec.grants.dirs {
-            let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            let perms = if dir.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
             b.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
-                StartError::Instantiate(format!("cannot open granted folder {}: {e:#}", dir.host.display()))
+                StartError::Instantiate(format!(
+                    "cannot open granted folder {}: {e:#}",
+                    dir.host.display()
+                ))
             })?;
         }
         Ok((b.build(), tail))
     }
 
     /// A new instance in slot `slot`, not yet `started`.
-    pub async fn instantiate(&self, slot: usize, router: Arc<dyn Router>) -> Result<LiveInstance, StartError> {
+    pub async fn instantiate(
+        &self,
+        slot: usize,
+        router: Arc<dyn Router>,
+    ) -> Result<LiveInstance, StartError> {
         let (wasi, stderr_tail) = self.wasi()?;
         let limit = usize::try_from(self.spec.memory).unwrap_or(usize::MAX);
         let state = HostState {
@@ -719,22 +845,38 @@ impl Package {
             .ty
             .actions
             .iter()
-            .map(|a| instance.get_func(&mut store, a.index).ok_or_else(|| missing(&a.name)))
+            .map(|a| {
+                instance
+                    .get_func(&mut store, a.index)
+                    .ok_or_else(|| missing(&a.name))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let lifecycle = match self.ty.lifecycle {
             Some((started, stopped)) => Some((
-                instance.get_typed_func(&mut store, started).map_err(|e| StartError::Instantiate(format!("{e:#}")))?,
-                instance.get_typed_func(&mut store, stopped).map_err(|e| StartError::Instantiate(format!("{e:#}")))?,
+                instance
+                    .get_typed_func(&mut store, started)
+                    .map_err(|e| StartError::Instantiate(format!("{e:#}")))?,
+                instance
+                    .get_typed_func(&mut store, stopped)
+                    .map_err(|e| StartError::Instantiate(format!("{e:#}")))?,
             )),
             None => None,
         };
         let events = match self.ty.events {
-            Some(idx) => {
-                Some(instance.get_typed_func(&mut store, idx).map_err(|e| StartError::Instantiate(format!("{e:#}")))?)
-            }
+            Some(idx) => Some(
+                instance
+                    .get_typed_func(&mut store, idx)
+                    .map_err(|e| StartError::Instantiate(format!("{e:#}")))?,
+            ),
             None => None,
         };
-        Ok(LiveInstance { slot, store, actions, lifecycle, events })
+        Ok(LiveInstance {
+            slot,
+            store,
+            actions,
+            lifecycle,
+            events,
+        })
     }
 }
 
@@ -766,11 +908,21 @@ impl LiveInstance {
     }
 
     /// Runs action `action` with `params`; a [`Fault`] means this instance is dead.
-    pub async fn call(&mut self, action: usize, params: &[Val], has_result: bool, ctx: CallContext) -> Result<Option<Val>, Fault> {
+    pub async fn call(
+        &mut self,
+        action: usize,
+        params: &[Val],
+        has_result: bool,
+        ctx: CallContext,
+    ) -> Result<Option<Val>, Fault> {
         let func = self.actions[action];
         self.arm(ctx);
         let mut results = [Val::Bool(false)];
-        let out = if has_result { &mut results[..] } else { &mut results[..0] };
+        let out = if has_result {
+            &mut results[..]
+        } else {
+            &mut results[..0]
+        };
         let r = func.call_async(&mut self.store, params, out).await;
         self.disarm();
         match r {
@@ -781,7 +933,9 @@ impl LiveInstance {
 
     /// Calls `started`, when the package exports `lifecycle`.
     pub async fn started(&mut self, ctx: CallContext) -> Result<(), StartError> {
-        let Some((started, _)) = self.lifecycle else { return Ok(()) };
+        let Some((started, _)) = self.lifecycle else {
+            return Ok(());
+        };
         self.arm(ctx);
         let r = started.call_async(&mut self.store, ()).await;
         self.disarm();
@@ -794,7 +948,9 @@ impl LiveInstance {
 
     /// Calls `stopped`, when the package exports `lifecycle`.
     pub async fn stopped(&mut self, ctx: CallContext) -> Result<(), Fault> {
-        let Some((_, stopped)) = self.lifecycle else { return Ok(()) };
+        let Some((_, stopped)) = self.lifecycle else {
+            return Ok(());
+        };
         self.arm(ctx);
         let r = stopped.call_async(&mut self.store, ()).await;
         self.disarm();
@@ -802,11 +958,23 @@ impl LiveInstance {
     }
 
     /// Delivers an event, when the package exports `events`.
-    pub async fn handle_event(&mut self, event: &str, payload: &[u8], ctx: CallContext) -> Result<(), Fault> {
-        let Some(handle) = self.events else { return Ok(()) };
+    pub async fn handle_event(
+        &mut self,
+        event: &str,
+        payload: &[u8],
+        ctx: CallContext,
+    ) -> Result<(), Fault> {
+        let Some(handle) = self.events else {
+            return Ok(());
+        };
         let wit_ctx = to_wit_context(&ctx);
         self.arm(ctx);
-        let r = handle.call_async(&mut self.store, (event.to_string(), payload.to_vec(), wit_ctx)).await;
+        let r = handle
+            .call_async(
+                &mut self.store,
+                (event.to_string(), payload.to_vec(), wit_ctx),
+            )
+            .await;
         self.disarm();
         r.map_err(|e| self.fault(e))
     }
@@ -818,7 +986,9 @@ impl LiveInstance {
             return Fault::Timeout;
         }
         if state.memory.hit {
-            return Fault::OutOfMemory { limit: state.memory.limit as u64 };
+            return Fault::OutOfMemory {
+                limit: state.memory.limit as u64,
+            };
         }
         let panic = state.stderr_tail.lock().ok().and_then(|t| last_words(&t));
         if let Ok(mut t) = state.stderr_tail.lock() {
@@ -830,7 +1000,10 @@ impl LiveInstance {
             // Rust and C guests keep their stack in linear memory: overflowing
             // it runs off the bottom of memory.
             (Some(Trap::MemoryOutOfBounds), _) => {
-                format!("{} (a guest whose stack overflowed traps this way)", Trap::MemoryOutOfBounds)
+                format!(
+                    "{} (a guest whose stack overflowed traps this way)",
+                    Trap::MemoryOutOfBounds
+                )
             }
             (Some(trap), _) => trap.to_string(),
             (None, _) => format!("{}", e.root_cause()),
@@ -842,13 +1015,19 @@ impl LiveInstance {
 /// Why a guest that trapped on `unreachable` gave up, from its stderr: an
 /// uncaught Python or JavaScript exception, else a Rust panic.
 fn last_words(stderr: &str) -> Option<String> {
-    python_exception(stderr).or_else(|| javascript_exception(stderr)).or_else(|| panic_message(stderr))
+    python_exception(stderr)
+        .or_else(|| javascript_exception(stderr))
+        .or_else(|| panic_message(stderr))
 }
 
 /// `panicked at src/lib.rs:3:5: boom` from what a Rust guest wrote to stderr.
 fn panic_message(stderr: &str) -> Option<String> {
     let at = stderr.rfind("panicked at ")?;
-    let text = stderr[at..].split("\nnote: run with `RUST_BACKTRACE").next().unwrap_or_default().trim();
+    let text = stderr[at..]
+        .split("\nnote: run with `RUST_BACKTRACE")
+        .next()
+        .unwrap_or_default()
+        .trim();
     Some(text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
@@ -889,7 +1068,11 @@ struct GuestOutput {
 
 impl GuestOutput {
     fn new(package: Arc<str>, stream: &'static str, tail: Option<Arc<Mutex<String>>>) -> Self {
-        GuestOutput { package, stream, tail }
+        GuestOutput {
+            package,
+            stream,
+            tail,
+        }
     }
 }
 
@@ -940,7 +1123,9 @@ impl GuestWriter {
             tail.push('\n');
             if tail.len() > TAIL_KEEP {
                 let cut = tail.len() - TAIL_KEEP;
-                let cut = (cut..tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(0);
+                let cut = (cut..tail.len())
+                    .find(|&i| tail.is_char_boundary(i))
+                    .unwrap_or(0);
                 tail.drain(..cut);
             }
         }
@@ -957,14 +1142,20 @@ impl tokio::io::AsyncWrite for GuestWriter {
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         if !self.line.is_empty() && self.stream == "stderr" {
             self.flush_line();
         }
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         self.poll_flush(cx)
     }
 }
@@ -997,7 +1188,10 @@ mod tests {
     #[test]
     fn panic_text_is_found_in_stderr() {
         let s = "noise\nthread '<unnamed>' panicked at src/lib.rs:15:24:\nboom on purpose\n";
-        assert_eq!(panic_message(s).as_deref(), Some("panicked at src/lib.rs:15:24: boom on purpose"));
+        assert_eq!(
+            panic_message(s).as_deref(),
+            Some("panicked at src/lib.rs:15:24: boom on purpose")
+        );
         assert_eq!(panic_message("nothing"), None);
     }
 
@@ -1007,7 +1201,10 @@ mod tests {
         let py = "Traceback (most recent call last):\n  File \"/1/app.py\", line 17, in boom\nValueError\n: \nkaboom\n\n\n\
                   thread '<unnamed>' (1) panicked at runtime/src/lib.rs:1280:25:\n\
                   Python function threw an unexpected exception\nnote: run with `RUST_BACKTRACE=1`\n";
-        assert_eq!(last_words(py).as_deref(), Some("uncaught Python exception: ValueError: kaboom"));
+        assert_eq!(
+            last_words(py).as_deref(),
+            Some("uncaught Python exception: ValueError: kaboom")
+        );
         let js = "earlier line\ncan't access property \"x\", o is null\nStack:\n  boom@dist/app.js:9:5\n\n\
                   Redirecting call to abort() to mozalloc_abort\n\n";
         assert_eq!(
@@ -1016,6 +1213,9 @@ mod tests {
         );
         // A Rust panic is still a panic.
         let rust = "thread '<unnamed>' panicked at src/lib.rs:1:1:\nboom\n";
-        assert_eq!(last_words(rust).as_deref(), Some("panicked at src/lib.rs:1:1: boom"));
+        assert_eq!(
+            last_words(rust).as_deref(),
+            Some("panicked at src/lib.rs:1:1: boom")
+        );
     }
 }

@@ -23,14 +23,25 @@ use crate::manifest::{CircuitPolicy, RetryPolicy};
 /// Whether an error is the callee's failure (it counts for breakers and
 /// may be retried) rather than the caller's or the action's own.
 pub fn is_failure(e: &CallError) -> bool {
-    matches!(e, CallError::Crashed(_) | CallError::Timeout(_) | CallError::Overloaded(_))
+    matches!(
+        e,
+        CallError::Crashed(_) | CallError::Timeout(_) | CallError::Overloaded(_)
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum State {
-    Closed { since: Instant, calls: u32, failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        since: Instant,
+        calls: u32,
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        probing: bool,
+    },
 }
 
 /// The circuit breaker of one action.
@@ -54,7 +65,11 @@ pub enum Admission {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(policy: CircuitPolicy) -> Self {
-        let state = Mutex::new(State::Closed { since: Instant::now(), calls: 0, failures: 0 });
+        let state = Mutex::new(State::Closed {
+            since: Instant::now(),
+            calls: 0,
+            failures: 0,
+        });
         CircuitBreaker { policy, state }
     }
 
@@ -84,18 +99,35 @@ impl CircuitBreaker {
     pub fn record(&self, failure: bool, now: Instant) {
         let mut state = self.lock();
         *state = match *state {
-            State::HalfOpen { .. } if failure => State::Open { until: now + self.policy.half_open_after },
-            State::HalfOpen { .. } => State::Closed { since: now, calls: 0, failures: 0 },
-            State::Closed { since, calls, failures } => {
-                let (since, calls, failures) = match now.duration_since(since) >= self.policy.window {
+            State::HalfOpen { .. } if failure => State::Open {
+                until: now + self.policy.half_open_after,
+            },
+            State::HalfOpen { .. } => State::Closed {
+                since: now,
+                calls: 0,
+                failures: 0,
+            },
+            State::Closed {
+                since,
+                calls,
+                failures,
+            } => {
+                let (since, calls, failures) = match now.duration_since(since) >= self.policy.window
+                {
                     true => (now, 0, 0),
                     false => (since, calls, failures),
                 };
                 let (calls, failures) = (calls + 1, failures + u32::from(failure));
                 let ratio = f64::from(failures) / f64::from(calls);
                 match calls >= self.policy.min_calls && ratio >= self.policy.threshold {
-                    true => State::Open { until: now + self.policy.half_open_after },
-                    false => State::Closed { since, calls, failures },
+                    true => State::Open {
+                        until: now + self.policy.half_open_after,
+                    },
+                    false => State::Closed {
+                        since,
+                        calls,
+                        failures,
+                    },
                 }
             }
             open @ State::Open { .. } => open,
@@ -145,7 +177,10 @@ mod tests {
         assert!(matches!(b.admit(t), Admission::Reject(_)));
         let later = t + Duration::from_millis(150);
         assert_eq!(b.admit(later), Admission::Probe);
-        assert!(matches!(b.admit(later), Admission::Reject(_)), "one probe at a time");
+        assert!(
+            matches!(b.admit(later), Admission::Reject(_)),
+            "one probe at a time"
+        );
         b.record(false, later);
         assert_eq!(b.state_name(), "closed");
         assert_eq!(b.admit(later), Admission::Pass);
@@ -175,7 +210,11 @@ mod tests {
 
     #[test]
     fn retry_delays_double_up_to_the_cap() {
-        let p = RetryPolicy { max: 5, delay: Duration::from_millis(10), max_delay: Duration::from_millis(35) };
+        let p = RetryPolicy {
+            max: 5,
+            delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(35),
+        };
         let d: Vec<u128> = (1..=4).map(|a| retry_delay(&p, a).as_millis()).collect();
         assert_eq!(d, [10, 20, 35, 35]);
     }

@@ -69,17 +69,30 @@ impl RestartBudget {
     /// A fresh budget.
     pub fn new(policy: RestartPolicy) -> Self {
         let next_backoff = policy.backoff;
-        RestartBudget { policy, recent: VecDeque::new(), next_backoff, last_fault: None, total: 0 }
+        RestartBudget {
+            policy,
+            recent: VecDeque::new(),
+            next_backoff,
+            last_fault: None,
+            total: 0,
+        }
     }
 
     /// Records a fault at `now` and says what to do.
     pub fn on_fault(&mut self, now: Instant) -> Verdict {
-        if self.last_fault.is_some_and(|t| now.duration_since(t) >= self.policy.within) {
+        if self
+            .last_fault
+            .is_some_and(|t| now.duration_since(t) >= self.policy.within)
+        {
             // A whole window without a fault: forgive earlier backoffs.
             self.next_backoff = self.policy.backoff;
         }
         self.last_fault = Some(now);
-        while self.recent.front().is_some_and(|&t| now.duration_since(t) >= self.policy.within) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= self.policy.within)
+        {
             self.recent.pop_front();
         }
         if self.recent.len() < self.policy.max_restarts as usize {
@@ -117,24 +130,42 @@ mod tests {
         let mut b = RestartBudget::new(policy());
         let t0 = Instant::now();
         for i in 0..3 {
-            assert_eq!(b.on_fault(t0 + Duration::from_millis(i)), Verdict::RestartNow);
+            assert_eq!(
+                b.on_fault(t0 + Duration::from_millis(i)),
+                Verdict::RestartNow
+            );
         }
-        assert_eq!(b.on_fault(t0 + Duration::from_millis(5)), Verdict::Backoff(Duration::from_millis(100)));
+        assert_eq!(
+            b.on_fault(t0 + Duration::from_millis(5)),
+            Verdict::Backoff(Duration::from_millis(100))
+        );
         for i in 0..3 {
-            assert_eq!(b.on_fault(t0 + Duration::from_millis(200 + i)), Verdict::RestartNow);
+            assert_eq!(
+                b.on_fault(t0 + Duration::from_millis(200 + i)),
+                Verdict::RestartNow
+            );
         }
-        assert_eq!(b.on_fault(t0 + Duration::from_millis(210)), Verdict::Backoff(Duration::from_millis(200)));
+        assert_eq!(
+            b.on_fault(t0 + Duration::from_millis(210)),
+            Verdict::Backoff(Duration::from_millis(200))
+        );
         for i in 0..3 {
             b.on_fault(t0 + Duration::from_millis(500 + i));
         }
-        assert_eq!(b.on_fault(t0 + Duration::from_millis(510)), Verdict::Backoff(Duration::from_millis(350)));
+        assert_eq!(
+            b.on_fault(t0 + Duration::from_millis(510)),
+            Verdict::Backoff(Duration::from_millis(350))
+        );
         // A quiet window resets the backoff.
         let later = t0 + Duration::from_secs(30);
         assert_eq!(b.on_fault(later), Verdict::RestartNow);
         for i in 1..3 {
             b.on_fault(later + Duration::from_millis(i));
         }
-        assert_eq!(b.on_fault(later + Duration::from_millis(9)), Verdict::Backoff(Duration::from_millis(100)));
+        assert_eq!(
+            b.on_fault(later + Duration::from_millis(9)),
+            Verdict::Backoff(Duration::from_millis(100))
+        );
         assert_eq!(b.total, 3 + 3 + 3 + 3);
     }
 
@@ -143,7 +174,10 @@ mod tests {
         let mut b = RestartBudget::new(policy());
         let t0 = Instant::now();
         for i in 0..20u64 {
-            assert_eq!(b.on_fault(t0 + Duration::from_secs(4 * i)), Verdict::RestartNow);
+            assert_eq!(
+                b.on_fault(t0 + Duration::from_secs(4 * i)),
+                Verdict::RestartNow
+            );
         }
     }
 }

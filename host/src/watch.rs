@@ -30,8 +30,12 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 /// Watches `app`'s packages until `stop` turns true.
 pub async fn watch_packages(app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    let mut seen: HashMap<String, Option<Stamp>> =
-        app.manifest.packages.iter().map(|p| (p.name.clone(), stamp(&p.component))).collect();
+    let mut seen: HashMap<String, Option<Stamp>> = app
+        .manifest
+        .packages
+        .iter()
+        .map(|p| (p.name.clone(), stamp(&p.component)))
+        .collect();
     // Sources whose build failed, by their newest modification: not retried
     // until a source changes again.
     let mut failed: HashMap<String, Option<SystemTime>> = HashMap::new();

@@ -22,7 +22,11 @@ fn shop() -> PathBuf {
 fn built() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let out = bin().arg("build").arg(shop()).output().expect("run steedos-wasm build");
+        let out = bin()
+            .arg("build")
+            .arg(shop())
+            .output()
+            .expect("run steedos-wasm build");
         assert!(out.status.success(), "build failed:\n{}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         for package in ["greeter", "inventory", "shop", "audit", "chaos"] {
@@ -33,18 +37,31 @@ fn built() -> &'static Path {
 }
 
 fn text(out: &Output) -> String {
-    format!("status: {}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn call(args: &[&str]) -> Output {
-    bin().arg("call").arg(built()).args(args).output().expect("run steedos-wasm call")
+    bin()
+        .arg("call")
+        .arg(built())
+        .args(args)
+        .output()
+        .expect("run steedos-wasm call")
 }
 
 #[test]
 fn call_prints_the_json_result() {
     let out = call(&["greeter.hello", r#"{"name":"Ada"}"#]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#""Hello, Ada!""#);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#""Hello, Ada!""#
+    );
 
     let out = call(&["shop.place-order", r#"{"lines":[{"sku":"apple","qty":2}]}"#]);
     assert!(out.status.success(), "{}", text(&out));
@@ -56,15 +73,27 @@ fn call_prints_the_json_result() {
 fn a_failed_call_prints_its_kind_and_exits_1() {
     let out = call(&["greeter.goodbye"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("error[not-found]"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error[not-found]"),
+        "{}",
+        text(&out)
+    );
 
     let out = call(&["greeter.hello", r#"{"name":5}"#]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("error[invalid-params]"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error[invalid-params]"),
+        "{}",
+        text(&out)
+    );
 
     let out = call(&["chaos.crash"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("error[crashed]"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error[crashed]"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -81,8 +110,17 @@ fn a_bad_command_line_exits_2_and_help_teaches() {
 #[test]
 fn a_broken_manifest_points_at_the_line_and_exits_1() {
     let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(dir.path().join("steedos.toml"), "[packages.x]\ncomponent = \"x.wasm\"\ninstances = = 2\n").expect("write");
-    let out = bin().arg("call").arg(dir.path()).arg("x.y").output().expect("run");
+    std::fs::write(
+        dir.path().join("steedos.toml"),
+        "[packages.x]\ncomponent = \"x.wasm\"\ninstances = = 2\n",
+    )
+    .expect("write");
+    let out = bin()
+        .arg("call")
+        .arg(dir.path())
+        .arg("x.y")
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("steedos.toml:3:"), "{err}");
@@ -94,16 +132,31 @@ fn inspect_shows_actions_with_signatures_and_imports() {
     let out = bin().arg("inspect").arg(&component).output().expect("run");
     assert!(out.status.success(), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("place-order") && s.contains("func(lines: list<record { sku: string, qty: u32 }>)"), "{s}");
-    assert!(s.contains("acme:inventory/stock@0.1.0") && s.contains("needs a package in the app that exports it"), "{s}");
-    assert!(s.contains("steedos:package/broker@0.1.0") && s.contains("provided by the host"), "{s}");
+    assert!(
+        s.contains("place-order")
+            && s.contains("func(lines: list<record { sku: string, qty: u32 }>)"),
+        "{s}"
+    );
+    assert!(
+        s.contains("acme:inventory/stock@0.1.0")
+            && s.contains("needs a package in the app that exports it"),
+        "{s}"
+    );
+    assert!(
+        s.contains("steedos:package/broker@0.1.0") && s.contains("provided by the host"),
+        "{s}"
+    );
 
     let dir = tempfile::tempdir().expect("tmp");
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"not wasm").expect("write");
     let out = bin().arg("inspect").arg(&junk).output().expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid WebAssembly component"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a valid WebAssembly component"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -129,19 +182,32 @@ fn run_serves_until_sigterm_then_stops_every_instance() {
         if line.starts_with("serving") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no `serving` line:\n{summary}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no `serving` line:\n{summary}"
+        );
     }
-    assert!(summary.contains("5 package(s)") && summary.contains("greeter") && summary.contains("hello"), "{summary}");
+    assert!(
+        summary.contains("5 package(s)")
+            && summary.contains("greeter")
+            && summary.contains("hello"),
+        "{summary}"
+    );
     assert!(summary.contains("gateway: http://127.0.0.1:"), "{summary}");
     let pid = child.id().to_string();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(kill.success());
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let log = String::from_utf8_lossy(&out.stderr);
     for package in ["greeter", "inventory", "shop", "audit", "chaos"] {
         assert!(
-            log.lines().any(|l| l.contains("stopped") && l.contains(&format!("package=\"{package}\"")) && l.contains("instances=2")),
+            log.lines().any(|l| l.contains("stopped")
+                && l.contains(&format!("package=\"{package}\""))
+                && l.contains("instances=2")),
             "{package} was not stopped:\n{log}"
         );
     }
@@ -169,7 +235,11 @@ fn deploy_ps_upgrade_and_remove_against_a_running_host() {
     for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
         let line = line.expect("line");
         if let Some(rest) = line.strip_prefix("gateway: ") {
-            url = rest.split_whitespace().next().unwrap_or_default().to_string();
+            url = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
         }
         if line.starts_with("serving") {
             break;
@@ -177,23 +247,55 @@ fn deploy_ps_upgrade_and_remove_against_a_running_host() {
     }
     assert!(url.starts_with("http://127.0.0.1:"), "no gateway line");
     let admin = |args: &[&str]| {
-        bin().args(args).args(["--url", &url]).env("STEEDOS_ADMIN_TOKEN", token).output().expect("run")
+        bin()
+            .args(args)
+            .args(["--url", &url])
+            .env("STEEDOS_ADMIN_TOKEN", token)
+            .output()
+            .expect("run")
     };
-    let out = admin(&["deploy", "hello2", greeter.to_str().unwrap(), "--instances", "3"]);
+    let out = admin(&[
+        "deploy",
+        "hello2",
+        greeter.to_str().unwrap(),
+        "--instances",
+        "3",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("deployed `hello2`: 3 instance(s)"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deployed `hello2`: 3 instance(s)"),
+        "{}",
+        text(&out)
+    );
     let out = admin(&["ps"]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(table.contains("hello2") && table.contains("3/3") && table.contains("greeter"), "{table}");
+    assert!(
+        table.contains("hello2") && table.contains("3/3") && table.contains("greeter"),
+        "{table}"
+    );
     let out = admin(&["upgrade", "greeter", greeter.to_str().unwrap()]);
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("upgraded `greeter`"), "{}", text(&out));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("upgraded `greeter`"),
+        "{}",
+        text(&out)
+    );
     let out = admin(&["upgrade", "nobody", greeter.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let out = admin(&["remove", "hello2"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = bin().args(["ps", "--url", &url]).env("STEEDOS_ADMIN_TOKEN", "wrong").output().expect("run");
+    let out = bin()
+        .args(["ps", "--url", &url])
+        .env("STEEDOS_ADMIN_TOKEN", "wrong")
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the admin token"), "{}", text(&out));
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused the admin token"),
+        "{}",
+        text(&out)
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     assert!(child.wait().expect("wait").success());
 }
