@@ -66,7 +66,10 @@ pub struct InstancePool {
 impl InstancePool {
     /// An empty pool whose wait queue holds at most `queue_limit` calls.
     pub fn new(queue_limit: usize) -> Self {
-        InstancePool { inner: Mutex::new(Inner::default()), queue_limit }
+        InstancePool {
+            inner: Mutex::new(Inner::default()),
+            queue_limit,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -247,12 +250,18 @@ impl InstancePool {
         inner.closed = true;
         inner.waiters.clear();
         inner.targeted.clear();
-        std::mem::take(&mut inner.idle).into_iter().map(|(i, _)| i).collect()
+        std::mem::take(&mut inner.idle)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Takes every idle instance (after [`close`](Self::close)).
     pub fn drain_idle(&self) -> Vec<LiveInstance> {
-        std::mem::take(&mut self.lock().idle).into_iter().map(|(i, _)| i).collect()
+        std::mem::take(&mut self.lock().idle)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Whether [`close`](Self::close) was called.
