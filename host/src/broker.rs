@@ -1340,7 +1340,7 @@ impl Broker {
     /// MessagePack for the package).
     async fn call_remote_for(
         &self,
-        from: &Caller,
+        from: Caller<'_>,
         caller: Option<&Service>,
         action: &str,
         params: &[u8],
@@ -1358,7 +1358,7 @@ impl Broker {
             )));
         }
         // No callee limit is known here: the caller's deadline bounds it.
-        let ctx = from.ctx.nested(&from.package, from.ctx.remaining());
+        let ctx = from.ctx.via(from.package);
         let value = self
             .call_remote(action, RemoteParams::MessagePack(params), ctx, missing)
             .await?;
@@ -1379,20 +1379,20 @@ impl BrokerHandle {
 }
 
 impl Router for BrokerHandle {
-    fn call(
-        self: Arc<Self>,
-        from: Caller,
+    fn call<'a>(
+        &'a self,
+        from: Caller<'a>,
         action: String,
         params: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, CallError>> {
+    ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
         Box::pin(async move {
             let broker = self.broker()?;
-            let caller = broker.service(&from.package);
+            let caller = broker.service(from.package);
             let (service, index) = match broker.resolve(&action) {
                 Ok(found) => found,
                 Err(missing) => {
                     return broker
-                        .call_remote_for(&from, caller.as_deref(), &action, &params, missing)
+                        .call_remote_for(from, caller.as_deref(), &action, &params, missing)
                         .await;
                 }
             };
@@ -1407,8 +1407,9 @@ impl Router for BrokerHandle {
             }
             let vals = decode_params(action_ty, &action, Format::MessagePack, &params)
                 .inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
-            let ctx = from.ctx.nested(&from.package, service.package.spec.timeout);
-            let value = broker.invoke(&service, index, &vals, ctx).await?;
+            let value = broker
+                .invoke(&service, index, &vals, from.ctx.via(from.package))
+                .await?;
             let (ty, val) = split_result(&action, action_ty.result.as_ref(), value)?;
             match (ty, val) {
                 (Some(ty), Some(val)) => codec::encode_value(&ty, &val, Format::MessagePack)
@@ -1421,12 +1422,12 @@ impl Router for BrokerHandle {
         })
     }
 
-    fn call_import(
-        self: Arc<Self>,
-        from: Caller,
-        target: Arc<ImportTarget>,
-        params: Vec<Val>,
-    ) -> BoxFuture<'static, Result<Option<Val>, CallError>> {
+    fn call_import<'a>(
+        &'a self,
+        from: Caller<'a>,
+        target: &'a ImportTarget,
+        params: &'a [Val],
+    ) -> BoxFuture<'a, Result<Option<Val>, CallError>> {
         Box::pin(async move {
             let broker = self.broker()?;
             let service = broker.service(&target.provider).ok_or_else(|| {
@@ -1452,19 +1453,20 @@ impl Router for BrokerHandle {
                         ))
                     })?,
             };
-            let ctx = from.ctx.nested(&from.package, service.package.spec.timeout);
-            broker.invoke(&service, action, &params, ctx).await
+            broker
+                .invoke(&service, action, params, from.ctx.via(from.package))
+                .await
         })
     }
 
-    fn publish(self: Arc<Self>, from: Caller, event: String, payload: Vec<u8>, broadcast: bool) {
+    fn publish(&self, from: Caller<'_>, event: String, payload: Vec<u8>, broadcast: bool) {
         if let Ok(broker) = self.broker() {
             broker.dispatch_event(
-                Some(&from.package),
+                Some(from.package),
                 event,
                 Arc::from(payload),
                 broadcast,
-                from.ctx,
+                from.ctx.clone(),
             );
         }
     }

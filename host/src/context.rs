@@ -48,14 +48,21 @@ impl CallContext {
     /// The context of a call made by `package` while serving `self`: one
     /// level deeper, never more time than is left, same request id.
     pub fn nested(&self, package: &Arc<str>, timeout: Duration) -> Self {
-        let mut chain = Vec::with_capacity(self.chain.len() + 1);
-        chain.extend(self.chain.iter().cloned());
-        chain.push(package.clone());
+        CallContext {
+            deadline: self.deadline.min(deadline_after(timeout)),
+            ..self.via(package)
+        }
+    }
+
+    /// [`nested`](Self::nested) with the caller's deadline kept as it is,
+    /// for a call whose callee's timeout is applied when it starts (the
+    /// broker does so for every call).
+    pub fn via(&self, package: &Arc<str>) -> Self {
         CallContext {
             request_id: self.request_id.clone(),
-            chain: chain.into(),
+            chain: self.chain.iter().chain([package]).cloned().collect(),
             meta: self.meta.clone(),
-            deadline: self.deadline.min(deadline_after(timeout)),
+            deadline: self.deadline,
         }
     }
 
@@ -202,6 +209,9 @@ mod tests {
         assert_eq!(inner.request_id, outer.request_id);
         let short = outer.nested(&a, Duration::from_millis(1));
         assert!(short.deadline < outer.deadline);
+        let via = outer.via(&a);
+        assert_eq!(via.deadline, outer.deadline);
+        assert_eq!(&*via.chain, &*inner.chain);
     }
 
     #[test]

@@ -57,32 +57,34 @@ pub const STEEDOS_PACKAGE: &str = "steedos:package/";
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Who is calling: the package and the context of the call it is serving.
-#[derive(Clone, Debug)]
-pub struct Caller {
+/// Borrowed from the calling instance for as long as its host call lasts.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
     /// The calling package.
-    pub package: Arc<str>,
+    pub package: &'a Arc<str>,
     /// The context of the call the caller is serving right now.
-    pub ctx: CallContext,
+    pub ctx: &'a CallContext,
 }
 
-/// How the host functions a package imports reach the broker.
+/// How the host functions a package imports reach the broker. A call
+/// borrows what it needs from the calling instance, which waits for it.
 pub trait Router: Send + Sync + 'static {
     /// `broker.call`: a dynamic call by name, MessagePack in and out.
-    fn call(
-        self: Arc<Self>,
-        from: Caller,
+    fn call<'a>(
+        &'a self,
+        from: Caller<'a>,
         action: String,
         params: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, CallError>>;
+    ) -> BoxFuture<'a, Result<Vec<u8>, CallError>>;
     /// A call through a typed import, values in and out.
-    fn call_import(
-        self: Arc<Self>,
-        from: Caller,
-        target: Arc<ImportTarget>,
-        params: Vec<Val>,
-    ) -> BoxFuture<'static, Result<Option<Val>, CallError>>;
+    fn call_import<'a>(
+        &'a self,
+        from: Caller<'a>,
+        target: &'a ImportTarget,
+        params: &'a [Val],
+    ) -> BoxFuture<'a, Result<Option<Val>, CallError>>;
     /// `broker.emit` (`broadcast == false`) and `broker.broadcast`.
-    fn publish(self: Arc<Self>, from: Caller, event: String, payload: Vec<u8>, broadcast: bool);
+    fn publish(&self, from: Caller<'_>, event: String, payload: Vec<u8>, broadcast: bool);
 }
 
 /// Why a package cannot be loaded.
@@ -511,17 +513,18 @@ impl WasiView for HostState {
     }
 }
 
-impl HostState {
-    fn caller(&self) -> Caller {
-        Caller {
-            package: self.package.clone(),
-            // Outside a call (in `started`), nested calls get a context of their own.
-            ctx: self
-                .call
-                .clone()
-                .unwrap_or_else(|| CallContext::new(std::time::Duration::from_secs(30))),
-        }
-    }
+/// The caller as the broker sees it. Outside a call (while instantiating)
+/// nested calls get a context of their own, kept in `spare`.
+fn caller<'a>(
+    package: &'a Arc<str>,
+    call: &'a Option<CallContext>,
+    spare: &'a mut Option<CallContext>,
+) -> Caller<'a> {
+    let ctx = match call {
+        Some(ctx) => ctx,
+        None => spare.insert(CallContext::new(std::time::Duration::from_secs(30))),
+    };
+    Caller { package, ctx }
 }
 
 struct MemoryLimit {
@@ -566,27 +569,29 @@ impl wit::steedos::package::broker::Host for HostState {
         action: String,
         params: Vec<u8>,
     ) -> Result<Vec<u8>, wit_types::CallError> {
-        let caller = self.caller();
+        let mut spare = None;
+        let from = caller(&self.package, &self.call, &mut spare);
         let started = Instant::now();
-        let result = self.router.clone().call(caller, action, params).await;
+        let result = self.router.call(from, action, params).await;
         self.waited += started.elapsed();
         result.map_err(to_wit_error)
     }
 
     async fn emit(&mut self, event: String, payload: Vec<u8>) {
-        self.router
-            .clone()
-            .publish(self.caller(), event, payload, false);
+        let mut spare = None;
+        let from = caller(&self.package, &self.call, &mut spare);
+        self.router.publish(from, event, payload, false);
     }
 
     async fn broadcast(&mut self, event: String, payload: Vec<u8>) {
-        self.router
-            .clone()
-            .publish(self.caller(), event, payload, true);
+        let mut spare = None;
+        let from = caller(&self.package, &self.call, &mut spare);
+        self.router.publish(from, event, payload, true);
     }
 
     async fn context(&mut self) -> wit_types::CallContext {
-        to_wit_context(&self.caller().ctx)
+        let mut spare = None;
+        to_wit_context(caller(&self.package, &self.call, &mut spare).ctx)
     }
 }
 
@@ -693,13 +698,16 @@ pub fn link_typed_import(
             let target = target.clone();
             Box::new(async move {
                 let mut store = store;
-                let state = store.data();
-                let caller = state.caller();
-                let router = state.router.clone();
+                let HostState {
+                    package,
+                    router,
+                    call,
+                    ..
+                } = store.data();
+                let mut spare = None;
+                let from = caller(package, call, &mut spare);
                 let started = Instant::now();
-                let outcome = router
-                    .call_import(caller, target.clone(), params.to_vec())
-                    .await;
+                let outcome = router.call_import(from, &target, params).await;
                 store.data_mut().waited += started.elapsed();
                 match outcome {
                     Ok(value) => {
