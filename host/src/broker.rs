@@ -39,8 +39,11 @@
 //! packages always come first.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Val;
@@ -811,16 +814,16 @@ impl Broker {
         // keeps a timer, for a guest stuck in a host call; nested calls are
         // inside its future and go with it (their leases retire them).
         let outcome = match outermost {
-            true => tokio::time::timeout_at((deadline + DEADLINE_GRACE).into(), run).await,
-            false => Ok(run.await),
+            true => within(deadline + DEADLINE_GRACE, run).await,
+            false => Some(run.await),
         };
         match outcome {
-            Ok(Ok(value)) => {
+            Some(Ok(value)) => {
                 lease.release();
                 Ok(value)
             }
-            Ok(Err(fault)) => Err(lease.fault(fault, &label(), budget)),
-            Err(_) => Err(lease.fault(Fault::Timeout, &label(), budget)),
+            Some(Err(fault)) => Err(lease.fault(fault, &label(), budget)),
+            None => Err(lease.fault(Fault::Timeout, &label(), budget)),
         }
     }
 
@@ -1250,6 +1253,22 @@ fn fallback_params(from: &ActionType, to: &ActionType, params: &[Val]) -> Option
             },
         )
         .collect()
+}
+
+/// Runs `call` until `deadline`; `None` if the deadline came first. The
+/// timer is armed only once the call has to wait, and most calls never do.
+async fn within<F: Future>(deadline: Instant, call: F) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let timer =
+            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Decrements `counter` when dropped.
