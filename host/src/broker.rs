@@ -672,7 +672,7 @@ impl Broker {
                     break Err(e);
                 }
                 Admission::Pass | Admission::Probe => {
-                    self.invoke_unmetered(service, action, params, ctx.clone())
+                    self.invoke_unmetered(service, action, params, ctx.clone(), started)
                         .await
                 }
             };
@@ -725,12 +725,14 @@ impl Broker {
         }
     }
 
+    /// One attempt of a call, begun at `now`.
     async fn invoke_unmetered(
         &self,
         service: &Arc<Service>,
         action: usize,
         params: &[Val],
         ctx: CallContext,
+        now: Instant,
     ) -> Result<Option<Val>, CallError> {
         // A caller that never waits (its instances are always idle) still
         // gives the runtime back now and then, so restarts and timers run.
@@ -761,9 +763,13 @@ impl Broker {
             )));
         }
         // The callee's own timeout applies too, never more than the caller has left.
-        let budget = service.package.spec.timeout.min(ctx.remaining());
+        let budget = service
+            .package
+            .spec
+            .timeout
+            .min(ctx.deadline.saturating_duration_since(now));
         let ctx = CallContext {
-            deadline: ctx.deadline.min(deadline_after(budget)),
+            deadline: now + budget,
             ..ctx
         };
         let in_chain = ctx.passed_through(service.name());
