@@ -55,7 +55,7 @@ use crate::metrics::{ActionMetrics, Metrics};
 use crate::package::{
     ActionType, BoxFuture, Caller, Fault, ImportTarget, LiveInstance, Package, Router, StartError,
 };
-use crate::pool::{Checkout, InstancePool, Refusal};
+use crate::pool::{Checkout, InstancePool, Refusal, Unserved, Wait};
 use crate::resilience::{self, Admission, CircuitBreaker};
 use crate::supervisor::{PackageState, RestartBudget, Verdict};
 
@@ -773,22 +773,20 @@ impl Broker {
             ..ctx
         };
         let in_chain = ctx.passed_through(service.name());
-        let instance = match service.pool.checkout(!in_chain) {
+        let instance = match service.pool.checkout(!in_chain, ctx.deadline) {
             Ok(Checkout::Ready(i)) => i,
-            Ok(Checkout::Queued(rx)) => {
-                match self.grow_then_wait(service, action, rx, &ctx).await {
-                    Err(e) => return Err(e),
-                    Ok(Ok(Ok(i))) => i,
-                    Ok(Ok(Err(_))) => return Err(unavailable(service, &label())),
-                    Ok(Err(_)) => {
-                        return Err(CallError::Timeout(format!(
-                            "{}: no instance became idle before the deadline ({} instances busy)",
-                            label(),
-                            service.package.spec.instances
-                        )));
-                    }
+            Ok(Checkout::Queued(wait)) => match self.grow_then_wait(service, action, wait).await {
+                Err(e) => return Err(e),
+                Ok(Ok(i)) => i,
+                Ok(Err(Unserved::Released)) => return Err(unavailable(service, &label())),
+                Ok(Err(Unserved::Expired)) => {
+                    return Err(CallError::Timeout(format!(
+                        "{}: no instance became idle before the deadline ({} instances busy)",
+                        label(),
+                        service.package.spec.instances
+                    )));
                 }
-            }
+            },
             Err(Refusal::Busy) => {
                 return Err(CallError::Overloaded(format!(
                     "{}: every instance of `{}` is busy serving an outer part of this call (chain: {}); \
@@ -839,15 +837,8 @@ impl Broker {
         &self,
         service: &Arc<Service>,
         action: usize,
-        rx: tokio::sync::oneshot::Receiver<LiveInstance>,
-        ctx: &CallContext,
-    ) -> Result<
-        Result<
-            Result<LiveInstance, tokio::sync::oneshot::error::RecvError>,
-            tokio::time::error::Elapsed,
-        >,
-        CallError,
-    > {
+        wait: Wait<'_>,
+    ) -> Result<Result<LiveInstance, Unserved>, CallError> {
         let max = service.package.spec.max_instances as usize;
         if let (Some(slot), Some(broker)) = (service.pool.grow(max), self.handle.0.upgrade()) {
             let service = service.clone();
@@ -864,7 +855,7 @@ impl Broker {
                 }
             });
         }
-        self.wait_queued(service, action, rx, ctx).await
+        self.wait_queued(service, action, wait).await
     }
 
     /// Stops instances above each package's minimum that stayed idle past
@@ -910,15 +901,8 @@ impl Broker {
         &self,
         service: &Service,
         action: usize,
-        rx: tokio::sync::oneshot::Receiver<LiveInstance>,
-        ctx: &CallContext,
-    ) -> Result<
-        Result<
-            Result<LiveInstance, tokio::sync::oneshot::error::RecvError>,
-            tokio::time::error::Elapsed,
-        >,
-        CallError,
-    > {
+        wait: Wait<'_>,
+    ) -> Result<Result<LiveInstance, Unserved>, CallError> {
         let policy = &service.policies[action];
         let waiting = policy.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = scopeguard_dec(&policy.waiting);
@@ -931,7 +915,7 @@ impl Broker {
                 service.package.ty.actions[action].name
             )));
         }
-        Ok(tokio::time::timeout_at(ctx.deadline.into(), rx).await)
+        Ok(wait.await)
     }
 
     /// Retires a faulted instance, starts its replacement, and explains the
@@ -1158,15 +1142,15 @@ impl Broker {
     ) {
         let label = format!("{} (event `{event}`)", service.name());
         let checkout = match slot {
-            Some(s) => service.pool.checkout_slot(s).ok_or(Refusal::NoInstance),
-            None => service.pool.checkout(true),
+            Some(s) => service
+                .pool
+                .checkout_slot(s, ctx.deadline)
+                .ok_or(Refusal::NoInstance),
+            None => service.pool.checkout(true, ctx.deadline),
         };
         let instance = match checkout {
             Ok(Checkout::Ready(i)) => Some(i),
-            Ok(Checkout::Queued(rx)) => tokio::time::timeout_at(ctx.deadline.into(), rx)
-                .await
-                .ok()
-                .and_then(Result::ok),
+            Ok(Checkout::Queued(wait)) => wait.await.ok(),
             Err(_) => None,
         };
         let Some(instance) = instance else {
