@@ -50,7 +50,7 @@ async fn run() -> anyhow::Result<()> {
     let manifest = Manifest::load(&dir)?;
     // First load builds what is out of date and fills the cache.
     let app = App::load(manifest, &LoadOptions::default()).await?;
-    for f in app.broker.failures() {
+    if let Some(f) = app.broker.failures().first() {
         anyhow::bail!("package {} failed to load: {}", f.name, f.error);
     }
     app.shutdown().await;
