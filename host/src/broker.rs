@@ -699,7 +699,8 @@ impl Broker {
                         attempt,
                         "retrying an idempotent action"
                     );
-                    tokio::time::sleep(delay).await;
+                    // Boxed: a timer in place would grow every call's future.
+                    Box::pin(tokio::time::sleep(delay)).await;
                 }
                 _ => break outcome,
             }
@@ -813,13 +814,15 @@ impl Broker {
             service,
             instance: Some(instance),
         };
-        let run = lease.get().call(action, params, has_result, ctx);
-        // The epoch deadline stops a running guest. The outermost call also
-        // keeps a timer, for a guest stuck in a host call; nested calls are
-        // inside its future and go with it (their leases retire them).
-        let outcome = match outermost {
-            true => within(deadline + DEADLINE_GRACE, run).await,
-            false => Some(run.await),
+        let outcome = {
+            let run = std::pin::pin!(lease.get().call(action, params, has_result, ctx));
+            // The epoch deadline stops a running guest. The outermost call also
+            // keeps a timer, for a guest stuck in a host call; nested calls are
+            // inside its future and go with it (their leases retire them).
+            match outermost {
+                true => within(deadline + DEADLINE_GRACE, run).await,
+                false => Some(run.await),
+            }
         };
         match outcome {
             Some(Ok(value)) => {
@@ -1247,8 +1250,7 @@ fn fallback_params(from: &ActionType, to: &ActionType, params: &[Val]) -> Option
 
 /// Runs `call` until `deadline`; `None` if the deadline came first. The
 /// timer is armed only once the call has to wait, and most calls never do.
-async fn within<F: Future>(deadline: Instant, call: F) -> Option<F::Output> {
-    let mut call = std::pin::pin!(call);
+async fn within<F: Future>(deadline: Instant, mut call: Pin<&mut F>) -> Option<F::Output> {
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = call.as_mut().poll(cx) {
