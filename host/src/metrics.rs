@@ -4,16 +4,23 @@
 //! the broker on every call through handles made once per action (no label
 //! lookup on the hot path). Per package: restarts, live instances and
 //! queue depth, read from the broker when `/metrics` is scraped.
+//!
+//! The per-call counter and histogram are split into per-thread shards,
+//! each on a cache line of its own, and summed when scraped: the cores
+//! serving calls never contend for a lock or a line to record them.
 
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::broker::ServiceReport;
@@ -49,12 +56,124 @@ const KINDS: [&str; 7] = [
     "failed",
 ];
 
+/// Shards of a per-call metric; threads beyond this many share them.
+const SHARDS: usize = 8;
+
+/// The calling thread's shard.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// A value on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A counter recorded per thread and summed when scraped.
+#[derive(Clone, Debug, Default)]
+pub struct ShardedCounter(Arc<[Padded<AtomicU64>; SHARDS]>);
+
+impl ShardedCounter {
+    fn inc(&self) {
+        self.0[shard()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for ShardedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds: 1 µs to about 67 s by
+/// factors of 4 (and +Inf).
+static LATENCY_BOUNDS: LazyLock<Vec<f64>> =
+    LazyLock::new(|| exponential_buckets(0.000_001, 4.0, LATENCY_BUCKETS as u16).collect());
+const LATENCY_BUCKETS: usize = 14;
+
+/// One thread's share of a latency histogram: the count of each bucket
+/// (the last is +Inf) and the sum in nanoseconds. Exactly one cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LatencyShard {
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+    sum_ns: AtomicU64,
+}
+
+/// A latency histogram recorded per thread and summed when scraped.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram(Arc<[LatencyShard; SHARDS]>);
+
+impl LatencyHistogram {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BOUNDS
+            .iter()
+            .position(|bound| *bound >= seconds)
+            .unwrap_or(LATENCY_BUCKETS);
+        let shard = &self.0[shard()];
+        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        shard.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let bucket = |i: usize| -> u64 {
+            self.0
+                .iter()
+                .map(|s| s.buckets[i].load(Ordering::Relaxed))
+                .sum()
+        };
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .enumerate()
+            .map(|(i, bound)| (bound, bucket(i)))
+            .collect();
+        // The count is the buckets' total, so the two always agree.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum_ns: u64 = self
+            .0
+            .iter()
+            .map(|s| s.sum_ns.load(Ordering::Relaxed))
+            .sum();
+        encoder.encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// Every metric of one host.
 pub struct Metrics {
     registry: Mutex<Registry>,
-    calls: Family<ActionLabels, Counter>,
+    calls: Family<ActionLabels, ShardedCounter>,
     errors: Family<ErrorLabels, Counter>,
-    latency: Family<ActionLabels, Histogram>,
+    latency: Family<ActionLabels, LatencyHistogram>,
     restarts: Family<PackageLabels, Gauge>,
     live: Family<PackageLabels, Gauge>,
     queued: Family<PackageLabels, Gauge>,
@@ -64,16 +183,16 @@ pub struct Metrics {
 /// The recording handles of one action.
 #[derive(Clone)]
 pub struct ActionMetrics {
-    calls: Counter,
+    calls: ShardedCounter,
     errors: [Counter; 7],
-    latency: Histogram,
+    latency: LatencyHistogram,
 }
 
 impl ActionMetrics {
     /// Records one call's outcome and duration.
     pub fn record<T>(&self, elapsed: Duration, outcome: &Result<T, CallError>) {
         self.calls.inc();
-        self.latency.observe(elapsed.as_secs_f64());
+        self.latency.observe(elapsed);
         if let Err(e) = outcome {
             let i = KINDS
                 .iter()
@@ -94,11 +213,9 @@ impl Metrics {
     /// A fresh registry with every family registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("steedos");
-        let calls = Family::<ActionLabels, Counter>::default();
+        let calls = Family::<ActionLabels, ShardedCounter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
-        let latency = Family::<ActionLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.000_001, 4.0, 14))) as fn() -> Histogram,
-        );
+        let latency = Family::<ActionLabels, LatencyHistogram>::default();
         let restarts = Family::<PackageLabels, Gauge>::default();
         let live = Family::<PackageLabels, Gauge>::default();
         let queued = Family::<PackageLabels, Gauge>::default();
@@ -200,5 +317,59 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::histogram::Histogram;
+
+    /// The sharded metrics read exactly as prometheus-client's own would.
+    #[test]
+    fn sharded_metrics_encode_as_the_crates_own() {
+        let durations =
+            [0, 500, 1_000, 3_999, 250_000, 7_000_000, 90_000_000_000u64].map(Duration::from_nanos);
+        let (mut ours, mut theirs) = (Registry::default(), Registry::default());
+        let (counter, histogram) = (ShardedCounter::default(), LatencyHistogram::default());
+        let (c, h) = (
+            Counter::<u64>::default(),
+            Histogram::new(exponential_buckets(0.000_001, 4.0, 14)),
+        );
+        ours.register("calls", "Calls", counter.clone());
+        ours.register("latency", "Latency", histogram.clone());
+        theirs.register("calls", "Calls", c.clone());
+        theirs.register("latency", "Latency", h.clone());
+        std::thread::scope(|s| {
+            for d in durations {
+                let (counter, histogram) = (&counter, &histogram);
+                s.spawn(move || {
+                    counter.inc();
+                    histogram.observe(d);
+                });
+                c.inc();
+                h.observe(d.as_secs_f64());
+            }
+        });
+        let (mut a, mut b) = (String::new(), String::new());
+        encode(&mut a, &ours).expect("encode");
+        encode(&mut b, &theirs).expect("encode");
+        // The sums are added in another order (and in nanoseconds): compare them as numbers.
+        let split = |text: &str| -> (Vec<String>, f64) {
+            let sum = text
+                .lines()
+                .find_map(|l| l.strip_prefix("latency_sum "))
+                .and_then(|v| v.parse().ok())
+                .expect("a sum");
+            let rest = text
+                .lines()
+                .filter(|l| !l.starts_with("latency_sum "))
+                .map(str::to_string)
+                .collect();
+            (rest, sum)
+        };
+        let ((a, sum_a), (b, sum_b)) = (split(&a), split(&b));
+        assert_eq!(a, b);
+        assert!((sum_a - sum_b).abs() < 1e-9, "{sum_a} vs {sum_b}");
     }
 }
