@@ -38,6 +38,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::context::{CallContext, CallError, Human};
+use crate::engine::coarse_now;
 use crate::manifest::PackageSpec;
 
 pub(crate) mod wit {
@@ -571,9 +572,9 @@ impl wit::steedos::package::broker::Host for HostState {
     ) -> Result<Vec<u8>, wit_types::CallError> {
         let mut spare = None;
         let from = caller(&self.package, &self.call, &mut spare);
-        let started = Instant::now();
+        let started = coarse_now();
         let result = self.router.call(from, action, params).await;
-        self.waited += started.elapsed();
+        self.waited += coarse_now().saturating_duration_since(started);
         result.map_err(to_wit_error)
     }
 
@@ -706,9 +707,9 @@ pub fn link_typed_import(
                 } = store.data();
                 let mut spare = None;
                 let from = caller(package, call, &mut spare);
-                let started = Instant::now();
+                let started = coarse_now();
                 let outcome = router.call_import(from, &target, params).await;
-                store.data_mut().waited += started.elapsed();
+                store.data_mut().waited += coarse_now().saturating_duration_since(started);
                 match outcome {
                     Ok(value) => {
                         if let (Some(slot), Some(v)) = (results.first_mut(), value) {

@@ -35,6 +35,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::engine::coarse_now;
 use crate::package::LiveInstance;
 
 /// An instance now, or a place in the queue.
@@ -127,7 +128,7 @@ impl Inner {
         if let Some(waiter) = self.waiters.pop_front() {
             return self.serve(waiter, Ok(instance));
         }
-        self.idle.push_back((instance, Instant::now()));
+        self.idle.push_back((instance, coarse_now()));
         None
     }
 
