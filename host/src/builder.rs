@@ -1,12 +1,18 @@
 //! Building packages from source before they are loaded.
 //!
 //! A package with a `build` command in `steedos.toml` is rebuilt when its
-//! component is missing or older than any file in its source folder
-//! (`target/`, `node_modules/` and hidden folders aside). Builds run one at
-//! a time with a spinner on a terminal and a log line either way; a failed
-//! build fails that package only, with the tail of the build's output.
+//! component is missing or older than any of its inputs: every file in its
+//! source folder (`target/`, `node_modules/` and hidden folders aside;
+//! symbolic links followed, so a `wit/deps` link to shared WIT counts), and
+//! every file Cargo's dep-info beside the component (`<name>.d`) lists, which
+//! for a Rust package takes in what lies outside its folder: the SDK, the
+//! shared `steedos:package` WIT, another package's WIT it imports. Builds
+//! run one at a time with a spinner on a terminal and a log line either
+//! way; a failed build fails that package only, with the tail of the
+//! build's output.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -62,7 +68,8 @@ pub enum BuildError {
     },
 }
 
-/// Whether `spec`'s component is missing or older than its sources.
+/// Whether `spec`'s component is missing or older than one of its inputs
+/// (see the module's documentation).
 pub fn out_of_date(spec: &PackageSpec) -> bool {
     let Some(source) = &spec.source else {
         return false;
@@ -70,15 +77,43 @@ pub fn out_of_date(spec: &PackageSpec) -> bool {
     let Ok(built) = std::fs::metadata(&spec.component).and_then(|m| m.modified()) else {
         return true;
     };
-    newest_source(source).is_some_and(|t| t > built)
+    if newest_source(source).is_some_and(|t| t > built) {
+        return true;
+    }
+    // A listed input that is gone (moved, renamed) calls for a build too.
+    dep_info(&spec.component).iter().any(|input| {
+        std::fs::metadata(input)
+            .and_then(|m| m.modified())
+            .map_or(true, |t| t > built)
+    })
+}
+
+/// The newest modification time of a package's inputs: its source folder
+/// and what the dep-info beside its component lists. `--watch` polls it.
+pub fn newest_input(spec: &PackageSpec) -> Option<SystemTime> {
+    let listed = dep_info(&spec.component)
+        .into_iter()
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    spec.source
+        .as_deref()
+        .and_then(newest_source)
+        .into_iter()
+        .chain(listed)
+        .max()
 }
 
 /// The newest modification time of the files in a package's source folder
-/// (`target/`, `node_modules/` and hidden folders aside).
+/// (`target/`, `node_modules/` and hidden folders aside), following
+/// symbolic links, each folder visited once.
 pub fn newest_source(dir: &Path) -> Option<SystemTime> {
     let mut newest: Option<SystemTime> = None;
+    let mut visited = HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
+        // A link cycle (a `deps` link to a parent, say) ends here.
+        if !visited.insert(std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone())) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
@@ -88,15 +123,59 @@ pub fn newest_source(dir: &Path) -> Option<SystemTime> {
             if name.starts_with('.') || name == "target" || name == "node_modules" {
                 continue;
             }
-            let Ok(meta) = entry.metadata() else { continue };
+            let path = entry.path();
+            // Through the link, if it is one: its target's time is what counts.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if meta.is_dir() {
-                stack.push(entry.path());
+                stack.push(path);
             } else if let Ok(t) = meta.modified() {
                 newest = Some(newest.map_or(t, |n| n.max(t)));
             }
         }
     }
     newest
+}
+
+/// The inputs that Cargo's dep-info file beside `component`
+/// (`<dir>/<stem>.d`, written by every `cargo build`) lists; none when
+/// there is no such file (a package not built by Cargo).
+fn dep_info(component: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(component.with_extension("d")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| line.split_once(": ").map(|(_, inputs)| inputs))
+        .flat_map(make_words)
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The words of a Makefile rule's prerequisites: split at spaces that are
+/// not escaped (`\ ` is a space inside a path).
+fn make_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                word.push(' ');
+                chars.next();
+            }
+            ' ' => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
 }
 
 /// Builds `spec` if it has a build command and is out of date.
@@ -187,4 +266,99 @@ async fn ensure_rust_target(command: &str) {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    /// An app in a temporary folder with one package `pkg` (source `pkg/`,
+    /// component `out/pkg.wasm`), its source and component written, the
+    /// component newer than the source.
+    fn app() -> (tempfile::TempDir, PackageSpec) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("pkg/src")).expect("mkdir");
+        std::fs::create_dir_all(root.join("out")).expect("mkdir");
+        std::fs::create_dir_all(root.join("shared")).expect("mkdir");
+        std::fs::write(root.join("pkg/src/lib.rs"), "// source").expect("write");
+        std::fs::write(root.join("shared/package.wit"), "package a:b;").expect("write");
+        let text =
+            "[packages.pkg]\npath = \"pkg\"\nbuild = \"true\"\ncomponent = \"../out/pkg.wasm\"\n";
+        let manifest = Manifest::parse(text, &root.join("steedos.toml")).expect("manifest");
+        let spec = manifest.packages[0].clone();
+        std::fs::write(&spec.component, b"\0asm").expect("write");
+        set_age(&root.join("pkg/src/lib.rs"), 100);
+        set_age(&root.join("shared/package.wit"), 100);
+        set_age(&spec.component, 50);
+        (dir, spec)
+    }
+
+    /// Sets `path`'s modification time to `seconds` ago.
+    fn set_age(path: &Path, seconds: u64) {
+        let file = std::fs::File::options()
+            .append(true)
+            .open(path)
+            .expect("open");
+        file.set_modified(SystemTime::now() - Duration::from_secs(seconds))
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn a_component_newer_than_its_sources_is_up_to_date() {
+        let (dir, spec) = app();
+        assert!(!out_of_date(&spec));
+        set_age(&dir.path().join("pkg/src/lib.rs"), 10);
+        assert!(out_of_date(&spec), "a changed source file is not seen");
+    }
+
+    #[test]
+    fn inputs_outside_the_source_folder_come_from_cargo_dep_info() {
+        let (dir, spec) = app();
+        let shared = dir.path().join("shared/package.wit");
+        let dep_info = format!(
+            "{}: {} {}\n",
+            spec.component.display(),
+            dir.path().join("pkg/src/lib.rs").display(),
+            shared.display()
+        );
+        std::fs::write(spec.component.with_extension("d"), dep_info).expect("write");
+        assert!(!out_of_date(&spec));
+        set_age(&shared, 10);
+        assert!(
+            out_of_date(&spec),
+            "a changed input listed in the dep-info is not seen"
+        );
+        assert!(newest_input(&spec) > newest_source(spec.source.as_deref().expect("source")));
+        set_age(&spec.component, 5);
+        assert!(!out_of_date(&spec));
+        std::fs::remove_file(&shared).expect("remove");
+        assert!(
+            out_of_date(&spec),
+            "a listed input that is gone is not seen"
+        );
+    }
+
+    #[test]
+    fn linked_folders_are_followed_and_link_cycles_end() {
+        let (dir, spec) = app();
+        let root = dir.path();
+        std::os::unix::fs::symlink(root.join("shared"), root.join("pkg/deps")).expect("link");
+        std::os::unix::fs::symlink(root.join("pkg"), root.join("pkg/src/again")).expect("link");
+        assert!(!out_of_date(&spec));
+        set_age(&root.join("shared/package.wit"), 10);
+        assert!(
+            out_of_date(&spec),
+            "a changed file behind a link is not seen"
+        );
+    }
+
+    #[test]
+    fn dep_info_paths_may_hold_escaped_spaces() {
+        assert_eq!(
+            make_words(r"/a/my\ app/lib.rs  /b/c.wit"),
+            vec!["/a/my app/lib.rs".to_string(), "/b/c.wit".to_string()]
+        );
+    }
 }

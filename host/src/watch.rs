@@ -46,7 +46,7 @@ pub async fn watch_packages(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         for spec in &app.manifest.packages {
-            let sources = spec.source.as_deref().and_then(builder::newest_source);
+            let sources = builder::newest_input(spec);
             let retry = failed.get(&spec.name).is_none_or(|at| *at != sources);
             if spec.build.is_some() && retry && builder::out_of_date(spec) {
                 match builder::build_if_needed(spec, false).await {
