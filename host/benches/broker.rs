@@ -10,6 +10,12 @@
 //! - `start.cached`: milliseconds to start examples/shop with the compile
 //!   cache warm.
 //!
+//! - `machine.two_core_speedup`: how much two threads of CPU-bound work
+//!   (hashing) get done together over one alone. The machine here has two
+//!   virtual cores that are at times two hyperthreads of one physical core
+//!   (about 1.1) and at times two cores (about 2): the multi-caller figures
+//!   follow it, so it is printed beside them.
+//!
 //! Uses examples/shop, built from source on the first run.
 //!
 //! Knobs: `BENCH_CALLERS=1,2,100` measures only `shop.relay` at those
@@ -45,7 +51,35 @@ fn figure(name: &str, value: f64, unit: &str) {
     println!("bench: {name} = {value:.1} {unit}");
 }
 
+/// Blocks of 64 KiB hashed per second on each of `threads` threads at once.
+fn hash_rate(threads: usize) -> f64 {
+    let window = Duration::from_millis(400);
+    let block = vec![7u8; 64 * 1024];
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let end = Instant::now() + window;
+                    let mut n = 0u64;
+                    while Instant::now() < end {
+                        std::hint::black_box(blake3::hash(std::hint::black_box(&block)));
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or(0))
+            .sum::<u64>() as f64
+            / window.as_secs_f64()
+    })
+}
+
 async fn run() -> anyhow::Result<()> {
+    let alone = hash_rate(1);
+    figure("machine.two_core_speedup", hash_rate(2) / alone, "x");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let manifest = Manifest::load(&dir)?;
     // First load builds what is out of date and fills the cache.
