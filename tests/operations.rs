@@ -331,3 +331,59 @@ component = "{DIR}/greeter.wasm"
     stop.send(true).expect("stop");
     watcher.await.expect("watcher");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_waiting_for_its_provider_starts_when_the_provider_is_deployed() {
+    // SAFETY: every test of this module sets the same value.
+    unsafe { std::env::set_var("STEEDOS_TEST_ADMIN_TOKEN", TOKEN) };
+    // shop imports inventory's interface, typed; inventory is not there yet.
+    let t = TestApp::start(
+        r#"
+[app]
+cache_dir = "{CACHE}"
+[gateway]
+admin_token_env = "STEEDOS_TEST_ADMIN_TOKEN"
+[packages.greeter]
+component = "{GREETER}"
+[packages.shop]
+component = "{SHOP}"
+[packages.shop.grants]
+calls = ["inventory.*"]
+"#,
+    )
+    .await;
+    let (_g, base) = t.gateway().await;
+    let failure = t
+        .failure("shop")
+        .expect("shop cannot link without inventory");
+    assert!(
+        failure.contains("no loaded package exports it"),
+        "{failure}"
+    );
+    let e = t
+        .call("shop.relay", json!({ "payload": "x" }))
+        .await
+        .expect_err("shop serves without its provider");
+    assert!(e.to_string().contains("failed to load"), "{e}");
+    assert_eq!(
+        t.ok("greeter.hello", json!({"name": "Ada"})).await,
+        "Hello, Ada!"
+    );
+
+    let inventory = std::fs::read(guests::INVENTORY).expect("component");
+    let (s, v) = admin(
+        reqwest::Method::PUT,
+        format!("{base}/admin/packages/inventory"),
+        Some(TOKEN),
+        inventory,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let said = v["ok"].as_str().unwrap_or_default();
+    assert!(said.contains("`shop` linked to it and started"), "{v}");
+    assert_eq!(
+        t.ok("shop.relay", json!({ "payload": "through" })).await,
+        "through"
+    );
+    assert_eq!(t.failure("shop"), None, "shop still reported as failed");
+}

@@ -85,6 +85,9 @@ pub struct App {
     cache: CompileCache,
     base: Linker<package::HostState>,
     deploying: tokio::sync::Mutex<()>,
+    /// Packages whose typed imports found no provider (or more than one):
+    /// linked again after every deploy and remove, and started once they link.
+    unlinked: std::sync::Mutex<Vec<Compiled1>>,
     _clock: EpochClock,
 }
 
@@ -172,12 +175,25 @@ impl App {
             })
             .collect();
         let mut packages = Vec::new();
-        for c in &ready {
+        let mut unlinked = Vec::new();
+        for (i, c) in ready.iter().enumerate() {
             match link(&c.spec, &c.ty, &c.component, &providers, &base) {
                 Ok(p) => packages.push(p),
-                Err(e) => broker.record_failure(&c.spec.name, e.to_string()),
+                Err(e) => {
+                    broker.record_failure(&c.spec.name, e.to_string());
+                    if matches!(e, PackageError::Import { .. }) {
+                        unlinked.push(i);
+                    }
+                }
             }
         }
+        drop(providers);
+        let unlinked: Vec<Compiled1> = ready
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| unlinked.contains(i))
+            .map(|(_, c)| c)
+            .collect();
         let starts: Vec<_> = packages
             .into_iter()
             .map(|p| {
@@ -202,6 +218,7 @@ impl App {
             cache,
             base,
             deploying: tokio::sync::Mutex::new(()),
+            unlinked: std::sync::Mutex::new(unlinked),
             _clock: clock,
         })
     }
@@ -287,20 +304,69 @@ impl App {
             )));
         }
         let replaced = self.broker.install(fresh);
-        match replaced {
+        self.broker.clear_failure(name);
+        self.lock_unlinked().retain(|c| c.spec.name != name);
+        let done = match replaced {
             Some(old) => {
                 let broker = self.broker.clone();
                 let grace = self.manifest.app.shutdown_timeout;
                 tokio::spawn(async move { broker.retire_service(old, grace).await });
                 tracing::info!(package = name, instances = live, "upgraded");
-                Ok(format!(
-                    "upgraded `{name}`: {live} instance(s) of the new version serve"
-                ))
+                format!("upgraded `{name}`: {live} instance(s) of the new version serve")
             }
             None => {
                 tracing::info!(package = name, instances = live, "deployed");
-                Ok(format!("deployed `{name}`: {live} instance(s) serve"))
+                format!("deployed `{name}`: {live} instance(s) serve")
             }
+        };
+        Ok(done + &self.link_waiting().await)
+    }
+
+    fn lock_unlinked(&self) -> std::sync::MutexGuard<'_, Vec<Compiled1>> {
+        self.unlinked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Links and starts the packages that waited for a provider of their
+    /// typed imports, where the packages now serving provide it; says which.
+    async fn link_waiting(&self) -> String {
+        let waiting = std::mem::take(&mut *self.lock_unlinked());
+        if waiting.is_empty() {
+            return String::new();
+        }
+        let services = self.broker.services();
+        let mut started = Vec::new();
+        let mut still = Vec::new();
+        for c in waiting {
+            let providers: Vec<Provider<'_>> = services
+                .iter()
+                .filter(|s| *s.package.name != *c.spec.name)
+                .map(|s| Provider {
+                    spec: &s.package.spec,
+                    ty: &s.package.ty,
+                })
+                .collect();
+            match link(&c.spec, &c.ty, &c.component, &providers, &self.base) {
+                Ok(package) => {
+                    drop(providers);
+                    self.broker.clear_failure(&c.spec.name);
+                    tracing::info!(package = %c.spec.name, "its imports have a provider now; starting");
+                    self.broker.start(package).await;
+                    started.push(format!("`{}`", c.spec.name));
+                }
+                Err(e) => {
+                    drop(providers);
+                    tracing::debug!(package = %c.spec.name, error = %e, "still waiting for a provider");
+                    still.push(c);
+                }
+            }
+        }
+        self.lock_unlinked().extend(still);
+        match started.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; {} linked to it and started (it waited for a provider)",
+                started.join(", ")
+            ),
         }
     }
 
@@ -314,7 +380,8 @@ impl App {
         self.broker
             .retire_service(old, self.manifest.app.shutdown_timeout)
             .await;
-        Ok(format!("removed `{name}`"))
+        // One of two providers of an interface gone can settle an importer.
+        Ok(format!("removed `{name}`") + &self.link_waiting().await)
     }
 
     /// Keeps a deployed component beside the app, named by its content.

@@ -448,6 +448,13 @@ impl Broker {
         }
     }
 
+    /// Forgets the load failure of `name` (it has been deployed since).
+    pub fn clear_failure(&self, name: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.retain(|f| f.name != name);
+        }
+    }
+
     /// Snapshots of every package, loaded or failed.
     pub fn reports(&self) -> Vec<ServiceReport> {
         let mut reports: Vec<ServiceReport> = self.services().iter().map(|s| s.report()).collect();
