@@ -382,6 +382,20 @@ async fn with_moleculer(release: &str, protocol: u8) {
         (Some("RequestTimeoutError"), Some(504)),
         "{e}"
     );
+    // The call context travels into Wasm too: a Node.js action that calls a
+    // Wasm action passes on its level and its name as the caller.
+    let seen = peer_a
+        .call(
+            "node-math.relay",
+            json!({ "action": "probe.context", "params": {} }),
+        )
+        .await
+        .expect("probe.context through node-math.relay");
+    assert_eq!(
+        (&seen[1], &seen[2]),
+        (&json!("node-math"), &json!(2)),
+        "{seen}"
+    );
     let nodes = peer_a.cmd(json!({ "cmd": "nodes" })).await;
     assert!(
         nodes["result"]

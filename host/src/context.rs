@@ -26,6 +26,14 @@ pub struct CallContext {
     pub meta: Arc<[(String, String)]>,
     /// The instant by which the whole call must be done.
     pub deadline: Instant,
+    /// For a call another node made: the levels it had already gone down
+    /// there (the REQ's `level` less one), so the depth limit holds across
+    /// nodes. Zero for a call that began on this host.
+    pub upstream_levels: u32,
+    /// For a call another node made: its caller there (the REQ's `caller`,
+    /// a package or a Moleculer service), the caller packages see when the
+    /// chain on this host is empty.
+    pub upstream_caller: Option<Arc<str>>,
 }
 
 impl CallContext {
@@ -42,6 +50,8 @@ impl CallContext {
             chain: Arc::from([]),
             meta: Arc::from([]),
             deadline: deadline_after(timeout),
+            upstream_levels: 0,
+            upstream_caller: None,
         }
     }
 
@@ -63,19 +73,27 @@ impl CallContext {
             chain: self.chain.iter().chain([package]).cloned().collect(),
             meta: self.meta.clone(),
             deadline: self.deadline,
+            upstream_levels: self.upstream_levels,
+            upstream_caller: self.upstream_caller.clone(),
         }
     }
 
-    /// The package that made this call, if it came from a package.
+    /// The package that made this call, if it came from a package (on
+    /// this host, or on the node that sent it here).
     pub fn caller(&self) -> Option<&str> {
-        self.chain.last().map(|p| &**p)
+        self.chain
+            .last()
+            .or(self.upstream_caller.as_ref())
+            .map(|p| &**p)
     }
 
-    /// 1 for a call from outside, +1 per nested hop (Moleculer's `level`).
+    /// 1 for a call from outside, +1 per nested hop (Moleculer's `level`),
+    /// the hops on other nodes counted.
     pub fn level(&self) -> u32 {
         u32::try_from(self.chain.len())
             .unwrap_or(u32::MAX)
             .saturating_add(1)
+            .saturating_add(self.upstream_levels)
     }
 
     /// Whether `package` is already serving an outer part of this call.
@@ -212,6 +230,23 @@ mod tests {
         let via = outer.via(&a);
         assert_eq!(via.deadline, outer.deadline);
         assert_eq!(&*via.chain, &*inner.chain);
+    }
+
+    #[test]
+    fn levels_and_caller_from_another_node_count() {
+        let mut remote = CallContext::new(Duration::from_secs(1));
+        remote.upstream_levels = 2;
+        remote.upstream_caller = Some("node-math".into());
+        assert_eq!(remote.level(), 3);
+        assert_eq!(remote.caller(), Some("node-math"));
+        assert!(
+            !remote.passed_through("node-math"),
+            "a remote caller is not a local package"
+        );
+        let a: Arc<str> = "a".into();
+        let inner = remote.via(&a);
+        assert_eq!(inner.level(), 4);
+        assert_eq!(inner.caller(), Some("a"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 // Env: MOLECULER (14 or 15: which npm release, hence protocol 4 or 5),
 // NATS_URL, NODE_ID, NAMESPACE (optional).
 //
-// Services: `node-math` (add, whoami, fail, slow) and a listener of
+// Services: `node-math` (add, whoami, fail, slow, relay: calls `action`
+// with `params` from inside an action) and a listener of
 // `test.**` in the group named by LISTENER_GROUP (default `node-watch`).
 //
 // Commands, one JSON object a line on stdin, answered by one JSON line on
@@ -57,6 +58,9 @@ broker.createService({
 		},
 		fail() {
 			throw new Errors.MoleculerClientError("the teapot refuses", 418, "TEAPOT", { why: "test" });
+		},
+		relay(ctx) {
+			return ctx.call(ctx.params.action, ctx.params.params || {});
 		}
 	}
 });

@@ -739,6 +739,10 @@ impl Shared {
             .map_or(NO_CALLER_TIMEOUT, |ms| Duration::from_secs_f64(ms / 1000.0));
         let request_id = req.request_id.clone().unwrap_or_else(|| req.id.clone());
         let mut ctx = CallContext::with_request_id(request_id, timeout);
+        // The caller's place in the call tree on its node: the depth limit
+        // counts those levels, and the callee sees who called it.
+        ctx.upstream_levels = req.level.map_or(0, |l| l.saturating_sub(1));
+        ctx.upstream_caller = req.caller.as_deref().map(Arc::from);
         let pairs = packet::meta_pairs(req.meta.as_ref());
         if !pairs.is_empty() {
             ctx.meta = pairs.into();
