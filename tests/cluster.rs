@@ -833,3 +833,48 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     out.extend(done.into_iter().flatten());
     out
 }
+
+/// Regression: events from another node used to be dropped once more of
+/// them waited for the subscriber than its queue holds. Now the receiving
+/// node stops reading until the subscriber has room, and every one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_remote_events_to_a_small_queue_loses_none() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let a = Node::start(&nats.url, "wasm-a", 4, "json", CALLER).await;
+    let b = Node::start(
+        &nats.url,
+        "wasm-b",
+        4,
+        "json",
+        r#"
+[packages.probe]
+component = "{PROBE}"
+instances = 1
+queue = 1
+events = ["test.*"]
+[packages.probe.grants]
+calls = ["tally.*"]
+[packages.tally]
+component = "{TALLY}"
+"#,
+    )
+    .await;
+    a.wait_for("probe.instance-id").await;
+    let payload = vec![0x81, 0xa1, b'n', 0x01]; // MessagePack {"n": 1}
+    const FLOOD: usize = 200;
+    for _ in 0..FLOOD {
+        a.t.app.broker.publish(
+            "test.flood",
+            payload.clone(),
+            false,
+            CallContext::new(Duration::from_secs(5)),
+        );
+    }
+    let got = tally_at_least(&b.t, FLOOD).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(tally(&b.t).await.len(), FLOOD, "each event exactly once");
+    assert!(got.iter().all(|(e, _)| e == "test.flood"));
+    b.stop().await;
+    a.stop().await;
+}

@@ -152,3 +152,36 @@ events = ["order.*"]
             .is_some_and(|id| !id.is_empty())
     );
 }
+
+/// Regression: a burst of events beyond the subscriber's queue used to be
+/// dropped ("no instance available"); they now wait for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_subscribers_queue_loses_no_event() {
+    let t = TestApp::start(
+        r#"
+[packages.probe]
+component = "{PROBE}"
+instances = 1
+queue = 1
+events = ["test.*"]
+[packages.probe.grants]
+calls = ["tally.*"]
+[packages.tally]
+component = "{TALLY}"
+"#,
+    )
+    .await;
+    const BURST: usize = 100;
+    for _ in 0..BURST {
+        t.app.broker.publish(
+            "test.burst",
+            vec![0xc0], // MessagePack nil
+            false,
+            steedos_wasm::context::CallContext::new(Duration::from_secs(5)),
+        );
+    }
+    let got = wait_for(&t, BURST).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(entries(&t).await.len(), BURST, "each event exactly once");
+    assert!(got.iter().all(|(e, _)| e == "test.burst"));
+}

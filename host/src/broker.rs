@@ -27,7 +27,11 @@
 //!
 //! # Events
 //! `emit` hands an event to one instance of every subscribing package,
-//! `broadcast` to every instance of each. Delivery is asynchronous.
+//! `broadcast` to every instance of each. Delivery is asynchronous, and
+//! never drops an event for want of room: a package has at most one
+//! delivery under way per instance, and the others wait their turn (an
+//! emitting package does not wait; the reading of events from another
+//! node does).
 //!
 //! The broker knows neither HTTP nor NATS: the gateway and the transport
 //! are callers of it.
@@ -46,6 +50,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Val;
 use wasmtime::component::types::Type;
 
@@ -91,6 +96,9 @@ pub struct Service {
     metrics: Vec<ActionMetrics>,
     /// Breaker, retry, fallback and bulkhead settings, by action index.
     policies: Vec<ActionRuntime>,
+    /// Event deliveries under way: at most one per instance the package
+    /// may have, so that events never crowd its queue (calls wait there).
+    event_room: Arc<Semaphore>,
 }
 
 /// How one action is protected: its circuit breaker, whether it may be
@@ -160,6 +168,7 @@ impl Service {
                 }
             })
             .collect();
+        let event_room = Arc::new(Semaphore::new(package.spec.max_instances.max(1) as usize));
         Service {
             package,
             pool,
@@ -167,6 +176,7 @@ impl Service {
             status,
             metrics,
             policies,
+            event_room,
         }
     }
 
@@ -1067,7 +1077,7 @@ impl Broker {
     ) {
         let remote = self.remote();
         let event: Arc<str> = event.into();
-        let groups = self.dispatch_local(from, &event, &payload, broadcast, &ctx, None);
+        let groups = self.dispatch_local(from, &event, &payload, broadcast, &ctx);
         if let Some(remote) = remote {
             remote.publish(&event, &payload, broadcast, &groups, &ctx);
         }
@@ -1076,7 +1086,14 @@ impl Broker {
     /// Hands an event that came from another node (`payload` in
     /// MessagePack) to this host's subscribers; `groups` (package names)
     /// limits it to those when given.
-    pub fn deliver_remote_event(
+    ///
+    /// A delivery that finds an idle instance runs here, on the caller's
+    /// task (no task per event); one that has to wait goes on in a task of
+    /// its own. Resolves once every subscriber has taken the event: while
+    /// a subscriber has a delivery under way for each instance it may
+    /// have, this waits, so a flood slows down the reading of events
+    /// rather than losing them.
+    pub async fn deliver_remote_event(
         self: &Arc<Self>,
         event: &str,
         payload: Vec<u8>,
@@ -1084,17 +1101,55 @@ impl Broker {
         groups: Option<&[String]>,
         ctx: CallContext,
     ) {
-        self.dispatch_local(
-            None,
-            &event.into(),
-            &Arc::from(payload),
-            broadcast,
-            &ctx,
-            groups,
-        );
+        let subscribers = self.subscribers(event, groups);
+        if subscribers.is_empty() {
+            return;
+        }
+        let (event, payload): (Arc<str>, Arc<[u8]>) = (event.into(), payload.into());
+        for service in subscribers {
+            let room = match service.event_room.clone().try_acquire_owned() {
+                Ok(room) => room,
+                Err(_) => match service.event_room.clone().acquire_owned().await {
+                    Ok(room) => room,
+                    Err(_) => continue, // never closed
+                },
+            };
+            let ctx = CallContext {
+                deadline: deadline_after(service.package.spec.timeout),
+                ..ctx.clone()
+            };
+            let delivery = self.clone().deliver_to(
+                service,
+                event.clone(),
+                payload.clone(),
+                broadcast,
+                ctx,
+                InFlight::new(&self.in_flight),
+                room,
+            );
+            run_or_spawn(delivery).await;
+        }
     }
 
-    /// Delivers an event to the local subscribers; returns their names.
+    /// The services subscribed to `event` (among `groups`, when given), by name.
+    fn subscribers(&self, event: &str, groups: Option<&[String]>) -> Vec<Arc<Service>> {
+        let mut subscribers: Vec<Arc<Service>> = self
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.package.ty.handles_events() && s.package.spec.subscribes_to(event))
+            .filter(|s| groups.is_none_or(|g| g.iter().any(|g| **g == *s.package.name)))
+            .cloned()
+            .collect();
+        if subscribers.len() > 1 {
+            subscribers.sort_by(|a, b| a.name().cmp(b.name()));
+        }
+        subscribers
+    }
+
+    /// Delivers an event to the local subscribers, each in a task of its
+    /// own (the emitter does not wait); returns their names.
     fn dispatch_local(
         self: &Arc<Self>,
         from: Option<&str>,
@@ -1102,16 +1157,10 @@ impl Broker {
         payload: &Arc<[u8]>,
         broadcast: bool,
         ctx: &CallContext,
-        groups: Option<&[String]>,
     ) -> Vec<Arc<str>> {
-        let mut served = Vec::new();
-        for service in self.services() {
-            if !service.package.ty.handles_events() || !service.package.spec.subscribes_to(event) {
-                continue;
-            }
-            if groups.is_some_and(|g| !g.iter().any(|g| **g == *service.package.name)) {
-                continue;
-            }
+        let subscribers = self.subscribers(event, None);
+        let mut served = Vec::with_capacity(subscribers.len());
+        for service in subscribers {
             served.push(service.package.name.clone());
             let timeout = service.package.spec.timeout;
             let ctx = match from {
@@ -1127,19 +1176,40 @@ impl Broker {
             let (event, payload) = (event.clone(), payload.clone());
             let in_flight = InFlight::new(&self.in_flight);
             tokio::spawn(async move {
-                let _in_flight = in_flight;
-                if broadcast {
-                    for slot in service.pool.slots() {
-                        broker
-                            .deliver(&service, Some(slot), &event, &payload, ctx.clone())
-                            .await;
-                    }
-                } else {
-                    broker.deliver(&service, None, &event, &payload, ctx).await;
-                }
+                let Ok(room) = service.event_room.clone().acquire_owned().await else {
+                    return; // never closed
+                };
+                broker
+                    .deliver_to(service, event, payload, broadcast, ctx, in_flight, room)
+                    .await;
             });
         }
         served
+    }
+
+    /// Delivers one event to `service`: to one instance, or to each in
+    /// turn for a broadcast. `room` is its place among the service's
+    /// deliveries under way.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_to(
+        self: Arc<Self>,
+        service: Arc<Service>,
+        event: Arc<str>,
+        payload: Arc<[u8]>,
+        broadcast: bool,
+        ctx: CallContext,
+        in_flight: InFlight,
+        room: OwnedSemaphorePermit,
+    ) {
+        let _held = (in_flight, room);
+        if broadcast {
+            for slot in service.pool.slots() {
+                self.deliver(&service, Some(slot), &event, &payload, ctx.clone())
+                    .await;
+            }
+        } else {
+            self.deliver(&service, None, &event, &payload, ctx).await;
+        }
     }
 
     async fn deliver(
@@ -1150,20 +1220,7 @@ impl Broker {
         payload: &[u8],
         ctx: CallContext,
     ) {
-        let label = format!("{} (event `{event}`)", service.name());
-        let checkout = match slot {
-            Some(s) => service
-                .pool
-                .checkout_slot(s, ctx.deadline)
-                .ok_or(Refusal::NoInstance),
-            None => service.pool.checkout(true, ctx.deadline),
-        };
-        let instance = match checkout {
-            Ok(Checkout::Ready(i)) => Some(i),
-            Ok(Checkout::Queued(wait)) => wait.await.ok(),
-            Err(_) => None,
-        };
-        let Some(instance) = instance else {
+        let Some(instance) = event_instance(service, slot, ctx.deadline).await else {
             tracing::warn!(
                 package = service.name(),
                 event,
@@ -1179,6 +1236,7 @@ impl Broker {
             service,
             instance: Some(instance),
         };
+        let label = || format!("{} (event `{event}`)", service.name());
         match tokio::time::timeout_at(
             deadline.into(),
             lease.get().handle_event(event, payload, ctx),
@@ -1187,10 +1245,10 @@ impl Broker {
         {
             Ok(Ok(())) => lease.release(),
             Ok(Err(fault)) => {
-                lease.fault(fault, &label, budget);
+                lease.fault(fault, &label(), budget);
             }
             Err(_) => {
-                lease.fault(Fault::Timeout, &label, budget);
+                lease.fault(Fault::Timeout, &label(), budget);
             }
         }
     }
@@ -1279,6 +1337,47 @@ fn scopeguard_dec(counter: &AtomicUsize) -> impl Drop + '_ {
         }
     }
     Dec(counter)
+}
+
+/// How long an event waits before it asks again for a place in a queue
+/// that calls have filled.
+const EVENT_QUEUE_RETRY: Duration = Duration::from_millis(1);
+
+/// An instance of `service` (the one in `slot`, when given) for an event.
+/// Unlike a call, an event finding the queue full of calls waits for room
+/// until its deadline instead of being dropped.
+async fn event_instance(
+    service: &Service,
+    slot: Option<usize>,
+    deadline: Instant,
+) -> Option<LiveInstance> {
+    loop {
+        let checkout = match slot {
+            Some(s) => service
+                .pool
+                .checkout_slot(s, deadline)
+                .ok_or(Refusal::NoInstance),
+            None => service.pool.checkout(true, deadline),
+        };
+        match checkout {
+            Ok(Checkout::Ready(instance)) => return Some(instance),
+            Ok(Checkout::Queued(wait)) => return wait.await.ok(),
+            Err(Refusal::QueueFull) if Instant::now() < deadline => {
+                tokio::time::sleep(EVENT_QUEUE_RETRY).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Runs `work` on this task as far as it goes without waiting; the rest,
+/// if any, goes on in a task of its own.
+async fn run_or_spawn(work: impl Future<Output = ()> + Send + 'static) {
+    let mut work = Box::pin(work);
+    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        tokio::spawn(work);
+    }
 }
 
 fn unavailable(service: &Service, label: &str) -> CallError {

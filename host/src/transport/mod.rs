@@ -646,7 +646,7 @@ impl Shared {
             Kind::Event => {
                 let event = wire.decode_event(&bytes)?;
                 if self.accept(&event.ver, &event.sender) {
-                    self.deliver(event);
+                    self.deliver(event).await;
                 }
             }
             Kind::Discover => {
@@ -822,8 +822,9 @@ impl Shared {
         let _ = pending.reply.send(result);
     }
 
-    /// Hands an EVENT from another node to the subscribed packages.
-    fn deliver(&self, event: packet::Event<'_, Data<'_>>) {
+    /// Hands an EVENT from another node to the subscribed packages; waits
+    /// while they have no room for it (backpressure, not loss).
+    async fn deliver(&self, event: packet::Event<'_, Data<'_>>) {
         let payload = match event.data.as_ref().map(Data::to_msgpack).transpose() {
             Ok(p) => p.unwrap_or_else(|| vec![0xc0]),
             Err(e) => {
@@ -847,7 +848,8 @@ impl Shared {
             event.groups.as_deref()
         };
         self.broker
-            .deliver_remote_event(&event.event, payload, event.broadcast, groups, ctx);
+            .deliver_remote_event(&event.event, payload, event.broadcast, groups, ctx)
+            .await;
         self.events_received.fetch_add(1, Ordering::Relaxed);
     }
 }
