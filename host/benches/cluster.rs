@@ -88,7 +88,7 @@ async fn run() -> anyhow::Result<()> {
     let shop_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let mut manifest = Manifest::load(&shop_dir)?;
     // Size the bulkheads for the load: 100 callers of greeter, and the event
-    // flood to audit (the broker drops an event its subscriber has no room for).
+    // flood to audit (a full queue slows the sender down: it waits for room).
     for p in manifest.packages.iter_mut() {
         match p.name.as_str() {
             "greeter" => p.queue = 256,
