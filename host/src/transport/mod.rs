@@ -77,6 +77,12 @@ use registry::{Joined, Registry};
 /// (the package's own timeout still applies).
 const NO_CALLER_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// How many tasks read this node's EVENT subject (see [`Transport::start`]):
+/// one per core, up to four.
+fn event_readers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
 /// Why the transport could not start or do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -270,15 +276,29 @@ impl Transport {
         ];
         let mut tasks = Vec::new();
         for (kind, subject) in subscriptions {
-            let subscriber =
-                client
-                    .subscribe(subject.clone())
-                    .await
-                    .map_err(|e| TransportError::Subscribe {
-                        subject,
-                        message: e.to_string(),
-                    })?;
-            tasks.push(tokio::spawn(shared.clone().listen(kind, subscriber)));
+            // Events are read by several tasks at once, one queue-group
+            // subscription each: nats-server hands each EVENT to one of
+            // them, so deliveries run on every core (their order was never
+            // kept: a delivery that waits goes on in a task of its own).
+            let readers = match kind {
+                Kind::Event => event_readers(),
+                _ => 1,
+            };
+            for _ in 0..readers {
+                let subscribed = match readers {
+                    1 => client.subscribe(subject.clone()).await,
+                    _ => {
+                        client
+                            .queue_subscribe(subject.clone(), "steedos-events".into())
+                            .await
+                    }
+                };
+                let subscriber = subscribed.map_err(|e| TransportError::Subscribe {
+                    subject: subject.clone(),
+                    message: e.to_string(),
+                })?;
+                tasks.push(tokio::spawn(shared.clone().listen(kind, subscriber)));
+            }
         }
         tasks.push(tokio::spawn(send_outbox(client.clone(), outgoing)));
         client.flush().await.map_err(|e| TransportError::Connect {
