@@ -345,16 +345,16 @@ impl App {
                     ty: &s.package.ty,
                 })
                 .collect();
-            match link(&c.spec, &c.ty, &c.component, &providers, &self.base) {
+            let linked = link(&c.spec, &c.ty, &c.component, &providers, &self.base);
+            drop(providers);
+            match linked {
                 Ok(package) => {
-                    drop(providers);
                     self.broker.clear_failure(&c.spec.name);
                     tracing::info!(package = %c.spec.name, "its imports have a provider now; starting");
                     self.broker.start(package).await;
                     started.push(format!("`{}`", c.spec.name));
                 }
                 Err(e) => {
-                    drop(providers);
                     tracing::debug!(package = %c.spec.name, error = %e, "still waiting for a provider");
                     still.push(c);
                 }
