@@ -302,29 +302,6 @@ calls = ["tally.*", "node-math.*"]
 component = "{TALLY}"
 "#;
 
-async fn tally(t: &TestApp) -> Vec<(String, u64)> {
-    let v = t.ok("tally.entries", json!({})).await;
-    v.as_array()
-        .expect("list")
-        .iter()
-        .map(|e| {
-            (
-                e[0].as_str().expect("event").to_string(),
-                e[1].as_u64().expect("instance"),
-            )
-        })
-        .collect()
-}
-
-async fn tally_at_least(t: &TestApp, n: usize) -> Vec<(String, u64)> {
-    eventually(Duration::from_secs(10), || async {
-        let e = tally(t).await;
-        (e.len() >= n).then_some(e)
-    })
-    .await
-    .unwrap_or_else(|| panic!("expected {n} deliveries to probe"))
-}
-
 // ------------------------------------------------------------ Node.js <-> Wasm
 
 /// Calls and events between a steedos-wasm node and two Moleculer nodes of
@@ -533,7 +510,7 @@ async fn with_moleculer(release: &str, protocol: u8) {
     );
     assert_eq!(a[0]["data"], json!({ "k": "v" }));
     // The local subscriber (probe itself) got them all too.
-    tally_at_least(&node.t, 12).await;
+    node.t.tally_at_least(12, Duration::from_secs(10)).await;
     node.t.ok("tally.reset", json!({})).await;
 
     // Node.js events reach Wasm: emit to one probe instance, broadcast to every one.
@@ -541,15 +518,15 @@ async fn with_moleculer(release: &str, protocol: u8) {
         .cmd(json!({ "cmd": "emit", "event": "test.node", "payload": { "from": "node" } }))
         .await;
     assert_eq!(r["ok"], true, "{r}");
-    let got = tally_at_least(&node.t, 1).await;
+    let got = node.t.tally_at_least(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(tally(&node.t).await, got, "an emit is delivered once");
+    assert_eq!(node.t.tally().await, got, "an emit is delivered once");
     assert_eq!(got[0].0, "test.node");
     node.t.ok("tally.reset", json!({})).await;
     peer_b
         .cmd(json!({ "cmd": "broadcast", "event": "test.every", "payload": {} }))
         .await;
-    let got = tally_at_least(&node.t, 2).await;
+    let got = node.t.tally_at_least(2, Duration::from_secs(10)).await;
     let instances: HashSet<u64> = got.iter().map(|(_, i)| *i).collect();
     assert_eq!(
         instances.len(),
@@ -703,11 +680,14 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
             CallContext::new(Duration::from_secs(5)),
         );
     }
-    let (tb, tc) = (tally_at_least(&b.t, 1).await, tally_at_least(&c.t, 1).await);
+    let (tb, tc) = (
+        b.t.tally_at_least(1, Duration::from_secs(10)).await,
+        c.t.tally_at_least(1, Duration::from_secs(10)).await,
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (tb, tc) = (
-        tally(&b.t).await.len().max(tb.len()),
-        tally(&c.t).await.len().max(tc.len()),
+        b.t.tally().await.len().max(tb.len()),
+        c.t.tally().await.len().max(tc.len()),
     );
     assert_eq!(tb + tc, 10, "each emit reached one node: {tb} + {tc}");
     a.t.app.broker.publish(
@@ -717,14 +697,14 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
         CallContext::new(Duration::from_secs(5)),
     );
     assert_eq!(
-        tally_at_least(&b.t, tb + 1)
+        b.t.tally_at_least(tb + 1, Duration::from_secs(10))
             .await
             .last()
             .map(|e| e.0.clone()),
         Some("test.all".into())
     );
     assert_eq!(
-        tally_at_least(&c.t, tc + 1)
+        c.t.tally_at_least(tc + 1, Duration::from_secs(10))
             .await
             .last()
             .map(|e| e.0.clone()),
@@ -871,9 +851,9 @@ component = "{TALLY}"
             CallContext::new(Duration::from_secs(5)),
         );
     }
-    let got = tally_at_least(&b.t, FLOOD).await;
+    let got = b.t.tally_at_least(FLOOD, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(tally(&b.t).await.len(), FLOOD, "each event exactly once");
+    assert_eq!(b.t.tally().await.len(), FLOOD, "each event exactly once");
     assert!(got.iter().all(|(e, _)| e == "test.flood"));
     b.stop().await;
     a.stop().await;

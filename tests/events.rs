@@ -23,29 +23,6 @@ events = ["other.*"]
 calls = ["tally.*"]
 "#;
 
-async fn entries(t: &TestApp) -> Vec<(String, u64)> {
-    let v = t.ok("tally.entries", json!({})).await;
-    v.as_array()
-        .expect("list")
-        .iter()
-        .map(|e| {
-            (
-                e[0].as_str().expect("event").to_string(),
-                e[1].as_u64().expect("instance"),
-            )
-        })
-        .collect()
-}
-
-async fn wait_for(t: &TestApp, n: usize) -> Vec<(String, u64)> {
-    eventually(Duration::from_secs(5), || async {
-        let e = entries(t).await;
-        (e.len() >= n).then_some(e)
-    })
-    .await
-    .unwrap_or_else(|| panic!("expected {n} deliveries"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emit_reaches_one_instance_and_broadcast_reaches_every_instance() {
     let t = TestApp::start(LISTENERS).await;
@@ -54,10 +31,10 @@ async fn emit_reaches_one_instance_and_broadcast_reaches_every_instance() {
         json!({"event": "test.one", "payload-json": "{}"}),
     )
     .await;
-    let got = wait_for(&t, 1).await;
+    let got = t.tally_at_least(1, Duration::from_secs(5)).await;
     // Give a wrong second delivery time to show up.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let got2 = entries(&t).await;
+    let got2 = t.tally().await;
     assert_eq!(got2, got, "emit must deliver exactly once");
     assert_eq!(got[0].0, "test.one");
 
@@ -67,10 +44,10 @@ async fn emit_reaches_one_instance_and_broadcast_reaches_every_instance() {
         json!({"event": "test.all", "payload-json": "{}"}),
     )
     .await;
-    let got = wait_for(&t, 3).await;
+    let got = t.tally_at_least(3, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let got = {
-        let again = entries(&t).await;
+        let again = t.tally().await;
         assert_eq!(
             again.len(),
             got.len(),
@@ -93,7 +70,7 @@ async fn an_emitting_instance_of_a_subscriber_still_gets_its_broadcast() {
         json!({"event": "test.self", "payload-json": "{}"}),
     )
     .await;
-    let got = wait_for(&t, 3).await;
+    let got = t.tally_at_least(3, Duration::from_secs(5)).await;
     let instances: HashSet<u64> = got.iter().map(|(_, i)| *i).collect();
     assert_eq!(instances.len(), 3, "{got:?}");
 }
@@ -112,9 +89,9 @@ async fn events_outside_a_subscription_are_not_delivered() {
     )
     .await;
     // Only `deaf` subscribes to other.*.
-    let got = wait_for(&t, 1).await;
+    let got = t.tally_at_least(1, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(entries(&t).await, got);
+    assert_eq!(t.tally().await, got);
     assert_eq!(got[0].0, "other.thing");
 }
 
@@ -180,8 +157,8 @@ component = "{TALLY}"
             steedos_wasm::context::CallContext::new(Duration::from_secs(5)),
         );
     }
-    let got = wait_for(&t, BURST).await;
+    let got = t.tally_at_least(BURST, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(entries(&t).await.len(), BURST, "each event exactly once");
+    assert_eq!(t.tally().await.len(), BURST, "each event exactly once");
     assert!(got.iter().all(|(e, _)| e == "test.burst"));
 }

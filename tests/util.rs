@@ -131,6 +131,33 @@ impl TestApp {
             .find(|f| f.name == package)
             .map(|f| f.error)
     }
+
+    /// The deliveries the app's `tally` package recorded, oldest first:
+    /// (event, id of the instance that got it).
+    pub async fn tally(&self) -> Vec<(String, u64)> {
+        let v = self.ok("tally.entries", serde_json::json!({})).await;
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .map(|e| {
+                (
+                    e[0].as_str().expect("event").to_string(),
+                    e[1].as_u64().expect("instance"),
+                )
+            })
+            .collect()
+    }
+
+    /// [`tally`](Self::tally) once it holds at least `n` deliveries; panics
+    /// when it does not within `within`.
+    pub async fn tally_at_least(&self, n: usize, within: Duration) -> Vec<(String, u64)> {
+        eventually(within, || async {
+            let e = self.tally().await;
+            (e.len() >= n).then_some(e)
+        })
+        .await
+        .unwrap_or_else(|| panic!("expected {n} deliveries recorded by tally"))
+    }
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, for at most `within`.
