@@ -58,6 +58,17 @@ async fn admin(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `PUT /admin/packages/<path>` with the token: deploys or upgrades a package.
+async fn deploy(base: &str, path: &str, component: Vec<u8>) -> (StatusCode, Value) {
+    admin(
+        reqwest::Method::PUT,
+        format!("{base}/admin/packages/{path}"),
+        Some(TOKEN),
+        component,
+    )
+    .await
+}
+
 async fn hello(base: &str, name: &str) -> Result<String, String> {
     let r = reqwest::Client::new()
         .post(format!("{base}/api/greeter/hello"))
@@ -97,13 +108,7 @@ async fn an_upgrade_under_load_fails_no_request() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let component = std::fs::read(guests::GREETER_V2).expect("greeter-v2 component");
-    let (s, v) = admin(
-        reqwest::Method::PUT,
-        format!("{base}/admin/packages/greeter"),
-        Some(TOKEN),
-        component,
-    )
-    .await;
+    let (s, v) = deploy(&base, "greeter", component).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["ok"].as_str().unwrap().contains("upgraded"), "{v}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -130,14 +135,7 @@ async fn an_upgrade_under_load_fails_no_request() {
 async fn a_failed_upgrade_keeps_the_old_version_serving() {
     let t = start().await;
     let (_g, base) = t.gateway().await;
-    let url = format!("{base}/admin/packages/greeter");
-    let (s, v) = admin(
-        reqwest::Method::PUT,
-        url.clone(),
-        Some(TOKEN),
-        b"\0asm garbage".to_vec(),
-    )
-    .await;
+    let (s, v) = deploy(&base, "greeter", b"\0asm garbage".to_vec()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(
         v["error"]["message"]
@@ -148,7 +146,7 @@ async fn a_failed_upgrade_keeps_the_old_version_serving() {
     );
     // probe refuses to start without its file: the upgrade is refused.
     let probe = std::fs::read(guests::PROBE).expect("probe component");
-    let (s, v) = admin(reqwest::Method::PUT, url.clone(), Some(TOKEN), probe).await;
+    let (s, v) = deploy(&base, "greeter", probe).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let m = v["error"]["message"].as_str().unwrap();
     assert!(
@@ -166,13 +164,7 @@ async fn an_upgrade_that_would_break_a_dependent_is_refused() {
     let t = start().await;
     let (_g, base) = t.gateway().await;
     let other = std::fs::read(guests::GREETER_V2).expect("component");
-    let (s, v) = admin(
-        reqwest::Method::PUT,
-        format!("{base}/admin/packages/inventory"),
-        Some(TOKEN),
-        other,
-    )
-    .await;
+    let (s, v) = deploy(&base, "inventory", other).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let m = v["error"]["message"].as_str().unwrap();
     assert!(
@@ -191,13 +183,7 @@ async fn packages_are_deployed_listed_and_removed() {
     let t = start().await;
     let (_g, base) = t.gateway().await;
     let tally = std::fs::read(guests::TALLY).expect("component");
-    let (s, v) = admin(
-        reqwest::Method::PUT,
-        format!("{base}/admin/packages/tally2?instances=3"),
-        Some(TOKEN),
-        tally,
-    )
-    .await;
+    let (s, v) = deploy(&base, "tally2?instances=3", tally).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(
         v["ok"]
@@ -242,13 +228,7 @@ async fn packages_are_deployed_listed_and_removed() {
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, v) = admin(
-        reqwest::Method::PUT,
-        format!("{base}/admin/packages/Bad_Name"),
-        Some(TOKEN),
-        vec![1],
-    )
-    .await;
+    let (s, v) = deploy(&base, "Bad_Name", vec![1]).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
 
@@ -371,13 +351,7 @@ calls = ["inventory.*"]
     );
 
     let inventory = std::fs::read(guests::INVENTORY).expect("component");
-    let (s, v) = admin(
-        reqwest::Method::PUT,
-        format!("{base}/admin/packages/inventory"),
-        Some(TOKEN),
-        inventory,
-    )
-    .await;
+    let (s, v) = deploy(&base, "inventory", inventory).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let said = v["ok"].as_str().unwrap_or_default();
     assert!(said.contains("`shop` linked to it and started"), "{v}");
