@@ -13,6 +13,10 @@
 //! Then, when Node.js and bench/moleculer's node_modules are there, the
 //! same shapes between two Moleculer 0.15 processes over the same
 //! nats-server (`bench/moleculer/cluster.js`): `peer.moleculer.cluster.*`.
+//!
+//! Knob, for profiling one shape: `BENCH_CALLERS=100` measures only
+//! `cluster.call` at those concurrencies (comma-separated), for
+//! `BENCH_SECONDS` (default 3) each; no raw, event or peer figures.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -83,7 +87,16 @@ async fn run() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    raw(&url).await?;
+    let only: Option<Vec<usize>> = std::env::var("BENCH_CALLERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let measure = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(MEASURE, Duration::from_secs_f64);
+    if only.is_none() {
+        raw(&url).await?;
+    }
 
     let shop_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let mut manifest = Manifest::load(&shop_dir)?;
@@ -131,9 +144,12 @@ async fn run() -> anyhow::Result<()> {
         }
     };
     rate(1, Duration::from_millis(500), call.clone()).await?; // warm up
-    for callers in [1, 100] {
-        let r = rate(callers, MEASURE, call.clone()).await?;
+    for callers in only.clone().unwrap_or_else(|| vec![1, 100]) {
+        let r = rate(callers, measure, call.clone()).await?;
         println!("bench: cluster.call.c{callers} = {r:.1} calls/s");
+    }
+    if only.is_some() {
+        return Ok(());
     }
 
     let events = events(&caller, &shop, &shop_node).await?;
