@@ -14,9 +14,9 @@
 //! same shapes between two Moleculer 0.15 processes over the same
 //! nats-server (`bench/moleculer/cluster.js`): `peer.moleculer.cluster.*`.
 //!
-//! Knob, for profiling one shape: `BENCH_CALLERS=100` measures only
-//! `cluster.call` at those concurrencies (comma-separated), for
-//! `BENCH_SECONDS` (default 3) each; no raw, event or peer figures.
+//! Knobs, for profiling one shape: `BENCH_SHAPES=call.c100,event` measures
+//! only those of `raw`, `call.c1`, `call.c100`, `event`, `peer`;
+//! `BENCH_SECONDS` (default 3) sets each call measurement's length.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +29,10 @@ use steedos_wasm::app::{App, LoadOptions};
 use steedos_wasm::context::CallContext;
 use steedos_wasm::manifest::{ClusterSettings, Manifest};
 use steedos_wasm::transport::Transport;
+
+// The binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const MEASURE: Duration = Duration::from_secs(3);
 const EVENTS: u64 = 300_000;
@@ -87,14 +91,17 @@ async fn run() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let only: Option<Vec<usize>> = std::env::var("BENCH_CALLERS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let shapes = std::env::var("BENCH_SHAPES").ok();
+    let wanted = |shape: &str| {
+        shapes
+            .as_deref()
+            .is_none_or(|s| s.split(',').any(|w| w.trim() == shape))
+    };
     let measure = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(MEASURE, Duration::from_secs_f64);
-    if only.is_none() {
+    if wanted("raw") {
         raw(&url).await?;
     }
 
@@ -144,23 +151,26 @@ async fn run() -> anyhow::Result<()> {
         }
     };
     rate(1, Duration::from_millis(500), call.clone()).await?; // warm up
-    for callers in only.clone().unwrap_or_else(|| vec![1, 100]) {
-        let r = rate(callers, measure, call.clone()).await?;
-        println!("bench: cluster.call.c{callers} = {r:.1} calls/s");
-    }
-    if only.is_some() {
-        return Ok(());
+    for callers in [1, 100] {
+        if wanted(&format!("call.c{callers}")) {
+            let r = rate(callers, measure, call.clone()).await?;
+            println!("bench: cluster.call.c{callers} = {r:.1} calls/s");
+        }
     }
 
-    let events = events(&caller, &shop, &shop_node).await?;
-    println!("bench: cluster.event = {events:.1} events/s");
+    if wanted("event") {
+        let events = events(&caller, &shop, &shop_node).await?;
+        println!("bench: cluster.event = {events:.1} events/s");
+    }
 
     caller_node.stop(Duration::from_secs(2)).await;
     shop_node.stop(Duration::from_secs(2)).await;
     caller.shutdown().await;
     shop.shutdown().await;
 
-    moleculer_peer(&url);
+    if wanted("peer") {
+        moleculer_peer(&url);
+    }
     Ok(())
 }
 

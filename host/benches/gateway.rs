@@ -16,6 +16,10 @@ use steedos_wasm::app::{App, LoadOptions};
 use steedos_wasm::gateway::Gateway;
 use steedos_wasm::manifest::Manifest;
 
+// The binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CONNECTIONS: u32 = 50;
 const SECONDS: u32 = 5;
 

@@ -21,6 +21,10 @@ use steedos_wasm::context::CallContext;
 use steedos_wasm::manifest::Manifest;
 use wasmtime::component::Val;
 
+// The binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MEASURE: Duration = Duration::from_secs(3);
 
 fn main() -> anyhow::Result<()> {
