@@ -300,6 +300,11 @@ events = ["test.*"]
 calls = ["tally.*", "node-math.*"]
 [packages.tally]
 component = "{TALLY}"
+
+# Node.js actions behind this node's gateway.
+[gateway.aliases]
+"GET /add/:a/:b" = "node-math.add"
+"GET /whoami" = "node-math.whoami"
 "#;
 
 // ------------------------------------------------------------ Node.js <-> Wasm
@@ -426,6 +431,42 @@ async fn with_moleculer(release: &str, protocol: u8) {
             .await,
         Ok(json!(5))
     );
+    // Through a REST alias: path and query parameters are text, read as the
+    // numbers the Node.js action's own `params` rules ask for.
+    let (gateway, base) = node.t.gateway().await;
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{base}/add/2/3"))
+        .send()
+        .await
+        .expect("GET /add/2/3");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.expect("json"), json!(5));
+    let r = http
+        .get(format!("{base}/add/2/x"))
+        .send()
+        .await
+        .expect("GET /add/2/x");
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+    let problem: Value = r.json().await.expect("json");
+    assert_eq!(problem["error"]["kind"], "invalid-params", "{problem}");
+    assert!(
+        problem["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("params.b") || m.contains("'b'")),
+        "{problem}"
+    );
+    // A parameter without a rule stays text.
+    let r = http
+        .get(format!("{base}/whoami?tag=007"))
+        .send()
+        .await
+        .expect("GET /whoami");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let who: Value = r.json().await.expect("json");
+    assert_eq!(who["params"], json!({ "tag": "007" }), "{who}");
+    gateway.shutdown(Duration::from_secs(1)).await;
+
     let e = node
         .t
         .call("node-math.fail", json!({}))

@@ -435,9 +435,20 @@ impl Gateway {
                     .into_owned(),
             )
         });
+        // An action of another node: its parameters as that node announced them.
+        let remote = match self.is_local(&action) {
+            true => Vec::new(),
+            false => self.broker.remote_params(&action),
+        };
         for (name, raw) in decoded.chain(form_urlencoded::parse(query.as_bytes()).into_owned()) {
-            let ty = params.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
-            object.insert(name, coerce(&raw, ty));
+            let wants = match params.iter().find(|(n, _)| *n == name) {
+                Some((_, ty)) => Wants::Wit(ty),
+                None => match remote.iter().find(|(n, _)| *n == name) {
+                    Some((_, rule)) => Wants::Rule(rule),
+                    None => Wants::Unknown,
+                },
+            };
+            object.insert(name, coerce(&raw, wants));
         }
         let body = serde_json::to_vec(&Value::Object(object)).unwrap_or_default();
         self.call(&action, &body, request_id).await
@@ -542,6 +553,13 @@ impl Gateway {
         }
     }
 
+    /// Whether a package of this host serves `action`'s package.
+    fn is_local(&self, action: &str) -> bool {
+        action
+            .split_once('.')
+            .is_some_and(|(package, _)| self.broker.service(package).is_some())
+    }
+
     fn param_types(&self, action: &str) -> Vec<(String, Type)> {
         let Some((package, name)) = action.split_once('.') else {
             return Vec::new();
@@ -642,18 +660,45 @@ fn named_status(message: &str, action: &str) -> Option<StatusCode> {
     StatusCode::from_u16(status).ok()
 }
 
-/// A path or query parameter (always text) as the JSON its WIT type wants.
-fn coerce(raw: &str, ty: Option<&Type>) -> Value {
-    let inner = match ty {
-        Some(Type::Option(o)) => Some(o.ty()),
-        other => other.cloned(),
+/// What the gateway knows a path or query parameter wants.
+enum Wants<'a> {
+    /// A local action's parameter: its WIT type.
+    Wit(&'a Type),
+    /// A remote action's parameter: its fastest-validator rule.
+    Rule(&'a Value),
+    /// Nothing: it is passed on as text.
+    Unknown,
+}
+
+/// A path or query parameter (always text) as the JSON it wants.
+fn coerce(raw: &str, wants: Wants<'_>) -> Value {
+    let text = match wants {
+        Wants::Wit(Type::Option(o)) => matches!(o.ty(), Type::String | Type::Char),
+        Wants::Wit(ty) => matches!(ty, Type::String | Type::Char),
+        Wants::Rule(rule) => rule_is_text(rule),
+        Wants::Unknown => true,
     };
-    match inner {
-        Some(Type::String | Type::Char) | None => Value::String(raw.to_string()),
+    match text {
+        true => Value::String(raw.to_string()),
         // Numbers, booleans and structured values are read as JSON; a value
-        // that is not JSON stays text and the codec says what was expected.
-        Some(_) => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string())),
+        // that is not JSON stays text and the callee says what was expected.
+        false => serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string())),
     }
+}
+
+/// Whether a fastest-validator rule (`"string"`, `"number|optional"`,
+/// `{ type: "number" }`, or a list of such) takes text as it is.
+fn rule_is_text(rule: &Value) -> bool {
+    let ty = match rule {
+        Value::String(s) => s.split('|').next().unwrap_or_default(),
+        Value::Object(o) => o.get("type").and_then(Value::as_str).unwrap_or("any"),
+        Value::Array(rules) => return rules.iter().all(rule_is_text),
+        _ => "any",
+    };
+    matches!(
+        ty,
+        "string" | "email" | "url" | "uuid" | "enum" | "date" | "mac" | "luhn" | "currency"
+    )
 }
 
 fn problem(
@@ -742,5 +787,35 @@ impl tokio::io::AsyncWrite for Tracked {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_parameters_follow_their_fastest_validator_rules() {
+        let rule = |v: Value| coerce("42", Wants::Rule(&v));
+        assert_eq!(rule(json!("number")), json!(42));
+        assert_eq!(rule(json!("number|optional|min:1")), json!(42));
+        assert_eq!(
+            rule(json!({ "type": "number", "integer": true })),
+            json!(42)
+        );
+        assert_eq!(rule(json!("boolean")), json!(42)); // the callee says it is not a boolean
+        assert_eq!(rule(json!("string")), json!("42"));
+        assert_eq!(rule(json!({ "type": "string", "min": 1 })), json!("42"));
+        assert_eq!(rule(json!("email|optional")), json!("42"));
+        assert_eq!(rule(json!(["string", "number"])), json!(42));
+        assert_eq!(rule(json!(["string", "email"])), json!("42"));
+        assert_eq!(coerce("true", Wants::Rule(&json!("boolean"))), json!(true));
+        assert_eq!(
+            coerce("[1,2]", Wants::Rule(&json!({ "type": "array" }))),
+            json!([1, 2])
+        );
+        // Not JSON: passed on as text, for the callee to refuse by name.
+        assert_eq!(coerce("x", Wants::Rule(&json!("number"))), json!("x"));
+        assert_eq!(coerce("42", Wants::Unknown), json!("42"));
     }
 }

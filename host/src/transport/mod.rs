@@ -899,6 +899,10 @@ impl Drop for PendingGuard {
 struct Route(Arc<Shared>);
 
 impl RemoteRoute for Route {
+    fn params(&self, action: &str) -> Vec<(String, Value)> {
+        self.0.registry().params(action)
+    }
+
     fn call(
         &self,
         action: &str,

@@ -660,7 +660,18 @@ pub fn error_from_wire(error: WireError, action: &str, node: &str) -> CallError 
     let kind = error.kind.as_deref().unwrap_or("");
     let code = error.code.as_ref().and_then(Value::as_u64).unwrap_or(500);
     let text = error.message.as_deref().unwrap_or("no message");
-    let message = format!("{action} on node `{node}`: {name}: {text}");
+    let mut message = format!("{action} on node `{node}`: {name}: {text}");
+    // A validation error lists what was wrong with which field in `data`.
+    let details: Vec<&str> = match &error.data {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.get("message").and_then(Value::as_str))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !details.is_empty() {
+        message = format!("{message} ({})", details.join("; "));
+    }
     match (name, kind, code) {
         ("ServiceNotFoundError" | "ServiceNotAvailableError", _, _)
         | (_, "SERVICE_NOT_FOUND", _) => CallError::NotFound(message),
@@ -721,6 +732,30 @@ mod tests {
         assert_eq!(v["name"], "ValidationError");
         assert_eq!(v["code"], 422);
         assert_eq!(v["type"], "VALIDATION_ERROR");
+    }
+
+    #[test]
+    fn a_moleculer_validation_error_names_its_fields() {
+        let wire: WireError = serde_json::from_value(json!({
+            "name": "ValidationError",
+            "message": "Parameters validation error!",
+            "code": 422,
+            "type": "VALIDATION_ERROR",
+            "data": [
+                { "type": "number", "field": "b", "message": "The 'b' field must be a number.", "actual": "x" },
+                { "type": "required", "field": "c", "message": "The 'c' field is required." }
+            ]
+        }))
+        .unwrap();
+        let e = error_from_wire(wire, "node-math.add", "node-a");
+        assert_eq!(
+            e,
+            CallError::InvalidParams(
+                "node-math.add on node `node-a`: ValidationError: Parameters validation error! \
+                 (The 'b' field must be a number.; The 'c' field is required.)"
+                    .into()
+            )
+        );
     }
 
     #[test]

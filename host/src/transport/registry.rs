@@ -27,6 +27,8 @@ struct Node {
     client: Option<String>,
     services: Vec<String>,
     actions: Vec<String>,
+    /// Each action's `params` rules as the node announced them.
+    params: HashMap<String, Value>,
     /// `(event pattern, group)`.
     listeners: Vec<(String, String)>,
     req: Subject,
@@ -102,6 +104,7 @@ impl Registry {
         let seq = info.seq.unwrap_or(1);
         let mut services = Vec::new();
         let mut actions = Vec::new();
+        let mut params = HashMap::new();
         let mut listeners = Vec::new();
         for service in &info.services {
             services.push(service.name.clone());
@@ -111,13 +114,15 @@ impl Registry {
                 if matches!(visibility, Some("protected" | "private")) {
                     continue;
                 }
-                actions.push(
-                    action
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or(name)
-                        .to_string(),
-                );
+                let full = action
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(name)
+                    .to_string();
+                if let Some(rules) = action.get("params") {
+                    params.insert(full.clone(), rules.clone());
+                }
+                actions.push(full);
             }
             for (name, event) in service.events.iter().flatten() {
                 let pattern = event
@@ -154,6 +159,7 @@ impl Registry {
                 .map(str::to_string),
             services,
             actions,
+            params,
             listeners,
             req: format!("{}.REQ.{id}", self.prefix).into(),
             event: format!("{}.EVENT.{id}", self.prefix).into(),
@@ -204,6 +210,27 @@ impl Registry {
         }
         let i = endpoints.next.fetch_add(1, Ordering::Relaxed) % n;
         Some(endpoints.nodes[i].clone())
+    }
+
+    /// The parameters of `action` with their fastest-validator rules, as a
+    /// node serving it announced them (`$$`-options left out); empty when
+    /// no node serves it or it announced none.
+    pub fn params(&self, action: &str) -> Vec<(String, Value)> {
+        let Some(endpoints) = self.actions.get(action) else {
+            return Vec::new();
+        };
+        endpoints
+            .nodes
+            .iter()
+            .find_map(|(id, _)| self.nodes.get(id)?.params.get(action)?.as_object())
+            .map(|rules| {
+                rules
+                    .iter()
+                    .filter(|(name, _)| !name.starts_with("$$"))
+                    .map(|(name, rule)| (name.clone(), rule.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether some node serves `action`.
