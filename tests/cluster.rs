@@ -434,37 +434,34 @@ async fn with_moleculer(release: &str, protocol: u8) {
     // Through a REST alias: path and query parameters are text, read as the
     // numbers the Node.js action's own `params` rules ask for.
     let (gateway, base) = node.t.gateway().await;
-    let http = reqwest::Client::new();
-    let r = http
-        .get(format!("{base}/add/2/3"))
-        .send()
-        .await
-        .expect("GET /add/2/3");
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
-    assert_eq!(r.json::<Value>().await.expect("json"), json!(5));
-    let r = http
-        .get(format!("{base}/add/2/x"))
-        .send()
-        .await
-        .expect("GET /add/2/x");
-    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
-    let problem: Value = r.json().await.expect("json");
-    assert_eq!(problem["error"]["kind"], "invalid-params", "{problem}");
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = reqwest::get(&url).await.expect("GET");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+    assert_eq!(get("/add/2/3").await, (200, json!(5)));
+    let (status, problem) = get("/add/2/x").await;
+    assert_eq!(
+        (status, &problem["error"]["kind"]),
+        (400, &json!("invalid-params")),
+        "{problem}"
+    );
     assert!(
         problem["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("params.b") || m.contains("'b'")),
+            .is_some_and(|m| m.contains("'b' field must be a number")),
         "{problem}"
     );
     // A parameter without a rule stays text.
-    let r = http
-        .get(format!("{base}/whoami?tag=007"))
-        .send()
-        .await
-        .expect("GET /whoami");
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
-    let who: Value = r.json().await.expect("json");
-    assert_eq!(who["params"], json!({ "tag": "007" }), "{who}");
+    let (status, who) = get("/whoami?tag=007").await;
+    assert_eq!(
+        (status, &who["params"]),
+        (200, &json!({ "tag": "007" })),
+        "{who}"
+    );
     gateway.shutdown(Duration::from_secs(1)).await;
 
     let e = node
