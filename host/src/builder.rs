@@ -56,7 +56,7 @@ pub enum BuildError {
     },
     /// The command succeeded but the component is not where the manifest says.
     #[error(
-        "package `{package}`: build command `{command}` succeeded but {component} does not exist; check `component` in steedos.toml"
+        "package `{package}`: build command `{command}` succeeded but {component} does not exist; check `component` in steedos.toml{hint}"
     )]
     NoComponent {
         /// The package.
@@ -65,7 +65,21 @@ pub enum BuildError {
         command: String,
         /// The expected component path.
         component: String,
+        /// What probably put it elsewhere, when known (starts with `; `).
+        hint: String,
     },
+}
+
+/// Cargo writes to `CARGO_TARGET_DIR` when it is set, not to the `target/`
+/// that manifests name: say so when a cargo build left no component.
+fn target_dir_hint(command: &str, target_dir: Option<&std::ffi::OsStr>) -> String {
+    match target_dir {
+        Some(dir) if command.trim_start().starts_with("cargo ") => format!(
+            "; CARGO_TARGET_DIR is set ({}), so cargo wrote the component there: unset it for the build, or point `component` into it",
+            Path::new(dir).display()
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Whether `spec`'s component is missing or older than one of its inputs
@@ -224,6 +238,7 @@ pub async fn build_if_needed(spec: &PackageSpec, force: bool) -> Result<BuildOut
             package: spec.name.clone(),
             command: command.clone(),
             component: spec.component.display().to_string(),
+            hint: target_dir_hint(command, std::env::var_os("CARGO_TARGET_DIR").as_deref()),
         });
     }
     let took = started.elapsed();
@@ -272,6 +287,18 @@ fn tail(text: &str, lines: usize) -> String {
 mod tests {
     use super::*;
     use crate::manifest::Manifest;
+
+    #[test]
+    fn a_missing_component_after_cargo_names_cargo_target_dir() {
+        let dir = std::ffi::OsStr::new("/tmp/elsewhere");
+        let hint = target_dir_hint("cargo build --release -p greeter", Some(dir));
+        assert!(
+            hint.contains("CARGO_TARGET_DIR is set (/tmp/elsewhere)"),
+            "{hint}"
+        );
+        assert_eq!(target_dir_hint("npm run build", Some(dir)), "");
+        assert_eq!(target_dir_hint("cargo build -p greeter", None), "");
+    }
 
     /// An app in a temporary folder with one package `pkg` (source `pkg/`,
     /// component `out/pkg.wasm`), its source and component written, the
