@@ -883,15 +883,25 @@ impl Drop for Serving<'_> {
     }
 }
 
-/// Removes a pending call when its caller stops waiting.
+/// Removes a pending call when its caller stops waiting before the answer.
 struct PendingGuard {
     shared: Arc<Shared>,
     id: u64,
+    /// The answer came: [`Shared::answer`] removed the entry already.
+    answered: bool,
+}
+
+impl PendingGuard {
+    fn answered(&mut self) {
+        self.answered = true;
+    }
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        lock(&self.shared.pending).remove(&self.id);
+        if !self.answered {
+            lock(&self.shared.pending).remove(&self.id);
+        }
     }
 }
 
@@ -963,15 +973,15 @@ impl RemoteRoute for Route {
                 reply,
             },
         );
-        let guard = PendingGuard {
+        let mut guard = PendingGuard {
             shared: shared.clone(),
             id,
+            answered: false,
         };
         let deadline = ctx.deadline;
         let request_id = ctx.request_id.clone();
         Some(Box::pin(async move {
-            let _guard = guard;
-            let shared = &_guard.shared;
+            let shared = guard.shared.clone();
             if let Err(e) = shared.client.publish(subject, bytes.into()).await {
                 return Err(CallError::Overloaded(format!(
                     "{action}: cannot send the request to node `{node}`: {e}"
@@ -979,7 +989,10 @@ impl RemoteRoute for Route {
             }
             let started = Instant::now();
             match tokio::time::timeout_at(deadline.into(), answer).await {
-                Ok(Ok(result)) => result,
+                Ok(Ok(result)) => {
+                    guard.answered();
+                    result
+                }
                 Ok(Err(_)) => Err(CallError::Overloaded(format!(
                     "{action}: the transport to node `{node}` closed"
                 ))),
