@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use steedos_tests::{TestApp, eventually};
+use steedos_tests::{TestApp, assert_valid_openapi, eventually};
 use steedos_wasm::context::{CallContext, CallError};
 use steedos_wasm::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -462,6 +462,20 @@ async fn with_moleculer(release: &str, protocol: u8) {
         (200, &json!({ "tag": "007" })),
         "{who}"
     );
+    // /openapi.json describes those routes by the same rules.
+    let (status, doc) = get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let number = json!({ "type": "number" });
+    assert_eq!(
+        doc["paths"]["/add/{a}/{b}"]["get"]["parameters"],
+        json!([
+            { "name": "a", "in": "path", "required": true, "schema": number },
+            { "name": "b", "in": "path", "required": true, "schema": number },
+        ]),
+        "{doc}"
+    );
+    assert!(doc["paths"]["/whoami"]["get"].is_object(), "{doc}");
+    assert_valid_openapi(&doc, node.t.dir.path());
     gateway.shutdown(Duration::from_secs(1)).await;
 
     let e = node

@@ -320,10 +320,10 @@ pub trait RemoteRoute: Send + Sync + 'static {
         params: RemoteParams<'_>,
         ctx: &CallContext,
     ) -> Option<BoxFuture<'static, Result<serde_json::Value, CallError>>>;
-    /// The parameters of `action` on the node that would serve it, with
-    /// their fastest-validator rules (Moleculer's `params`); empty when
-    /// unknown.
-    fn params(&self, action: &str) -> Vec<(String, serde_json::Value)>;
+    /// The parameters of `action` on a node that serves it, with their
+    /// fastest-validator rules (Moleculer's `params`); `None` when no node
+    /// serves it.
+    fn params(&self, action: &str) -> Option<Vec<(String, serde_json::Value)>>;
     /// Hands an event emitted here (`payload` in MessagePack) to the other
     /// nodes' listeners; for `emit`, `local_groups` already got it here.
     fn publish(
@@ -398,9 +398,9 @@ impl Broker {
     }
 
     /// The parameter rules another node announced for `action` (see
-    /// [`RemoteRoute::params`]); empty without a cluster.
-    pub fn remote_params(&self, action: &str) -> Vec<(String, serde_json::Value)> {
-        self.remote().map(|r| r.params(action)).unwrap_or_default()
+    /// [`RemoteRoute::params`]); `None` when no other node serves it.
+    pub fn remote_params(&self, action: &str) -> Option<Vec<(String, serde_json::Value)>> {
+        self.remote()?.params(action)
     }
 
     /// A local miss goes to another node when one serves `action`.

@@ -438,7 +438,7 @@ impl Gateway {
         // An action of another node: its parameters as that node announced them.
         let remote = match self.is_local(&action) {
             true => Vec::new(),
-            false => self.broker.remote_params(&action),
+            false => self.broker.remote_params(&action).unwrap_or_default(),
         };
         for (name, raw) in decoded.chain(form_urlencoded::parse(query.as_bytes()).into_owned()) {
             let wants = match params.iter().find(|(n, _)| *n == name) {
@@ -689,16 +689,13 @@ fn coerce(raw: &str, wants: Wants<'_>) -> Value {
 /// Whether a fastest-validator rule (`"string"`, `"number|optional"`,
 /// `{ type: "number" }`, or a list of such) takes text as it is.
 fn rule_is_text(rule: &Value) -> bool {
-    let ty = match rule {
-        Value::String(s) => s.split('|').next().unwrap_or_default(),
-        Value::Object(o) => o.get("type").and_then(Value::as_str).unwrap_or("any"),
-        Value::Array(rules) => return rules.iter().all(rule_is_text),
-        _ => "any",
-    };
-    matches!(
-        ty,
-        "string" | "email" | "url" | "uuid" | "enum" | "date" | "mac" | "luhn" | "currency"
-    )
+    match (rule, crate::transport::schema::rule_type(rule).0) {
+        (Value::Array(rules), _) => rules.iter().all(rule_is_text),
+        (_, ty) => matches!(
+            ty,
+            "string" | "email" | "url" | "uuid" | "enum" | "date" | "mac" | "luhn" | "currency"
+        ),
+    }
 }
 
 fn problem(

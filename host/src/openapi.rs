@@ -4,15 +4,18 @@
 //! whose request body is an object of its WIT parameters and whose 200
 //! response is its result (for `result<T, E>`, `T`; `E` answers 422).
 //! Every REST alias is one more operation with its path and query
-//! parameters. Schemas are JSON Schema 2020-12, as OpenAPI 3.1 uses, and
+//! parameters; an alias to an action of another node of the cluster is
+//! described by the fastest-validator rules that node announced. Schemas
+//! are JSON Schema 2020-12, as OpenAPI 3.1 uses, and
 //! follow the gateway's JSON encoding exactly (see [`codec`](crate::codec)).
 
 use serde_json::{Map, Value, json};
 use wasmtime::component::types::Type;
 
 use crate::broker::Broker;
-use crate::manifest::GatewaySettings;
+use crate::manifest::{Alias, GatewaySettings};
 use crate::package::ActionType;
+use crate::transport::schema::rule_type;
 
 /// The OpenAPI document of what the gateway exposes now.
 pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value {
@@ -40,18 +43,7 @@ pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value 
             let Some((_, action)) = service.package.ty.action(action_name) else {
                 continue;
             };
-            let path = format!(
-                "/{}",
-                alias
-                    .segments
-                    .iter()
-                    .map(|s| match s.strip_prefix(':') {
-                        Some(p) => format!("{{{p}}}"),
-                        None => s.clone(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("/")
-            );
+            let path = alias_path(alias);
             let path_text = path.clone();
             let entry = paths.entry(path).or_insert_with(|| json!({}));
             if let Value::Object(ops) = entry {
@@ -61,6 +53,25 @@ pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value 
                     json!(format!("{} via {} {path_text}", alias.action, alias.method));
                 ops.insert(alias.method.to_ascii_lowercase(), op);
             }
+        }
+    }
+    // Aliases to actions of other nodes of the cluster: their parameters as
+    // those nodes announced them.
+    for alias in &gateway.aliases {
+        let local = alias
+            .action
+            .split_once('.')
+            .is_some_and(|(package, _)| broker.service(package).is_some());
+        if local {
+            continue;
+        }
+        let Some(rules) = broker.remote_params(&alias.action) else {
+            continue;
+        };
+        let path = alias_path(alias);
+        let op = remote_operation(alias, &rules, &path);
+        if let Value::Object(ops) = paths.entry(path).or_insert_with(|| json!({})) {
+            ops.insert(alias.method.to_ascii_lowercase(), op);
         }
     }
     json!({
@@ -113,6 +124,80 @@ fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Va
         Some(t) => schema(t),
         None => json!({ "type": "null" }),
     };
+    op.insert("responses".into(), responses(ok));
+    Value::Object(op)
+}
+
+/// An alias's path in OpenAPI's words: `/stock/{sku}`.
+fn alias_path(alias: &Alias) -> String {
+    let segments: Vec<String> = alias
+        .segments
+        .iter()
+        .map(|s| match s.strip_prefix(':') {
+            Some(p) => format!("{{{p}}}"),
+            None => s.clone(),
+        })
+        .collect();
+    format!("/{}", segments.join("/"))
+}
+
+/// The operation of an alias to another node's action, from the
+/// fastest-validator rules that node announced: path parameters from the
+/// route, every other parameter in the query.
+fn remote_operation(alias: &Alias, rules: &[(String, Value)], path: &str) -> Value {
+    let in_path: Vec<&str> = alias
+        .segments
+        .iter()
+        .filter_map(|s| s.strip_prefix(':'))
+        .collect();
+    let rule_of = |name: &str| rules.iter().find(|(n, _)| n == name).map(|(_, r)| r);
+    let mut parameters: Vec<Value> = in_path
+        .iter()
+        .map(|name| {
+            let schema = rule_of(name).map_or(json!({ "type": "string" }), rule_schema);
+            json!({ "name": name, "in": "path", "required": true, "schema": schema })
+        })
+        .collect();
+    for (name, rule) in rules.iter().filter(|(n, _)| !in_path.contains(&n.as_str())) {
+        let (_, optional) = rule_type(rule);
+        parameters.push(
+            json!({ "name": name, "in": "query", "required": !optional, "schema": rule_schema(rule) }),
+        );
+    }
+    json!({
+        "operationId": format!("{} via {} {path}", alias.action, alias.method),
+        "summary": format!("{}: an action of another node of the cluster", alias.action),
+        "parameters": parameters,
+        "responses": responses(json!({})),
+    })
+}
+
+/// The JSON Schema of a fastest-validator rule, as far as it says.
+fn rule_schema(rule: &Value) -> Value {
+    if let Value::Array(rules) = rule {
+        return json!({ "anyOf": rules.iter().map(rule_schema).collect::<Vec<_>>() });
+    }
+    let integer = rule.get("integer").and_then(Value::as_bool) == Some(true);
+    match rule_type(rule).0 {
+        "number" if integer => json!({ "type": "integer" }),
+        "number" => json!({ "type": "number" }),
+        "boolean" => json!({ "type": "boolean" }),
+        "string" | "date" | "mac" | "luhn" | "currency" => json!({ "type": "string" }),
+        "email" => json!({ "type": "string", "format": "email" }),
+        "url" => json!({ "type": "string", "format": "uri" }),
+        "uuid" => json!({ "type": "string", "format": "uuid" }),
+        "object" => json!({ "type": "object" }),
+        "array" => json!({ "type": "array" }),
+        "enum" => match rule.get("values") {
+            Some(Value::Array(values)) => json!({ "enum": values }),
+            _ => json!({}),
+        },
+        _ => json!({}),
+    }
+}
+
+/// The responses of every operation, with `ok` as the 200 body.
+fn responses(ok: Value) -> Value {
     let error = json!({ "$ref": "#/components/schemas/Error" });
     let mut responses = Map::new();
     responses.insert("200".into(), json!({ "description": "the action's result", "content": { "application/json": { "schema": ok } } }));
@@ -134,8 +219,7 @@ fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Va
             json!({ "description": what, "content": { "application/json": { "schema": error } } }),
         );
     }
-    op.insert("responses".into(), Value::Object(responses));
-    Value::Object(op)
+    Value::Object(responses)
 }
 
 fn error_schema() -> Value {
@@ -227,4 +311,61 @@ pub fn schema(ty: &Type) -> Value {
 
 fn single_key(key: &str, value: Value) -> Value {
     json!({ "type": "object", "properties": { key: value }, "required": [key], "additionalProperties": false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fastest_validator_rules_become_json_schemas() {
+        assert_eq!(rule_schema(&json!("number")), json!({ "type": "number" }));
+        assert_eq!(
+            rule_schema(&json!({ "type": "number", "integer": true })),
+            json!({ "type": "integer" })
+        );
+        assert_eq!(
+            rule_schema(&json!("email|optional")),
+            json!({ "type": "string", "format": "email" })
+        );
+        assert_eq!(
+            rule_schema(&json!({ "type": "enum", "values": ["a", "b"] })),
+            json!({ "enum": ["a", "b"] })
+        );
+        assert_eq!(
+            rule_schema(&json!(["string", "boolean"])),
+            json!({ "anyOf": [{ "type": "string" }, { "type": "boolean" }] })
+        );
+        assert_eq!(rule_schema(&json!({ "type": "custom" })), json!({}));
+        assert_eq!(rule_type(&json!("number|optional")), ("number", true));
+        assert_eq!(
+            rule_type(&json!({ "type": "string", "optional": true })),
+            ("string", true)
+        );
+        assert_eq!(rule_type(&json!("string|min:3")), ("string", false));
+        assert_eq!(rule_type(&json!(null)), ("any", false));
+    }
+
+    #[test]
+    fn a_remote_alias_has_path_and_query_parameters_by_rule() {
+        let alias = Alias {
+            method: "GET".into(),
+            segments: vec!["add".into(), ":a".into()],
+            action: "math.add".into(),
+        };
+        let rules = vec![
+            ("a".to_string(), json!("number")),
+            ("b".to_string(), json!("number|optional")),
+        ];
+        let op = remote_operation(&alias, &rules, &alias_path(&alias));
+        assert_eq!(alias_path(&alias), "/add/{a}");
+        assert_eq!(
+            op["parameters"],
+            json!([
+                { "name": "a", "in": "path", "required": true, "schema": { "type": "number" } },
+                { "name": "b", "in": "query", "required": false, "schema": { "type": "number" } },
+            ])
+        );
+        assert_eq!(op["operationId"], "math.add via GET /add/{a}");
+    }
 }

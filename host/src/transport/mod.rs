@@ -909,7 +909,7 @@ impl Drop for PendingGuard {
 struct Route(Arc<Shared>);
 
 impl RemoteRoute for Route {
-    fn params(&self, action: &str) -> Vec<(String, Value)> {
+    fn params(&self, action: &str) -> Option<Vec<(String, Value)>> {
         self.0.registry().params(action)
     }
 

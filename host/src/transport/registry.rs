@@ -213,24 +213,28 @@ impl Registry {
     }
 
     /// The parameters of `action` with their fastest-validator rules, as a
-    /// node serving it announced them (`$$`-options left out); empty when
-    /// no node serves it or it announced none.
-    pub fn params(&self, action: &str) -> Vec<(String, Value)> {
-        let Some(endpoints) = self.actions.get(action) else {
-            return Vec::new();
-        };
-        endpoints
+    /// node serving it announced them (`$$`-options left out); `None` when
+    /// no node serves it.
+    pub fn params(&self, action: &str) -> Option<Vec<(String, Value)>> {
+        let endpoints = self.actions.get(action)?;
+        if endpoints.nodes.is_empty() {
+            return None;
+        }
+        let rules = endpoints
             .nodes
             .iter()
-            .find_map(|(id, _)| self.nodes.get(id)?.params.get(action)?.as_object())
-            .map(|rules| {
-                rules
-                    .iter()
-                    .filter(|(name, _)| !name.starts_with("$$"))
-                    .map(|(name, rule)| (name.clone(), rule.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .find_map(|(id, _)| self.nodes.get(id)?.params.get(action)?.as_object());
+        Some(
+            rules
+                .map(|rules| {
+                    rules
+                        .iter()
+                        .filter(|(name, _)| !name.starts_with("$$"))
+                        .map(|(name, rule)| (name.clone(), rule.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
     }
 
     /// Whether some node serves `action`.

@@ -66,6 +66,25 @@ fn moleculer_pattern(pattern: &str) -> String {
     }
 }
 
+/// The type a fastest-validator rule names (`"number|optional"`,
+/// `{ type: "number" }`), `"any"` when it names none, and whether the
+/// parameter is optional. A list of rules (any of them) is `"multi"`.
+pub fn rule_type(rule: &Value) -> (&str, bool) {
+    match rule {
+        Value::String(s) => {
+            let mut parts = s.split('|').map(str::trim);
+            let ty = parts.next().filter(|t| !t.is_empty()).unwrap_or("any");
+            (ty, parts.any(|p| p == "optional" || p == "optional:true"))
+        }
+        Value::Object(o) => (
+            o.get("type").and_then(Value::as_str).unwrap_or("any"),
+            o.get("optional").and_then(Value::as_bool).unwrap_or(false),
+        ),
+        Value::Array(_) => ("multi", false),
+        _ => ("any", false),
+    }
+}
+
 /// The fastest-validator rule of a WIT type.
 pub fn rule(ty: &Type) -> Value {
     let int =
