@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use steedos_tests::{TestApp, assert_valid_openapi, eventually};
+use steedos_tests::{PROBE_QUEUE_OF_ONE, TestApp, assert_valid_openapi, eventually};
 use steedos_wasm::context::{CallContext, CallError};
 use steedos_wasm::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -874,24 +874,7 @@ async fn a_flood_of_remote_events_to_a_small_queue_loses_none() {
     let Some((nats_bin, _)) = tools() else { return };
     let nats = Nats::start(&nats_bin).await;
     let a = Node::start(&nats.url, "wasm-a", 4, "json", CALLER).await;
-    let b = Node::start(
-        &nats.url,
-        "wasm-b",
-        4,
-        "json",
-        r#"
-[packages.probe]
-component = "{PROBE}"
-instances = 1
-queue = 1
-events = ["test.*"]
-[packages.probe.grants]
-calls = ["tally.*"]
-[packages.tally]
-component = "{TALLY}"
-"#,
-    )
-    .await;
+    let b = Node::start(&nats.url, "wasm-b", 4, "json", PROBE_QUEUE_OF_ONE).await;
     a.wait_for("probe.instance-id").await;
     let payload = vec![0x81, 0xa1, b'n', 0x01]; // MessagePack {"n": 1}
     const FLOOD: usize = 200;

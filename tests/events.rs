@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::json;
-use steedos_tests::{TestApp, eventually};
+use steedos_tests::{PROBE_QUEUE_OF_ONE, TestApp, eventually};
 
 const LISTENERS: &str = r#"
 [packages.probe]
@@ -134,20 +134,7 @@ events = ["order.*"]
 /// dropped ("no instance available"); they now wait for room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_beyond_the_subscribers_queue_loses_no_event() {
-    let t = TestApp::start(
-        r#"
-[packages.probe]
-component = "{PROBE}"
-instances = 1
-queue = 1
-events = ["test.*"]
-[packages.probe.grants]
-calls = ["tally.*"]
-[packages.tally]
-component = "{TALLY}"
-"#,
-    )
-    .await;
+    let t = TestApp::start(PROBE_QUEUE_OF_ONE).await;
     const BURST: usize = 100;
     for _ in 0..BURST {
         t.app.broker.publish(

@@ -49,6 +49,20 @@ pub fn assert_valid_openapi(doc: &serde_json::Value, dir: &Path) {
     }
 }
 
+/// `probe` with one instance and a queue of one, subscribed to `test.*`,
+/// and `tally` beside it: the smallest room an event flood can meet.
+pub const PROBE_QUEUE_OF_ONE: &str = r#"
+[packages.probe]
+component = "{PROBE}"
+instances = 1
+queue = 1
+events = ["test.*"]
+[packages.probe.grants]
+calls = ["tally.*"]
+[packages.tally]
+component = "{TALLY}"
+"#;
+
 /// The folder of this crate's fixtures.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
