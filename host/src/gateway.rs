@@ -691,9 +691,14 @@ fn coerce(raw: &str, wants: Wants<'_>) -> Value {
 fn rule_is_text(rule: &Value) -> bool {
     match (rule, crate::transport::schema::rule_type(rule).0) {
         (Value::Array(rules), _) => rules.iter().all(rule_is_text),
+        // An enum of numbers wants numbers.
+        (_, "enum") => rule
+            .get("values")
+            .and_then(Value::as_array)
+            .is_none_or(|values| values.iter().all(Value::is_string)),
         (_, ty) => matches!(
             ty,
-            "string" | "email" | "url" | "uuid" | "enum" | "date" | "mac" | "luhn" | "currency"
+            "string" | "email" | "url" | "uuid" | "date" | "mac" | "luhn" | "currency"
         ),
     }
 }
@@ -806,6 +811,14 @@ mod tests {
         assert_eq!(rule(json!("email|optional")), json!("42"));
         assert_eq!(rule(json!(["string", "number"])), json!(42));
         assert_eq!(rule(json!(["string", "email"])), json!("42"));
+        assert_eq!(
+            rule(json!({ "type": "enum", "values": ["42", "7"] })),
+            json!("42")
+        );
+        assert_eq!(
+            rule(json!({ "type": "enum", "values": [42, 7] })),
+            json!(42)
+        );
         assert_eq!(coerce("true", Wants::Rule(&json!("boolean"))), json!(true));
         assert_eq!(
             coerce("[1,2]", Wants::Rule(&json!({ "type": "array" }))),
