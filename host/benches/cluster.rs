@@ -14,6 +14,10 @@
 //! same shapes between two Moleculer 0.15 processes over the same
 //! nats-server (`bench/moleculer/cluster.js`): `peer.moleculer.cluster.*`.
 //!
+//! Last, the targets as ratios of figures of the same run:
+//! `cluster.ratio.call.c1_over_peer` (target 1), `.call.c100_over_peer`
+//! (1.5), `.call.c100_over_raw` (0.7), `.event_over_peer` (2).
+//!
 //! Knobs, for profiling one shape: `BENCH_SHAPES=call.c100,event` measures
 //! only those of `raw`, `call.c1`, `call.c100`, `event`, `peer`;
 //! `BENCH_SECONDS` (default 3) sets each call measurement's length.
@@ -38,6 +42,42 @@ const MEASURE: Duration = Duration::from_secs(3);
 const EVENTS: u64 = 300_000;
 /// Events the emitter may be ahead of the receiver, so NATS never drops any.
 const EVENT_WINDOW: u64 = 20_000;
+
+/// The figures printed so far, by name, for the ratios at the end.
+#[derive(Default)]
+struct Figures(std::collections::HashMap<String, f64>);
+
+impl Figures {
+    fn print(&mut self, name: &str, value: f64, unit: &str) {
+        println!("bench: {name} = {value:.1} {unit}");
+        self.0.insert(name.to_string(), value);
+    }
+
+    /// Reads `bench: <name> = <value> ...` lines another program printed.
+    fn read(&mut self, output: &str) {
+        for line in output.lines() {
+            let parsed = line
+                .strip_prefix("bench: ")
+                .and_then(|l| l.split_once(" = "))
+                .and_then(|(name, rest)| {
+                    let value = rest.split_whitespace().next()?.parse().ok()?;
+                    Some((name.to_string(), value))
+                });
+            if let Some((name, value)) = parsed {
+                self.0.insert(name, value);
+            }
+        }
+    }
+
+    /// `name = a / b` with the target, when both were measured.
+    fn ratio(&self, name: &str, a: &str, b: &str, target: f64) {
+        if let (Some(a), Some(b)) = (self.0.get(a), self.0.get(b)) {
+            let r = a / b;
+            let verdict = if r >= target { "met" } else { "not met" };
+            println!("bench: {name} = {r:.2} (target {target}: {verdict})");
+        }
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -101,8 +141,9 @@ async fn run() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(MEASURE, Duration::from_secs_f64);
+    let mut figures = Figures::default();
     if wanted("raw") {
-        raw(&url).await?;
+        raw(&url, &mut figures).await?;
     }
 
     let shop_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
@@ -154,13 +195,13 @@ async fn run() -> anyhow::Result<()> {
     for callers in [1, 100] {
         if wanted(&format!("call.c{callers}")) {
             let r = rate(callers, measure, call.clone()).await?;
-            println!("bench: cluster.call.c{callers} = {r:.1} calls/s");
+            figures.print(&format!("cluster.call.c{callers}"), r, "calls/s");
         }
     }
 
     if wanted("event") {
         let events = events(&caller, &shop, &shop_node).await?;
-        println!("bench: cluster.event = {events:.1} events/s");
+        figures.print("cluster.event", events, "events/s");
     }
 
     caller_node.stop(Duration::from_secs(2)).await;
@@ -169,8 +210,33 @@ async fn run() -> anyhow::Result<()> {
     shop.shutdown().await;
 
     if wanted("peer") {
-        moleculer_peer(&url);
+        moleculer_peer(&url, &mut figures);
     }
+    let peer = "peer.moleculer.cluster";
+    figures.ratio(
+        "cluster.ratio.call.c1_over_peer",
+        "cluster.call.c1",
+        &format!("{peer}.call.c1"),
+        1.0,
+    );
+    figures.ratio(
+        "cluster.ratio.call.c100_over_peer",
+        "cluster.call.c100",
+        &format!("{peer}.call.c100"),
+        1.5,
+    );
+    figures.ratio(
+        "cluster.ratio.call.c100_over_raw",
+        "cluster.call.c100",
+        "cluster.raw.c100",
+        0.7,
+    );
+    figures.ratio(
+        "cluster.ratio.event_over_peer",
+        "cluster.event",
+        &format!("{peer}.event"),
+        2.0,
+    );
     Ok(())
 }
 
@@ -242,7 +308,7 @@ async fn events(caller: &App, shop: &App, shop_node: &Transport) -> anyhow::Resu
 }
 
 /// Plain async-nats request/reply between two connections.
-async fn raw(url: &str) -> anyhow::Result<()> {
+async fn raw(url: &str, figures: &mut Figures) -> anyhow::Result<()> {
     let server = async_nats::connect(url).await?;
     let client = async_nats::connect(url).await?;
     let mut sub = server.subscribe("bench.echo").await?;
@@ -283,14 +349,14 @@ async fn raw(url: &str) -> anyhow::Result<()> {
     rate(1, Duration::from_millis(300), call.clone()).await?;
     for callers in [1, 100] {
         let r = rate(callers, MEASURE, call.clone()).await?;
-        println!("bench: cluster.raw.c{callers} = {r:.1} requests/s");
+        figures.print(&format!("cluster.raw.c{callers}"), r, "requests/s");
     }
     echo.abort();
     Ok(())
 }
 
 /// The Moleculer figures for the same shapes over the same nats-server.
-fn moleculer_peer(url: &str) {
+fn moleculer_peer(url: &str, figures: &mut Figures) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/moleculer");
     if !dir.join("node_modules/nats").exists() {
         println!("bench: peer.moleculer.cluster skipped (cd bench/moleculer && npm install)");
@@ -300,10 +366,17 @@ fn moleculer_peer(url: &str) {
         .arg("cluster.js")
         .arg(url)
         .current_dir(&dir)
-        .status()
+        .stderr(Stdio::inherit())
+        .output()
     {
-        Ok(s) if s.success() => {}
-        Ok(s) => println!("bench: peer.moleculer.cluster failed ({s})"),
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            print!("{text}");
+            figures.read(&text);
+            if !out.status.success() {
+                println!("bench: peer.moleculer.cluster failed ({})", out.status);
+            }
+        }
         Err(e) => println!("bench: peer.moleculer.cluster skipped (node: {e})"),
     }
 }
