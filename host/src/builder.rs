@@ -192,6 +192,66 @@ fn make_words(text: &str) -> Vec<String> {
     words
 }
 
+/// How a package folder's build lock was taken.
+enum Locked {
+    /// At once.
+    Now(std::fs::File),
+    /// After another build of the package let it go.
+    AfterWaiting(std::fs::File),
+    /// Not at all: the folder cannot be locked here (logged); build anyway.
+    Unsupported,
+}
+
+/// Locks `dir` (an advisory lock on the folder itself, released when the
+/// returned file closes), waiting for another build that holds it.
+async fn lock_folder(package: &str, dir: &Path) -> Locked {
+    let folder = match std::fs::File::open(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(package, folder = %dir.display(), error = %e, "cannot lock the package folder for its build");
+            return Locked::Unsupported;
+        }
+    };
+    match folder.try_lock() {
+        Ok(()) => return Locked::Now(folder),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(package, folder = %dir.display(), error = %e, "cannot lock the package folder for its build");
+            return Locked::Unsupported;
+        }
+    }
+    tracing::info!(
+        package,
+        "waiting for another build of this package to finish"
+    );
+    let spinner = spinner(format!("waiting for another build of {package} to finish"));
+    let waited = tokio::task::spawn_blocking(move || folder.lock().map(|()| folder)).await;
+    spinner.finish_and_clear();
+    match waited {
+        Ok(Ok(folder)) => Locked::AfterWaiting(folder),
+        Ok(Err(e)) => {
+            tracing::warn!(package, folder = %dir.display(), error = %e, "cannot lock the package folder for its build");
+            Locked::Unsupported
+        }
+        Err(e) => {
+            tracing::warn!(package, error = %e, "the build lock's waiting task failed");
+            Locked::Unsupported
+        }
+    }
+}
+
+/// A progress spinner showing `message` and the time it has been shown.
+fn spinner(message: String) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.set_message(message);
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner
+}
+
 /// Builds `spec` if it has a build command and is out of date.
 pub async fn build_if_needed(spec: &PackageSpec, force: bool) -> Result<BuildOutcome, BuildError> {
     let (Some(command), Some(dir)) = (&spec.build, &spec.source) else {
@@ -200,14 +260,21 @@ pub async fn build_if_needed(spec: &PackageSpec, force: bool) -> Result<BuildOut
     if !force && !out_of_date(spec) {
         return Ok(BuildOutcome::UpToDate);
     }
+    // Two builds of one package at once (two `build`s, or `build` beside
+    // `run --watch`) would collide in tools without a lock of their own
+    // (npm, pip): the package folder is locked while its command runs, and
+    // a build that waited looks again at whether it is still needed.
+    let _lock = match lock_folder(&spec.name, dir).await {
+        Locked::Now(f) => Some(f),
+        Locked::AfterWaiting(f) if !force && !out_of_date(spec) => {
+            drop(f);
+            return Ok(BuildOutcome::UpToDate);
+        }
+        Locked::AfterWaiting(f) => Some(f),
+        Locked::Unsupported => None,
+    };
     ensure_rust_target(command).await;
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_style(
-        indicatif::ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    spinner.set_message(format!("building {}", spec.name));
-    spinner.enable_steady_tick(Duration::from_millis(100));
+    let spinner = spinner(format!("building {}", spec.name));
     tracing::info!(package = %spec.name, command = %command, "building");
     let started = Instant::now();
     let output = tokio::process::Command::new("sh")
@@ -330,6 +397,32 @@ mod tests {
             .expect("open");
         file.set_modified(SystemTime::now() - Duration::from_secs(seconds))
             .expect("set mtime");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_builds_of_one_package_take_turns() {
+        let (dir, mut spec) = app();
+        let log = dir.path().join("log");
+        spec.build = Some(format!(
+            "echo start >> {log} && sleep 0.3 && echo end >> {log} && touch ../out/pkg.wasm",
+            log = log.display()
+        ));
+        // Forced: both build, one after the other.
+        let (a, b) = tokio::join!(build_if_needed(&spec, true), build_if_needed(&spec, true));
+        assert!(matches!(a, Ok(BuildOutcome::Built(_))), "{a:?}");
+        assert!(matches!(b, Ok(BuildOutcome::Built(_))), "{b:?}");
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert_eq!(text, "start\nend\nstart\nend\n");
+        // Not forced: the one that waited finds the component fresh.
+        std::fs::remove_file(&log).expect("rm log");
+        set_age(&spec.component, 200);
+        let (a, b) = tokio::join!(build_if_needed(&spec, false), build_if_needed(&spec, false));
+        let built = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Ok(BuildOutcome::Built(_))))
+            .count();
+        assert_eq!(built, 1, "{a:?} {b:?}");
+        assert_eq!(std::fs::read_to_string(&log).expect("log"), "start\nend\n");
     }
 
     #[test]
