@@ -398,8 +398,12 @@ impl Broker {
     }
 
     /// The parameter rules another node announced for `action` (see
-    /// [`RemoteRoute::params`]); `None` when no other node serves it.
+    /// [`RemoteRoute::params`]) when a call to it goes to another node;
+    /// `None` when a package of this host serves it or no node does.
     pub fn remote_params(&self, action: &str) -> Option<Vec<(String, serde_json::Value)>> {
+        if self.resolve(action).is_ok() {
+            return None;
+        }
         self.remote()?.params(action)
     }
 

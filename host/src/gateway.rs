@@ -58,6 +58,7 @@ use crate::broker::Broker;
 use crate::context::{CallContext, CallError, next_request_id};
 use crate::manifest::GatewaySettings;
 use crate::metrics::Metrics;
+use crate::transport::schema::rule_schema;
 
 /// The longest URI accepted.
 const MAX_URI: usize = 8 * 1024;
@@ -436,10 +437,7 @@ impl Gateway {
             )
         });
         // An action of another node: its parameters as that node announced them.
-        let remote = match self.is_local(&action) {
-            true => Vec::new(),
-            false => self.broker.remote_params(&action).unwrap_or_default(),
-        };
+        let remote = self.broker.remote_params(&action).unwrap_or_default();
         for (name, raw) in decoded.chain(form_urlencoded::parse(query.as_bytes()).into_owned()) {
             let wants = match params.iter().find(|(n, _)| *n == name) {
                 Some((_, ty)) => Wants::Wit(ty),
@@ -551,13 +549,6 @@ impl Gateway {
                 problem(status, kind, e.to_string(), None, request_id)
             }
         }
-    }
-
-    /// Whether a package of this host serves `action`'s package.
-    fn is_local(&self, action: &str) -> bool {
-        action
-            .split_once('.')
-            .is_some_and(|(package, _)| self.broker.service(package).is_some())
     }
 
     fn param_types(&self, action: &str) -> Vec<(String, Type)> {
@@ -686,21 +677,19 @@ fn coerce(raw: &str, wants: Wants<'_>) -> Value {
     }
 }
 
-/// Whether a fastest-validator rule (`"string"`, `"number|optional"`,
-/// `{ type: "number" }`, or a list of such) takes text as it is.
+/// Whether a fastest-validator rule takes text as it is: its JSON Schema
+/// (see [`rule_schema`]) is a string, an enum of strings, or any of those.
 fn rule_is_text(rule: &Value) -> bool {
-    match (rule, crate::transport::schema::rule_type(rule).0) {
-        (Value::Array(rules), _) => rules.iter().all(rule_is_text),
-        // An enum of numbers wants numbers.
-        (_, "enum") => rule
-            .get("values")
-            .and_then(Value::as_array)
-            .is_none_or(|values| values.iter().all(Value::is_string)),
-        (_, ty) => matches!(
-            ty,
-            "string" | "email" | "url" | "uuid" | "date" | "mac" | "luhn" | "currency"
-        ),
+    fn text(schema: &Value) -> bool {
+        if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
+            return any.iter().all(text);
+        }
+        if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+            return values.iter().all(Value::is_string);
+        }
+        schema.get("type").and_then(Value::as_str) == Some("string")
     }
+    text(&rule_schema(rule))
 }
 
 fn problem(

@@ -15,7 +15,7 @@ use wasmtime::component::types::Type;
 use crate::broker::Broker;
 use crate::manifest::{Alias, GatewaySettings};
 use crate::package::ActionType;
-use crate::transport::schema::rule_type;
+use crate::transport::schema::{rule_schema, rule_type};
 
 /// The OpenAPI document of what the gateway exposes now.
 pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value {
@@ -58,13 +58,6 @@ pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value 
     // Aliases to actions of other nodes of the cluster: their parameters as
     // those nodes announced them.
     for alias in &gateway.aliases {
-        let local = alias
-            .action
-            .split_once('.')
-            .is_some_and(|(package, _)| broker.service(package).is_some());
-        if local {
-            continue;
-        }
         let Some(rules) = broker.remote_params(&alias.action) else {
             continue;
         };
@@ -170,30 +163,6 @@ fn remote_operation(alias: &Alias, rules: &[(String, Value)], path: &str) -> Val
         "parameters": parameters,
         "responses": responses(json!({})),
     })
-}
-
-/// The JSON Schema of a fastest-validator rule, as far as it says.
-fn rule_schema(rule: &Value) -> Value {
-    if let Value::Array(rules) = rule {
-        return json!({ "anyOf": rules.iter().map(rule_schema).collect::<Vec<_>>() });
-    }
-    let integer = rule.get("integer").and_then(Value::as_bool) == Some(true);
-    match rule_type(rule).0 {
-        "number" if integer => json!({ "type": "integer" }),
-        "number" => json!({ "type": "number" }),
-        "boolean" => json!({ "type": "boolean" }),
-        "string" | "date" | "mac" | "luhn" | "currency" => json!({ "type": "string" }),
-        "email" => json!({ "type": "string", "format": "email" }),
-        "url" => json!({ "type": "string", "format": "uri" }),
-        "uuid" => json!({ "type": "string", "format": "uuid" }),
-        "object" => json!({ "type": "object" }),
-        "array" => json!({ "type": "array" }),
-        "enum" => match rule.get("values") {
-            Some(Value::Array(values)) => json!({ "enum": values }),
-            _ => json!({}),
-        },
-        _ => json!({}),
-    }
 }
 
 /// The responses of every operation, with `ok` as the 200 body.
@@ -316,35 +285,6 @@ fn single_key(key: &str, value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fastest_validator_rules_become_json_schemas() {
-        assert_eq!(rule_schema(&json!("number")), json!({ "type": "number" }));
-        assert_eq!(
-            rule_schema(&json!({ "type": "number", "integer": true })),
-            json!({ "type": "integer" })
-        );
-        assert_eq!(
-            rule_schema(&json!("email|optional")),
-            json!({ "type": "string", "format": "email" })
-        );
-        assert_eq!(
-            rule_schema(&json!({ "type": "enum", "values": ["a", "b"] })),
-            json!({ "enum": ["a", "b"] })
-        );
-        assert_eq!(
-            rule_schema(&json!(["string", "boolean"])),
-            json!({ "anyOf": [{ "type": "string" }, { "type": "boolean" }] })
-        );
-        assert_eq!(rule_schema(&json!({ "type": "custom" })), json!({}));
-        assert_eq!(rule_type(&json!("number|optional")), ("number", true));
-        assert_eq!(
-            rule_type(&json!({ "type": "string", "optional": true })),
-            ("string", true)
-        );
-        assert_eq!(rule_type(&json!("string|min:3")), ("string", false));
-        assert_eq!(rule_type(&json!(null)), ("any", false));
-    }
 
     #[test]
     fn a_remote_alias_has_path_and_query_parameters_by_rule() {

@@ -85,6 +85,30 @@ pub fn rule_type(rule: &Value) -> (&str, bool) {
     }
 }
 
+/// The JSON Schema of a fastest-validator rule, as far as it says.
+pub fn rule_schema(rule: &Value) -> Value {
+    if let Value::Array(rules) = rule {
+        return json!({ "anyOf": rules.iter().map(rule_schema).collect::<Vec<_>>() });
+    }
+    let integer = rule.get("integer").and_then(Value::as_bool) == Some(true);
+    match rule_type(rule).0 {
+        "number" if integer => json!({ "type": "integer" }),
+        "number" => json!({ "type": "number" }),
+        "boolean" => json!({ "type": "boolean" }),
+        "string" | "date" | "mac" | "luhn" | "currency" => json!({ "type": "string" }),
+        "email" => json!({ "type": "string", "format": "email" }),
+        "url" => json!({ "type": "string", "format": "uri" }),
+        "uuid" => json!({ "type": "string", "format": "uuid" }),
+        "object" => json!({ "type": "object" }),
+        "array" => json!({ "type": "array" }),
+        "enum" => match rule.get("values") {
+            Some(Value::Array(values)) => json!({ "enum": values }),
+            _ => json!({}),
+        },
+        _ => json!({}),
+    }
+}
+
 /// The fastest-validator rule of a WIT type.
 pub fn rule(ty: &Type) -> Value {
     let int =
@@ -157,6 +181,35 @@ pub fn rule(ty: &Type) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fastest_validator_rules_become_json_schemas() {
+        assert_eq!(rule_schema(&json!("number")), json!({ "type": "number" }));
+        assert_eq!(
+            rule_schema(&json!({ "type": "number", "integer": true })),
+            json!({ "type": "integer" })
+        );
+        assert_eq!(
+            rule_schema(&json!("email|optional")),
+            json!({ "type": "string", "format": "email" })
+        );
+        assert_eq!(
+            rule_schema(&json!({ "type": "enum", "values": ["a", "b"] })),
+            json!({ "enum": ["a", "b"] })
+        );
+        assert_eq!(
+            rule_schema(&json!(["string", "boolean"])),
+            json!({ "anyOf": [{ "type": "string" }, { "type": "boolean" }] })
+        );
+        assert_eq!(rule_schema(&json!({ "type": "custom" })), json!({}));
+        assert_eq!(rule_type(&json!("number|optional")), ("number", true));
+        assert_eq!(
+            rule_type(&json!({ "type": "string", "optional": true })),
+            ("string", true)
+        );
+        assert_eq!(rule_type(&json!("string|min:3")), ("string", false));
+        assert_eq!(rule_type(&json!(null)), ("any", false));
+    }
 
     #[test]
     fn subscriptions_in_moleculer_words() {
