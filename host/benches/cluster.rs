@@ -10,6 +10,12 @@
 //! - `cluster.raw.c1`, `cluster.raw.c100`: plain async-nats request/reply
 //!   between two connections, no protocol on top, same run: the limit.
 //!
+//! The two c100 shapes are measured in alternating rounds (raw, call, raw,
+//! call, ...) and each is printed as the median of its rounds, with the
+//! rounds beside it: from one round to the next this machine's throughput
+//! drifts by 10-15%, and a single window of each, taken seconds apart,
+//! read the drift as often as the difference.
+//!
 //! Then, when Node.js and bench/moleculer's node_modules are there, the
 //! same shapes between two Moleculer 0.15 processes over the same
 //! nats-server (`bench/moleculer/cluster.js`): `peer.moleculer.cluster.*`.
@@ -20,7 +26,8 @@
 //!
 //! Knobs, for profiling one shape: `BENCH_SHAPES=call.c100,event` measures
 //! only those of `raw`, `call.c1`, `call.c100`, `event`, `peer`;
-//! `BENCH_SECONDS` (default 3) sets each call measurement's length.
+//! `BENCH_SECONDS` (default 3) sets each call measurement's length;
+//! `BENCH_ROUNDS` (default 3) the number of c100 rounds.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,6 +46,8 @@ use steedos_wasm::transport::Transport;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const MEASURE: Duration = Duration::from_secs(3);
+/// Alternating rounds of the c100 shapes.
+const ROUNDS: usize = 3;
 const EVENTS: u64 = 300_000;
 /// Events the emitter may be ahead of the receiver, so NATS never drops any.
 const EVENT_WINDOW: u64 = 20_000;
@@ -51,6 +60,21 @@ impl Figures {
     fn print(&mut self, name: &str, value: f64, unit: &str) {
         println!("bench: {name} = {value:.1} {unit}");
         self.0.insert(name.to_string(), value);
+    }
+
+    /// The median of `rounds`, with the rounds themselves.
+    fn print_median(&mut self, name: &str, mut rounds: Vec<f64>, unit: &str) {
+        let text: Vec<String> = rounds.iter().map(|r| format!("{r:.0}")).collect();
+        rounds.sort_by(f64::total_cmp);
+        let Some(&median) = rounds.get(rounds.len() / 2) else {
+            return;
+        };
+        println!(
+            "bench: {name} = {median:.1} {unit} (median of {} rounds: {})",
+            rounds.len(),
+            text.join(", ")
+        );
+        self.0.insert(name.to_string(), median);
     }
 
     /// Reads `bench: <name> = <value> ...` lines another program printed.
@@ -141,9 +165,25 @@ async fn run() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(MEASURE, Duration::from_secs_f64);
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(1);
     let mut figures = Figures::default();
-    if wanted("raw") {
-        raw(&url, &mut figures).await?;
+    let raw = if wanted("raw") {
+        Some(Raw::start(&url).await?)
+    } else {
+        None
+    };
+    let raw_call = raw.as_ref().map(|raw| {
+        let client = raw.client.clone();
+        move || Raw::request(client.clone())
+    });
+    if let Some(call) = &raw_call {
+        rate(1, Duration::from_millis(300), call.clone()).await?; // warm up
+        let r = rate(1, measure, call.clone()).await?;
+        figures.print("cluster.raw.c1", r, "requests/s");
     }
 
     let shop_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
@@ -192,12 +232,23 @@ async fn run() -> anyhow::Result<()> {
         }
     };
     rate(1, Duration::from_millis(500), call.clone()).await?; // warm up
-    for callers in [1, 100] {
-        if wanted(&format!("call.c{callers}")) {
-            let r = rate(callers, measure, call.clone()).await?;
-            figures.print(&format!("cluster.call.c{callers}"), r, "calls/s");
+    if wanted("call.c1") {
+        let r = rate(1, measure, call.clone()).await?;
+        figures.print("cluster.call.c1", r, "calls/s");
+    }
+    // 100 callers, raw and ours in alternating rounds.
+    let (mut raw_rounds, mut call_rounds) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        if let Some(call) = &raw_call {
+            raw_rounds.push(rate(100, measure, call.clone()).await?);
+        }
+        if wanted("call.c100") {
+            call_rounds.push(rate(100, measure, call.clone()).await?);
         }
     }
+    figures.print_median("cluster.raw.c100", raw_rounds, "requests/s");
+    figures.print_median("cluster.call.c100", call_rounds, "calls/s");
+    drop(raw);
 
     if wanted("event") {
         let events = events(&caller, &shop, &shop_node).await?;
@@ -307,52 +358,59 @@ async fn events(caller: &App, shop: &App, shop_node: &Transport) -> anyhow::Resu
     Ok(EVENTS as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Plain async-nats request/reply between two connections.
-async fn raw(url: &str, figures: &mut Figures) -> anyhow::Result<()> {
-    let server = async_nats::connect(url).await?;
-    let client = async_nats::connect(url).await?;
-    let mut sub = server.subscribe("bench.echo").await?;
-    let responder = server.clone();
-    let echo = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, m.payload).await;
+/// Plain async-nats request/reply between two connections: a responder
+/// that echoes, and a client.
+struct Raw {
+    client: async_nats::Client,
+    echo: tokio::task::JoinHandle<()>,
+}
+
+impl Raw {
+    async fn start(url: &str) -> anyhow::Result<Self> {
+        let server = async_nats::connect(url).await?;
+        let client = async_nats::connect(url).await?;
+        let mut sub = server.subscribe("bench.echo").await?;
+        let responder = server.clone();
+        let echo = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = responder.publish(reply, m.payload).await;
+                }
             }
+        });
+        server.flush().await?;
+        // Until the server routes to the new subscription, requests find no responder.
+        let ready = Instant::now();
+        while client
+            .request("bench.echo", bytes::Bytes::new())
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                ready.elapsed() < Duration::from_secs(10),
+                "the echo responder never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    });
-    server.flush().await?;
-    // Until the server routes to the new subscription, requests find no responder.
-    let ready = Instant::now();
-    while client
-        .request("bench.echo", bytes::Bytes::new())
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(10),
-            "the echo responder never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(Raw { client, echo })
     }
-    let call = move || {
-        let client = client.clone();
-        async move {
-            client
-                .request(
-                    "bench.echo",
-                    bytes::Bytes::from_static(br#"{"name":"bench"}"#),
-                )
-                .await?;
-            anyhow::Ok(())
-        }
-    };
-    rate(1, Duration::from_millis(300), call.clone()).await?;
-    for callers in [1, 100] {
-        let r = rate(callers, MEASURE, call.clone()).await?;
-        figures.print(&format!("cluster.raw.c{callers}"), r, "requests/s");
+
+    /// One request.
+    async fn request(client: async_nats::Client) -> anyhow::Result<()> {
+        client
+            .request(
+                "bench.echo",
+                bytes::Bytes::from_static(br#"{"name":"bench"}"#),
+            )
+            .await?;
+        Ok(())
     }
-    echo.abort();
-    Ok(())
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.echo.abort();
+    }
 }
 
 /// The Moleculer figures for the same shapes over the same nats-server.
