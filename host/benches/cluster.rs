@@ -18,7 +18,8 @@
 //!
 //! Then, when Node.js and bench/moleculer's node_modules are there, the
 //! same shapes between two Moleculer 0.15 processes over the same
-//! nats-server (`bench/moleculer/cluster.js`): `peer.moleculer.cluster.*`.
+//! nats-server (`bench/moleculer/cluster.js`): `peer.moleculer.cluster.*`,
+//! its c100 also the median of `BENCH_ROUNDS` rounds.
 //!
 //! Last, the targets as ratios of figures of the same run:
 //! `cluster.ratio.call.c1_over_peer` (target 1), `.call.c100_over_peer`
