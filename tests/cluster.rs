@@ -840,6 +840,50 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
     c.stop().await;
 }
 
+/// A REQ the transporter refuses (over nats-server's 1 MB max_payload)
+/// fails its call at once, naming the node and the cause, instead of
+/// waiting out the call's timeout; calls after it go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_transporter_refuses_fails_at_once() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let a = Node::start(&nats.url, "wasm-a", 4, "json", CALLER).await;
+    let b = Node::start(&nats.url, "wasm-b", 4, "json", WORKER).await;
+    assert!(
+        a.transport()
+            .wait_for_action("probe.instance-id", Duration::from_secs(10))
+            .await
+    );
+    let started = Instant::now();
+    let e =
+        a.t.call_within(
+            "probe.instance-id",
+            json!({ "pad": "x".repeat(2 << 20) }),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect_err("over max_payload");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    let text = e.to_string();
+    assert!(
+        matches!(e, CallError::Overloaded(_))
+            && text.contains("probe.instance-id")
+            && text.contains("cannot send the request to node `wasm-b`")
+            && text.contains("max payload"),
+        "{e:?}"
+    );
+    let id = instance(&a, Duration::from_secs(10))
+        .await
+        .expect("next call");
+    assert!(id > 0, "{id}");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Waits for every future of one task (no extra crate).
 async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut out = Vec::with_capacity(futures.len());

