@@ -209,7 +209,7 @@ struct Shared {
     /// and the REQs of our calls. One task hands them to the client back
     /// to back, so it gets them in bursts and writes them together; when
     /// each caller published its own REQ, the client woke for a write of
-    /// one or two (25-30% fewer calls/s at 100 callers, measured).
+    /// one or two (about a fifth fewer calls/s at 100 callers, measured).
     outbox: mpsc::UnboundedSender<Outgoing>,
 }
 
