@@ -20,7 +20,9 @@ use wasmtime::component::{Component, Linker};
 use crate::broker::{Broker, BrokerSettings};
 use crate::builder::{self, BuildOutcome};
 use crate::codec;
-use crate::engine::{CompileCache, Compiled, EngineLimits, EpochClock, new_engine};
+use crate::engine::{
+    CompileCache, Compiled, DEFAULT_MAX_INSTANCES, EngineLimits, EpochClock, new_engine,
+};
 use crate::gateway::{BoxFuture, Operator, OperatorError};
 use crate::manifest::{Manifest, PackageSpec};
 use crate::package::{self, ImportTarget, Package, PackageError, PackageType, TypedImport};
@@ -32,8 +34,9 @@ pub struct LoadOptions {
     pub build: bool,
     /// Use the compiled-code cache.
     pub cache: bool,
-    /// Pooling-allocator limits.
-    pub limits: EngineLimits,
+    /// Instances the host holds at once over all packages; `None` takes
+    /// `[app] max_instances`, else [`DEFAULT_MAX_INSTANCES`].
+    pub max_instances: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -41,7 +44,7 @@ impl Default for LoadOptions {
         LoadOptions {
             build: true,
             cache: true,
-            limits: EngineLimits::default(),
+            max_instances: None,
         }
     }
 }
@@ -55,6 +58,20 @@ pub enum AppError {
     /// The host's own imports could not be defined.
     #[error(transparent)]
     Package(#[from] PackageError),
+    /// The packages ask for more instances than the host holds.
+    #[error(
+        "the app asks for up to {wanted} instances ({detail}) but this host holds {capacity}: \
+         lower `instances` of some packages, or raise the host's capacity (`max_instances` in \
+         [app], `--max-instances`, or STEEDOS_MAX_INSTANCES)"
+    )]
+    Capacity {
+        /// The sum of the packages' instance ceilings.
+        wanted: u64,
+        /// The largest asks, `package: n`.
+        detail: String,
+        /// The engine's pool size.
+        capacity: u32,
+    },
 }
 
 /// What happened to one package during load.
@@ -82,6 +99,8 @@ pub struct App {
     pub loaded: Vec<LoadedPackage>,
     /// How long loading took.
     pub load_time: Duration,
+    /// Instances the engine holds at once over all packages.
+    pub capacity: u32,
     cache: CompileCache,
     base: Linker<package::HostState>,
     deploying: tokio::sync::Mutex<()>,
@@ -102,7 +121,16 @@ impl App {
     /// Loads every package of `manifest` and starts it.
     pub async fn load(manifest: Manifest, options: &LoadOptions) -> Result<App, AppError> {
         let started = Instant::now();
-        let engine = new_engine(&options.limits)?;
+        let capacity = options
+            .max_instances
+            .or(manifest.app.max_instances)
+            .unwrap_or(DEFAULT_MAX_INSTANCES)
+            .max(1);
+        check_capacity(manifest.packages.iter(), capacity)?;
+        let engine = new_engine(&EngineLimits {
+            total_instances: capacity,
+            ..EngineLimits::default()
+        })?;
         let clock = EpochClock::start(&engine);
         let broker = Broker::new(BrokerSettings {
             max_call_depth: manifest.app.max_call_depth,
@@ -116,7 +144,8 @@ impl App {
         let cache = match options.cache {
             true => CompileCache::new(&manifest.app.cache_dir),
             false => CompileCache::disabled(),
-        };
+        }
+        .max_component_size(manifest.app.max_component_size);
         let mut loaded = Vec::new();
         let mut ready = Vec::new();
         for spec in &manifest.packages {
@@ -215,6 +244,7 @@ impl App {
             metrics,
             loaded,
             load_time,
+            capacity,
             cache,
             base,
             deploying: tokio::sync::Mutex::new(()),
@@ -250,6 +280,21 @@ impl App {
             (None, None) => PackageSpec::for_component(name, PathBuf::new()),
         };
         apply_settings(&mut spec, settings).map_err(OperatorError::Invalid)?;
+        let limit = self.manifest.app.max_component_size;
+        if bytes.len() as u64 > limit {
+            return Err(OperatorError::Invalid(format!(
+                "package `{name}`: the component is {} bytes, more than this host takes ({limit}; \
+                 `max_component_size` in [app])",
+                bytes.len()
+            )));
+        }
+        // The old version keeps its instances until the new one serves.
+        let services = self.broker.services();
+        let specs = services
+            .iter()
+            .map(|s| &s.package.spec)
+            .chain(std::iter::once(&spec));
+        check_capacity(specs, self.capacity).map_err(|e| OperatorError::Invalid(e.to_string()))?;
         spec.component = self.store_component(name, bytes).map_err(|e| {
             OperatorError::Invalid(format!("package `{name}`: cannot store the component: {e}"))
         })?;
@@ -410,6 +455,35 @@ impl Operator for App {
     fn remove(&self, name: String) -> BoxFuture<'_, Result<String, OperatorError>> {
         Box::pin(async move { App::remove(self, &name).await })
     }
+}
+
+/// The most instances `packages` may have at once must fit the engine's
+/// pool: one clear error now rather than a failure per instance later.
+fn check_capacity<'a>(
+    packages: impl Iterator<Item = &'a PackageSpec>,
+    capacity: u32,
+) -> Result<(), AppError> {
+    let mut asks: Vec<(&str, u64)> = packages
+        .map(|p| (p.name.as_str(), u64::from(p.instances.max(p.max_instances))))
+        .collect();
+    let wanted: u64 = asks.iter().map(|(_, n)| n).sum();
+    if wanted <= u64::from(capacity) {
+        return Ok(());
+    }
+    asks.sort_by(|a, b| b.1.cmp(&a.1));
+    let mut detail: Vec<String> = asks
+        .iter()
+        .take(5)
+        .map(|(p, n)| format!("{p}: {n}"))
+        .collect();
+    if asks.len() > 5 {
+        detail.push(format!("and {} more", asks.len() - 5));
+    }
+    Err(AppError::Capacity {
+        wanted,
+        detail: detail.join(", "),
+        capacity,
+    })
 }
 
 /// Applies `instances`, `memory`, `timeout`, `events` and `calls` from an

@@ -115,7 +115,12 @@ struct Status {
     state: PackageState,
     last_error: Option<String>,
     restart_latency: Vec<Duration>,
+    /// When a start failure was last logged, and how many since went unlogged.
+    start_failures_logged: Option<(Instant, u64)>,
 }
+
+/// At most one "failed to start" line per package in this long.
+const START_FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// A snapshot of one package for `ps`, `/health` and tests.
 #[derive(Clone, Debug)]
@@ -146,6 +151,7 @@ impl Service {
             state: PackageState::Starting,
             last_error: None,
             restart_latency: Vec::new(),
+            start_failures_logged: None,
         });
         let metrics = package
             .ty
@@ -551,7 +557,7 @@ impl Broker {
     /// calls `stopped` on its instances. For a version replaced or removed.
     pub async fn retire_service(&self, service: Arc<Service>, grace: Duration) {
         service.set_state(PackageState::Stopped);
-        let stopped = drain(&service, Instant::now() + grace, grace).await;
+        let stopped = drain(&service, Instant::now() + grace).await;
         tracing::info!(package = service.name(), instances = stopped, "retired");
     }
 
@@ -1030,7 +1036,8 @@ impl Broker {
                 }
                 service.pool.expect(slot);
             }
-            if service.pool.is_closed() {
+            // A shutdown ends a crash loop: no restart starts once it began.
+            if service.pool.is_closed() || self.closing.load(Ordering::Acquire) {
                 service.pool.unexpect();
                 return;
             }
@@ -1055,9 +1062,23 @@ impl Broker {
     }
 
     fn start_failed(&self, service: &Arc<Service>, slot: usize, e: StartError) {
-        tracing::error!(package = service.name(), slot, error = %e, "instance failed to start");
-        service.status().last_error =
-            Some(format!("package `{}` instance {slot}: {e}", service.name()));
+        {
+            // A package failing every instance, again and again, says so
+            // once in a while, not once per failure.
+            let mut status = service.status();
+            let now = Instant::now();
+            match &mut status.start_failures_logged {
+                Some((at, quiet)) if now.duration_since(*at) < START_FAILURE_LOG_EVERY => {
+                    *quiet += 1;
+                }
+                logged => {
+                    let quiet = logged.map_or(0, |(_, n)| n);
+                    *logged = Some((now, 0));
+                    tracing::error!(package = service.name(), slot, error = %e, more_failures_unlogged = quiet, "instance failed to start");
+                }
+            }
+            status.last_error = Some(format!("package `{}` instance {slot}: {e}", service.name()));
+        }
         if service.pool.live() == 0 && !matches!(service.state(), PackageState::Backoff { .. }) {
             service.set_state(PackageState::Starting);
         }
@@ -1269,26 +1290,37 @@ impl Broker {
 
     // ---------------------------------------------------------- shutdown
 
-    /// Stops taking calls, lets in-flight calls finish (up to `grace`), and
-    /// calls `stopped` on every instance.
+    /// Stops taking calls, lets in-flight calls finish, and calls `stopped`
+    /// on every instance, all within `grace` in all: the hooks of every
+    /// package run at once under that one deadline; a spinning one is
+    /// interrupted there, and one blocked in a host call is abandoned.
+    /// Restarts under way or in backoff give up.
     pub async fn shutdown(&self, grace: Duration) {
         self.closing.store(true, Ordering::Release);
         let deadline = Instant::now() + grace;
+        let services = self.services();
         while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        for service in self.services() {
+        let stops = services.iter().map(|service| async move {
             service.set_state(PackageState::Stopped);
-            let stopped = drain(&service, deadline, grace).await;
+            let stopped = drain(service, deadline).await;
             tracing::info!(package = service.name(), instances = stopped, "stopped");
+        });
+        let all = futures_util::future::join_all(stops);
+        if tokio::time::timeout_at(deadline.into(), all).await.is_err() {
+            tracing::warn!(
+                grace = %Human(grace),
+                "shutdown_timeout passed: `stopped` hooks still running were abandoned"
+            );
         }
     }
 }
 
 /// Waits (until `deadline`) for `service`'s busy instances to come back,
-/// closing its pool to new calls, and calls `stopped` on each instance.
-/// Returns how many were stopped.
-async fn drain(service: &Service, deadline: Instant, grace: Duration) -> usize {
+/// closing its pool to new calls, and calls `stopped` on each instance, at
+/// once. Returns how many were stopped.
+async fn drain(service: &Service, deadline: Instant) -> usize {
     // Calls that resolved this service before it was replaced may still
     // queue for it: give them the instances until the busy ones are back.
     while service.pool.idle() < service.pool.live() && Instant::now() < deadline {
@@ -1297,13 +1329,16 @@ async fn drain(service: &Service, deadline: Instant, grace: Duration) -> usize {
     let mut idle = service.pool.close();
     let mut stopped = 0;
     loop {
-        for mut instance in idle.drain(..) {
-            let ctx = CallContext::new(service.package.spec.timeout.min(grace));
-            if let Err(fault) = instance.stopped(ctx).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let budget = service.package.spec.timeout.min(left);
+        let hooks = idle.drain(..).map(|mut instance| async move {
+            if let Err(fault) = instance.stopped(CallContext::new(budget)).await {
                 tracing::warn!(package = service.name(), %fault, "`stopped` failed");
             }
-            stopped += 1;
-        }
+        });
+        let hooks: Vec<_> = hooks.collect();
+        stopped += hooks.len();
+        futures_util::future::join_all(hooks).await;
         if stopped >= service.pool.live() || Instant::now() >= deadline {
             return stopped;
         }

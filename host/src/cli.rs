@@ -304,6 +304,11 @@ pub struct LoadFlags {
     /// Do not use the compiled-code cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Instances the host holds at once over all packages (the engine's
+    /// pool; overrides `max_instances` in [app]; default 1000).
+    #[arg(long, env = "STEEDOS_MAX_INSTANCES", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_instances: Option<u32>,
 }
 
 impl LoadFlags {
@@ -311,7 +316,7 @@ impl LoadFlags {
         LoadOptions {
             build: !self.no_build,
             cache: !self.no_cache,
-            limits: EngineLimits::default(),
+            max_instances: self.max_instances,
         }
     }
 }

@@ -23,8 +23,23 @@
 //! microseconds. [`CompileCache`] keys the precompiled artifact by the
 //! component's content hash and the engine's compatibility hash, so a changed
 //! component or a different wasmtime never loads stale code.
+//!
+//! A cached artifact is native code the host maps and runs unchecked, so
+//! each entry carries a keyed BLAKE3 MAC over its name and its bytes. The
+//! key ([`CacheKey`]) lives outside every app folder, in the host's state
+//! folder (`$XDG_STATE_HOME/steedos-wasm/cache.key`, else
+//! `~/.local/state/steedos-wasm/cache.key`, mode 0600), which no grant may
+//! reach (see [`crate::manifest`]); without a usable state folder the key is
+//! made per process, and the cache only saves work within one process. An
+//! entry whose MAC does not verify is ignored and compiled afresh.
+//!
+//! # Reading components
+//! [`read_component`] reads a component file only when it is a regular
+//! file (never a device, a FIFO or a folder, and without blocking on a
+//! FIFO's open), and only up to a size limit checked before reading.
 
 use std::hash::{Hash, Hasher};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -42,6 +57,20 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// rather than handed back to the kernel.
 const KEEP_RESIDENT: usize = 1 << 20;
 
+/// Component instances the engine holds at once unless the operator says
+/// otherwise (`[app] max_instances`, `--max-instances`).
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+
+/// The largest component file read from disk or taken by a deploy unless
+/// the app says otherwise (`[app] max_component_size`).
+pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 << 20;
+
+/// Linear memories the pool reserves per instance, on average: a Rust or
+/// C component has one, a JavaScript or Python one two.
+const MEMORIES_PER_INSTANCE: u32 = 2;
+/// Tables the pool reserves per instance, on average.
+const TABLES_PER_INSTANCE: u32 = 4;
+
 /// Limits of the pooling allocator: how many instances the host can hold.
 #[derive(Clone, Debug)]
 pub struct EngineLimits {
@@ -54,7 +83,7 @@ pub struct EngineLimits {
 impl Default for EngineLimits {
     fn default() -> Self {
         EngineLimits {
-            total_instances: 1000,
+            total_instances: DEFAULT_MAX_INSTANCES,
             max_memory: 4 << 30,
         }
     }
@@ -82,6 +111,27 @@ pub enum EngineError {
         /// wasmtime's explanation.
         message: String,
     },
+    /// The path names a device, a FIFO, a folder or a socket.
+    #[error("{path} is not a regular file (it is {kind}); `component` must name a .wasm file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The component is larger than the host takes.
+    #[error(
+        "{path} is larger than the largest component this host takes ({size} > {limit} bytes; \
+         raise `max_component_size` in [app] if it is meant to be)"
+    )]
+    TooLarge {
+        /// The component file.
+        path: PathBuf,
+        /// Its size (at least), in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 /// Builds the engine every package of a host runs on.
@@ -96,11 +146,11 @@ pub fn new_engine(limits: &EngineLimits) -> Result<Engine, EngineError> {
     config.max_wasm_stack(1 << 20);
     config.async_stack_size(2 << 20);
     let mut pool = PoolingAllocationConfig::new();
-    let total = limits.total_instances;
+    let total = limits.total_instances.max(1);
     pool.total_component_instances(total)
         .total_core_instances(total.saturating_mul(8))
-        .total_memories(total.saturating_mul(2))
-        .total_tables(total.saturating_mul(4))
+        .total_memories(total.saturating_mul(MEMORIES_PER_INSTANCE))
+        .total_tables(total.saturating_mul(TABLES_PER_INSTANCE))
         .total_stacks(total)
         .max_memory_size(usize::try_from(limits.max_memory).unwrap_or(usize::MAX))
         .max_core_instances_per_component(64)
@@ -186,10 +236,190 @@ impl Drop for EpochClock {
     }
 }
 
-/// Precompiled components on disk, keyed by content and engine.
+/// Reads the component at `path`: a regular file of at most `limit` bytes.
+///
+/// The file is opened without blocking (a FIFO would wait for a writer),
+/// checked to be a regular file on the opened handle (so a swap after a
+/// look at the path changes nothing), and read through a bound, so a file
+/// that grows while it is read is refused too.
+pub fn read_component(path: &Path, limit: u64) -> Result<Vec<u8>, EngineError> {
+    let read_error = |source| EngineError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = match std::fs::symlink_metadata(path) {
+        // A symlink is followed by `open`; the opened file is checked below.
+        Ok(m) if !m.file_type().is_file() && !m.file_type().is_symlink() => {
+            return Err(not_a_file(path, &m));
+        }
+        Ok(_) => open.open(path).map_err(read_error)?,
+        Err(e) => return Err(read_error(e)),
+    };
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(not_a_file(path, &metadata));
+    }
+    let too_large = |size| EngineError::TooLarge {
+        path: path.to_owned(),
+        size,
+        limit,
+    };
+    if metadata.len() > limit {
+        return Err(too_large(metadata.len()));
+    }
+    let capacity = usize::try_from(metadata.len()).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(capacity);
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+fn not_a_file(path: &Path, m: &std::fs::Metadata) -> EngineError {
+    let t = m.file_type();
+    let kind = if t.is_dir() {
+        "a folder"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        file_kind(&t)
+    };
+    EngineError::NotAFile {
+        path: path.to_owned(),
+        kind,
+    }
+}
+
+#[cfg(unix)]
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(not(unix))]
+fn file_kind(_: &std::fs::FileType) -> &'static str {
+    "not a regular file"
+}
+
+/// The key that signs compile-cache entries; see the module docs.
+#[derive(Clone)]
+pub struct CacheKey([u8; 32]);
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheKey(..)")
+    }
+}
+
+impl CacheKey {
+    /// The host's key: read from the state folder, made there on first use;
+    /// a key of this process alone when there is no usable state folder.
+    pub fn host() -> CacheKey {
+        static KEY: LazyLock<CacheKey> = LazyLock::new(|| {
+            match crate::manifest::host_state_dir().map(|dir| CacheKey::in_dir(&dir)) {
+                Some(Ok(key)) => key,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "no compile-cache key on disk; using one for this process (the cache will not outlive it)");
+                    CacheKey::ephemeral()
+                }
+                None => CacheKey::ephemeral(),
+            }
+        });
+        KEY.clone()
+    }
+
+    /// A random key for this process only.
+    pub fn ephemeral() -> CacheKey {
+        let mut key = [0u8; 32];
+        if getrandom::getrandom(&mut key).is_err() {
+            // No OS randomness: a key nobody else can predict well enough
+            // to matter, from the process's own randomly seeded hashers.
+            for (i, chunk) in key.chunks_mut(8).enumerate() {
+                use std::hash::BuildHasher;
+                let h = std::collections::hash_map::RandomState::new().hash_one(i);
+                chunk.copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        CacheKey(key)
+    }
+
+    /// The key in `dir/cache.key`, made (0600) when missing.
+    pub fn in_dir(dir: &Path) -> std::io::Result<CacheKey> {
+        let path = dir.join("cache.key");
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+        {
+            return Ok(CacheKey(key));
+        }
+        create_private_dir(dir)?;
+        let fresh = CacheKey::ephemeral();
+        let tmp = dir.join(format!(".cache.key-{}", std::process::id()));
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            open.mode(0o600);
+        }
+        let mut file = open.open(&tmp)?;
+        std::io::Write::write_all(&mut file, &fresh.0)?;
+        file.sync_all()?;
+        // Two hosts starting at once: the first key to land wins, and both read it.
+        let _ = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        let bytes = std::fs::read(&path)?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map(CacheKey)
+            .map_err(|_| std::io::Error::other(format!("{} is not a key", path.display())))
+    }
+
+    fn mac(&self, name: &str, code: &[u8]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(code);
+        h.finalize()
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Precompiled components on disk, keyed by content and engine, each
+/// signed with the host's [`CacheKey`].
 #[derive(Clone, Debug)]
 pub struct CompileCache {
     dir: Option<PathBuf>,
+    key: CacheKey,
+    max_size: u64,
 }
 
 /// How a component was obtained, for logs and the start-up summary.
@@ -202,24 +432,39 @@ pub enum Compiled {
 }
 
 impl CompileCache {
-    /// A cache in `dir` (created on first store).
+    /// A cache in `dir` (created on first store), signed with the host's key.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self::with_key(dir, CacheKey::host())
+    }
+
+    /// A cache in `dir` signed with `key`.
+    pub fn with_key(dir: impl Into<PathBuf>, key: CacheKey) -> Self {
         CompileCache {
             dir: Some(dir.into()),
+            key,
+            max_size: DEFAULT_MAX_COMPONENT_SIZE,
         }
     }
 
     /// No cache: every load compiles.
     pub fn disabled() -> Self {
-        CompileCache { dir: None }
+        CompileCache {
+            dir: None,
+            key: CacheKey([0; 32]),
+            max_size: DEFAULT_MAX_COMPONENT_SIZE,
+        }
     }
 
-    /// Loads the component at `path`, from the cache when it holds it.
+    /// The largest component file [`load`](Self::load) reads.
+    pub fn max_component_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes;
+        self
+    }
+
+    /// Loads the component at `path` (a regular file within the size
+    /// limit), from the cache when it holds it.
     pub fn load(&self, engine: &Engine, path: &Path) -> Result<(Component, Compiled), EngineError> {
-        let bytes = std::fs::read(path).map_err(|source| EngineError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = read_component(path, self.max_size)?;
         self.load_bytes(engine, path, &bytes)
     }
 
@@ -240,12 +485,14 @@ impl CompileCache {
                 Compiled::Fresh,
             ));
         };
-        let entry = dir.join(format!("{}.cwasm", cache_key(engine, bytes)));
-        if entry.is_file() {
-            // SAFETY: the file was written by `precompile_component` of an
-            // engine with the same compatibility hash (it is in the key), and
-            // the cache directory belongs to this app.
-            match unsafe { Component::deserialize_file(engine, &entry) } {
+        let name = format!("{}.cwasm", cache_key(engine, bytes));
+        let entry = dir.join(&name);
+        if let Some(code) = self.verified(&entry, &name) {
+            // SAFETY: `code` carries a MAC made with the host's key, which
+            // only this host's `precompile_component` output is signed with
+            // (the key is outside every granted folder); the engine's
+            // compatibility hash is in the entry's name, which the MAC covers.
+            match unsafe { Component::deserialize(engine, code) } {
                 Ok(component) => return Ok((component, Compiled::Cached)),
                 Err(e) => {
                     tracing::warn!(entry = %entry.display(), error = %e, "ignoring unusable cache entry")
@@ -253,7 +500,8 @@ impl CompileCache {
             }
         }
         let code = engine.precompile_component(bytes).map_err(invalid)?;
-        if let Err(e) = store_atomically(dir, &entry, &code) {
+        let mac = self.key.mac(&name, &code);
+        if let Err(e) = store_atomically(dir, &entry, mac.as_bytes(), &code) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot write the compile cache");
         }
         // SAFETY: `code` was produced just now by this engine.
@@ -262,6 +510,42 @@ impl CompileCache {
     }
 }
 
+impl CompileCache {
+    /// The precompiled code in `entry` when its MAC verifies; `None` (and a
+    /// warning when something was there) otherwise.
+    fn verified(&self, entry: &Path, name: &str) -> Option<Vec<u8>> {
+        // Our own entries are a little larger than the component they compile.
+        let limit = self.max_size.saturating_mul(8).max(64 << 20);
+        let mut bytes = match read_component(entry, limit) {
+            Ok(bytes) => bytes,
+            Err(EngineError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(entry = %entry.display(), error = %e, "ignoring unreadable cache entry; compiling afresh");
+                return None;
+            }
+        };
+        if bytes.len() < MAC_LEN {
+            tracing::warn!(entry = %entry.display(), "ignoring a truncated cache entry; compiling afresh");
+            return None;
+        }
+        let code = bytes.split_off(MAC_LEN);
+        let stored = <[u8; MAC_LEN]>::try_from(bytes.as_slice()).ok()?;
+        // `blake3::Hash` compares in constant time.
+        if self.key.mac(name, &code) != blake3::Hash::from(stored) {
+            tracing::warn!(entry = %entry.display(), "cache entry fails its MAC (tampered, or signed by another key); compiling afresh");
+            return None;
+        }
+        Some(code)
+    }
+}
+
+/// Bytes of the MAC at the head of a cache entry.
+const MAC_LEN: usize = 32;
+
 fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
     let content = blake3::hash(bytes);
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -269,14 +553,17 @@ fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
     format!("{}-{:016x}", &content.to_hex()[..32], h.finish())
 }
 
-fn store_atomically(dir: &Path, entry: &Path, code: &[u8]) -> std::io::Result<()> {
+fn store_atomically(dir: &Path, entry: &Path, mac: &[u8], code: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".tmp-{}-{}",
         std::process::id(),
         crate::context::next_request_id()
     ));
-    std::fs::write(&tmp, code)?;
+    let mut file = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut file, mac)?;
+    std::io::Write::write_all(&mut file, code)?;
+    drop(file);
     std::fs::rename(&tmp, entry)
 }
 

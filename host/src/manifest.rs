@@ -44,7 +44,9 @@
 //!
 //! - `[app]`: `name` (default: the folder name), `max_call_depth` (1..=1024,
 //!   default 16), `cache_dir` (default `.steedos/cache`), `shutdown_timeout`
-//!   (0s..=1h, default 10s).
+//!   (0s..=1h, default 10s), `max_instances` (instances the host holds at
+//!   once over all packages, 1..=100000, default 1000), `max_component_size`
+//!   (the largest component read or deployed, 1 KiB..=1 GiB, default 64 MiB).
 //! - `[defaults]`: the limits below, for every package that does not set them.
 //! - `[packages.<name>]`: `component` (required), `path` and `build` (the
 //!   source folder and the shell command that builds it there), the limits
@@ -62,7 +64,10 @@
 //!   more than the interval), `advertise` (default true: offer this host's
 //!   packages to the cluster). See [`transport`](crate::transport).
 //! - `[packages.<name>.grants]`: nothing unless granted. `dirs` (host folders
-//!   preopened in the guest, `{ host, guest, read_only }`; `host` must exist),
+//!   preopened in the guest, `{ host, guest, read_only }`; `host` must exist,
+//!   and may neither be, hold, nor sit inside a folder of the host's own
+//!   state: `.steedos` of the app, `cache_dir`, or [`host_state_dir`]; that
+//!   is checked after symbolic links are resolved),
 //!   `env` (fixed variables), `env_inherit` (variables copied from the host's
 //!   environment when set there), `calls` (the actions it may call).
 //!
@@ -143,6 +148,22 @@ pub struct Manifest {
     pub rejected: Vec<ManifestError>,
 }
 
+/// The host's own state, outside every app: the compile cache's key lives
+/// here. `$XDG_STATE_HOME/steedos-wasm`, else `~/.local/state/steedos-wasm`;
+/// `None` without either variable.
+pub fn host_state_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = xdg.or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .map(|home| home.join(".local").join("state"))
+    })?;
+    Some(base.join("steedos-wasm"))
+}
+
 /// App-wide settings: the `[app]` table.
 #[derive(Clone, Debug)]
 pub struct AppSettings {
@@ -152,8 +173,23 @@ pub struct AppSettings {
     pub max_call_depth: u32,
     /// Where compiled components are cached, absolute.
     pub cache_dir: PathBuf,
-    /// How long a shutdown waits for calls in flight before it drops them.
+    /// How long a shutdown may take in all: calls in flight finishing, then
+    /// every `stopped` hook (they run at once, under this one deadline).
     pub shutdown_timeout: Duration,
+    /// Instances the host holds at once over all packages (the engine's
+    /// pool); `None` leaves it to the command line or the default.
+    pub max_instances: Option<u32>,
+    /// The largest component file read from disk or taken by a deploy.
+    pub max_component_size: u64,
+}
+
+impl AppSettings {
+    /// The folders of the host's own state that no grant may reach.
+    pub fn protected_dirs(&self, app_dir: &Path) -> Vec<PathBuf> {
+        let mut dirs = vec![app_dir.join(".steedos"), self.cache_dir.clone()];
+        dirs.extend(host_state_dir());
+        dirs
+    }
 }
 
 /// The HTTP gateway's settings: the `[gateway]` table.
@@ -527,7 +563,12 @@ impl Manifest {
             .map(|value| source.cluster(value))
             .transpose()?;
         let defaults = source.defaults(sections.defaults)?;
-        let (packages, rejected) = source.packages(sections.packages, &defaults)?;
+        let protected: Vec<PathBuf> = app
+            .protected_dirs(&source.dir)
+            .iter()
+            .map(|dir| resolve_links(dir))
+            .collect();
+        let (packages, rejected) = source.packages(sections.packages, &defaults, &protected)?;
         Ok(Manifest {
             path: path.to_path_buf(),
             dir: source.dir,
@@ -685,6 +726,8 @@ struct RawApp {
     max_call_depth: Option<CallDepth>,
     cache_dir: Option<PathValue>,
     shutdown_timeout: Option<ShutdownTimeout>,
+    max_instances: Option<CountIn<1, 100_000>>,
+    max_component_size: Option<SizeIn<{ 1 << 10 }, { 1 << 30 }>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1012,6 +1055,10 @@ impl<'a> Source<'a> {
             shutdown_timeout: raw
                 .shutdown_timeout
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            max_instances: raw.max_instances.map(|n| n.0),
+            max_component_size: raw
+                .max_component_size
+                .map_or(crate::engine::DEFAULT_MAX_COMPONENT_SIZE, |s| s.0),
         })
     }
 
@@ -1132,6 +1179,7 @@ impl<'a> Source<'a> {
         &self,
         value: Option<&Spanned<DeValue<'_>>>,
         defaults: &Limits,
+        protected: &[PathBuf],
     ) -> Result<(Vec<PackageSpec>, Vec<ManifestError>), ManifestError> {
         let Some(value) = value else {
             return Ok((Vec::new(), Vec::new()));
@@ -1148,7 +1196,7 @@ impl<'a> Source<'a> {
         entries.sort_by_key(|(key, _)| key.span().start);
         let (mut packages, mut rejected) = (Vec::new(), Vec::new());
         for (key, value) in entries {
-            match self.package(key, value, defaults) {
+            match self.package(key, value, defaults, protected) {
                 Ok(package) => packages.push(package),
                 Err(error) => rejected.push(error),
             }
@@ -1161,6 +1209,7 @@ impl<'a> Source<'a> {
         key: &Spanned<DeString<'_>>,
         value: &Spanned<DeValue<'_>>,
         defaults: &Limits,
+        protected: &[PathBuf],
     ) -> Result<PackageSpec, ManifestError> {
         let name = key.get_ref().as_ref();
         if !is_package_name(name) {
@@ -1185,7 +1234,7 @@ impl<'a> Source<'a> {
         spec.source = source;
         spec.build = build;
         spec.events = raw.events.into_iter().map(|pattern| pattern.0).collect();
-        spec.grants = scope.grants(raw.grants)?;
+        spec.grants = scope.grants(raw.grants, protected)?;
         if let Some(d) = raw.scale_down_after {
             spec.scale_down_after = d.0;
         }
@@ -1282,11 +1331,11 @@ impl<'s, 'i> Scope<'s, 'i> {
         Ok(limits)
     }
 
-    fn grants(&self, raw: RawGrants) -> Result<Grants, ManifestError> {
+    fn grants(&self, raw: RawGrants, protected: &[PathBuf]) -> Result<Grants, ManifestError> {
         let dirs = raw
             .dirs
             .into_iter()
-            .map(|dir| self.dir_grant(dir))
+            .map(|dir| self.dir_grant(dir, protected))
             .collect::<Result<_, _>>()?;
         let mut env: Vec<(String, String)> = raw
             .env
@@ -1304,7 +1353,11 @@ impl<'s, 'i> Scope<'s, 'i> {
         Ok(Grants { dirs, env, calls })
     }
 
-    fn dir_grant(&self, raw: RawDirGrant) -> Result<DirGrant, ManifestError> {
+    fn dir_grant(
+        &self,
+        raw: RawDirGrant,
+        protected: &[PathBuf],
+    ) -> Result<DirGrant, ManifestError> {
         let written = &raw.host.get_ref().0;
         let host = self.source.dir.join(written);
         let problem = match std::fs::metadata(&host) {
@@ -1318,6 +1371,24 @@ impl<'s, 'i> Scope<'s, 'i> {
         if let Some(problem) = problem {
             let message =
                 format!("{written:?} {problem} (host paths are relative to the app folder)");
+            return Err(self.error(raw.host.span(), message));
+        }
+        let real = resolve_links(&host);
+        if let Some(state) = protected
+            .iter()
+            .find(|p| real.starts_with(p) || p.starts_with(&real))
+        {
+            let how = match (real.starts_with(state), state.starts_with(&real)) {
+                (true, true) => "is",
+                (true, false) => "is inside",
+                _ => "holds",
+            };
+            let message = format!(
+                "{written:?} {how} {}, a folder of the host's own state (the compile cache \
+                 holds native code the host runs): no grant may reach it; grant a folder \
+                 beside it instead",
+                state.display()
+            );
             return Err(self.error(raw.host.span(), message));
         }
         Ok(DirGrant {
@@ -1339,6 +1410,37 @@ impl<'s, 'i> Scope<'s, 'i> {
                 );
                 None
             }
+        }
+    }
+}
+
+/// `path` with every symbolic link resolved: its longest existing ancestor
+/// canonicalised, the rest (not there yet) appended with `.` and `..`
+/// resolved by name.
+fn resolve_links(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::Normal(name) => out.push(name),
+                    _ => {}
+                }
+            }
+            return out;
+        }
+        match (existing.parent(), existing.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                existing = parent;
+            }
+            _ => return absolute,
         }
     }
 }

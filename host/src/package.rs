@@ -17,14 +17,18 @@
 //!
 //! # Instances
 //! A [`LiveInstance`] is one instantiation in a `Store` of its own, with a
-//! deny-by-default WASI context built from the package's grants, a memory
-//! limit that traps on a refused grow, and an epoch deadline armed for every
-//! call. A call that traps, times out or runs out of memory returns a
+//! deny-by-default WASI context built from the package's grants (no socket
+//! and no name lookup, ever: `wasi:sockets` is linked, so that JavaScript
+//! and Python components load, but every use of it is refused), a memory
+//! limit over all of the instance's memories and tables together that traps
+//! on a refused grow, and an epoch deadline armed for instantiation (a core
+//! start function runs then), for `started` and for every call. A call that traps, times out or runs out of memory returns a
 //! [`Fault`]; the instance is then unusable and the caller drops it.
 //!
 //! The host functions a package imports reach the broker through the
 //! [`Router`] trait, so this module never depends on the broker.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -53,6 +57,10 @@ use wit::steedos::package::types as wit_types;
 
 /// The interface name prefix of the host's own contract.
 pub const STEEDOS_PACKAGE: &str = "steedos:package/";
+
+/// The most actions one package may export: far more than any service
+/// needs, few enough that routing tables and `/openapi.json` stay small.
+pub const MAX_ACTIONS: usize = 4096;
 
 /// A boxed future, as the [`Router`] returns them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -131,6 +139,19 @@ pub enum PackageError {
         /// wasmtime's explanation.
         message: String,
     },
+    /// The component exports more actions than the host takes.
+    #[error(
+        "package `{package}` exports more than {max} actions ({count} seen); split it into \
+         several packages"
+    )]
+    TooManyActions {
+        /// The package.
+        package: String,
+        /// How many were counted before giving up.
+        count: usize,
+        /// [`MAX_ACTIONS`].
+        max: usize,
+    },
     /// A granted folder cannot be opened.
     #[error("package `{package}`: cannot open granted folder {dir}: {message}")]
     Grant {
@@ -181,6 +202,8 @@ pub struct PackageType {
     pub typed_imports: Vec<TypedImport>,
     /// Host interfaces it imports (`wasi:*`, `steedos:package/*`).
     pub host_imports: Vec<String>,
+    /// Action index by name, so a call finds its action at once.
+    by_name: HashMap<String, usize>,
     lifecycle: Option<(ComponentExportIndex, ComponentExportIndex)>,
     events: Option<ComponentExportIndex>,
 }
@@ -198,8 +221,14 @@ impl PackageType {
             exported_interfaces: Vec::new(),
             typed_imports: Vec::new(),
             host_imports: Vec::new(),
+            by_name: HashMap::new(),
             lifecycle: None,
             events: None,
+        };
+        let too_many = |count| PackageError::TooManyActions {
+            package: package.to_string(),
+            count,
+            max: MAX_ACTIONS,
         };
         let mut other_exports = Vec::new();
         for (name, ext) in cty.exports(engine) {
@@ -224,6 +253,9 @@ impl PackageType {
                     for (fname, item) in inst.exports(engine) {
                         match item.ty {
                             ComponentItem::ComponentFunc(f) => {
+                                if ty.actions.len() >= MAX_ACTIONS {
+                                    return Err(too_many(ty.actions.len() + 1));
+                                }
                                 let index = export_index(component, Some(&iface), fname)?;
                                 indexes.push(ty.actions.len());
                                 ty.actions
@@ -244,6 +276,9 @@ impl PackageType {
                     ty.exported_interfaces.push((name.to_string(), indexes));
                 }
                 ComponentItem::ComponentFunc(f) => {
+                    if ty.actions.len() >= MAX_ACTIONS {
+                        return Err(too_many(ty.actions.len() + 1));
+                    }
                     let index = export_index(component, None, name)?;
                     ty.actions.push(action(package, None, name, &f, index)?);
                 }
@@ -262,6 +297,12 @@ impl PackageType {
             });
         }
         qualify_shared_names(&mut ty.actions);
+        ty.by_name = ty
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.clone(), i))
+            .collect();
         for (name, ext) in cty.imports(engine) {
             match ext.ty {
                 _ if name.starts_with("wasi:") || name.starts_with(STEEDOS_PACKAGE) => {
@@ -306,10 +347,8 @@ impl PackageType {
 
     /// The action called `name` (within this package), with its index.
     pub fn action(&self, name: &str) -> Option<(usize, &ActionType)> {
-        self.actions
-            .iter()
-            .enumerate()
-            .find(|(_, a)| a.name == name)
+        let &i = self.by_name.get(name)?;
+        Some((i, &self.actions[i]))
     }
 
     /// Whether the package exports `steedos:package/lifecycle`.
@@ -424,11 +463,13 @@ fn unsupported_type(ty: &Type) -> Option<String> {
 /// `reserve` stays `reserve` unless another exported interface also has a
 /// `reserve`; then both become `<interface>.reserve`.
 fn qualify_shared_names(actions: &mut [ActionType]) {
-    let shared: Vec<bool> = actions
-        .iter()
-        .map(|a| actions.iter().filter(|b| b.function == a.function).count() > 1)
-        .collect();
-    for (a, shared) in actions.iter_mut().zip(shared) {
+    // Counted once, so a package with many actions loads in linear time.
+    let mut uses: HashMap<String, usize> = HashMap::with_capacity(actions.len());
+    for a in actions.iter() {
+        *uses.entry(a.function.clone()).or_default() += 1;
+    }
+    for a in actions.iter_mut() {
+        let shared = uses.get(&a.function).is_some_and(|&n| n > 1);
         if let (true, Some(iface)) = (shared, &a.interface) {
             a.name = format!("{}.{}", interface_short_name(iface), a.function);
         }
@@ -528,37 +569,76 @@ fn caller<'a>(
     Caller { package, ctx }
 }
 
+/// The package's `memory` limit over a whole instance: every linear
+/// memory and every table of it together.
 struct MemoryLimit {
     limit: usize,
+    /// Bytes of linear memory and table held now, over all of them.
+    used: usize,
     hit: bool,
+}
+
+/// Bytes one table element counts for (a function reference).
+const TABLE_ELEMENT_BYTES: usize = 8;
+/// Memories and tables one instance may hold (the pool's per-component bounds).
+const MAX_MEMORIES: usize = 8;
+const MAX_TABLES: usize = 16;
+
+impl MemoryLimit {
+    fn new(limit: usize) -> Self {
+        MemoryLimit {
+            limit,
+            used: 0,
+            hit: false,
+        }
+    }
+
+    /// Takes `current` bytes of one memory or table to `desired`, when the
+    /// instance's total stays within the limit.
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
+            self.hit = true;
+            // An error here traps the guest: an OOM must not look like a
+            // panic inside the guest's allocator.
+            wasmtime::bail!(
+                "memory limit reached: the instance wanted {total} bytes in all, limit {}",
+                self.limit
+            );
+        }
+        self.used = total;
+        Ok(true)
+    }
 }
 
 impl ResourceLimiter for MemoryLimit {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.hit = true;
-            // An error here traps the guest: an OOM must not look like a
-            // panic inside the guest's allocator.
-            wasmtime::bail!(
-                "memory limit reached: wanted {desired} bytes, limit {}",
-                self.limit
-            );
-        }
-        Ok(true)
+        self.grow(current, desired)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        )
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -788,6 +868,11 @@ impl Package {
     fn wasi(&self) -> Result<(WasiCtx, Arc<Mutex<String>>), StartError> {
         let tail = Arc::new(Mutex::new(String::new()));
         let mut b = WasiCtxBuilder::new();
+        // No grant opens the network: said here, not left to wasmtime's defaults.
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
         b.envs(&self.spec.grants.env);
         b.stdout(GuestOutput::new(self.name.clone(), "stdout", None));
         b.stderr(GuestOutput::new(
@@ -822,7 +907,7 @@ impl Package {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryLimit { limit, hit: false },
+            memory: MemoryLimit::new(limit),
             package: self.name.clone(),
             router,
             call: None,
@@ -843,12 +928,27 @@ impl Package {
                 _ => Ok(UpdateDeadline::Yield(1)),
             }
         });
+        // A core start function runs during instantiation: it gets the
+        // package's timeout like any call.
+        store.data_mut().call = Some(CallContext::new(self.spec.timeout));
         store.set_epoch_deadline(1);
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| StartError::Instantiate(format!("{e:#}")))?;
+        let instantiated = self.pre.instantiate_async(&mut store).await;
+        store.data_mut().call = None;
+        let instance = instantiated.map_err(|e| {
+            let state = store.data();
+            if state.timed_out {
+                StartError::Instantiate(format!(
+                    "instantiating (its start function) did not finish within {}",
+                    human(self.spec.timeout)
+                ))
+            } else if state.memory.hit {
+                StartError::Fault(Fault::OutOfMemory {
+                    limit: state.memory.limit as u64,
+                })
+            } else {
+                StartError::Instantiate(format!("{e:#}"))
+            }
+        })?;
         let missing = |what: &str| StartError::Instantiate(format!("export `{what}` is missing"));
         let actions = self
             .ty
