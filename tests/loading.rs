@@ -168,3 +168,283 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
     );
     assert_eq!(t.state("probe"), "serving");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_function_that_never_returns_fails_at_the_timeout() {
+    let load = TestApp::start(
+        r#"
+[packages.greeter]
+component = "{GREETER}"
+[packages.endless]
+component = "{FIXTURES}/endless-start.wat"
+timeout = "300ms"
+restart = { max = 1, within = "10s", backoff = "10s", max_backoff = "10s" }
+"#,
+    );
+    let t = tokio::time::timeout(Duration::from_secs(60), load)
+        .await
+        .expect("the load ends although a start function never returns");
+    let report = t
+        .app
+        .broker
+        .reports()
+        .into_iter()
+        .find(|r| r.name == "endless")
+        .expect("endless is reported");
+    let why = report.last_error.unwrap_or_default();
+    assert!(
+        why.contains("endless") && why.contains("did not finish within 300ms"),
+        "{why}"
+    );
+    assert_eq!(
+        t.ok("greeter.hello", json!({"name": "x"})).await,
+        json!("Hello, x!")
+    );
+}
+
+/// A component exporting `n` functions, each its own action.
+fn many_actions(n: usize) -> String {
+    let mut wat = String::from(
+        "(component\n  (core module $m (func (export \"f\") (result i32) i32.const 1))\n  \
+         (core instance $i (instantiate $m))\n  \
+         (func $f (result u32) (canon lift (core func $i \"f\")))\n",
+    );
+    for k in 0..n {
+        wat.push_str(&format!("  (export \"f{k}\" (func $f))\n"));
+    }
+    wat.push_str(")\n");
+    wat
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_with_100000_actions_is_refused_quickly() {
+    let started = std::time::Instant::now();
+    let load = TestApp::start_with(
+        r#"
+[packages.greeter]
+component = "{GREETER}"
+[packages.many]
+component = "{DIR}/many.wat"
+[packages.some]
+component = "{DIR}/some.wat"
+"#,
+        |dir| {
+            std::fs::write(dir.join("many.wat"), many_actions(100_000)).expect("write");
+            std::fs::write(dir.join("some.wat"), many_actions(4000)).expect("write");
+        },
+    );
+    let t = tokio::time::timeout(Duration::from_secs(120), load)
+        .await
+        .expect("the load ends");
+    let why = t.failure("many").expect("many is refused");
+    assert!(
+        why.contains("many") && why.contains("more than 4096 actions"),
+        "{why}"
+    );
+    // Below the cap, thousands of actions load, and are found by name.
+    assert_eq!(t.ok("some.f3999", json!({})).await, json!(1));
+    assert_eq!(t.state("greeter"), "serving");
+    eprintln!("loaded in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_is_no_regular_file_or_too_large_is_refused() {
+    let t = TestApp::start_with(
+        r#"
+[app]
+cache_dir = "{CACHE}"
+max_component_size = "1 MiB"
+[packages.greeter]
+component = "{GREETER}"
+[packages.zero]
+component = "/dev/zero"
+[packages.fifo]
+component = "{DIR}/fifo.wasm"
+[packages.folder]
+component = "{DIR}/folder.wasm"
+[packages.huge]
+component = "{DIR}/huge.wasm"
+"#,
+        |dir| {
+            let fifo = dir.join("fifo.wasm");
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .expect("mkfifo");
+            assert!(made.success());
+            std::fs::create_dir(dir.join("folder.wasm")).expect("mkdir");
+            // Sparse: 8 GiB that would take the host past its memory if read.
+            let huge = std::fs::File::create(dir.join("huge.wasm")).expect("create");
+            huge.set_len(8 << 30).expect("sparse file");
+        },
+    );
+    let t = tokio::time::timeout(Duration::from_secs(60), t)
+        .await
+        .expect("the load ends (a FIFO must not be waited on)");
+    for (package, what) in [
+        ("zero", "a character device"),
+        ("fifo", "a FIFO"),
+        ("folder", "a folder"),
+    ] {
+        let why = t.failure(package).expect("refused");
+        assert!(
+            why.contains(package) && why.contains("not a regular file") && why.contains(what),
+            "{why}"
+        );
+    }
+    let why = t.failure("huge").expect("refused");
+    assert!(
+        why.contains("huge") && why.contains("larger than") && why.contains("max_component_size"),
+        "{why}"
+    );
+    assert_eq!(t.state("greeter"), "serving");
+}
+
+#[test]
+fn no_grant_reaches_the_compile_cache_or_the_host_state() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    for d in ["data", ".steedos/cache", "elsewhere/cache"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::os::unix::fs::symlink(root.join(".steedos/cache"), root.join("sneaky")).expect("symlink");
+    let manifest = |app: &str, host: &str| {
+        let text = format!(
+            "[app]\n{app}\n[packages.writer]\ncomponent = \"w.wasm\"\n\
+             [packages.writer.grants]\ndirs = [{{ host = \"{host}\", guest = \"/w\" }}]\n"
+        );
+        steedos_wasm::manifest::Manifest::parse(&text, &root.join("steedos.toml"))
+            .expect("the manifest parses")
+    };
+    for (app, host, how) in [
+        ("", ".", "holds"),
+        ("", ".steedos", "is"),
+        ("", ".steedos/cache", "is inside"),
+        ("", "sneaky", "is inside"),
+        ("cache_dir = \"elsewhere/cache\"", "elsewhere", "holds"),
+        ("cache_dir = \"data/cache\"", "data", "holds"),
+        ("cache_dir = \"elsewhere\"", "elsewhere/cache", "is inside"),
+    ] {
+        let m = manifest(app, host);
+        assert!(m.packages.is_empty(), "{host} granted with {app:?}");
+        let why = m.rejected[0].to_string();
+        assert!(
+            why.contains("steedos.toml:6:")
+                && why.contains("package `writer`")
+                && why.contains(&format!("{host:?} {how}"))
+                && why.contains("host's own state"),
+            "{why}"
+        );
+    }
+    // A folder beside the state is fine.
+    assert_eq!(manifest("", "data").packages.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_cache_entry_is_compiled_afresh() {
+    use steedos_wasm::app::{App, LoadOptions};
+    use steedos_wasm::engine::Compiled;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let load = |name: &'static str, component: &'static str, cache: &'static str| {
+        let root = dir.path().to_path_buf();
+        async move {
+            let text = format!(
+                "[app]\ncache_dir = \"{cache}\"\n[packages.{name}]\ncomponent = \"{component}\"\n"
+            );
+            let m = steedos_wasm::manifest::Manifest::parse(&text, &root.join("steedos.toml"))
+                .expect("manifest");
+            let options = LoadOptions {
+                build: false,
+                ..LoadOptions::default()
+            };
+            App::load(m, &options).await.expect("loads")
+        }
+    };
+    let entries = |cache: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.path().join(cache))
+            .expect("cache dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    };
+    let greeter = steedos_tests::guests::GREETER;
+    let probe = steedos_tests::guests::PROBE;
+    let first = load("greeter", greeter, "a").await;
+    assert_eq!(first.loaded[0].compiled, Some(Compiled::Fresh));
+    first.shutdown().await;
+    drop(first);
+    let again = load("greeter", greeter, "a").await;
+    assert_eq!(again.loaded[0].compiled, Some(Compiled::Cached));
+    again.shutdown().await;
+    drop(again);
+    load("probe", probe, "b").await.shutdown().await;
+    let (a, b) = (entries("a"), entries("b"));
+    assert_eq!((a.len(), b.len()), (1, 1));
+    // Another package's valid code under greeter's name: the worst case.
+    std::fs::copy(&b[0], &a[0]).expect("swap");
+    let t = load("greeter", greeter, "a").await;
+    assert_eq!(t.loaded[0].compiled, Some(Compiled::Fresh));
+    let ctx = steedos_wasm::context::CallContext::new(Duration::from_secs(10));
+    let hello = t
+        .broker
+        .call_json("greeter.hello", br#"{"name":"Ada"}"#, ctx)
+        .await
+        .expect("greeter answers");
+    assert_eq!(hello, json!("Hello, Ada!"));
+    t.shutdown().await;
+    drop(t);
+    // A flipped byte in the code is caught the same way.
+    let mut bytes = std::fs::read(&a[0]).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&a[0], bytes).expect("write");
+    let t = load("greeter", greeter, "a").await;
+    assert_eq!(t.loaded[0].compiled, Some(Compiled::Fresh));
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_asking_for_more_instances_than_the_host_holds_gets_one_error() {
+    use steedos_wasm::app::{App, AppError, LoadOptions};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = format!(
+        "[app]\ncache_dir = \"{}\"\nmax_instances = 5\n\
+         [packages.a]\ncomponent = \"{}\"\ninstances = 3\n\
+         [packages.b]\ncomponent = \"{}\"\ninstances = {{ min = 1, max = 4 }}\n",
+        steedos_tests::shared_cache().display(),
+        steedos_tests::guests::GREETER,
+        steedos_tests::guests::GREETER,
+    );
+    let m = steedos_wasm::manifest::Manifest::parse(&text, &dir.path().join("steedos.toml"))
+        .expect("manifest");
+    let options = LoadOptions {
+        build: false,
+        ..LoadOptions::default()
+    };
+    match App::load(m, &options).await {
+        Err(e @ AppError::Capacity { .. }) => {
+            let why = e.to_string();
+            assert!(
+                why.contains("up to 7 instances")
+                    && why.contains("b: 4")
+                    && why.contains("a: 3")
+                    && why.contains("holds 5")
+                    && why.contains("max_instances"),
+                "{why}"
+            );
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("an app larger than the host loaded"),
+    }
+    // The command line's capacity wins over the manifest's.
+    let m = steedos_wasm::manifest::Manifest::parse(&text, &dir.path().join("steedos.toml"))
+        .expect("manifest");
+    let options = LoadOptions {
+        build: false,
+        max_instances: Some(7),
+        ..LoadOptions::default()
+    };
+    let app = App::load(m, &options).await.expect("fits in 7");
+    assert_eq!(app.capacity, 7);
+    app.shutdown().await;
+}

@@ -101,3 +101,123 @@ component = "{PROBE}"
         .unwrap_err();
     assert!(denied.contains("denied"), "{denied}");
 }
+
+/// The hostile package, granted one read-write folder and nothing else.
+const HOSTILE: &str = r#"
+[packages.hostile]
+component = "{HOSTILE}"
+[packages.hostile.grants]
+dirs = [{ host = "{DIR}/rw", guest = "/rw" }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_can_open_no_socket_and_resolve_no_name() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let t = TestApp::start_with(HOSTILE, |dir| {
+        std::fs::create_dir(dir.join("rw")).expect("mkdir")
+    })
+    .await;
+    let refused = |what: &str, v: serde_json::Value| {
+        let text = v.as_str().unwrap_or_default().to_string();
+        assert!(text.starts_with("refused"), "{what}: {text}");
+    };
+    refused(
+        "tcp connect",
+        t.ok("hostile.tcp-connect", json!({ "addr": addr })).await,
+    );
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing may have connected"
+    );
+    for addr in ["127.0.0.1:0", "0.0.0.0:0"] {
+        refused(
+            "udp bind",
+            t.ok("hostile.udp-bind", json!({ "addr": addr })).await,
+        );
+    }
+    for host in ["localhost", "example.com"] {
+        refused(
+            "lookup",
+            t.ok("hostile.lookup", json!({ "host": host })).await,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbolic_link_a_package_leaves_never_leads_it_out_of_its_grant() {
+    let t = TestApp::start_with(HOSTILE, |dir| {
+        std::fs::create_dir(dir.join("rw")).expect("mkdir");
+        std::fs::write(dir.join("secret.txt"), "top secret").expect("write");
+    })
+    .await;
+    let call = |action: &'static str, params: serde_json::Value| t.ok(action, params);
+    // An absolute target is refused outright.
+    let absolute = call(
+        "hostile.symlink",
+        json!({ "target": "/etc/passwd", "link": "/rw/abs" }),
+    )
+    .await;
+    assert!(
+        absolute.as_str().unwrap_or_default().starts_with("refused"),
+        "{absolute}"
+    );
+    // A relative one that climbs out may be left in the host folder (see
+    // README, "Sockets and files"), but it never leads the package out.
+    call(
+        "hostile.symlink",
+        json!({ "target": "../secret.txt", "link": "/rw/up" }),
+    )
+    .await;
+    let read = call("hostile.read", json!({ "path": "/rw/up" })).await;
+    assert!(
+        read.as_str().unwrap_or_default().starts_with("refused"),
+        "{read}"
+    );
+    let write = call(
+        "hostile.write",
+        json!({ "path": "/rw/up", "contents": "overwritten" }),
+    )
+    .await;
+    assert!(
+        write.as_str().unwrap_or_default().starts_with("refused"),
+        "{write}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.dir.path().join("secret.txt")).expect("read"),
+        "top secret"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limit_holds_for_all_memories_of_an_instance() {
+    let t = TestApp::start(
+        r#"
+[packages.hog]
+component = "{FIXTURES}/eight-memories.wat"
+memory = "16 MiB"
+"#,
+    )
+    .await;
+    // Eight memories of 17 pages: 8.5 MiB in all, within the limit.
+    assert_eq!(t.ok("hog.grow", json!({ "pages": 16 })).await, json!(8));
+    // Eight of 33 pages would be 16.5 MiB: the instance is out of memory.
+    match t.call("hog.grow", json!({ "pages": 16 })).await {
+        Err(steedos_wasm::context::CallError::Crashed(m)) => {
+            assert!(m.contains("out of memory") && m.contains("16 MiB"), "{m}")
+        }
+        other => panic!("eight memories grew past the instance's limit: {other:?}"),
+    }
+    // Its replacement cannot take 12.5 MiB per memory either.
+    let again = steedos_tests::eventually(std::time::Duration::from_secs(10), || async {
+        match t.call("hog.grow", json!({ "pages": 200 })).await {
+            Err(steedos_wasm::context::CallError::Crashed(m)) => Some(m),
+            Err(steedos_wasm::context::CallError::Overloaded(_)) => None,
+            other => panic!("{other:?}"),
+        }
+    })
+    .await
+    .expect("the replacement serves");
+    assert!(again.contains("out of memory"), "{again}");
+}
