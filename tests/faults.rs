@@ -181,3 +181,29 @@ async fn a_huge_result_is_delivered_and_a_small_caller_deadline_is_kept() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_hook_blocked_in_a_host_call_is_abandoned_at_the_shutdown_timeout() {
+    let t = TestApp::start(
+        r#"
+[app]
+cache_dir = "{CACHE}"
+shutdown_timeout = "1s"
+[packages.hostile]
+component = "{HOSTILE}"
+instances = 2
+timeout = "60s"
+[packages.hostile.grants]
+env = { HOSTILE_STOPPED = "sleep" }
+"#,
+    )
+    .await;
+    assert_eq!(t.state("hostile"), "serving");
+    let started = std::time::Instant::now();
+    // Its `stopped` sleeps 10 minutes in a WASI call, out of any epoch's reach.
+    tokio::time::timeout(Duration::from_secs(30), t.app.shutdown())
+        .await
+        .expect("the shutdown ends at its timeout");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+}
