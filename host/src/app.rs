@@ -470,7 +470,7 @@ fn check_capacity<'a>(
     if wanted <= u64::from(capacity) {
         return Ok(());
     }
-    asks.sort_by(|a, b| b.1.cmp(&a.1));
+    asks.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
     let mut detail: Vec<String> = asks
         .iter()
         .take(5)
