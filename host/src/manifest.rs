@@ -2098,7 +2098,7 @@ mod tests {
         assert_eq!(dirs[0].host, cases_dir().join("data"));
         assert_eq!(dirs[0].guest, "/data");
         assert!(dirs[0].read_only);
-        assert_eq!(dirs[1].host, cases_dir().join("."));
+        assert_eq!(dirs[1].host, cases_dir().join("data/out"));
         assert_eq!(dirs[1].guest, "/app");
         assert!(!dirs[1].read_only);
     }
