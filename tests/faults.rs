@@ -207,3 +207,46 @@ env = { HOSTILE_STOPPED = "sleep" }
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_guest_code_runs_past_the_shutdown_timeout() {
+    let t = TestApp::start(
+        r#"
+[app]
+cache_dir = "{CACHE}"
+shutdown_timeout = "1s"
+[packages.chaos]
+component = "{CHAOS}"
+timeout = "1h"
+"#,
+    )
+    .await;
+    let app = t.app.clone();
+    // A call that would spin for an hour, under way when the shutdown begins.
+    let spinning = tokio::spawn(async move {
+        let ctx = steedos_wasm::context::CallContext::new(Duration::from_secs(3600));
+        app.broker.call_json("chaos.spin", b"{}", ctx).await
+    });
+    let busy = eventually(Duration::from_secs(10), || async {
+        let r = t.app.broker.reports();
+        r.iter()
+            .find(|r| r.name == "chaos")
+            .is_some_and(|r| r.live == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(busy.is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), t.app.shutdown())
+        .await
+        .expect("the shutdown ends");
+    // The spinning call is interrupted at the shutdown's deadline, not in an hour.
+    let outcome = tokio::time::timeout(Duration::from_secs(10), spinning)
+        .await
+        .expect("the spinning call ends soon after the shutdown")
+        .expect("task");
+    assert!(matches!(outcome, Err(CallError::Timeout(_))), "{outcome:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+}

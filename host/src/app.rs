@@ -25,7 +25,7 @@ use crate::engine::{
 };
 use crate::gateway::{BoxFuture, Operator, OperatorError};
 use crate::manifest::{Manifest, PackageSpec};
-use crate::package::{self, ImportTarget, Package, PackageError, PackageType, TypedImport};
+use crate::package::{self, Cutoff, ImportTarget, Package, PackageError, PackageType, TypedImport};
 
 /// How to load an app.
 #[derive(Clone, Debug)]
@@ -103,6 +103,8 @@ pub struct App {
     pub capacity: u32,
     cache: CompileCache,
     base: Linker<package::HostState>,
+    /// When the app's guest code stops for good (set at shutdown).
+    cutoff: Arc<Cutoff>,
     deploying: tokio::sync::Mutex<()>,
     /// Packages whose typed imports found no provider (or more than one):
     /// linked again after every deploy and remove, and started once they link.
@@ -196,6 +198,7 @@ impl App {
         }
 
         let base = package::base_linker(&engine)?;
+        let cutoff = Arc::new(Cutoff::default());
         let providers: Vec<Provider<'_>> = ready
             .iter()
             .map(|c| Provider {
@@ -206,7 +209,7 @@ impl App {
         let mut packages = Vec::new();
         let mut unlinked = Vec::new();
         for (i, c) in ready.iter().enumerate() {
-            match link(&c.spec, &c.ty, &c.component, &providers, &base) {
+            match link(&c.spec, &c.ty, &c.component, &providers, &base, &cutoff) {
                 Ok(p) => packages.push(p),
                 Err(e) => {
                     broker.record_failure(&c.spec.name, e.to_string());
@@ -247,6 +250,7 @@ impl App {
             capacity,
             cache,
             base,
+            cutoff,
             deploying: tokio::sync::Mutex::new(()),
             unlinked: std::sync::Mutex::new(unlinked),
             _clock: clock,
@@ -327,7 +331,7 @@ impl App {
             check_dependents(name, &old.package.ty, &ty, &providers)
                 .map_err(OperatorError::Invalid)?;
         }
-        let package = link(&spec, &ty, &component, &providers, &self.base)
+        let package = link(&spec, &ty, &component, &providers, &self.base, &self.cutoff)
             .map_err(|e| OperatorError::Invalid(e.to_string()))?;
         let fresh = self.broker.prepare(package).await;
         let live = fresh.report().live;
@@ -390,7 +394,14 @@ impl App {
                     ty: &s.package.ty,
                 })
                 .collect();
-            let linked = link(&c.spec, &c.ty, &c.component, &providers, &self.base);
+            let linked = link(
+                &c.spec,
+                &c.ty,
+                &c.component,
+                &providers,
+                &self.base,
+                &self.cutoff,
+            );
             drop(providers);
             match linked {
                 Ok(package) => {
@@ -439,6 +450,14 @@ impl App {
             std::fs::write(&path, bytes)?;
         }
         Ok(path)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        // Guest code still running in tasks the runtime has yet to cancel
+        // stops at the next epoch tick.
+        self.cutoff.set(Instant::now());
     }
 }
 
@@ -553,6 +572,7 @@ fn link(
     component: &Component,
     providers: &[Provider<'_>],
     base: &Linker<package::HostState>,
+    cutoff: &Arc<Cutoff>,
 ) -> Result<Package, PackageError> {
     let mut linker = base.clone();
     for import in &ty.typed_imports {
@@ -564,7 +584,7 @@ fn link(
             }
         })?;
     }
-    Package::new(spec.clone(), ty.clone(), component, &linker)
+    Package::new(spec.clone(), ty.clone(), component, &linker, cutoff.clone())
 }
 
 /// An upgrade of `name` from `old` to `ty` must keep every function other

@@ -1299,6 +1299,11 @@ impl Broker {
         self.closing.store(true, Ordering::Release);
         let deadline = Instant::now() + grace;
         let services = self.services();
+        // No guest code runs past the deadline: not a `started` of a crash
+        // loop, not a call, not a `stopped`.
+        for service in &services {
+            service.package.cut_off_at(deadline);
+        }
         while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -43,7 +43,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
@@ -192,47 +192,39 @@ fn coarse_tick() {
     COARSE_NANOS.fetch_max(nanos, Ordering::AcqRel);
 }
 
-/// Advances an engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances an engine's epoch every [`EPOCH_TICK`] for as long as the
+/// engine lives. It keeps ticking after the clock is dropped while a store
+/// still holds the engine: a guest still running then (a task the async
+/// runtime has not cancelled yet) must still meet its deadline, or it
+/// would spin forever and hold the process.
 pub struct EpochClock {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EpochClock {
     /// Starts the clock for `engine`.
     pub fn start(engine: &Engine) -> EpochClock {
-        let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
-        let flag = stop.clone();
         coarse_tick();
         CLOCKS_RUNNING.fetch_add(1, Ordering::AcqRel);
         let thread = std::thread::Builder::new()
             .name("steedos-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                loop {
                     std::thread::sleep(EPOCH_TICK);
                     coarse_tick();
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
-                        None => return,
+                        None => break,
                     }
                 }
+                CLOCKS_RUNNING.fetch_sub(1, Ordering::AcqRel);
             })
             .ok();
         if thread.is_none() {
             CLOCKS_RUNNING.fetch_sub(1, Ordering::AcqRel);
         }
-        EpochClock { stop, thread }
-    }
-}
-
-impl Drop for EpochClock {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-            CLOCKS_RUNNING.fetch_sub(1, Ordering::AcqRel);
-        }
+        EpochClock { _thread: thread }
     }
 }
 

@@ -31,6 +31,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -530,6 +531,43 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// The moment past which no guest code of an app runs, set when the app
+/// shuts down: a `started`, a call or a `stopped` still running then is
+/// interrupted at the next epoch tick, whatever its own deadline, so that
+/// `shutdown_timeout` bounds the exit. Shared by every package of an app.
+#[derive(Debug)]
+pub struct Cutoff {
+    base: Instant,
+    /// Nanoseconds after `base`; `u64::MAX` while none is set.
+    at: AtomicU64,
+}
+
+impl Default for Cutoff {
+    fn default() -> Self {
+        Cutoff {
+            base: Instant::now(),
+            at: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Cutoff {
+    /// Sets the cutoff to `at` (an earlier one stays).
+    pub fn set(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos();
+        self.at.fetch_min(
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1),
+            Ordering::AcqRel,
+        );
+    }
+
+    /// Whether the cutoff is set and `now` is past it.
+    fn passed(&self, now: Instant) -> bool {
+        let at = self.at.load(Ordering::Acquire);
+        at != u64::MAX && now.saturating_duration_since(self.base).as_nanos() >= u128::from(at)
+    }
+}
+
 /// The data of one instance's `Store`.
 pub struct HostState {
     wasi: WasiCtx,
@@ -544,6 +582,7 @@ pub struct HostState {
     waited: std::time::Duration,
     timed_out: bool,
     stderr_tail: Arc<Mutex<String>>,
+    cutoff: Arc<Cutoff>,
 }
 
 impl WasiView for HostState {
@@ -826,6 +865,7 @@ pub struct Package {
     /// What it offers and needs.
     pub ty: PackageType,
     pre: InstancePre<HostState>,
+    cutoff: Arc<Cutoff>,
 }
 
 /// Why an instance could not be started.
@@ -844,12 +884,13 @@ pub enum StartError {
 
 impl Package {
     /// Links `component` with `linker` (which must already hold its typed
-    /// imports) and prepares instantiation.
+    /// imports) and prepares instantiation; its guest code stops at `cutoff`.
     pub fn new(
         spec: PackageSpec,
         ty: PackageType,
         component: &Component,
         linker: &Linker<HostState>,
+        cutoff: Arc<Cutoff>,
     ) -> Result<Package, PackageError> {
         let pre = linker
             .instantiate_pre(component)
@@ -862,7 +903,14 @@ impl Package {
             spec,
             ty,
             pre,
+            cutoff,
         })
+    }
+
+    /// Stops the guest code of this package, and of every package sharing
+    /// its [`Cutoff`], at `at`.
+    pub fn cut_off_at(&self, at: Instant) {
+        self.cutoff.set(at);
     }
 
     fn wasi(&self) -> Result<(WasiCtx, Arc<Mutex<String>>), StartError> {
@@ -914,19 +962,23 @@ impl Package {
             waited: std::time::Duration::ZERO,
             timed_out: false,
             stderr_tail,
+            cutoff: self.cutoff.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
-            match &state.call {
-                Some(call) if Instant::now() >= call.deadline + state.waited => {
-                    state.timed_out = true;
-                    Ok(UpdateDeadline::Interrupt)
-                }
-                // Long-running guests give the runtime back every tick.
-                _ => Ok(UpdateDeadline::Yield(1)),
+            let now = Instant::now();
+            let past_deadline = state
+                .call
+                .as_ref()
+                .is_some_and(|call| now >= call.deadline + state.waited);
+            if past_deadline || state.cutoff.passed(now) {
+                state.timed_out = true;
+                return Ok(UpdateDeadline::Interrupt);
             }
+            // Long-running guests give the runtime back every tick.
+            Ok(UpdateDeadline::Yield(1))
         });
         // A core start function runs during instantiation: it gets the
         // package's timeout like any call.
