@@ -15,6 +15,7 @@ component = "{INVENTORY}"
 component = "{SHOP}"
 [packages.shop.grants]
 calls = ["inventory.*"]
+emits = ["order.*"]
 [packages.greeter]
 component = "{GREETER}"
 [packages.probe]

@@ -298,6 +298,7 @@ instances = 2
 events = ["test.*"]
 [packages.probe.grants]
 calls = ["tally.*", "node-math.*"]
+emits = ["*"]
 [packages.tally]
 component = "{TALLY}"
 
@@ -649,6 +650,7 @@ component = "{PROBE}"
 events = ["test.*"]
 [packages.probe.grants]
 calls = ["tally.*"]
+emits = ["*"]
 [packages.tally]
 component = "{TALLY}"
 "#;

@@ -14,6 +14,7 @@ instances = 3
 events = ["test.*"]
 [packages.probe.grants]
 calls = ["tally.*"]
+emits = ["*"]
 [packages.tally]
 component = "{TALLY}"
 [packages.deaf]
@@ -21,6 +22,7 @@ component = "{PROBE}"
 events = ["other.*"]
 [packages.deaf.grants]
 calls = ["tally.*"]
+emits = ["test.*"]
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +107,7 @@ component = "{INVENTORY}"
 component = "{SHOP}"
 [packages.shop.grants]
 calls = ["inventory.*"]
+emits = ["order.*"]
 [packages.audit]
 component = "{AUDIT}"
 events = ["order.*"]

@@ -33,6 +33,7 @@ component = "{INVENTORY}"
 component = "{SHOP}"
 [packages.shop.grants]
 calls = ["inventory.*"]
+emits = ["order.*"]
 [packages.probe]
 component = "{PROBE}"
 [packages.chaos]

@@ -33,6 +33,7 @@ component = "{INVENTORY}"
 component = "{SHOP}"
 [packages.shop.grants]
 calls = ["inventory.*"]
+emits = ["order.*"]
 [packages.tally]
 component = "{TALLY}"
 "#;
@@ -329,6 +330,7 @@ component = "{GREETER}"
 component = "{SHOP}"
 [packages.shop.grants]
 calls = ["inventory.*"]
+emits = ["order.*"]
 "#,
     )
     .await;

@@ -34,17 +34,20 @@ events = ["review.*", "storefront.*"]
 memory = "256 MiB"
 [packages.pricing.grants]
 calls = ["inventory.*"]
+emits = ["price.*"]
 [packages.reviews]
 component = "{REVIEWS_WASM}"
 events = ["price.*", "storefront.*"]
 memory = "256 MiB"
 [packages.reviews.grants]
 calls = ["inventory.*", "pricing.quote"]
+emits = ["review.*"]
 [packages.storefront]
 component = "{STOREFRONT_WASM}"
 events = ["price.*", "review.*"]
 [packages.storefront.grants]
 calls = ["pricing.*", "reviews.*"]
+emits = ["storefront.*"]
 "#;
 
 fn example() -> PathBuf {

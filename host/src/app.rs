@@ -269,7 +269,7 @@ impl App {
     /// flight on the old version finish, then the old instances get
     /// `stopped`. A version that fails to load or to start leaves the old one
     /// serving, and the error says why. `settings` override the package's
-    /// `instances`, `memory`, `timeout`, `events` and `calls`.
+    /// `instances`, `memory`, `timeout`, `events`, `calls` and `emits`.
     pub async fn deploy(
         &self,
         name: &str,
@@ -505,7 +505,7 @@ fn check_capacity<'a>(
     })
 }
 
-/// Applies `instances`, `memory`, `timeout`, `events` and `calls` from an
+/// Applies `instances`, `memory`, `timeout`, `events`, `calls` and `emits` from an
 /// admin request to `spec`.
 fn apply_settings(spec: &mut PackageSpec, settings: &[(String, String)]) -> Result<(), String> {
     if !valid_name(&spec.name) {
@@ -542,9 +542,10 @@ fn apply_settings(spec: &mut PackageSpec, settings: &[(String, String)]) -> Resu
             }
             "events" => spec.events = list(value),
             "calls" => spec.grants.calls = list(value),
+            "emits" => spec.grants.emits = list(value),
             other => {
                 return Err(format!(
-                    "unknown setting `{other}` (instances, memory, timeout, events, calls)"
+                    "unknown setting `{other}` (instances, memory, timeout, events, calls, emits)"
                 ));
             }
         }

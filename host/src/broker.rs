@@ -25,13 +25,17 @@
 //! package's `InstancePre` in microseconds, within the restart budget
 //! (see [`supervisor`](crate::supervisor)).
 //!
+//! # Grants
+//! A package's grants (`calls`, `emits`) travel with each of its instances
+//! from the moment it is created ([`Caller::grants`]), so a call from
+//! `started`, from an event handler, or from a version not yet installed
+//! is checked exactly like any other; nothing is looked up by name.
+//!
 //! # Events
 //! `emit` hands an event to one instance of every subscribing package,
-//! `broadcast` to every instance of each. Delivery is asynchronous, and
-//! never drops an event for want of room: a package has at most one
-//! delivery under way per instance, and the others wait their turn (an
-//! emitting package does not wait; the reading of events from another
-//! node does).
+//! `broadcast` to every instance of each, through a bounded queue per
+//! subscriber: the emitter is slowed down, or refused with `overloaded`,
+//! and nothing it was told was taken is lost quietly (see [`events`]).
 //!
 //! The broker knows neither HTTP nor NATS: the gateway and the transport
 //! are callers of it.
@@ -42,6 +46,10 @@
 //! event emitted here so that other nodes' listeners get it too. Local
 //! packages always come first.
 
+mod events;
+
+pub use events::{EVENT_COST, EVENT_PAYLOAD_MAX, EVENT_QUEUE_BYTES, EventStats};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -50,12 +58,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Val;
 use wasmtime::component::types::Type;
 
 use crate::codec::{self, Format};
-use crate::context::{CallContext, CallError, Human, deadline_after};
+use crate::context::{CallContext, CallError, Human};
 use crate::metrics::{ActionMetrics, Metrics};
 use crate::package::{
     ActionType, BoxFuture, Caller, Fault, ImportTarget, LiveInstance, Package, Router, StartError,
@@ -63,6 +70,7 @@ use crate::package::{
 use crate::pool::{Checkout, InstancePool, Refusal, Unserved, Wait};
 use crate::resilience::{self, Admission, CircuitBreaker};
 use crate::supervisor::{PackageState, RestartBudget, Verdict};
+use events::{EventQueue, Origin};
 
 /// Extra time past a call's deadline before the broker stops waiting for an
 /// instance that does not come back from the host (a guest blocked in a
@@ -96,9 +104,8 @@ pub struct Service {
     metrics: Vec<ActionMetrics>,
     /// Breaker, retry, fallback and bulkhead settings, by action index.
     policies: Vec<ActionRuntime>,
-    /// Event deliveries under way: at most one per instance the package
-    /// may have, so that events never crowd its queue (calls wait there).
-    event_room: Arc<Semaphore>,
+    /// The events waiting for this package, bounded.
+    events: EventQueue,
 }
 
 /// How one action is protected: its circuit breaker, whether it may be
@@ -141,6 +148,10 @@ pub struct ServiceReport {
     pub last_error: Option<String>,
     /// Actions whose circuit breaker is not closed, with its state.
     pub circuits: Vec<(String, &'static str)>,
+    /// Its event queue: what waits, what was dropped or refused.
+    pub events: EventStats,
+    /// Guest log lines dropped over the package's log budget.
+    pub log_lines_dropped: u64,
 }
 
 impl Service {
@@ -174,7 +185,7 @@ impl Service {
                 }
             })
             .collect();
-        let event_room = Arc::new(Semaphore::new(package.spec.max_instances.max(1) as usize));
+        let events = EventQueue::new(package.spec.max_instances);
         Service {
             package,
             pool,
@@ -182,7 +193,7 @@ impl Service {
             status,
             metrics,
             policies,
-            event_room,
+            events,
         }
     }
 
@@ -238,7 +249,14 @@ impl Service {
                 .filter_map(|(p, a)| p.breaker.as_ref().map(|b| (a.name.clone(), b.state_name())))
                 .filter(|(_, state)| *state != "closed")
                 .collect(),
+            events: self.events.stats(),
+            log_lines_dropped: self.package.log_lines_dropped(),
         }
+    }
+
+    /// What this package's event queue holds and has dropped.
+    pub fn event_stats(&self) -> EventStats {
+        self.events.stats()
     }
 }
 
@@ -498,6 +516,8 @@ impl Broker {
                 restarts: 0,
                 last_error: Some(f.error),
                 circuits: Vec::new(),
+                events: EventStats::default(),
+                log_lines_dropped: 0,
             });
         }
         reports.sort_by(|a, b| a.name.cmp(&b.name));
@@ -624,7 +644,10 @@ impl Broker {
         self.invoke(&service, index, params, ctx).await
     }
 
-    /// Publishes an event from outside the host.
+    /// Publishes an event from the host itself (no grant applies). It is
+    /// taken at once when every subscriber has room; otherwise it waits
+    /// for room, in a task of its own, until `ctx`'s deadline, and a
+    /// refusal is logged.
     pub fn publish(
         self: &Arc<Self>,
         event: &str,
@@ -632,7 +655,28 @@ impl Broker {
         broadcast: bool,
         ctx: CallContext,
     ) {
-        self.dispatch_event(None, event.to_string(), Arc::from(payload), broadcast, ctx);
+        let (broker, event) = (self.clone(), event.to_string());
+        events::start_or_spawn(async move {
+            let emitted = broker
+                .emit_event(Origin::Host, &event, payload, broadcast, &ctx, None)
+                .await;
+            if let Err(e) = emitted {
+                tracing::warn!(event, error = %e, "event published by the host refused");
+            }
+        });
+    }
+
+    /// Emits `event` from the host itself and waits until every subscriber
+    /// has taken it (until `ctx`'s deadline); `Err` says why it was refused.
+    pub async fn emit(
+        self: &Arc<Self>,
+        event: &str,
+        payload: Vec<u8>,
+        broadcast: bool,
+        ctx: &CallContext,
+    ) -> Result<(), CallError> {
+        self.emit_event(Origin::Host, event, payload, broadcast, ctx, None)
+            .await
     }
 
     fn resolve(&self, action: &str) -> Result<(Arc<Service>, usize), CallError> {
@@ -975,6 +1019,11 @@ impl Broker {
                 "{label} did not finish within {}; the instance was stopped and is being replaced",
                 Human(budget)
             )),
+            // What the host refused is the caller's error too, of its own kind.
+            Fault::Refused(e) => e.with_message(format!(
+                "{label} was stopped: {}; the instance is being replaced",
+                e.message()
+            )),
             other => {
                 CallError::Crashed(format!("{label} {other}; the instance is being restarted"))
             }
@@ -1102,32 +1151,15 @@ impl Broker {
 
     // ------------------------------------------------------------ events
 
-    fn dispatch_event(
-        self: &Arc<Self>,
-        from: Option<&str>,
-        event: String,
-        payload: Arc<[u8]>,
-        broadcast: bool,
-        ctx: CallContext,
-    ) {
-        let remote = self.remote();
-        let event: Arc<str> = event.into();
-        let groups = self.dispatch_local(from, &event, &payload, broadcast, &ctx);
-        if let Some(remote) = remote {
-            remote.publish(&event, &payload, broadcast, &groups, &ctx);
-        }
-    }
-
     /// Hands an event that came from another node (`payload` in
     /// MessagePack) to this host's subscribers; `groups` (package names)
     /// limits it to those when given.
     ///
     /// A delivery that finds an idle instance runs here, on the caller's
     /// task (no task per event); one that has to wait goes on in a task of
-    /// its own. Resolves once every subscriber has taken the event: while
-    /// a subscriber has a delivery under way for each instance it may
-    /// have, this waits, so a flood slows down the reading of events
-    /// rather than losing them.
+    /// its own. Resolves once every subscriber has taken the event: while a
+    /// subscriber's queue is full this waits, so a flood slows down the
+    /// reading of events rather than growing memory.
     pub async fn deliver_remote_event(
         self: &Arc<Self>,
         event: &str,
@@ -1136,33 +1168,11 @@ impl Broker {
         groups: Option<&[String]>,
         ctx: CallContext,
     ) {
-        let subscribers = self.subscribers(event, groups);
-        if subscribers.is_empty() {
-            return;
-        }
-        let (event, payload): (Arc<str>, Arc<[u8]>) = (event.into(), payload.into());
-        for service in subscribers {
-            let room = match service.event_room.clone().try_acquire_owned() {
-                Ok(room) => room,
-                Err(_) => match service.event_room.clone().acquire_owned().await {
-                    Ok(room) => room,
-                    Err(_) => continue, // never closed
-                },
-            };
-            let ctx = CallContext {
-                deadline: deadline_after(service.package.spec.timeout),
-                ..ctx.clone()
-            };
-            let delivery = self.clone().deliver_to(
-                service,
-                event.clone(),
-                payload.clone(),
-                broadcast,
-                ctx,
-                InFlight::new(&self.in_flight),
-                room,
-            );
-            run_or_spawn(delivery).await;
+        let delivered = self
+            .emit_event(Origin::Remote, event, payload, broadcast, &ctx, groups)
+            .await;
+        if let Err(e) = delivered {
+            tracing::warn!(event, error = %e, "event from another node refused");
         }
     }
 
@@ -1181,111 +1191,6 @@ impl Broker {
             subscribers.sort_by(|a, b| a.name().cmp(b.name()));
         }
         subscribers
-    }
-
-    /// Delivers an event to the local subscribers, each in a task of its
-    /// own (the emitter does not wait); returns their names.
-    fn dispatch_local(
-        self: &Arc<Self>,
-        from: Option<&str>,
-        event: &Arc<str>,
-        payload: &Arc<[u8]>,
-        broadcast: bool,
-        ctx: &CallContext,
-    ) -> Vec<Arc<str>> {
-        let subscribers = self.subscribers(event, None);
-        let mut served = Vec::with_capacity(subscribers.len());
-        for service in subscribers {
-            served.push(service.package.name.clone());
-            let timeout = service.package.spec.timeout;
-            let ctx = match from {
-                Some(p) => ctx.nested(&Arc::from(p), timeout),
-                None => ctx.clone(),
-            };
-            // An event outlives the call that emitted it: a fresh deadline.
-            let ctx = CallContext {
-                deadline: deadline_after(timeout),
-                ..ctx
-            };
-            let broker = self.clone();
-            let (event, payload) = (event.clone(), payload.clone());
-            let in_flight = InFlight::new(&self.in_flight);
-            tokio::spawn(async move {
-                let Ok(room) = service.event_room.clone().acquire_owned().await else {
-                    return; // never closed
-                };
-                broker
-                    .deliver_to(service, event, payload, broadcast, ctx, in_flight, room)
-                    .await;
-            });
-        }
-        served
-    }
-
-    /// Delivers one event to `service`: to one instance, or to each in
-    /// turn for a broadcast. `room` is its place among the service's
-    /// deliveries under way.
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver_to(
-        self: Arc<Self>,
-        service: Arc<Service>,
-        event: Arc<str>,
-        payload: Arc<[u8]>,
-        broadcast: bool,
-        ctx: CallContext,
-        in_flight: InFlight,
-        room: OwnedSemaphorePermit,
-    ) {
-        let _held = (in_flight, room);
-        if broadcast {
-            for slot in service.pool.slots() {
-                self.deliver(&service, Some(slot), &event, &payload, ctx.clone())
-                    .await;
-            }
-        } else {
-            self.deliver(&service, None, &event, &payload, ctx).await;
-        }
-    }
-
-    async fn deliver(
-        &self,
-        service: &Arc<Service>,
-        slot: Option<usize>,
-        event: &str,
-        payload: &[u8],
-        ctx: CallContext,
-    ) {
-        let Some(instance) = event_instance(service, slot, ctx.deadline).await else {
-            tracing::warn!(
-                package = service.name(),
-                event,
-                slot,
-                "event not delivered: no instance available"
-            );
-            return;
-        };
-        let deadline = ctx.deadline + DEADLINE_GRACE;
-        let budget = ctx.remaining();
-        let mut lease = Lease {
-            broker: self,
-            service,
-            instance: Some(instance),
-        };
-        let label = || format!("{} (event `{event}`)", service.name());
-        match tokio::time::timeout_at(
-            deadline.into(),
-            lease.get().handle_event(event, payload, ctx),
-        )
-        .await
-        {
-            Ok(Ok(())) => lease.release(),
-            Ok(Err(fault)) => {
-                lease.fault(fault, &label(), budget);
-            }
-            Err(_) => {
-                lease.fault(Fault::Timeout, &label(), budget);
-            }
-        }
     }
 
     // ---------------------------------------------------------- shutdown
@@ -1393,47 +1298,6 @@ fn scopeguard_dec(counter: &AtomicUsize) -> impl Drop + '_ {
     Dec(counter)
 }
 
-/// How long an event waits before it asks again for a place in a queue
-/// that calls have filled.
-const EVENT_QUEUE_RETRY: Duration = Duration::from_millis(1);
-
-/// An instance of `service` (the one in `slot`, when given) for an event.
-/// Unlike a call, an event finding the queue full of calls waits for room
-/// until its deadline instead of being dropped.
-async fn event_instance(
-    service: &Service,
-    slot: Option<usize>,
-    deadline: Instant,
-) -> Option<LiveInstance> {
-    loop {
-        let checkout = match slot {
-            Some(s) => service
-                .pool
-                .checkout_slot(s, deadline)
-                .ok_or(Refusal::NoInstance),
-            None => service.pool.checkout(true, deadline),
-        };
-        match checkout {
-            Ok(Checkout::Ready(instance)) => return Some(instance),
-            Ok(Checkout::Queued(wait)) => return wait.await.ok(),
-            Err(Refusal::QueueFull) if Instant::now() < deadline => {
-                tokio::time::sleep(EVENT_QUEUE_RETRY).await;
-            }
-            Err(_) => return None,
-        }
-    }
-}
-
-/// Runs `work` on this task as far as it goes without waiting; the rest,
-/// if any, goes on in a task of its own.
-async fn run_or_spawn(work: impl Future<Output = ()> + Send + 'static) {
-    let mut work = Box::pin(work);
-    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
-    if first.is_pending() {
-        tokio::spawn(work);
-    }
-}
-
 fn unavailable(service: &Service, label: &str) -> CallError {
     let status = service.status();
     let why = status
@@ -1512,7 +1376,6 @@ impl Broker {
     async fn call_remote_for(
         &self,
         from: Caller<'_>,
-        caller: Option<&Service>,
         action: &str,
         params: &[u8],
         missing: CallError,
@@ -1520,14 +1383,7 @@ impl Broker {
         if self.remote().is_none() {
             return Err(missing);
         }
-        if let Some(caller) = caller
-            && !caller.package.spec.grants.may_call(action)
-        {
-            return Err(CallError::Denied(format!(
-                "package `{}` may not call `{action}`: add it to `calls` in [packages.{}.grants]",
-                from.package, from.package
-            )));
-        }
+        check_call_grant(from, action)?;
         // No callee limit is known here: the caller's deadline bounds it.
         let ctx = from.ctx.via(from.package);
         let value = self
@@ -1539,6 +1395,17 @@ impl Broker {
             ))
         })
     }
+}
+
+/// `Denied` unless the caller's own grants (bound to its instance) allow `action`.
+fn check_call_grant(from: Caller<'_>, action: &str) -> Result<(), CallError> {
+    if from.grants.may_call(action) {
+        return Ok(());
+    }
+    Err(CallError::Denied(format!(
+        "package `{}` may not call `{action}`: add it to `calls` in [packages.{}.grants]",
+        from.package, from.package
+    )))
 }
 
 impl BrokerHandle {
@@ -1558,24 +1425,16 @@ impl Router for BrokerHandle {
     ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
         Box::pin(async move {
             let broker = self.broker()?;
-            let caller = broker.service(from.package);
             let (service, index) = match broker.resolve(&action) {
                 Ok(found) => found,
                 Err(missing) => {
                     return broker
-                        .call_remote_for(from, caller.as_deref(), &action, &params, missing)
+                        .call_remote_for(from, &action, &params, missing)
                         .await;
                 }
             };
             let action_ty = &service.package.ty.actions[index];
-            if let Some(caller) = &caller
-                && !caller.package.spec.grants.may_call(&action)
-            {
-                return Err(CallError::Denied(format!(
-                    "package `{}` may not call `{action}`: add it to `calls` in [packages.{}.grants]",
-                    from.package, from.package
-                )));
-            }
+            check_call_grant(from, &action)?;
             let vals = decode_params(action_ty, &action, Format::MessagePack, &params)
                 .inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
             let value = broker
@@ -1630,15 +1489,25 @@ impl Router for BrokerHandle {
         })
     }
 
-    fn publish(&self, from: Caller<'_>, event: String, payload: Vec<u8>, broadcast: bool) {
-        if let Ok(broker) = self.broker() {
-            broker.dispatch_event(
-                Some(from.package),
-                event,
-                Arc::from(payload),
-                broadcast,
-                from.ctx.clone(),
-            );
-        }
+    fn publish<'a>(
+        &'a self,
+        from: Caller<'a>,
+        event: String,
+        payload: Vec<u8>,
+        broadcast: bool,
+    ) -> BoxFuture<'a, Result<(), CallError>> {
+        Box::pin(async move {
+            let broker = self.broker()?;
+            broker
+                .emit_event(
+                    Origin::Package(from),
+                    &event,
+                    payload,
+                    broadcast,
+                    from.ctx,
+                    None,
+                )
+                .await
+        })
     }
 }

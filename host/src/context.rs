@@ -175,6 +175,19 @@ impl CallError {
         }
     }
 
+    /// The same kind of error with another message.
+    pub fn with_message(&self, message: String) -> CallError {
+        match self {
+            CallError::NotFound(_) => CallError::NotFound(message),
+            CallError::InvalidParams(_) => CallError::InvalidParams(message),
+            CallError::Timeout(_) => CallError::Timeout(message),
+            CallError::Crashed(_) => CallError::Crashed(message),
+            CallError::Overloaded(_) => CallError::Overloaded(message),
+            CallError::Denied(_) => CallError::Denied(message),
+            CallError::Failed(_) => CallError::Failed(message),
+        }
+    }
+
     /// The message without the kind.
     pub fn message(&self) -> &str {
         match self {

@@ -7,7 +7,8 @@
 //! - [`transport`]: this host as a node of a Moleculer cluster over NATS.
 //! - [`broker`]: the registry of services and actions; routes calls and events.
 //! - [`pool`]: the live instances of one package; [`supervisor`]: their restart policy.
-//! - [`package`]: a loaded component: its actions, imports and instances.
+//! - [`package`]: a loaded component: its actions, imports and instances;
+//!   [`guest_log`]: what guests write, escaped and within a budget.
 //! - [`engine`]: the wasmtime engine, its epoch clock and the compile cache.
 //! - leaves: [`manifest`] (steedos.toml), [`codec`] (values <-> JSON and
 //!   MessagePack by WIT type), [`context`] (call context and errors),
@@ -35,6 +36,7 @@ pub mod codec;
 pub mod context;
 pub mod engine;
 pub mod gateway;
+pub mod guest_log;
 pub mod manifest;
 pub mod metrics;
 pub mod openapi;

@@ -69,7 +69,9 @@
 //!   state: `.steedos` of the app, `cache_dir`, or [`host_state_dir`]; that
 //!   is checked after symbolic links are resolved),
 //!   `env` (fixed variables), `env_inherit` (variables copied from the host's
-//!   environment when set there), `calls` (the actions it may call).
+//!   environment when set there), `calls` (the actions it may call), `emits`
+//!   (the events it may emit or broadcast, as event patterns; none unless
+//!   granted).
 //!
 //! A package name is lowercase ASCII letters, digits and `-`, starts with a
 //! letter, and is at most 64 characters. Relative paths resolve against the
@@ -468,6 +470,8 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// Call patterns; see [`Grants::may_call`].
     pub calls: Vec<String>,
+    /// Event patterns it may emit or broadcast; see [`Grants::may_emit`].
+    pub emits: Vec<String>,
 }
 
 /// A host folder preopened in the guest.
@@ -625,6 +629,14 @@ impl Grants {
         self.calls
             .iter()
             .any(|pattern| pattern_matches(pattern, action))
+    }
+
+    /// Whether this package may emit or broadcast `event`: granted by an
+    /// exact name, a `prefix.*` pattern, or `*`.
+    pub fn may_emit(&self, event: &str) -> bool {
+        self.emits
+            .iter()
+            .any(|pattern| pattern_matches(pattern, event))
     }
 }
 
@@ -876,6 +888,8 @@ struct RawGrants {
     env_inherit: Vec<Spanned<EnvName>>,
     #[serde(default)]
     calls: Vec<CallPattern>,
+    #[serde(default)]
+    emits: Vec<EventPattern>,
 }
 
 #[derive(Deserialize)]
@@ -1350,7 +1364,13 @@ impl<'s, 'i> Scope<'s, 'i> {
             env.extend(self.inherit(&name.get_ref().0));
         }
         let calls = raw.calls.into_iter().map(|pattern| pattern.0).collect();
-        Ok(Grants { dirs, env, calls })
+        let emits = raw.emits.into_iter().map(|pattern| pattern.0).collect();
+        Ok(Grants {
+            dirs,
+            env,
+            calls,
+            emits,
+        })
     }
 
     fn dir_grant(
@@ -2092,6 +2112,10 @@ mod tests {
             inventory.grants.calls,
             ["inventory.*", "greeter.hello", "*"]
         );
+        assert_eq!(inventory.grants.emits, ["order.*", "audit.written"]);
+        assert!(inventory.grants.may_emit("order.placed"));
+        assert!(!inventory.grants.may_emit("audit.read"));
+        assert!(!Grants::default().may_emit("order.placed"));
 
         let dirs = &inventory.grants.dirs;
         assert_eq!(dirs.len(), 2);

@@ -178,7 +178,37 @@ pub struct Metrics {
     live: Family<PackageLabels, Gauge>,
     queued: Family<PackageLabels, Gauge>,
     circuits: Family<ActionLabels, Gauge>,
+    /// Per package: event queue and guest log figures, by name.
+    package_figures: Vec<(&'static str, Family<PackageLabels, Gauge>)>,
 }
+
+/// Per-package figures read from [`ServiceReport`] when scraped: name, help.
+const PACKAGE_FIGURES: [(&str, &str); 6] = [
+    (
+        "package_events_queued",
+        "Events waiting for a package's instances",
+    ),
+    (
+        "package_event_queue_bytes",
+        "Bytes the events waiting for a package are charged (bounded per package)",
+    ),
+    (
+        "package_events_expired",
+        "Events dropped because they waited past their deadline, since load",
+    ),
+    (
+        "package_events_refused",
+        "Emits refused because a package's event queue had no room, since load",
+    ),
+    (
+        "package_events_too_deep",
+        "Emits to a package dropped at the event chain depth limit, since load",
+    ),
+    (
+        "package_guest_log_lines_dropped",
+        "Guest log lines dropped over the package's log budget, since load",
+    ),
+];
 
 /// The recording handles of one action.
 #[derive(Clone)]
@@ -251,7 +281,15 @@ impl Metrics {
             "1 while an action's circuit breaker is open or half-open",
             circuits.clone(),
         );
+        let package_figures = PACKAGE_FIGURES
+            .map(|(name, help)| {
+                let family = Family::<PackageLabels, Gauge>::default();
+                registry.register(name, help, family.clone());
+                (name, family)
+            })
+            .to_vec();
         Metrics {
+            package_figures,
             registry: Mutex::new(registry),
             calls,
             errors,
@@ -290,6 +328,9 @@ impl Metrics {
         self.live.clear();
         self.queued.clear();
         self.circuits.clear();
+        for (_, family) in &self.package_figures {
+            family.clear();
+        }
         for r in packages {
             for (action, _) in &r.circuits {
                 let l = ActionLabels {
@@ -311,6 +352,20 @@ impl Metrics {
             self.queued
                 .get_or_create(&l)
                 .set(i64::try_from(r.queued).unwrap_or(i64::MAX));
+            let e = &r.events;
+            let figures = [
+                e.queued as u64,
+                e.queued_bytes as u64,
+                e.expired,
+                e.refused,
+                e.too_deep,
+                r.log_lines_dropped,
+            ];
+            for ((_, family), value) in self.package_figures.iter().zip(figures) {
+                family
+                    .get_or_create(&l)
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
         }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());

@@ -44,13 +44,19 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::context::{CallContext, CallError, Human};
 use crate::engine::coarse_now;
-use crate::manifest::PackageSpec;
+use crate::guest_log::{self, GuestLogs, GuestOutput};
+use crate::manifest::{Grants, PackageSpec};
 
 pub(crate) mod wit {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "steedos:%package/%package",
-        imports: { default: async },
+        // A refused emit fails the emitter's current call: it has no other way to learn.
+        imports: {
+            "steedos:package/broker.emit": async | trappable,
+            "steedos:package/broker.broadcast": async | trappable,
+            default: async,
+        },
     });
 }
 
@@ -66,12 +72,16 @@ pub const MAX_ACTIONS: usize = 4096;
 /// A boxed future, as the [`Router`] returns them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Who is calling: the package and the context of the call it is serving.
-/// Borrowed from the calling instance for as long as its host call lasts.
+/// Who is calling: the package, its grants and the context of the call it
+/// is serving. Borrowed from the calling instance for as long as its host
+/// call lasts; the grants are the ones the instance was created with, so
+/// they hold whether or not its package is installed yet (`started`).
 #[derive(Clone, Copy, Debug)]
 pub struct Caller<'a> {
     /// The calling package.
     pub package: &'a Arc<str>,
+    /// What the calling package may call and emit.
+    pub grants: &'a Grants,
     /// The context of the call the caller is serving right now.
     pub ctx: &'a CallContext,
 }
@@ -93,8 +103,15 @@ pub trait Router: Send + Sync + 'static {
         target: &'a ImportTarget,
         params: &'a [Val],
     ) -> BoxFuture<'a, Result<Option<Val>, CallError>>;
-    /// `broker.emit` (`broadcast == false`) and `broker.broadcast`.
-    fn publish(&self, from: Caller<'_>, event: String, payload: Vec<u8>, broadcast: bool);
+    /// `broker.emit` (`broadcast == false`) and `broker.broadcast`: resolves
+    /// once every subscriber has taken the event, or with why it was refused.
+    fn publish<'a>(
+        &'a self,
+        from: Caller<'a>,
+        event: String,
+        payload: Vec<u8>,
+        broadcast: bool,
+    ) -> BoxFuture<'a, Result<(), CallError>>;
 }
 
 /// Why a package cannot be loaded.
@@ -517,6 +534,9 @@ pub enum Fault {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// The host refused something the guest cannot be told of otherwise
+    /// (an emit that was denied or found no room): its call fails.
+    Refused(CallError),
 }
 
 impl std::fmt::Display for Fault {
@@ -527,6 +547,7 @@ impl std::fmt::Display for Fault {
             Fault::OutOfMemory { limit } => {
                 write!(f, "ran out of memory (limit {})", human_bytes(*limit))
             }
+            Fault::Refused(e) => write!(f, "was stopped: {e}"),
         }
     }
 }
@@ -574,6 +595,11 @@ pub struct HostState {
     table: ResourceTable,
     memory: MemoryLimit,
     package: Arc<str>,
+    /// The package's grants, bound to this instance when it was created.
+    grants: Arc<Grants>,
+    logs: Arc<GuestLogs>,
+    /// Why the host made the current call trap, when it did.
+    refused: Option<CallError>,
     router: Arc<dyn Router>,
     /// The call this instance is serving, if any.
     call: Option<CallContext>,
@@ -598,6 +624,7 @@ impl WasiView for HostState {
 /// nested calls get a context of their own, kept in `spare`.
 fn caller<'a>(
     package: &'a Arc<str>,
+    grants: &'a Grants,
     call: &'a Option<CallContext>,
     spare: &'a mut Option<CallContext>,
 ) -> Caller<'a> {
@@ -605,7 +632,11 @@ fn caller<'a>(
         Some(ctx) => ctx,
         None => spare.insert(CallContext::new(std::time::Duration::from_secs(30))),
     };
-    Caller { package, ctx }
+    Caller {
+        package,
+        grants,
+        ctx,
+    }
 }
 
 /// The package's `memory` limit over a whole instance: every linear
@@ -690,43 +721,61 @@ impl wit::steedos::package::broker::Host for HostState {
         params: Vec<u8>,
     ) -> Result<Vec<u8>, wit_types::CallError> {
         let mut spare = None;
-        let from = caller(&self.package, &self.call, &mut spare);
+        let from = caller(&self.package, &self.grants, &self.call, &mut spare);
         let started = coarse_now();
         let result = self.router.call(from, action, params).await;
         self.waited += coarse_now().saturating_duration_since(started);
         result.map_err(to_wit_error)
     }
 
-    async fn emit(&mut self, event: String, payload: Vec<u8>) {
-        let mut spare = None;
-        let from = caller(&self.package, &self.call, &mut spare);
-        self.router.publish(from, event, payload, false);
+    async fn emit(&mut self, event: String, payload: Vec<u8>) -> wasmtime::Result<()> {
+        self.publish(event, payload, false).await
     }
 
-    async fn broadcast(&mut self, event: String, payload: Vec<u8>) {
-        let mut spare = None;
-        let from = caller(&self.package, &self.call, &mut spare);
-        self.router.publish(from, event, payload, true);
+    async fn broadcast(&mut self, event: String, payload: Vec<u8>) -> wasmtime::Result<()> {
+        self.publish(event, payload, true).await
     }
 
     async fn context(&mut self) -> wit_types::CallContext {
         let mut spare = None;
-        to_wit_context(caller(&self.package, &self.call, &mut spare).ctx)
+        to_wit_context(caller(&self.package, &self.grants, &self.call, &mut spare).ctx)
+    }
+}
+
+impl HostState {
+    /// An emit or broadcast; a refusal traps the guest's current call
+    /// (`emit` returns nothing the guest could read an error from).
+    async fn publish(
+        &mut self,
+        event: String,
+        payload: Vec<u8>,
+        broadcast: bool,
+    ) -> wasmtime::Result<()> {
+        let mut spare = None;
+        let from = caller(&self.package, &self.grants, &self.call, &mut spare);
+        let started = coarse_now();
+        let outcome = self.router.publish(from, event, payload, broadcast).await;
+        self.waited += coarse_now().saturating_duration_since(started);
+        outcome.map_err(|e| {
+            let trap = wasmtime::format_err!("{e}");
+            self.refused = Some(e);
+            trap
+        })
     }
 }
 
 impl wit::steedos::package::logging::Host for HostState {
     async fn log(&mut self, level: wit::steedos::package::logging::Level, message: String) {
-        use wit::steedos::package::logging::Level;
-        let package = &*self.package;
+        use wit::steedos::package::logging::Level as L;
+        let level = match level {
+            L::Trace => guest_log::Level::Trace,
+            L::Debug => guest_log::Level::Debug,
+            L::Info => guest_log::Level::Info,
+            L::Warn => guest_log::Level::Warn,
+            L::Error => guest_log::Level::Error,
+        };
         let request_id = self.call.as_ref().map(|c| &*c.request_id).unwrap_or("");
-        match level {
-            Level::Trace => tracing::trace!(target: "guest", package, request_id, "{message}"),
-            Level::Debug => tracing::debug!(target: "guest", package, request_id, "{message}"),
-            Level::Info => tracing::info!(target: "guest", package, request_id, "{message}"),
-            Level::Warn => tracing::warn!(target: "guest", package, request_id, "{message}"),
-            Level::Error => tracing::error!(target: "guest", package, request_id, "{message}"),
-        }
+        self.logs.log(level, &message, None, request_id);
     }
 }
 
@@ -820,12 +869,13 @@ pub fn link_typed_import(
                 let mut store = store;
                 let HostState {
                     package,
+                    grants,
                     router,
                     call,
                     ..
                 } = store.data();
                 let mut spare = None;
-                let from = caller(package, call, &mut spare);
+                let from = caller(package, grants, call, &mut spare);
                 let started = coarse_now();
                 let outcome = router.call_import(from, &target, params).await;
                 store.data_mut().waited += coarse_now().saturating_duration_since(started);
@@ -866,6 +916,10 @@ pub struct Package {
     pub ty: PackageType,
     pre: InstancePre<HostState>,
     cutoff: Arc<Cutoff>,
+    /// Its grants, handed to each instance as it is created.
+    grants: Arc<Grants>,
+    /// Its guest log budget, shared by its instances.
+    logs: Arc<GuestLogs>,
 }
 
 /// Why an instance could not be started.
@@ -898,8 +952,11 @@ impl Package {
                 package: spec.name.clone(),
                 message: format!("{e:#}"),
             })?;
+        let name: Arc<str> = spec.name.as_str().into();
         Ok(Package {
-            name: spec.name.as_str().into(),
+            grants: Arc::new(spec.grants.clone()),
+            logs: Arc::new(GuestLogs::new(name.clone())),
+            name,
             spec,
             ty,
             pre,
@@ -913,6 +970,11 @@ impl Package {
         self.cutoff.set(at);
     }
 
+    /// Guest log lines of this package dropped over its log budget.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.logs.dropped()
+    }
+
     fn wasi(&self) -> Result<(WasiCtx, Arc<Mutex<String>>), StartError> {
         let tail = Arc::new(Mutex::new(String::new()));
         let mut b = WasiCtxBuilder::new();
@@ -922,9 +984,9 @@ impl Package {
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
         b.envs(&self.spec.grants.env);
-        b.stdout(GuestOutput::new(self.name.clone(), "stdout", None));
+        b.stdout(GuestOutput::new(self.logs.clone(), "stdout", None));
         b.stderr(GuestOutput::new(
-            self.name.clone(),
+            self.logs.clone(),
             "stderr",
             Some(tail.clone()),
         ));
@@ -957,6 +1019,9 @@ impl Package {
             table: ResourceTable::new(),
             memory: MemoryLimit::new(limit),
             package: self.name.clone(),
+            grants: self.grants.clone(),
+            logs: self.logs.clone(),
+            refused: None,
             router,
             call: None,
             waited: std::time::Duration::ZERO,
@@ -1059,6 +1124,7 @@ impl LiveInstance {
     fn arm(&mut self, ctx: CallContext) {
         let state = self.store.data_mut();
         state.call = Some(ctx);
+        state.refused = None;
         state.waited = std::time::Duration::ZERO;
         state.timed_out = false;
         self.store.set_epoch_deadline(1);
@@ -1143,6 +1209,9 @@ impl LiveInstance {
     /// Explains why the last call failed, from the store's flags and the trap.
     fn fault(&mut self, e: wasmtime::Error) -> Fault {
         let state = self.store.data_mut();
+        if let Some(refusal) = state.refused.take() {
+            return Fault::Refused(refusal);
+        }
         if state.timed_out || matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
             return Fault::Timeout;
         }
@@ -1215,110 +1284,6 @@ fn javascript_exception(stderr: &str) -> Option<String> {
     let stack = stderr[..end].rfind("Stack:\n")?;
     let text = stderr[..stack].trim_end().lines().next_back()?.trim();
     (!text.is_empty()).then(|| format!("uncaught JavaScript exception: {text}"))
-}
-
-// ----------------------------------------------------------- guest output
-
-/// A guest's stdout or stderr: each line becomes a `tracing` event, and
-/// stderr's tail is kept to explain a panic.
-struct GuestOutput {
-    package: Arc<str>,
-    stream: &'static str,
-    tail: Option<Arc<Mutex<String>>>,
-}
-
-impl GuestOutput {
-    fn new(package: Arc<str>, stream: &'static str, tail: Option<Arc<Mutex<String>>>) -> Self {
-        GuestOutput {
-            package,
-            stream,
-            tail,
-        }
-    }
-}
-
-impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(GuestWriter {
-            package: self.package.clone(),
-            stream: self.stream,
-            tail: self.tail.clone(),
-            line: Vec::new(),
-        })
-    }
-}
-
-struct GuestWriter {
-    package: Arc<str>,
-    stream: &'static str,
-    tail: Option<Arc<Mutex<String>>>,
-    line: Vec<u8>,
-}
-
-const TAIL_KEEP: usize = 4096;
-const LINE_MAX: usize = 16 * 1024;
-
-impl GuestWriter {
-    fn write_bytes(&mut self, buf: &[u8]) {
-        for &b in buf {
-            if b == b'\n' || self.line.len() >= LINE_MAX {
-                self.flush_line();
-            } else {
-                self.line.push(b);
-            }
-        }
-    }
-
-    fn flush_line(&mut self) {
-        let text = String::from_utf8_lossy(&self.line).into_owned();
-        self.line.clear();
-        tracing::info!(target: "guest", package = &*self.package, stream = self.stream, "{text}");
-        if let Some(Ok(mut tail)) = self.tail.as_ref().map(|t| t.lock()) {
-            tail.push_str(&text);
-            tail.push('\n');
-            if tail.len() > TAIL_KEEP {
-                let cut = tail.len() - TAIL_KEEP;
-                let cut = (cut..tail.len())
-                    .find(|&i| tail.is_char_boundary(i))
-                    .unwrap_or(0);
-                tail.drain(..cut);
-            }
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for GuestWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.write_bytes(buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if !self.line.is_empty() && self.stream == "stderr" {
-            self.flush_line();
-        }
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.poll_flush(cx)
-    }
 }
 
 /// `16 MiB` for exact multiples, else bytesize's `16.5 MiB`.
