@@ -363,3 +363,34 @@ emits = ["order.*"]
     );
     assert_eq!(t.failure("shop"), None, "shop still reported as failed");
 }
+
+/// Regression: a package deployed through `/admin` ran `started` before it
+/// was installed, while its grants were looked up by its name among the
+/// installed packages, so its calls from `started` went through unchecked.
+/// Now they are denied at deploy and at upgrade, as any later call is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_deployed_through_admin_is_held_to_its_grants_in_started() {
+    let t = start().await;
+    let (_gateway, base) = t.gateway().await;
+    let rogue = std::fs::read(guests::ROGUE).expect("the rogue component");
+    let denied = |v: Value| {
+        let o = v.as_str().unwrap_or_default().to_string();
+        assert!(
+            o.starts_with("Denied") && o.contains("may not call `tally.record`"),
+            "{o}"
+        );
+    };
+    let (s, v) = deploy(&base, "rogue", rogue.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    denied(t.ok("rogue.started-outcome", json!({})).await);
+    let (s, v) = deploy(&base, "rogue", rogue.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v.to_string().contains("upgraded"), "{v}");
+    denied(t.ok("rogue.started-outcome", json!({})).await);
+    assert_eq!(crate::sandbox::started_records(&t).await, 0);
+    // Granted by the deploy's own settings, the same call goes through.
+    let (s, v) = deploy(&base, "allowed?calls=tally.*", rogue).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(t.ok("allowed.started-outcome", json!({})).await, "ok");
+    assert_eq!(crate::sandbox::started_records(&t).await, 1);
+}

@@ -1,8 +1,11 @@
 //! The sandbox is deny-by-default: no file outside a granted folder, no
 //! env var that was not granted, no call that was not granted.
 
+use std::time::Duration;
+
 use serde_json::json;
-use steedos_tests::TestApp;
+use steedos_tests::{TestApp, eventually};
+use steedos_wasm::context::CallError;
 
 use crate::calls::forward;
 
@@ -220,4 +223,65 @@ memory = "16 MiB"
     .await
     .expect("the replacement serves");
     assert!(again.contains("out of memory"), "{again}");
+}
+
+/// `rogue` calls `tally.record` from `started` without a `calls` grant;
+/// `granted` is the same component with the grant.
+const STARTED_CALLS: &str = r#"
+[packages.tally]
+component = "{TALLY}"
+[packages.rogue]
+component = "{ROGUE}"
+[packages.granted]
+component = "{ROGUE}"
+[packages.granted.grants]
+calls = ["tally.*"]
+"#;
+
+/// How many `started` hooks got a call through to `tally.record`.
+pub async fn started_records(t: &TestApp) -> usize {
+    t.tally()
+        .await
+        .iter()
+        .filter(|(e, _)| e == "started")
+        .count()
+}
+
+/// Regression: a package's grants were looked up by its name among the
+/// installed packages, so a call from `started` (before the package is
+/// installed) went through unchecked. At load and at every restart the
+/// call is denied exactly as a later one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_from_started_is_held_to_the_callers_own_grants() {
+    let t = TestApp::start(STARTED_CALLS).await;
+    assert_eq!(t.ok("granted.started-outcome", json!({})).await, "ok");
+    let outcome = t.ok("rogue.started-outcome", json!({})).await;
+    let outcome = outcome.as_str().expect("text");
+    assert!(
+        outcome.starts_with("Denied")
+            && outcome.contains("`rogue` may not call `tally.record`")
+            && outcome.contains("[packages.rogue.grants]"),
+        "{outcome}"
+    );
+    assert_eq!(started_records(&t).await, 1, "only `granted` got through");
+
+    // A restarted instance runs `started` again: still denied.
+    let crashed = t.call("rogue.crash", json!({})).await;
+    assert!(matches!(crashed, Err(CallError::Crashed(_))), "{crashed:?}");
+    let restarted = eventually(Duration::from_secs(10), || async {
+        let report = t.app.broker.service("rogue")?.report();
+        (report.restarts >= 1 && report.live == 1).then_some(())
+    })
+    .await;
+    assert!(restarted.is_some(), "rogue was restarted");
+    let outcome = t.ok("rogue.started-outcome", json!({})).await;
+    assert!(
+        outcome.as_str().is_some_and(|o| o.starts_with("Denied")),
+        "{outcome}"
+    );
+    assert_eq!(
+        started_records(&t).await,
+        1,
+        "the restart got nothing through"
+    );
 }
