@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use steedos_tests::{PROBE_QUEUE_OF_ONE, TestApp, eventually};
+use steedos_wasm::context::{CallContext, CallError};
 
 const LISTENERS: &str = r#"
 [packages.probe]
@@ -144,11 +145,277 @@ async fn a_burst_beyond_the_subscribers_queue_loses_no_event() {
             "test.burst",
             vec![0xc0], // MessagePack nil
             false,
-            steedos_wasm::context::CallContext::new(Duration::from_secs(5)),
+            CallContext::new(Duration::from_secs(5)),
         );
     }
     let got = t.tally_at_least(BURST, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(t.tally().await.len(), BURST, "each event exactly once");
     assert!(got.iter().all(|(e, _)| e == "test.burst"));
+}
+
+/// Events recorded by `tally` under `event`.
+async fn recorded(t: &TestApp, event: &str) -> usize {
+    t.tally().await.iter().filter(|(e, _)| e == event).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emit_needs_an_emits_grant() {
+    let t = TestApp::start(
+        r#"
+[packages.tally]
+component = "{TALLY}"
+[packages.listener]
+component = "{PROBE}"
+events = ["test.*"]
+[packages.listener.grants]
+calls = ["tally.*"]
+[packages.mute]
+component = "{PROBE}"
+[packages.loud]
+component = "{PROBE}"
+[packages.loud.grants]
+emits = ["test.allowed"]
+"#,
+    )
+    .await;
+    for (from, event) in [("mute", "test.x"), ("loud", "test.other")] {
+        let e = t
+            .call(
+                &format!("{from}.broadcast"),
+                json!({"event": event, "payload-json": "{}"}),
+            )
+            .await
+            .expect_err("denied");
+        assert!(
+            matches!(&e, CallError::Denied(m)
+                if m.contains(&format!("`{from}` may not broadcast `{event}`")) && m.contains("emits")),
+            "{e:?}"
+        );
+    }
+    t.ok(
+        "loud.emit",
+        json!({"event": "test.allowed", "payload-json": "{}"}),
+    )
+    .await;
+    t.tally_at_least(1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(t.tally().await.len(), 1, "only the granted event went out");
+}
+
+/// `flood` emits 1 MiB events as fast as it may to `slow`, which takes its
+/// time over each.
+const FLOOD: &str = r#"
+[packages.tally]
+component = "{TALLY}"
+[packages.slow]
+component = "{ROGUE}"
+instances = 1
+events = ["big.*"]
+[packages.slow.grants]
+calls = ["tally.*"]
+env = { ROGUE_HANDLE_MS = "{HANDLE_MS}" }
+[packages.flood]
+component = "{ROGUE}"
+instances = 8
+timeout = "{FLOOD_TIMEOUT}"
+[packages.flood.grants]
+emits = ["big.*"]
+"#;
+
+fn flood_app(handle_ms: u32, flood_timeout: &str) -> String {
+    FLOOD
+        .replace("{HANDLE_MS}", &handle_ms.to_string())
+        .replace("{FLOOD_TIMEOUT}", flood_timeout)
+}
+
+/// Regression: 1,500 emits of 1 MiB to a slow subscriber took the host to
+/// 1.5 GB, dropped most of them ("no instance available") and killed the
+/// subscriber. Now each emit is taken (every one taken is delivered) or
+/// its emitter's call is refused with `overloaded`; the subscriber's queue
+/// stays within its bound and the subscriber is never killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_big_events_to_a_slow_subscriber_is_slowed_never_lost() {
+    let t = TestApp::start(&flood_app(0, "2s")).await;
+    // 1,500 in the issue; a third of them fill the queue as well, and a
+    // debug build copies each payload byte by byte (about 40 ms an event).
+    const EMITS: usize = 500;
+    const CALLERS: usize = 12;
+    let size = (1 << 20) - 64;
+    let t = std::sync::Arc::new(t);
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let (mut taken, mut refused) = (0, 0);
+                for _ in (i..EMITS).step_by(CALLERS) {
+                    match t
+                        .call(
+                            "flood.emit-many",
+                            json!({"event": "big.order", "count": 1, "size": size}),
+                        )
+                        .await
+                    {
+                        Ok(n) => {
+                            assert_eq!(n, json!(1));
+                            taken += 1;
+                        }
+                        Err(CallError::Overloaded(m)) if m.contains("refused") => refused += 1,
+                        Err(e) => panic!("an emit ends taken or refused, not {e:?}"),
+                    }
+                }
+                (taken, refused)
+            })
+        })
+        .collect();
+    let (mut taken, mut refused) = (0, 0);
+    for c in callers {
+        let (a, b) = c.await.expect("caller");
+        taken += a;
+        refused += b;
+    }
+    assert_eq!(taken + refused, EMITS);
+    assert!(taken > 0);
+    let slow = t.app.broker.service("slow").expect("slow");
+    let delivered = eventually(Duration::from_secs(60), || async {
+        let n = recorded(&t, "big.order").await;
+        (n >= taken && slow.event_stats().queued == 0).then_some(n)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        delivered,
+        Some(taken),
+        "every event taken was delivered, once ({refused} refused)"
+    );
+    assert_eq!(recorded(&t, "big.order").await, taken);
+    let stats = slow.event_stats();
+    assert_eq!(stats.expired, 0, "{stats:?}");
+    assert!(
+        stats.peak_bytes <= steedos_wasm::broker::EVENT_QUEUE_BYTES,
+        "{stats:?}"
+    );
+    assert!(stats.peak_bytes >= 8 << 20, "the queue did fill: {stats:?}");
+    let report = slow.report();
+    assert_eq!(report.restarts, 0, "the subscriber was never killed");
+    assert_eq!(report.state, "serving");
+}
+
+/// An emitter that finds no room before its deadline is refused with
+/// `overloaded`, naming the subscriber; the subscriber is not harmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emitter_that_finds_no_room_in_time_is_refused() {
+    let t = TestApp::start(&flood_app(100, "500ms")).await;
+    let e = t
+        .call(
+            "flood.emit-many",
+            json!({"event": "big.order", "count": 100, "size": 1 << 20}),
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&e, CallError::Overloaded(m)
+            if m.contains("subscriber `slow`") && m.contains("no room came before the emitter's deadline")),
+        "{e:?}"
+    );
+    let slow = t.app.broker.service("slow").expect("slow");
+    assert!(slow.event_stats().refused >= 1);
+    assert!(slow.event_stats().peak_bytes <= steedos_wasm::broker::EVENT_QUEUE_BYTES);
+    let taken = eventually(Duration::from_secs(30), || async {
+        (slow.event_stats().queued == 0).then_some(())
+    })
+    .await;
+    assert!(taken.is_some());
+    assert_eq!(slow.report().restarts, 0);
+    assert_eq!(slow.event_stats().expired, 0);
+    // The emitter serves again (its refused call's instance was replaced).
+    t.ok(
+        "flood.emit-many",
+        json!({"event": "big.order", "count": 1, "size": 10}),
+    )
+    .await;
+}
+
+/// Regression: events whose deadline passed while they waited were
+/// started anyway, and the subscriber was killed for running past it.
+/// Now they are dropped unstarted and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_expired_while_queued_are_dropped_not_started() {
+    let t = TestApp::start(
+        r#"
+[packages.tally]
+component = "{TALLY}"
+[packages.slow]
+component = "{ROGUE}"
+instances = 1
+timeout = "1s"
+events = ["late.*"]
+[packages.slow.grants]
+calls = ["tally.*"]
+env = { ROGUE_HANDLE_MS = "300" }
+"#,
+    )
+    .await;
+    const EVENTS: u64 = 10;
+    for _ in 0..EVENTS {
+        t.app.broker.publish(
+            "late.one",
+            vec![0xc0],
+            false,
+            CallContext::new(Duration::from_secs(5)),
+        );
+    }
+    let slow = t.app.broker.service("slow").expect("slow");
+    let settled = eventually(Duration::from_secs(20), || async {
+        let stats = slow.event_stats();
+        let done = recorded(&t, "late.one").await as u64;
+        (stats.queued == 0 && done + stats.expired == EVENTS).then_some((done, stats.expired))
+    })
+    .await;
+    let (done, expired) = settled.expect("every event delivered or dropped");
+    assert!(expired >= 1 && done >= 1, "{done} delivered, {expired} expired");
+    assert_eq!(slow.report().restarts, 0, "the subscriber was never killed");
+}
+
+/// Regression: an event whose handler emits it twice took the host to
+/// 1.2 GB in 4 s. Event chains count levels like nested calls: the chain
+/// stops at `max_call_depth`, said in the log and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_amplifying_event_chain_stops_at_the_depth_limit() {
+    let t = TestApp::start(
+        r#"
+[app]
+cache_dir = "{CACHE}"
+max_call_depth = 6
+[packages.tally]
+component = "{TALLY}"
+[packages.chain]
+component = "{ROGUE}"
+instances = 2
+events = ["chain.*"]
+[packages.chain.grants]
+calls = ["tally.*"]
+emits = ["chain.*"]
+"#,
+    )
+    .await;
+    t.app.broker.publish(
+        "chain.reaction",
+        vec![0xc0],
+        false,
+        CallContext::new(Duration::from_secs(10)),
+    );
+    // Handled at levels 1..=6 (1 + 2 + 4 + 8 + 16 + 32); the 32 handlers at
+    // level 6 emit 64 more, dropped at the limit.
+    let chain = t.app.broker.service("chain").expect("chain");
+    let stopped = eventually(Duration::from_secs(30), || async {
+        (chain.event_stats().too_deep == 64 && chain.event_stats().queued == 0).then_some(())
+    })
+    .await;
+    assert!(stopped.is_some(), "{:?}", chain.event_stats());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Handlers at level 6 cannot record: their call would be level 7.
+    assert_eq!(recorded(&t, "chain.reaction").await, 31);
+    assert_eq!(chain.event_stats().too_deep, 64);
+    assert_eq!(chain.report().restarts, 0);
 }
