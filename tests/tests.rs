@@ -6,6 +6,7 @@ mod cluster;
 mod events;
 mod faults;
 mod gateway;
+mod guest_logs;
 mod loading;
 mod operations;
 mod polyglot;

@@ -11,8 +11,8 @@
 //! A message is cut at [`MESSAGE_MAX`] bytes, and each package has a token
 //! bucket of log bytes ([`BURST`], refilled at [`RATE`] per second, each
 //! line also costing [`LINE_COST`]): past it lines are dropped, counted
-//! ([`GuestLogs::dropped`], in the metrics), and said once when dropping
-//! begins and once, with the count, when the package may log again.
+//! ([`GuestLogs::dropped`], in the metrics), and said in one line when
+//! dropping begins, then at most once every [`NOTICE_EVERY`] with the count.
 
 use std::fmt::Write as _;
 use std::pin::Pin;
@@ -30,6 +30,9 @@ pub const RATE: u64 = 256 << 10;
 /// What each line costs beyond its text, so that many short lines are
 /// bounded too (about 4,000 a second).
 pub const LINE_COST: u64 = 64;
+
+/// The shortest time between two notices of dropped guest lines.
+pub const NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How much of stderr is kept to explain a panic.
 const TAIL_KEEP: usize = 4096;
@@ -61,8 +64,8 @@ pub struct GuestLogs {
 struct Bucket {
     tokens: u64,
     refilled: Instant,
-    /// Lines dropped since the package last got a line through.
-    dropping: u64,
+    /// When dropping was last said.
+    noticed: Option<Instant>,
 }
 
 impl GuestLogs {
@@ -73,7 +76,7 @@ impl GuestLogs {
             bucket: Mutex::new(Bucket {
                 tokens: BURST,
                 refilled: Instant::now(),
-                dropping: 0,
+                noticed: None,
             }),
             dropped: AtomicU64::new(0),
         }
@@ -126,28 +129,22 @@ impl GuestLogs {
             b.refilled = now;
         }
         if b.tokens < cost {
-            if b.dropping == 0 {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if b.noticed
+                .is_none_or(|at| now.duration_since(at) >= NOTICE_EVERY)
+            {
+                b.noticed = Some(now);
                 tracing::warn!(
                     package = &*self.package,
-                    "guest logs over the package's budget ({} KiB/s, bursts of {} KiB); dropping lines",
+                    dropped,
+                    "guest logs over the package's budget ({} KiB/s, bursts of {} KiB); dropping lines ({dropped} so far; the metrics count them)",
                     RATE >> 10,
                     BURST >> 10
                 );
             }
-            b.dropping += 1;
-            self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         b.tokens -= cost;
-        if b.dropping > 0 {
-            tracing::warn!(
-                package = &*self.package,
-                dropped = b.dropping,
-                "guest logs: {} lines were dropped over the package's budget",
-                b.dropping
-            );
-            b.dropping = 0;
-        }
         true
     }
 }
