@@ -8,11 +8,14 @@
 //!   whose budget never backs off (every call is a trap and a restart);
 //! - `restart.p50.loaded`, `restart.p99.loaded`: µs from a trap to the
 //!   replacement serving, measured during that second storm;
+//! - `isolation.healthy_ratio.emit_storm`: the healthy rate while 2 callers
+//!   have chaos emit 1 MiB events (`chaos.flood`) to `audit` as fast as the
+//!   host takes them, over the rate without the storm;
 //! - `call.host_a_b.c100`: the healthy figure without a storm.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use steedos_wasm::app::{App, LoadOptions};
@@ -52,6 +55,11 @@ async fn run() -> anyhow::Result<()> {
     unbudgeted.restart.max_restarts = 10_000;
     unbudgeted.restart.within = Duration::from_millis(1);
     manifest.packages.push(unbudgeted);
+    // The storm's emitter: chaos may emit what audit hears.
+    for p in manifest.packages.iter_mut().filter(|p| p.name == "chaos") {
+        p.grants.emits = vec!["order.*".into()];
+        p.timeout = Duration::from_secs(30);
+    }
     let app = App::load(manifest, &LoadOptions::default()).await?;
     if let Some(f) = app.broker.failures().first() {
         anyhow::bail!("package {} failed to load: {}", f.name, f.error);
@@ -62,6 +70,7 @@ async fn run() -> anyhow::Result<()> {
 
     let (budgeted, _) = storm(&broker, &payload, "chaos").await?;
     let (unbudgeted, mut lat) = storm(&broker, &payload, "chaos-unbudgeted").await?;
+    let (flooded, events) = emit_storm(&broker, &payload).await?;
     lat.sort();
     anyhow::ensure!(!lat.is_empty(), "the storm made no restart");
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
@@ -73,6 +82,10 @@ async fn run() -> anyhow::Result<()> {
     println!(
         "bench: isolation.healthy_ratio.unbudgeted = {:.3} ({unbudgeted:.1} calls/s)",
         unbudgeted / calm
+    );
+    println!(
+        "bench: isolation.healthy_ratio.emit_storm = {:.3} ({flooded:.1} calls/s; {events:.0} events/s of 1 MiB delivered meanwhile)",
+        flooded / calm
     );
     println!(
         "bench: restart.p50.loaded = {:.1} us ({} restarts sampled)",
@@ -117,6 +130,47 @@ async fn storm(
     }
     let mut lat = service.restart_latencies();
     Ok((healthy, lat.split_off(before.min(lat.len()))))
+}
+
+/// The healthy rate while 2 callers have chaos emit 1 MiB events to audit
+/// as fast as they are taken, and the events/s that went out meanwhile.
+async fn emit_storm(broker: &Arc<Broker>, payload: &Val) -> anyhow::Result<(f64, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let emitted = Arc::new(AtomicU64::new(0));
+    let audit = broker
+        .service("audit")
+        .ok_or_else(|| anyhow::anyhow!("no audit"))?;
+    const BATCH: u32 = 16;
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (broker, stop, emitted) = (broker.clone(), stop.clone(), emitted.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let params = [Val::U32(BATCH), Val::U32(1 << 20)];
+                    let ctx = CallContext::new(Duration::from_secs(30));
+                    if broker.call("chaos.flood", &params, ctx).await.is_ok() {
+                        emitted.fetch_add(u64::from(BATCH), Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = emitted.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let healthy = rate(broker, payload).await?;
+    let events =
+        (emitted.load(Ordering::Relaxed) - before) as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        let _ = c.await;
+    }
+    let stats = audit.event_stats();
+    anyhow::ensure!(
+        stats.peak_bytes <= steedos_wasm::broker::EVENT_QUEUE_BYTES && stats.expired == 0,
+        "audit's queue went past its bound or dropped events: {stats:?}"
+    );
+    Ok((healthy, events))
 }
 
 async fn rate(broker: &Arc<Broker>, payload: &Val) -> anyhow::Result<f64> {

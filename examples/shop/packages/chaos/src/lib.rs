@@ -65,6 +65,14 @@ impl Guest for Chaos {
         descend(n)
     }
 
+    fn flood(count: u32, size: u32) -> u32 {
+        let payload = vec![0x5a_u8; size as usize];
+        for _ in 0..count {
+            steedos_sdk::wit::broker::emit("order.flood", &payload);
+        }
+        count
+    }
+
     fn huge(mib: u32) -> Vec<u8> {
         vec![0xa5; (mib as usize).saturating_mul(MIB)]
     }
