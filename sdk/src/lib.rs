@@ -286,6 +286,12 @@ where
 /// The payload is encoded as MessagePack; subscribers read it with
 /// [`decode`]. A payload that cannot be encoded (a `Serialize` impl that
 /// fails) is not sent, and the failure is logged.
+///
+/// The package needs an `emits` grant for `event` in `steedos.toml`. When
+/// a subscriber's queue is full the call waits for room; an emit that is
+/// denied, too large (over 1 MiB), or finds no room before the current
+/// call's deadline fails that call (the host stops it), so an emit that
+/// returns was taken by every subscriber.
 pub fn emit<T: Serialize + ?Sized>(event: &str, payload: &T) {
     if let Some(payload) = encode_payload(event, payload) {
         wit::broker::emit(event, &payload);
