@@ -332,10 +332,11 @@ async fn events(caller: &App, shop: &App, shop_node: &Transport) -> anyhow::Resu
         .ok_or_else(|| anyhow::anyhow!("no audit"))?;
     let base = shop_node.stats().events_received;
     // Events sent but not yet handled: in flight to the shop node, or
-    // waiting in audit's queue.
+    // waiting in audit's event queue or for an instance.
     let behind = |sent: u64| {
         let received = shop_node.stats().events_received - base;
-        sent - received + audit.report().queued as u64
+        let report = audit.report();
+        sent - received + report.queued as u64 + report.events.queued as u64
     };
     let start = Instant::now();
     for sent in 1..=EVENTS {

@@ -62,6 +62,8 @@ pub(super) struct EventQueue {
     expired: AtomicU64,
     refused: AtomicU64,
     too_deep: AtomicU64,
+    /// Events whose subscriber stopped (shutdown, upgrade, removal) first.
+    stopped: AtomicU64,
 }
 
 /// What a subscriber's event queue holds and has dropped, for reports.
@@ -91,6 +93,7 @@ impl EventQueue {
             expired: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             too_deep: AtomicU64::new(0),
+            stopped: AtomicU64::new(0),
         }
     }
 
@@ -310,12 +313,15 @@ impl Broker {
             Ok(instance) => instance,
             Err(Undelivered::Expired) => return self.expired(service, event, &ctx),
             Err(Undelivered::Stopped) => {
-                tracing::warn!(
-                    package = service.name(),
-                    event,
-                    slot,
-                    "event not delivered: the package was stopped or replaced before an instance was free"
-                );
+                let n = service.events.stopped.fetch_add(1, Ordering::Relaxed) + 1;
+                if worth_saying(n) {
+                    tracing::warn!(
+                        package = service.name(),
+                        event,
+                        slot,
+                        "event not delivered: the package was stopped or replaced before an instance was free ({n} so far)"
+                    );
+                }
                 return;
             }
         };
