@@ -35,7 +35,7 @@
 //! `emit` hands an event to one instance of every subscribing package,
 //! `broadcast` to every instance of each, through a bounded queue per
 //! subscriber: the emitter is slowed down, or refused with `overloaded`,
-//! and nothing it was told was taken is lost quietly (see [`events`]).
+//! and nothing it was told was taken is lost quietly (see `broker/events.rs`).
 //!
 //! The broker knows neither HTTP nor NATS: the gateway and the transport
 //! are callers of it.
