@@ -258,6 +258,55 @@ pub struct ClusterSettings {
     /// Whether this node offers its packages to the cluster (`false`: it
     /// only calls, as `steedos-wasm call` does).
     pub advertise: bool,
+    /// The actions this node announces to the cluster and serves to it
+    /// (patterns like `[gateway] expose`); others are refused as not found.
+    pub publish: Vec<String>,
+    /// How this node proves who it is to the NATS server.
+    pub auth: ClusterAuth,
+    /// TLS to the NATS server.
+    pub tls: ClusterTls,
+}
+
+/// A secret's source: read when the node joins, never kept in settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Secret {
+    /// An environment variable of the host.
+    Env(String),
+    /// A file; its content, trimmed.
+    File(PathBuf),
+}
+
+/// NATS credentials: at most one kind (user and password may also come in
+/// the transporter URL, `nats://user:pass@host:4222`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClusterAuth {
+    /// None beyond what the URL holds.
+    #[default]
+    None,
+    /// `token_env` / `token_file`.
+    Token(Secret),
+    /// `user` with `password_env` / `password_file`.
+    UserPassword {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: Secret,
+    },
+    /// `nkey_seed_env` / `nkey_seed_file`: an NKey seed (`SU...`).
+    NKey(Secret),
+    /// `credentials`: a `.creds` file (a user JWT and its NKey seed).
+    Credentials(PathBuf),
+}
+
+/// TLS to the NATS server: `tls`, `tls_ca`, `tls_cert`, `tls_key`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// Refuse a connection without TLS (also implied by a `tls://` URL and by a CA or client certificate).
+    pub required: bool,
+    /// A PEM file of CA certificates trusted for the server's certificate.
+    pub ca: Option<PathBuf>,
+    /// A PEM client certificate and its key, for servers that verify clients.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// How cluster packets are written.
@@ -281,6 +330,9 @@ impl ClusterSettings {
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(30),
             advertise: true,
+            publish: vec!["*".to_owned()],
+            auth: ClusterAuth::None,
+            tls: ClusterTls::default(),
         }
     }
 }
@@ -729,6 +781,19 @@ struct RawCluster {
     heartbeat_interval: Option<DurationIn<100, HOUR_MS>>,
     heartbeat_timeout: Option<DurationIn<100, DAY_MS>>,
     advertise: Option<bool>,
+    publish: Option<Vec<CallPattern>>,
+    token_env: Option<EnvName>,
+    token_file: Option<PathValue>,
+    user: Option<Text>,
+    password_env: Option<EnvName>,
+    password_file: Option<PathValue>,
+    nkey_seed_env: Option<EnvName>,
+    nkey_seed_file: Option<PathValue>,
+    credentials: Option<PathValue>,
+    tls: Option<bool>,
+    tls_ca: Option<PathValue>,
+    tls_cert: Option<PathValue>,
+    tls_key: Option<PathValue>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1130,10 +1195,10 @@ impl<'a> Source<'a> {
         let raw: RawCluster = scope.deserialize()?;
         let defaults = ClusterSettings::new(raw.transporter.0.clone());
         let at = |key: &str| find_key(value.get_ref(), key).unwrap_or_else(|| value.span());
-        if !raw.transporter.0.starts_with("nats://") {
+        if !raw.transporter.0.starts_with("nats://") && !raw.transporter.0.starts_with("tls://") {
             let message = format!(
                 "{:?} is not a NATS URL (try \"nats://127.0.0.1:4222\")",
-                raw.transporter.0
+                crate::transport::redact(&raw.transporter.0)
             );
             return Err(scope.error(at("transporter"), message));
         }
@@ -1161,7 +1226,64 @@ impl<'a> Source<'a> {
             );
             return Err(scope.error(at("heartbeat_timeout"), message));
         }
+        let secret = |env: Option<EnvName>, file: Option<PathValue>, key: &str| match (env, file) {
+            (Some(_), Some(_)) => Err(scope.error(
+                at(&format!("{key}_file")),
+                format!("set `{key}_env` or `{key}_file`, not both"),
+            )),
+            (Some(env), None) => Ok(Some(Secret::Env(env.0))),
+            (None, Some(file)) => Ok(Some(Secret::File(self.dir.join(file.0)))),
+            (None, None) => Ok(None),
+        };
+        let token = secret(raw.token_env, raw.token_file, "token")?;
+        let password = secret(raw.password_env, raw.password_file, "password")?;
+        let nkey = secret(raw.nkey_seed_env, raw.nkey_seed_file, "nkey_seed")?;
+        let credentials = raw.credentials.map(|p| self.dir.join(p.0));
+        let auth = match (token, raw.user, password, nkey, credentials) {
+            (None, None, None, None, None) => ClusterAuth::None,
+            (Some(t), None, None, None, None) => ClusterAuth::Token(t),
+            (None, Some(user), Some(password), None, None) => ClusterAuth::UserPassword {
+                user: user.0,
+                password,
+            },
+            (None, Some(_), None, None, None) => {
+                let message = "`user` needs `password_env` or `password_file`".to_owned();
+                return Err(scope.error(at("user"), message));
+            }
+            (None, None, Some(_), None, None) => {
+                let message = "a password needs `user`".to_owned();
+                return Err(scope.error(value.span(), message));
+            }
+            (None, None, None, Some(n), None) => ClusterAuth::NKey(n),
+            (None, None, None, None, Some(c)) => ClusterAuth::Credentials(c),
+            _ => {
+                let message = "give one kind of NATS credentials: a token, a user and password, an NKey seed, or a credentials file".to_owned();
+                return Err(scope.error(value.span(), message));
+            }
+        };
+        let client = match (raw.tls_cert, raw.tls_key) {
+            (Some(cert), Some(key)) => Some((self.dir.join(cert.0), self.dir.join(key.0))),
+            (None, None) => None,
+            (Some(_), None) => {
+                let message = "a client certificate needs `tls_key`".to_owned();
+                return Err(scope.error(at("tls_cert"), message));
+            }
+            (None, Some(_)) => {
+                let message = "a client key needs `tls_cert`".to_owned();
+                return Err(scope.error(at("tls_key"), message));
+            }
+        };
+        let tls = ClusterTls {
+            required: raw.tls.unwrap_or(false),
+            ca: raw.tls_ca.map(|p| self.dir.join(p.0)),
+            client,
+        };
         Ok(ClusterSettings {
+            publish: raw
+                .publish
+                .map_or(defaults.publish, |p| p.into_iter().map(|p| p.0).collect()),
+            auth,
+            tls,
             transporter: raw.transporter.0,
             node_id: raw.node_id.map(|t| t.0),
             namespace: raw.namespace.map(|t| t.0),
@@ -1759,13 +1881,10 @@ impl FromTomlStr for SubjectToken {
     const EXPECTING: &'static str = "a name";
 
     fn from_toml_str(text: &str) -> Result<Self, String> {
-        let bad = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>');
-        if text.is_empty() || text.len() > 128 || text.contains(bad) {
-            return Err(format!(
-                "{text:?} cannot be part of a NATS subject (1 to 128 characters, no whitespace, `.`, `*` or `>`)"
-            ));
+        match crate::transport::bounds::token_problem(text) {
+            Some(problem) => Err(problem),
+            None => Ok(SubjectToken(text.to_owned())),
         }
-        Ok(SubjectToken(text.to_owned()))
     }
 }
 
@@ -2011,8 +2130,53 @@ mod tests {
                 heartbeat_interval: Duration::from_secs(1),
                 heartbeat_timeout: Duration::from_secs(3),
                 advertise: false,
+                publish: vec!["greeter.*".into(), "orders.place".into()],
+                auth: ClusterAuth::UserPassword {
+                    user: "shop".into(),
+                    password: Secret::File(cases_dir().join("secrets/nats-password")),
+                },
+                tls: ClusterTls {
+                    required: true,
+                    ca: Some(cases_dir().join("certs/ca.pem")),
+                    client: Some((
+                        cases_dir().join("certs/client.pem"),
+                        cases_dir().join("certs/client.key")
+                    )),
+                },
             }
         );
+        let auth = |extra: &str| {
+            parse_inline(&format!(
+                "[cluster]\ntransporter = \"tls://10.0.0.1:4222\"\n{extra}"
+            ))
+            .map(|m| m.cluster.expect("[cluster]").auth)
+        };
+        assert_eq!(
+            auth("token_env = \"NATS_TOKEN\"").expect("token"),
+            ClusterAuth::Token(Secret::Env("NATS_TOKEN".into()))
+        );
+        assert_eq!(
+            auth("nkey_seed_env = \"NATS_SEED\"").expect("nkey"),
+            ClusterAuth::NKey(Secret::Env("NATS_SEED".into()))
+        );
+        assert!(matches!(
+            auth("credentials = \"app.creds\"").expect("creds"),
+            ClusterAuth::Credentials(p) if p.ends_with("app.creds")
+        ));
+        for (bad, says) in [
+            ("token_env = \"A\"\ntoken_file = \"t\"", "not both"),
+            (
+                "token_env = \"A\"\ncredentials = \"c\"",
+                "one kind of NATS credentials",
+            ),
+            ("user = \"u\"", "needs `password_env`"),
+            ("password_env = \"P\"", "needs `user`"),
+            ("tls_cert = \"c.pem\"", "needs `tls_key`"),
+            ("publish = [\"greeter.*.x\"]", "not an action pattern"),
+        ] {
+            let e = auth(bad).expect_err(bad).to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
         assert!(load_good("empty").cluster.is_none());
         let minimal =
             parse_inline("[cluster]\ntransporter = \"nats://10.0.0.1:4222\"\n").expect("parses");

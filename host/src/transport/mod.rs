@@ -48,11 +48,14 @@
 //! Not supported: streams, `disableBalancer` (REQB/EVENTB subjects),
 //! event acknowledgements, and other transporters than NATS.
 
+pub mod bounds;
+mod connect;
 pub mod packet;
 pub mod registry;
 pub mod schema;
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::Poll;
@@ -60,15 +63,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, Subject};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, RemoteParams, RemoteRoute};
 use crate::context::{CallContext, CallError, Human, next_request_id};
-use crate::manifest::ClusterSettings;
+use crate::manifest::{ClusterSettings, pattern_matches};
 use crate::package::BoxFuture;
+use bounds::DropLog;
+pub use connect::redact;
 use packet::{Data, Wire};
 pub use registry::NodeReport;
 use registry::{Joined, Registry};
@@ -86,13 +91,32 @@ fn event_readers() -> usize {
 /// Why the transport could not start or do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The NATS server could not be reached.
+    /// The NATS server could not be reached, or refused us.
     #[error("cannot connect to the transporter {url}: {message}")]
     Connect {
-        /// The transporter URL.
+        /// The transporter URL, without its password.
         url: String,
         /// The cause.
         message: String,
+    },
+    /// A credential or TLS file could not be read.
+    #[error("NATS credentials: {0}")]
+    Credentials(String),
+    /// This node's id or namespace cannot be part of a subject.
+    #[error("cluster setting `{key}`: {problem}")]
+    Settings {
+        /// `node_id` or `namespace`.
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A packet was refused: it would pass a bound of this node.
+    #[error("{kind} refused: {why}")]
+    Refused {
+        /// The packet kind.
+        kind: &'static str,
+        /// Which bound.
+        why: String,
     },
     /// A subscription was refused.
     #[error("cannot subscribe to `{subject}`: {message}")]
@@ -166,6 +190,14 @@ pub struct TransportStats {
     pub events_received: u64,
     /// Calls of ours waiting for a RES now.
     pub calls_waiting: usize,
+    /// Packets dropped: malformed, too large, from a bad sender, refused.
+    pub packets_dropped: u64,
+    /// Remote nodes remembered now.
+    pub nodes_known: usize,
+    /// Bytes of the INFO packets remembered now.
+    pub info_bytes: usize,
+    /// Senders remembered for speaking another protocol version.
+    pub wrong_version_senders: usize,
 }
 
 /// A call sent to another node, waiting for its RES.
@@ -192,7 +224,9 @@ struct Shared {
     wire: Wire,
     prefix: String,
     registry: RwLock<Registry>,
-    pending: Mutex<HashMap<u64, Pending>>,
+    /// Our calls waiting for a RES, by their random 128-bit id: a peer
+    /// that did not see the REQ cannot guess one.
+    pending: Mutex<HashMap<u128, Pending>>,
     next_id: AtomicU64,
     seq: AtomicU64,
     /// The INFO services last sent, to notice deploys and removals.
@@ -203,8 +237,13 @@ struct Shared {
     requests_served: AtomicU64,
     events_received: AtomicU64,
     leaving: AtomicBool,
-    /// Senders whose packets spoke another protocol version (warned once).
+    /// Senders whose packets spoke another protocol version (warned
+    /// once; at most [`bounds::MAX_WRONG_VERSION`]).
     wrong_version: Mutex<HashSet<String>>,
+    /// Packets dropped, logged at most once a second.
+    drops: DropLog,
+    /// Bytes of EVENT packets in hand ([`bounds::EVENT_BUDGET`]).
+    event_budget: Arc<Semaphore>,
     /// Packets to publish, in order: events, from code that cannot wait,
     /// and the REQs of our calls. One task hands them to the client back
     /// to back, so it gets them in bursts and writes them together; when
@@ -225,21 +264,41 @@ impl Transport {
             .clone()
             .unwrap_or_else(default_node_id)
             .into();
+        // Ours go into subjects just like peers' ids: the same rule.
+        if let Some(problem) = bounds::token_problem(&node_id) {
+            return Err(TransportError::Settings {
+                key: "node_id",
+                problem,
+            });
+        }
+        if let Some(problem) = settings
+            .namespace
+            .as_deref()
+            .and_then(bounds::token_problem)
+        {
+            return Err(TransportError::Settings {
+                key: "namespace",
+                problem,
+            });
+        }
         let prefix = match &settings.namespace {
             Some(ns) => format!("MOL-{ns}"),
             None => "MOL".to_string(),
         };
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("steedos-wasm {node_id}"))
-            .no_echo()
-            .subscription_capacity(1 << 18)
-            .client_capacity(1 << 14)
-            .connect(settings.transporter.as_str())
-            .await
-            .map_err(|e| TransportError::Connect {
-                url: settings.transporter.clone(),
-                message: e.to_string(),
-            })?;
+        let client = connect::connect(
+            &settings,
+            format!("steedos-wasm {node_id}"),
+            bounds::CONTROL_BUFFER,
+        )
+        .await?;
+        // Events wait for slow subscribers: a connection of their own
+        // keeps their buffer small without shrinking REQ's and RES's.
+        let events_client = connect::connect(
+            &settings,
+            format!("steedos-wasm {node_id} events"),
+            bounds::EVENT_BUFFER,
+        )
+        .await?;
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             broker: broker.clone(),
@@ -261,6 +320,8 @@ impl Transport {
             events_received: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
             wrong_version: Mutex::new(HashSet::new()),
+            drops: DropLog::default(),
+            event_budget: Arc::new(Semaphore::new(bounds::EVENT_BUDGET)),
             outbox,
         });
         let p = &shared.prefix;
@@ -289,13 +350,13 @@ impl Transport {
                 _ => 1,
             };
             for _ in 0..readers {
-                let subscribed = match readers {
-                    1 => client.subscribe(subject.clone()).await,
-                    _ => {
-                        client
+                let subscribed = match kind {
+                    Kind::Event => {
+                        events_client
                             .queue_subscribe(subject.clone(), "steedos-events".into())
                             .await
                     }
+                    _ => client.subscribe(subject.clone()).await,
                 };
                 let subscriber = subscribed.map_err(|e| TransportError::Subscribe {
                     subject: subject.clone(),
@@ -309,10 +370,12 @@ impl Transport {
             Arc::downgrade(&shared),
             outgoing,
         )));
-        client.flush().await.map_err(|e| TransportError::Connect {
-            url: shared.settings.transporter.clone(),
-            message: e.to_string(),
-        })?;
+        for c in [&client, &events_client] {
+            c.flush().await.map_err(|e| TransportError::Connect {
+                url: redact(&shared.settings.transporter),
+                message: e.to_string(),
+            })?;
+        }
         broker.set_remote(Some(Arc::new(Route(shared.clone()))));
         shared
             .publish_now(
@@ -326,7 +389,7 @@ impl Transport {
             .await?;
         shared.send_info(None, false).await?;
         tasks.push(tokio::spawn(shared.clone().beat()));
-        tracing::info!(node = %node_id, transporter = %shared.settings.transporter, protocol = shared.ver, "joined the cluster");
+        tracing::info!(node = %node_id, transporter = %redact(&shared.settings.transporter), protocol = shared.ver, "joined the cluster");
         Ok(Transport { shared, tasks })
     }
 
@@ -342,10 +405,15 @@ impl Transport {
 
     /// What this node has handled so far.
     pub fn stats(&self) -> TransportStats {
+        let registry = self.shared.registry();
         TransportStats {
             requests_served: self.shared.requests_served.load(Ordering::Relaxed),
             events_received: self.shared.events_received.load(Ordering::Relaxed),
             calls_waiting: lock(&self.shared.pending).len(),
+            packets_dropped: self.shared.drops.total(),
+            nodes_known: registry.len(),
+            info_bytes: registry.info_bytes(),
+            wrong_version_senders: lock(&self.shared.wrong_version).len(),
         }
     }
 
@@ -370,7 +438,13 @@ impl Transport {
 
     /// Sends a PING to `node`; the round trip.
     pub async fn ping(&self, node: &str, within: Duration) -> Result<Duration, TransportError> {
-        let id = next_request_id().to_string();
+        if let Some(problem) = bounds::token_problem(node) {
+            return Err(TransportError::Settings {
+                key: "node",
+                problem,
+            });
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pings).insert(id.clone(), tx);
         let ping = packet::Ping {
@@ -461,7 +535,7 @@ struct Outgoing {
     bytes: Bytes,
     /// For a REQ, the id of its pending call: the call fails at once when
     /// the packet cannot be sent.
-    call: Option<u64>,
+    call: Option<u128>,
 }
 
 /// Publishes what [`Shared::post`] and our calls queued, in order.
@@ -516,7 +590,7 @@ impl Shared {
     }
 
     /// Fails the pending call `id`: its REQ could not be sent.
-    fn unsent(&self, id: u64, why: &str) {
+    fn unsent(&self, id: u128, why: &str) {
         if let Some(p) = lock(&self.pending).remove(&id) {
             let _ = p.reply.send(Err(CallError::Overloaded(format!(
                 "{}: cannot send the request to node `{}`: {why}",
@@ -542,9 +616,9 @@ impl Shared {
     /// Sends INFO, broadcast or to one node; `empty` announces no services
     /// (leaving). A change of services since the last INFO bumps `seq`.
     async fn send_info(&self, to: Option<&str>, empty: bool) -> Result<(), TransportError> {
-        let services = match empty || !self.settings.advertise {
+        let services = match empty {
             true => Value::Array(Vec::new()),
-            false => schema::services(&self.broker),
+            false => self.announced(),
         };
         let seq = {
             let mut sent = lock(&self.sent_services);
@@ -579,6 +653,36 @@ impl Shared {
         self.publish_now(Kind::Info, subject, &info).await
     }
 
+    /// The services this node announces: its packages with the actions
+    /// `publish` lets out (none when it does not `advertise`).
+    fn announced(&self) -> Value {
+        if !self.settings.advertise {
+            return Value::Array(Vec::new());
+        }
+        let mut services = schema::services(&self.broker);
+        if self.settings.publish.iter().any(|p| p == "*") {
+            return services;
+        }
+        if let Value::Array(list) = &mut services {
+            for service in list {
+                if let Some(Value::Object(actions)) = service.get_mut("actions") {
+                    actions.retain(|name, _| self.published(name));
+                }
+            }
+        }
+        services
+    }
+
+    /// Whether other nodes may call `action` here.
+    fn published(&self, action: &str) -> bool {
+        self.settings.advertise
+            && self
+                .settings
+                .publish
+                .iter()
+                .any(|p| pattern_matches(p, action))
+    }
+
     /// The HEARTBEAT loop: beats, drops silent nodes, re-announces changed services.
     async fn beat(self: Arc<Self>) {
         let mut every = tokio::time::interval(self.settings.heartbeat_interval);
@@ -610,8 +714,7 @@ impl Shared {
                     ),
                 );
             }
-            let changed = self.settings.advertise
-                && *lock(&self.sent_services) != schema::services(&self.broker);
+            let changed = self.settings.advertise && *lock(&self.sent_services) != self.announced();
             if changed && let Err(e) = self.send_info(None, false).await {
                 tracing::warn!(node = %self.node_id, error = %e, "INFO not sent");
             }
@@ -626,7 +729,7 @@ impl Shared {
         tracing::warn!(node, reason = why, "node lost");
         let lost: Vec<Pending> = {
             let mut pending = lock(&self.pending);
-            let ids: Vec<u64> = pending
+            let ids: Vec<u128> = pending
                 .iter()
                 .filter(|(_, p)| &*p.node == node)
                 .map(|(id, _)| *id)
@@ -655,22 +758,75 @@ impl Shared {
     /// Reads every packet of one subscription.
     async fn listen(self: Arc<Self>, kind: Kind, mut subscriber: async_nats::Subscriber) {
         while let Some(message) = subscriber.next().await {
-            if let Err(e) = self.handle(kind, message.payload).await {
-                tracing::debug!(node = %self.node_id, packet = kind.name(), error = %e, "packet dropped");
+            let bytes = message.payload;
+            if bytes.len() > bounds::MAX_PACKET {
+                self.dropped(
+                    kind,
+                    &format!("{} bytes, over {}", bytes.len(), bounds::MAX_PACKET),
+                );
+                continue;
+            }
+            if kind != Kind::Event {
+                self.handle_guarded(kind, bytes).await;
+                continue;
+            }
+            // An event is held until its subscribers took it: within the
+            // budget, else this reader waits (and NATS buffers, then drops).
+            let cost = (bytes.len() + bounds::EVENT_OVERHEAD).min(bounds::EVENT_BUDGET);
+            let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+            let Ok(permit) = self.event_budget.clone().acquire_many_owned(cost).await else {
+                return;
+            };
+            let shared = self.clone();
+            let mut delivery = Box::pin(async move {
+                let _permit = permit;
+                shared.handle_guarded(kind, bytes).await;
+            });
+            // Most deliveries finish in their first poll; one that waits
+            // for room goes on in a task of its own, so the next events
+            // (to other subscribers) are read meanwhile.
+            let first = std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await;
+            if first.is_pending() {
+                tokio::spawn(delivery);
             }
         }
     }
 
+    /// Handles one packet; a bad one (even one that panics a handler) is
+    /// dropped and logged, and the reader goes on with the next.
+    async fn handle_guarded(self: &Arc<Self>, kind: Kind, bytes: Bytes) {
+        match AssertUnwindSafe(self.handle(kind, bytes))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.dropped(kind, &e.to_string()),
+            Err(_) => self.dropped(kind, "its handler panicked"),
+        }
+    }
+
+    /// Counts a dropped packet and logs it, at most once a second.
+    fn dropped(&self, kind: Kind, why: &str) {
+        if let Some(unlogged) = self.drops.note() {
+            tracing::warn!(node = %self.node_id, packet = kind.name(), reason = ?bounds::clip(why, 300), also_dropped = unlogged, "packet dropped");
+        }
+    }
+
     /// Whether a packet from `sender` in version `ver` is for us.
-    fn accept(&self, ver: &str, sender: &str) -> bool {
+    fn accept(&self, kind: Kind, ver: &str, sender: &str) -> bool {
         if sender == &*self.node_id {
             return false;
         }
+        if !bounds::valid_node_id(sender) {
+            self.dropped(kind, &format!("bad sender {:?}", bounds::shorten(sender)));
+            return false;
+        }
         if ver != self.ver {
-            if lock(&self.wrong_version).insert(sender.to_string()) {
+            let mut seen = lock(&self.wrong_version);
+            if seen.len() < bounds::MAX_WRONG_VERSION && seen.insert(sender.to_string()) {
                 tracing::warn!(
                     node = sender,
-                    their = ver,
+                    their = ?bounds::shorten(ver),
                     ours = self.ver,
                     "node speaks another protocol version; its packets are ignored"
                 );
@@ -697,19 +853,19 @@ impl Shared {
             }
             Kind::Response => {
                 let res = wire.decode_response(&bytes)?;
-                if self.accept(&res.ver, &res.sender) {
+                if self.accept(kind, &res.ver, &res.sender) {
                     self.answer(res);
                 }
             }
             Kind::Event => {
                 let event = wire.decode_event(&bytes)?;
-                if self.accept(&event.ver, &event.sender) {
+                if self.accept(kind, &event.ver, &event.sender) {
                     self.deliver(event).await;
                 }
             }
             Kind::Discover => {
                 let h: packet::Header = wire.decode("DISCOVER", &bytes)?;
-                if self.accept(&h.ver, &h.sender) {
+                if self.accept(kind, &h.ver, &h.sender) {
                     self.send_info(Some(&h.sender), false).await?;
                 }
             }
@@ -720,8 +876,11 @@ impl Shared {
                 {
                     tracing::error!(node = %self.node_id, "another node uses this node id; give each node its own `node_id`");
                 }
-                if self.accept(&info.ver, &info.sender) {
-                    let joined = self.registry_mut().apply_info(&info);
+                if self.accept(kind, &info.ver, &info.sender) {
+                    let joined = self
+                        .registry_mut()
+                        .apply_info(&info, bytes.len())
+                        .map_err(|why| TransportError::Refused { kind: "INFO", why })?;
                     match joined {
                         Joined::New => {
                             tracing::info!(node = %info.sender, services = info.services.len(), "node joined")
@@ -736,7 +895,8 @@ impl Shared {
             }
             Kind::Heartbeat => {
                 let h: packet::Heartbeat = wire.decode("HEARTBEAT", &bytes)?;
-                if self.accept(&h.ver, &h.sender) && !self.registry_mut().heartbeat(&h.sender) {
+                if self.accept(kind, &h.ver, &h.sender) && !self.registry_mut().heartbeat(&h.sender)
+                {
                     // A node we do not know (or lost): ask for its INFO.
                     let ask = packet::HeaderOut {
                         ver: self.ver,
@@ -748,13 +908,13 @@ impl Shared {
             }
             Kind::Disconnect => {
                 let h: packet::Header = wire.decode("DISCONNECT", &bytes)?;
-                if self.accept(&h.ver, &h.sender) {
+                if self.accept(kind, &h.ver, &h.sender) {
                     self.lose(&h.sender, "it disconnected");
                 }
             }
             Kind::Ping => {
                 let ping: packet::Ping = wire.decode("PING", &bytes)?;
-                if self.accept(&ping.ver, &ping.sender) {
+                if self.accept(kind, &ping.ver, &ping.sender) {
                     let to = self.subject_to("PONG", &ping.sender);
                     let pong = packet::Ping {
                         ver: self.ver.into(),
@@ -769,8 +929,8 @@ impl Shared {
             Kind::Pong => {
                 let pong: packet::Ping = wire.decode("PONG", &bytes)?;
                 if let Some(tx) = lock(&self.pings).remove(&pong.id) {
-                    let rtt =
-                        Duration::from_millis(u64::try_from(now_ms() - pong.time).unwrap_or(0));
+                    let rtt = now_ms().saturating_sub(pong.time);
+                    let rtt = Duration::from_millis(u64::try_from(rtt).unwrap_or(0));
                     let _ = tx.send(rtt);
                 }
             }
@@ -788,13 +948,10 @@ impl Shared {
                 return;
             }
         };
-        if !self.accept(&req.ver, &req.sender) {
+        if !self.accept(Kind::Request, &req.ver, &req.sender) {
             return;
         }
-        let timeout = req
-            .timeout
-            .filter(|t| *t > 0.0)
-            .map_or(NO_CALLER_TIMEOUT, |ms| Duration::from_secs_f64(ms / 1000.0));
+        let timeout = bounds::caller_timeout(req.timeout, NO_CALLER_TIMEOUT);
         let request_id = req.request_id.clone().unwrap_or_else(|| req.id.clone());
         let mut ctx = CallContext::with_request_id(request_id, timeout);
         // The caller's place in the call tree on its node: the depth limit
@@ -806,6 +963,13 @@ impl Shared {
             ctx.meta = pairs.into();
         }
         let outcome = match (&req.params, req.stream) {
+            // Unpublished actions do not exist for the cluster, even when a
+            // package here serves them.
+            _ if !self.published(&req.action) => Err(CallError::NotFound(format!(
+                "{}: no such action on node `{}`",
+                bounds::shorten(&req.action),
+                self.node_id
+            ))),
             (_, Some(true)) => Err(CallError::InvalidParams(format!(
                 "{}: streams are not supported by steedos-wasm",
                 req.action
@@ -819,7 +983,7 @@ impl Shared {
             },
             (None, _) => self.broker.call_json_local(&req.action, b"", ctx).await,
         };
-        tracing::debug!(node = %self.node_id, from = %req.sender, action = %req.action, request_id = ?req.request_id, level = ?req.level, caller = ?req.caller, ok = outcome.is_ok(), "served a remote call");
+        tracing::debug!(node = %self.node_id, from = %req.sender, action = ?req.action, request_id = ?req.request_id, level = ?req.level, caller = ?req.caller, ok = outcome.is_ok(), "served a remote call");
         let (data, error) = match outcome {
             Ok(v) => (Some(Data::Value(v)), None),
             Err(e) => (
@@ -843,13 +1007,13 @@ impl Shared {
             .publish_now(Kind::Response, self.subject_to("RES", &req.sender), &res)
             .await
         {
-            tracing::warn!(node = %self.node_id, to = %req.sender, action = %req.action, error = %e, "response not sent");
+            tracing::warn!(node = %self.node_id, to = %req.sender, action = ?req.action, error = %e, "response not sent");
         }
     }
 
     /// Completes the call a RES answers.
     fn answer(&self, res: packet::Response<'_, Data<'_>>) {
-        let Ok(id) = res.id.parse::<u64>() else {
+        let Ok(id) = uuid::Uuid::try_parse(&res.id).map(|u| u.as_u128()) else {
             return;
         };
         // Only the node the call went to may answer it.
@@ -886,7 +1050,7 @@ impl Shared {
         let payload = match event.data.as_ref().map(Data::to_msgpack).transpose() {
             Ok(p) => p.unwrap_or_else(|| vec![0xc0]),
             Err(e) => {
-                tracing::warn!(node = %self.node_id, from = %event.sender, event = %event.event, error = %e, "event payload has no MessagePack form; dropped");
+                tracing::warn!(node = %self.node_id, from = %event.sender, event = ?bounds::shorten(&event.event), error = %e, "event payload has no MessagePack form; dropped");
                 return;
             }
         };
@@ -924,7 +1088,7 @@ impl Drop for Serving<'_> {
 /// Removes a pending call when its caller stops waiting before the answer.
 struct PendingGuard {
     shared: Arc<Shared>,
-    id: u64,
+    id: u128,
     /// The answer came: [`Shared::answer`] removed the entry already.
     answered: bool,
 }
@@ -973,14 +1137,17 @@ impl RemoteRoute for Route {
                 return Some(Box::pin(std::future::ready(Err(error))));
             }
         };
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        // Only this node reads the id back (its RES comes to our subject).
-        let wire_id = id.to_string();
+        // Random: a RES is taken only from the node asked and for an id
+        // it was sent, and a peer that did not see the REQ cannot guess it.
+        let uuid = uuid::Uuid::new_v4();
+        let id = uuid.as_u128();
+        let mut buf = uuid::Uuid::encode_buffer();
+        let wire_id: &str = uuid.hyphenated().encode_lower(&mut buf);
         let meta = packet::meta_object(&ctx.meta);
         let req = packet::RequestOut {
             ver: shared.ver,
             sender: &shared.node_id,
-            id: &wire_id,
+            id: wire_id,
             action,
             params: &data,
             meta: &meta,
@@ -1121,7 +1288,7 @@ fn hostname() -> String {
 
 /// `<hostname>-<pid>`, Moleculer's default node id.
 pub fn default_node_id() -> String {
-    format!("{}-{}", hostname(), std::process::id())
+    bounds::sanitize_node_id(&format!("{}-{}", hostname(), std::process::id()))
 }
 
 /// The one-minute load average as a percentage of the cores, for HEARTBEAT.

@@ -809,4 +809,162 @@ mod tests {
         assert_eq!(back, json!({"n": 1, "s": "x", "l": [true, null]}));
         assert!(Wire(Serializer::Json).data_from_json(b"{not json").is_err());
     }
+
+    mod fuzz {
+        //! The decoders over arbitrary input: whatever comes from the bus,
+        //! reading it and using what was read never panics. A short run of
+        //! each property is part of `cargo test`.
+        use super::*;
+        use crate::transport::bounds;
+        use proptest::prelude::*;
+        use std::time::Duration;
+
+        /// Any JSON value, with the numbers and strings that break code.
+        fn hostile_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                Just(json!(1e300)),
+                Just(json!(-1e300)),
+                Just(json!(-1)),
+                ".{0,40}".prop_map(Value::String),
+                Just(Value::String(
+                    "x 0\r\n\r\nUNSUB 1\r\nPUB MOL.PWNED 1".into()
+                )),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,12}", inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A packet-shaped object: the real field names, hostile values.
+        fn hostile_packet() -> impl Strategy<Value = Value> {
+            const FIELDS: &[&str] = &[
+                "ver",
+                "sender",
+                "id",
+                "action",
+                "params",
+                "meta",
+                "timeout",
+                "level",
+                "requestID",
+                "caller",
+                "stream",
+                "success",
+                "data",
+                "error",
+                "event",
+                "groups",
+                "broadcast",
+                "services",
+                "instanceID",
+                "seq",
+                "hostname",
+                "client",
+                "time",
+                "arrived",
+                "name",
+                "message",
+                "code",
+                "type",
+                "nodeID",
+            ];
+            prop::collection::vec((prop::sample::select(FIELDS), hostile_value()), 0..16).prop_map(
+                |fields| {
+                    let mut packet = json!({ "ver": "4", "sender": "peer", "id": "1" });
+                    for (k, v) in fields {
+                        packet[k] = v;
+                    }
+                    packet
+                },
+            )
+        }
+
+        /// Reads `bytes` as every packet kind in both serializers and uses
+        /// each field the way the transport does.
+        fn read_everything(bytes: &[u8]) {
+            for wire in [Wire(Serializer::Json), Wire(Serializer::MessagePack)] {
+                if let Ok(req) = wire.decode_request(bytes) {
+                    let _ = bounds::caller_timeout(req.timeout, Duration::from_secs(3600));
+                    let _ = bounds::valid_node_id(&req.sender);
+                    let _ = meta_pairs(req.meta.as_ref());
+                    if let Some(p) = &req.params {
+                        let _ = p.to_json();
+                        let _ = p.to_msgpack();
+                    }
+                }
+                if let Ok(res) = wire.decode_response(bytes) {
+                    let _ = uuid::Uuid::try_parse(&res.id);
+                    if let Some(e) = res.error {
+                        let _ = error_from_wire(e, "a.b", "n");
+                    }
+                    let _ = res.data.map(Data::into_value);
+                }
+                if let Ok(event) = wire.decode_event(bytes) {
+                    let _ = event.data.as_ref().map(Data::to_msgpack);
+                    let _ = meta_pairs(event.meta.as_ref());
+                }
+                if let Ok(info) = wire.decode::<Info>("INFO", bytes) {
+                    let mut r = crate::transport::registry::Registry::new("MOL");
+                    let _ = r.apply_info(&info, bytes.len());
+                    let _ = r.reports();
+                    let _ = r.event_targets("a.b", true, &[]);
+                }
+                let _ = wire.decode::<Header>("DISCOVER", bytes);
+                let _ = wire.decode::<Heartbeat>("HEARTBEAT", bytes);
+                if let Ok(ping) = wire.decode::<Ping>("PONG", bytes) {
+                    let _ = 0i64.saturating_sub(ping.time);
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                read_everything(&bytes);
+            }
+
+            #[test]
+            fn hostile_json_packets_never_panic(packet in hostile_packet()) {
+                read_everything(&serde_json::to_vec(&packet).expect("json"));
+            }
+
+            #[test]
+            fn hostile_msgpack_packets_never_panic(packet in hostile_packet()) {
+                read_everything(&rmp_serde::to_vec_named(&packet).expect("msgpack"));
+            }
+
+            #[test]
+            fn mangled_packets_never_panic(packet in hostile_packet(), cut in any::<prop::sample::Index>(), flip in any::<u8>()) {
+                let mut bytes = serde_json::to_vec(&packet).expect("json");
+                let at = cut.index(bytes.len().max(1)).min(bytes.len().saturating_sub(1));
+                if let Some(b) = bytes.get_mut(at) {
+                    *b ^= flip;
+                }
+                read_everything(&bytes);
+                read_everything(&bytes[..at]);
+            }
+        }
+
+        #[test]
+        fn the_packet_that_stopped_a_node_reads_safely() {
+            let bytes =
+                br#"{"ver":"4","sender":"x","id":"1","action":"a.b","params":{},"timeout":1e300}"#;
+            let req = Wire(Serializer::Json).decode_request(bytes).expect("a REQ");
+            assert_eq!(
+                bounds::caller_timeout(req.timeout, Duration::from_secs(3600)),
+                Duration::from_secs(3600)
+            );
+        }
+    }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use async_nats::Subject;
 use serde_json::Value;
 
+use super::bounds::{MAX_ACTIONS_PER_NODE, MAX_INFO_BYTES, MAX_NAME, MAX_NODES};
 use super::packet::Info;
 
 /// One remote node.
@@ -33,6 +34,8 @@ struct Node {
     listeners: Vec<(String, String)>,
     req: Subject,
     event: Subject,
+    /// Bytes of the INFO it came from (see [`MAX_INFO_BYTES`]).
+    size: usize,
 }
 
 /// The nodes serving one action.
@@ -85,6 +88,8 @@ pub struct Registry {
     nodes: HashMap<Arc<str>, Node>,
     actions: HashMap<String, Endpoints>,
     groups: HashMap<String, Group>,
+    /// The sum of the nodes' `size`.
+    info_bytes: usize,
 }
 
 impl Registry {
@@ -95,11 +100,39 @@ impl Registry {
             nodes: HashMap::new(),
             actions: HashMap::new(),
             groups: HashMap::new(),
+            info_bytes: 0,
         }
     }
 
-    /// Records a node's INFO.
-    pub fn apply_info(&mut self, info: &Info) -> Joined {
+    /// How many nodes are known.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node is known.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Bytes of the INFO packets kept.
+    pub fn info_bytes(&self) -> usize {
+        self.info_bytes
+    }
+
+    /// Records a node's INFO of `size` bytes (its sender already checked);
+    /// refused, naming the bound, when keeping it would pass one.
+    pub fn apply_info(&mut self, info: &Info, size: usize) -> Result<Joined, String> {
+        let old_size = self.nodes.get(info.sender.as_str()).map(|n| n.size);
+        if old_size.is_none() && self.nodes.len() >= MAX_NODES {
+            return Err(format!("{MAX_NODES} nodes are known already"));
+        }
+        if self.info_bytes - old_size.unwrap_or(0) + size > MAX_INFO_BYTES {
+            return Err(format!(
+                "the INFO packets kept would pass {} MiB",
+                MAX_INFO_BYTES >> 20
+            ));
+        }
+        check_counts(info)?;
         let id: Arc<str> = info.sender.as_str().into();
         let seq = info.seq.unwrap_or(1);
         let mut services = Vec::new();
@@ -163,12 +196,14 @@ impl Registry {
             listeners,
             req: format!("{}.REQ.{id}", self.prefix).into(),
             event: format!("{}.EVENT.{id}", self.prefix).into(),
+            size,
         };
+        self.info_bytes = self.info_bytes - old_size.unwrap_or(0) + size;
         self.nodes.insert(id, node);
         if joined != Joined::Same {
             self.reindex();
         }
-        joined
+        Ok(joined)
     }
 
     /// Notes a HEARTBEAT; `false` when the node is unknown (ask for its INFO).
@@ -184,11 +219,12 @@ impl Registry {
 
     /// Forgets a node; `false` when it was not known.
     pub fn remove(&mut self, node: &str) -> bool {
-        let removed = self.nodes.remove(node).is_some();
-        if removed {
-            self.reindex();
-        }
-        removed
+        let Some(removed) = self.nodes.remove(node) else {
+            return false;
+        };
+        self.info_bytes -= removed.size;
+        self.reindex();
+        true
     }
 
     /// Nodes not heard from for `timeout`.
@@ -349,6 +385,54 @@ impl Registry {
     }
 }
 
+/// Refuses an INFO with more actions or listeners than
+/// [`MAX_ACTIONS_PER_NODE`], or a name longer than [`MAX_NAME`].
+fn check_counts(info: &Info) -> Result<(), String> {
+    let long = |name: &str| name.len() > MAX_NAME;
+    let (mut actions, mut listeners) = (0usize, 0usize);
+    for service in &info.services {
+        actions += service.actions.as_ref().map_or(0, |a| a.len());
+        listeners += service.events.as_ref().map_or(0, |e| e.len());
+        let names = std::iter::once(service.name.as_str())
+            .chain(service.actions.iter().flatten().map(|(k, _)| k.as_str()))
+            .chain(service.events.iter().flatten().map(|(k, _)| k.as_str()));
+        if let Some(name) = names.into_iter().find(|n| long(n)) {
+            return Err(format!(
+                "a name of {} bytes (at most {MAX_NAME})",
+                name.len()
+            ));
+        }
+        // A `name` or `group` inside an entry stands for the key.
+        let inner = service
+            .actions
+            .iter()
+            .flatten()
+            .chain(service.events.iter().flatten())
+            .filter_map(|(_, v)| v.as_object())
+            .flat_map(|o| {
+                ["name", "group"]
+                    .into_iter()
+                    .filter_map(|k| o.get(k)?.as_str())
+            });
+        if let Some(name) = inner.into_iter().find(|n| long(n)) {
+            return Err(format!(
+                "a name of {} bytes (at most {MAX_NAME})",
+                name.len()
+            ));
+        }
+    }
+    if info.services.len() > MAX_ACTIONS_PER_NODE
+        || actions > MAX_ACTIONS_PER_NODE
+        || listeners > MAX_ACTIONS_PER_NODE
+    {
+        return Err(format!(
+            "{} services, {actions} actions and {listeners} event listeners (at most {MAX_ACTIONS_PER_NODE} each)",
+            info.services.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Moleculer's event name match: `*` is any run of characters but `.`,
 /// `**` any run at all, `?` one character; anything else is literal.
 pub fn matches(pattern: &str, name: &str) -> bool {
@@ -384,6 +468,43 @@ mod tests {
         serde_json::from_value(v).expect("info")
     }
 
+    impl Registry {
+        fn apply_info_ok(&mut self, info: &Info) -> Joined {
+            self.apply_info(info, 100).expect("within bounds")
+        }
+    }
+
+    #[test]
+    fn what_is_kept_from_the_wire_is_bounded() {
+        let mut r = Registry::new("MOL");
+        for i in 0..MAX_NODES {
+            r.apply_info(&info(&format!("n{i}"), "1", json!({})), 10)
+                .expect("fits");
+        }
+        assert!(
+            r.apply_info(&info("one-more", "1", json!({})), 10)
+                .unwrap_err()
+                .contains("nodes are known")
+        );
+        // A known node may still update itself.
+        r.apply_info(&info("n0", "2", json!({})), 10)
+            .expect("known");
+        assert!(r.remove("n1"));
+        assert_eq!(r.info_bytes(), (MAX_NODES - 1) * 10);
+        let big = r.apply_info(&info("big", "1", json!({})), MAX_INFO_BYTES);
+        assert!(big.unwrap_err().contains("MiB"));
+        let long = json!({ "services": [{ "name": "x".repeat(MAX_NAME + 1) }] });
+        assert!(r.apply_info(&info("long", "1", long), 10).is_err());
+        let inner = json!({ "services": [{ "name": "s", "actions": { "s.a": { "name": "y".repeat(MAX_NAME + 1) } } }] });
+        assert!(r.apply_info(&info("inner", "1", inner), 10).is_err());
+        let actions: serde_json::Map<String, Value> = (0..=MAX_ACTIONS_PER_NODE)
+            .map(|i| (format!("s.a{i}"), json!({})))
+            .collect();
+        let many = json!({ "services": [{ "name": "s", "actions": actions }] });
+        assert!(r.apply_info(&info("many", "1", many), 10).is_err());
+        assert_eq!(r.len(), MAX_NODES - 1);
+    }
+
     #[test]
     fn moleculer_event_patterns() {
         assert!(matches("order.placed", "order.placed"));
@@ -401,10 +522,10 @@ mod tests {
         let svc = json!({ "services": [{ "name": "greeter",
             "actions": { "greeter.hello": { "name": "greeter.hello" }, "greeter.secret": { "name": "greeter.secret", "visibility": "private" } },
             "events": { "order.*": { "name": "order.*", "group": "greeter" } } }] });
-        assert_eq!(r.apply_info(&info("a", "1", svc.clone())), Joined::New);
-        assert_eq!(r.apply_info(&info("b", "1", svc.clone())), Joined::New);
-        assert_eq!(r.apply_info(&info("b", "1", svc.clone())), Joined::Same);
-        assert_eq!(r.apply_info(&info("b", "2", svc)), Joined::Restarted);
+        assert_eq!(r.apply_info_ok(&info("a", "1", svc.clone())), Joined::New);
+        assert_eq!(r.apply_info_ok(&info("b", "1", svc.clone())), Joined::New);
+        assert_eq!(r.apply_info_ok(&info("b", "1", svc.clone())), Joined::Same);
+        assert_eq!(r.apply_info_ok(&info("b", "2", svc)), Joined::Restarted);
         let picks: Vec<String> = (0..4)
             .map(|_| r.pick("greeter.hello").unwrap().0.to_string())
             .collect();

@@ -1,0 +1,226 @@
+//! What this node takes from the bus: which node ids it accepts, how much
+//! it keeps per peer and in flight, and how it reports what it drops.
+//!
+//! Every packet is untrusted: anyone who can publish on the NATS server
+//! can send any bytes under any `sender`. These bounds make a hostile
+//! packet cost a log line (rate-limited) and nothing else: node ids are
+//! checked before they reach a subject or a map, what the registry keeps
+//! is capped, and numbers become durations without overflow.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The longest node id or namespace accepted (ours or a peer's).
+pub const MAX_NODE_ID: usize = 128;
+
+/// Packets larger than this are dropped unread (nats-server's own
+/// `max_payload`, 1 MB by default, usually cuts them first).
+pub const MAX_PACKET: usize = 8 << 20;
+
+/// At most this many remote nodes are remembered; INFO from more is refused.
+pub const MAX_NODES: usize = 1024;
+
+/// The INFO packets of all remembered nodes together may hold this many
+/// bytes; a node whose INFO would pass it is refused.
+pub const MAX_INFO_BYTES: usize = 64 << 20;
+
+/// One node may announce at most this many actions, and as many event
+/// listeners; an INFO with more is refused.
+pub const MAX_ACTIONS_PER_NODE: usize = 10_000;
+
+/// An action, service, event or group name longer than this makes its
+/// INFO refused.
+pub const MAX_NAME: usize = 256;
+
+/// Senders of another protocol version remembered (to warn once each);
+/// past this, more are ignored without a warning of their own.
+pub const MAX_WRONG_VERSION: usize = 256;
+
+/// Bytes of EVENT packets this node holds while the subscribed packages
+/// take them (each counts at least [`EVENT_OVERHEAD`]); past it, the event
+/// readers stop reading and the NATS client's buffer takes the rest.
+pub const EVENT_BUDGET: usize = 32 << 20;
+
+/// What one event in flight is counted as, at least (its task, context
+/// and copies), so that tiny events are bounded in number too.
+pub const EVENT_OVERHEAD: usize = 4 << 10;
+
+/// Messages the NATS client buffers per subscription of the control
+/// connection (REQ, RES, INFO, ...): their readers never wait for a
+/// package, so this only fills under a flood.
+pub const CONTROL_BUFFER: usize = 4096;
+
+/// Messages the NATS client buffers per EVENT reader: events wait for slow
+/// subscribers, so this is small; past it the client drops (and we log).
+pub const EVENT_BUFFER: usize = 64;
+
+/// Why a node id or namespace cannot be used in a NATS subject; `None`
+/// when it can. One rule for ours (manifest, `--node-id`) and peers'.
+pub fn token_problem(text: &str) -> Option<String> {
+    (!valid_node_id(text)).then(|| {
+        format!(
+            "{:?} cannot be part of a NATS subject (1 to {MAX_NODE_ID} characters, no whitespace, `.`, `*` or `>`)",
+            shorten(text)
+        )
+    })
+}
+
+/// Whether a node id (ours or a peer's) may be used in a subject.
+pub fn valid_node_id(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_NODE_ID && !text.contains(bad_in_token)
+}
+
+fn bad_in_token(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>')
+}
+
+/// `<hostname>-<pid>` with anything a subject cannot hold made `-`, cut to
+/// [`MAX_NODE_ID`]: a host name like `web.example.com` is common.
+pub fn sanitize_node_id(text: &str) -> String {
+    let mut id: String = text
+        .chars()
+        .map(|c| if bad_in_token(c) { '-' } else { c })
+        .collect();
+    while id.len() > MAX_NODE_ID {
+        id.pop();
+    }
+    if id.is_empty() {
+        id.push_str("node");
+    }
+    id
+}
+
+/// The first 64 characters of a peer's text, for a log line or an error.
+pub fn shorten(text: &str) -> &str {
+    clip(text, 64)
+}
+
+/// The first `chars` characters of `text`.
+pub fn clip(text: &str, chars: usize) -> &str {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
+
+/// How long a call from another node may wait: its `timeout` in
+/// milliseconds, any number at all (negative, NaN, 1e300), as a duration
+/// no longer than `most`; `most` when it names no limit.
+pub fn caller_timeout(ms: Option<f64>, most: Duration) -> Duration {
+    match ms {
+        Some(ms) if ms.is_finite() && ms > 0.0 => {
+            let most_ms = most.as_millis() as f64;
+            // `as` saturates; ms is finite and in (0, most_ms] here.
+            Duration::from_micros((ms.min(most_ms) * 1000.0) as u64).max(Duration::from_millis(1))
+        }
+        _ => most,
+    }
+}
+
+/// A warning at most once per second for packets dropped, with the count
+/// of those not logged since: a flood of bad packets costs no log flood.
+#[derive(Debug)]
+pub struct DropLog {
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Default for DropLog {
+    fn default() -> Self {
+        DropLog {
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DropLog {
+    /// Counts one dropped packet; `Some(n)` when it is to be logged now,
+    /// `n` being how many were dropped unlogged before it.
+    pub fn note(&self) -> Option<u64> {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some(at) if now.duration_since(at) < Duration::from_secs(1) => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(self.suppressed.swap(0, Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Packets dropped so far.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_from_the_wire_are_total() {
+        let most = Duration::from_secs(3600);
+        for ms in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -1.0,
+            -0.0,
+            0.0,
+            f64::MIN,
+        ] {
+            assert_eq!(caller_timeout(Some(ms), most), most, "{ms}");
+        }
+        assert_eq!(caller_timeout(None, most), most);
+        assert_eq!(caller_timeout(Some(1e300), most), most);
+        assert_eq!(caller_timeout(Some(f64::MAX), most), most);
+        assert_eq!(caller_timeout(Some(1e-300), most), Duration::from_millis(1));
+        assert_eq!(
+            caller_timeout(Some(1500.0), most),
+            Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
+    fn node_ids_that_could_reach_a_subject_are_refused() {
+        for bad in [
+            "",
+            "a b",
+            "a\r\nUNSUB 1",
+            "a.b",
+            "*",
+            ">",
+            "a\0",
+            "a\tb",
+            &"x".repeat(MAX_NODE_ID + 1),
+        ] {
+            assert!(!valid_node_id(bad), "{bad:?}");
+            assert!(token_problem(bad).is_some(), "{bad:?}");
+        }
+        for good in ["node-1", "wasm_a", "Ünïcode-1", &"x".repeat(MAX_NODE_ID)] {
+            assert!(valid_node_id(good), "{good:?}");
+            assert!(token_problem(good).is_none(), "{good:?}");
+        }
+        assert_eq!(sanitize_node_id("web.example.com-12"), "web-example-com-12");
+        assert!(valid_node_id(&sanitize_node_id(&"é.".repeat(200))));
+        assert!(valid_node_id(&sanitize_node_id("")));
+    }
+
+    #[test]
+    fn dropped_packets_are_logged_at_most_once_a_second() {
+        let log = DropLog::default();
+        assert_eq!(log.note(), Some(0));
+        assert_eq!(log.note(), None);
+        assert_eq!(log.note(), None);
+        assert_eq!(log.total(), 3);
+    }
+}

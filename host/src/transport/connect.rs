@@ -1,0 +1,161 @@
+//! Connecting to the NATS server: credentials (token, user and password,
+//! NKey seed, `.creds` file), TLS (a CA file, a client certificate), and
+//! keeping secrets out of logs and errors.
+//!
+//! Secrets are read when the node joins, from the environment or a file
+//! named in `[cluster]`; the settings hold only where they come from. A
+//! password in the transporter URL is shown as `***` wherever the URL is.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions};
+
+use super::TransportError;
+use crate::manifest::{ClusterAuth, ClusterSettings, Secret};
+
+/// The transporter URL with any `user:password@` shown as `***@`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Every secret in `url` (its user info), to scrub from a client's error text.
+fn scrub(message: &str, url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut out = message.replace(url, &redact(url));
+    if let Some(at) = rest[..authority_end].rfind('@') {
+        let info = &rest[..at];
+        for part in info.split(':').chain([info]) {
+            if part.len() >= 3 {
+                out = out.replace(part, "***");
+            }
+        }
+    }
+    out
+}
+
+/// Reads a secret; the error names its source, never its value.
+fn read_secret(secret: &Secret, what: &str) -> Result<String, TransportError> {
+    let (value, source) = match secret {
+        Secret::Env(name) => (std::env::var(name).ok(), format!("${name}")),
+        Secret::File(path) => (
+            std::fs::read_to_string(path).ok(),
+            path.display().to_string(),
+        ),
+    };
+    match value.map(|v| v.trim().to_owned()) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(TransportError::Credentials(format!(
+            "the NATS {what} from {source} is missing or empty"
+        ))),
+    }
+}
+
+fn readable(path: &Path, what: &str) -> Result<(), TransportError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        _ => Err(TransportError::Credentials(format!(
+            "the {what} {} is not a readable file",
+            path.display()
+        ))),
+    }
+}
+
+/// Connects with `settings`' credentials and TLS; `name` names the
+/// connection to the server, `capacity` is each subscription's buffer.
+pub async fn connect(
+    settings: &ClusterSettings,
+    name: String,
+    capacity: usize,
+) -> Result<Client, TransportError> {
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .no_echo()
+        .subscription_capacity(capacity)
+        .client_capacity(1 << 14)
+        .connection_timeout(Duration::from_secs(10));
+    options = match &settings.auth {
+        ClusterAuth::None => options,
+        ClusterAuth::Token(secret) => options.token(read_secret(secret, "token")?),
+        ClusterAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), read_secret(password, "password")?)
+        }
+        ClusterAuth::NKey(secret) => options.nkey(read_secret(secret, "NKey seed")?),
+        ClusterAuth::Credentials(path) => {
+            readable(path, "credentials file")?;
+            options.credentials_file(path).await.map_err(|e| {
+                TransportError::Credentials(format!(
+                    "the credentials file {} cannot be used: {e}",
+                    path.display()
+                ))
+            })?
+        }
+    };
+    let tls = &settings.tls;
+    if let Some(ca) = &tls.ca {
+        readable(ca, "TLS CA file")?;
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &tls.client {
+        readable(cert, "TLS client certificate")?;
+        readable(key, "TLS client key")?;
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if tls.required || tls.ca.is_some() || tls.client.is_some() {
+        options = options.require_tls(true);
+    }
+    let url = &settings.transporter;
+    options
+        .connect(url.as_str())
+        .await
+        .map_err(|e| TransportError::Connect {
+            url: redact(url),
+            message: scrub(&e.to_string(), url),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_secrets() {
+        assert_eq!(
+            redact("nats://app:s3cret@10.0.0.1:4222"),
+            "nats://***@10.0.0.1:4222"
+        );
+        assert_eq!(
+            redact("tls://tok3n@nats.example:4222/x"),
+            "tls://***@nats.example:4222/x"
+        );
+        assert_eq!(redact("nats://10.0.0.1:4222"), "nats://10.0.0.1:4222");
+        assert_eq!(redact("not a url"), "not a url");
+        let url = "nats://app:s3cret@10.0.0.1:4222";
+        let said = scrub(
+            "failed nats://app:s3cret@10.0.0.1:4222 (user app:s3cret)",
+            url,
+        );
+        assert!(!said.contains("s3cret"), "{said}");
+    }
+
+    #[test]
+    fn a_missing_secret_names_its_source_only() {
+        let e = read_secret(
+            &Secret::Env("STEEDOS_TEST_SURELY_UNSET_VARIABLE".into()),
+            "token",
+        )
+        .expect_err("unset");
+        assert_eq!(
+            e.to_string(),
+            "NATS credentials: the NATS token from $STEEDOS_TEST_SURELY_UNSET_VARIABLE is missing or empty"
+        );
+    }
+}
