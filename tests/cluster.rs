@@ -27,7 +27,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// `nats-server`, and the folder holding peer.js with its node_modules;
 /// `None` (after saying why) when one is missing outside CI.
-fn tools() -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn tools() -> Option<(PathBuf, PathBuf)> {
     let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("moleculer");
     let nats = [
         "/usr/sbin/nats-server",
@@ -61,13 +61,18 @@ fn tools() -> Option<(PathBuf, PathBuf)> {
 }
 
 /// A nats-server on a free port of 127.0.0.1, stopped when dropped.
-struct Nats {
+pub(crate) struct Nats {
     child: std::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Nats {
-    async fn start(binary: &Path) -> Nats {
+    pub(crate) async fn start(binary: &Path) -> Nats {
+        Nats::start_with(binary, &[]).await
+    }
+
+    /// With more nats-server flags (`--auth TOKEN`, `--user U --pass P`).
+    pub(crate) async fn start_with(binary: &Path, flags: &[&str]) -> Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("free port")
             .local_addr()
@@ -75,6 +80,7 @@ impl Nats {
             .port();
         let child = std::process::Command::new(binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -226,13 +232,13 @@ impl Peer {
 // ------------------------------------------------------------ steedos-wasm nodes
 
 /// A steedos-wasm node: an app and its transport.
-struct Node {
-    t: TestApp,
+pub(crate) struct Node {
+    pub(crate) t: TestApp,
     transport: Option<Transport>,
 }
 
 impl Node {
-    async fn start(
+    pub(crate) async fn start(
         nats: &str,
         node_id: &str,
         protocol: u8,
@@ -264,11 +270,11 @@ heartbeat_timeout = "2500ms"
         }
     }
 
-    fn transport(&self) -> &Transport {
+    pub(crate) fn transport(&self) -> &Transport {
         self.transport.as_ref().expect("joined")
     }
 
-    async fn wait_for(&self, action: &str) {
+    pub(crate) async fn wait_for(&self, action: &str) {
         assert!(
             self.transport()
                 .wait_for_action(action, Duration::from_secs(15))
@@ -277,7 +283,7 @@ heartbeat_timeout = "2500ms"
         );
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(t) = self.transport.take() {
             t.stop(Duration::from_secs(2)).await;
         }

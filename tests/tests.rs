@@ -3,6 +3,7 @@
 
 mod calls;
 mod cluster;
+mod cluster_hostile;
 mod events;
 mod faults;
 mod gateway;

@@ -1,0 +1,516 @@
+//! Hostile peers on the bus: a raw NATS client (async-nats, no Moleculer)
+//! publishes what an attacker would against a real steedos-wasm node on a
+//! real nats-server, and the node must keep serving, answer only what it
+//! publishes, keep bounded state, and take answers only from the node
+//! asked. Also NATS credentials: a server that requires a token or a user
+//! and password, and a wrong token.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use steedos_tests::eventually;
+use steedos_wasm::context::CallContext;
+use steedos_wasm::manifest::{ClusterAuth, Secret};
+use steedos_wasm::transport::Transport;
+
+use crate::cluster::{Nats, Node, tools};
+
+const GREETER_AND_TALLY: &str = r#"
+[packages.greeter]
+component = "{GREETER}"
+[packages.tally]
+component = "{TALLY}"
+"#;
+
+/// A raw NATS client speaking Moleculer's JSON by hand.
+struct Raw {
+    client: async_nats::Client,
+}
+
+impl Raw {
+    async fn connect(url: &str) -> Raw {
+        Raw::connect_with(url, async_nats::ConnectOptions::new()).await
+    }
+
+    async fn connect_with(url: &str, options: async_nats::ConnectOptions) -> Raw {
+        Raw {
+            client: options.connect(url).await.expect("raw client connects"),
+        }
+    }
+
+    async fn send(&self, subject: &str, packet: impl Into<Bytes>) {
+        self.client
+            .publish(subject.to_owned(), packet.into())
+            .await
+            .expect("publish");
+    }
+
+    async fn send_json(&self, subject: &str, packet: &Value) {
+        self.send(subject, serde_json::to_vec(packet).expect("json"))
+            .await;
+    }
+
+    async fn subscribe(&self, subject: &str) -> async_nats::Subscriber {
+        let sub = self
+            .client
+            .subscribe(subject.to_owned())
+            .await
+            .expect("subscribe");
+        self.client.flush().await.expect("flush");
+        sub
+    }
+
+    /// A legitimate Moleculer call of `action` on `node` as sender `me`:
+    /// the RES packet.
+    async fn call(&self, me: &str, node: &str, action: &str, params: Value) -> Value {
+        let mut answers = self.subscribe(&format!("MOL.RES.{me}")).await;
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = format!("legit-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        self.send_json(
+            &format!("MOL.REQ.{node}"),
+            &json!({ "ver": "4", "sender": me, "id": id, "action": action,
+                     "params": params, "meta": {}, "timeout": 10000, "level": 1 }),
+        )
+        .await;
+        next_json(&mut answers, Duration::from_secs(15))
+            .await
+            .expect("the node answers a legitimate call")
+    }
+}
+
+async fn next_json(sub: &mut async_nats::Subscriber, within: Duration) -> Option<Value> {
+    let message = tokio::time::timeout(within, sub.next()).await.ok()??;
+    serde_json::from_slice(&message.payload).ok()
+}
+
+/// Packets that each broke something once, or could: numbers that do not
+/// fit, senders that smuggle NATS protocol, wrong types, deep nesting,
+/// garbage. Each goes to every subject the node reads.
+fn hostile_packets() -> Vec<Vec<u8>> {
+    let inject = "x 0\r\n\r\nUNSUB 1\r\nPUB MOL.PWNED 5\r\nowned\r\n";
+    let mut deep = "[".repeat(100_000);
+    deep.push_str(&"]".repeat(100_000));
+    let packets = [
+        json!({ "ver": "4", "sender": "evil", "id": "1", "action": "greeter.hello", "params": { "name": "a" }, "timeout": 1e300 }),
+        json!({ "ver": "4", "sender": "evil", "id": "2", "action": "greeter.hello", "params": { "name": "a" }, "timeout": -5 }),
+        json!({ "ver": "4", "sender": "evil", "id": "3", "action": "greeter.hello", "params": { "name": "a" }, "timeout": 1.7e308, "level": 4_000_000_000u64 }),
+        json!({ "ver": "4", "sender": "evil", "id": "4", "action": "greeter.hello", "params": { "name": "a" }, "level": -1 }),
+        json!({ "ver": "4", "sender": inject, "id": "5", "action": "greeter.hello", "params": {} }),
+        json!({ "ver": "4", "sender": "a.*", "id": "6", "action": "greeter.hello", "params": {} }),
+        json!({ "ver": "4", "sender": ">", "services": [] }),
+        json!({ "ver": "4", "sender": "evil", "time": i64::MIN, "id": "p", "arrived": i64::MAX }),
+        json!({ "ver": "4", "sender": "evil", "id": "7", "success": true, "data": 1 }),
+        json!({ "ver": "4", "sender": "evil", "event": "test.x", "data": { "n": 1 }, "groups": [inject], "broadcast": false }),
+        json!({ "ver": "4", "sender": "evil", "services": [{ "name": 5 }] }),
+        json!({ "ver": 4, "sender": ["evil"] }),
+        json!({ "ver": "4", "sender": "evil", "services": { "not": "a list" }, "seq": -1 }),
+        json!(null),
+        json!("string"),
+    ];
+    let mut out: Vec<Vec<u8>> = packets
+        .iter()
+        .map(|p| serde_json::to_vec(p).expect("json"))
+        .collect();
+    out.push(deep.into_bytes());
+    out.push(vec![0xff, 0xfe, 0x00, 0x80]);
+    out.push(Vec::new());
+    out.push(
+        br#"{"ver":"4","sender":"evil","id":"8","action":"greeter.hello","timeout":1e999}"#
+            .to_vec(),
+    );
+    out
+}
+
+/// Regression: a REQ with `"timeout": 1e300` panicked the only task that
+/// reads REQs; the node kept advertising and never answered again. Every
+/// hostile packet on every subject is now dropped (counted), the huge
+/// timeout is clamped and served, and a legitimate call still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_packets_on_every_subject_do_not_stop_the_node() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let node = Node::start(&nats.url, "wasm-target", 4, "json", GREETER_AND_TALLY).await;
+    let raw = Raw::connect(&nats.url).await;
+    let mut evil_answers = raw.subscribe("MOL.RES.evil").await;
+    let subjects = [
+        "MOL.REQ.wasm-target",
+        "MOL.RES.wasm-target",
+        "MOL.EVENT.wasm-target",
+        "MOL.DISCOVER",
+        "MOL.DISCOVER.wasm-target",
+        "MOL.INFO",
+        "MOL.INFO.wasm-target",
+        "MOL.HEARTBEAT",
+        "MOL.PING",
+        "MOL.PING.wasm-target",
+        "MOL.PONG.wasm-target",
+        "MOL.DISCONNECT",
+    ];
+    for subject in subjects {
+        for packet in hostile_packets() {
+            raw.send(subject, packet).await;
+        }
+    }
+    // The REQ with a timeout of 1e300 is answered like any other.
+    let answered = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match next_json(&mut evil_answers, Duration::from_secs(15)).await {
+                Some(res) if res["id"] == "1" => return res,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the REQ with timeout 1e300 is answered");
+    assert_eq!(answered["success"], true, "{answered}");
+    assert_eq!(answered["data"], "Hello, a!", "{answered}");
+
+    let res = raw
+        .call(
+            "legit",
+            "wasm-target",
+            "greeter.hello",
+            json!({ "name": "Ada" }),
+        )
+        .await;
+    assert_eq!(res["success"], true, "{res}");
+    assert_eq!(res["data"], "Hello, Ada!", "{res}");
+    assert!(node.transport().stats().packets_dropped > 0);
+    // `evil` may be known (an INFO without services is a valid one), but
+    // serves nothing, and no bad sender is known.
+    let nodes = node.transport().nodes();
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.actions.is_empty() && (n.id == "evil" || n.id == "legit")),
+        "{nodes:?}"
+    );
+    node.stop().await;
+}
+
+/// Regression: a DISCOVER whose sender held `\r\nUNSUB 1\r\nPUB ...` made
+/// the node's own connection unsubscribe its REQ subject and publish where
+/// the attacker chose. Such a sender is refused: nothing reaches the
+/// attacker's subject and the REQ subscription still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_smuggling_nats_protocol_is_refused() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let node = Node::start(&nats.url, "wasm-target", 4, "json", GREETER_AND_TALLY).await;
+    let raw = Raw::connect(&nats.url).await;
+    let mut pwned = raw.subscribe("MOL.PWNED").await;
+    let mut everything = raw.subscribe(">").await;
+    let mut infos = raw.subscribe("MOL.INFO.spy").await;
+    for sid in 1..=20 {
+        let sender = format!("x 0\r\n\r\nUNSUB {sid}\r\nPUB MOL.PWNED 5\r\nowned\r\n");
+        for kind in ["DISCOVER", "HEARTBEAT", "PING"] {
+            raw.send_json(
+                &format!("MOL.{kind}"),
+                &json!({ "ver": "4", "sender": sender, "id": "p", "time": 0 }),
+            )
+            .await;
+        }
+    }
+    // A DISCOVER after them, answered: the node has read the ones before.
+    raw.send_json("MOL.DISCOVER", &json!({ "ver": "4", "sender": "spy" }))
+        .await;
+    let info = next_json(&mut infos, Duration::from_secs(15))
+        .await
+        .expect("INFO for the spy");
+    assert_eq!(info["sender"], "wasm-target");
+    let res = raw
+        .call(
+            "legit",
+            "wasm-target",
+            "greeter.hello",
+            json!({ "name": "Bo" }),
+        )
+        .await;
+    assert_eq!(
+        res["data"], "Hello, Bo!",
+        "the REQ subscription still works: {res}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), pwned.next())
+            .await
+            .is_err(),
+        "something was published on the attacker's subject"
+    );
+    // Nothing the node published went to a subject holding the smuggled text.
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(100), everything.next()).await
+    {
+        assert!(
+            !m.subject.contains("PWNED") && !m.subject.contains(' '),
+            "{}",
+            m.subject
+        );
+    }
+    node.stop().await;
+}
+
+/// Regression: pending-call ids were sequential and a RES was matched by
+/// its own `sender`, so a client that never saw a REQ answered it. Ids are
+/// random now: an attacker spraying guessed ids under the right sender
+/// name, and one answering a seen id under another name, are both ignored
+/// and the genuine answer arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_answers_are_not_taken() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let node = Node::start(&nats.url, "wasm-caller", 4, "json", GREETER_AND_TALLY).await;
+    // A fake Moleculer node `peer-b` serving `remote.slow`, answering each
+    // REQ after 600 ms; it tells the test the REQ's id meanwhile.
+    let peer = Raw::connect(&nats.url).await;
+    let mut reqs = peer.subscribe("MOL.REQ.peer-b").await;
+    let info = json!({ "ver": "4", "sender": "peer-b", "instanceID": "i1", "seq": 1,
+        "services": [{ "name": "remote", "actions": { "remote.slow": { "name": "remote.slow" } }, "events": {} }] });
+    peer.send_json("MOL.INFO", &info).await;
+    assert!(
+        node.transport()
+            .wait_for_action("remote.slow", Duration::from_secs(15))
+            .await
+    );
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let peer_client = peer.client.clone();
+    let answering = tokio::spawn(async move {
+        while let Some(m) = reqs.next().await {
+            let req: Value = serde_json::from_slice(&m.payload).expect("REQ");
+            let id = req["id"].as_str().expect("id").to_owned();
+            let _ = seen_tx.send(id.clone());
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let res = json!({ "ver": "4", "sender": "peer-b", "id": id, "success": true, "data": "genuine", "meta": {} });
+            let _ = peer_client
+                .publish(
+                    "MOL.RES.wasm-caller",
+                    serde_json::to_vec(&res).expect("json").into(),
+                )
+                .await;
+        }
+    });
+    let attacker = Raw::connect(&nats.url).await;
+    let broker = node.t.app.broker.clone();
+    let call = tokio::spawn(async move {
+        broker
+            .call_json(
+                "remote.slow",
+                b"{}",
+                CallContext::new(Duration::from_secs(10)),
+            )
+            .await
+    });
+    let real_id = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("the REQ reaches peer-b")
+        .expect("id");
+    // Guesses under the right sender: the old sequential ids, and more.
+    for guess in (0..2000)
+        .map(|i| i.to_string())
+        .chain(["00000000-0000-0000-0000-000000000001".into(), "".into()])
+    {
+        attacker
+            .send_json(
+                "MOL.RES.wasm-caller",
+                &json!({ "ver": "4", "sender": "peer-b", "id": guess, "success": true, "data": "forged" }),
+            )
+            .await;
+    }
+    // The real id, from a node it was not sent to.
+    attacker
+        .send_json(
+            "MOL.RES.wasm-caller",
+            &json!({ "ver": "4", "sender": "peer-c", "id": real_id, "success": true, "data": "forged" }),
+        )
+        .await;
+    let answer = call.await.expect("call task").expect("answered");
+    assert_eq!(answer, json!("genuine"));
+    answering.abort();
+    node.stop().await;
+}
+
+/// `[cluster] publish` lists what the cluster sees: other actions are not
+/// in INFO and a REQ for them is refused as not found, although a package
+/// here serves them (the gateway and local callers still reach them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublished_actions_are_neither_announced_nor_served() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let packages = format!("publish = [\"greeter.*\"]\n{GREETER_AND_TALLY}");
+    let node = Node::start(&nats.url, "wasm-target", 4, "json", &packages).await;
+    let raw = Raw::connect(&nats.url).await;
+    let mut infos = raw.subscribe("MOL.INFO.spy").await;
+    raw.send_json("MOL.DISCOVER", &json!({ "ver": "4", "sender": "spy" }))
+        .await;
+    let info = next_json(&mut infos, Duration::from_secs(15))
+        .await
+        .expect("INFO");
+    let actions: Vec<String> = info["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .flat_map(|s| {
+            s["actions"]
+                .as_object()
+                .into_iter()
+                .flat_map(|a| a.keys().cloned())
+        })
+        .collect();
+    assert!(actions.iter().any(|a| a == "greeter.hello"), "{actions:?}");
+    assert!(
+        actions.iter().all(|a| !a.starts_with("tally.")),
+        "{actions:?}"
+    );
+
+    let res = raw
+        .call("spy", "wasm-target", "tally.entries", json!({}))
+        .await;
+    assert_eq!(res["success"], false, "{res}");
+    assert_eq!(res["error"]["name"], "ServiceNotFoundError", "{res}");
+    let res = raw
+        .call(
+            "spy",
+            "wasm-target",
+            "greeter.hello",
+            json!({ "name": "Cy" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, Cy!", "{res}");
+    node.t.ok("tally.entries", json!({})).await;
+    node.stop().await;
+}
+
+/// Regression: 300 packets of another protocol version with 900 KB node
+/// ids kept 258 MB for good. Now a long id is refused before it is kept,
+/// other-version senders are remembered up to a bound, and so are nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_node_keeps_from_the_wire_is_bounded() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let node = Node::start(&nats.url, "wasm-target", 4, "json", GREETER_AND_TALLY).await;
+    let raw = Raw::connect(&nats.url).await;
+    let long = "n".repeat(900 * 1024);
+    for i in 0..40 {
+        raw.send_json(
+            "MOL.INFO",
+            &json!({ "ver": "3", "sender": format!("{long}{i}"), "services": [] }),
+        )
+        .await;
+    }
+    for i in 0..600 {
+        raw.send_json(
+            "MOL.HEARTBEAT",
+            &json!({ "ver": "5", "sender": format!("old-{i}"), "cpu": 1 }),
+        )
+        .await;
+    }
+    for i in 0..1100 {
+        raw.send_json(
+            "MOL.INFO",
+            &json!({ "ver": "4", "sender": format!("fake-{i}"), "instanceID": "x", "services": [] }),
+        )
+        .await;
+    }
+    let seen = eventually(Duration::from_secs(20), || async {
+        let stats = node.transport().stats();
+        (stats.packets_dropped >= 40 + 1100 - 1024 && stats.nodes_known == 1024).then_some(stats)
+    })
+    .await;
+    let stats = node.transport().stats();
+    assert!(seen.is_some(), "{stats:?}");
+    assert!(stats.wrong_version_senders <= 256, "{stats:?}");
+    assert!(stats.info_bytes < 1 << 20, "{stats:?}");
+    let res = raw
+        .call(
+            "legit",
+            "wasm-target",
+            "greeter.hello",
+            json!({ "name": "Di" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, Di!", "{res}");
+    node.stop().await;
+}
+
+/// A node joins a nats-server that requires credentials with a token or a
+/// user and password read from files, and a wrong token fails with the
+/// server's refusal named and without the secret in the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_files_let_a_node_join_a_locked_server() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    let wrong_file = secrets.path().join("wrong");
+    std::fs::write(&wrong_file, "wr0ng-token").expect("write");
+    let pass_file = secrets.path().join("pass");
+    std::fs::write(&pass_file, "pa55word").expect("write");
+
+    let locked = Nats::start_with(&nats_bin, &["--auth", "s3cret-token"]).await;
+    let with_token = format!(
+        "token_file = {:?}\n{GREETER_AND_TALLY}",
+        token_file.display().to_string()
+    );
+    let node = Node::start(&locked.url, "wasm-token", 4, "json", &with_token).await;
+    let raw = Raw::connect_with(
+        &locked.url,
+        async_nats::ConnectOptions::with_token("s3cret-token".into()),
+    )
+    .await;
+    let res = raw
+        .call(
+            "legit",
+            "wasm-token",
+            "greeter.hello",
+            json!({ "name": "Ed" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, Ed!", "{res}");
+
+    // Without credentials, and with the wrong token: refused, named.
+    let mut settings = node.t.app.manifest.cluster.clone().expect("[cluster]");
+    settings.node_id = Some("wasm-wrong".into());
+    settings.auth = ClusterAuth::Token(Secret::File(wrong_file));
+    let e = Transport::start(node.t.app.broker.clone(), settings.clone())
+        .await
+        .err()
+        .expect("a wrong token is refused")
+        .to_string();
+    assert!(e.contains("cannot connect to the transporter"), "{e}");
+    assert!(e.to_lowercase().contains("authorization"), "{e}");
+    assert!(!e.contains("wr0ng-token"), "{e}");
+    settings.auth = ClusterAuth::None;
+    settings.transporter = locked.url.replace("nats://", "nats://guess:guess-pass@");
+    let e = Transport::start(node.t.app.broker.clone(), settings)
+        .await
+        .err()
+        .expect("no token is refused")
+        .to_string();
+    assert!(!e.contains("guess-pass"), "{e}");
+    node.stop().await;
+    drop(raw);
+
+    let users = Nats::start_with(&nats_bin, &["--user", "shop", "--pass", "pa55word"]).await;
+    let with_user = format!(
+        "user = \"shop\"\npassword_file = {:?}\n{GREETER_AND_TALLY}",
+        pass_file.display().to_string()
+    );
+    let node = Node::start(&users.url, "wasm-user", 4, "json", &with_user).await;
+    let raw = Raw::connect_with(
+        &users.url,
+        async_nats::ConnectOptions::with_user_and_password("shop".into(), "pa55word".into()),
+    )
+    .await;
+    let res = raw
+        .call(
+            "legit",
+            "wasm-user",
+            "greeter.hello",
+            json!({ "name": "Fa" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, Fa!", "{res}");
+    node.stop().await;
+}
