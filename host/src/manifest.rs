@@ -62,7 +62,12 @@
 //!   the default, or `"msgpack"` between steedos-wasm nodes only),
 //!   `heartbeat_interval` (default 5s), `heartbeat_timeout` (default 30s,
 //!   more than the interval), `advertise` (default true: offer this host's
-//!   packages to the cluster). See [`transport`](crate::transport).
+//!   packages to the cluster), `publish` (the actions announced to and
+//!   served to the cluster, default `["*"]`), one kind of credentials
+//!   (`token_env`/`token_file`, `user` with `password_env`/`password_file`,
+//!   `nkey_seed_env`/`nkey_seed_file`, or `credentials`, a `.creds` file),
+//!   and TLS (`tls`, `tls_ca`, `tls_cert` with `tls_key`); the transporter
+//!   may be `nats://` or `tls://`. See [`transport`](crate::transport).
 //! - `[packages.<name>.grants]`: nothing unless granted. `dirs` (host folders
 //!   preopened in the guest, `{ host, guest, read_only }`; `host` must exist,
 //!   and may neither be, hold, nor sit inside a folder of the host's own

@@ -38,22 +38,18 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_WRONG_VERSION: usize = 256;
 
 /// Bytes of EVENT packets this node holds while the subscribed packages
-/// take them (each counts at least [`EVENT_OVERHEAD`]); past it, the event
-/// readers stop reading and the NATS client's buffer takes the rest.
+/// take them (each counts at least [`EVENT_OVERHEAD`]); past it, events
+/// from the bus are dropped and counted (NATS cannot slow their sender).
 pub const EVENT_BUDGET: usize = 32 << 20;
 
 /// What one event in flight is counted as, at least (its task, context
 /// and copies), so that tiny events are bounded in number too.
 pub const EVENT_OVERHEAD: usize = 4 << 10;
 
-/// Messages the NATS client buffers per subscription of the control
-/// connection (REQ, RES, INFO, ...): their readers never wait for a
-/// package, so this only fills under a flood.
-pub const CONTROL_BUFFER: usize = 4096;
-
-/// Messages the NATS client buffers per EVENT reader: events wait for slow
-/// subscribers, so this is small; past it the client drops (and we log).
-pub const EVENT_BUFFER: usize = 64;
+/// Messages the NATS client buffers per subscription (it had 262,144):
+/// every reader drains its subscription at once (events into
+/// [`EVENT_BUDGET`]), so this holds a burst, not a backlog.
+pub const SUBSCRIPTION_BUFFER: usize = 4096;
 
 /// Why a node id or namespace cannot be used in a NATS subject; `None`
 /// when it can. One rule for ours (manifest, `--node-id`) and peers'.

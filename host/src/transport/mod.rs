@@ -45,6 +45,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Trust
+//! The bus is a trust boundary: every packet is untrusted and any peer may
+//! claim any node id (see the README's trust model). Node ids are checked
+//! before they reach a subject, call ids are random and a RES is taken only
+//! from the node asked, only `publish`ed actions are announced and served,
+//! and what a peer can make this node keep is bounded ([`bounds`]). The
+//! server's own security (credentials, TLS) is set up in `connect`.
+//!
 //! Not supported: streams, `disableBalancer` (REQB/EVENTB subjects),
 //! event acknowledgements, and other transporters than NATS.
 
@@ -288,15 +296,7 @@ impl Transport {
         let client = connect::connect(
             &settings,
             format!("steedos-wasm {node_id}"),
-            bounds::CONTROL_BUFFER,
-        )
-        .await?;
-        // Events wait for slow subscribers: a connection of their own
-        // keeps their buffer small without shrinking REQ's and RES's.
-        let events_client = connect::connect(
-            &settings,
-            format!("steedos-wasm {node_id} events"),
-            bounds::EVENT_BUFFER,
+            bounds::SUBSCRIPTION_BUFFER,
         )
         .await?;
         let (outbox, outgoing) = mpsc::unbounded_channel();
@@ -352,7 +352,7 @@ impl Transport {
             for _ in 0..readers {
                 let subscribed = match kind {
                     Kind::Event => {
-                        events_client
+                        client
                             .queue_subscribe(subject.clone(), "steedos-events".into())
                             .await
                     }
@@ -370,12 +370,10 @@ impl Transport {
             Arc::downgrade(&shared),
             outgoing,
         )));
-        for c in [&client, &events_client] {
-            c.flush().await.map_err(|e| TransportError::Connect {
-                url: redact(&shared.settings.transporter),
-                message: e.to_string(),
-            })?;
-        }
+        client.flush().await.map_err(|e| TransportError::Connect {
+            url: redact(&shared.settings.transporter),
+            message: e.to_string(),
+        })?;
         broker.set_remote(Some(Arc::new(Route(shared.clone()))));
         shared
             .publish_now(
@@ -757,39 +755,62 @@ impl Shared {
 
     /// Reads every packet of one subscription.
     async fn listen(self: Arc<Self>, kind: Kind, mut subscriber: async_nats::Subscriber) {
+        if kind == Kind::Event {
+            return self.listen_events(subscriber).await;
+        }
         while let Some(message) = subscriber.next().await {
-            let bytes = message.payload;
-            if bytes.len() > bounds::MAX_PACKET {
-                self.dropped(
-                    kind,
-                    &format!("{} bytes, over {}", bytes.len(), bounds::MAX_PACKET),
-                );
-                continue;
-            }
-            if kind != Kind::Event {
-                self.handle_guarded(kind, bytes).await;
-                continue;
-            }
-            // An event is held until its subscribers took it: within the
-            // budget, else this reader waits (and NATS buffers, then drops).
-            let cost = (bytes.len() + bounds::EVENT_OVERHEAD).min(bounds::EVENT_BUDGET);
-            let cost = u32::try_from(cost).unwrap_or(u32::MAX);
-            let Ok(permit) = self.event_budget.clone().acquire_many_owned(cost).await else {
-                return;
-            };
-            let shared = self.clone();
-            let mut delivery = Box::pin(async move {
-                let _permit = permit;
-                shared.handle_guarded(kind, bytes).await;
-            });
-            // Most deliveries finish in their first poll; one that waits
-            // for room goes on in a task of its own, so the next events
-            // (to other subscribers) are read meanwhile.
-            let first = std::future::poll_fn(|cx| Poll::Ready(delivery.as_mut().poll(cx))).await;
-            if first.is_pending() {
-                tokio::spawn(delivery);
+            if self.fits(kind, &message.payload) {
+                self.handle_guarded(kind, message.payload).await;
             }
         }
+    }
+
+    /// Reads EVENTs: a delivery waits while its subscribers have no room
+    /// (backpressure), and the events read meanwhile wait here, within
+    /// [`bounds::EVENT_BUDGET`] bytes; past it they are dropped and counted.
+    /// The subscription itself is always drained: the NATS client, left to
+    /// buffer, would drop a burst anyway and hold up to its capacity in
+    /// messages of any size.
+    async fn listen_events(self: Arc<Self>, mut subscriber: async_nats::Subscriber) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let read = async {
+            while let Some(message) = subscriber.next().await {
+                if !self.fits(Kind::Event, &message.payload) {
+                    continue;
+                }
+                let cost = message.payload.len() + bounds::EVENT_OVERHEAD;
+                let cost = u32::try_from(cost.min(bounds::EVENT_BUDGET)).unwrap_or(u32::MAX);
+                let Ok(held) = self.event_budget.clone().try_acquire_many_owned(cost) else {
+                    self.dropped(
+                        Kind::Event,
+                        "the events waiting for subscribers here passed their budget",
+                    );
+                    continue;
+                };
+                if tx.send((message.payload, held)).is_err() {
+                    return;
+                }
+            }
+        };
+        let deliver = async {
+            while let Some((bytes, _held)) = rx.recv().await {
+                self.handle_guarded(Kind::Event, bytes).await;
+            }
+        };
+        // One task for both: aborting the reader ends both.
+        tokio::join!(read, deliver);
+    }
+
+    /// Whether a packet is small enough to read at all.
+    fn fits(&self, kind: Kind, bytes: &[u8]) -> bool {
+        let fits = bytes.len() <= bounds::MAX_PACKET;
+        if !fits {
+            self.dropped(
+                kind,
+                &format!("{} bytes, over {}", bytes.len(), bounds::MAX_PACKET),
+            );
+        }
+        fits
     }
 
     /// Handles one packet; a bad one (even one that panics a handler) is
