@@ -520,3 +520,158 @@ async fn credentials_from_files_let_a_node_join_a_locked_server() {
     assert_eq!(res["data"], "Hello, Fa!", "{res}");
     node.stop().await;
 }
+
+/// Runs `openssl` with `args` in `dir`; `false` when it is not installed.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    match std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(status) => {
+            assert!(status.success(), "openssl {args:?} failed");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn make_certs(dir: &std::path::Path) -> bool {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write");
+    let ca: Vec<&str> = ["req", "-x509"]
+        .into_iter()
+        .chain(ec)
+        .chain([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=steedos-test-ca",
+        ])
+        .collect();
+    if !openssl(dir, &ca) {
+        return false;
+    }
+    for who in ["server", "client"] {
+        let (key, csr, pem, ext) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+        );
+        let req: Vec<&str> = ["req"]
+            .into_iter()
+            .chain(ec)
+            .chain(["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"])
+            .collect();
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+    true
+}
+
+/// TLS with a CA file and a client certificate: a nats-server that
+/// verifies clients takes the node with `tls_ca`, `tls_cert` and
+/// `tls_key`, and refuses one without a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_and_a_client_certificate() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let certs = tempfile::tempdir().expect("tempdir");
+    if !make_certs(certs.path()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the TLS test needs openssl under CI"
+        );
+        eprintln!("skipping the TLS test: openssl is not installed");
+        return;
+    }
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let nats = Nats::start_with(
+        &nats_bin,
+        &[
+            "--tls",
+            "--tlscert",
+            &path("server.pem"),
+            "--tlskey",
+            &path("server.key"),
+            "--tlscacert",
+            &path("ca.pem"),
+            "--tlsverify",
+        ],
+    )
+    .await;
+    let tls = format!(
+        "tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n{GREETER_AND_TALLY}",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key")
+    );
+    let node = Node::start(&nats.url, "wasm-tls", 4, "json", &tls).await;
+    let raw = Raw::connect_with(
+        &nats.url,
+        async_nats::ConnectOptions::new()
+            .add_root_certificates(certs.path().join("ca.pem"))
+            .add_client_certificate(
+                certs.path().join("client.pem"),
+                certs.path().join("client.key"),
+            )
+            .require_tls(true),
+    )
+    .await;
+    let res = raw
+        .call(
+            "legit",
+            "wasm-tls",
+            "greeter.hello",
+            json!({ "name": "Gu" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, Gu!", "{res}");
+
+    let mut settings = node.t.app.manifest.cluster.clone().expect("[cluster]");
+    settings.node_id = Some("wasm-no-cert".into());
+    settings.tls.client = None;
+    let refused = Transport::start(node.t.app.broker.clone(), settings).await;
+    assert!(
+        refused.is_err(),
+        "a node without a client certificate joined"
+    );
+    node.stop().await;
+}

@@ -774,6 +774,7 @@ impl Shared {
     async fn listen_events(self: Arc<Self>, mut subscriber: async_nats::Subscriber) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let read = async {
+            let tx = tx; // dropped when the subscription ends, ending `deliver`
             while let Some(message) = subscriber.next().await {
                 if !self.fits(Kind::Event, &message.payload) {
                     continue;
