@@ -974,12 +974,17 @@ impl Shared {
             return;
         }
         let timeout = bounds::caller_timeout(req.timeout, NO_CALLER_TIMEOUT);
-        let request_id = req.request_id.clone().unwrap_or_else(|| req.id.clone());
+        // Ids and names travel on into logs and our own packets: cut to a sane length.
+        let request_id = req.request_id.as_deref().unwrap_or(&req.id);
+        let request_id = bounds::clip(request_id, bounds::MAX_NAME);
         let mut ctx = CallContext::with_request_id(request_id, timeout);
         // The caller's place in the call tree on its node: the depth limit
         // counts those levels, and the callee sees who called it.
         ctx.upstream_levels = req.level.map_or(0, |l| l.saturating_sub(1));
-        ctx.upstream_caller = req.caller.as_deref().map(Arc::from);
+        ctx.upstream_caller = req
+            .caller
+            .as_deref()
+            .map(|c| Arc::from(bounds::clip(c, bounds::MAX_NAME)));
         let pairs = packet::meta_pairs(req.meta.as_ref());
         if !pairs.is_empty() {
             ctx.meta = pairs.into();
