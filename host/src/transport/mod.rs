@@ -113,7 +113,7 @@ pub enum TransportError {
     /// This node's id or namespace cannot be part of a subject.
     #[error("cluster setting `{key}`: {problem}")]
     Settings {
-        /// `node_id` or `namespace`.
+        /// `node_id`, `namespace`, or `node` (a node id given to ping).
         key: &'static str,
         /// What is wrong with it.
         problem: String,
