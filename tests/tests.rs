@@ -7,6 +7,7 @@ mod cluster_hostile;
 mod events;
 mod faults;
 mod gateway;
+mod gateway_hostile;
 mod guest_logs;
 mod loading;
 mod operations;

@@ -213,11 +213,35 @@ pub struct GatewaySettings {
     pub max_body: u64,
     /// How long a client may take to send a request's headers.
     pub header_timeout: Duration,
-    /// How long an idle keep-alive connection is kept.
+    /// How long an idle keep-alive connection is kept, and how long a
+    /// client may take to take (read) a response.
     pub idle_timeout: Duration,
+    /// How long a client may take to send a request's body, on top of
+    /// what `min_body_rate` allows for the bytes it did send.
+    pub body_timeout: Duration,
+    /// The slowest a body may arrive, in bytes per second: each byte
+    /// received extends the body's deadline by `1 / min_body_rate` s.
+    pub min_body_rate: u64,
+    /// The most connections open at once; past it the least recently
+    /// active connection not running a call is closed, or the new one refused.
+    pub max_connections: u32,
+    /// Who may read `/health`, `/metrics` and `/openapi.json`.
+    pub ops: OpsAccess,
     /// The bearer token of the `/admin` API, read from the environment
     /// variable `admin_token_env` names; `None` leaves `/admin` off.
     pub admin_token: Option<String>,
+}
+
+/// Who may read the gateway's operational routes (`/health`, `/metrics`,
+/// `/openapi.json`): `[gateway] ops`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpsAccess {
+    /// Anyone who reaches the gateway (its default listen address is loopback).
+    Public,
+    /// Only requests with the admin bearer token.
+    Token,
+    /// Nobody: the routes answer 404.
+    Off,
 }
 
 impl Default for GatewaySettings {
@@ -229,6 +253,10 @@ impl Default for GatewaySettings {
             max_body: 1 << 20,
             header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(5),
+            min_body_rate: 1024,
+            max_connections: 10_000,
+            ops: OpsAccess::Public,
             admin_token: None,
         }
     }
@@ -772,6 +800,10 @@ struct RawGateway {
     max_body: Option<BodySize>,
     header_timeout: Option<DurationIn<1, HOUR_MS>>,
     idle_timeout: Option<DurationIn<1, DAY_MS>>,
+    body_timeout: Option<DurationIn<1, HOUR_MS>>,
+    min_body_rate: Option<BodySize>,
+    max_connections: Option<CountIn<1, 1_000_000>>,
+    ops: Option<Text>,
     admin_token_env: Option<EnvName>,
 }
 
@@ -1175,10 +1207,23 @@ impl<'a> Source<'a> {
                 .map_err(|e| scope.error(span.clone(), format!("aliases: {e}")))?;
             aliases.push(alias);
         }
+        let ops = match raw.ops.as_ref().map(|t| t.0.as_str()) {
+            None | Some("public") => OpsAccess::Public,
+            Some("token") => OpsAccess::Token,
+            Some("off") => OpsAccess::Off,
+            Some(other) => {
+                let at = find_key(value.get_ref(), "ops").unwrap_or_else(|| span.clone());
+                return Err(scope.error(
+                    at,
+                    format!("ops: {other:?} is not one of \"public\", \"token\", \"off\""),
+                ));
+            }
+        };
         let admin_token = raw
             .admin_token_env
             .and_then(|name| std::env::var(&name.0).ok())
             .filter(|t| !t.is_empty());
+        let header_timeout = raw.header_timeout.map_or(defaults.header_timeout, |d| d.0);
         Ok(GatewaySettings {
             listen,
             expose: raw
@@ -1189,8 +1234,15 @@ impl<'a> Source<'a> {
                 .collect(),
             aliases,
             max_body: raw.max_body.map_or(defaults.max_body, |s| s.0),
-            header_timeout: raw.header_timeout.map_or(defaults.header_timeout, |d| d.0),
+            header_timeout,
             idle_timeout: raw.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),
+            // A body, like a head, gets header_timeout unless told otherwise.
+            body_timeout: raw.body_timeout.map_or(header_timeout, |d| d.0),
+            min_body_rate: raw.min_body_rate.map_or(defaults.min_body_rate, |s| s.0),
+            max_connections: raw
+                .max_connections
+                .map_or(defaults.max_connections, |n| n.0),
+            ops,
             admin_token,
         })
     }

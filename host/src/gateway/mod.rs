@@ -12,17 +12,23 @@
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text format).
 //! - `GET /openapi.json`: OpenAPI 3.1 generated from the WIT types.
 //!
+//! Who may read those three is `[gateway] ops`: anyone (`public`, the
+//! default; the default listen address is loopback), only with the admin
+//! token (`token`), or nobody (`off`). None of them shows a package's last
+//! error (it may name host paths), and neither does a call's error.
+//!
 //! # Errors
 //! A JSON body `{"error": {"kind", "message", "package", "action",
 //! "request_id"}}` with a status by kind: malformed JSON or params 400,
 //! unknown 404, denied 403, the action's own error 422 (or the `status` its
 //! error value names), crashed 502, overloaded 503 with `Retry-After`,
-//! timeout 504, body too large 413, URI too long 414.
+//! timeout 504, body too large 413, body too slow 408, URI too long 414,
+//! head too large 431.
 //!
 //! # Limits
-//! Request body size, header count and size, URI length, a header-read
-//! timeout and an idle timeout per connection, so a slow or idle client
-//! cannot hold the server.
+//! Request body size, header count and size, URI length; deadlines on
+//! each phase of a connection and a bound on open connections, so that
+//! slow, idle or hostile clients cannot hold the server (see [`connection`]).
 //!
 //! # Operations
 //! `/admin` is off unless `[gateway] admin_token_env` names a set variable;
@@ -39,13 +45,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value, json};
@@ -56,9 +62,14 @@ use wasmtime::component::types::Type;
 
 use crate::broker::Broker;
 use crate::context::{CallContext, CallError, next_request_id};
-use crate::manifest::GatewaySettings;
+use crate::manifest::{GatewaySettings, OpsAccess};
 use crate::metrics::Metrics;
+use crate::supervisor::PackageState;
 use crate::transport::schema::rule_schema;
+
+mod connection;
+
+use connection::{BodyError, Connection, Connections, Tracked, Verdict, Watch, Watcher};
 
 /// The longest URI accepted.
 const MAX_URI: usize = 8 * 1024;
@@ -118,9 +129,22 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    open: Arc<AtomicUsize>,
+    limit: usize,
 }
 
 impl RunningGateway {
+    /// How many connections are open now.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The most connections it keeps open: `max_connections`, or less when
+    /// the open-file limit leaves less.
+    pub fn max_connections(&self) -> usize {
+        self.limit
+    }
+
     /// Stops accepting, lets requests in flight finish (up to `grace`).
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
@@ -162,37 +186,58 @@ impl Gateway {
         })
     }
 
-    /// Listens on `addr` (port 0 picks a free one) and serves in the background.
+    /// Listens on `addr` (port 0 picks a free one) and serves in the
+    /// background. Raises the process's open-file limit first (see
+    /// [`connection`]).
     pub async fn bind(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<RunningGateway> {
+        let limit = connection::connection_limit(self.settings.max_connections);
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
+        let connections = Connections::new(limit, open.clone());
         let gateway = self.clone();
-        let task = tokio::spawn(async move { gateway.accept(listener, stopped).await });
-        tracing::info!(%addr, "gateway listening");
-        Ok(RunningGateway { addr, stop, task })
+        let task =
+            tokio::spawn(async move { gateway.accept(listener, connections, stopped).await });
+        tracing::info!(%addr, max_connections = limit, "gateway listening");
+        Ok(RunningGateway {
+            addr,
+            stop,
+            task,
+            open,
+            limit,
+        })
     }
 
-    async fn accept(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        let mut connections = tokio::task::JoinSet::new();
+    async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut connections: Connections,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Ok(stream) = connections.admit(stream).await else {
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
-                        connections.spawn(self.clone().connection(stream, peer, stop.clone()));
+                        let (gateway, stop, epoch) = (self.clone(), stop.clone(), connections.epoch());
+                        connections.spawn(move |c| gateway.connection(stream, peer, stop, c, epoch));
                     }
                     Err(e) => {
+                        // Out of files or memory: let connections end before trying again.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
                 _ = stop.changed() => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = connections.reap_one(), if !connections.is_empty() => {}
             }
         }
         drop(listener);
-        while connections.join_next().await.is_some() {}
+        while connections.reap_one().await {}
     }
 
     async fn connection(
@@ -200,30 +245,39 @@ impl Gateway {
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
         mut stop: watch::Receiver<bool>,
+        state: Arc<Connection>,
+        epoch: Instant,
     ) {
-        let activity = Arc::new(AtomicU64::new(0));
         let io = TokioIo::new(Tracked {
             inner: stream,
-            activity: activity.clone(),
+            connection: state.clone(),
         });
         let gateway = self.clone();
-        let service = hyper::service::service_fn(move |req| gateway.clone().handle(req));
+        let on_request = state.clone();
+        let service =
+            hyper::service::service_fn(move |req| gateway.clone().handle(req, on_request.clone()));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.settings.header_timeout)
             .max_headers(MAX_HEADERS)
             .max_buf_size(MAX_HEAD)
+            // Without it a head that arrives in one large read is parsed whole.
+            .max_header_size(MAX_HEAD)
             .keep_alive(true);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let idle = self.settings.idle_timeout;
+        let settings = &self.settings;
+        let watch = Watch {
+            idle: settings.idle_timeout,
+            stuck: settings.header_timeout + settings.idle_timeout,
+        };
         let mut tick = tokio::time::interval(
-            idle.min(Duration::from_secs(1))
-                .max(Duration::from_millis(10)),
+            (settings.idle_timeout.min(settings.header_timeout) / 2)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
         );
+        let mut watcher = Watcher::new();
         let mut closing = false;
-        let (mut seen, mut quiet_since) = (0, Instant::now());
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -232,19 +286,26 @@ impl Gateway {
                     }
                     return;
                 }
+                _ = state.evicted() => {
+                    tracing::debug!(%peer, "connection closed to make room (max_connections)");
+                    return;
+                }
                 _ = stop.changed(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tick.tick(), if !closing => {
-                    let now = activity.load(Ordering::Relaxed);
-                    if now != seen {
-                        (seen, quiet_since) = (now, Instant::now());
-                    } else if quiet_since.elapsed() >= idle {
+                _ = tick.tick() => match watcher.tick(&state, epoch, &watch) {
+                    Verdict::Fine => {}
+                    Verdict::Idle if !closing => {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                }
+                    Verdict::Idle => {}
+                    Verdict::Drop => {
+                        tracing::debug!(%peer, "connection dropped: the client does not take its response");
+                        return;
+                    }
+                },
             }
         }
     }
@@ -252,7 +313,9 @@ impl Gateway {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        connection: Arc<Connection>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
+        connection.request_started();
         let request_id = req
             .headers()
             .get("x-request-id")
@@ -261,14 +324,23 @@ impl Gateway {
             .map(Arc::<str>::from)
             .unwrap_or_else(next_request_id);
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.uri().path());
-        let mut response = self.route(req, &request_id).instrument(span).await;
+        let mut response = self
+            .route(req, &request_id, &connection)
+            .instrument(span)
+            .await;
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }
+        connection.request_done();
         Ok(response)
     }
 
-    async fn route(&self, req: Request<Incoming>, request_id: &Arc<str>) -> Response<Full<Bytes>> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        request_id: &Arc<str>,
+        connection: &Connection,
+    ) -> Response<Full<Bytes>> {
         if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
             return problem(
                 StatusCode::URI_TOO_LONG,
@@ -280,24 +352,76 @@ impl Gateway {
         }
         let path = req.uri().path().to_string();
         match (req.method(), path.as_str()) {
-            (&Method::GET, "/health") => self.health(),
-            (&Method::GET, "/metrics") => text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.render(&self.broker.reports()),
-            ),
-            (&Method::GET, "/openapi.json") => json_response(
-                StatusCode::OK,
-                &crate::openapi::document(&self.app, &self.broker, &self.settings),
-            ),
-            (&Method::POST, p) if p.starts_with("/api/") => self.api(req, &path, request_id).await,
-            (_, p) if p == "/admin" || p.starts_with("/admin/") => {
-                self.admin(req, &path, request_id).await
+            (&Method::GET, "/health" | "/metrics" | "/openapi.json") => {
+                if let Some(refused) = self.ops_refusal(&req, request_id) {
+                    return refused;
+                }
+                connection.working();
+                match path.as_str() {
+                    "/health" => self.health(),
+                    "/metrics" => text(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        self.metrics.render(&self.broker.reports()),
+                    ),
+                    _ => json_response(
+                        StatusCode::OK,
+                        &crate::openapi::document(&self.app, &self.broker, &self.settings),
+                    ),
+                }
             }
-            _ => self.alias(req, &path, request_id).await,
+            (&Method::POST, p) if p.starts_with("/api/") => {
+                self.api(req, &path, request_id, connection).await
+            }
+            (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+                self.admin(req, &path, request_id, connection).await
+            }
+            _ => self.alias(req, &path, request_id, connection).await,
         }
     }
 
+    /// Whether `req` carries the admin bearer token. Both sides are hashed
+    /// first, so the comparison takes the same time whatever the length.
+    fn has_admin_token(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.settings.admin_token else {
+            return false;
+        };
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or(b"");
+        // blake3::Hash compares in constant time.
+        blake3::hash(given) == blake3::hash(token.as_bytes())
+    }
+
+    /// The answer to a request for an operational route that `[gateway]
+    /// ops` does not let it read; `None` when it may.
+    fn ops_refusal(
+        &self,
+        req: &Request<Incoming>,
+        request_id: &Arc<str>,
+    ) -> Option<Response<Full<Bytes>>> {
+        match self.settings.ops {
+            OpsAccess::Public => None,
+            OpsAccess::Token if self.has_admin_token(req) => None,
+            OpsAccess::Token => Some(unauthorized(
+                "this route needs the admin bearer token ([gateway] ops = \"token\")",
+                request_id,
+            )),
+            OpsAccess::Off => Some(problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no route for GET {}", req.uri().path()),
+                None,
+                request_id,
+            )),
+        }
+    }
+
+    /// Every package's state, for anyone `ops` lets read it: no last error,
+    /// which may name host paths (`/admin/packages` has it).
     fn health(&self) -> Response<Full<Bytes>> {
         let reports = self.broker.reports();
         let all_serving = reports.iter().all(|r| r.state == "serving");
@@ -310,7 +434,6 @@ impl Gateway {
                     "configured": r.instances,
                     "restarts": r.restarts,
                     "queued": r.queued,
-                    "last_error": r.last_error,
                     "circuits": r.circuits.iter().map(|(a, st)| (a.clone(), json!(st))).collect::<Map<String, Value>>(),
                 });
                 (r.name, v)
@@ -332,6 +455,7 @@ impl Gateway {
         req: Request<Incoming>,
         path: &str,
         request_id: &Arc<str>,
+        connection: &Connection,
     ) -> Response<Full<Bytes>> {
         let rest = &path["/api/".len()..];
         let Some((package, action)) = rest
@@ -365,6 +489,7 @@ impl Gateway {
             Ok(b) => b,
             Err(r) => return r,
         };
+        connection.working();
         let body = if body.iter().all(u8::is_ascii_whitespace) {
             Bytes::from_static(b"{}")
         } else {
@@ -378,6 +503,7 @@ impl Gateway {
         req: Request<Incoming>,
         path: &str,
         request_id: &Arc<str>,
+        connection: &Connection,
     ) -> Response<Full<Bytes>> {
         let method = req.method().as_str().to_string();
         let found = self
@@ -449,6 +575,7 @@ impl Gateway {
             object.insert(name, coerce(&raw, wants));
         }
         let body = serde_json::to_vec(&Value::Object(object)).unwrap_or_default();
+        connection.working();
         self.call(&action, &body, request_id).await
     }
 
@@ -457,8 +584,9 @@ impl Gateway {
         req: Request<Incoming>,
         path: &str,
         request_id: &Arc<str>,
+        connection: &Connection,
     ) -> Response<Full<Bytes>> {
-        let (Some(token), Some(operator)) = (&self.settings.admin_token, &self.operator) else {
+        let (Some(_), Some(operator)) = (&self.settings.admin_token, &self.operator) else {
             return problem(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -467,28 +595,8 @@ impl Gateway {
                 request_id,
             );
         };
-        let given = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            given.as_bytes(),
-            token.as_bytes(),
-        )) {
-            let mut r = problem(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required".into(),
-                None,
-                request_id,
-            );
-            r.headers_mut().insert(
-                hyper::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
-            return r;
+        if !self.has_admin_token(&req) {
+            return unauthorized("a valid bearer token is required", request_id);
         }
         let name = path
             .strip_prefix("/admin/packages")
@@ -509,22 +617,16 @@ impl Gateway {
                     form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                         .into_owned()
                         .collect();
-                let component = match Limited::new(req.into_body(), MAX_COMPONENT).collect().await {
-                    Ok(c) => c.to_bytes(),
-                    Err(e) => {
-                        return problem(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "too-large",
-                            format!("cannot read the component: {e}"),
-                            None,
-                            request_id,
-                        );
-                    }
+                let component = match self.read(req, MAX_COMPONENT).await {
+                    Ok(c) => c,
+                    Err(e) => return body_problem(e, None, request_id),
                 };
+                connection.working();
                 tracing::info!(package = %n, bytes = component.len(), "admin: deploy");
                 operator.deploy(n, component, settings).await
             }
             (Method::DELETE, Some(n)) if !n.is_empty() && !n.contains('/') => {
+                connection.working();
                 tracing::info!(package = %n, "admin: remove");
                 operator.remove(n).await
             }
@@ -551,6 +653,25 @@ impl Gateway {
         }
     }
 
+    /// `Retry-After` for an overloaded `action`: the seconds left of its
+    /// package's restart backoff, else 1.
+    fn retry_after(&self, action: &str) -> HeaderValue {
+        let left = action
+            .split_once('.')
+            .and_then(|(package, _)| self.broker.service(package))
+            .and_then(|s| match s.state() {
+                PackageState::Backoff { retry_at } => {
+                    Some(retry_at.saturating_duration_since(Instant::now()))
+                }
+                _ => None,
+            });
+        match left {
+            // Rounded up: a client that waits this long finds it restarted.
+            Some(left) => HeaderValue::from(left.as_secs() + u64::from(left.subsec_nanos() > 0)),
+            None => HeaderValue::from_static("1"),
+        }
+    }
+
     fn param_types(&self, action: &str) -> Vec<(String, Type)> {
         let Some((package, name)) = action.split_once('.') else {
             return Vec::new();
@@ -568,28 +689,15 @@ impl Gateway {
         request_id: &Arc<str>,
     ) -> Result<Bytes, Response<Full<Bytes>>> {
         let limit = usize::try_from(self.settings.max_body).unwrap_or(usize::MAX);
-        match Limited::new(req.into_body(), limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err(problem(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too-large",
-                    format!("the request body is larger than {limit} bytes"),
-                    Some(action),
-                    request_id,
-                ))
-            }
-            Err(e) => Err(problem(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                format!("cannot read the body: {e}"),
-                Some(action),
-                request_id,
-            )),
-        }
+        self.read(req, limit)
+            .await
+            .map_err(|e| body_problem(e, Some(action), request_id))
+    }
+
+    /// Reads a request body of at most `limit` bytes, in time (see [`connection`]).
+    async fn read(&self, req: Request<Incoming>, limit: usize) -> Result<Bytes, BodyError> {
+        let s = &self.settings;
+        connection::read_body(req.into_body(), limit, s.body_timeout, s.min_body_rate).await
     }
 
     async fn call(
@@ -607,18 +715,69 @@ impl Gateway {
                 let mut r = problem(
                     status,
                     e.kind(),
-                    e.message().to_string(),
+                    public_message(&e).into_owned(),
                     Some(action),
                     request_id,
                 );
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     r.headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                        .insert(RETRY_AFTER, self.retry_after(action));
                 }
                 r
             }
         }
     }
+}
+
+/// A call error's message as HTTP clients see it: without the host's
+/// record of why a package failed to load or last faulted (it may name
+/// host paths; the log and `/admin/packages` have it).
+fn public_message(e: &CallError) -> std::borrow::Cow<'_, str> {
+    let message = e.message();
+    if let CallError::Failed(_) = e {
+        return message.into(); // the action's own error value
+    }
+    // The broker's wording for the record of a package's fault.
+    if let Some((head, _)) = message.split_once("; last error: ") {
+        return format!("{head} (its last error is in the host's log)").into();
+    }
+    if let Some((head, _)) = message.split_once(" failed to load: ") {
+        return format!("{head} failed to load (why is in the host's log)").into();
+    }
+    message.into()
+}
+
+/// The answer to a body that could not be read; the connection is closed
+/// after it, since the rest of the body is not read.
+fn body_problem(
+    e: BodyError,
+    action: Option<&str>,
+    request_id: &Arc<str>,
+) -> Response<Full<Bytes>> {
+    let (status, kind) = match &e {
+        BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+        BodyError::TooSlow { .. } => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
+        BodyError::Read(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+    };
+    let mut r = problem(status, kind, e.to_string(), action, request_id);
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn unauthorized(message: &str, request_id: &Arc<str>) -> Response<Full<Bytes>> {
+    let mut r = problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        message.into(),
+        None,
+        request_id,
+    );
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    );
+    r
 }
 
 /// The HTTP status of a call error.
@@ -725,65 +884,50 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-/// A socket that counts the reads and writes that moved bytes, so the idle
-/// timeout can tell a quiet connection without reading the clock per I/O.
-struct Tracked {
-    inner: tokio::net::TcpStream,
-    activity: Arc<AtomicU64>,
-}
-
-impl Tracked {
-    fn touch(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl tokio::io::AsyncRead for Tracked {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
-        }
-        r
-    }
-}
-
-impl tokio::io::AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_call_error_kind_has_its_status() {
+        let m = || "x".to_string();
+        let cases = [
+            (CallError::InvalidParams(m()), 400),
+            (CallError::NotFound(m()), 404),
+            (CallError::Denied(m()), 403),
+            (CallError::Failed(m()), 422),
+            (CallError::Crashed(m()), 502),
+            (CallError::Overloaded(m()), 503),
+        ];
+        for (e, status) in cases {
+            assert_eq!(status_of(&e, "a.b").as_u16(), status, "{e:?}");
+        }
+        let named = CallError::Failed(r#"a.b: {"status":418,"message":"x"}"#.into());
+        assert_eq!(status_of(&named, "a.b").as_u16(), 418);
+    }
+
+    #[test]
+    fn public_messages_keep_host_records_out() {
+        let e = CallError::Overloaded(
+            "a.b: package `a` is in restart backoff (retry in 3s); last error: /srv/app/a.wasm trapped".into(),
+        );
+        assert!(
+            !public_message(&e).contains("/srv"),
+            "{}",
+            public_message(&e)
+        );
+        let e = CallError::NotFound(
+            "package `a` failed to load: cannot read component /srv/app/a.wasm".into(),
+        );
+        assert!(
+            !public_message(&e).contains("/srv"),
+            "{}",
+            public_message(&e)
+        );
+        // An action's own error value is the package's to word.
+        let e = CallError::Failed("a.b: see /docs; last error: none".into());
+        assert_eq!(public_message(&e), "a.b: see /docs; last error: none");
+    }
 
     #[test]
     fn remote_parameters_follow_their_fastest_validator_rules() {

@@ -1,0 +1,19 @@
+//! `statuses`: fails with an error value naming an HTTP status, so a test
+//! can pin the gateway's use of it.
+
+steedos_sdk::generate!({
+    path: ["../../wit", "wit"],
+    world: "test:statuses/statuses-package",
+});
+
+use exports::test::statuses::statuses::{Guest, Problem};
+
+struct Statuses;
+
+impl Guest for Statuses {
+    fn refuse(status: u32, message: String) -> Result<String, Problem> {
+        Err(Problem { status, message })
+    }
+}
+
+export!(Statuses);
