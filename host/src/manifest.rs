@@ -2555,4 +2555,37 @@ mod tests {
         assert_eq!(package.as_deref(), Some("p"));
         assert_eq!(message, "timeout: \"soon\" is not a duration (try \"5s\")");
     }
+
+    #[test]
+    fn gateway_connection_limits_and_ops_access() {
+        let defaults = parse_inline("").expect("empty").gateway;
+        assert_eq!(defaults.body_timeout, defaults.header_timeout);
+        assert_eq!(defaults.min_body_rate, 1024);
+        assert_eq!(defaults.max_connections, 10_000);
+        assert_eq!(defaults.ops, OpsAccess::Public);
+
+        let text = "[gateway]\nheader_timeout = \"2s\"\nops = \"token\"\nmax_connections = 64\n";
+        let g = parse_inline(text).expect("valid").gateway;
+        assert_eq!(
+            g.body_timeout,
+            Duration::from_secs(2),
+            "follows header_timeout"
+        );
+        assert_eq!((g.ops, g.max_connections), (OpsAccess::Token, 64));
+
+        let text = "[gateway]\nbody_timeout = \"9s\"\nmin_body_rate = \"16 KiB\"\nops = \"off\"\n";
+        let g = parse_inline(text).expect("valid").gateway;
+        assert_eq!(g.body_timeout, Duration::from_secs(9));
+        assert_eq!((g.min_body_rate, g.ops), (16 << 10, OpsAccess::Off));
+
+        for (bad, says) in [
+            ("ops = \"everyone\"", "ops: \"everyone\" is not one of"),
+            ("max_connections = 0", "out of range"),
+            ("min_body_rate = \"fast\"", "is not a size"),
+            ("body_timeout = \"0s\"", "out of range"),
+        ] {
+            let e = parse_inline(&format!("[gateway]\n{bad}\n")).expect_err(bad);
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
 }
