@@ -417,3 +417,111 @@ async fn an_error_value_naming_a_status_sets_the_http_status() {
         );
     }
 }
+
+/// `nats-server`, or `None` (after saying why) outside CI.
+fn nats_server() -> Option<std::path::PathBuf> {
+    let found = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists());
+    let ci = std::env::var_os("CI").is_some_and(|v| v == "true" || v == "1");
+    match found {
+        Some(p) => Some(p),
+        None if ci => panic!("this test must run under CI, but nats-server is not installed"),
+        None => {
+            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+            None
+        }
+    }
+}
+
+/// A call that another node of the cluster denies answers 403 over HTTP.
+/// The other node is a raw NATS client speaking the Moleculer protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_call_answers_403() {
+    use futures_util::StreamExt;
+    let Some(binary) = nats_server() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut server = std::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(&mut server);
+    let url = format!("nats://127.0.0.1:{port}");
+    let peer = eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move { async_nats::connect(&url).await.ok() }
+    })
+    .await
+    .expect("nats-server listens");
+
+    let t = TestApp::start(&format!(
+        r#"
+[cluster]
+transporter = "{url}"
+node_id = "gateway-node"
+[gateway.aliases]
+"GET /vault" = "vault.open"
+[packages.greeter]
+component = "{{GREETER}}"
+"#
+    ))
+    .await;
+    let mut requests = peer.subscribe("MOL.REQ.vault-node").await.expect("sub");
+    let settings = t.app.manifest.cluster.clone().expect("[cluster]");
+    let transport = steedos_wasm::transport::Transport::start(t.app.broker.clone(), settings)
+        .await
+        .expect("join");
+    let info = json!({
+        "ver": "4", "sender": "vault-node", "instanceID": "vault-1", "seq": 1,
+        "services": [{ "name": "vault", "actions": { "vault.open": { "name": "vault.open" } }, "events": {} }],
+        "hostname": "vault", "ipList": [], "client": { "type": "nodejs", "version": "0.14.35", "langVersion": "v20" },
+        "config": {}, "metadata": {}
+    });
+    peer.publish("MOL.INFO", info.to_string().into())
+        .await
+        .expect("INFO");
+    assert!(
+        transport
+            .wait_for_action("vault.open", Duration::from_secs(15))
+            .await,
+        "the raw peer's action is known"
+    );
+    let answering = tokio::spawn({
+        let peer = peer.clone();
+        async move {
+            while let Some(m) = requests.next().await {
+                let req: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                let res = json!({
+                    "ver": "4", "sender": "vault-node", "id": req["id"], "success": false, "data": null, "meta": {},
+                    "error": { "name": "MoleculerClientError", "message": "the vault is closed to you",
+                               "code": 403, "type": "DENIED", "data": null, "retryable": false }
+                });
+                let to = format!("MOL.RES.{}", req["sender"].as_str().unwrap_or_default());
+                let _ = peer.publish(to, res.to_string().into()).await;
+            }
+        }
+    });
+    let (_g, base) = t.gateway().await;
+    let (s, v) = get(&base, "/vault").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["kind"], "denied", "{v}");
+    answering.abort();
+    transport.stop(Duration::from_secs(1)).await;
+}
