@@ -494,15 +494,21 @@ component = "{{GREETER}}"
         "hostname": "vault", "ipList": [], "client": { "type": "nodejs", "version": "0.14.35", "langVersion": "v20" },
         "config": {}, "metadata": {}
     });
-    peer.publish("MOL.INFO", info.to_string().into())
-        .await
-        .expect("INFO");
-    assert!(
-        transport
-            .wait_for_action("vault.open", Duration::from_secs(15))
-            .await,
-        "the raw peer's action is known"
-    );
+    // Announced until the host has it (it may subscribe after the first).
+    let mut known = false;
+    for _ in 0..75 {
+        peer.publish("MOL.INFO", info.to_string().into())
+            .await
+            .expect("INFO");
+        if transport
+            .wait_for_action("vault.open", Duration::from_millis(200))
+            .await
+        {
+            known = true;
+            break;
+        }
+    }
+    assert!(known, "the raw peer's action is known");
     let answering = tokio::spawn({
         let peer = peer.clone();
         async move {

@@ -271,35 +271,60 @@ async fn past_max_connections_with_every_one_busy_a_client_gets_503() {
         r#"
 [gateway]
 expose = ["chaos.*"]
-max_connections = 1
+max_connections = 2
 [packages.chaos]
 component = "{CHAOS}"
+instances = 1
 timeout = "3s"
 restart = { max = 100, within = "1s" }
 "#,
     )
     .await;
-    let (g, base) = t.gateway().await;
+    let (_g, base) = t.gateway().await;
     let addr = addr_of(&base);
-    // One connection runs a long call (head and body in one write).
-    let mut busy = TcpStream::connect(&addr).await.expect("connect");
-    busy.write_all(b"POST /api/chaos/spin HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    // Two connections run long calls: one holds chaos's only instance, the
+    // other waits in its queue, so both are past reading their request.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"POST /api/chaos/spin HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            .await
+            .expect("write");
+        busy.push(s);
+    }
+    let queued = || {
+        t.app
+            .broker
+            .reports()
+            .into_iter()
+            .find(|r| r.name == "chaos")
+            .map_or(0, |r| r.queued)
+    };
+    eventually(GENEROUS, || async { (queued() == 1).then_some(()) })
         .await
-        .expect("write");
-    eventually(GENEROUS, || async { (g.connections() == 1).then_some(()) })
-        .await
-        .expect("the busy connection is open");
+        .expect("one call runs and one waits");
     let refused = exchange(&addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("an answer");
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
     assert_eq!(refused.json()["error"]["kind"], "overloaded", "{refused:?}");
-    // The busy call was not the one sacrificed: it ends with its timeout.
-    let answer = read_answer(&mut busy, &mut Vec::new())
-        .await
-        .expect("answer");
-    assert_eq!(answer.status, 504, "{answer:?}");
+    // Neither busy call was sacrificed: each is answered by its call (the
+    // running one times out; the waiting one may fail as the instance is
+    // replaced), not cut off.
+    let (mut a, mut b) = (busy.remove(0), busy.remove(0));
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
+    let first = tokio::time::timeout(GENEROUS, async {
+        tokio::select! {
+            r = read_answer(&mut a, &mut ba) => r,
+            r = read_answer(&mut b, &mut bb) => r,
+        }
+    })
+    .await
+    .expect("in time")
+    .expect("an answer");
+    assert!(matches!(first.status, 503 | 504), "{first:?}");
+    assert_eq!(first.json()["error"]["action"], "spin", "{first:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,26 +62,33 @@ pub(super) struct Connection {
     phase: AtomicU8,
     /// Requests handled so far.
     handled: AtomicU64,
-    /// When it last finished a request (or opened), in ms since the gateway
-    /// started; the least recent goes first when room is needed.
+    /// When it last finished a request (or opened), in ms since `epoch`;
+    /// the least recent goes first when room is needed.
     progress_ms: AtomicU64,
+    epoch: Instant,
+    /// Its place in the order of accepts.
+    seq: u64,
     evict: Notify,
 }
 
 impl Connection {
-    fn new(epoch: Instant) -> Connection {
+    fn new(epoch: Instant, seq: u64) -> Connection {
         Connection {
             activity: AtomicU64::new(0),
             phase: AtomicU8::new(WAITING),
             handled: AtomicU64::new(0),
             progress_ms: AtomicU64::new(millis_since(epoch)),
+            epoch,
+            seq,
             evict: Notify::new(),
         }
     }
 
     /// A request's head arrived: its body is read next.
     pub(super) fn request_started(&self) {
-        self.phase.store(READING, Ordering::Relaxed);
+        let _ = self
+            .phase
+            .compare_exchange(WAITING, READING, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The request is complete; its call runs now.
@@ -99,6 +106,10 @@ impl Connection {
                 (p != EVICTED).then_some(WAITING)
             });
         self.handled.fetch_add(1, Ordering::Relaxed);
+        // The engine's coarse clock: an atomic load, not a clock read.
+        let now = crate::engine::coarse_now().saturating_duration_since(self.epoch);
+        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        self.progress_ms.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -112,6 +123,7 @@ pub(super) struct Connections {
     epoch: Instant,
     tasks: JoinSet<()>,
     live: HashMap<Id, Arc<Connection>>,
+    accepted: u64,
     /// How many are open, for [`RunningGateway::connections`](super::RunningGateway::connections).
     open: Arc<AtomicUsize>,
     lingering: Arc<AtomicUsize>,
@@ -124,13 +136,10 @@ impl Connections {
             epoch: Instant::now(),
             tasks: JoinSet::new(),
             live: HashMap::new(),
+            accepted: 0,
             open,
             lingering: Arc::new(AtomicUsize::new(0)),
         }
-    }
-
-    pub(super) fn epoch(&self) -> Instant {
-        self.epoch
     }
 
     /// Makes room for `stream` (closing the least recently active
@@ -139,12 +148,30 @@ impl Connections {
         if self.live.len() < self.limit {
             return Ok(stream);
         }
-        let victim = self
-            .live
-            .iter()
-            .filter(|(_, c)| matches!(c.phase.load(Ordering::Relaxed), WAITING | READING))
-            .min_by_key(|(_, c)| c.progress_ms.load(Ordering::Relaxed))
-            .map(|(id, c)| (*id, c.clone()));
+        // The connection that runs no call and has served nothing (a slow
+        // client's mark) or else was least recently active, oldest first;
+        // claimed with a compare-exchange, since its request may start meanwhile.
+        let victim = loop {
+            let candidate = self
+                .live
+                .iter()
+                .map(|(id, c)| (id, c, c.phase.load(Ordering::Relaxed)))
+                .filter(|(_, _, phase)| matches!(*phase, WAITING | READING))
+                .min_by_key(|(_, c, _)| {
+                    let served = c.handled.load(Ordering::Relaxed) > 0;
+                    (served, c.progress_ms.load(Ordering::Relaxed), c.seq)
+                })
+                .map(|(id, c, phase)| (*id, c.clone(), phase));
+            let Some((id, c, phase)) = candidate else {
+                break None;
+            };
+            if c.phase
+                .compare_exchange(phase, EVICTED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                break Some((id, c));
+            }
+        };
         let Some((id, victim)) = victim else {
             tracing::warn!(
                 limit = self.limit,
@@ -153,7 +180,6 @@ impl Connections {
             self.refuse(stream);
             return Err(());
         };
-        victim.phase.store(EVICTED, Ordering::Relaxed);
         victim.evict.notify_one();
         tracing::debug!(
             limit = self.limit,
@@ -177,7 +203,8 @@ impl Connections {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let connection = Arc::new(Connection::new(self.epoch));
+        self.accepted += 1;
+        let connection = Arc::new(Connection::new(self.epoch, self.accepted));
         let handle = self.tasks.spawn(make(connection.clone()));
         self.live.insert(handle.id(), connection);
         self.open.store(self.live.len(), Ordering::Relaxed);
@@ -266,7 +293,7 @@ impl Watcher {
         }
     }
 
-    pub(super) fn tick(&mut self, c: &Connection, epoch: Instant, watch: &Watch) -> Verdict {
+    pub(super) fn tick(&mut self, c: &Connection, watch: &Watch) -> Verdict {
         let now = Instant::now();
         let activity = c.activity.load(Ordering::Relaxed);
         if activity != self.seen_activity {
@@ -276,7 +303,6 @@ impl Watcher {
         let phase = c.phase.load(Ordering::Relaxed);
         if handled != self.seen_handled {
             self.seen_handled = handled;
-            c.progress_ms.store(millis_since(epoch), Ordering::Relaxed);
             self.waiting_since = now;
         }
         if phase != WAITING {

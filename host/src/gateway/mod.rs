@@ -223,8 +223,8 @@ impl Gateway {
                             continue;
                         };
                         let _ = stream.set_nodelay(true);
-                        let (gateway, stop, epoch) = (self.clone(), stop.clone(), connections.epoch());
-                        connections.spawn(move |c| gateway.connection(stream, peer, stop, c, epoch));
+                        let (gateway, stop) = (self.clone(), stop.clone());
+                        connections.spawn(move |c| gateway.connection(stream, peer, stop, c));
                     }
                     Err(e) => {
                         // Out of files or memory: let connections end before trying again.
@@ -246,7 +246,6 @@ impl Gateway {
         peer: SocketAddr,
         mut stop: watch::Receiver<bool>,
         state: Arc<Connection>,
-        epoch: Instant,
     ) {
         let io = TokioIo::new(Tracked {
             inner: stream,
@@ -294,7 +293,7 @@ impl Gateway {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tick.tick() => match watcher.tick(&state, epoch, &watch) {
+                _ = tick.tick() => match watcher.tick(&state, &watch) {
                     Verdict::Fine => {}
                     Verdict::Idle if !closing => {
                         closing = true;
