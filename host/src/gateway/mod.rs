@@ -33,8 +33,9 @@
 //! # Operations
 //! `/admin` is off unless `[gateway] admin_token_env` names a set variable;
 //! then it takes `Authorization: Bearer <token>` (compared in constant
-//! time): `GET /admin/packages` lists packages, `PUT /admin/packages/<name>`
-//! with a component as the body deploys or upgrades one (settings as query
+//! time, whatever its length): `GET /admin/packages` lists packages (with
+//! each one's last error), `PUT /admin/packages/<name>` with a component
+//! (at most 256 MiB) as the body deploys or upgrades one (settings as query
 //! parameters: `instances`, `memory`, `timeout`, `events`, `calls`), and
 //! `DELETE /admin/packages/<name>` removes one.
 //!
