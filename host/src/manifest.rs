@@ -255,7 +255,7 @@ impl Default for GatewaySettings {
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(5),
             min_body_rate: 1024,
-            max_connections: 10_000,
+            max_connections: 4096,
             ops: OpsAccess::Public,
             admin_token: None,
         }
@@ -2561,7 +2561,7 @@ mod tests {
         let defaults = parse_inline("").expect("empty").gateway;
         assert_eq!(defaults.body_timeout, defaults.header_timeout);
         assert_eq!(defaults.min_body_rate, 1024);
-        assert_eq!(defaults.max_connections, 10_000);
+        assert_eq!(defaults.max_connections, 4096);
         assert_eq!(defaults.ops, OpsAccess::Public);
 
         let text = "[gateway]\nheader_timeout = \"2s\"\nops = \"token\"\nmax_connections = 64\n";
