@@ -1,6 +1,7 @@
 //! Integration tests of steedos-wasm, on real components built from source
 //! by `build.rs` (see `util.rs`). One test binary; one module per concern.
 
+mod bytes;
 mod calls;
 mod cluster;
 mod cluster_hostile;

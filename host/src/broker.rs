@@ -65,7 +65,8 @@ use crate::codec::{self, Format};
 use crate::context::{CallContext, CallError, Human};
 use crate::metrics::{ActionMetrics, Metrics};
 use crate::package::{
-    ActionType, BoxFuture, Caller, Fault, ImportTarget, LiveInstance, Package, Router, StartError,
+    ActionType, BoxFuture, Caller, Fault, ImportTarget, LiveInstance, Output, Package, Params,
+    Router, StartError, host_budget,
 };
 use crate::pool::{Checkout, InstancePool, Refusal, Unserved, Wait};
 use crate::resilience::{self, Admission, CircuitBreaker};
@@ -622,12 +623,13 @@ impl Broker {
         ctx: CallContext,
     ) -> Result<serde_json::Value, CallError> {
         let action_ty = &service.package.ty.actions[index];
-        let vals = decode_params(action_ty, action, Format::Json, params)
+        let args = decode_params(&service, action_ty, action, Format::Json, params)
             .inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
-        let value = self.invoke(&service, index, &vals, ctx).await?;
+        let value = self.invoke(&service, index, args.params(), ctx).await?;
         let (ty, val) = split_result(action, action_ty.result.as_ref(), value)?;
         match (ty, val) {
-            (Some(ty), Some(val)) => codec::to_json_value(&ty, &val)
+            (_, Some(Output::Bytes(bytes))) => Ok(codec::bytes_to_json(&bytes)),
+            (Some(ty), Some(out)) => codec::to_json_value(&ty, &out.into_val())
                 .map_err(|e| CallError::Failed(format!("{action}: cannot encode the result: {e}"))),
             _ => Ok(serde_json::Value::Null),
         }
@@ -641,7 +643,10 @@ impl Broker {
         ctx: CallContext,
     ) -> Result<Option<Val>, CallError> {
         let (service, index) = self.resolve(action)?;
-        self.invoke(&service, index, params, ctx).await
+        let out = self
+            .invoke(&service, index, Params::Vals(params), ctx)
+            .await?;
+        Ok(out.map(Output::into_val))
     }
 
     /// Publishes an event from the host itself (no grant applies). It is
@@ -713,9 +718,9 @@ impl Broker {
         &self,
         service: &Arc<Service>,
         action: usize,
-        params: &[Val],
+        params: Params<'_>,
         ctx: CallContext,
-    ) -> Result<Option<Val>, CallError> {
+    ) -> Result<Option<Output>, CallError> {
         self.invoke_protected(service, action, params, ctx, true)
             .await
     }
@@ -726,10 +731,10 @@ impl Broker {
         &self,
         service: &Arc<Service>,
         action: usize,
-        params: &[Val],
+        params: Params<'_>,
         ctx: CallContext,
         allow_fallback: bool,
-    ) -> Result<Option<Val>, CallError> {
+    ) -> Result<Option<Output>, CallError> {
         let policy = &service.policies[action];
         let mut attempt = 0;
         let outcome = loop {
@@ -792,15 +797,19 @@ impl Broker {
                     return outcome;
                 };
                 let from = &service.package.ty.actions[action];
-                let Some(fb_params) =
-                    fallback_params(from, &fb_service.package.ty.actions[fb_action], params)
-                else {
+                let to = &fb_service.package.ty.actions[fb_action];
+                let Some(fb_params) = fallback_params(from, to, params, &fb_service) else {
                     tracing::warn!(package = service.name(), fallback = %fallback, "the fallback's parameters do not fit; not called");
                     return outcome;
                 };
                 tracing::info!(package = service.name(), fallback = %fallback, "calling the fallback");
-                let call =
-                    Box::pin(self.invoke_protected(&fb_service, fb_action, &fb_params, ctx, false));
+                let call = Box::pin(self.invoke_protected(
+                    &fb_service,
+                    fb_action,
+                    fb_params.params(),
+                    ctx,
+                    false,
+                ));
                 call.await.or(outcome)
             }
             _ => outcome,
@@ -812,10 +821,10 @@ impl Broker {
         &self,
         service: &Arc<Service>,
         action: usize,
-        params: &[Val],
+        params: Params<'_>,
         ctx: CallContext,
         now: Instant,
-    ) -> Result<Option<Val>, CallError> {
+    ) -> Result<Option<Output>, CallError> {
         // A caller that never waits (its instances are always idle) still
         // gives the runtime back now and then, so restarts and timers run.
         tokio::task::consume_budget().await;
@@ -888,7 +897,8 @@ impl Broker {
             }
             Err(Refusal::NoInstance) => return Err(unavailable(service, &label())),
         };
-        let has_result = service.package.ty.actions[action].result.is_some();
+        let action_ty = &service.package.ty.actions[action];
+        let (has_result, bytes) = (action_ty.result.is_some(), action_ty.bytes);
         let deadline = ctx.deadline;
         let mut lease = Lease {
             broker: self,
@@ -896,7 +906,7 @@ impl Broker {
             instance: Some(instance),
         };
         let outcome = {
-            let run = std::pin::pin!(lease.get().call(action, params, has_result, ctx));
+            let run = std::pin::pin!(lease.get().call(action, params, bytes, has_result, ctx));
             // The epoch deadline stops a running guest. The outermost call also
             // keeps a timer, for a guest stuck in a host call; nested calls are
             // inside its future and go with it (their leases retire them).
@@ -1259,17 +1269,28 @@ async fn drain(service: &Service, deadline: Instant) -> usize {
 
 /// The fallback's parameters, taken by name from the failed call's: each
 /// must be there with the same type, or be an `option` (then `none`).
-fn fallback_params(from: &ActionType, to: &ActionType, params: &[Val]) -> Option<Vec<Val>> {
-    to.params
+fn fallback_params(
+    from: &ActionType,
+    to: &ActionType,
+    params: Params<'_>,
+    to_service: &Service,
+) -> Option<Decoded> {
+    let arg = |i: usize| match params {
+        Params::Vals(vals) => vals.get(i).cloned().map(codec::Arg::Val),
+        Params::Args(args) => args.get(i).cloned(),
+    };
+    let args: Vec<codec::Arg> = to
+        .params
         .iter()
         .map(
             |(name, ty)| match from.params.iter().position(|(n, t)| n == name && t == ty) {
-                Some(i) => params.get(i).cloned(),
-                None if matches!(ty, Type::Option(_)) => Some(Val::Option(None)),
+                Some(i) => arg(i),
+                None if matches!(ty, Type::Option(_)) => Some(codec::Arg::Val(Val::Option(None))),
                 None => None,
             },
         )
-        .collect()
+        .collect::<Option<_>>()?;
+    Decoded::new(args, to, to_service).ok()
 }
 
 /// Runs `call` until `deadline`; `None` if the deadline came first. The
@@ -1321,14 +1342,67 @@ fn unavailable(service: &Service, label: &str) -> CallError {
     }
 }
 
+/// A call's decoded parameters: bytes kept as bytes for a byte-shaped
+/// action, values for any other.
+enum Decoded {
+    Vals(Vec<Val>),
+    Args(Vec<codec::Arg>),
+}
+
+impl Decoded {
+    /// `args` in the form `action` of `service` takes; an error if as
+    /// values they would outgrow the package's host budget.
+    fn new(
+        args: Vec<codec::Arg>,
+        action: &ActionType,
+        service: &Service,
+    ) -> Result<Decoded, String> {
+        if action.bytes.is_some() {
+            return Ok(Decoded::Args(args));
+        }
+        let budget = host_budget(service.package.spec.memory);
+        let cost = args.iter().map(codec::Arg::val_cost).sum::<usize>();
+        if cost > budget {
+            return Err(format!(
+                "too large: as component values the parameters would take more than {} of host memory",
+                bytesize::ByteSize::b(budget as u64).display().iec()
+            ));
+        }
+        Ok(Decoded::Vals(
+            args.into_iter().map(codec::Arg::into_val).collect(),
+        ))
+    }
+
+    fn params(&self) -> Params<'_> {
+        match self {
+            Decoded::Vals(vals) => Params::Vals(vals),
+            Decoded::Args(args) => Params::Args(args),
+        }
+    }
+}
+
+/// Decodes `bytes` as the parameters of `action` of `service`, within the
+/// package's host budget; refusals name the action and the payload's size.
 fn decode_params(
+    service: &Service,
     action: &ActionType,
     label: &str,
     format: Format,
     bytes: &[u8],
-) -> Result<Vec<Val>, CallError> {
-    codec::decode_params(&action.params, format, bytes)
-        .map_err(|e| CallError::InvalidParams(format!("{label}: {e}")))
+) -> Result<Decoded, CallError> {
+    let options = codec::DecodeOptions {
+        budget: host_budget(service.package.spec.memory),
+        bytes: action.bytes.is_some(),
+    };
+    let refuse = |e: &dyn std::fmt::Display| {
+        let size = bytesize::ByteSize::b(bytes.len() as u64).display().iec();
+        CallError::InvalidParams(format!("{label}: {e} (payload of {size})"))
+    };
+    match codec::decode_args(&action.params, format, bytes, options) {
+        Ok(args) => Decoded::new(args, action, service).map_err(|e| refuse(&e)),
+        Err(e) if e.message.starts_with("too large") => Err(refuse(&e)),
+        Err(e) => Err(CallError::InvalidParams(format!("{label}: {e}"))),
+    }
 }
 
 /// For an action returning `result<T, E>`: the ok value by `T`, or the
@@ -1336,11 +1410,16 @@ fn decode_params(
 fn split_result(
     label: &str,
     ty: Option<&Type>,
-    value: Option<Val>,
-) -> Result<(Option<Type>, Option<Val>), CallError> {
+    value: Option<Output>,
+) -> Result<(Option<Type>, Option<Output>), CallError> {
     match (ty, value) {
-        (Some(Type::Result(r)), Some(Val::Result(Ok(v)))) => Ok((r.ok(), v.map(|b| *b))),
-        (Some(Type::Result(r)), Some(Val::Result(Err(e)))) => {
+        (Some(Type::Result(r)), Some(Output::OkBytes(bytes))) => {
+            Ok((r.ok(), Some(Output::Bytes(bytes))))
+        }
+        (Some(Type::Result(r)), Some(Output::Val(Val::Result(Ok(v))))) => {
+            Ok((r.ok(), v.map(|b| Output::Val(*b))))
+        }
+        (Some(Type::Result(r)), Some(Output::Val(Val::Result(Err(e))))) => {
             let message = match (r.err(), e) {
                 (_, Some(v)) if matches!(*v, Val::String(_)) => match *v {
                     Val::String(s) => s,
@@ -1435,17 +1514,24 @@ impl Router for BrokerHandle {
             };
             let action_ty = &service.package.ty.actions[index];
             check_call_grant(from, &action)?;
-            let vals = decode_params(action_ty, &action, Format::MessagePack, &params)
+            let args = decode_params(&service, action_ty, &action, Format::MessagePack, &params)
                 .inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
+            // The caller's copy is not needed any more: hold one payload, not two.
+            drop(params);
             let value = broker
-                .invoke(&service, index, &vals, from.ctx.via(from.package))
+                .invoke(&service, index, args.params(), from.ctx.via(from.package))
                 .await?;
+            drop(args);
             let (ty, val) = split_result(&action, action_ty.result.as_ref(), value)?;
             match (ty, val) {
-                (Some(ty), Some(val)) => codec::encode_value(&ty, &val, Format::MessagePack)
-                    .map_err(|e| {
+                (_, Some(Output::Bytes(bytes))) => {
+                    Ok(codec::encode_bytes(&bytes, Format::MessagePack))
+                }
+                (Some(ty), Some(out)) => {
+                    codec::encode_value(&ty, &out.into_val(), Format::MessagePack).map_err(|e| {
                         CallError::Failed(format!("{action}: cannot encode the result: {e}"))
-                    }),
+                    })
+                }
                 // MessagePack nil: the action returns nothing.
                 _ => Ok(vec![0xc0]),
             }
@@ -1483,9 +1569,15 @@ impl Router for BrokerHandle {
                         ))
                     })?,
             };
-            broker
-                .invoke(&service, action, params, from.ctx.via(from.package))
-                .await
+            let out = broker
+                .invoke(
+                    &service,
+                    action,
+                    Params::Vals(params),
+                    from.ctx.via(from.package),
+                )
+                .await?;
+            Ok(out.map(Output::into_val))
         })
     }
 

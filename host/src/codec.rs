@@ -103,6 +103,18 @@ const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
 /// Upper bound on what a length prefix may preallocate: the prefix is input.
 const MAX_PREALLOCATED: usize = 4096;
 
+/// Host memory decoded values may take when the caller gives no limit:
+/// wasmtime's default hostcall fuel, which counts the same way.
+pub const DEFAULT_BUDGET: usize = 128 << 20;
+
+/// 2^53: past it not every integer is a float, so an integral float may be
+/// another integer than the one its writer meant.
+const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
+
+/// What one component value costs the host: the `Val` itself (wasmtime
+/// charges hostcall fuel the same way when it lifts values from a guest).
+const VAL_COST: usize = size_of::<Val>();
+
 // ---------------------------------------------------------------------------
 // Public API
 // ---------------------------------------------------------------------------
@@ -169,13 +181,76 @@ pub struct TypedParams<'a> {
     pub vals: &'a [Val],
 }
 
+/// One decoded parameter: a component value, or a top-level `list<u8>`
+/// kept as the bytes it is (a `Val` per byte would cost the host 32 times
+/// the payload).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    /// Any parameter, as wasmtime takes it.
+    Val(Val),
+    /// A `list<u8>` parameter, when the caller asked for bytes.
+    Bytes(Vec<u8>),
+}
+
+impl Arg {
+    /// The parameter as a component value (a `list<u8>` becomes a `Val` per byte).
+    pub fn into_val(self) -> Val {
+        match self {
+            Arg::Val(val) => val,
+            Arg::Bytes(bytes) => bytes_val(&bytes),
+        }
+    }
+
+    /// What [`Arg::into_val`] would cost the host, in bytes.
+    pub fn val_cost(&self) -> usize {
+        match self {
+            Arg::Val(_) => 0,
+            Arg::Bytes(bytes) => bytes.len().saturating_mul(VAL_COST),
+        }
+    }
+}
+
+/// How [`decode_args`] decodes: its memory budget and what stays bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeOptions {
+    /// Host memory, in bytes, the decoded values may take (a `Val` counts
+    /// its size, strings and names their length); past it the payload is
+    /// refused as too large, before more is allocated.
+    pub budget: usize,
+    /// Top-level `list<u8>` parameters become [`Arg::Bytes`] instead of a
+    /// `Val` per byte.
+    pub bytes: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            budget: DEFAULT_BUDGET,
+            bytes: false,
+        }
+    }
+}
+
 /// Decodes a function's parameters from `bytes`: a map by name or an array
 /// by position. Empty input (or `null`) means no parameters were given.
+/// The values may take at most [`DEFAULT_BUDGET`] of host memory.
 pub fn decode_params(
     params: &[(String, Type)],
     format: Format,
     bytes: &[u8],
 ) -> Result<Vec<Val>, CodecError> {
+    let args = decode_args(params, format, bytes, DecodeOptions::default())?;
+    Ok(args.into_iter().map(Arg::into_val).collect())
+}
+
+/// [`decode_params`] with a memory budget of the caller's choosing, and
+/// top-level `list<u8>` parameters kept as bytes when asked.
+pub fn decode_args(
+    params: &[(String, Type)],
+    format: Format,
+    bytes: &[u8],
+    options: DecodeOptions,
+) -> Result<Vec<Arg>, CodecError> {
     let empty = match format {
         Format::Json => bytes.iter().all(u8::is_ascii_whitespace),
         Format::MessagePack => bytes.is_empty(),
@@ -185,12 +260,58 @@ pub fn decode_params(
         return absent_params::<de::value::Error>(params, &mut trail)
             .map_err(|e| trail.into_error(None, || e.to_string()));
     }
-    decode(ParamsRoot(params), Some("params"), format, bytes)
+    let root = ParamsRoot {
+        params,
+        bytes: options.bytes,
+    };
+    decode(root, Some("params"), format, bytes, options.budget)
 }
 
-/// Decodes one value of type `ty` from `bytes`.
+/// `bytes` as a value of type `list<u8>`: MessagePack bin, or a base64
+/// JSON string.
+pub fn encode_bytes(bytes: &[u8], format: Format) -> Vec<u8> {
+    match format {
+        Format::Json => {
+            let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4 + 2);
+            out.push(b'"');
+            let start = out.len();
+            out.resize(
+                start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
+                0,
+            );
+            let written = STANDARD.encode_slice(bytes, &mut out[start..]).unwrap_or(0);
+            out.truncate(start + written);
+            out.push(b'"');
+            out
+        }
+        Format::MessagePack => {
+            let mut out = Vec::with_capacity(bytes.len() + 5);
+            let len = bytes.len();
+            // bin 8 / bin 16 / bin 32 (a guest's list never reaches 4 GiB).
+            if let Ok(n) = u8::try_from(len) {
+                out.extend([0xc4, n]);
+            } else if let Ok(n) = u16::try_from(len) {
+                out.push(0xc5);
+                out.extend(n.to_be_bytes());
+            } else {
+                out.push(0xc6);
+                out.extend(u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+            }
+            out.extend_from_slice(bytes);
+            out
+        }
+    }
+}
+
+/// `bytes` as the JSON value of a `list<u8>`: a base64 string.
+pub fn bytes_to_json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::Value::String(STANDARD.encode(bytes))
+}
+
+/// Decodes one value of type `ty` from `bytes`, taking at most
+/// [`DEFAULT_BUDGET`] of host memory.
 pub fn decode_value(ty: &Type, format: Format, bytes: &[u8]) -> Result<Val, CodecError> {
-    decode(ValueRoot(ty), None, format, bytes)
+    decode(ValueRoot(ty), None, format, bytes, DEFAULT_BUDGET)
 }
 
 /// Encodes `val`, of type `ty`, in `format`.
@@ -286,8 +407,13 @@ impl<'de> DeserializeSeed<'de> for ParamsSeed<'_> {
 
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Vec<Val>, D::Error> {
         let mut trail = Trail::default();
-        let result = ParamsRoot(self.0).deserialize_in(de, &mut trail);
-        result.map_err(|e| trail.into_de_error(Some("params"), e))
+        let root = ParamsRoot {
+            params: self.0,
+            bytes: false,
+        };
+        let result = root.deserialize_in(de, &mut trail);
+        let args = result.map_err(|e| trail.into_de_error(Some("params"), e))?;
+        Ok(args.into_iter().map(Arg::into_val).collect())
     }
 }
 
@@ -324,12 +450,22 @@ impl Serialize for TypedParams<'_> {
 // ---------------------------------------------------------------------------
 
 /// The path to an error, collected while the error unwinds (so a call that
-/// succeeds pays nothing), and the message when this module raised it.
-#[derive(Default)]
+/// succeeds pays nothing), the message when this module raised it, and the
+/// host memory the decoded values may still take.
 struct Trail {
     /// Innermost first.
     segments: Vec<Segment>,
     message: Option<String>,
+    /// Bytes of host memory left for decoded values.
+    budget: usize,
+    /// The budget at the start, for the message when it runs out.
+    limit: usize,
+}
+
+impl Default for Trail {
+    fn default() -> Self {
+        Trail::with_budget(DEFAULT_BUDGET)
+    }
 }
 
 enum Segment {
@@ -344,6 +480,35 @@ enum Segment {
 }
 
 impl Trail {
+    fn with_budget(budget: usize) -> Self {
+        Trail {
+            segments: Vec::new(),
+            message: None,
+            budget,
+            limit: budget,
+        }
+    }
+
+    /// Takes `cost` bytes of host memory from the budget, or fails before
+    /// they are allocated.
+    fn charge<E: de::Error>(&mut self, cost: usize) -> Result<(), E> {
+        match self.budget.checked_sub(cost) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => Err(self.too_large()),
+        }
+    }
+
+    #[cold]
+    fn too_large<E: de::Error>(&mut self) -> E {
+        let limit = bytesize::ByteSize::b(self.limit as u64).display().iec();
+        self.fail(format!(
+            "too large: the decoded values would take more than {limit} of host memory"
+        ))
+    }
+
     /// Records `message` as the cause and returns it as the format's error.
     #[cold]
     fn fail<E: de::Error>(&mut self, message: String) -> E {
@@ -545,7 +710,11 @@ trait RootSeed {
 }
 
 struct ValueRoot<'t>(&'t Type);
-struct ParamsRoot<'p>(&'p [(String, Type)]);
+struct ParamsRoot<'p> {
+    params: &'p [(String, Type)],
+    /// Top-level `list<u8>` parameters as [`Arg::Bytes`].
+    bytes: bool,
+}
 
 impl RootSeed for ValueRoot<'_> {
     type Value = Val;
@@ -560,15 +729,16 @@ impl RootSeed for ValueRoot<'_> {
 }
 
 impl RootSeed for ParamsRoot<'_> {
-    type Value = Vec<Val>;
+    type Value = Vec<Arg>;
     fn deserialize_in<'de, D: de::Deserializer<'de>>(
         self,
         de: D,
         trail: &mut Trail,
-    ) -> Result<Vec<Val>, D::Error> {
+    ) -> Result<Vec<Arg>, D::Error> {
         let human = de.is_human_readable();
         de.deserialize_any(ParamsVisitor {
-            params: self.0,
+            params: self.params,
+            bytes: self.bytes,
             trail,
             human,
         })
@@ -580,8 +750,9 @@ fn decode<S: RootSeed>(
     root: Option<&str>,
     format: Format,
     bytes: &[u8],
+    budget: usize,
 ) -> Result<S::Value, CodecError> {
-    let mut trail = Trail::default();
+    let mut trail = Trail::with_budget(budget);
     match format {
         Format::Json => {
             let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -705,6 +876,8 @@ impl<'de> DeserializeSeed<'de> for Decode<'_, '_> {
                 de.deserialize_any(ValueVisitor { ty, trail, human })
             }
         };
+        // Every value decoded is one `Val` more for the host to hold.
+        let result = result.and_then(|val| trail.charge(VAL_COST).map(|()| val));
         result.map_err(|e| at.note(trail, e))
     }
 }
@@ -894,10 +1067,14 @@ impl ValueVisitor<'_, '_> {
     }
 
     fn base64<E: de::Error>(self, v: &str) -> Result<Val, E> {
-        match BASE64_LENIENT.decode(v) {
-            Ok(bytes) => Ok(bytes_val(&bytes)),
-            Err(e) => Err(self.trail.fail(format!("invalid base64 for list<u8>: {e}"))),
-        }
+        let bytes = base64_bytes(v, self.trail)?;
+        self.bytes(&bytes)
+    }
+
+    /// A `list<u8>` as a `Val` per byte, if the budget allows.
+    fn bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Val, E> {
+        self.trail.charge(bytes.len().saturating_mul(VAL_COST))?;
+        Ok(bytes_val(bytes))
     }
 }
 
@@ -931,15 +1108,28 @@ impl<'de> Visitor<'de> for ValueVisitor<'_, '_> {
                 Err(self.trail.fail(format!("{found} is out of range for f32")))
             }
             Type::Float32 => Ok(Val::Float32(v as f32)),
-            // Integral floats are integers to a JavaScript caller.
-            _ if v.fract() == 0.0 && v.abs() < 1e38 => self.number(v as i128, Found::Float(v)),
+            // Integral floats are integers to a JavaScript caller, exact up to 2^53.
+            _ if v.fract() == 0.0 && v.abs() < 1e38 => {
+                let fits = matches!(number(self.ty, v as i128), Numeric::Fits(_));
+                if v.abs() > MAX_EXACT_FLOAT && fits {
+                    let found = Found::Float(v).describe(self.human);
+                    return Err(self.trail.fail(format!(
+                        "{found} is past 2^53, where a float is not an exact integer: \
+                         write the integer without a fraction or exponent"
+                    )));
+                }
+                self.number(v as i128, Found::Float(v))
+            }
             _ => Err(self.reject(Found::Float(v))),
         }
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Val, E> {
         match self.ty {
-            Type::String => Ok(Val::String(v.to_owned())),
+            Type::String => {
+                self.trail.charge(v.len())?;
+                Ok(Val::String(v.to_owned()))
+            }
             Type::Char => self.char(v),
             Type::Enum(cases) => self.enum_case(cases, v),
             Type::Variant(variant) => self.bare_case(variant, v),
@@ -952,14 +1142,17 @@ impl<'de> Visitor<'de> for ValueVisitor<'_, '_> {
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Val, E> {
         match self.ty {
-            Type::String => Ok(Val::String(v)),
+            Type::String => {
+                self.trail.charge(v.len())?;
+                Ok(Val::String(v))
+            }
             _ => self.visit_str(&v),
         }
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Val, E> {
         match self.ty {
-            Type::List(list) if is_bytes(list) => Ok(bytes_val(v)),
+            Type::List(list) if is_bytes(list) => self.bytes(v),
             // rmp-serde hands over a string that is not UTF-8 as bytes.
             Type::String | Type::Char => match std::str::from_utf8(v) {
                 Ok(text) => self.visit_str(text),
@@ -1047,6 +1240,14 @@ fn number(ty: &Type, v: i128) -> Numeric {
         Type::Float64 => Numeric::Fits(Val::Float64(v as f64)),
         _ => Numeric::WrongType,
     }
+}
+
+/// Base64 text as bytes, charged to the budget before it is decoded.
+fn base64_bytes<E: de::Error>(v: &str, trail: &mut Trail) -> Result<Vec<u8>, E> {
+    trail.charge(v.len() / 4 * 3)?;
+    BASE64_LENIENT
+        .decode(v)
+        .map_err(|e| trail.fail(format!("invalid base64 for list<u8>: {e}")))
 }
 
 fn is_bytes(list: &List) -> bool {
@@ -1158,6 +1359,7 @@ fn decode_record<'de, A: MapAccess<'de>>(
     trail: &mut Trail,
 ) -> Result<Val, A::Error> {
     let fields: Vec<Field<'_>> = record.fields().collect();
+    trail.charge(record_cost(&fields))?;
     // Missing option fields stay `none`; missing others are reported below.
     let mut values: Vec<(String, Val)> = fields
         .iter()
@@ -1199,7 +1401,9 @@ fn decode_record_seq<'de, A: SeqAccess<'de>>(
     ty: &Type,
     trail: &mut Trail,
 ) -> Result<Val, A::Error> {
-    let mut values = Vec::with_capacity(record.fields().len());
+    let fields: Vec<Field<'_>> = record.fields().collect();
+    trail.charge(record_cost(&fields))?;
+    let mut values = Vec::with_capacity(fields.len());
     let mut absent = Vec::new();
     for field in record.fields() {
         let value = seq.next_element_seed(Decode::new(&field.ty, At::Name(field.name), trail))?;
@@ -1275,6 +1479,12 @@ fn decode_result<'de, A: MapAccess<'de>>(
         return Err(trail.fail(one_case(ty, "found more than one")));
     }
     Ok(Val::Result(if is_ok { Ok(payload) } else { Err(payload) }))
+}
+
+/// The field names a `Val::Record` holds beside its values.
+fn record_cost(fields: &[Field<'_>]) -> usize {
+    let names: usize = fields.iter().map(|f| f.name.len()).sum();
+    names + fields.len() * size_of::<String>()
 }
 
 fn one_case(ty: &Type, found: &str) -> String {
@@ -1550,8 +1760,101 @@ impl<'de> Visitor<'de> for PairVisitor<'_, '_> {
 /// A function's parameters: a map by name, an array by position, or null.
 struct ParamsVisitor<'p, 'r> {
     params: &'p [(String, Type)],
+    /// Top-level `list<u8>` parameters as [`Arg::Bytes`].
+    bytes: bool,
     trail: &'r mut Trail,
     human: bool,
+}
+
+/// One parameter: as bytes when it is a `list<u8>` and bytes were asked
+/// for, else as a value.
+struct ArgSeed<'t, 'r> {
+    ty: &'t Type,
+    at: At<'t>,
+    bytes: bool,
+    trail: &'r mut Trail,
+}
+
+impl<'de> DeserializeSeed<'de> for ArgSeed<'_, '_> {
+    type Value = Arg;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<Arg, D::Error> {
+        let ArgSeed {
+            ty,
+            at,
+            bytes,
+            trail,
+        } = self;
+        match ty {
+            Type::List(list) if bytes && is_bytes(list) => {
+                let human = de.is_human_readable();
+                let result = de.deserialize_any(BytesVisitor { ty, trail, human });
+                result.map(Arg::Bytes).map_err(|e| at.note(trail, e))
+            }
+            _ => Decode::new(ty, at, trail).deserialize(de).map(Arg::Val),
+        }
+    }
+}
+
+/// A `list<u8>` as bytes: MessagePack bin, base64 text, or an array of
+/// numbers (as [`ValueVisitor`] takes them, with the same messages).
+struct BytesVisitor<'t, 'r> {
+    ty: &'t Type,
+    trail: &'r mut Trail,
+    human: bool,
+}
+
+impl BytesVisitor<'_, '_> {
+    fn reject<E: de::Error>(self, found: Found<'_>) -> E {
+        ValueVisitor {
+            ty: self.ty,
+            trail: self.trail,
+            human: self.human,
+        }
+        .reject(found)
+    }
+}
+
+impl<'de> Visitor<'de> for BytesVisitor<'_, '_> {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("list<u8>")
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        self.trail.charge(v.len())?;
+        Ok(v.to_vec())
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+        self.trail.charge(v.len())?;
+        Ok(v)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+        base64_bytes(v, self.trail)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+        let trail = self.trail;
+        let mut out = Vec::with_capacity(capacity(seq.size_hint()));
+        loop {
+            let at = At::Index(out.len());
+            match seq.next_element_seed(Decode::new(&Type::U8, at, trail))? {
+                Some(Val::U8(b)) => {
+                    // Kept as one byte, not as the `Val` it was decoded to.
+                    trail.budget += VAL_COST - 1;
+                    out.push(b);
+                }
+                Some(_) => return Err(trail.fail("expected u8".to_owned())),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    reject!(bool i64 u64 f64 null map ext);
 }
 
 impl ParamsVisitor<'_, '_> {
@@ -1566,23 +1869,28 @@ impl ParamsVisitor<'_, '_> {
 }
 
 impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
-    type Value = Vec<Val>;
+    type Value = Vec<Arg>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("the parameters by name or by position")
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Vec<Val>, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Vec<Arg>, E> {
         absent_params(self.params, self.trail)
     }
 
-    fn visit_none<E: de::Error>(self) -> Result<Vec<Val>, E> {
+    fn visit_none<E: de::Error>(self) -> Result<Vec<Arg>, E> {
         absent_params(self.params, self.trail)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Val>, A::Error> {
-        let ParamsVisitor { params, trail, .. } = self;
-        let mut values: Vec<Val> = params.iter().map(|_| Val::Option(None)).collect();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Arg>, A::Error> {
+        let ParamsVisitor {
+            params,
+            bytes,
+            trail,
+            ..
+        } = self;
+        let mut values: Vec<Arg> = params.iter().map(|_| Arg::Val(Val::Option(None))).collect();
         let mut seen = Seen::new(params.len());
         while let Some(key) = map.next_key_seed(NameSeed {
             what: "a parameter name",
@@ -1599,7 +1907,12 @@ impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
             }
             let (name, ty) = &params[i];
             let at = At::Name(name);
-            values[i] = map.next_value_seed(Decode { ty, at, trail })?;
+            values[i] = map.next_value_seed(ArgSeed {
+                ty,
+                at,
+                bytes,
+                trail,
+            })?;
         }
         let absent = params.iter().enumerate();
         let absent: Vec<&str> = absent
@@ -1612,12 +1925,22 @@ impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
         Ok(values)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Val>, A::Error> {
-        let ParamsVisitor { params, trail, .. } = self;
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Arg>, A::Error> {
+        let ParamsVisitor {
+            params,
+            bytes,
+            trail,
+            ..
+        } = self;
         let mut values = Vec::with_capacity(params.len());
         for (name, ty) in params {
             let at = At::Name(name);
-            let value = seq.next_element_seed(Decode { ty, at, trail })?;
+            let value = seq.next_element_seed(ArgSeed {
+                ty,
+                at,
+                bytes,
+                trail,
+            })?;
             match value {
                 Some(value) => values.push(value),
                 None => {
@@ -1646,7 +1969,7 @@ impl<'de> Visitor<'de> for ParamsVisitor<'_, '_> {
 fn absent_params<E: de::Error>(
     params: &[(String, Type)],
     trail: &mut Trail,
-) -> Result<Vec<Val>, E> {
+) -> Result<Vec<Arg>, E> {
     let required: Vec<&str> = params
         .iter()
         .filter(|(_, ty)| !matches!(ty, Type::Option(_)))
@@ -1655,7 +1978,7 @@ fn absent_params<E: de::Error>(
     if !required.is_empty() {
         return Err(trail.fail(missing("parameter", &required)));
     }
-    Ok(params.iter().map(|_| Val::Option(None)).collect())
+    Ok(params.iter().map(|_| Arg::Val(Val::Option(None))).collect())
 }
 
 // ---------------------------------------------------------------------------
@@ -2210,7 +2533,7 @@ mod tests {
             (param "u64" u64) (param "f32" f32) (param "f64" f64) (param "char" char)
             (param "string" string) (param "list-string" (list string))
             (param "bytes" (list u8)) (param "tuple" (tuple u8 string))
-            (param "opt" (option u64)) (param "res" (result u64 (error string)))
+            (param "opt" (option u64)) (param "opt-opt" (option (option u32))) (param "res" (result u64 (error string)))
             (param "res-ok" (result u64)) (param "res-err" (result (error string)))
             (param "res-none" (result)) (param "order" $order) (param "stock" $stock)
             (param "colour" $colour) (param "perms" $perms)
@@ -3049,5 +3372,291 @@ mod tests {
         );
         let (params, result) = func("ping");
         assert_eq!(wit_signature(params, result.as_ref()), "func()");
+    }
+
+    /// `n` nested MessagePack arrays of one element around `inner`.
+    fn nested_msgpack(n: usize, inner: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x91; n];
+        out.extend_from_slice(inner);
+        out
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        // Where the type expects something else, at the first bracket.
+        assert_eq!(json_error("string", &deep), "expected string, found array");
+        // Where the input is only skipped (an extra tuple element), by the
+        // parser's own limit.
+        let text = format!("[7, \"x\", {deep}]");
+        assert_eq!(
+            json_error("tuple", &text),
+            "invalid JSON: recursion limit exceeded at line 1 column 138"
+        );
+        let packed = [
+            &[0x93, 0x07, 0xa1, b'x'][..],
+            &nested_msgpack(100_000, &[0xc0]),
+        ]
+        .concat();
+        let error = msgpack("tuple", &packed).unwrap_err().to_string();
+        assert_eq!(error, "invalid MessagePack: nested too deeply");
+        // Trailing data after a complete value.
+        let packed = [&[0x05][..], &nested_msgpack(100_000, &[0xc0])].concat();
+        let error = msgpack("u32", &packed).unwrap_err().to_string();
+        assert_eq!(error, "trailing data after the value");
+        // Params by position, nested deeper than any type.
+        let error = params_error(
+            "reserve",
+            Format::MessagePack,
+            &nested_msgpack(100_000, &[]),
+        );
+        assert_eq!(error, "params.sku: expected string, found array");
+    }
+
+    #[test]
+    fn huge_length_prefixes_allocate_nothing_they_do_not_find() {
+        // array 32, bin 32, str 32, map 32 claiming 4 GiB with nothing after.
+        let claims: [(&str, u8); 4] = [
+            ("list-string", 0xdd),
+            ("bytes", 0xc6),
+            ("string", 0xdb),
+            ("order", 0xdf),
+        ];
+        for (kind, marker) in claims {
+            let packed = [marker, 0xff, 0xff, 0xff, 0xff];
+            let error = msgpack(kind, &packed).unwrap_err().to_string();
+            assert_eq!(
+                error, "invalid MessagePack: unexpected end of data",
+                "{kind}"
+            );
+        }
+        // The same for parameters kept as bytes.
+        let (params, _) = func("kinds");
+        let bytes_only = [params[14].clone()];
+        assert_eq!(bytes_only[0].0, "bytes");
+        let options = DecodeOptions {
+            budget: DEFAULT_BUDGET,
+            bytes: true,
+        };
+        let packed = [0x91, 0xc6, 0xff, 0xff, 0xff, 0xff];
+        let error = decode_args(&bytes_only, Format::MessagePack, &packed, options).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "params.bytes: invalid MessagePack: unexpected end of data"
+        );
+        // A claim the payload does hold is still held to the budget.
+        let mut packed = vec![0x91, 0xc6, 0x00, 0x10, 0x00, 0x00];
+        packed.resize(6 + (1 << 20), 7);
+        let small = DecodeOptions {
+            budget: 1 << 20,
+            bytes: true,
+        };
+        let error = decode_args(&bytes_only, Format::MessagePack, &packed, small).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "params.bytes: too large: the decoded values would take more than 1 MiB of host memory"
+        );
+        let roomy = DecodeOptions {
+            budget: 2 << 20,
+            ..small
+        };
+        let args = decode_args(&bytes_only, Format::MessagePack, &packed, roomy).unwrap();
+        assert_eq!(args, [Arg::Bytes(vec![7; 1 << 20])]);
+    }
+
+    #[test]
+    fn the_budget_counts_a_val_per_list_element() {
+        // 1,000 bytes as values are 32,000 bytes of `Val`s.
+        let (params, _) = func("kinds");
+        let bytes_only = [params[14].clone()];
+        let packed = rmp_serde::to_vec(&(serde_bytes_like(&[1; 1000]),)).unwrap();
+        let tight = DecodeOptions {
+            budget: 1000 * VAL_COST,
+            bytes: false,
+        };
+        let error = decode_args(&bytes_only, Format::MessagePack, &packed, tight).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "params.bytes: too large: the decoded values would take more than 31.3 KiB of host memory"
+        );
+        let enough = DecodeOptions {
+            budget: 1001 * VAL_COST,
+            ..tight
+        };
+        let args = decode_args(&bytes_only, Format::MessagePack, &packed, enough).unwrap();
+        assert_eq!(args, [Arg::Val(bytes_val(&[1; 1000]))]);
+        // A list of strings counts each string's text too.
+        let list = ty("list-string");
+        let text = serde_json::to_string(&vec!["x".repeat(100); 100]).unwrap();
+        let error = decode_list_within(list, &text, 100 * 100).unwrap_err();
+        assert!(error.ends_with("of host memory"), "{error}");
+        decode_list_within(list, &text, 101 * (100 + VAL_COST)).unwrap();
+    }
+
+    fn decode_list_within(ty: &Type, text: &str, budget: usize) -> Result<Val, String> {
+        decode(ValueRoot(ty), None, Format::Json, text.as_bytes(), budget)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn option_of_option_cannot_tell_some_none_from_none() {
+        let none = Val::Option(None);
+        assert_eq!(json("opt-opt", "null").unwrap(), none);
+        assert_eq!(json("opt-opt", "5").unwrap(), some(some(Val::U32(5))));
+        assert_eq!(msgpack("opt-opt", &[0xc0]).unwrap(), none);
+        assert_eq!(
+            msgpack("opt-opt", &[0x05]).unwrap(),
+            some(some(Val::U32(5)))
+        );
+        // `some(none)` is written as `null`, and reads back as `none`.
+        let some_none = some(Val::Option(None));
+        let text = encode_value(ty("opt-opt"), &some_none, Format::Json).unwrap();
+        assert_eq!(text, b"null");
+        assert_eq!(json("opt-opt", "null").unwrap(), none);
+        let packed = encode_value(ty("opt-opt"), &some_none, Format::MessagePack).unwrap();
+        assert_eq!(packed, [0xc0]);
+    }
+
+    #[test]
+    fn enum_variant_and_flag_names_are_case_sensitive() {
+        assert_eq!(
+            json_error("colour", r#""Red""#),
+            "unknown case `Red` for enum, expected one of `red`, `green`, `blue`"
+        );
+        assert_eq!(
+            json_error("colour", r#""RED""#),
+            "unknown case `RED` for enum, expected one of `red`, `green`, `blue`"
+        );
+        assert_eq!(
+            json_error("stock", r#""Discontinued""#),
+            "unknown case `Discontinued` for variant, expected one of `in-stock`, `discontinued`, `backordered`"
+        );
+        assert_eq!(
+            json_error("stock", r#"{"In-Stock": 3}"#),
+            "unknown case `In-Stock` for variant, expected one of `in-stock`, `discontinued`, `backordered`"
+        );
+        assert_eq!(
+            json_error("perms", r#"["Read"]"#),
+            "[0]: unknown flag `Read`, expected one of `read`, `write`, `exec`"
+        );
+        // Rust's `Ok` / `Err` are the one documented exception, for results.
+        assert_eq!(
+            json("res", r#"{"Ok": 5}"#).unwrap(),
+            Val::Result(Ok(Some(Box::new(Val::U64(5)))))
+        );
+        assert_eq!(
+            json_error("res", r#"{"OK": 5}"#),
+            "unknown case `OK` for result, expected `ok` or `err`"
+        );
+    }
+
+    #[test]
+    fn json_integers_past_2_pow_53_are_exact_or_refused() {
+        // Integers are read as integers, exactly, to the ends of u64 and s64.
+        let past = 9_007_199_254_740_993_u64; // 2^53 + 1: no f64 holds it
+        assert_eq!(json("u64", &past.to_string()).unwrap(), Val::U64(past));
+        assert_eq!(
+            json("s64", &format!("-{past}")).unwrap(),
+            Val::S64(-(past as i64))
+        );
+        assert_eq!(
+            json("u64", "18446744073709551615").unwrap(),
+            Val::U64(u64::MAX)
+        );
+        assert_eq!(
+            json("s64", "-9223372036854775808").unwrap(),
+            Val::S64(i64::MIN)
+        );
+        // Past u64, JSON has only a float: out of range.
+        assert_eq!(
+            json_error("u64", "18446744073709551616"),
+            "float 1.8446744073709552e19 is out of range for u64 (0 to 18446744073709551615)"
+        );
+        // An integral float past 2^53 may be another integer than meant: refused.
+        assert_eq!(
+            json_error("u64", "9007199254740993.0"),
+            "float 9007199254740992.0 is past 2^53, where a float is not an exact integer: \
+             write the integer without a fraction or exponent"
+        );
+        assert_eq!(
+            json_error("s64", "-1e17"),
+            "float -1e17 is past 2^53, where a float is not an exact integer: \
+             write the integer without a fraction or exponent"
+        );
+        // Up to 2^53 an integral float is the integer it says.
+        assert_eq!(
+            json("u64", "9007199254740992.0").unwrap(),
+            Val::U64(1 << 53)
+        );
+        assert_eq!(json("u32", "4e9").unwrap(), Val::U32(4_000_000_000));
+        // A float type takes the nearest float, as JSON readers do.
+        assert_eq!(
+            json("f64", &past.to_string()).unwrap(),
+            Val::Float64(9_007_199_254_740_992.0)
+        );
+        // MessagePack floats follow the same rule.
+        let packed = rmp_serde::to_vec(&1e17_f64).unwrap();
+        let error = msgpack("u64", &packed).unwrap_err().to_string();
+        assert!(error.contains("is past 2^53"), "{error}");
+    }
+
+    #[test]
+    fn negative_zero_keeps_its_sign_in_floats_and_is_zero_in_integers() {
+        let Val::Float64(x) = json("f64", "-0.0").unwrap() else {
+            panic!("not an f64")
+        };
+        assert!(x == 0.0 && x.is_sign_negative());
+        let Val::Float32(x) = json("f32", "-0.0").unwrap() else {
+            panic!("not an f32")
+        };
+        assert!(x == 0.0 && x.is_sign_negative());
+        let text = encode_value(ty("f64"), &Val::Float64(-0.0), Format::Json).unwrap();
+        assert_eq!(text, b"-0.0");
+        let packed = encode_value(ty("f64"), &Val::Float64(-0.0), Format::MessagePack).unwrap();
+        let Val::Float64(x) = msgpack("f64", &packed).unwrap() else {
+            panic!("not an f64")
+        };
+        assert!(x == 0.0 && x.is_sign_negative());
+        assert_eq!(json("u32", "-0.0").unwrap(), Val::U32(0));
+        assert_eq!(json("s8", "-0").unwrap(), Val::S8(0));
+    }
+
+    #[test]
+    fn invalid_utf8_in_json_text_is_refused() {
+        let cases: [(&[u8], &str); 4] = [
+            (
+                b"\"\xff\"",
+                "invalid JSON: invalid unicode code point at line 1 column 2",
+            ),
+            (
+                b"\"a\xc3\"",
+                "invalid JSON: invalid unicode code point at line 1 column 3",
+            ),
+            (
+                br#""\ud800""#,
+                "invalid JSON: lone leading surrogate in hex escape at line 1 column 7",
+            ),
+            (
+                b"\xef\xbb\xbf\"a\"",
+                "invalid JSON: expected value at line 1 column 1",
+            ),
+        ];
+        for (bytes, message) in cases {
+            let error = decode_value(ty("string"), Format::Json, bytes).unwrap_err();
+            assert_eq!(error.to_string(), message, "{bytes:?}");
+        }
+        let (params, _) = func("reserve");
+        let error =
+            decode_params(params, Format::Json, b"{\"sku\": \"\xfe\", \"qty\": 1}").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "params.sku: invalid JSON: invalid unicode code point at line 1 column 10"
+        );
+        // Invalid UTF-8 outside any string is no JSON at all.
+        let error = decode_params(params, Format::Json, b"\xff").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid JSON: expected value at line 1 column 1"
+        );
     }
 }

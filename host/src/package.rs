@@ -42,10 +42,15 @@ use wasmtime::component::{
 use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::codec;
 use crate::context::{CallContext, CallError, Human};
 use crate::engine::coarse_now;
 use crate::guest_log::{self, GuestLogs, GuestOutput};
 use crate::manifest::{Grants, PackageSpec};
+
+mod bytes;
+
+pub use bytes::{ByteShape, Output, Params, host_budget};
 
 pub(crate) mod wit {
     wasmtime::component::bindgen!({
@@ -195,6 +200,8 @@ pub struct ActionType {
     pub params: Vec<(String, Type)>,
     /// The result type, if any.
     pub result: Option<Type>,
+    /// Set when its byte lists can cross as bytes.
+    pub bytes: Option<ByteShape>,
     /// Where to find the function in an instance.
     pub(crate) index: ComponentExportIndex,
 }
@@ -445,6 +452,7 @@ fn action(
         name: function.to_string(),
         interface: interface.map(str::to_string),
         function: function.to_string(),
+        bytes: ByteShape::of(&params, result.as_ref()),
         params,
         result,
         index,
@@ -1031,6 +1039,8 @@ impl Package {
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
+        // What the host allocates for values lifted out of the guest in one go.
+        store.set_hostcall_fuel(host_budget(self.spec.memory));
         store.epoch_deadline_callback(|mut cx| {
             let state = cx.data_mut();
             let now = Instant::now();
@@ -1134,28 +1144,59 @@ impl LiveInstance {
         self.store.data_mut().call = None;
     }
 
-    /// Runs action `action` with `params`; a [`Fault`] means this instance is dead.
+    /// Runs action `action` with `params`; a [`Fault`] means this instance
+    /// is dead. Decoded parameters of a byte-shaped action (`bytes`) cross
+    /// as bytes.
     pub async fn call(
         &mut self,
         action: usize,
-        params: &[Val],
+        params: Params<'_>,
+        bytes: Option<ByteShape>,
         has_result: bool,
         ctx: CallContext,
-    ) -> Result<Option<Val>, Fault> {
+    ) -> Result<Option<Output>, Fault> {
         let func = self.actions[action];
         self.arm(ctx);
+        let r = match (params, bytes) {
+            (Params::Vals(vals), _) => self.call_vals(func, vals, has_result).await,
+            (Params::Args(args), Some(shape)) => {
+                match bytes::call(func, &mut self.store, shape, args).await {
+                    Some(r) => r,
+                    None => self.call_args(func, args, has_result).await,
+                }
+            }
+            (Params::Args(args), None) => self.call_args(func, args, has_result).await,
+        };
+        self.disarm();
+        r.map_err(|e| self.fault(e))
+    }
+
+    async fn call_vals(
+        &mut self,
+        func: Func,
+        params: &[Val],
+        has_result: bool,
+    ) -> wasmtime::Result<Option<Output>> {
         let mut results = [Val::Bool(false)];
         let out = if has_result {
             &mut results[..]
         } else {
             &mut results[..0]
         };
-        let r = func.call_async(&mut self.store, params, out).await;
-        self.disarm();
-        match r {
-            Ok(()) => Ok(has_result.then(|| std::mem::replace(&mut results[0], Val::Bool(false)))),
-            Err(e) => Err(self.fault(e)),
-        }
+        func.call_async(&mut self.store, params, out).await?;
+        let [result] = results;
+        Ok(has_result.then_some(Output::Val(result)))
+    }
+
+    /// Decoded parameters that did not fit a byte shape, as values.
+    async fn call_args(
+        &mut self,
+        func: Func,
+        args: &[codec::Arg],
+        has_result: bool,
+    ) -> wasmtime::Result<Option<Output>> {
+        let vals: Vec<Val> = args.iter().cloned().map(codec::Arg::into_val).collect();
+        self.call_vals(func, &vals, has_result).await
     }
 
     /// Calls `started`, when the package exports `lifecycle`.
@@ -1236,10 +1277,23 @@ impl LiveInstance {
                 )
             }
             (Some(trap), _) => trap.to_string(),
+            (None, _) if is_hostcall_fuel(&e) => format!(
+                "its result is too large for the host: as component values it would take more \
+                 than {} (twice the package's memory limit, at least 128 MiB; a `list<u8>` \
+                 crosses as bytes when the action takes and returns only byte lists and strings)",
+                human_bytes(self.store.hostcall_fuel() as u64)
+            ),
             (None, _) => format!("{}", e.root_cause()),
         };
         Fault::Trap(cause)
     }
+}
+
+/// wasmtime's "fuel allocated for hostcalls has been exhausted": the values
+/// lifted out of a guest outgrew the store's hostcall fuel.
+fn is_hostcall_fuel(e: &wasmtime::Error) -> bool {
+    e.chain()
+        .any(|cause| cause.to_string().contains("fuel allocated for hostcalls"))
 }
 
 /// Why a guest that trapped on `unreachable` gave up, from its stderr: an

@@ -1,0 +1,113 @@
+//! Byte lists cross as bytes: large `list<u8>` parameters and results of
+//! a real package (`bytes-echo`), through the JSON path and through
+//! `broker.call` from a guest, and the bound on those that must cross as
+//! component values.
+
+use std::time::Duration;
+
+use serde_json::json;
+use steedos_tests::TestApp;
+use steedos_wasm::codec::{self, Format};
+use steedos_wasm::context::CallError;
+
+const BYTES: &str = r#"
+[packages.bytes-echo]
+component = "{BYTES-ECHO}"
+instances = 2
+memory = "160 MiB"
+# Debug builds of the host take seconds to base64 tens of MiB.
+timeout = "60s"
+[packages.bytes-echo.grants]
+calls = ["bytes-echo.*"]
+"#;
+
+const MIB: usize = 1 << 20;
+
+/// `n` bytes counting up from 0, as `bytes-echo.make` answers them.
+fn counting(n: usize) -> Vec<u8> {
+    (0..n).map(|i| i as u8).collect()
+}
+
+/// MessagePack `{"data": <bin>}`.
+fn data_param(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x81, 0xa4];
+    out.extend_from_slice(b"data");
+    out.extend(codec::encode_bytes(data, Format::MessagePack));
+    out
+}
+
+fn base64(data: &[u8]) -> serde_json::Value {
+    codec::bytes_to_json(data)
+}
+
+async fn call(
+    t: &TestApp,
+    action: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, CallError> {
+    t.call_within(action, params, Duration::from_secs(60)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_of_many_mebibytes_comes_back_whole() {
+    let t = TestApp::start(BYTES).await;
+    // 4 MiB and more trapped the callee (hostcall fuel spent on a `Val` per byte).
+    for size in [4 * MIB, 24 * MIB] {
+        let made = call(&t, "bytes-echo.make", json!({ "size": size })).await;
+        let made = made.unwrap_or_else(|e| panic!("make {size}: {e}"));
+        assert!(made == base64(&counting(size)), "make {size}: wrong bytes");
+    }
+    let data = counting(24 * MIB);
+    let echoed = call(&t, "bytes-echo.echo", json!({ "data": base64(&data) })).await;
+    assert!(echoed.expect("echo 24 MiB") == base64(&data));
+    let sum = call(&t, "bytes-echo.sum", json!([base64(&data)])).await;
+    let expected: u64 = data.iter().map(|b| u64::from(*b)).sum();
+    assert_eq!(sum.expect("sum 24 MiB"), json!(expected));
+    assert_eq!(t.state("bytes-echo"), "serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_call_carries_mebibytes_between_packages() {
+    let t = TestApp::start(BYTES).await;
+    let data = counting(24 * MIB);
+    let params = json!({ "action": "bytes-echo.echo", "params": base64(&data_param(&data)) });
+    let reply = call(&t, "bytes-echo.relay", params).await;
+    let reply = reply.unwrap_or_else(|e| panic!("relay: {e}"));
+    assert!(
+        reply == base64(&codec::encode_bytes(&data, Format::MessagePack)),
+        "the reply is not the MessagePack bin of the data"
+    );
+    assert_eq!(t.state("bytes-echo"), "serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_lists_that_must_be_values_are_bounded_by_the_callee_memory() {
+    let t = TestApp::start(BYTES).await;
+    // `wrap` returns a tuple: its list crosses as a `Val` per byte. 1 MiB is 32 MiB of values.
+    let small = counting(MIB);
+    let wrapped = call(&t, "bytes-echo.wrap", json!({ "data": base64(&small) })).await;
+    assert!(wrapped.expect("wrap 1 MiB") == json!([MIB, base64(&small)]));
+    // 16 MiB would be 512 MiB of values, past twice the 160 MiB memory limit.
+    let big = counting(16 * MIB);
+    let refused = call(&t, "bytes-echo.wrap", json!({ "data": base64(&big) })).await;
+    let Err(CallError::InvalidParams(message)) = refused else {
+        panic!("16 MiB as values was not refused: {refused:?}");
+    };
+    assert!(
+        message.starts_with("bytes-echo.wrap: params.data: too large: the decoded values would take more than 320.0 MiB of host memory (payload of 21.3 MiB)"),
+        "{message}"
+    );
+    // The same from a guest, through broker.call.
+    let params = json!({ "action": "bytes-echo.wrap", "params": base64(&data_param(&big)) });
+    let reply = call(&t, "bytes-echo.relay", params).await;
+    let Err(CallError::Failed(err)) = reply else {
+        panic!("relay did not pass on the refusal: {reply:?}");
+    };
+    assert!(
+        err.contains("InvalidParams")
+            && err.contains("bytes-echo.wrap: params.data: too large")
+            && err.contains("(payload of 16.0 MiB)"),
+        "{err}"
+    );
+    assert_eq!(t.state("bytes-echo"), "serving");
+}
