@@ -1,8 +1,8 @@
 //! Byte lists that cross as bytes.
 //!
 //! wasmtime's dynamic calls take and give [`Val`]s, and a `list<u8>` as
-//! `Val`s is one 32-byte `Val` per byte: a 24 MiB payload would hold
-//! 768 MiB of host memory. An action whose signature is made of byte lists
+//! `Val`s is one `Val` (40 bytes) per byte: a 24 MiB payload would hold
+//! 960 MiB of host memory. An action whose signature is made of byte lists
 //! and strings ([`ByteShape`]) is called through a typed function instead,
 //! so its bytes are copied as bytes, into the guest and out of it.
 //!
