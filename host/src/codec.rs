@@ -2509,6 +2509,8 @@ impl Wit<'_> {
 
 #[cfg(test)]
 mod tests {
+    mod properties;
+
     use super::*;
     use serde::{Deserialize, Serialize};
     use std::collections::HashMap;

@@ -1279,8 +1279,8 @@ impl LiveInstance {
             (Some(trap), _) => trap.to_string(),
             (None, _) if is_hostcall_fuel(&e) => format!(
                 "its result is too large for the host: as component values it would take more \
-                 than {} (twice the package's memory limit, at least 128 MiB; a `list<u8>` \
-                 crosses as bytes when the action takes and returns only byte lists and strings)",
+                 than {} (twice the package's memory limit, at least 128 MiB); a `list<u8>` \
+                 crosses as bytes only in a byte-shaped signature (see the README)",
                 human_bytes(self.store.hostcall_fuel() as u64)
             ),
             (None, _) => format!("{}", e.root_cause()),
