@@ -111,3 +111,65 @@ async fn byte_lists_that_must_be_values_are_bounded_by_the_callee_memory() {
     );
     assert_eq!(t.state("bytes-echo"), "serving");
 }
+
+/// Resident memory now and at its peak since the last reset, in MiB.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Forgets the peak, so the next [`rss`] reports the peak of what follows.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The host memory figures of the README and the hardening issue, printed:
+/// `cargo test -p steedos-tests --test tests -- --ignored --exact
+/// bytes::peak_memory_of_large_byte_lists --nocapture` (alone: the peak is
+/// the process's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run alone"]
+async fn peak_memory_of_large_byte_lists() {
+    let t = TestApp::start(BYTES).await;
+    let report = |what: &str, before: (u64, u64), result: &Result<serde_json::Value, CallError>| {
+        let (now, peak) = rss();
+        let outcome = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("{e}").chars().take(120).collect(),
+        };
+        println!(
+            "peak: {what}: +{} MiB over {} MiB before (now {now} MiB): {outcome}",
+            peak.saturating_sub(before.0),
+            before.0
+        );
+    };
+    for size in [3 * MIB, 24 * MIB] {
+        reset_peak();
+        let before = rss();
+        let result = call(&t, "bytes-echo.make", json!({ "size": size })).await;
+        report(&format!("make {} MiB result", size / MIB), before, &result);
+    }
+    let data = counting(24 * MIB);
+    let params = json!({ "data": base64(&data) });
+    reset_peak();
+    let before = rss();
+    let result = call(&t, "bytes-echo.sum", params).await;
+    report("sum of 24 MiB params (JSON)", before, &result);
+    let params = json!({ "action": "bytes-echo.echo", "params": base64(&data_param(&data)) });
+    reset_peak();
+    let before = rss();
+    let result = call(&t, "bytes-echo.relay", params).await;
+    report(
+        "24 MiB through broker.call to echo and back",
+        before,
+        &result,
+    );
+}

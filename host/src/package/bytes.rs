@@ -279,7 +279,6 @@ async fn returns<P>(
 where
     P: ComponentNamedList + Lower + Send + Sync,
 {
-    let text = |s: String| Val::String(s);
     Ok(match returns {
         Returns::Nothing => {
             typed::<P, ()>(func, store, params).await?;
@@ -291,7 +290,7 @@ where
         }
         Returns::Text => {
             let (s,) = typed::<P, (String,)>(func, store, params).await?;
-            Some(Output::Val(text(s)))
+            Some(Output::Val(Val::String(s)))
         }
         Returns::BytesOrText => {
             let (r,) = typed::<P, (Result<Vec<u8>, String>,)>(func, store, params).await?;
@@ -304,7 +303,7 @@ where
         Returns::TextOrText => {
             let (r,) = typed::<P, (Result<String, String>,)>(func, store, params).await?;
             Some(r.map_or_else(failed, |s| {
-                Output::Val(Val::Result(Ok(Some(Box::new(text(s))))))
+                Output::Val(Val::Result(Ok(Some(Box::new(Val::String(s))))))
             }))
         }
         Returns::U32 => {
