@@ -18,9 +18,9 @@ demo:
 call action params="{}":
     cargo run --release -p steedos-wasm -- call examples/shop {{action}} '{{params}}'
 
-# Every test: unit, manifest snapshots, integration on real components, CLI.
-test:
-    cargo test --workspace
+# Every test, with its own set-up of node, nats-server and Python tools (see ./test).
+test *args:
+    ./test {{args}}
 
 # Lints and formatting, as CI would want them.
 check:

@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use steedos_tests::{TestApp, guests};
+use steedos_wasm::manifest::Manifest;
 
 const TOKEN: &str = "s3cret-admin-token";
 
@@ -19,7 +20,6 @@ shutdown_timeout = "5s"
 
 [gateway]
 expose = ["greeter.*", "tally.*", "tally2.*", "inventory.*"]
-admin_token_env = "STEEDOS_TEST_ADMIN_TOKEN"
 
 [packages.greeter]
 component = "{GREETER}"
@@ -38,10 +38,14 @@ emits = ["order.*"]
 component = "{TALLY}"
 "#;
 
+/// Turns `/admin` on with [`TOKEN`], as `admin_token_env` naming a variable
+/// holding it would.
+fn with_token(m: &mut Manifest) {
+    m.gateway.admin_token = Some(TOKEN.into());
+}
+
 async fn start() -> TestApp {
-    // SAFETY: every test of this module sets the same value.
-    unsafe { std::env::set_var("STEEDOS_TEST_ADMIN_TOKEN", TOKEN) };
-    TestApp::start(APP).await
+    TestApp::start_edited(APP, |_| {}, with_token).await
 }
 
 async fn admin(
@@ -107,12 +111,21 @@ async fn an_upgrade_under_load_fails_no_request() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load is running: v1 answers.
+    let answered = |n: &Arc<AtomicU64>| {
+        let n = n.clone();
+        steedos_tests::eventually(Duration::from_secs(10), move || {
+            let n = n.clone();
+            async move { (n.load(Ordering::Relaxed) > 0).then_some(()) }
+        })
+    };
+    assert!(answered(&v1).await.is_some(), "v1 answered the load");
     let component = std::fs::read(guests::GREETER_V2).expect("greeter-v2 component");
     let (s, v) = deploy(&base, "greeter", component).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["ok"].as_str().unwrap().contains("upgraded"), "{v}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load goes on until v2 answers it too.
+    assert!(answered(&v2).await.is_some(), "v2 answered the load");
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await
@@ -278,9 +291,11 @@ component = "{GREETER}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_upgrades_a_package_whose_component_changed_on_disk() {
+    let logs = steedos_tests::logs();
+    // A package name of this test's own: the logs are the whole process's.
     let t = TestApp::start_with(
         r#"
-[packages.greeter]
+[packages.watched]
 component = "{DIR}/greeter.wasm"
 "#,
         |dir| {
@@ -289,41 +304,53 @@ component = "{DIR}/greeter.wasm"
     )
     .await;
     assert_eq!(
-        t.ok("greeter.hello", json!({"name": "w"})).await,
+        t.ok("watched.hello", json!({"name": "w"})).await,
         json!("Hello, w!")
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let watcher = tokio::spawn(steedos_wasm::watch::watch_packages(t.app.clone(), stopped));
-    tokio::time::sleep(steedos_wasm::watch::POLL * 2).await;
+    // Polled once here, the watcher takes its first look at the component
+    // (its stamp) before the test changes it.
+    let mut watcher = Box::pin(steedos_wasm::watch::watch_packages(t.app.clone(), stopped));
+    std::future::poll_fn(|cx| {
+        let _ = watcher.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let watcher = tokio::spawn(watcher);
     // A half-written or broken component is refused; the old one serves on.
     std::fs::write(t.dir.path().join("greeter.wasm"), b"\0asm half written").expect("write");
-    tokio::time::sleep(steedos_wasm::watch::POLL * 3).await;
+    let refused = logs
+        .line_with(
+            &["steedos_wasm::watch", "watched", "upgrade refused"],
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        refused.is_some(),
+        "the watcher refused the broken component"
+    );
     assert_eq!(
-        t.ok("greeter.hello", json!({"name": "w"})).await,
+        t.ok("watched.hello", json!({"name": "w"})).await,
         json!("Hello, w!")
     );
     std::fs::copy(guests::GREETER_V2, t.dir.path().join("greeter.wasm")).expect("copy v2");
     let upgraded = steedos_tests::eventually(Duration::from_secs(10), || async {
-        let v = t.ok("greeter.hello", json!({"name": "w"})).await;
+        let v = t.ok("watched.hello", json!({"name": "w"})).await;
         (v == json!("Hi, w! (v2)")).then_some(())
     })
     .await;
-    assert!(upgraded.is_some(), "the watcher upgraded greeter");
+    assert!(upgraded.is_some(), "the watcher upgraded the package");
     stop.send(true).expect("stop");
     watcher.await.expect("watcher");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_waiting_for_its_provider_starts_when_the_provider_is_deployed() {
-    // SAFETY: every test of this module sets the same value.
-    unsafe { std::env::set_var("STEEDOS_TEST_ADMIN_TOKEN", TOKEN) };
     // shop imports inventory's interface, typed; inventory is not there yet.
-    let t = TestApp::start(
+    let t = TestApp::start_edited(
         r#"
 [app]
 cache_dir = "{CACHE}"
-[gateway]
-admin_token_env = "STEEDOS_TEST_ADMIN_TOKEN"
 [packages.greeter]
 component = "{GREETER}"
 [packages.shop]
@@ -332,6 +359,8 @@ component = "{SHOP}"
 calls = ["inventory.*"]
 emits = ["order.*"]
 "#,
+        |_| {},
+        with_token,
     )
     .await;
     let (_g, base) = t.gateway().await;

@@ -8,14 +8,14 @@
 //! The components are built once per run by the example's own build
 //! commands (npm and componentize-js, a venv and componentize-py, cargo),
 //! exactly as `steedos-wasm run examples/polyglot` builds them, and only
-//! when out of date. Without node, npm or python3 these tests skip, saying
-//! so, unless `CI=true`, where they fail.
+//! when out of date. Without node, npm or python3 these tests skip by the
+//! rule of `tests/require.rs` (a failure under CI).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use steedos_tests::{TestApp, eventually};
+use steedos_tests::{TestApp, eventually, require};
 use steedos_wasm::builder;
 use steedos_wasm::context::CallError;
 use steedos_wasm::engine::Compiled;
@@ -57,37 +57,16 @@ fn example() -> PathBuf {
 /// The tools the example's build commands need, other than cargo.
 const TOOLS: &[&str] = &["node", "npm", "python3"];
 
-/// Whether `tools` all run. Under `CI=true` a missing one is a failure.
-fn tools_present(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|tool| {
-            !std::process::Command::new(tool)
-                .arg("--version")
-                .output()
-                .is_ok_and(|out| out.status.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and {missing:?} missing: .ci/run must install them");
-    }
-    eprintln!("skipped: {missing:?} not found (these tests need node, npm and python3)");
-    false
-}
-
 /// Builds the example's packages through their build commands, once; the
 /// manifest for a test app with their components, or `None` to skip.
 async fn polyglot() -> Option<&'static str> {
+    // Each test that would skip says so, not only the first.
+    if !require::tools(TOOLS) {
+        return None;
+    }
     static MANIFEST: OnceCell<Option<String>> = OnceCell::const_new();
     MANIFEST
         .get_or_init(|| async {
-            if !tools_present(TOOLS) {
-                return None;
-            }
             let manifest = Manifest::load(&example()).expect("examples/polyglot/steedos.toml");
             assert!(manifest.rejected.is_empty(), "{:?}", manifest.rejected);
             let mut text = POLYGLOT.to_string();

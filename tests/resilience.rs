@@ -75,13 +75,23 @@ circuit = { threshold = 0.5, min_calls = 4, window = "60s", half_open_after = "4
     assert_eq!(chaos.report().restarts, restarts);
     // Other actions of the package are not affected.
     assert_eq!(t.ok("chaos.ok", json!({})).await, json!("alive"));
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    // The first call let through once `half_open_after` has passed is the
+    // probe; until then every call is refused without entering the package.
+    let probe = |crash: bool| {
+        eventually(Duration::from_secs(10), move || async move {
+            match call(crash).await {
+                Err(CallError::Overloaded(m)) if m.contains("circuit open") => None,
+                other => Some(other),
+            }
+        })
+    };
     // Half-open: the probe crashes, the circuit opens again.
-    assert!(matches!(call(true).await, Err(CallError::Crashed(_))));
+    let crashed = probe(true).await.expect("a probe within 10 s");
+    assert!(matches!(crashed, Err(CallError::Crashed(_))), "{crashed:?}");
     assert!(matches!(call(false).await, Err(CallError::Overloaded(_))));
-    tokio::time::sleep(Duration::from_millis(450)).await;
     // The next probe succeeds: closed.
-    assert_eq!(call(false).await.expect("probe"), json!("alive"));
+    let probed = probe(false).await.expect("a probe within 10 s");
+    assert_eq!(probed.expect("probe"), json!("alive"));
     assert!(
         chaos.report().circuits.is_empty(),
         "{:?}",
@@ -152,47 +162,53 @@ async fn bulkheads_refuse_at_once_past_their_bound() {
 component = "{CHAOS}"
 instances = 1
 queue = 2
-timeout = "1s"
+timeout = "5s"
 [packages.chaos.actions.ok]
 queue = 0
 "#,
     )
     .await;
     let t = Arc::new(t);
-    // One spin holds the only instance for 1 s; two more calls may wait.
-    let spins: Vec<_> = (0..3)
-        .map(|_| {
-            let t = t.clone();
-            tokio::spawn(async move { t.call("chaos.spin", json!({})).await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let started = Instant::now();
+    let chaos = t.app.broker.service("chaos").expect("chaos");
+    let spin = || {
+        let t = t.clone();
+        tokio::spawn(async move { t.call("chaos.spin", json!({})).await })
+    };
+    let queued = |n: usize| {
+        let chaos = chaos.clone();
+        async move {
+            let seen = eventually(Duration::from_secs(10), || async {
+                (chaos.report().queued == n).then_some(())
+            })
+            .await;
+            assert!(seen.is_some(), "{n} queued: {:?}", chaos.report());
+        }
+    };
+    // One spin holds the only instance until its deadline; the next waits.
+    let holder = spin();
+    let mut spins = vec![spin()];
+    queued(1).await;
+    // The action's own bound (0 waiting) refuses, although the package's
+    // queue has room for one more.
+    match t.call("chaos.ok", json!({})).await {
+        Err(CallError::Overloaded(m)) => assert!(m.contains("its queue limit"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // The package's bound: two wait, the third is refused.
+    spins.push(spin());
+    queued(2).await;
     match t.call("chaos.spin", json!({})).await {
         Err(CallError::Overloaded(m)) => assert!(m.contains("already waiting"), "{m}"),
         other => panic!("{other:?}"),
     }
-    // The action's own bound (0 waiting) refuses even with room in the package's.
-    let spins_left = t
-        .app
-        .broker
-        .service("chaos")
-        .expect("chaos")
-        .report()
-        .queued;
-    assert!(spins_left <= 2);
-    match t.call("chaos.ok", json!({})).await {
-        Err(CallError::Overloaded(m)) => assert!(
-            m.contains("queue limit") || m.contains("already waiting"),
-            "{m}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    // Refused at once: while the first spin still holds the instance, not
+    // once a place came free.
     assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "refused at once"
+        !holder.is_finished(),
+        "the refusals waited for the instance"
     );
-    for s in spins {
+    assert_eq!(chaos.report().queued, 2, "{:?}", chaos.report());
+    for s in spins.into_iter().chain([holder]) {
         let _ = s.await;
     }
 }
@@ -263,23 +279,13 @@ fn crashes(r: Result<serde_json::Value, CallError>) {
     assert!(matches!(r, Err(CallError::Crashed(_))), "{r:?}");
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The chaos suite: steady load on healthy packages while a faulty one
 /// traps, loops, runs out of memory, overflows its stack, returns huge
-/// results and panics in `started`, on a random schedule. Healthy calls see
-/// no error, the faulty package serves again afterwards, and the host's
-/// memory stays flat over 100,000 restarts.
+/// results and fails in `started`, on a random schedule. Healthy calls see
+/// no error and the faulty packages serve again afterwards. (Memory over
+/// 100,000 restarts is measured in a process of its own: tests/memory.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_suite_healthy_calls_never_fail_and_memory_stays_flat() {
+async fn chaos_suite_healthy_calls_never_fail() {
     let t = Arc::new(
         TestApp::start_with(
             r#"
@@ -295,8 +301,12 @@ instances = 2
 memory = "16 MiB"
 timeout = "500ms"
 restart = { max = 10000, within = "1ms" }
+[packages.big]
+component = "{CHAOS}"
+timeout = "10s"
 [packages.fragile]
 component = "{PROBE}"
+memory = "8 MiB"
 restart = { max = 10000, within = "1ms", backoff = "10ms" }
 [packages.fragile.grants]
 dirs = [{ host = "{DIR}/state", guest = "/state" }]
@@ -305,6 +315,8 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
             |dir| {
                 std::fs::create_dir(dir.join("state")).expect("mkdir");
                 std::fs::write(dir.join("state/ready"), "yes").expect("write");
+                // Reading it needs more than fragile's 8 MiB: a crash.
+                std::fs::write(dir.join("state/big"), vec![b'x'; 12 << 20]).expect("write");
             },
         )
         .await,
@@ -345,7 +357,8 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
         seed
     };
     let ready = t.dir.path().join("state/ready");
-    let chaos = t.app.broker.service("chaos").expect("chaos");
+    let fragile = t.app.broker.service("fragile").expect("fragile");
+    let mut started_failed = 0;
     for _ in 0..60 {
         let pick = next() % 7;
         match pick {
@@ -357,7 +370,9 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
             2 => crashes(t.call("chaos.oom", json!({})).await),
             3 => crashes(t.call("chaos.deep", json!({"n": 10_000_000})).await),
             4 => {
-                let r = t.call("chaos.huge", json!({"mib": 1})).await;
+                // From a copy of chaos with room for it: building 1 MiB
+                // takes a debug build on a busy machine past 500ms.
+                let r = t.call("big.huge", json!({"mib": 1})).await;
                 assert!(
                     r.as_ref()
                         .is_ok_and(|v| v.as_str().is_some_and(|s| s.len() > 1_000_000)),
@@ -367,15 +382,34 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
             }
             5 => {
                 // fragile fails in `started` while its file is gone: crash
-                // it so it restarts into that failure, then let it recover.
-                let _ = std::fs::remove_file(&ready);
-                let _ = t
-                    .call(
-                        "fragile.forward",
-                        json!({"action": "fragile.nothing", "params-json": "{}"}),
-                    )
-                    .await;
+                // it so it restarts into that failure, see the failure,
+                // then let it recover.
+                std::fs::remove_file(&ready).expect("remove");
+                crashes(
+                    t.call("fragile.read-file", json!({"path": "/state/big"}))
+                        .await,
+                );
+                let failed = eventually(Duration::from_secs(10), || async {
+                    let r = fragile.report();
+                    (r.live == 0
+                        && r.last_error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("required file")))
+                    .then_some(())
+                })
+                .await;
+                assert!(
+                    failed.is_some(),
+                    "`started` did not fail: {:?}",
+                    fragile.report()
+                );
+                started_failed += 1;
                 std::fs::write(&ready, "yes").expect("write");
+                let back = eventually(Duration::from_secs(10), || async {
+                    t.call("fragile.env", json!({"name": "X"})).await.ok()
+                })
+                .await;
+                assert!(back.is_some(), "fragile recovers: {:?}", fragile.report());
             }
             _ => crashes(t.call("chaos.crash", json!({})).await),
         }
@@ -386,66 +420,10 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
     })
     .await;
     assert_eq!(back, Some(json!("alive")));
-
-    // 100,000 restarts, memory measured from this process.
-    let mut rss = Vec::new();
-    let total = 100_000u64;
-    let first = chaos.report().restarts;
-    let callers: Vec<_> = (0..2)
-        .map(|_| {
-            let t = t.clone();
-            tokio::spawn(async move {
-                for _ in 0..total / 2 {
-                    match t.call("chaos.trap", json!({})).await {
-                        Err(CallError::Crashed(_)) | Err(CallError::Overloaded(_)) => {}
-                        other => panic!("chaos.trap: {other:?}"),
-                    }
-                }
-            })
-        })
-        .collect();
-    let sampler = {
-        let chaos = chaos.clone();
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            while chaos.report().restarts < first + total {
-                samples.push((chaos.report().restarts - first, rss_kib()));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            samples
-        })
-    };
-    for c in callers {
-        c.await.expect("caller");
-    }
-    let done = eventually(Duration::from_secs(10), || async {
-        (chaos.report().restarts >= first + total).then_some(())
-    })
-    .await;
-    assert!(done.is_some(), "{:?}", chaos.report());
-    rss.extend(sampler.await.expect("sampler"));
-    rss.push((total, rss_kib()));
+    assert!(started_failed > 0, "the schedule never reached `started`");
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.expect("load task").expect("no healthy call failed");
     }
     assert!(healthy_ok.load(Ordering::Relaxed) > 100);
-    // Flat: after the first 10,000 restarts warm everything up, the last
-    // sample is within 32 MiB of the first.
-    let warm = rss
-        .iter()
-        .find(|(n, _)| *n >= 10_000)
-        .map(|(_, k)| *k)
-        .unwrap_or(0);
-    let last = rss.last().map(|(_, k)| *k).unwrap_or(0);
-    eprintln!(
-        "rss over restarts (restarts, KiB): {:?}",
-        rss.iter()
-            .step_by((rss.len() / 10).max(1))
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        warm > 0 && last < warm + 32 * 1024,
-        "memory grew from {warm} KiB to {last} KiB over {total} restarts"
-    );
 }

@@ -563,25 +563,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coarse_clock_trails_the_real_clock_by_at_most_a_tick() {
+    fn coarse_clock_never_runs_ahead_or_back_and_keeps_up() {
         let engine = Engine::new(&Config::new()).expect("engine");
         let clock = EpochClock::start(&engine);
         let mut last = coarse_now();
-        let until = Instant::now() + EPOCH_TICK * 20;
-        while Instant::now() < until {
-            let coarse = coarse_now();
-            let real = Instant::now();
-            assert!(coarse <= real, "the coarse clock ran ahead");
-            assert!(
-                real - coarse < EPOCH_TICK * 10,
-                "the coarse clock fell {:?} behind",
-                real - coarse
-            );
-            assert!(coarse >= last, "the coarse clock went backwards");
-            last = coarse;
-            std::thread::sleep(Duration::from_micros(300));
+        // It keeps up: every real instant is reached by the coarse clock
+        // (the bound is generous: a busy machine may delay a tick a lot).
+        for _ in 0..5 {
+            let target = Instant::now();
+            let give_up = target + Duration::from_secs(10);
+            loop {
+                let coarse = coarse_now();
+                assert!(coarse <= Instant::now(), "the coarse clock ran ahead");
+                assert!(coarse >= last, "the coarse clock went backwards");
+                last = coarse;
+                if coarse >= target {
+                    break;
+                }
+                assert!(Instant::now() < give_up, "the coarse clock stopped");
+                std::thread::sleep(Duration::from_micros(300));
+            }
         }
-        assert!(last > *COARSE_BASE, "the coarse clock never advanced");
         drop(clock);
     }
 }

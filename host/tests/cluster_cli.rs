@@ -3,8 +3,11 @@
 //! cluster node, another calls its action through the cluster, and after
 //! SIGTERM the node has left (the call no longer finds it).
 //!
-//! Needs `nats-server`; without it this test says so and passes, unless
-//! `CI` is set.
+//! Needs `nats-server` on PATH; without it this test skips by the rule of
+//! `tests/require.rs` (a failure under CI).
+
+#[path = "../../tests/require.rs"]
+mod require;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -26,24 +29,12 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// `nats-server`, or `None` when it is missing (by [`require`]'s rule).
 fn nats_server() -> Option<PathBuf> {
-    let found = [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        if std::env::var_os("CI").is_some_and(|v| v == "true" || v == "1") {
-            panic!(
-                "the cluster CLI test must run under CI, but nats-server is not installed (apt-get install nats-server)"
-            );
-        }
-        eprintln!("skipping the cluster CLI test: nats-server is not installed");
+    if !require::tools(&["nats-server"]) {
+        return None;
     }
-    found
+    require::which("nats-server")
 }
 
 struct Killed(std::process::Child);

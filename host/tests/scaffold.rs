@@ -2,8 +2,12 @@
 //! builds through its own build command, runs, and answers a call, and its
 //! error idiom reaches the caller as `failed`.
 //!
-//! The JavaScript and Python scaffolds need node and npm, and python3; they
-//! skip without them, saying so, unless `CI=true`, where they fail.
+//! The JavaScript and Python scaffolds need node and npm, and python3;
+//! without them they skip by the rule of `tests/require.rs` (a failure
+//! under CI).
+
+#[path = "../../tests/require.rs"]
+mod require;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -21,28 +25,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Whether `tools` all run. Under `CI=true` a missing one is a failure.
-fn tools_present(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|tool| {
-            !Command::new(tool)
-                .arg("--version")
-                .output()
-                .is_ok_and(|out| out.status.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and {missing:?} missing: .ci/run must install them");
-    }
-    eprintln!("skipped: {missing:?} not found");
-    false
 }
 
 /// `new <name> --lang <lang>`, then `call <name> <name>.hello`, as the
@@ -127,14 +109,14 @@ fn a_rust_scaffold_builds_runs_and_answers() {
 
 #[test]
 fn a_javascript_scaffold_builds_runs_and_answers() {
-    if tools_present(&["node", "npm"]) {
+    if require::tools(&["node", "npm"]) {
         new_then_call("js", "hello-js");
     }
 }
 
 #[test]
 fn a_python_scaffold_builds_runs_and_answers() {
-    if tools_present(&["python3"]) {
+    if require::tools(&["python3"]) {
         new_then_call("python", "hello-py");
     }
 }
