@@ -794,15 +794,6 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
     let (results, (), detected) = tokio::join!(join_all(loops), killer, detected);
     let detected = detected.expect("a detected c's loss while the load ran");
     let results: Vec<_> = results.into_iter().flatten().collect();
-    let slowest = results
-        .iter()
-        .map(|(_, took, _)| *took)
-        .max()
-        .expect("calls");
-    assert!(
-        slowest < timeout,
-        "no call waited out its timeout: slowest {slowest:?}"
-    );
     let mut lost = 0;
     let mut after = 0;
     for (at, _, r) in &results {
@@ -821,6 +812,15 @@ async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
         }
     }
     assert!(after > 10, "calls ran after detection: {after}");
+    let slowest = results
+        .iter()
+        .map(|(_, took, _)| *took)
+        .max()
+        .expect("calls");
+    assert!(
+        slowest < timeout,
+        "no call waited out its timeout: slowest {slowest:?}"
+    );
     assert!(results.len() > 100, "load ran: {} calls", results.len());
     eprintln!(
         "{} calls during the loss, {lost} failed as lost with c",

@@ -10,6 +10,7 @@ mod faults;
 mod gateway;
 mod gateway_hostile;
 mod guest_logs;
+mod lifecycle;
 mod loading;
 mod operations;
 mod polyglot;

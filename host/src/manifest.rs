@@ -2349,6 +2349,78 @@ mod tests {
     }
 
     #[test]
+    fn full_manifest_sets_every_gateway_key() {
+        let manifest = load_good("full");
+        let gateway = &manifest.gateway;
+        assert_eq!(
+            gateway.listen,
+            Some(std::net::SocketAddr::from(([0, 0, 0, 0], 8080)))
+        );
+        assert_eq!(gateway.expose, ["greeter.*", "inventory.get-item"]);
+        assert_eq!(gateway.max_body, 2 << 20);
+        assert_eq!(gateway.header_timeout, Duration::from_secs(3));
+        assert_eq!(gateway.idle_timeout, Duration::from_secs(120));
+        // The token is the named variable's value (PATH: always set here).
+        assert_eq!(gateway.admin_token, std::env::var("PATH").ok());
+        let aliases: Vec<(&str, String, &str)> = gateway
+            .aliases
+            .iter()
+            .map(|a| (a.method.as_str(), a.segments.join("/"), a.action.as_str()))
+            .collect();
+        assert_eq!(
+            aliases,
+            [
+                ("GET", "items/:sku".to_owned(), "inventory.get-item"),
+                ("POST", "orders".to_owned(), "inventory.reserve"),
+            ]
+        );
+        assert!(gateway.exposes("greeter.hello") && gateway.exposes("inventory.reserve"));
+        assert!(!gateway.exposes("inventory.list-items"));
+    }
+
+    #[test]
+    fn full_manifest_sets_every_resilience_key() {
+        let manifest = load_good("full");
+        let inventory = package(&manifest, "inventory");
+        assert_eq!((inventory.instances, inventory.max_instances), (2, 6));
+        assert_eq!(inventory.scale_down_after, Duration::from_secs(45));
+        let circuit = inventory.circuit.as_ref().expect("circuit");
+        assert_eq!(circuit.threshold, 0.25);
+        assert_eq!(circuit.min_calls, 7);
+        assert_eq!(circuit.window, Duration::from_secs(120));
+        assert_eq!(circuit.half_open_after, Duration::from_secs(15));
+        assert_eq!(inventory.retry.max, 4);
+        assert_eq!(inventory.retry.delay, Duration::from_millis(20));
+        assert_eq!(inventory.retry.max_delay, Duration::from_secs(3));
+        let mut actions: Vec<_> = inventory
+            .actions
+            .iter()
+            .map(|a| {
+                (
+                    a.name.as_str(),
+                    a.queue,
+                    a.idempotent,
+                    a.fallback.as_deref(),
+                )
+            })
+            .collect();
+        actions.sort();
+        assert_eq!(
+            actions,
+            [
+                ("get-item", None, true, None),
+                ("reserve", Some(5), true, Some("greeter.hello")),
+            ]
+        );
+        // greeter sets none of them: one instance, no circuit, no retries.
+        let greeter = package(&manifest, "greeter");
+        assert_eq!(greeter.max_instances, greeter.instances);
+        assert!(greeter.circuit.is_none());
+        assert_eq!(greeter.retry.max, 0);
+        assert!(greeter.actions.is_empty());
+    }
+
+    #[test]
     fn env_is_fixed_then_inherited_when_set() {
         let manifest = load_good("full");
         let inventory = package(&manifest, "inventory");
