@@ -1,11 +1,15 @@
 //! The `steedos-wasm` binary, driven as a user drives it: `build`, `call`,
 //! `inspect` and `run` on examples/shop, with their output and exit codes.
 
-use std::io::{BufRead, BufReader};
+#[path = "../../tests/child.rs"]
+mod child;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use child::{OutputBounded as _, Running};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_steedos-wasm"));
@@ -25,7 +29,7 @@ fn built() -> &'static Path {
         let out = bin()
             .arg("build")
             .arg(shop())
-            .output()
+            .output_bounded()
             .expect("run steedos-wasm build");
         assert!(out.status.success(), "build failed:\n{}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -50,7 +54,7 @@ fn call(args: &[&str]) -> Output {
         .arg("call")
         .arg(built())
         .args(args)
-        .output()
+        .output_bounded()
         .expect("run steedos-wasm call")
 }
 
@@ -98,9 +102,9 @@ fn a_failed_call_prints_its_kind_and_exits_1() {
 
 #[test]
 fn a_bad_command_line_exits_2_and_help_teaches() {
-    let out = bin().arg("call").output().expect("run");
+    let out = bin().arg("call").output_bounded().expect("run");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let out = bin().arg("--help").output().expect("run");
+    let out = bin().arg("--help").output_bounded().expect("run");
     let help = String::from_utf8_lossy(&out.stdout);
     for word in ["run", "call", "inspect", "build", "Exit codes", "RUST_LOG"] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
@@ -119,7 +123,7 @@ fn a_broken_manifest_points_at_the_line_and_exits_1() {
         .arg("call")
         .arg(dir.path())
         .arg("x.y")
-        .output()
+        .output_bounded()
         .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -129,7 +133,11 @@ fn a_broken_manifest_points_at_the_line_and_exits_1() {
 #[test]
 fn inspect_shows_actions_with_signatures_and_imports() {
     let component = built().join("target/wasm32-wasip2/release/shop.wasm");
-    let out = bin().arg("inspect").arg(&component).output().expect("run");
+    let out = bin()
+        .arg("inspect")
+        .arg(&component)
+        .output_bounded()
+        .expect("run");
     assert!(out.status.success(), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -150,7 +158,11 @@ fn inspect_shows_actions_with_signatures_and_imports() {
     let dir = tempfile::tempdir().expect("tmp");
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"not wasm").expect("write");
-    let out = bin().arg("inspect").arg(&junk).output().expect("run");
+    let out = bin()
+        .arg("inspect")
+        .arg(&junk)
+        .output_bounded()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a valid WebAssembly component"),
@@ -161,32 +173,16 @@ fn inspect_shows_actions_with_signatures_and_imports() {
 
 #[test]
 fn run_serves_until_sigterm_then_stops_every_instance() {
-    let mut child = bin()
-        .arg("run")
-        .arg(built())
-        .arg("--no-build")
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "steedos_wasm=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let started = Instant::now();
-    let mut summary = String::new();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        summary.push_str(&line);
-        summary.push('\n');
-        if line.starts_with("serving") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no `serving` line:\n{summary}"
-        );
-    }
+    let mut child = Running::spawn(
+        bin()
+            .arg("run")
+            .arg(built())
+            .arg("--no-build")
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "steedos_wasm=info"),
+    );
+    child.line_until(Duration::from_secs(120), |line| line.starts_with("serving"));
+    let summary = child.stdout.clone();
     assert!(
         summary.contains("5 package(s)")
             && summary.contains("greeter")
@@ -194,15 +190,9 @@ fn run_serves_until_sigterm_then_stops_every_instance() {
         "{summary}"
     );
     assert!(summary.contains("gateway: http://127.0.0.1:"), "{summary}");
-    let pid = child.id().to_string();
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let log = String::from_utf8_lossy(&out.stderr);
+    child.signal("TERM");
+    let (status, _, log) = child.wait_within(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{log}");
     for package in ["greeter", "inventory", "shop", "audit", "chaos"] {
         assert!(
             log.lines().any(|l| l.contains("stopped")
@@ -223,35 +213,27 @@ fn deploy_ps_upgrade_and_remove_against_a_running_host() {
         greeter.display().to_string()
     );
     std::fs::write(dir.path().join("steedos.toml"), manifest).expect("write");
-    let mut child = bin()
-        .arg("run")
-        .arg(dir.path())
-        .env("STEEDOS_ADMIN_TOKEN", token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn run");
-    let mut url = String::new();
-    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
-        let line = line.expect("line");
-        if let Some(rest) = line.strip_prefix("gateway: ") {
-            url = rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-        if line.starts_with("serving") {
-            break;
-        }
-    }
+    let mut child = Running::spawn(
+        bin()
+            .arg("run")
+            .arg(dir.path())
+            .env("STEEDOS_ADMIN_TOKEN", token),
+    );
+    child.line_until(Duration::from_secs(120), |line| line.starts_with("serving"));
+    let url = child
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("gateway: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "no gateway line");
     let admin = |args: &[&str]| {
         bin()
             .args(args)
             .args(["--url", &url])
             .env("STEEDOS_ADMIN_TOKEN", token)
-            .output()
+            .output_bounded()
             .expect("run")
     };
     let out = admin(&[
@@ -286,7 +268,7 @@ fn deploy_ps_upgrade_and_remove_against_a_running_host() {
     let out = bin()
         .args(["ps", "--url", &url])
         .env("STEEDOS_ADMIN_TOKEN", "wrong")
-        .output()
+        .output_bounded()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -294,8 +276,7 @@ fn deploy_ps_upgrade_and_remove_against_a_running_host() {
         "{}",
         text(&out)
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().expect("wait").success());
+    child.signal("TERM");
+    let (status, _, log) = child.wait_within(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
 }

@@ -6,13 +6,16 @@
 //! Needs `nats-server` on PATH; without it this test skips by the rule of
 //! `tests/require.rs` (a failure under CI).
 
+#[path = "../../tests/child.rs"]
+mod child;
 #[path = "../../tests/require.rs"]
 mod require;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use child::{OutputBounded as _, Running};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_steedos-wasm"));
@@ -64,44 +67,34 @@ fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
     );
     let url = format!("nats://127.0.0.1:{port}");
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
-    let built = bin().arg("build").arg(&shop).output().expect("build");
+    let built = bin()
+        .arg("build")
+        .arg(&shop)
+        .output_bounded()
+        .expect("build");
     assert!(built.status.success(), "{}", text(&built));
 
-    let mut node = bin()
-        .arg("run")
-        .arg(&shop)
-        .args([
-            "--no-build",
-            "--listen",
-            "off",
-            "--nats",
-            &url,
-            "--node-id",
-            "shop-node",
-            "--namespace",
-            "cli",
-        ])
-        .env("RUST_LOG", "steedos_wasm=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
-    let stdout = node.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let started = Instant::now();
-    let mut summary = String::new();
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        summary.push_str(&line);
-        summary.push('\n');
-        if line.starts_with("cluster:") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no `cluster:` line:\n{summary}"
-        );
-    }
+    let mut node = Running::spawn(
+        bin()
+            .arg("run")
+            .arg(&shop)
+            .args([
+                "--no-build",
+                "--listen",
+                "off",
+                "--nats",
+                &url,
+                "--node-id",
+                "shop-node",
+                "--namespace",
+                "cli",
+            ])
+            .env("RUST_LOG", "steedos_wasm=info"),
+    );
+    node.line_until(Duration::from_secs(120), |line| {
+        line.starts_with("cluster:")
+    });
+    let summary = node.stdout.clone();
     assert!(summary.contains("node `shop-node` joined"), "{summary}");
 
     // A client app with no packages of its own, in the same namespace.
@@ -125,7 +118,7 @@ fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
                 "--namespace",
                 namespace,
             ])
-            .output()
+            .output_bounded()
             .expect("call")
     };
     let out = call("cli");
@@ -143,14 +136,9 @@ fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
         text(&out)
     );
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &node.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let out = node.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let log = String::from_utf8_lossy(&out.stderr);
+    node.signal("TERM");
+    let (status, _, log) = node.wait_within(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("left the cluster"), "{log}");
     let out = call("cli");
     assert_eq!(

@@ -6,11 +6,15 @@
 //! without them they skip by the rule of `tests/require.rs` (a failure
 //! under CI).
 
+#[path = "../../tests/child.rs"]
+mod child;
 #[path = "../../tests/require.rs"]
 mod require;
 
 use std::path::Path;
 use std::process::{Command, Output};
+
+use child::OutputBounded as _;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_steedos-wasm"));
@@ -34,7 +38,7 @@ fn new_then_call(lang: &str, name: &str) {
     let out = bin()
         .args(["new", name, "--lang", lang, "--dir"])
         .arg(parent.path())
-        .output()
+        .output_bounded()
         .expect("run new");
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -63,7 +67,7 @@ fn new_then_call(lang: &str, name: &str) {
         bin()
             .current_dir(parent.path())
             .args(["call", name, &format!("{name}.hello"), params])
-            .output()
+            .output_bounded()
             .expect("run call")
     };
     let out = call(r#"{"name":"Ada"}"#);
@@ -85,7 +89,11 @@ fn new_then_call(lang: &str, name: &str) {
     );
 
     // Built once: the next build has nothing to do.
-    let out = bin().arg("build").arg(&app).output().expect("run build");
+    let out = bin()
+        .arg("build")
+        .arg(&app)
+        .output_bounded()
+        .expect("run build");
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("up to date"),
@@ -126,7 +134,7 @@ fn new_refuses_a_bad_name_and_an_occupied_folder() {
     let parent = tempfile::tempdir().expect("tmp");
     let out = bin()
         .args(["new", "Hello_World", "--lang", "rust"])
-        .output()
+        .output_bounded()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
@@ -140,7 +148,7 @@ fn new_refuses_a_bad_name_and_an_occupied_folder() {
     let out = bin()
         .args(["new", "taken", "--lang", "js", "--dir"])
         .arg(parent.path())
-        .output()
+        .output_bounded()
         .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -156,7 +164,7 @@ fn new_refuses_a_bad_name_and_an_occupied_folder() {
 
 #[test]
 fn new_help_teaches_the_languages_and_the_next_commands() {
-    let out = bin().args(["new", "--help"]).output().expect("run");
+    let out = bin().args(["new", "--help"]).output_bounded().expect("run");
     assert!(out.status.success(), "{}", text(&out));
     let help = String::from_utf8_lossy(&out.stdout);
     for word in [
