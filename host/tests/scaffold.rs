@@ -100,6 +100,21 @@ fn new_then_call(lang: &str, name: &str) {
         "{}",
         text(&out)
     );
+    // `build --force` builds it all the same (once, for Rust: the others'
+    // builds are the slow part of this test).
+    if lang == "rust" {
+        let out = bin()
+            .args(["build", "--force"])
+            .arg(&app)
+            .output_bounded()
+            .expect("run build --force");
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{name:<12} built in")),
+            "{}",
+            text(&out)
+        );
+    }
 }
 
 fn has_cache(app: &Path) -> bool {
