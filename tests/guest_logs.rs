@@ -3,8 +3,6 @@
 //! held to a budget per package. The log is read as the binary writes it:
 //! tracing's fmt output, captured for this test binary.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,40 +10,9 @@ use steedos_tests::TestApp;
 use steedos_wasm::guest_log::{BURST, MESSAGE_MAX, RATE};
 
 /// The fmt log of this test binary (guest lines and the guest log
-/// module's own warnings), captured from the first call on.
+/// module's own warnings): the process-wide capture of `steedos_tests`.
 fn log_text() -> String {
-    static CAPTURED: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    let buf = CAPTURED.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "guest=info,steedos_wasm::guest_log=warn",
-            ))
-            .with_writer(move || Capture(sink.clone()))
-            .with_ansi(false)
-            .try_init()
-            .expect("the first tracing subscriber of this test binary");
-        buf
-    });
-    let bytes = buf.lock().unwrap_or_else(|p| p.into_inner());
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    steedos_tests::logs().text()
 }
 
 /// The captured lines that name `package` (as a field or in the text).

@@ -256,8 +256,8 @@ impl TestApp {
     }
 }
 
-/// What the host logs (targets `steedos_wasm*` at info and up, and `guest`
-/// at every level), captured for the whole test process, one event a line
+/// What the host logs (`guest` at info and up, the guest log module's
+/// warnings, the watcher's lines), captured for the whole test process, one event a line
 /// with its target and fields, from the first call of [`logs`] on.
 #[derive(Clone)]
 pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -308,7 +308,7 @@ pub fn logs() -> Logs {
         let installed = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "steedos_wasm=info,guest=trace",
+                "guest=info,steedos_wasm::guest_log=warn,steedos_wasm::watch=info",
             ))
             .with_writer(move || writer.clone())
             .finish()
