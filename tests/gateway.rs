@@ -418,25 +418,12 @@ async fn an_error_value_naming_a_status_sets_the_http_status() {
     }
 }
 
-/// `nats-server`, or `None` (after saying why) outside CI.
+/// `nats-server` from `PATH`, or `None` (after saying why) outside CI.
 fn nats_server() -> Option<std::path::PathBuf> {
-    let found = [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ]
-    .iter()
-    .map(std::path::PathBuf::from)
-    .find(|p| p.exists());
-    let ci = std::env::var_os("CI").is_some_and(|v| v == "true" || v == "1");
-    match found {
-        Some(p) => Some(p),
-        None if ci => panic!("this test must run under CI, but nats-server is not installed"),
-        None => {
-            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
-            None
-        }
-    }
+    use steedos_tests::require;
+    require::tools(&["nats-server"])
+        .then(|| require::which("nats-server"))
+        .flatten()
 }
 
 /// A call that another node of the cluster denies answers 403 over HTTP.
