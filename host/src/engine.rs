@@ -60,9 +60,7 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// otherwise (`[app] max_instances`, `--max-instances`).
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
-/// The largest component file read from disk or taken by a deploy unless
-/// the app says otherwise (`[app] max_component_size`).
-pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 << 20;
+pub use crate::manifest::DEFAULT_MAX_COMPONENT_SIZE;
 
 /// Linear memories the pool reserves per instance, on average: a Rust or
 /// C component has one, a JavaScript or Python one two.

@@ -39,6 +39,7 @@ pub mod gateway;
 pub mod guest_log;
 pub mod manifest;
 pub mod metrics;
+pub mod node_id;
 pub mod openapi;
 pub mod operate;
 pub mod package;

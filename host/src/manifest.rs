@@ -155,6 +155,22 @@ pub struct Manifest {
     pub rejected: Vec<ManifestError>,
 }
 
+/// The transporter URL with any `user:password@` shown as `***@`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The largest component file read from disk or taken by a deploy unless
+/// the app says otherwise (`[app] max_component_size`).
+pub const DEFAULT_MAX_COMPONENT_SIZE: u64 = 64 << 20;
+
 /// The host's own state, outside every app: the compile cache's key lives
 /// here. `$XDG_STATE_HOME/steedos-wasm`, else `~/.local/state/steedos-wasm`;
 /// `None` without either variable.
@@ -1174,7 +1190,7 @@ impl<'a> Source<'a> {
             max_instances: raw.max_instances.map(|n| n.0),
             max_component_size: raw
                 .max_component_size
-                .map_or(crate::engine::DEFAULT_MAX_COMPONENT_SIZE, |s| s.0),
+                .map_or(DEFAULT_MAX_COMPONENT_SIZE, |s| s.0),
         })
     }
 
@@ -1255,7 +1271,7 @@ impl<'a> Source<'a> {
         if !raw.transporter.0.starts_with("nats://") && !raw.transporter.0.starts_with("tls://") {
             let message = format!(
                 "{:?} is not a NATS URL (try \"nats://127.0.0.1:4222\")",
-                crate::transport::redact(&raw.transporter.0)
+                redact(&raw.transporter.0)
             );
             return Err(scope.error(at("transporter"), message));
         }
@@ -1938,7 +1954,7 @@ impl FromTomlStr for SubjectToken {
     const EXPECTING: &'static str = "a name";
 
     fn from_toml_str(text: &str) -> Result<Self, String> {
-        match crate::transport::bounds::token_problem(text) {
+        match crate::node_id::token_problem(text) {
             Some(problem) => Err(problem),
             None => Ok(SubjectToken(text.to_owned())),
         }

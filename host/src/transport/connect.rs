@@ -14,17 +14,7 @@ use async_nats::{Client, ConnectOptions};
 use super::TransportError;
 use crate::manifest::{ClusterAuth, ClusterSettings, Secret};
 
-/// The transporter URL with any `user:password@` shown as `***@`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
+pub use crate::manifest::redact;
 
 /// Every secret in `url` (its user info), to scrub from a client's error text.
 fn scrub(message: &str, url: &str) -> String {
