@@ -44,30 +44,7 @@ restart = { max = 10000, within = "1ms" }
     );
     let stop = Arc::new(AtomicBool::new(false));
     let healthy_ok = Arc::new(AtomicU64::new(0));
-    let load: Vec<_> = (0..4)
-        .map(|i| {
-            let (t, stop, ok) = (t.clone(), stop.clone(), healthy_ok.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let r = match i % 2 {
-                        0 => t
-                            .call("greeter.hello", json!({"name": "load"}))
-                            .await
-                            .map(|v| v == json!("Hello, load!")),
-                        _ => t
-                            .call("inventory.get-item", json!({"sku": "apple"}))
-                            .await
-                            .map(|v| v["sku"] == "apple"),
-                    };
-                    match r {
-                        Ok(true) => ok.fetch_add(1, Ordering::Relaxed),
-                        other => return Err(format!("a healthy call failed: {other:?}")),
-                    };
-                }
-                Ok(())
-            })
-        })
-        .collect();
+    let load = steedos_tests::healthy_load(&t, &stop, &healthy_ok);
     let chaos = t.app.broker.service("chaos").expect("chaos");
 
     // 100,000 restarts, memory measured from this process (this test alone).

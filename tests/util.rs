@@ -318,3 +318,40 @@ pub fn logs() -> Logs {
     })
     .clone()
 }
+
+/// Four tasks calling `greeter.hello` and `inventory.get-item` (the shop's
+/// healthy packages) until `stop`, counting answers that are right in `ok`;
+/// a task ends with the first wrong answer or error. For tests that storm
+/// one package and check that the others keep serving.
+pub fn healthy_load(
+    t: &std::sync::Arc<TestApp>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Result<(), String>>> {
+    use serde_json::json;
+    use std::sync::atomic::Ordering;
+    (0..4)
+        .map(|i| {
+            let (t, stop, ok) = (t.clone(), stop.clone(), ok.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = match i % 2 {
+                        0 => t
+                            .call("greeter.hello", json!({"name": "load"}))
+                            .await
+                            .map(|v| v == json!("Hello, load!")),
+                        _ => t
+                            .call("inventory.get-item", json!({"sku": "apple"}))
+                            .await
+                            .map(|v| v["sku"] == "apple"),
+                    };
+                    match r {
+                        Ok(true) => ok.fetch_add(1, Ordering::Relaxed),
+                        other => return Err(format!("a healthy call failed: {other:?}")),
+                    };
+                }
+                Ok(())
+            })
+        })
+        .collect()
+}
