@@ -130,30 +130,7 @@ struct Status {
 /// At most one "failed to start" line per package in this long.
 const START_FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// A snapshot of one package for `ps`, `/health` and tests.
-#[derive(Clone, Debug)]
-pub struct ServiceReport {
-    /// The package name.
-    pub name: String,
-    /// `starting`, `serving`, `backoff`, `failed` or `stopped`.
-    pub state: &'static str,
-    /// Instances alive.
-    pub live: usize,
-    /// Instances configured.
-    pub instances: u32,
-    /// Calls waiting for an instance.
-    pub queued: usize,
-    /// Restarts since load.
-    pub restarts: u64,
-    /// The last fault or start failure.
-    pub last_error: Option<String>,
-    /// Actions whose circuit breaker is not closed, with its state.
-    pub circuits: Vec<(String, &'static str)>,
-    /// Its event queue: what waits, what was dropped or refused.
-    pub events: EventStats,
-    /// Guest log lines dropped over the package's log budget.
-    pub log_lines_dropped: u64,
-}
+pub use crate::health::ServiceReport;
 
 impl Service {
     fn new(package: Package, metrics: &Metrics) -> Self {

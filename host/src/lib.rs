@@ -37,6 +37,7 @@ pub mod context;
 pub mod engine;
 pub mod gateway;
 pub mod guest_log;
+pub mod health;
 pub mod manifest;
 pub mod metrics;
 pub mod node_id;

@@ -38,6 +38,8 @@ use crate::package::{Caller, Fault, LiveInstance};
 use crate::pool::{Checkout, Refusal};
 use crate::supervisor::PackageState;
 
+pub use crate::health::EventStats;
+
 /// The largest event payload accepted, in bytes.
 pub const EVENT_PAYLOAD_MAX: usize = 1 << 20;
 /// The bytes of events that may wait for one subscriber.
@@ -64,23 +66,6 @@ pub(super) struct EventQueue {
     too_deep: AtomicU64,
     /// Events whose subscriber stopped (shutdown, upgrade, removal) first.
     stopped: AtomicU64,
-}
-
-/// What a subscriber's event queue holds and has dropped, for reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EventStats {
-    /// Events accepted and not yet delivered (or dropped).
-    pub queued: usize,
-    /// Bytes those events are charged.
-    pub queued_bytes: usize,
-    /// The most bytes ever charged at once (never above the bound).
-    pub peak_bytes: usize,
-    /// Events dropped because they waited past their deadline.
-    pub expired: u64,
-    /// Emits refused because this subscriber had no room.
-    pub refused: u64,
-    /// Emits dropped at the event chain depth limit.
-    pub too_deep: u64,
 }
 
 impl EventQueue {
