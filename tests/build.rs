@@ -98,6 +98,7 @@ fn main() {
         writeln!(all, "    ({:?}, {constant}),", package.name).unwrap();
     }
     all.push_str("];\n");
+    exercised_by_name(&root, &guests);
     consts.push('\n');
     consts.push_str(&all);
     fs::write(out_dir.join("guests.rs"), consts).expect("write $OUT_DIR/guests.rs");
@@ -203,6 +204,61 @@ fn build(workspace: &Path, target_dir: &Path) {
             &format!("building the guests of {} failed", workspace.display()),
             &out,
         );
+    }
+}
+
+/// Fails the build when a guest package (of the built workspaces, or of
+/// `examples/polyglot`) is named by no test: a guest no test runs is dead
+/// weight that looks covered. A Rust guest is named by its constant
+/// (`guests::BYTES_ECHO`) or its placeholder in a test manifest
+/// (`{BYTES-ECHO}`); a polyglot one by its package name.
+fn exercised_by_name(root: &Path, guests: &[Package]) {
+    let mut sources = String::new();
+    for dir in ["tests", "host/tests"] {
+        let dir = root.join(dir);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            let is_test = path.extension().is_some_and(|ext| ext == "rs")
+                && path.file_name() != Some("build.rs".as_ref());
+            if is_test {
+                rerun_if_changed(&path);
+                sources.push_str(&fs::read_to_string(&path).unwrap_or_default());
+                sources.push('\n');
+            }
+        }
+    }
+    let words: std::collections::HashSet<&str> = sources
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    let mut unused: Vec<String> = guests
+        .iter()
+        .filter(|package| {
+            let constant = package.name.replace('-', "_").to_uppercase();
+            let placeholder = format!("{{{}}}", package.name.to_uppercase());
+            !words.contains(constant.as_str()) && !sources.contains(&placeholder)
+        })
+        .map(|package| package.dir.display().to_string())
+        .collect();
+    let polyglot = root.join("examples/polyglot/packages");
+    rerun_if_changed(&polyglot);
+    if let Ok(entries) = fs::read_dir(&polyglot) {
+        for dir in entries.filter_map(Result::ok).map(|e| e.path()) {
+            let name = dir.file_name().unwrap_or_default().to_string_lossy();
+            if dir.is_dir() && !words.contains(name.as_ref()) {
+                unused.push(dir.display().to_string());
+            }
+        }
+    }
+    if !unused.is_empty() {
+        unused.sort();
+        fail(&format!(
+            "no test names these guest packages (use its constant from \
+             `steedos_tests::guests` or its `{{NAME}}` placeholder in a test manifest, \
+             or remove the package): {}",
+            unused.join(", ")
+        ));
     }
 }
 
