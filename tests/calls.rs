@@ -297,3 +297,76 @@ async fn the_call_depth_limit_stops_runaway_recursion() {
         "{text}"
     );
 }
+
+const FRAGILE: &str = r#"
+[packages.fragile]
+component = "{FRAGILE}"
+timeout = "500ms"
+restart = { max = 100, within = "10s", backoff = "10ms" }
+[packages.dependent]
+component = "{DEPENDENT}"
+timeout = "30s"
+[packages.dependent.grants]
+calls = ["fragile.*"]
+"#;
+
+/// `dependent.relay(text)`: what dependent's typed call to `fragile.echo`
+/// got back, as text ("ok: .." or "err: <case>: ..").
+async fn relay(t: &TestApp, text: &str) -> String {
+    match t.ok("dependent.relay", json!({ "text": text })).await {
+        serde_json::Value::String(s) => s,
+        other => panic!("dependent.relay answered {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_import_declared_with_call_error_gets_the_error_case() {
+    let t = TestApp::start(FRAGILE).await;
+    assert_eq!(relay(&t, "hi").await, "ok: hi");
+    // The callee's own error value passes through unchanged.
+    assert_eq!(relay(&t, "fail:no stock").await, "err: failed: no stock");
+    // A callee that traps is the importer's error value, never its trap.
+    let trapped = relay(&t, "trap").await;
+    assert!(trapped.starts_with("err: crashed: "), "{trapped}");
+    // A callee that loops past its deadline: a timeout, as a value.
+    assert_eq!(relay(&t, "loop").await, "err: timeout: ");
+    // The importer never faulted; the callee was restarted and answers.
+    let dependent = t.app.broker.service("dependent").expect("dependent");
+    assert_eq!(dependent.report().restarts, 0, "{:?}", dependent.report());
+    let again = steedos_tests::eventually(Duration::from_secs(20), || async {
+        let answer = relay(&t, "again").await;
+        (answer == "ok: again").then_some(answer)
+    })
+    .await;
+    assert!(again.is_some(), "fragile answers again after its restarts");
+    let fragile = t.app.broker.service("fragile").expect("fragile");
+    assert!(fragile.report().restarts >= 2, "{:?}", fragile.report());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_behind_a_typed_import_without_an_error_case_fails_only_the_callers_call() {
+    let t = TestApp::start(FRAGILE).await;
+    assert_eq!(
+        t.ok("dependent.relay-plain", json!({"text": "hi"})).await,
+        json!("hi")
+    );
+    match t
+        .call("dependent.relay-plain", json!({"text": "trap"}))
+        .await
+    {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("fragile.plain"), "names the callee: {text}");
+        }
+        Ok(v) => panic!("a trapping callee answered {v}"),
+    }
+    // Both keep serving: the caller's next call goes through once the
+    // callee is back.
+    let again = steedos_tests::eventually(Duration::from_secs(20), || async {
+        t.call("dependent.relay-plain", json!({"text": "again"}))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(again, Some(json!("again")));
+}
