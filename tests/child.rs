@@ -17,6 +17,8 @@ pub struct Running {
     child: Child,
     lines: Receiver<String>,
     stderr: Option<JoinHandle<String>>,
+    /// Every stderr line read so far (the stderr thread appends).
+    stderr_so_far: std::sync::Arc<std::sync::Mutex<String>>,
     /// Every stdout line read so far.
     pub stdout: String,
 }
@@ -38,16 +40,23 @@ impl Running {
                 }
             }
         });
-        let mut err = child.stderr.take().expect("stderr");
+        let err = child.stderr.take().expect("stderr");
+        let stderr_so_far = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let so_far = stderr_so_far.clone();
         let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut text) = so_far.lock() {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            so_far.lock().map(|text| text.clone()).unwrap_or_default()
         });
         Running {
             child,
             lines,
             stderr: Some(stderr),
+            stderr_so_far,
             stdout: String::new(),
         }
     }
@@ -78,6 +87,27 @@ impl Running {
                     panic!("stdout closed; stdout:\n{}", self.stdout)
                 }
             }
+        }
+    }
+
+    /// Waits at most `within` for a stderr line satisfying `done` (stderr
+    /// is read on its own thread); panics with stderr so far when none does.
+    pub fn stderr_until(&self, within: Duration, done: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + within;
+        loop {
+            let text = self
+                .stderr_so_far
+                .lock()
+                .map(|t| t.clone())
+                .unwrap_or_default();
+            if let Some(line) = text.lines().find(|line| done(line)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < end,
+                "no such stderr line within {within:?}; stderr:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -6,7 +6,12 @@ steedos_sdk::generate!({
     world: "test:fragile/fragile-package",
 });
 
+use std::time::Duration;
+
+use exports::steedos::package::events::Guest as EventsGuest;
 use exports::test::fragile::fragile::{CallError, Guest};
+use steedos_sdk::wit::broker;
+use steedos_sdk::CallContext;
 
 struct Fragile;
 
@@ -20,7 +25,15 @@ fn obey(text: String) -> String {
                 spins = std::hint::black_box(spins.wrapping_add(1));
             }
         }
-        _ => text,
+        _ => {
+            if let Some(ms) = text.strip_prefix("sleep:").and_then(|ms| ms.parse().ok()) {
+                steedos_sdk::info!("sleeping {ms} ms");
+                std::thread::sleep(Duration::from_millis(ms));
+            } else if let Some(ms) = text.strip_prefix("emit:") {
+                broker::emit("fragile.slow", ms.as_bytes());
+            }
+            text
+        }
     }
 }
 
@@ -34,6 +47,15 @@ impl Guest for Fragile {
 
     fn plain(text: String) -> String {
         obey(text)
+    }
+}
+
+impl EventsGuest for Fragile {
+    fn handle(event: String, payload: Vec<u8>, _ctx: CallContext) {
+        let ms: u64 = String::from_utf8_lossy(&payload).parse().unwrap_or(0);
+        steedos_sdk::info!("handling {event}");
+        std::thread::sleep(Duration::from_millis(ms));
+        steedos_sdk::info!("handled {event} after {ms} ms");
     }
 }
 

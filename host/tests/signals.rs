@@ -1,0 +1,116 @@
+//! Graceful shutdown of the real binary under real signals (SIGTERM and
+//! SIGINT, as Ctrl-C sends): a call in flight gets its answer and an event
+//! being handled is handled to the end before the host exits 0, as the
+//! README promises.
+
+#[path = "../../tests/child.rs"]
+mod child;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use child::Running;
+
+/// Long enough that the signal surely lands while both are running.
+const WORK_MS: u64 = 3000;
+const GENEROUS: Duration = Duration::from_secs(120);
+
+fn serve(dir: &Path) -> (Running, SocketAddr) {
+    let manifest = format!(
+        r#"[app]
+shutdown_timeout = "60s"
+cache_dir = "{cache}"
+[gateway]
+expose = ["fragile.*"]
+[packages.fragile]
+component = "{fragile}"
+instances = 2
+timeout = "60s"
+events = ["fragile.*"]
+[packages.fragile.grants]
+emits = ["fragile.*"]
+"#,
+        cache = dir.join("cache").display(),
+        fragile = steedos_tests::guests::FRAGILE,
+    );
+    std::fs::write(dir.join("steedos.toml"), manifest).expect("write manifest");
+    let mut child = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_steedos-wasm"))
+            .args(["run", "--no-build", "--listen", "127.0.0.1:0"])
+            .arg(dir)
+            .env("RUST_LOG", "info"),
+    );
+    let line = child.line_until(GENEROUS, |line| line.starts_with("gateway: http://"));
+    let addr = line
+        .trim_start_matches("gateway: http://")
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    child.line_until(GENEROUS, |line| line.starts_with("serving"));
+    (child, addr)
+}
+
+/// `POST /api/fragile/echo {"text": text}` on a connection of its own;
+/// the raw response ("" when the connection was refused or closed early).
+fn echo(addr: SocketAddr, text: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, GENEROUS) else {
+        return String::new();
+    };
+    stream.set_read_timeout(Some(GENEROUS)).expect("timeout");
+    let body = format!(r#"{{"text":"{text}"}}"#);
+    let request = format!(
+        "POST /api/fragile/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+fn in_flight_work_finishes_before_exit(signal: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (child, addr) = serve(dir.path());
+    // An event whose handler outlasts the call (so the gateway's wait for
+    // the call cannot cover for it), then a call of WORK_MS.
+    let emitted = echo(addr, &format!("emit:{}", 2 * WORK_MS));
+    assert!(emitted.starts_with("HTTP/1.1 200"), "{emitted}");
+    child.stderr_until(GENEROUS, |l| l.contains("handling fragile.slow"));
+    let call = std::thread::spawn(move || echo(addr, &format!("sleep:{WORK_MS}")));
+    child.stderr_until(GENEROUS, |l| l.contains(&format!("sleeping {WORK_MS} ms")));
+
+    child.signal(signal);
+    let (status, _, log) = child.wait_within(GENEROUS);
+    let answer = call.join().expect("the caller thread");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("\"sleep:{WORK_MS}\"")),
+        "the call in flight at SIG{signal} got: {answer:?}\n{log}"
+    );
+    assert_eq!(status.code(), Some(0), "exit after SIG{signal}:\n{log}");
+    let handled = log
+        .lines()
+        .position(|l| l.contains(&format!("handled fragile.slow after {} ms", 2 * WORK_MS)));
+    let stopped = log
+        .lines()
+        .position(|l| l.contains("stopped") && l.contains("package=\"fragile\""));
+    assert!(
+        matches!((handled, stopped), (Some(h), Some(s)) if h < s),
+        "the event being handled at SIG{signal} finishes before the package stops:\n{log}"
+    );
+}
+
+#[test]
+fn sigterm_lets_the_call_and_the_event_in_flight_finish() {
+    in_flight_work_finishes_before_exit("TERM");
+}
+
+#[test]
+fn sigint_lets_the_call_and_the_event_in_flight_finish() {
+    in_flight_work_finishes_before_exit("INT");
+}
