@@ -423,3 +423,83 @@ async fn a_package_deployed_through_admin_is_held_to_its_grants_in_started() {
     assert_eq!(t.ok("allowed.started-outcome", json!({})).await, "ok");
     assert_eq!(crate::sandbox::started_records(&t).await, 1);
 }
+
+/// `fragile.echo(text)` over the gateway: its answer.
+async fn fragile(base: &str, text: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/fragile/echo"))
+        .json(&json!({ "text": text }))
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        r.status().is_success(),
+        "fragile.echo({text}): {}",
+        r.status()
+    );
+    let v = r.json::<Value>().await.expect("json");
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("fragile.echo({text}) answered {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_call_in_flight_across_an_upgrade_finishes_on_the_old_version_before_it_stops() {
+    let logs = steedos_tests::logs();
+    let t = TestApp::start_edited(
+        r#"
+[gateway]
+expose = ["fragile.*"]
+[packages.fragile]
+component = "{FRAGILE}"
+instances = 1
+timeout = "60s"
+"#,
+        |_| {},
+        with_token,
+    )
+    .await;
+    let (_g, base) = t.gateway().await;
+    let old = fragile(&base, "whoami").await;
+    assert_eq!(old.len(), 16, "{old:?}");
+    let long = {
+        let base = base.clone();
+        tokio::spawn(async move { fragile(&base, "sleep:3000").await })
+    };
+    let sleeping = logs
+        .line_with(&["sleeping 3000 ms in", &old], Duration::from_secs(60))
+        .await;
+    assert!(sleeping.is_some(), "the long call runs on the old instance");
+
+    let component = std::fs::read(guests::FRAGILE).expect("fragile component");
+    let (s, v) = deploy(&base, "fragile", component).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v.to_string().contains("upgraded"), "{v}");
+    // New calls go to the new version while the old one is still busy.
+    let new = fragile(&base, "whoami").await;
+    assert!(new.len() == 16 && new != old, "old {old}, new {new}");
+    assert!(!long.is_finished(), "the long call was still running");
+
+    assert_eq!(
+        long.await.expect("task"),
+        "sleep:3000",
+        "the long call answered"
+    );
+    let stopped = logs
+        .line_with(&["stopped", &old], Duration::from_secs(60))
+        .await
+        .expect("`stopped` was called on the old instance");
+    let text = logs.text();
+    let slept = text
+        .find(&format!("slept 3000 ms in {old}"))
+        .expect("the long call finished on the old instance");
+    let stop_at = text.find(&stopped).expect("the stopped line");
+    assert!(
+        slept < stop_at,
+        "the old instance stopped only after its call"
+    );
+    assert!(
+        !text.contains(&format!("stopped {new}")),
+        "the new version keeps serving"
+    );
+}

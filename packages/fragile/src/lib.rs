@@ -9,11 +9,21 @@ steedos_sdk::generate!({
 use std::time::Duration;
 
 use exports::steedos::package::events::Guest as EventsGuest;
+use exports::steedos::package::lifecycle::Guest as LifecycleGuest;
 use exports::test::fragile::fragile::{CallError, Guest};
 use steedos_sdk::wit::broker;
 use steedos_sdk::CallContext;
 
 struct Fragile;
+
+/// A random id, fixed for the life of the instance.
+fn instance() -> u64 {
+    use std::hash::BuildHasher as _;
+    thread_local! {
+        static ID: u64 = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    }
+    ID.with(|id| *id)
+}
 
 /// Does what `text` asks for: trap, loop, or answer it.
 fn obey(text: String) -> String {
@@ -25,10 +35,12 @@ fn obey(text: String) -> String {
                 spins = std::hint::black_box(spins.wrapping_add(1));
             }
         }
+        "whoami" => format!("{:016x}", instance()),
         _ => {
             if let Some(ms) = text.strip_prefix("sleep:").and_then(|ms| ms.parse().ok()) {
-                steedos_sdk::info!("sleeping {ms} ms");
+                steedos_sdk::info!("sleeping {ms} ms in {:016x}", instance());
                 std::thread::sleep(Duration::from_millis(ms));
+                steedos_sdk::info!("slept {ms} ms in {:016x}", instance());
             } else if let Some(ms) = text.strip_prefix("emit:") {
                 broker::emit("fragile.slow", ms.as_bytes());
             }
@@ -56,6 +68,16 @@ impl EventsGuest for Fragile {
         steedos_sdk::info!("handling {event}");
         std::thread::sleep(Duration::from_millis(ms));
         steedos_sdk::info!("handled {event} after {ms} ms");
+    }
+}
+
+impl LifecycleGuest for Fragile {
+    fn started() -> Result<(), String> {
+        Ok(())
+    }
+
+    fn stopped() {
+        steedos_sdk::info!("stopped {:016x}", instance());
     }
 }
 
