@@ -404,3 +404,59 @@ env = { PROBE_REQUIRE_FILE = "/state/ready" }
     }
     assert!(healthy_ok.load(Ordering::Relaxed) > 100);
 }
+
+/// fragile, with `echo`'s fallback set to `fallback`.
+async fn fragile_falling_back_to(fallback: &str) -> TestApp {
+    TestApp::start(&format!(
+        r#"
+[packages.fragile]
+component = "{{FRAGILE}}"
+restart = {{ max = 1000, within = "1s", backoff = "10ms" }}
+[packages.fragile.actions.echo]
+fallback = "{fallback}"
+"#
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_gets_the_failed_calls_params_by_name_and_none_for_a_missing_option() {
+    let t = fragile_falling_back_to("fragile.spare").await;
+    assert_eq!(
+        t.call("fragile.echo", json!({"text": "trap"})).await,
+        Ok(json!("spare: trap, tag none"))
+    );
+    // By position too: the params are mapped by the callee's names.
+    assert_eq!(
+        t.call("fragile.echo", json!(["trap"])).await,
+        Ok(json!("spare: trap, tag none"))
+    );
+    // A call that does not fail never reaches the fallback.
+    assert_eq!(
+        t.call("fragile.echo", json!({"text": "fine"})).await,
+        Ok(json!("fine"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_the_params_cannot_fill_is_not_called_and_the_error_stands() {
+    let logs = steedos_tests::logs();
+    for fallback in ["fragile.needs-count", "fragile.needs-number"] {
+        let t = fragile_falling_back_to(fallback).await;
+        match t.call("fragile.echo", json!({"text": "trap"})).await {
+            Err(CallError::Crashed(m)) => assert!(m.contains("fragile.echo"), "{m}"),
+            other => panic!("with fallback {fallback}: expected crashed, got {other:?}"),
+        }
+        let warned = logs
+            .line_with(
+                &["do not fit", &format!("fallback={fallback}")],
+                Duration::from_secs(10),
+            )
+            .await;
+        assert!(
+            warned.is_some(),
+            "a warning names {fallback}:\n{}",
+            logs.text()
+        );
+    }
+}

@@ -308,7 +308,7 @@ pub fn logs() -> Logs {
         let installed = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "guest=info,steedos_wasm::guest_log=warn,steedos_wasm::watch=info",
+                "guest=info,steedos_wasm::guest_log=warn,steedos_wasm::watch=info,steedos_wasm::broker=warn",
             ))
             .with_writer(move || writer.clone())
             .finish()

@@ -60,6 +60,21 @@ impl Guest for Fragile {
     fn plain(text: String) -> String {
         obey(text)
     }
+
+    fn spare(text: String, tag: Option<String>) -> Result<String, CallError> {
+        Ok(format!(
+            "spare: {text}, tag {}",
+            tag.as_deref().unwrap_or("none")
+        ))
+    }
+
+    fn needs_count(count: u32) -> Result<String, CallError> {
+        Ok(format!("needs-count: {count}"))
+    }
+
+    fn needs_number(text: u32) -> Result<String, CallError> {
+        Ok(format!("needs-number: {text}"))
+    }
 }
 
 impl EventsGuest for Fragile {
