@@ -570,10 +570,21 @@ async fn with_moleculer(release: &str, protocol: u8) {
         .cmd(json!({ "cmd": "emit", "event": "test.node", "payload": { "from": "node" } }))
         .await;
     assert_eq!(r["ok"], true, "{r}");
-    let got = node.t.tally_at_least(1, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(node.t.tally().await, got, "an emit is delivered once");
-    assert_eq!(got[0].0, "test.node");
+    // A marker emitted after it, on the same connection: once both are in,
+    // a second delivery of the first would have had its chance.
+    let r = peer_a
+        .cmd(json!({ "cmd": "emit", "event": "test.node-end", "payload": {} }))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let got = eventually(Duration::from_secs(10), || async {
+        let got = node.t.tally().await;
+        let has = |e: &str| got.iter().any(|(name, _)| name == e);
+        (has("test.node") && has("test.node-end")).then_some(got)
+    })
+    .await
+    .expect("the emit and the marker arrive");
+    let once = got.iter().filter(|(e, _)| e == "test.node").count();
+    assert_eq!(once, 1, "an emit is delivered once: {got:?}");
     node.t.ok("tally.reset", json!({})).await;
     peer_b
         .cmd(json!({ "cmd": "broadcast", "event": "test.every", "payload": {} }))
@@ -618,17 +629,25 @@ async fn a_node_of_the_other_protocol_version_is_ignored() {
     let nats = Nats::start(&nats_bin).await;
     let node = Node::start(&nats.url, "wasm-v4", 4, "json", WASM_PACKAGES).await;
     let peer = Peer::start(&peers, "15", &nats.url, "node-v5", "node-watch").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A node of our protocol started after it: once we see that one, the
+    // other's INFO and heartbeats have reached us too, and were ignored.
+    let witness = Peer::start(&peers, "14", &nats.url, "node-v4", "node-watch").await;
+    let seen = eventually(Duration::from_secs(30), || async {
+        let nodes = node.transport().nodes();
+        nodes.iter().any(|n| n.id == "node-v4").then_some(nodes)
+    })
+    .await
+    .expect("the node of our protocol is seen");
     assert!(
-        node.transport().nodes().is_empty(),
-        "{:?}",
-        node.transport().nodes()
+        seen.iter().all(|n| n.id != "node-v5"),
+        "the node of the other protocol is ignored: {seen:?}"
     );
     let e = peer
         .call("greeter.hello", json!({ "name": "x" }))
         .await
         .expect_err("not visible");
     assert_eq!(e["name"], "ServiceNotFoundError", "{e}");
+    witness.stop().await;
     peer.stop().await;
     node.stop().await;
 }
@@ -944,10 +963,23 @@ async fn a_flood_of_remote_events_to_a_small_queue_loses_none() {
             CallContext::new(Duration::from_secs(5)),
         );
     }
-    let got = b.t.tally_at_least(FLOOD, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.t.tally().await.len(), FLOOD, "each event exactly once");
-    assert!(got.iter().all(|(e, _)| e == "test.flood"));
+    // A marker after the flood, in the same stream: once it and FLOOD
+    // events are in, a duplicate would have had its chance.
+    a.t.app.broker.publish(
+        "test.flood-end",
+        payload.clone(),
+        false,
+        CallContext::new(Duration::from_secs(5)),
+    );
+    let got = eventually(Duration::from_secs(30), || async {
+        let got = b.t.tally().await;
+        let floods = got.iter().filter(|(e, _)| e == "test.flood").count();
+        let ended = got.iter().any(|(e, _)| e == "test.flood-end");
+        (ended && floods >= FLOOD).then_some(got)
+    })
+    .await
+    .expect("the flood and the marker arrive");
+    assert_eq!(got.len(), FLOOD + 1, "each event exactly once: {got:?}");
     b.stop().await;
     a.stop().await;
 }
