@@ -983,3 +983,45 @@ async fn a_flood_of_remote_events_to_a_small_queue_loses_none() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Every id `probe.instance-id` answers with on `node`, over `calls` calls.
+async fn ids(node: &Node, calls: usize) -> HashSet<u64> {
+    let mut seen = HashSet::new();
+    for _ in 0..calls {
+        seen.insert(
+            instance(node, Duration::from_secs(10))
+                .await
+                .expect("probe.instance-id"),
+        );
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_calls_stay_local_when_another_node_serves_the_action_too() {
+    let Some(nats_bin) = nats() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let a = Node::start(&nats.url, "wasm-a", 4, "msgpack", WORKER).await;
+    let b = Node::start(&nats.url, "wasm-b", 4, "msgpack", WORKER).await;
+    // Each sees that the other serves probe too.
+    for (node, other) in [(&a, "wasm-b"), (&b, "wasm-a")] {
+        let seen = eventually(Duration::from_secs(15), || async {
+            node.transport()
+                .nodes()
+                .iter()
+                .any(|n| n.id == other && n.actions.iter().any(|x| x == "probe.instance-id"))
+                .then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "{other} serves probe, as seen by its peer");
+    }
+    let on_a = ids(&a, 40).await;
+    let on_b = ids(&b, 40).await;
+    assert!(!on_a.is_empty() && !on_b.is_empty());
+    assert!(
+        on_a.is_disjoint(&on_b),
+        "every call was served on the node that made it: a {on_a:?}, b {on_b:?}"
+    );
+    b.stop().await;
+    a.stop().await;
+}
