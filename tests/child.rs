@@ -202,3 +202,38 @@ impl OutputBounded for Command {
         })
     }
 }
+
+/// `POST <path>` with a JSON `body` to a host the test started, on a
+/// connection of its own (`Connection: close`); the raw response, or ""
+/// when the connection was refused or closed before an answer.
+pub fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> String {
+    use std::io::Write as _;
+    const GENEROUS: Duration = Duration::from_secs(120);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, GENEROUS) else {
+        return String::new();
+    };
+    if stream.set_read_timeout(Some(GENEROUS)).is_err() {
+        return String::new();
+    }
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// Reads the gateway's address from `run`'s summary line
+/// `gateway: http://<addr> ...`, waiting for it at most `within`.
+pub fn gateway_addr(child: &mut Running, within: Duration) -> std::net::SocketAddr {
+    let line = child.line_until(within, |line| line.starts_with("gateway: http://"));
+    line.trim_start_matches("gateway: http://")
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}

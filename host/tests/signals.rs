@@ -6,8 +6,7 @@
 #[path = "../../tests/child.rs"]
 mod child;
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -43,35 +42,18 @@ emits = ["fragile.*"]
             .arg(dir)
             .env("RUST_LOG", "info"),
     );
-    let line = child.line_until(GENEROUS, |line| line.starts_with("gateway: http://"));
-    let addr = line
-        .trim_start_matches("gateway: http://")
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = child::gateway_addr(&mut child, GENEROUS);
     child.line_until(GENEROUS, |line| line.starts_with("serving"));
     (child, addr)
 }
 
-/// `POST /api/fragile/echo {"text": text}` on a connection of its own;
-/// the raw response ("" when the connection was refused or closed early).
+/// `POST /api/fragile/echo {"text": text}`: the raw response.
 fn echo(addr: SocketAddr, text: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, GENEROUS) else {
-        return String::new();
-    };
-    stream.set_read_timeout(Some(GENEROUS)).expect("timeout");
-    let body = format!(r#"{{"text":"{text}"}}"#);
-    let request = format!(
-        "POST /api/fragile/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return String::new();
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
+    child::post(
+        addr,
+        "/api/fragile/echo",
+        &format!(r#"{{"text":"{text}"}}"#),
+    )
 }
 
 fn in_flight_work_finishes_before_exit(signal: &str) {
