@@ -22,6 +22,8 @@
 //! concurrencies; `BENCH_RUNTIME=current` runs on a current-thread runtime;
 //! `BENCH_INSTANCES=n` overrides the example's instances.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,35 +57,8 @@ fn figure(name: &str, value: f64, unit: &str) {
     println!("bench: {name} = {value:.1} {unit}");
 }
 
-/// Blocks of 64 KiB hashed per second on each of `threads` threads at once.
-fn hash_rate(threads: usize) -> f64 {
-    let window = Duration::from_millis(400);
-    let block = vec![7u8; 64 * 1024];
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let end = Instant::now() + window;
-                    let mut n = 0u64;
-                    while Instant::now() < end {
-                        std::hint::black_box(blake3::hash(std::hint::black_box(&block)));
-                        n += 1;
-                    }
-                    n
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or(0))
-            .sum::<u64>() as f64
-            / window.as_secs_f64()
-    })
-}
-
 async fn run() -> anyhow::Result<()> {
-    let alone = hash_rate(1);
-    figure("machine.two_core_speedup", hash_rate(2) / alone, "x");
+    figure("machine.two_core_speedup", common::two_core_speedup(), "x");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let manifest = Manifest::load(&dir)?;
     // First load builds what is out of date and fills the cache.
