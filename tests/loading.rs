@@ -1,7 +1,7 @@
 //! Loading an app: bad components, bad manifest entries and unresolvable
 //! imports fail that package with a clear message; the rest serves.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use steedos_tests::{TestApp, eventually};
@@ -447,4 +447,58 @@ async fn an_app_asking_for_more_instances_than_the_host_holds_gets_one_error() {
     let app = App::load(m, &options).await.expect("fits in 7");
     assert_eq!(app.capacity, 7);
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_failing_to_start_again_and_again_logs_it_once_in_a_while() {
+    let logs = steedos_tests::logs();
+    let began = Instant::now();
+    // A package name no other test uses: every test's logs land together.
+    let t = TestApp::start(
+        r#"
+[packages.startloop]
+component = "{PROBE}"
+instances = 2
+restart = { max = 10000, within = "1s", backoff = "1ms", max_backoff = "1ms" }
+[packages.startloop.grants]
+env = { PROBE_REQUIRE_FILE = "/nowhere/ready" }
+"#,
+    )
+    .await;
+    let service = t.app.broker.service("startloop").unwrap_or_else(|| {
+        panic!(
+            "startloop: {:?} {:?}",
+            t.app.broker.failures(),
+            t.app.broker.reports()
+        )
+    });
+    let many = eventually(Duration::from_secs(60), || async {
+        (service.report().restarts >= 200).then_some(())
+    })
+    .await;
+    assert!(
+        many.is_some(),
+        "it keeps restarting: {:?}",
+        service.report()
+    );
+    let lines: Vec<String> = logs
+        .text()
+        .lines()
+        .filter(|l| l.contains("instance failed to start") && l.contains("startloop"))
+        .map(str::to_string)
+        .collect();
+    // One line now and one per 5 s after, whatever the failure rate.
+    let elapsed_windows = 1 + (began.elapsed().as_secs() / 5) as usize;
+    assert!(
+        !lines.is_empty() && lines.len() <= elapsed_windows,
+        "{} failures gave {} log lines:\n{}",
+        service.report().restarts,
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines[0].contains("required file /nowhere/ready is missing"),
+        "the line says why: {}",
+        lines[0]
+    );
 }
