@@ -298,7 +298,7 @@ async fn a_flood_of_big_events_to_a_slow_subscriber_is_slowed_never_lost() {
     assert!(stats.peak_bytes >= 8 << 20, "the queue did fill: {stats:?}");
     let report = slow.report();
     assert_eq!(report.restarts, 0, "the subscriber was never killed");
-    assert_eq!(report.state, "serving");
+    assert_eq!(report.state, steedos_wasm::health::PackageState::Serving);
 }
 
 /// An emitter that finds no room before its deadline is refused with

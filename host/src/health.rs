@@ -1,14 +1,63 @@
-//! What a package's state looks like from outside: the report that
-//! `ps`, `/health`, `/metrics` and the admin API read. A leaf, so that the
-//! metrics can render reports without importing the broker that makes them.
+//! What a package's state looks like from outside: its [`PackageState`]
+//! and the report that `ps`, `/health`, `/metrics` and the admin API read.
+//! A leaf, so that the metrics can render reports without importing the
+//! broker that makes them; it must import no other module of the host.
+
+use std::time::Instant;
+
+/// Where a package is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PackageState {
+    /// Instances are being created and `started`.
+    Starting,
+    /// At least one instance serves.
+    Serving,
+    /// Too many faults: resting until the retry.
+    Backoff {
+        /// When the next restart is tried.
+        retry_at: Instant,
+    },
+    /// Cannot run at all (bad component, unresolved import, ...).
+    Failed,
+    /// Shut down.
+    Stopped,
+}
+
+impl PackageState {
+    /// The state's name for `/health` and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PackageState::Starting => "starting",
+            PackageState::Serving => "serving",
+            PackageState::Backoff { .. } => "backoff",
+            PackageState::Failed => "failed",
+            PackageState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for PackageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// As its name: `/health` and the admin API show `"serving"`, never the
+/// time of a backoff's retry.
+impl serde::Serialize for PackageState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
 
 /// A snapshot of one package for `ps`, `/health` and tests.
 #[derive(Clone, Debug)]
 pub struct ServiceReport {
     /// The package name.
     pub name: String,
-    /// `starting`, `serving`, `backoff`, `failed` or `stopped`.
-    pub state: &'static str,
+    /// Where it is in its life; [`PackageState::name`] is its name in
+    /// `/health` and `ps`.
+    pub state: PackageState,
     /// Instances alive.
     pub live: usize,
     /// Instances configured.

@@ -14,36 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::manifest::RestartPolicy;
 
-/// Where a package is in its life.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PackageState {
-    /// Instances are being created and `started`.
-    Starting,
-    /// At least one instance serves.
-    Serving,
-    /// Too many faults: resting until the retry.
-    Backoff {
-        /// When the next restart is tried.
-        retry_at: Instant,
-    },
-    /// Cannot run at all (bad component, unresolved import, ...).
-    Failed,
-    /// Shut down.
-    Stopped,
-}
-
-impl PackageState {
-    /// The state's name for `/health` and logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            PackageState::Starting => "starting",
-            PackageState::Serving => "serving",
-            PackageState::Backoff { .. } => "backoff",
-            PackageState::Failed => "failed",
-            PackageState::Stopped => "stopped",
-        }
-    }
-}
+pub use crate::health::PackageState;
 
 /// What to do about a fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{Broker, DEADLINE_GRACE, InFlight, Lease, Service};
+use super::lifecycle::Lease;
+use super::{Broker, DEADLINE_GRACE, InFlight, Service};
 use crate::context::{CallContext, CallError, Human, deadline_after};
 use crate::package::{Caller, Fault, LiveInstance};
 use crate::pool::{Checkout, Refusal};
@@ -310,11 +311,7 @@ impl Broker {
                 return;
             }
         };
-        let mut lease = Lease {
-            broker: self,
-            service,
-            instance: Some(instance),
-        };
+        let mut lease = Lease::new(self, service, instance);
         if Instant::now() >= ctx.deadline {
             lease.release();
             return self.expired(service, event, &ctx);

@@ -424,7 +424,7 @@ impl Gateway {
     /// which may name host paths (`/admin/packages` has it).
     fn health(&self) -> Response<Full<Bytes>> {
         let reports = self.broker.reports();
-        let all_serving = reports.iter().all(|r| r.state == "serving");
+        let all_serving = reports.iter().all(|r| r.state == PackageState::Serving);
         let packages: Map<String, Value> = reports
             .into_iter()
             .map(|r| {

@@ -1,0 +1,516 @@
+//! Where a call is decided and run: the one pipeline every call takes —
+//! the caller's grant (one check), its params decoded by the action's WIT
+//! type (JSON or MessagePack, the same path), an instance checked out of
+//! the callee's pool, the call run inline on the caller's task, the result
+//! encoded back in the caller's format — and the route to another node
+//! when no local package serves the action.
+//!
+//! Protections (breaker, retry, fallback, bulkhead) wrap this from
+//! `protect.rs`; faults are handed to `lifecycle.rs`. This module must not
+//! decide restarts nor know HTTP or NATS (the transport is a
+//! [`RemoteRoute`](super::RemoteRoute)).
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Val;
+use wasmtime::component::types::Type;
+
+use super::protect::{Layer, remote_fallback_applies};
+use super::{Broker, DEADLINE_GRACE, InFlight, RemoteParams, Service};
+use crate::codec::{self, Format};
+use crate::context::{CallContext, CallError, Human};
+use crate::package::{ActionType, Caller, Fault, LiveInstance, Output, Params, host_budget};
+use crate::pool::{Checkout, Refusal, Unserved, Wait};
+use crate::supervisor::PackageState;
+
+/// A call's result in the caller's wire format.
+pub(super) enum Reply {
+    /// For [`Format::Json`].
+    Json(serde_json::Value),
+    /// For [`Format::MessagePack`].
+    MessagePack(Vec<u8>),
+}
+
+impl Reply {
+    pub(super) fn into_json(self) -> serde_json::Value {
+        match self {
+            Reply::Json(value) => value,
+            // Not reached: the pipeline answers in the format it was asked.
+            Reply::MessagePack(bytes) => codec::bytes_to_json(&bytes),
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Reply::MessagePack(bytes) => bytes,
+            Reply::Json(value) => value.to_string().into_bytes(),
+        }
+    }
+}
+
+/// One call of a local action with encoded params.
+pub(super) struct Encoded<'a> {
+    /// `<package>.<action>`, for messages.
+    pub(super) action: &'a str,
+    pub(super) format: Format,
+    /// Dropped once decoded, so that a call holds one copy of its payload.
+    pub(super) params: Cow<'a, [u8]>,
+    pub(super) ctx: CallContext,
+    /// Whether the action's fallback may answer (not for a fallback itself).
+    pub(super) fallback: bool,
+}
+
+impl Broker {
+    /// The pipeline: decode `call.params` by the action's type, invoke it
+    /// with its protections, encode the result in `call.format`.
+    pub(super) async fn call_encoded(
+        &self,
+        (service, index): (Arc<Service>, usize),
+        call: Encoded<'_>,
+    ) -> Result<Reply, CallError> {
+        let action_ty = &service.package.ty.actions[index];
+        let args = decode_params(&service, action_ty, call.action, call.format, &call.params)
+            .inspect_err(|e| service.record(index, Instant::now(), &Err::<(), _>(e.clone())))?;
+        drop(call.params);
+        let value = self
+            .invoke_protected(&service, index, args.params(), call.ctx, call.fallback)
+            .await?;
+        drop(args);
+        encode_result(call.action, action_ty, call.format, value)
+    }
+
+    /// `broker.call` from a package: its grants (the one check), then the
+    /// local action through the pipeline, or another node through the
+    /// caller's protections.
+    pub(super) async fn call_from_package(
+        &self,
+        from: Caller<'_>,
+        action: String,
+        params: Vec<u8>,
+    ) -> Result<Vec<u8>, CallError> {
+        let route = match self.resolve(&action) {
+            Err(missing) if self.remote().is_none() => return Err(missing),
+            route => route,
+        };
+        check_call_grant(from, &action)?;
+        let ctx = from.ctx.via(from.package);
+        match route {
+            Ok(found) => {
+                let call = Encoded {
+                    action: &action,
+                    format: Format::MessagePack,
+                    params: Cow::Owned(params),
+                    ctx,
+                    fallback: true,
+                };
+                self.call_encoded(found, call).await.map(Reply::into_bytes)
+            }
+            Err(missing) => {
+                self.call_remote_protected(from.package, &action, &params, ctx, missing)
+                    .await
+            }
+        }
+    }
+
+    /// A local miss goes to another node when one serves `action`.
+    pub(super) async fn call_remote(
+        &self,
+        action: &str,
+        params: RemoteParams<'_>,
+        ctx: CallContext,
+        missing: CallError,
+    ) -> Result<serde_json::Value, CallError> {
+        let call = self
+            .remote()
+            .and_then(|remote| remote.call(action, params, &ctx));
+        match call {
+            Some(call) => call.await,
+            None => Err(missing),
+        }
+    }
+
+    /// A package's call to an action on another node, under the calling
+    /// package's breaker, retries and fallback for it (see `protect.rs`).
+    async fn call_remote_protected(
+        &self,
+        caller: &str,
+        action: &str,
+        params: &[u8],
+        ctx: CallContext,
+        missing: CallError,
+    ) -> Result<Vec<u8>, CallError> {
+        let caller = self.service(caller);
+        let guard = caller.as_ref().map(|s| s.remote.guard(action));
+        let layer = guard.as_ref().map_or(Layer::NONE, |g| g.layer());
+        let outcome = layer
+            .run(
+                || action.to_string(),
+                &ctx,
+                |_| {
+                    let params = RemoteParams::MessagePack(params);
+                    self.call_remote(action, params, ctx.clone(), missing.clone())
+                },
+                |_, _| {},
+            )
+            .await
+            .and_then(|value| to_msgpack(action, &value));
+        match (outcome, guard.as_ref().and_then(|g| g.fallback)) {
+            (Err(e), Some(fallback)) if remote_fallback_applies(&e) => {
+                tracing::info!(action, fallback, error = %e, "calling the fallback of an action on another node");
+                let answer = match self.resolve(fallback) {
+                    Ok(found) => {
+                        let call = Encoded {
+                            action: fallback,
+                            format: Format::MessagePack,
+                            params: Cow::Borrowed(params),
+                            ctx,
+                            fallback: false,
+                        };
+                        Box::pin(self.call_encoded(found, call))
+                            .await
+                            .map(Reply::into_bytes)
+                    }
+                    Err(missing) => {
+                        let params = RemoteParams::MessagePack(params);
+                        let value = self.call_remote(fallback, params, ctx, missing).await;
+                        value.and_then(|v| to_msgpack(fallback, &v))
+                    }
+                };
+                answer.or(Err(e))
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// Runs one call on one instance of `service`, with its protections.
+    pub(super) async fn invoke(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        params: Params<'_>,
+        ctx: CallContext,
+    ) -> Result<Option<Output>, CallError> {
+        self.invoke_protected(service, action, params, ctx, true)
+            .await
+    }
+
+    /// One attempt of a call, begun at `now`.
+    pub(super) async fn invoke_unmetered(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        params: Params<'_>,
+        ctx: CallContext,
+        now: Instant,
+    ) -> Result<Option<Output>, CallError> {
+        // A caller that never waits (its instances are always idle) still
+        // gives the runtime back now and then, so restarts and timers run.
+        tokio::task::consume_budget().await;
+        let outermost = ctx.chain.is_empty();
+        // Calls already under way finish, nested calls included; new ones are refused.
+        if outermost && self.closing.load(Ordering::Acquire) {
+            return Err(CallError::Overloaded(format!(
+                "{}: the host is shutting down",
+                service.label(action)
+            )));
+        }
+        let _in_flight = outermost.then(|| InFlight::new(&self.in_flight));
+        let (ctx, budget) = self.admit(service, action, ctx, now)?;
+        let instance = self.check_out(service, action, &ctx).await?;
+        let action_ty = &service.package.ty.actions[action];
+        let (has_result, bytes) = (action_ty.result.is_some(), action_ty.bytes);
+        let deadline = ctx.deadline;
+        let mut lease = super::lifecycle::Lease::new(self, service, instance);
+        let outcome = {
+            let run = std::pin::pin!(lease.get().call(action, params, bytes, has_result, ctx));
+            // The epoch deadline stops a running guest. The outermost call also
+            // keeps a timer, for a guest stuck in a host call; nested calls are
+            // inside its future and go with it (their leases retire them).
+            match outermost {
+                true => within(deadline + DEADLINE_GRACE, run).await,
+                false => Some(run.await),
+            }
+        };
+        match outcome {
+            Some(Ok(value)) => {
+                lease.release();
+                Ok(value)
+            }
+            Some(Err(fault)) => Err(lease.fault(fault, &service.label(action), budget)),
+            None => Err(lease.fault(Fault::Timeout, &service.label(action), budget)),
+        }
+    }
+
+    /// The call depth check, and the callee's own timeout, never more than
+    /// the caller has left: the context the callee runs under and its budget.
+    fn admit(
+        &self,
+        service: &Service,
+        action: usize,
+        ctx: CallContext,
+        now: Instant,
+    ) -> Result<(CallContext, Duration), CallError> {
+        let level = ctx.level();
+        if level > self.settings.max_call_depth {
+            return Err(CallError::Overloaded(format!(
+                "{}: call depth {level} exceeds the limit of {} (chain: {})",
+                service.label(action),
+                self.settings.max_call_depth,
+                ctx.chain_text()
+            )));
+        }
+        let budget = service
+            .package
+            .spec
+            .timeout
+            .min(ctx.deadline.saturating_duration_since(now));
+        let ctx = CallContext {
+            deadline: now + budget,
+            ..ctx
+        };
+        Ok((ctx, budget))
+    }
+
+    /// An idle instance of `service` for the call: now, or once one comes
+    /// back, within the package's queue and the action's bulkhead.
+    async fn check_out(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        ctx: &CallContext,
+    ) -> Result<LiveInstance, CallError> {
+        let label = || service.label(action);
+        let in_chain = ctx.passed_through(service.name());
+        match service.pool.checkout(!in_chain, ctx.deadline) {
+            Ok(Checkout::Ready(i)) => Ok(i),
+            Ok(Checkout::Queued(wait)) => match self.grow_then_wait(service, action, wait).await? {
+                Ok(i) => Ok(i),
+                Err(Unserved::Released) => Err(unavailable(service, &label())),
+                Err(Unserved::Expired) => Err(CallError::Timeout(format!(
+                    "{}: no instance became idle before the deadline ({} instances busy)",
+                    label(),
+                    service.package.spec.instances
+                ))),
+            },
+            Err(Refusal::Busy) => Err(CallError::Overloaded(format!(
+                "{}: every instance of `{}` is busy serving an outer part of this call (chain: {}); \
+                 waiting would deadlock, so the call fails now — raise `instances` for `{}`",
+                label(),
+                service.name(),
+                ctx.chain_text(),
+                service.name()
+            ))),
+            Err(Refusal::QueueFull) => Err(CallError::Overloaded(format!(
+                "{}: {} calls are already waiting (queue limit)",
+                label(),
+                service.package.spec.queue
+            ))),
+            Err(Refusal::NoInstance) => Err(unavailable(service, &label())),
+        }
+    }
+
+    /// A call had to wait: start one more instance if the pool may grow,
+    /// then wait for whichever instance comes back first, within the
+    /// action's own bulkhead.
+    async fn grow_then_wait(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        wait: Wait<'_>,
+    ) -> Result<Result<LiveInstance, Unserved>, CallError> {
+        self.scale_up(service);
+        let _place = service.policies[action].enter_queue(|| service.label(action))?;
+        Ok(wait.await)
+    }
+}
+
+/// `Denied` unless the caller's own grants (bound to its instance) allow `action`.
+fn check_call_grant(from: Caller<'_>, action: &str) -> Result<(), CallError> {
+    if from.grants.may_call(action) {
+        return Ok(());
+    }
+    Err(CallError::Denied(format!(
+        "package `{}` may not call `{action}`: add it to `calls` in [packages.{}.grants]",
+        from.package, from.package
+    )))
+}
+
+/// A JSON result from another node as MessagePack for a package.
+fn to_msgpack(action: &str, value: &serde_json::Value) -> Result<Vec<u8>, CallError> {
+    rmp_serde::to_vec_named(value).map_err(|e| {
+        CallError::Failed(format!(
+            "{action}: cannot encode the result as MessagePack: {e}"
+        ))
+    })
+}
+
+/// Runs `call` until `deadline`; `None` if the deadline came first. The
+/// timer is armed only once the call has to wait, and most calls never do.
+async fn within<F: Future>(deadline: Instant, mut call: Pin<&mut F>) -> Option<F::Output> {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let timer =
+            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// Why `service` has no instance for a call, by its state.
+fn unavailable(service: &Service, label: &str) -> CallError {
+    let status = service.status();
+    let why = status
+        .last_error
+        .as_deref()
+        .unwrap_or("no instance is running");
+    match status.state {
+        PackageState::Backoff { retry_at } => CallError::Overloaded(format!(
+            "{label}: package `{}` is in restart backoff after repeated faults (retry in {}); last error: {why}",
+            service.name(),
+            Human(retry_at.saturating_duration_since(Instant::now()))
+        )),
+        PackageState::Stopped => {
+            CallError::Overloaded(format!("{label}: package `{}` is stopped", service.name()))
+        }
+        _ => CallError::Overloaded(format!(
+            "{label}: package `{}` has no running instance ({}); last error: {why}",
+            service.name(),
+            status.state.name()
+        )),
+    }
+}
+
+/// A call's decoded parameters: bytes kept as bytes for a byte-shaped
+/// action, values for any other.
+pub(super) enum Decoded {
+    Vals(Vec<Val>),
+    Args(Vec<codec::Arg>),
+}
+
+impl Decoded {
+    /// `args` in the form `action` of `service` takes; an error if as
+    /// values they would outgrow the package's host budget.
+    pub(super) fn new(
+        args: Vec<codec::Arg>,
+        action: &ActionType,
+        service: &Service,
+    ) -> Result<Decoded, String> {
+        if action.bytes.is_some() {
+            return Ok(Decoded::Args(args));
+        }
+        let budget = host_budget(service.package.spec.memory);
+        let cost = args.iter().map(codec::Arg::val_cost).sum::<usize>();
+        if cost > budget {
+            return Err(format!(
+                "too large: as component values the parameters would take more than {} of host memory",
+                bytesize::ByteSize::b(budget as u64).display().iec()
+            ));
+        }
+        Ok(Decoded::Vals(
+            args.into_iter().map(codec::Arg::into_val).collect(),
+        ))
+    }
+
+    pub(super) fn params(&self) -> Params<'_> {
+        match self {
+            Decoded::Vals(vals) => Params::Vals(vals),
+            Decoded::Args(args) => Params::Args(args),
+        }
+    }
+}
+
+/// Decodes `bytes` as the parameters of `action` of `service`, within the
+/// package's host budget; refusals name the action and the payload's size.
+fn decode_params(
+    service: &Service,
+    action: &ActionType,
+    label: &str,
+    format: Format,
+    bytes: &[u8],
+) -> Result<Decoded, CallError> {
+    let options = codec::DecodeOptions {
+        budget: host_budget(service.package.spec.memory),
+        bytes: action.bytes.is_some(),
+    };
+    let refuse = |e: &dyn std::fmt::Display| {
+        let size = bytesize::ByteSize::b(bytes.len() as u64).display().iec();
+        CallError::InvalidParams(format!("{label}: {e} (payload of {size})"))
+    };
+    match codec::decode_args(&action.params, format, bytes, options) {
+        Ok(args) => Decoded::new(args, action, service).map_err(|e| refuse(&e)),
+        Err(e) if e.message.starts_with("too large") => Err(refuse(&e)),
+        Err(e) => Err(CallError::InvalidParams(format!("{label}: {e}"))),
+    }
+}
+
+/// `value`, the result of `action`, in `format`.
+fn encode_result(
+    label: &str,
+    action: &ActionType,
+    format: Format,
+    value: Option<Output>,
+) -> Result<Reply, CallError> {
+    let cannot = |e: &dyn std::fmt::Display| {
+        CallError::Failed(format!("{label}: cannot encode the result: {e}"))
+    };
+    let (ty, val) = split_result(label, action.result.as_ref(), value)?;
+    match (format, ty, val) {
+        (Format::Json, _, Some(Output::Bytes(bytes))) => {
+            Ok(Reply::Json(codec::bytes_to_json(&bytes)))
+        }
+        (Format::Json, Some(ty), Some(out)) => codec::to_json_value(&ty, &out.into_val())
+            .map(Reply::Json)
+            .map_err(|e| cannot(&e)),
+        (Format::Json, _, _) => Ok(Reply::Json(serde_json::Value::Null)),
+        (Format::MessagePack, _, Some(Output::Bytes(bytes))) => Ok(Reply::MessagePack(
+            codec::encode_bytes(&bytes, Format::MessagePack),
+        )),
+        (Format::MessagePack, Some(ty), Some(out)) => {
+            codec::encode_value(&ty, &out.into_val(), Format::MessagePack)
+                .map(Reply::MessagePack)
+                .map_err(|e| cannot(&e))
+        }
+        // MessagePack nil: the action returns nothing.
+        (Format::MessagePack, _, _) => Ok(Reply::MessagePack(vec![0xc0])),
+    }
+}
+
+/// For an action returning `result<T, E>`: the ok value by `T`, or the
+/// error as `failed`. Any other result passes through.
+fn split_result(
+    label: &str,
+    ty: Option<&Type>,
+    value: Option<Output>,
+) -> Result<(Option<Type>, Option<Output>), CallError> {
+    match (ty, value) {
+        (Some(Type::Result(r)), Some(Output::OkBytes(bytes))) => {
+            Ok((r.ok(), Some(Output::Bytes(bytes))))
+        }
+        (Some(Type::Result(r)), Some(Output::Val(Val::Result(Ok(v))))) => {
+            Ok((r.ok(), v.map(|b| Output::Val(*b))))
+        }
+        (Some(Type::Result(r)), Some(Output::Val(Val::Result(Err(e))))) => {
+            let message = match (r.err(), e) {
+                (_, Some(v)) if matches!(*v, Val::String(_)) => match *v {
+                    Val::String(s) => s,
+                    _ => unreachable!("checked above"),
+                },
+                (Some(ty), Some(v)) => codec::to_json_value(&ty, &v)
+                    .map(|j| j.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+                _ => "error".to_string(),
+            };
+            Err(CallError::Failed(format!("{label}: {message}")))
+        }
+        (ty, value) => Ok((ty.cloned(), value)),
+    }
+}

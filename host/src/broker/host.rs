@@ -1,0 +1,106 @@
+//! The guest-facing side of `steedos:package/broker`: the [`Router`] the
+//! host functions of every instance call (`broker.call`, typed imports,
+//! `emit`, `broadcast`). It holds only a weak link to the broker, so that
+//! instances never keep it alive, and delegates every call to `call.rs`
+//! and every event to `events.rs`; it must not route, check grants or
+//! protect calls itself.
+
+use std::sync::{Arc, Weak};
+
+use wasmtime::component::Val;
+
+use super::Broker;
+use super::events::Origin;
+use crate::context::CallError;
+use crate::package::{BoxFuture, Caller, ImportTarget, Output, Params, Router};
+
+/// What a package's host functions hold: a weak link back to the broker,
+/// so instances never keep the broker alive.
+pub struct BrokerHandle(pub(super) Weak<Broker>);
+
+impl BrokerHandle {
+    fn broker(&self) -> Result<Arc<Broker>, CallError> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| CallError::Overloaded("the host is shutting down".into()))
+    }
+}
+
+impl Router for BrokerHandle {
+    fn call<'a>(
+        &'a self,
+        from: Caller<'a>,
+        action: String,
+        params: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
+        Box::pin(async move {
+            let broker = self.broker()?;
+            broker.call_from_package(from, action, params).await
+        })
+    }
+
+    fn call_import<'a>(
+        &'a self,
+        from: Caller<'a>,
+        target: &'a ImportTarget,
+        params: &'a [Val],
+    ) -> BoxFuture<'a, Result<Option<Val>, CallError>> {
+        Box::pin(async move {
+            let broker = self.broker()?;
+            let service = broker.service(&target.provider).ok_or_else(|| {
+                CallError::NotFound(format!(
+                    "no package `{}` (for `{}`)",
+                    target.provider, target.label
+                ))
+            })?;
+            let ty = &service.package.ty;
+            let linked = ty.actions.get(target.action).is_some_and(|a| {
+                a.function == target.function
+                    && a.interface.as_deref() == Some(target.interface.as_str())
+            });
+            let action = match linked {
+                true => target.action,
+                // The provider was upgraded since the import was linked.
+                false => ty
+                    .exported_function(&target.interface, &target.function)
+                    .ok_or_else(|| {
+                        CallError::NotFound(format!(
+                            "package `{}` no longer exports `{}`",
+                            target.provider, target.label
+                        ))
+                    })?,
+            };
+            let out = broker
+                .invoke(
+                    &service,
+                    action,
+                    Params::Vals(params),
+                    from.ctx.via(from.package),
+                )
+                .await?;
+            Ok(out.map(Output::into_val))
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        from: Caller<'a>,
+        event: String,
+        payload: Vec<u8>,
+        broadcast: bool,
+    ) -> BoxFuture<'a, Result<(), CallError>> {
+        Box::pin(async move {
+            let broker = self.broker()?;
+            broker
+                .emit_event(
+                    Origin::Package(from),
+                    &event,
+                    payload,
+                    broadcast,
+                    from.ctx,
+                    None,
+                )
+                .await
+        })
+    }
+}

@@ -1,0 +1,376 @@
+//! The registry: who serves what on this host. Each loaded package is a
+//! [`Service`] (its package, pool, restart budget, state, protections and
+//! event queue); packages that did not load are [`LoadFailure`]s. This
+//! module resolves an action name to a service and an action index, lists
+//! subscribers of an event, and answers the queries the gateway, OpenAPI,
+//! `$node` and the transport ask ([`Broker::find_action`],
+//! [`Broker::actions`]) so that they need not reach into packages.
+//!
+//! It must not run calls, start instances or deliver events: it only
+//! knows who is there (see `call.rs`, `lifecycle.rs`, `events.rs`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::types::Type;
+
+use super::events::EventQueue;
+use super::protect::{ActionProtection, RemoteProtection};
+use super::{Broker, EventStats, ServiceReport};
+use crate::context::CallError;
+use crate::metrics::{ActionMetrics, Metrics};
+use crate::package::{ActionType, Package};
+use crate::pool::InstancePool;
+use crate::supervisor::{PackageState, RestartBudget};
+
+/// A running package: its instances, its restart budget, its state.
+pub struct Service {
+    /// The package.
+    pub package: Package,
+    pub(super) pool: InstancePool,
+    pub(super) budget: Mutex<RestartBudget>,
+    pub(super) status: Mutex<Status>,
+    /// Recording handles, one per action, by action index.
+    pub(super) metrics: Vec<ActionMetrics>,
+    /// Breaker, retry, fallback and bulkhead settings, by action index.
+    pub(super) policies: Vec<ActionProtection>,
+    /// The protections of this package's calls to actions on other nodes.
+    pub(super) remote: RemoteProtection,
+    /// The events waiting for this package, bounded.
+    pub(super) events: EventQueue,
+}
+
+/// What the lifecycle knows about a service beyond its pool.
+pub(super) struct Status {
+    pub(super) state: PackageState,
+    pub(super) last_error: Option<String>,
+    pub(super) restart_latency: Vec<Duration>,
+    /// When a start failure was last logged, and how many since went unlogged.
+    pub(super) start_failures_logged: Option<(Instant, u64)>,
+}
+
+impl Service {
+    pub(super) fn new(package: Package, metrics: &Metrics) -> Self {
+        let pool = InstancePool::new(package.spec.queue);
+        let budget = Mutex::new(RestartBudget::new(package.spec.restart.clone()));
+        let status = Mutex::new(Status {
+            state: PackageState::Starting,
+            last_error: None,
+            restart_latency: Vec::new(),
+            start_failures_logged: None,
+        });
+        let metrics = package
+            .ty
+            .actions
+            .iter()
+            .map(|a| metrics.action(&package.name, &a.name))
+            .collect();
+        let policies = package
+            .ty
+            .actions
+            .iter()
+            .map(|a| ActionProtection::new(&package.spec, &a.name))
+            .collect();
+        let remote = RemoteProtection::new(&package.spec, &package.ty.actions);
+        let events = EventQueue::new(package.spec.max_instances);
+        Service {
+            package,
+            pool,
+            budget,
+            status,
+            metrics,
+            policies,
+            remote,
+            events,
+        }
+    }
+
+    pub(super) fn record<T>(
+        &self,
+        action: usize,
+        started: Instant,
+        outcome: &Result<T, CallError>,
+    ) {
+        if let Some(m) = self.metrics.get(action) {
+            m.record(started.elapsed(), outcome);
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.package.name
+    }
+
+    /// `<package>.<action>` of the action at `index`, for messages.
+    pub(super) fn label(&self, index: usize) -> String {
+        format!("{}.{}", self.name(), self.package.ty.actions[index].name)
+    }
+
+    pub(super) fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn set_state(&self, state: PackageState) {
+        let mut s = self.status();
+        if s.state != PackageState::Stopped {
+            s.state = state;
+        }
+    }
+
+    /// The package's state now.
+    pub fn state(&self) -> PackageState {
+        self.status().state.clone()
+    }
+
+    /// Restart latencies (fault to replacement serving) seen so far, oldest first.
+    pub fn restart_latencies(&self) -> Vec<Duration> {
+        self.status().restart_latency.clone()
+    }
+
+    /// A snapshot for reports.
+    pub fn report(&self) -> ServiceReport {
+        let (state, last_error) = {
+            let s = self.status();
+            (s.state.clone(), s.last_error.clone())
+        };
+        ServiceReport {
+            name: self.name().to_string(),
+            state,
+            live: self.pool.live(),
+            instances: self.package.spec.instances,
+            queued: self.pool.queued(),
+            restarts: self.budget.lock().map(|b| b.total).unwrap_or(0),
+            last_error,
+            circuits: self
+                .policies
+                .iter()
+                .zip(&self.package.ty.actions)
+                .filter_map(|(p, a)| p.breaker.as_ref().map(|b| (a.name.clone(), b.state_name())))
+                .chain(self.remote.circuits())
+                .filter(|(_, state)| *state != "closed")
+                .collect(),
+            events: self.events.stats(),
+            log_lines_dropped: self.package.log_lines_dropped(),
+        }
+    }
+
+    /// What this package's event queue holds and has dropped.
+    pub fn event_stats(&self) -> EventStats {
+        self.events.stats()
+    }
+}
+
+/// A package that could not be loaded at all, and why.
+#[derive(Clone, Debug)]
+pub struct LoadFailure {
+    /// The package name.
+    pub name: String,
+    /// The full explanation.
+    pub error: String,
+}
+
+/// One action this host serves, as the gateway, OpenAPI and the transport
+/// see it: its package, its name and its WIT signature.
+#[derive(Clone)]
+pub struct ActionEntry {
+    service: Arc<Service>,
+    index: usize,
+}
+
+impl ActionEntry {
+    /// The package serving it.
+    pub fn package(&self) -> &str {
+        self.service.name()
+    }
+
+    /// The action's name within its package.
+    pub fn name(&self) -> &str {
+        &self.ty().name
+    }
+
+    /// `<package>.<action>`.
+    pub fn full_name(&self) -> String {
+        self.service.label(self.index)
+    }
+
+    /// Its analysed WIT type: parameters, result, bytes shape.
+    pub fn ty(&self) -> &ActionType {
+        &self.service.package.ty.actions[self.index]
+    }
+
+    /// Its parameters, by name, with their WIT types.
+    pub fn params(&self) -> &[(String, Type)] {
+        &self.ty().params
+    }
+
+    /// The service serving it (its state, its reports).
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+}
+
+impl Broker {
+    /// The service of `package`.
+    pub fn service(&self, package: &str) -> Option<Arc<Service>> {
+        self.services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(package)
+            .cloned()
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        let mut all: Vec<_> = self
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// The action `<package>.<action>` when a package of this host serves it.
+    pub fn find_action(&self, action: &str) -> Option<ActionEntry> {
+        self.resolve(action)
+            .ok()
+            .map(|(service, index)| ActionEntry { service, index })
+    }
+
+    /// Every action this host serves, by package then by action order.
+    pub fn actions(&self) -> Vec<ActionEntry> {
+        self.services()
+            .into_iter()
+            .flat_map(|service| {
+                (0..service.package.ty.actions.len()).map(move |index| ActionEntry {
+                    service: service.clone(),
+                    index,
+                })
+            })
+            .collect()
+    }
+
+    /// Packages that could not be loaded.
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Records a package that could not be loaded.
+    pub fn record_failure(&self, name: &str, error: String) {
+        tracing::error!(package = name, "{error}");
+        if let Ok(mut f) = self.failures.lock() {
+            f.push(LoadFailure {
+                name: name.to_string(),
+                error,
+            });
+        }
+    }
+
+    /// Forgets the load failure of `name` (it has been deployed since).
+    pub fn clear_failure(&self, name: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.retain(|f| f.name != name);
+        }
+    }
+
+    /// Snapshots of every package, loaded or failed.
+    pub fn reports(&self) -> Vec<ServiceReport> {
+        let mut reports: Vec<ServiceReport> = self.services().iter().map(|s| s.report()).collect();
+        for f in self.failures() {
+            reports.push(ServiceReport {
+                name: f.name,
+                state: PackageState::Failed,
+                live: 0,
+                instances: 0,
+                queued: 0,
+                restarts: 0,
+                last_error: Some(f.error),
+                circuits: Vec::new(),
+                events: EventStats::default(),
+                log_lines_dropped: 0,
+            });
+        }
+        reports.sort_by(|a, b| a.name.cmp(&b.name));
+        reports
+    }
+
+    /// Routes calls for the service's package to `service` from now on;
+    /// returns the version it replaces, still running.
+    pub fn install(&self, service: Arc<Service>) -> Option<Arc<Service>> {
+        let name = service.package.name.clone();
+        if let Ok(mut f) = self.failures.lock() {
+            f.retain(|f| *f.name != *name);
+        }
+        self.services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, service)
+    }
+
+    /// Stops routing calls to `package`; returns its service, still running.
+    pub fn uninstall(&self, package: &str) -> Option<Arc<Service>> {
+        self.services
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(package)
+    }
+
+    /// The parameter rules another node announced for `action` (see
+    /// [`RemoteRoute::params`](super::RemoteRoute::params)) when a call to
+    /// it goes to another node; `None` when a package of this host serves
+    /// it or no node does.
+    pub fn remote_params(&self, action: &str) -> Option<Vec<(String, serde_json::Value)>> {
+        if self.resolve(action).is_ok() {
+            return None;
+        }
+        self.remote()?.params(action)
+    }
+
+    /// The service and action index serving `action`, or why none does.
+    pub(super) fn resolve(&self, action: &str) -> Result<(Arc<Service>, usize), CallError> {
+        let Some((package, name)) = action.split_once('.') else {
+            return Err(CallError::NotFound(format!(
+                "`{action}` is not an action name; actions are called `<package>.<action>`"
+            )));
+        };
+        let service = self.service(package).ok_or_else(|| {
+            let failed = self.failures().into_iter().find(|f| f.name == package);
+            CallError::NotFound(match failed {
+                Some(f) => format!("package `{package}` failed to load: {}", f.error),
+                None => format!("no package `{package}` (for action `{action}`)"),
+            })
+        })?;
+        let Some((index, _)) = service.package.ty.action(name) else {
+            let known: Vec<&str> = service
+                .package
+                .ty
+                .actions
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect();
+            return Err(CallError::NotFound(format!(
+                "package `{package}` has no action `{name}` (it has: {})",
+                known.join(", ")
+            )));
+        };
+        Ok((service, index))
+    }
+
+    /// The services subscribed to `event` (among `groups`, when given), by name.
+    pub(super) fn subscribers(&self, event: &str, groups: Option<&[String]>) -> Vec<Arc<Service>> {
+        let mut subscribers: Vec<Arc<Service>> = self
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.package.ty.handles_events() && s.package.spec.subscribes_to(event))
+            .filter(|s| groups.is_none_or(|g| g.iter().any(|g| **g == *s.package.name)))
+            .cloned()
+            .collect();
+        if subscribers.len() > 1 {
+            subscribers.sort_by(|a, b| a.name().cmp(b.name()));
+        }
+        subscribers
+    }
+}
