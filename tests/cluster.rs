@@ -103,7 +103,7 @@ impl Drop for Nats {
 // ------------------------------------------------------------ Moleculer peers
 
 /// A Node.js Moleculer broker (peer.js) driven over stdin/stdout.
-struct Peer {
+pub(crate) struct Peer {
     child: tokio::process::Child,
     stdin: Mutex<tokio::process::ChildStdin>,
     waiting: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Value>>>>,
@@ -112,7 +112,13 @@ struct Peer {
 }
 
 impl Peer {
-    async fn start(dir: &Path, release: &str, nats: &str, node_id: &str, group: &str) -> Peer {
+    pub(crate) async fn start(
+        dir: &Path,
+        release: &str,
+        nats: &str,
+        node_id: &str,
+        group: &str,
+    ) -> Peer {
         let mut child = tokio::process::Command::new("node")
             .arg(dir.join("peer.js"))
             .current_dir(dir)
@@ -169,7 +175,7 @@ impl Peer {
         }
     }
 
-    async fn cmd(&self, mut command: Value) -> Value {
+    pub(crate) async fn cmd(&self, mut command: Value) -> Value {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         command["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
@@ -213,7 +219,7 @@ impl Peer {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.cmd(json!({ "cmd": "stop" })).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
     }

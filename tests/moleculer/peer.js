@@ -4,7 +4,9 @@
 // NATS_URL, NODE_ID, NAMESPACE (optional).
 //
 // Services: `node-math` (add, whoami, fail, slow, relay: calls `action`
-// with `params` from inside an action) and a listener of
+// with `params` from inside an action; flaky: counts its calls and, as
+// the `flaky` command set it, answers "ok", throws a retryable error
+// (503) or answers only after 5 s) and a listener of
 // `test.**` in the group named by LISTENER_GROUP (default `node-watch`).
 //
 // Commands, one JSON object a line on stdin, answered by one JSON line on
@@ -15,6 +17,8 @@
 //   {"id":3,"cmd":"wait","services":["greeter"]} -> {"id":3,"ok":true}
 //   {"id":4,"cmd":"nodes"} -> {"id":4,"ok":true,"result":[{id, available}]}
 //   {"id":5,"cmd":"stop"} -> {"id":5,"ok":true}, then the process exits
+//   {"id":6,"cmd":"flaky","mode":"ok"|"throw"|"slow"} -> {"id":6,"ok":true,"result":calls so far}
+//   {"id":7,"cmd":"flaky"} -> {"id":7,"ok":true,"result":calls so far} (mode unchanged)
 // Events the listener receives are printed as {"received":event,"data":...,"group":...,"sender":...}.
 // The first line printed is {"ready":true,"protocol":"4"|"5"}.
 "use strict";
@@ -32,6 +36,9 @@ const broker = new ServiceBroker({
 	heartbeatTimeout: 3,
 	requestTimeout: 10000
 });
+
+// What `node-math.flaky` does, and how often it was called.
+const flaky = { mode: "ok", calls: 0 };
 
 function say(obj) {
 	process.stdout.write(JSON.stringify(obj) + "\n");
@@ -61,6 +68,16 @@ broker.createService({
 		},
 		relay(ctx) {
 			return ctx.call(ctx.params.action, ctx.params.params || {});
+		},
+		flaky() {
+			flaky.calls += 1;
+			if (flaky.mode === "throw") {
+				throw new Errors.MoleculerRetryableError("flaky is down", 503, "FLAKY");
+			}
+			if (flaky.mode === "slow") {
+				return new Promise(resolve => setTimeout(() => resolve("late"), 5000));
+			}
+			return "ok";
 		}
 	}
 });
@@ -91,6 +108,9 @@ async function run(cmd) {
 			return broker.waitForServices(cmd.services, 10000);
 		case "nodes":
 			return broker.registry.nodes.list({}).map(n => ({ id: n.id, available: n.available, client: n.client }));
+		case "flaky":
+			if (cmd.mode) flaky.mode = cmd.mode;
+			return flaky.calls;
 		case "stop":
 			await broker.stop();
 			say({ id: cmd.id, ok: true });

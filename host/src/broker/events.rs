@@ -116,6 +116,43 @@ pub(super) enum Origin<'a> {
     Remote,
 }
 
+/// One event taken by one subscriber, on its way to an instance.
+struct Delivery {
+    service: Arc<Service>,
+    event: Arc<str>,
+    payload: Arc<[u8]>,
+    broadcast: bool,
+    ctx: CallContext,
+    /// Counts the delivery for shutdown until it ends.
+    in_flight: InFlight,
+    /// Its place in the subscriber's queue, given back when it ends.
+    place: Queued,
+}
+
+/// The checks before an emit: the emitter's `emits` grant and the payload's size.
+fn check_emit(
+    origin: Origin<'_>,
+    event: &str,
+    len: usize,
+    broadcast: bool,
+) -> Result<(), CallError> {
+    let what = if broadcast { "broadcast" } else { "emit" };
+    if let Origin::Package(from) = origin
+        && !from.grants.may_emit(event)
+    {
+        return Err(CallError::Denied(format!(
+            "package `{}` may not {what} `{event}`: add it to `emits` in [packages.{}.grants]",
+            from.package, from.package
+        )));
+    }
+    if len > EVENT_PAYLOAD_MAX {
+        return Err(CallError::InvalidParams(format!(
+            "{what} `{event}`: the payload of {len} bytes is over the limit of {EVENT_PAYLOAD_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether to say the `n`th drop of a kind: the 1st, 2nd, 4th, 8th, ...,
 /// so that a flood is logged in a few lines with its count.
 fn worth_saying(n: u64) -> bool {
@@ -136,44 +173,15 @@ impl Broker {
         ctx: &CallContext,
         groups: Option<&[String]>,
     ) -> Result<(), CallError> {
-        let what = if broadcast { "broadcast" } else { "emit" };
-        if let Origin::Package(from) = origin
-            && !from.grants.may_emit(event)
-        {
-            return Err(CallError::Denied(format!(
-                "package `{}` may not {what} `{event}`: add it to `emits` in [packages.{}.grants]",
-                from.package, from.package
-            )));
-        }
-        if payload.len() > EVENT_PAYLOAD_MAX {
-            return Err(CallError::InvalidParams(format!(
-                "{what} `{event}`: the payload of {} bytes is over the limit of {} bytes",
-                payload.len(),
-                EVENT_PAYLOAD_MAX
-            )));
-        }
+        check_emit(origin, event, payload.len(), broadcast)?;
         // The chain and level a handler of this event sees.
         let ctx = match origin {
             Origin::Package(from) => ctx.via(from.package),
             Origin::Host | Origin::Remote => ctx.clone(),
         };
         let subscribers = self.subscribers(event, groups);
-        let level = ctx.level();
-        if level > self.settings.max_call_depth {
-            for service in &subscribers {
-                let n = service.events.too_deep.fetch_add(1, Ordering::Relaxed) + 1;
-                if worth_saying(n) {
-                    tracing::warn!(
-                        package = service.name(),
-                        event,
-                        level,
-                        dropped = n,
-                        "event not delivered: the event chain is {level} deep, over the limit of {} (chain: {}); {n} dropped so far",
-                        self.settings.max_call_depth,
-                        ctx.chain_text()
-                    );
-                }
-            }
+        if ctx.level() > self.settings.max_call_depth {
+            self.too_deep(&subscribers, event, &ctx);
             return Ok(());
         }
         let cost = (payload.len() + EVENT_COST).min(EVENT_QUEUE_BYTES) as u32;
@@ -190,15 +198,15 @@ impl Broker {
                 deadline: deadline_after(service.package.spec.timeout),
                 ..ctx.clone()
             };
-            let delivery = self.clone().deliver_to(
+            let delivery = self.clone().deliver_to(Delivery {
                 service,
-                event.clone(),
-                payload.clone(),
+                event: event.clone(),
+                payload: payload.clone(),
                 broadcast,
                 ctx,
-                InFlight::new(&self.in_flight),
+                in_flight: InFlight::new(&self.in_flight),
                 place,
-            );
+            });
             match origin {
                 // The emitter goes on at once; its instance stays its own.
                 Origin::Package(_) | Origin::Host => {
@@ -213,6 +221,26 @@ impl Broker {
             remote.publish(&event, &payload, broadcast, &names, &ctx);
         }
         Ok(())
+    }
+
+    /// An event past the depth limit: dropped for every subscriber, counted
+    /// and logged now and then.
+    fn too_deep(&self, subscribers: &[Arc<Service>], event: &str, ctx: &CallContext) {
+        let level = ctx.level();
+        for service in subscribers {
+            let n = service.events.too_deep.fetch_add(1, Ordering::Relaxed) + 1;
+            if worth_saying(n) {
+                tracing::warn!(
+                    package = service.name(),
+                    event,
+                    level,
+                    dropped = n,
+                    "event not delivered: the event chain is {level} deep, over the limit of {} (chain: {}); {n} dropped so far",
+                    self.settings.max_call_depth,
+                    ctx.chain_text()
+                );
+            }
+        }
     }
 
     /// A place for an event of `cost` bytes in `service`'s queue: now, or
@@ -255,19 +283,18 @@ impl Broker {
         Err(CallError::Overloaded(why))
     }
 
-    /// Delivers one queued event to `service`: to one instance, or to each
-    /// in turn for a broadcast.
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver_to(
-        self: Arc<Self>,
-        service: Arc<Service>,
-        event: Arc<str>,
-        payload: Arc<[u8]>,
-        broadcast: bool,
-        ctx: CallContext,
-        in_flight: InFlight,
-        place: Queued,
-    ) {
+    /// Delivers one queued event to its subscriber: to one instance, or to
+    /// each in turn for a broadcast.
+    async fn deliver_to(self: Arc<Self>, d: Delivery) {
+        let Delivery {
+            service,
+            event,
+            payload,
+            broadcast,
+            ctx,
+            in_flight,
+            place,
+        } = d;
         let _held = (in_flight, place);
         let _queued = QueuedCount(&service.events.queued);
         let running = service.events.running.clone();
