@@ -5,6 +5,7 @@ mod bytes;
 mod calls;
 mod cluster;
 mod cluster_hostile;
+mod cluster_resilience;
 mod events;
 mod faults;
 mod gateway;
