@@ -8,6 +8,10 @@
 //! The per-call counter and histogram are split into per-thread shards,
 //! each on a cache line of its own, and summed when scraped: the cores
 //! serving calls never contend for a lock or a line to record them.
+//!
+//! It owns the registry of metrics and their rendering; it reads package
+//! reports from the [`health`](crate::health) leaf and must not import the
+//! broker, whose calls record into it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -25,6 +25,10 @@
 //! dropped before it is served leaves the queue, and an instance already
 //! put aside for it goes on to the next waiter: cancelling never loses an
 //! instance.
+//!
+//! It owns the instances and the wait queue only: it must not start,
+//! restart or call instances (the broker's `lifecycle.rs` and `call.rs` do)
+//! nor decide anything about faults.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;

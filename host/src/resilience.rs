@@ -13,6 +13,10 @@
 //! Only for actions marked `idempotent`: after a crash, a timeout or an
 //! overload, the call is tried again after a delay that doubles each time
 //! (up to `max_delay`), as long as the caller's deadline leaves room.
+//!
+//! The mechanisms only (breaker states, retry delays), pure and tested on
+//! their own; the broker's `protect.rs` applies them around calls. It must
+//! not route or run calls.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

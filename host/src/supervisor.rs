@@ -8,6 +8,10 @@
 //! consecutive backoff doubles, up to `max_backoff`; a package that then
 //! serves a whole window without a fault starts again from `backoff`.
 //! A crash loop therefore costs the host a bounded amount of work.
+//!
+//! A pure policy: it owns the restart budget and the verdict, asked by the
+//! broker's `lifecycle.rs` at each fault; it must not start, stop or touch
+//! instances itself.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

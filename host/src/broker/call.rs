@@ -27,6 +27,7 @@ use crate::codec::{self, Format};
 use crate::context::{CallContext, CallError, Human};
 use crate::package::{ActionType, Caller, Fault, LiveInstance, Output, Params, host_budget};
 use crate::pool::{Checkout, Refusal, Unserved, Wait};
+use crate::resilience;
 use crate::supervisor::PackageState;
 
 /// A call's result in the caller's wire format.
@@ -513,4 +514,81 @@ fn split_result(
         }
         (ty, value) => Ok((ty.cloned(), value)),
     }
+}
+
+impl Broker {
+    /// One call of a local action with its protections: the circuit
+    /// breaker, retries of idempotent actions with exponential backoff,
+    /// and the fallback (not for a call that is itself a fallback).
+    pub(super) async fn invoke_protected(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        params: Params<'_>,
+        ctx: CallContext,
+        allow_fallback: bool,
+    ) -> Result<Option<Output>, CallError> {
+        let policy = &service.policies[action];
+        let layer = Layer {
+            breaker: policy.breaker.as_ref(),
+            retry: policy.idempotent.then_some(&service.package.spec.retry),
+        };
+        let outcome = layer
+            .run(
+                || service.label(action),
+                &ctx,
+                |started| self.invoke_unmetered(service, action, params, ctx.clone(), started),
+                |started, outcome| service.record(action, started, outcome),
+            )
+            .await;
+        match (&outcome, &policy.fallback) {
+            (Err(e), Some(fallback)) if allow_fallback && resilience::is_failure(e) => {
+                let Ok((fb_service, fb_action)) = self.resolve(fallback) else {
+                    return outcome;
+                };
+                let from = &service.package.ty.actions[action];
+                let to = &fb_service.package.ty.actions[fb_action];
+                let Some(fb_params) = fallback_params(from, to, params, &fb_service) else {
+                    tracing::warn!(package = service.name(), fallback = %fallback, "the fallback's parameters do not fit; not called");
+                    return outcome;
+                };
+                tracing::info!(package = service.name(), fallback = %fallback, "calling the fallback");
+                let call = Box::pin(self.invoke_protected(
+                    &fb_service,
+                    fb_action,
+                    fb_params.params(),
+                    ctx,
+                    false,
+                ));
+                call.await.or(outcome)
+            }
+            _ => outcome,
+        }
+    }
+}
+
+/// The fallback's parameters, taken by name from the failed call's: each
+/// must be there with the same type, or be an `option` (then `none`).
+fn fallback_params(
+    from: &ActionType,
+    to: &ActionType,
+    params: Params<'_>,
+    to_service: &Service,
+) -> Option<Decoded> {
+    let arg = |i: usize| match params {
+        Params::Vals(vals) => vals.get(i).cloned().map(codec::Arg::Val),
+        Params::Args(args) => args.get(i).cloned(),
+    };
+    let args: Vec<codec::Arg> = to
+        .params
+        .iter()
+        .map(
+            |(name, ty)| match from.params.iter().position(|(n, t)| n == name && t == ty) {
+                Some(i) => arg(i),
+                None if matches!(ty, Type::Option(_)) => Some(codec::Arg::Val(Val::Option(None))),
+                None => None,
+            },
+        )
+        .collect::<Option<_>>()?;
+    Decoded::new(args, to, to_service).ok()
 }

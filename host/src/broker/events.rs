@@ -23,6 +23,10 @@
 //! when the subscriber's `timeout` has passed since it was accepted is not
 //! started: it is dropped, counted and logged. A delivery that starts gets
 //! the subscriber's full `timeout` to run.
+//!
+//! It owns the event queues and the deliveries; it must not route calls,
+//! check call grants or restart instances (a faulted delivery goes to
+//! `lifecycle.rs` through its lease).
 
 use std::future::Future;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //! bulkhead (the timeout is the call's deadline, clamped in `call.rs`).
 //!
 //! [`Layer::run`] wraps one attempt of a call, whatever runs it: an
-//! instance of a local package ([`Broker::invoke_protected`]) or another
-//! node (`call.rs`, calls a package makes to actions served elsewhere).
+//! instance of a local package or another node (`call.rs` puts it around
+//! both routes, and calls the fallback it names).
 //! A local action is protected by its own package's settings; an action on
 //! another node by the calling package's: its `circuit` (one breaker per
 //! remote action it calls), its `retry`, and the
@@ -14,7 +14,8 @@
 //!
 //! The mechanisms themselves (breaker states, backoff delays) are in
 //! [`resilience`](crate::resilience); this module only applies them. It
-//! must not pick instances or decode parameters (see `call.rs`).
+//! must not route, pick instances or decode parameters: it knows nothing
+//! of the broker beyond the settings it is given (see `call.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,15 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use wasmtime::component::Val;
-use wasmtime::component::types::Type;
-
-use super::call::Decoded;
-use super::{Broker, Service};
-use crate::codec;
 use crate::context::{CallContext, CallError, Human};
 use crate::manifest::{ActionPolicy, CircuitPolicy, PackageSpec, RetryPolicy};
-use crate::package::{ActionType, Output, Params};
+use crate::package::ActionType;
 use crate::resilience::{self, Admission, CircuitBreaker};
 
 /// The most remote actions one package keeps a circuit breaker for; past
@@ -41,8 +36,8 @@ const REMOTE_BREAKERS_MAX: usize = 1024;
 /// be retried, its fallback, and its own wait-queue bound.
 pub(super) struct ActionProtection {
     pub(super) breaker: Option<CircuitBreaker>,
-    idempotent: bool,
-    fallback: Option<String>,
+    pub(super) idempotent: bool,
+    pub(super) fallback: Option<String>,
     queue: Option<usize>,
     waiting: AtomicUsize,
 }
@@ -243,85 +238,8 @@ impl Layer<'_> {
     }
 }
 
-impl Broker {
-    /// One call of a local action with its protections: the circuit
-    /// breaker, retries of idempotent actions with exponential backoff,
-    /// and the fallback (not for a call that is itself a fallback).
-    pub(super) async fn invoke_protected(
-        &self,
-        service: &Arc<Service>,
-        action: usize,
-        params: Params<'_>,
-        ctx: CallContext,
-        allow_fallback: bool,
-    ) -> Result<Option<Output>, CallError> {
-        let policy = &service.policies[action];
-        let layer = Layer {
-            breaker: policy.breaker.as_ref(),
-            retry: policy.idempotent.then_some(&service.package.spec.retry),
-        };
-        let outcome = layer
-            .run(
-                || service.label(action),
-                &ctx,
-                |started| self.invoke_unmetered(service, action, params, ctx.clone(), started),
-                |started, outcome| service.record(action, started, outcome),
-            )
-            .await;
-        match (&outcome, &policy.fallback) {
-            (Err(e), Some(fallback)) if allow_fallback && resilience::is_failure(e) => {
-                let Ok((fb_service, fb_action)) = self.resolve(fallback) else {
-                    return outcome;
-                };
-                let from = &service.package.ty.actions[action];
-                let to = &fb_service.package.ty.actions[fb_action];
-                let Some(fb_params) = fallback_params(from, to, params, &fb_service) else {
-                    tracing::warn!(package = service.name(), fallback = %fallback, "the fallback's parameters do not fit; not called");
-                    return outcome;
-                };
-                tracing::info!(package = service.name(), fallback = %fallback, "calling the fallback");
-                let call = Box::pin(self.invoke_protected(
-                    &fb_service,
-                    fb_action,
-                    fb_params.params(),
-                    ctx,
-                    false,
-                ));
-                call.await.or(outcome)
-            }
-            _ => outcome,
-        }
-    }
-}
-
 /// Whether a call to another node that ended in `e` goes to its fallback:
 /// the callee's failures, and no node serving it any more.
 pub(super) fn remote_fallback_applies(e: &CallError) -> bool {
     resilience::is_failure(e) || matches!(e, CallError::NotFound(_))
-}
-
-/// The fallback's parameters, taken by name from the failed call's: each
-/// must be there with the same type, or be an `option` (then `none`).
-fn fallback_params(
-    from: &ActionType,
-    to: &ActionType,
-    params: Params<'_>,
-    to_service: &Service,
-) -> Option<Decoded> {
-    let arg = |i: usize| match params {
-        Params::Vals(vals) => vals.get(i).cloned().map(codec::Arg::Val),
-        Params::Args(args) => args.get(i).cloned(),
-    };
-    let args: Vec<codec::Arg> = to
-        .params
-        .iter()
-        .map(
-            |(name, ty)| match from.params.iter().position(|(n, t)| n == name && t == ty) {
-                Some(i) => arg(i),
-                None if matches!(ty, Type::Option(_)) => Some(codec::Arg::Val(Val::Option(None))),
-                None => None,
-            },
-        )
-        .collect::<Option<_>>()?;
-    Decoded::new(args, to, to_service).ok()
 }

@@ -233,9 +233,10 @@ impl Broker {
 
     /// The action `<package>.<action>` when a package of this host serves it.
     pub fn find_action(&self, action: &str) -> Option<ActionEntry> {
-        self.resolve(action)
-            .ok()
-            .map(|(service, index)| ActionEntry { service, index })
+        let (package, name) = action.split_once('.')?;
+        let service = self.service(package)?;
+        let (index, _) = service.package.ty.action(name)?;
+        Some(ActionEntry { service, index })
     }
 
     /// Every action this host serves, by package then by action order.

@@ -673,12 +673,9 @@ impl Gateway {
     }
 
     fn param_types(&self, action: &str) -> Vec<(String, Type)> {
-        let Some((package, name)) = action.split_once('.') else {
-            return Vec::new();
-        };
         self.broker
-            .service(package)
-            .and_then(|s| s.package.ty.action(name).map(|(_, a)| a.params.clone()))
+            .find_action(action)
+            .map(|a| a.params().to_vec())
             .unwrap_or_default()
     }
 
