@@ -147,7 +147,8 @@ impl Broker {
         missing: CallError,
     ) -> Result<Vec<u8>, CallError> {
         let caller = self.service(caller);
-        let guard = caller.as_ref().map(|s| s.remote.guard(action));
+        let served = || self.remote().is_some_and(|r| r.params(action).is_some());
+        let guard = caller.as_ref().map(|s| s.remote.guard(action, served));
         let layer = guard.as_ref().map_or(Layer::NONE, |g| g.layer());
         let outcome = layer
             .run(

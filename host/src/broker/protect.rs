@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -89,6 +89,8 @@ pub(super) struct RemoteProtection {
     /// Entries of `[packages.<name>.actions]` naming no action of the package.
     entries: Vec<ActionPolicy>,
     breakers: RwLock<HashMap<Box<str>, Arc<CircuitBreaker>>>,
+    /// Whether running out of breakers was logged (once is enough).
+    full_logged: AtomicBool,
 }
 
 /// The protections of one call to another node.
@@ -120,20 +122,23 @@ impl RemoteProtection {
             retry: spec.retry.clone(),
             entries,
             breakers: RwLock::new(HashMap::new()),
+            full_logged: AtomicBool::new(false),
         }
     }
 
-    /// The protections of a call to `action` on another node.
-    pub(super) fn guard(&self, action: &str) -> RemoteGuard<'_> {
+    /// The protections of a call to `action` on another node; `served`
+    /// says whether a node serves it (only those get a breaker, so that
+    /// names a guest makes up cost nothing).
+    pub(super) fn guard(&self, action: &str, served: impl FnOnce() -> bool) -> RemoteGuard<'_> {
         let entry = self.entries.iter().find(|e| e.name == action);
         RemoteGuard {
-            breaker: self.breaker(action),
+            breaker: self.breaker(action, served),
             retry: entry.filter(|e| e.idempotent).map(|_| &self.retry),
             fallback: entry.and_then(|e| e.fallback.as_deref()),
         }
     }
 
-    fn breaker(&self, action: &str) -> Option<Arc<CircuitBreaker>> {
+    fn breaker(&self, action: &str, served: impl FnOnce() -> bool) -> Option<Arc<CircuitBreaker>> {
         let policy = self.circuit.as_ref()?;
         if let Some(b) = self
             .breakers
@@ -143,8 +148,14 @@ impl RemoteProtection {
         {
             return Some(b.clone());
         }
+        if !served() {
+            return None;
+        }
         let mut all = self.breakers.write().unwrap_or_else(|p| p.into_inner());
         if all.len() >= REMOTE_BREAKERS_MAX && !all.contains_key(action) {
+            if self.full_logged.swap(true, Ordering::Relaxed) {
+                return None;
+            }
             tracing::warn!(
                 action,
                 limit = REMOTE_BREAKERS_MAX,
