@@ -92,3 +92,24 @@ pub struct EventStats {
     /// Emits dropped at the event chain depth limit.
     pub too_deep: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_shows_as_its_name_never_its_fields() {
+        let backoff = PackageState::Backoff {
+            retry_at: Instant::now(),
+        };
+        assert_eq!(backoff.to_string(), "backoff");
+        assert_eq!(
+            serde_json::to_value(&backoff).ok(),
+            Some(serde_json::json!("backoff"))
+        );
+        assert_eq!(
+            serde_json::to_value(PackageState::Serving).ok(),
+            Some(serde_json::json!("serving"))
+        );
+    }
+}
