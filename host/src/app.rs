@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use crate::admin::{BoxFuture, Operator, OperatorError};
 use crate::broker::{Broker, BrokerSettings};
 use crate::builder::{self, BuildOutcome};
 use crate::codec;
 use crate::engine::{
     CompileCache, Compiled, DEFAULT_MAX_INSTANCES, EngineLimits, EpochClock, new_engine,
 };
-use crate::gateway::{BoxFuture, Operator, OperatorError};
 use crate::manifest::{Manifest, PackageSpec};
 use crate::package::{self, Cutoff, ImportTarget, Package, PackageError, PackageType, TypedImport};
 

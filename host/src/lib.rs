@@ -13,7 +13,8 @@
 //! - leaves: [`manifest`] (steedos.toml), [`codec`] (values <-> JSON and
 //!   MessagePack by WIT type), [`context`] (call context and errors),
 //!   [`builder`] (building packages from source), [`scaffold`] (new apps
-//!   for `steedos-wasm new`).
+//!   for `steedos-wasm new`), [`admin`] (the operator port the gateway's
+//!   `/admin` calls and the app implements).
 //!
 //! # Example
 //! ```no_run
@@ -28,6 +29,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod broker;
 pub mod builder;
