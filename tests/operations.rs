@@ -503,3 +503,77 @@ timeout = "60s"
         "the new version keeps serving"
     );
 }
+
+/// Regression: `/admin` deploys checked their settings by hand and let
+/// through what the same package in `steedos.toml` is refused for (a memory
+/// cap past 4 GiB or under 64 KiB, a timeout of zero or over an hour, event
+/// and call patterns that are not patterns). Now a deploy goes through the
+/// manifest's own check of a package: each bad setting is a 400 naming the
+/// package and the cause, nothing is deployed, and the app keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_is_refused_where_the_manifest_refuses_the_same_settings() {
+    let t = start().await;
+    let (_g, base) = t.gateway().await;
+    let tally = std::fs::read(guests::TALLY).expect("component");
+    // (query, what the error must say beside the package)
+    let bad = [
+        ("memory=5%20GiB", "memory: \"5 GiB\" is out of range"),
+        ("memory=1%20KiB", "memory: \"1 KiB\" is out of range"),
+        (
+            "memory=12%20parsecs",
+            "memory: \"12 parsecs\" is not a size",
+        ),
+        ("memory=99999999999999999999", "memory:"),
+        ("timeout=0s", "timeout: \"0s\" is out of range"),
+        ("timeout=2h", "timeout: \"2h\" is out of range"),
+        ("timeout=soon", "timeout: \"soon\" is not a duration"),
+        ("instances=0", "instances: 0 is out of range"),
+        ("instances=2000", "instances: 2000 is out of range"),
+        ("instances=two", "instances:"),
+        (
+            "events=order..placed",
+            "events[0]: \"order..placed\" is not an event pattern",
+        ),
+        (
+            "events=ok,a%20b",
+            "events[1]: \"a b\" is not an event pattern",
+        ),
+        (
+            "calls=nodot",
+            "calls[0]: \"nodot\" is not an action pattern",
+        ),
+        (
+            "calls=Tally.*",
+            "calls[0]: \"Tally.*\" is not an action pattern",
+        ),
+        (
+            "emits=order.*.x",
+            "emits[0]: \"order.*.x\" is not an event pattern",
+        ),
+        ("memory=1%20MiB&memory=2%20MiB", "memory: given twice"),
+        ("build=rm%20-rf%20/", "unknown setting `build`"),
+        ("path=.", "unknown setting `path`"),
+        ("queue=1", "unknown setting `queue`"),
+    ];
+    for (query, says) in bad {
+        let (s, v) = deploy(&base, &format!("probe?{query}"), tally.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("package `probe`") && message.contains(says),
+            "{query}: wanted `{says}` in {v}"
+        );
+        assert!(t.call("probe.entries", json!({})).await.is_err(), "{query}");
+        assert_eq!(hello(&base, "Ada").await.as_deref(), Ok("Hello, Ada!"));
+    }
+    // An upgrade of a package of the file is held to the same rules.
+    let (s, v) = deploy(&base, "tally?timeout=0s", tally.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("package `tally`"), "{v}");
+    assert_eq!(t.ok("tally.entries", json!({})).await, json!([]));
+    // The same settings, good, deploy.
+    let good = "probe?memory=32%20MiB&timeout=2s&instances=2&events=order.*&calls=tally.*&emits=probe.done";
+    let (s, v) = deploy(&base, good, tally).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(t.ok("probe.entries", json!({})).await, json!([]));
+}

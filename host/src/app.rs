@@ -269,7 +269,8 @@ impl App {
     /// flight on the old version finish, then the old instances get
     /// `stopped`. A version that fails to load or to start leaves the old one
     /// serving, and the error says why. `settings` override the package's
-    /// `instances`, `memory`, `timeout`, `events`, `calls` and `emits`.
+    /// `instances`, `memory`, `timeout`, `events`, `calls` and `emits`, and
+    /// are checked as the same settings in `steedos.toml` would be.
     pub async fn deploy(
         &self,
         name: &str,
@@ -278,20 +279,14 @@ impl App {
     ) -> Result<String, OperatorError> {
         let _one_at_a_time = self.deploying.lock().await;
         let old = self.broker.service(name);
-        let mut spec = match (&old, self.manifest.packages.iter().find(|p| p.name == name)) {
-            (Some(old), _) => old.package.spec.clone(),
-            (None, Some(spec)) => spec.clone(),
-            (None, None) => PackageSpec::for_component(name, PathBuf::new()),
+        let base = match &old {
+            Some(old) => Some(&old.package.spec),
+            None => self.manifest.packages.iter().find(|p| p.name == name),
         };
-        apply_settings(&mut spec, settings).map_err(OperatorError::Invalid)?;
-        let limit = self.manifest.app.max_component_size;
-        if bytes.len() as u64 > limit {
-            return Err(OperatorError::Invalid(format!(
-                "package `{name}`: the component is {} bytes, more than this host takes ({limit}; \
-                 `max_component_size` in [app])",
-                bytes.len()
-            )));
-        }
+        let mut spec = self
+            .manifest
+            .deployed_package(name, base, bytes.len() as u64, settings)
+            .map_err(|e| OperatorError::Invalid(e.to_string()))?;
         // The old version keeps its instances until the new one serves.
         let services = self.broker.services();
         let specs = services
@@ -302,6 +297,37 @@ impl App {
         spec.component = self.store_component(name, bytes).map_err(|e| {
             OperatorError::Invalid(format!("package `{name}`: cannot store the component: {e}"))
         })?;
+        let (component, ty) = self.compile(&spec, bytes).await?;
+        let package = self.link_deployed(&spec, &ty, &component, old.as_deref())?;
+        let fresh = self.broker.prepare(package).await;
+        let live = fresh.report().live;
+        if live == 0 {
+            let why = fresh
+                .report()
+                .last_error
+                .unwrap_or_else(|| "no instance started".into());
+            self.broker
+                .retire_service(fresh, Duration::from_secs(1))
+                .await;
+            let keeps = match old {
+                Some(_) => "; the old version keeps serving",
+                None => "",
+            };
+            return Err(OperatorError::Start(format!(
+                "package `{name}` did not start: {why}{keeps}"
+            )));
+        }
+        let done = self.swap_in(name, fresh, live);
+        Ok(done + &self.link_waiting().await)
+    }
+
+    /// Compiles (or finds in the cache) and analyzes a deployed component.
+    async fn compile(
+        &self,
+        spec: &PackageSpec,
+        bytes: &[u8],
+    ) -> Result<(Component, PackageType), OperatorError> {
+        let name = spec.name.as_str();
         let label = spec.component.clone();
         let (engine, cache, owned) = (self.engine.clone(), self.cache.clone(), bytes.to_vec());
         let component =
@@ -314,6 +340,19 @@ impl App {
                 .0;
         let ty = PackageType::analyze(&self.engine, &component, name)
             .map_err(|e| OperatorError::Invalid(e.to_string()))?;
+        Ok((component, ty))
+    }
+
+    /// Links a deployed package to the other packages serving; an upgrade
+    /// is refused if a package importing from the old version would break.
+    fn link_deployed(
+        &self,
+        spec: &PackageSpec,
+        ty: &PackageType,
+        component: &Component,
+        old: Option<&crate::broker::Service>,
+    ) -> Result<Package, OperatorError> {
+        let name = spec.name.as_str();
         let others: Vec<Arc<crate::broker::Service>> = self
             .broker
             .services()
@@ -327,35 +366,21 @@ impl App {
                 ty: &s.package.ty,
             })
             .collect();
-        if let Some(old) = &old {
-            check_dependents(name, &old.package.ty, &ty, &providers)
+        if let Some(old) = old {
+            check_dependents(name, &old.package.ty, ty, &providers)
                 .map_err(OperatorError::Invalid)?;
         }
-        let package = link(&spec, &ty, &component, &providers, &self.base, &self.cutoff)
-            .map_err(|e| OperatorError::Invalid(e.to_string()))?;
-        let fresh = self.broker.prepare(package).await;
-        let live = fresh.report().live;
-        if live == 0 {
-            let why = fresh
-                .report()
-                .last_error
-                .unwrap_or_else(|| "no instance started".into());
-            self.broker
-                .retire_service(fresh, Duration::from_secs(1))
-                .await;
-            let keeps = if old.is_some() {
-                "; the old version keeps serving"
-            } else {
-                ""
-            };
-            return Err(OperatorError::Start(format!(
-                "package `{name}` did not start: {why}{keeps}"
-            )));
-        }
+        link(spec, ty, component, &providers, &self.base, &self.cutoff)
+            .map_err(|e| OperatorError::Invalid(e.to_string()))
+    }
+
+    /// Installs a started version; the one it replaces, if any, retires in
+    /// the background once its calls in flight finish.
+    fn swap_in(&self, name: &str, fresh: Arc<crate::broker::Service>, live: usize) -> String {
         let replaced = self.broker.install(fresh);
         self.broker.clear_failure(name);
         self.lock_unlinked().retain(|c| c.spec.name != name);
-        let done = match replaced {
+        match replaced {
             Some(old) => {
                 let broker = self.broker.clone();
                 let grace = self.manifest.app.shutdown_timeout;
@@ -367,8 +392,7 @@ impl App {
                 tracing::info!(package = name, instances = live, "deployed");
                 format!("deployed `{name}`: {live} instance(s) serve")
             }
-        };
-        Ok(done + &self.link_waiting().await)
+        }
     }
 
     fn lock_unlinked(&self) -> std::sync::MutexGuard<'_, Vec<Compiled1>> {
@@ -503,61 +527,6 @@ fn check_capacity<'a>(
         detail: detail.join(", "),
         capacity,
     })
-}
-
-/// Applies `instances`, `memory`, `timeout`, `events`, `calls` and `emits` from an
-/// admin request to `spec`.
-fn apply_settings(spec: &mut PackageSpec, settings: &[(String, String)]) -> Result<(), String> {
-    if !valid_name(&spec.name) {
-        return Err(format!(
-            "`{}` is not a package name (lowercase letters, digits and `-`, starting with a letter)",
-            spec.name
-        ));
-    }
-    let list = |v: &str| {
-        v.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
-    for (key, value) in settings {
-        match key.as_str() {
-            "instances" => {
-                spec.instances = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or(format!("instances: {value:?} is not a number in 1..=1024"))?
-            }
-            "memory" => {
-                let size: bytesize::ByteSize = value
-                    .parse()
-                    .map_err(|_| format!("memory: {value:?} is not a size (try \"64 MiB\")"))?;
-                spec.memory = size.as_u64().max(64 << 10);
-            }
-            "timeout" => {
-                spec.timeout = humantime::parse_duration(value)
-                    .map_err(|_| format!("timeout: {value:?} is not a duration (try \"5s\")"))?
-            }
-            "events" => spec.events = list(value),
-            "calls" => spec.grants.calls = list(value),
-            "emits" => spec.grants.emits = list(value),
-            other => {
-                return Err(format!(
-                    "unknown setting `{other}` (instances, memory, timeout, events, calls, emits)"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    name.len() <= 64
-        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// A package that may provide typed imports: its spec and its types.

@@ -141,12 +141,14 @@ const PACKAGE_NAME_RULE: &str = "a package name is lowercase ASCII letters, digi
      starts with a letter, and is at most 64 characters";
 
 mod check;
+mod deploy;
 mod error;
 mod model;
 mod raw;
 mod source;
 mod values;
 
+pub use deploy::DEPLOY_SETTINGS;
 pub use error::ManifestError;
 pub use model::*;
 
@@ -171,6 +173,9 @@ pub struct Manifest {
     /// One [`ManifestError::Invalid`] per package that failed validation, in
     /// file order; the rest of the app runs without them.
     pub rejected: Vec<ManifestError>,
+    /// `[defaults]`: the limits of a package that does not set them, one
+    /// deployed through `/admin` included.
+    defaults: Limits,
 }
 
 impl Manifest {
@@ -202,11 +207,7 @@ impl Manifest {
             .map(|value| source.cluster(value))
             .transpose()?;
         let defaults = source.defaults(sections.defaults)?;
-        let protected: Vec<PathBuf> = app
-            .protected_dirs(&source.dir)
-            .iter()
-            .map(|dir| resolve_links(dir))
-            .collect();
+        let protected = protected_dirs(&app, &source.dir);
         let (packages, rejected) = source.packages(sections.packages, &defaults, &protected)?;
         Ok(Manifest {
             path: path.to_path_buf(),
@@ -216,8 +217,17 @@ impl Manifest {
             cluster,
             packages,
             rejected,
+            defaults,
         })
     }
+}
+
+/// The host's own folders no grant may reach, with symbolic links resolved.
+fn protected_dirs(app: &AppSettings, dir: &Path) -> Vec<PathBuf> {
+    app.protected_dirs(dir)
+        .iter()
+        .map(|dir| resolve_links(dir))
+        .collect()
 }
 
 #[cfg(test)]

@@ -42,6 +42,15 @@ pub enum ManifestError {
         /// What is wrong, starting with the key path (`grants.dirs[0].host: ...`).
         message: String,
     },
+    /// A setting of a package deployed through `/admin` is refused, by the
+    /// same check a package of the file goes through.
+    #[error("package `{package}`: {message}")]
+    Setting {
+        /// The package deployed.
+        package: String,
+        /// What is wrong, starting with the setting (`memory: ...`).
+        message: String,
+    },
 }
 
 impl ManifestError {
@@ -49,6 +58,7 @@ impl ManifestError {
     pub fn package(&self) -> Option<&str> {
         match self {
             ManifestError::Invalid { package, .. } => package.as_deref(),
+            ManifestError::Setting { package, .. } => Some(package),
             ManifestError::Io { .. } | ManifestError::Syntax { .. } => None,
         }
     }

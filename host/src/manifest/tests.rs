@@ -605,3 +605,134 @@ fn gateway_connection_limits_and_ops_access() {
         assert!(e.to_string().contains(says), "{bad}: {e}");
     }
 }
+
+/// The settings of an `/admin` deploy and the same package in the file: one
+/// is refused exactly when the other is, with the same cause, and what is
+/// accepted means the same.
+#[test]
+fn a_deploy_is_refused_exactly_where_the_file_is() {
+    // (setting as a deploy sends it, the same setting as the file writes it)
+    let cases = [
+        (("memory", "32 MiB"), "memory = \"32 MiB\""),
+        (("memory", "65536"), "memory = 65536"),
+        (("memory", "5 GiB"), "memory = \"5 GiB\""),
+        (("memory", "1 KiB"), "memory = \"1 KiB\""),
+        (("memory", "1024"), "memory = 1024"),
+        (("memory", "12 parsecs"), "memory = \"12 parsecs\""),
+        (("timeout", "2s"), "timeout = \"2s\""),
+        (("timeout", "0s"), "timeout = \"0s\""),
+        (("timeout", "2h"), "timeout = \"2h\""),
+        (("timeout", "soon"), "timeout = \"soon\""),
+        (("instances", "3"), "instances = 3"),
+        (("instances", "0"), "instances = 0"),
+        (("instances", "1025"), "instances = 1025"),
+        (("instances", "-1"), "instances = -1"),
+        (("instances", "two"), "instances = \"two\""),
+        (
+            ("events", "order.*, user.created"),
+            "events = [\"order.*\", \"user.created\"]",
+        ),
+        (("events", "order..placed"), "events = [\"order..placed\"]"),
+        (("events", "a b"), "events = [\"a b\"]"),
+        (("events", "*"), "events = [\"*\"]"),
+        (
+            ("calls", "tally.*,greeter.hello"),
+            "grants.calls = [\"tally.*\", \"greeter.hello\"]",
+        ),
+        (("calls", "nodot"), "grants.calls = [\"nodot\"]"),
+        (("calls", "Tally.*"), "grants.calls = [\"Tally.*\"]"),
+        (("emits", "order.*"), "grants.emits = [\"order.*\"]"),
+        (("emits", "order.*.x"), "grants.emits = [\"order.*.x\"]"),
+    ];
+    let app = "[defaults]\ntimeout = \"3s\"\n";
+    let base = parse_inline(app).expect("the app");
+    for ((key, value), line) in cases {
+        let file = format!("{app}[packages.probe]\ncomponent = \"probe.wasm\"\n{line}\n");
+        let file = parse_inline(&file).expect("the app");
+        let settings = [(key.to_owned(), value.to_owned())];
+        let deployed = base.deployed_package("probe", None, 1, &settings);
+        match (file.packages.first(), file.rejected.first(), deployed) {
+            (Some(f), None, Ok(d)) => {
+                assert_eq!(
+                    (f.instances, f.max_instances, f.memory, f.timeout),
+                    (d.instances, d.max_instances, d.memory, d.timeout),
+                    "{line}"
+                );
+                assert_eq!(f.events, d.events, "{line}");
+                assert_eq!(f.grants.calls, d.grants.calls, "{line}");
+                assert_eq!(f.grants.emits, d.grants.emits, "{line}");
+            }
+            (None, Some(f), Err(d)) => {
+                let (f, d) = (f.to_string(), d.to_string());
+                let cause = f
+                    .split("package `probe`: ")
+                    .nth(1)
+                    .expect("a package error");
+                let cause = cause.strip_prefix("grants.").unwrap_or(cause);
+                assert_eq!(d, format!("package `probe`: {cause}"), "{line}");
+            }
+            (_, f, d) => panic!("{line}: the file says {f:?}, the deploy {d:?}"),
+        }
+    }
+}
+
+/// A deploy's settings override the version serving (or the package of the
+/// file), keep what they do not name, and refuse what a file cannot say.
+#[test]
+fn a_deploy_overrides_its_base_and_refuses_unknown_and_repeated_settings() {
+    let text = "[packages.tally]\ncomponent = \"t.wasm\"\ninstances = { min = 1, max = 4 }\n\
+                memory = \"8 MiB\"\nevents = [\"a.*\"]\n[packages.tally.grants]\ncalls = [\"x.y\"]\n";
+    let m = parse_inline(text).expect("the app");
+    let base = package(&m, "tally");
+    let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let d = m
+        .deployed_package("tally", Some(base), 1, &set(&[("timeout", "9s")]))
+        .expect("deployed");
+    assert_eq!((d.instances, d.max_instances, d.memory), (1, 4, 8 << 20));
+    assert_eq!(d.timeout, Duration::from_secs(9));
+    assert_eq!(
+        (d.events.clone(), d.grants.calls.clone()),
+        (vec!["a.*".to_owned()], vec!["x.y".to_owned()])
+    );
+    let d = m
+        .deployed_package("tally", Some(base), 1, &set(&[("calls", "")]))
+        .expect("deployed");
+    assert!(d.grants.calls.is_empty());
+    let refused = |pairs: &[(&str, &str)], size: u64| {
+        m.deployed_package("tally", Some(base), size, &set(pairs))
+            .expect_err("refused")
+            .to_string()
+    };
+    for key in [
+        "build",
+        "path",
+        "component",
+        "queue",
+        "grants",
+        "dirs",
+        "env",
+    ] {
+        let e = refused(&[(key, "x")], 1);
+        assert!(
+            e.starts_with(&format!("package `tally`: unknown setting `{key}`")),
+            "{e}"
+        );
+    }
+    let e = refused(&[("memory", "1 MiB"), ("memory", "2 MiB")], 1);
+    assert_eq!(e, "package `tally`: memory: given twice");
+    let e = refused(&[], m.app.max_component_size + 1);
+    assert!(e.contains("more than this host takes"), "{e}");
+    let e = m
+        .deployed_package("Bad_Name", None, 1, &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.starts_with("package `Bad_Name`: a package name is"),
+        "{e}"
+    );
+}
