@@ -9,6 +9,11 @@
 //! While it serves, [`App::deploy`] adds a package or upgrades one without
 //! downtime, and [`App::remove`] takes one out; the gateway's `/admin` API
 //! and `steedos-wasm run --watch` drive them.
+//!
+//! It implements the operator port ([`crate::admin::Operator`]) and knows
+//! neither HTTP nor NATS: it must not import the gateway or the transport.
+//! A deploy's settings are checked by the manifest
+//! ([`Manifest::deployed_package`]), never here.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -151,81 +156,16 @@ impl App {
         let mut loaded = Vec::new();
         let mut ready = Vec::new();
         for spec in &manifest.packages {
-            let mut built = false;
-            if options.build {
-                match builder::build_if_needed(spec, false).await {
-                    Ok(BuildOutcome::Built(_)) => built = true,
-                    Ok(_) => {}
-                    Err(e) => {
-                        broker.record_failure(&spec.name, e.to_string());
-                        continue;
-                    }
-                }
-            }
-            let path = spec.component.clone();
-            let eng = engine.clone();
-            let c = cache.clone();
-            let compiled = tokio::task::spawn_blocking(move || c.load(&eng, &path)).await;
-            let (component, how) = match compiled {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    broker.record_failure(&spec.name, format!("package `{}`: {e}", spec.name));
-                    continue;
-                }
-                Err(e) => {
-                    broker.record_failure(
-                        &spec.name,
-                        format!("package `{}`: compile task failed: {e}", spec.name),
-                    );
-                    continue;
-                }
-            };
-            match PackageType::analyze(&engine, &component, &spec.name) {
-                Ok(ty) => {
-                    loaded.push(LoadedPackage {
-                        name: spec.name.clone(),
-                        compiled: Some(how),
-                        built,
-                    });
-                    ready.push(Compiled1 {
-                        spec: spec.clone(),
-                        component,
-                        ty,
-                    });
-                }
-                Err(e) => broker.record_failure(&spec.name, e.to_string()),
+            if let Some((how, compiled)) =
+                compile_at_load(spec, options, &engine, &cache, &broker).await
+            {
+                loaded.push(how);
+                ready.push(compiled);
             }
         }
-
         let base = package::base_linker(&engine)?;
         let cutoff = Arc::new(Cutoff::default());
-        let providers: Vec<Provider<'_>> = ready
-            .iter()
-            .map(|c| Provider {
-                spec: &c.spec,
-                ty: &c.ty,
-            })
-            .collect();
-        let mut packages = Vec::new();
-        let mut unlinked = Vec::new();
-        for (i, c) in ready.iter().enumerate() {
-            match link(&c.spec, &c.ty, &c.component, &providers, &base, &cutoff) {
-                Ok(p) => packages.push(p),
-                Err(e) => {
-                    broker.record_failure(&c.spec.name, e.to_string());
-                    if matches!(e, PackageError::Import { .. }) {
-                        unlinked.push(i);
-                    }
-                }
-            }
-        }
-        drop(providers);
-        let unlinked: Vec<Compiled1> = ready
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| unlinked.contains(i))
-            .map(|(_, c)| c)
-            .collect();
+        let (packages, unlinked) = link_at_load(ready, &base, &cutoff, &broker);
         let starts: Vec<_> = packages
             .into_iter()
             .map(|p| {
@@ -498,6 +438,101 @@ impl Operator for App {
     fn remove(&self, name: String) -> BoxFuture<'_, Result<String, OperatorError>> {
         Box::pin(async move { App::remove(self, &name).await })
     }
+}
+
+/// Builds (when out of date and asked to), compiles and analyzes one
+/// package at load; a failure is recorded against the package, which is
+/// left out.
+async fn compile_at_load(
+    spec: &PackageSpec,
+    options: &LoadOptions,
+    engine: &Engine,
+    cache: &CompileCache,
+    broker: &Broker,
+) -> Option<(LoadedPackage, Compiled1)> {
+    let mut built = false;
+    if options.build {
+        match builder::build_if_needed(spec, false).await {
+            Ok(BuildOutcome::Built(_)) => built = true,
+            Ok(_) => {}
+            Err(e) => {
+                broker.record_failure(&spec.name, e.to_string());
+                return None;
+            }
+        }
+    }
+    let (path, eng, c) = (spec.component.clone(), engine.clone(), cache.clone());
+    let compiled = tokio::task::spawn_blocking(move || c.load(&eng, &path)).await;
+    let (component, how) = match compiled {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            broker.record_failure(&spec.name, format!("package `{}`: {e}", spec.name));
+            return None;
+        }
+        Err(e) => {
+            let why = format!("package `{}`: compile task failed: {e}", spec.name);
+            broker.record_failure(&spec.name, why);
+            return None;
+        }
+    };
+    match PackageType::analyze(engine, &component, &spec.name) {
+        Ok(ty) => {
+            let loaded = LoadedPackage {
+                name: spec.name.clone(),
+                compiled: Some(how),
+                built,
+            };
+            let ready = Compiled1 {
+                spec: spec.clone(),
+                component,
+                ty,
+            };
+            Some((loaded, ready))
+        }
+        Err(e) => {
+            broker.record_failure(&spec.name, e.to_string());
+            None
+        }
+    }
+}
+
+/// Links the packages compiled at load to one another: those that link,
+/// and those whose typed imports wait for a provider (linked again after
+/// every deploy and remove).
+fn link_at_load(
+    ready: Vec<Compiled1>,
+    base: &Linker<package::HostState>,
+    cutoff: &Arc<Cutoff>,
+    broker: &Broker,
+) -> (Vec<Package>, Vec<Compiled1>) {
+    let providers: Vec<Provider<'_>> = ready
+        .iter()
+        .map(|c| Provider {
+            spec: &c.spec,
+            ty: &c.ty,
+        })
+        .collect();
+    let mut packages = Vec::new();
+    let mut unlinked = Vec::new();
+    for (i, c) in ready.iter().enumerate() {
+        match link(&c.spec, &c.ty, &c.component, &providers, base, cutoff) {
+            Ok(p) => packages.push(p),
+            Err(e) => {
+                broker.record_failure(&c.spec.name, e.to_string());
+                if matches!(e, PackageError::Import { .. }) {
+                    unlinked.push(i);
+                }
+            }
+        }
+    }
+    drop(providers);
+    let unlinked = ready
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| unlinked.contains(i))
+        .map(|(_, c)| c)
+        .collect();
+    (packages, unlinked)
 }
 
 /// The most instances `packages` may have at once must fit the engine's

@@ -10,6 +10,10 @@
 //! run one at a time with a spinner on a terminal and a log line either
 //! way; a failed build fails that package only, with the tail of the
 //! build's output.
+//!
+//! It reads a package's spec and runs its command; it must not load,
+//! compile or start components (the app and the engine do), and `/admin`
+//! deploys never reach it: a deploy takes a component, not a command.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

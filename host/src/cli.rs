@@ -7,6 +7,10 @@
 //! steedos-wasm build examples/shop                    # build packages that are out of date
 //! steedos-wasm new hello --lang js                    # a new app with one package, ready to run
 //! ```
+//!
+//! It parses arguments, prints, and calls the library's rooms (the app, the
+//! gateway, the transport, the admin client); it holds no logic a library
+//! user needs, and no other module imports it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -685,6 +689,32 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "none"
         }
     )?;
+    write_imports(&mut out, &ty)?;
+    let mut linker = package::base_linker(&engine)?;
+    stub_typed_imports(&mut linker, &ty)?;
+    match linker.instantiate_pre(&component) {
+        Ok(_) => {
+            writeln!(
+                out,
+                "\nthe host satisfies every host import{}",
+                if ty.typed_imports.is_empty() {
+                    ""
+                } else {
+                    "; typed imports need their providers"
+                }
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            writeln!(out, "\nthe host cannot satisfy an import: {e:#}")?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `inspect`'s list of a component's imports: the host's, and the typed
+/// ones another package must provide, with their functions.
+fn write_imports(out: &mut impl Write, ty: &PackageType) -> anyhow::Result<()> {
     writeln!(out, "\nimports:")?;
     for i in &ty.host_imports {
         writeln!(out, "  {i:<44} provided by the host")?;
@@ -704,7 +734,15 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             )?;
         }
     }
-    let mut linker = package::base_linker(&engine)?;
+    Ok(())
+}
+
+/// Defines every typed import as a stub, so that instantiating checks
+/// only what the host itself must provide.
+fn stub_typed_imports(
+    linker: &mut wasmtime::component::Linker<package::HostState>,
+    ty: &PackageType,
+) -> anyhow::Result<()> {
     for i in &ty.typed_imports {
         let mut inst = linker
             .instance(&i.interface)
@@ -714,22 +752,5 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         }
     }
-    match linker.instantiate_pre(&component) {
-        Ok(_) => {
-            writeln!(
-                out,
-                "\nthe host satisfies every host import{}",
-                if ty.typed_imports.is_empty() {
-                    ""
-                } else {
-                    "; typed imports need their providers"
-                }
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            writeln!(out, "\nthe host cannot satisfy an import: {e:#}")?;
-            Ok(ExitCode::FAILURE)
-        }
-    }
+    Ok(())
 }

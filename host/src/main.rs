@@ -1,4 +1,7 @@
 //! The `steedos-wasm` binary: see `steedos-wasm --help`.
+//!
+//! It sets up logging and hands the arguments to [`steedos_wasm::cli`];
+//! everything else lives in the library, never here.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -1,5 +1,8 @@
 //! The client side of the gateway's `/admin` API, for `steedos-wasm
 //! deploy`, `upgrade`, `remove` and `ps` against a running host.
+//!
+//! It speaks to the host only over HTTP, as any client would: it must not
+//! reach the broker, the app or any other module of a host in this process.
 
 use std::path::Path;
 

@@ -37,6 +37,9 @@
 //! npm packages, componentize-py 0.25.1, and msgpack for the broker's
 //! MessagePack in both. JavaScript builds without `wasi:http` (the host does
 //! not provide it).
+//!
+//! It writes files and nothing else: it must not build, load or run what
+//! it writes (`steedos-wasm run` does, through the builder and the app).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,10 @@
 //! component changed (size or modification time) since it was loaded is
 //! upgraded through [`App::deploy`], without downtime. A failed build or
 //! upgrade is logged and leaves the running version serving.
+//!
+//! It goes through [`App::deploy`] like `/admin` does, so an upgrade it
+//! makes is checked the same way; it must not install packages in the
+//! broker itself.
 
 use std::collections::HashMap;
 use std::path::Path;
