@@ -115,30 +115,11 @@
 //! read what it produces and never reach inside it.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use toml::de::DeTable;
 
 /// The manifest's file name inside an app folder.
 pub const FILE_NAME: &str = "steedos.toml";
-
-const DEFAULT_MAX_CALL_DEPTH: u32 = 16;
-const DEFAULT_CACHE_DIR: &str = ".steedos/cache";
-const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_INSTANCES: u32 = 1;
-const DEFAULT_MEMORY: u64 = 64 << 20;
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_QUEUE: usize = 64;
-
-const MIN_MEMORY: u64 = 64 << 10;
-const MAX_MEMORY: u64 = 4 << 30;
-const MAX_PACKAGE_NAME: usize = 64;
-const HOUR_MS: u64 = 60 * 60 * 1000;
-const DAY_MS: u64 = 24 * HOUR_MS;
-
-const TOP_LEVEL_KEYS: &str = "`app`, `cluster`, `defaults`, `gateway`, `packages`";
-const PACKAGE_NAME_RULE: &str = "a package name is lowercase ASCII letters, digits and `-`, \
-     starts with a letter, and is at most 64 characters";
 
 mod check;
 mod deploy;

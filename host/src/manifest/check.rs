@@ -15,10 +15,23 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeString, DeValue};
 
-use super::raw::*;
-use super::source::*;
-use super::values::*;
-use super::*;
+use super::error::ManifestError;
+use super::model::{
+    ActionPolicy, Alias, AppSettings, CircuitPolicy, ClusterAuth, ClusterSettings, ClusterTls,
+    DEFAULT_MAX_COMPONENT_SIZE, DirGrant, GatewaySettings, Grants, Limits, OpsAccess, PackageSpec,
+    RetryPolicy, Secret, Serializer, redact,
+};
+use super::raw::{
+    RawApp, RawCluster, RawDirGrant, RawGateway, RawGrants, RawLimits, RawPackage, check_restart,
+};
+use super::source::{Scope, Source, find_key};
+use super::values::{EnvName, PathValue, is_package_name};
+
+pub(super) const DEFAULT_MAX_CALL_DEPTH: u32 = 16;
+pub(super) const DEFAULT_CACHE_DIR: &str = ".steedos/cache";
+pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const PACKAGE_NAME_RULE: &str = "a package name is lowercase ASCII letters, digits and `-`, \
+     starts with a letter, and is at most 64 characters";
 
 impl Source<'_> {
     pub(super) fn app(

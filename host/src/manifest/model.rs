@@ -11,7 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::*;
+pub(super) const DEFAULT_INSTANCES: u32 = 1;
+pub(super) const DEFAULT_MEMORY: u64 = 64 << 20;
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_QUEUE: usize = 64;
 
 /// The transporter URL with any `user:password@` shown as `***@`.
 pub fn redact(url: &str) -> String {

@@ -13,8 +13,11 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::values::*;
-use super::*;
+use super::model::{Limits, RestartPolicy};
+use super::values::{
+    BodySize, CallPattern, CountIn, CountVisitor, DAY_MS, DurationIn, EnvName, EventPattern,
+    HOUR_MS, PathValue, Size, SizeIn, SubjectToken, Text,
+};
 
 pub(super) type CallDepth = CountIn<1, 1024>;
 pub(super) type InstanceCount = CountIn<1, 1024>;

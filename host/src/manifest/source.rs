@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::*;
+use super::error::ManifestError;
+
+pub(super) const TOP_LEVEL_KEYS: &str = "`app`, `cluster`, `defaults`, `gateway`, `packages`";
 
 /// The text being parsed, for turning spans into `file:line:column`.
 pub(super) struct Source<'a> {

@@ -2,6 +2,8 @@
 //! exact errors it must produce (none: no `.err`). `UPDATE_SNAPSHOTS=1`
 //! rewrites the `.err` files.
 
+use std::time::Duration;
+
 use super::*;
 
 fn cases_dir() -> PathBuf {

@@ -14,7 +14,11 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::*;
+pub(super) const MIN_MEMORY: u64 = 64 << 10;
+pub(super) const MAX_MEMORY: u64 = 4 << 30;
+pub(super) const MAX_PACKAGE_NAME: usize = 64;
+pub(super) const HOUR_MS: u64 = 60 * 60 * 1000;
+pub(super) const DAY_MS: u64 = 24 * HOUR_MS;
 
 /// An integer in `MIN..=MAX`.
 #[derive(Clone, Copy)]
