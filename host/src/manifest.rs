@@ -107,14 +107,16 @@
 //! `raw` (the file as written, serde structs), `values` (value types
 //! checked as they are read), `check` (from raw tables to the model: the
 //! one check of a package's settings, used by file loading and by `/admin`
-//! deploys alike), `model` (the validated settings the host runs), `source`
-//! (where an error points) and `error` ([`ManifestError`]).
+//! deploys alike), `deploy` (an `/admin` deploy's settings, written as the
+//! package table the file would hold and put through that check: see
+//! [`Manifest::deployed_package`]), `model` (the validated settings the host
+//! runs), `source` (where an error points) and `error` ([`ManifestError`]).
 //!
 //! A leaf: it imports no other module of the host (only [`node_id`](crate::node_id),
 //! itself a leaf); the engine, the broker, the gateway and the transport
 //! read what it produces and never reach inside it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use toml::de::DeTable;
 
@@ -133,31 +135,8 @@ pub use deploy::DEPLOY_SETTINGS;
 pub use error::ManifestError;
 pub use model::*;
 
-use check::resolve_links;
+use check::protected_dirs;
 use source::{Sections, Source};
-
-/// An app's `steedos.toml`, validated, with every default filled in.
-#[derive(Debug)]
-pub struct Manifest {
-    /// The `steedos.toml` file, as it was given.
-    pub path: PathBuf,
-    /// The app folder, absolute; relative paths in the manifest resolve against it.
-    pub dir: PathBuf,
-    /// App-wide settings from `[app]`.
-    pub app: AppSettings,
-    /// The HTTP gateway: `[gateway]`.
-    pub gateway: GatewaySettings,
-    /// The cluster this host joins: `[cluster]`; `None` without the table.
-    pub cluster: Option<ClusterSettings>,
-    /// The packages that passed validation, in file order.
-    pub packages: Vec<PackageSpec>,
-    /// One [`ManifestError::Invalid`] per package that failed validation, in
-    /// file order; the rest of the app runs without them.
-    pub rejected: Vec<ManifestError>,
-    /// `[defaults]`: the limits of a package that does not set them, one
-    /// deployed through `/admin` included.
-    defaults: Limits,
-}
 
 impl Manifest {
     /// Reads and validates a manifest. `path` is an app folder (then
@@ -201,14 +180,6 @@ impl Manifest {
             defaults,
         })
     }
-}
-
-/// The host's own folders no grant may reach, with symbolic links resolved.
-fn protected_dirs(app: &AppSettings, dir: &Path) -> Vec<PathBuf> {
-    app.protected_dirs(dir)
-        .iter()
-        .map(|dir| resolve_links(dir))
-        .collect()
 }
 
 #[cfg(test)]

@@ -520,3 +520,11 @@ pub(super) fn resolve_links(path: &Path) -> PathBuf {
         }
     }
 }
+
+/// The host's own folders no grant may reach, with symbolic links resolved.
+pub(super) fn protected_dirs(app: &AppSettings, dir: &Path) -> Vec<PathBuf> {
+    app.protected_dirs(dir)
+        .iter()
+        .map(|dir| resolve_links(dir))
+        .collect()
+}

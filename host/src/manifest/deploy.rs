@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use toml::Value;
 use toml::de::DeTable;
 
+use super::check::protected_dirs;
+use super::error::ManifestError;
+use super::model::{Limits, Manifest, PackageSpec};
 use super::source::{Sections, Source};
-use super::{Limits, Manifest, ManifestError, PackageSpec, protected_dirs};
 
 /// The settings an `/admin` deploy may give. Never `build` or `path`: a
 /// deploy takes a component, not a command to run.

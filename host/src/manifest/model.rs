@@ -11,10 +11,35 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::error::ManifestError;
+
 pub(super) const DEFAULT_INSTANCES: u32 = 1;
 pub(super) const DEFAULT_MEMORY: u64 = 64 << 20;
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const DEFAULT_QUEUE: usize = 64;
+
+/// An app's `steedos.toml`, validated, with every default filled in.
+#[derive(Debug)]
+pub struct Manifest {
+    /// The `steedos.toml` file, as it was given.
+    pub path: PathBuf,
+    /// The app folder, absolute; relative paths in the manifest resolve against it.
+    pub dir: PathBuf,
+    /// App-wide settings from `[app]`.
+    pub app: AppSettings,
+    /// The HTTP gateway: `[gateway]`.
+    pub gateway: GatewaySettings,
+    /// The cluster this host joins: `[cluster]`; `None` without the table.
+    pub cluster: Option<ClusterSettings>,
+    /// The packages that passed validation, in file order.
+    pub packages: Vec<PackageSpec>,
+    /// One [`ManifestError::Invalid`] per package that failed validation, in
+    /// file order; the rest of the app runs without them.
+    pub rejected: Vec<ManifestError>,
+    /// `[defaults]`: the limits of a package that does not set them, one
+    /// deployed through `/admin` included.
+    pub(super) defaults: Limits,
+}
 
 /// The transporter URL with any `user:password@` shown as `***@`.
 pub fn redact(url: &str) -> String {

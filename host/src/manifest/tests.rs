@@ -2,6 +2,7 @@
 //! exact errors it must produce (none: no `.err`). `UPDATE_SNAPSHOTS=1`
 //! rewrites the `.err` files.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
