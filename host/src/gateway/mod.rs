@@ -61,7 +61,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use wasmtime::component::types::Type;
 
-pub use crate::admin::{BoxFuture, Operator, OperatorError};
+use crate::admin::{Operator, OperatorError};
 use crate::broker::Broker;
 use crate::context::{CallContext, CallError, next_request_id};
 use crate::manifest::{GatewaySettings, OpsAccess};
