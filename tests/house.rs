@@ -119,7 +119,7 @@ fn long_functions(text: &str) -> Vec<(String, usize, usize)> {
 
 /// The name of the function a line declares, if it declares one.
 fn fn_name(line: &str) -> Option<String> {
-    let mut words = line.trim_start().split_whitespace().peekable();
+    let mut words = line.split_whitespace().peekable();
     while let Some(word) = words.next() {
         match word {
             "pub" | "async" | "unsafe" | "const" | "extern" | "\"C\"" | "default" => continue,
@@ -339,10 +339,10 @@ fn no_two_modules_import_each_other() {
         }
         path.push(node);
         for next in graph.get(node).into_iter().flatten() {
-            if known.contains(next) {
-                if let Some(circle) = visit(next, graph, known, path, done) {
-                    return Some(circle);
-                }
+            if known.contains(next)
+                && let Some(circle) = visit(next, graph, known, path, done)
+            {
+                return Some(circle);
             }
         }
         path.pop();
