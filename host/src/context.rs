@@ -134,6 +134,141 @@ pub fn next_request_id() -> Arc<str> {
     format!("{prefix:08x}-{n:x}").into()
 }
 
+/// The seven kinds of call error, each with what it is called everywhere
+/// it leaves the host: its WIT case, its HTTP status, and the Moleculer
+/// error a Node.js peer sees (name, code, type, retryable; as
+/// moleculer's `src/errors.js` spells them). The one table of them: the
+/// gateway, the transport, metrics and the guest boundary all read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// No such action, or no live provider for it.
+    NotFound,
+    /// The parameters do not fit the action's WIT type.
+    InvalidParams,
+    /// The callee did not answer within its deadline.
+    Timeout,
+    /// The callee trapped (or ran out of memory); it is being restarted.
+    Crashed,
+    /// Queue full, call depth exceeded, or the callee is in restart backoff.
+    Overloaded,
+    /// The caller may not call this action.
+    Denied,
+    /// The action returned its own error.
+    Failed,
+}
+
+/// A Moleculer error as it travels in a RES packet's `error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoleculerError {
+    /// The error class (`ServiceNotFoundError`, ...).
+    pub name: &'static str,
+    /// Its `code` (an HTTP-like number).
+    pub code: u16,
+    /// Its `type`.
+    pub kind: &'static str,
+    /// Whether Moleculer's retry middleware may retry it.
+    pub retryable: bool,
+}
+
+impl ErrorKind {
+    /// Every kind, in `call-error` order.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::NotFound,
+        ErrorKind::InvalidParams,
+        ErrorKind::Timeout,
+        ErrorKind::Crashed,
+        ErrorKind::Overloaded,
+        ErrorKind::Denied,
+        ErrorKind::Failed,
+    ];
+
+    /// The case name, as in WIT (`not-found`, `crashed`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::InvalidParams => "invalid-params",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Crashed => "crashed",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Failed => "failed",
+        }
+    }
+
+    /// The HTTP status the gateway answers with (an action's own error
+    /// value may name another 4xx/5xx; see the gateway).
+    pub const fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::NotFound => 404,
+            ErrorKind::InvalidParams => 400,
+            ErrorKind::Timeout => 504,
+            ErrorKind::Crashed => 502,
+            ErrorKind::Overloaded => 503,
+            ErrorKind::Denied => 403,
+            ErrorKind::Failed => 422,
+        }
+    }
+
+    /// The Moleculer error a peer sees for this kind.
+    pub const fn moleculer(self) -> MoleculerError {
+        let (name, code, kind, retryable) = match self {
+            ErrorKind::NotFound => ("ServiceNotFoundError", 404, "SERVICE_NOT_FOUND", true),
+            ErrorKind::InvalidParams => ("ValidationError", 422, "VALIDATION_ERROR", false),
+            ErrorKind::Timeout => ("RequestTimeoutError", 504, "REQUEST_TIMEOUT", true),
+            ErrorKind::Crashed => ("MoleculerServerError", 500, "CRASHED", true),
+            ErrorKind::Overloaded => ("MoleculerRetryableError", 503, "OVERLOADED", true),
+            ErrorKind::Denied => ("MoleculerClientError", 403, "DENIED", false),
+            ErrorKind::Failed => ("MoleculerClientError", 422, "FAILED", false),
+        };
+        MoleculerError {
+            name,
+            code,
+            kind,
+            retryable,
+        }
+    }
+
+    /// The kind of a Moleculer error a peer sent, by its name, type and
+    /// code (Moleculer's own classes as well as the ones this host sends).
+    pub fn from_moleculer(name: &str, kind: &str, code: u64) -> ErrorKind {
+        match (name, kind, code) {
+            ("ServiceNotFoundError" | "ServiceNotAvailableError", _, _)
+            | (_, "SERVICE_NOT_FOUND" | "SERVICE_NOT_AVAILABLE", _) => ErrorKind::NotFound,
+            ("ValidationError", _, _) | (_, "VALIDATION_ERROR" | "INVALID_PARAMS", _) => {
+                ErrorKind::InvalidParams
+            }
+            ("RequestTimeoutError", _, _) | (_, "REQUEST_TIMEOUT", _) | (_, _, 504) => {
+                ErrorKind::Timeout
+            }
+            (_, "CRASHED", _) => ErrorKind::Crashed,
+            ("QueueIsFullError" | "RequestRejectedError", _, _)
+            | (_, "OVERLOADED" | "QUEUE_FULL" | "REQUEST_REJECTED", _)
+            | (_, _, 429 | 503) => ErrorKind::Overloaded,
+            (_, "DENIED", _) | (_, _, 401 | 403) => ErrorKind::Denied,
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a call error's message turns from what anyone may read into the
+/// host's own record (a package's last fault, why it failed to load),
+/// which may name host paths: see [`host_record`] and
+/// [`CallError::public_message`].
+const HOST_RECORD: &str = "; last error: ";
+
+/// `record` (the host's own account of a fault, which may name host
+/// paths) as the tail of a call error's message: kept in the log and in
+/// the message the host reads, cut from what HTTP clients and peers see.
+pub fn host_record(record: &str) -> String {
+    format!("{HOST_RECORD}{record}")
+}
+
 /// Why a call did not return a value. The same cases as the WIT
 /// `steedos:package/types.call-error` that packages see.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -162,30 +297,35 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// The case name, as in WIT (`not-found`, `crashed`, ...).
-    pub fn kind(&self) -> &'static str {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: String) -> CallError {
+        match kind {
+            ErrorKind::NotFound => CallError::NotFound(message),
+            ErrorKind::InvalidParams => CallError::InvalidParams(message),
+            ErrorKind::Timeout => CallError::Timeout(message),
+            ErrorKind::Crashed => CallError::Crashed(message),
+            ErrorKind::Overloaded => CallError::Overloaded(message),
+            ErrorKind::Denied => CallError::Denied(message),
+            ErrorKind::Failed => CallError::Failed(message),
+        }
+    }
+
+    /// Its kind (which names its WIT case, HTTP status, Moleculer error).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            CallError::NotFound(_) => "not-found",
-            CallError::InvalidParams(_) => "invalid-params",
-            CallError::Timeout(_) => "timeout",
-            CallError::Crashed(_) => "crashed",
-            CallError::Overloaded(_) => "overloaded",
-            CallError::Denied(_) => "denied",
-            CallError::Failed(_) => "failed",
+            CallError::NotFound(_) => ErrorKind::NotFound,
+            CallError::InvalidParams(_) => ErrorKind::InvalidParams,
+            CallError::Timeout(_) => ErrorKind::Timeout,
+            CallError::Crashed(_) => ErrorKind::Crashed,
+            CallError::Overloaded(_) => ErrorKind::Overloaded,
+            CallError::Denied(_) => ErrorKind::Denied,
+            CallError::Failed(_) => ErrorKind::Failed,
         }
     }
 
     /// The same kind of error with another message.
     pub fn with_message(&self, message: String) -> CallError {
-        match self {
-            CallError::NotFound(_) => CallError::NotFound(message),
-            CallError::InvalidParams(_) => CallError::InvalidParams(message),
-            CallError::Timeout(_) => CallError::Timeout(message),
-            CallError::Crashed(_) => CallError::Crashed(message),
-            CallError::Overloaded(_) => CallError::Overloaded(message),
-            CallError::Denied(_) => CallError::Denied(message),
-            CallError::Failed(_) => CallError::Failed(message),
-        }
+        CallError::new(self.kind(), message)
     }
 
     /// The message without the kind.
@@ -198,6 +338,17 @@ impl CallError {
             | CallError::Overloaded(m)
             | CallError::Denied(m)
             | CallError::Failed(m) => m,
+        }
+    }
+
+    /// The message as an HTTP client or a peer node may see it: without
+    /// the host's record (see [`host_record`]). An action's own error
+    /// value is the package's to word and is kept whole.
+    pub fn public_message(&self) -> std::borrow::Cow<'_, str> {
+        let message = self.message();
+        match (self, message.split_once(HOST_RECORD)) {
+            (CallError::Failed(_), _) | (_, None) => message.into(),
+            (_, Some((head, _))) => format!("{head} (why is in the host's log)").into(),
         }
     }
 }
@@ -267,6 +418,32 @@ mod tests {
         let a = next_request_id();
         let b = next_request_id();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn public_messages_keep_the_host_record_out() {
+        let record = host_record("/srv/app/a.wasm trapped");
+        for kind in ErrorKind::ALL {
+            let e = CallError::new(kind, format!("a.b: package `a` is down{record}"));
+            assert_eq!(e.kind(), kind);
+            assert_eq!(e.message(), format!("a.b: package `a` is down{record}"));
+            match kind {
+                ErrorKind::Failed => assert!(e.public_message().contains("/srv")),
+                _ => assert!(!e.public_message().contains("/srv"), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn each_kind_round_trips_through_its_moleculer_error() {
+        for (i, kind) in ErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "metrics index errors by kind");
+            let m = kind.moleculer();
+            assert_eq!(
+                ErrorKind::from_moleculer(m.name, m.kind, m.code.into()),
+                kind
+            );
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::context::CallError;
+use crate::context::{CallError, ErrorKind};
 use crate::health::ServiceReport;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,17 +48,6 @@ struct PackageLabels {
     package: String,
     state: String,
 }
-
-/// The error kinds, in `call-error` order.
-const KINDS: [&str; 7] = [
-    "not-found",
-    "invalid-params",
-    "timeout",
-    "crashed",
-    "overloaded",
-    "denied",
-    "failed",
-];
 
 /// Shards of a per-call metric; threads beyond this many share them.
 const SHARDS: usize = 8;
@@ -228,11 +217,8 @@ impl ActionMetrics {
         self.calls.inc();
         self.latency.observe(elapsed);
         if let Err(e) = outcome {
-            let i = KINDS
-                .iter()
-                .position(|k| *k == e.kind())
-                .unwrap_or(KINDS.len() - 1);
-            self.errors[i].inc();
+            // `ErrorKind::ALL` is in declaration order, so a kind is its index.
+            self.errors[e.kind() as usize].inc();
         }
     }
 }
@@ -311,7 +297,7 @@ impl Metrics {
             package: package.to_string(),
             action: action.to_string(),
         };
-        let errors = KINDS.map(|kind| {
+        let errors = ErrorKind::ALL.map(|kind| {
             let l = ErrorLabels {
                 package: package.to_string(),
                 action: action.to_string(),

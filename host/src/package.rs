@@ -827,17 +827,9 @@ pub fn is_call_error_result(ty: Option<&Type>) -> bool {
     let Some(Type::Variant(v)) = r.err() else {
         return false;
     };
-    let names: Vec<&str> = v.cases().map(|c| c.name).collect();
-    names
-        == [
-            "not-found",
-            "invalid-params",
-            "timeout",
-            "crashed",
-            "overloaded",
-            "denied",
-            "failed",
-        ]
+    v.cases()
+        .map(|c| c.name)
+        .eq(crate::context::ErrorKind::ALL.map(|k| k.name()))
 }
 
 /// The linker every package starts from: WASI and `steedos:package`.

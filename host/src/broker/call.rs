@@ -24,7 +24,7 @@ use wasmtime::component::types::Type;
 use super::protect::{Layer, remote_fallback_applies};
 use super::{Broker, DEADLINE_GRACE, InFlight, RemoteParams, Service};
 use crate::codec::{self, Format};
-use crate::context::{CallContext, CallError, Human};
+use crate::context::{CallContext, CallError, Human, host_record};
 use crate::package::{ActionType, Caller, Fault, LiveInstance, Output, Params, host_budget};
 use crate::pool::{Checkout, Refusal, Unserved, Wait};
 use crate::resilience;
@@ -376,17 +376,19 @@ fn unavailable(service: &Service, label: &str) -> CallError {
         .unwrap_or("no instance is running");
     match status.state {
         PackageState::Backoff { retry_at } => CallError::Overloaded(format!(
-            "{label}: package `{}` is in restart backoff after repeated faults (retry in {}); last error: {why}",
+            "{label}: package `{}` is in restart backoff after repeated faults (retry in {}){}",
             service.name(),
-            Human(retry_at.saturating_duration_since(Instant::now()))
+            Human(retry_at.saturating_duration_since(Instant::now())),
+            host_record(why)
         )),
         PackageState::Stopped => {
             CallError::Overloaded(format!("{label}: package `{}` is stopped", service.name()))
         }
         _ => CallError::Overloaded(format!(
-            "{label}: package `{}` has no running instance ({}); last error: {why}",
+            "{label}: package `{}` has no running instance ({}){}",
             service.name(),
-            status.state.name()
+            status.state.name(),
+            host_record(why)
         )),
     }
 }

@@ -17,7 +17,7 @@ use wasmtime::component::types::Type;
 use super::events::EventQueue;
 use super::protect::{ActionProtection, RemoteProtection};
 use super::{Broker, EventStats, ServiceReport};
-use crate::context::CallError;
+use crate::context::{CallError, host_record};
 use crate::metrics::{ActionMetrics, Metrics};
 use crate::package::{ActionType, Package};
 use crate::pool::InstancePool;
@@ -338,7 +338,10 @@ impl Broker {
         let service = self.service(package).ok_or_else(|| {
             let failed = self.failures().into_iter().find(|f| f.name == package);
             CallError::NotFound(match failed {
-                Some(f) => format!("package `{package}` failed to load: {}", f.error),
+                Some(f) => format!(
+                    "package `{package}` failed to load{}",
+                    host_record(&f.error)
+                ),
                 None => format!("no package `{package}` (for action `{action}`)"),
             })
         })?;

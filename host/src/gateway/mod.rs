@@ -677,12 +677,12 @@ impl Gateway {
         match self.broker.call_json(action, body, ctx).await {
             Ok(value) => json_response(StatusCode::OK, &value),
             Err(e) => {
-                tracing::info!(action, kind = e.kind(), error = %e.message(), "call failed");
+                tracing::info!(action, kind = e.kind().name(), error = %e.message(), "call failed");
                 let status = status_of(&e, action);
                 let mut r = problem(
                     status,
-                    e.kind(),
-                    public_message(&e).into_owned(),
+                    e.kind().name(),
+                    e.public_message().into_owned(),
                     Some(action),
                     request_id,
                 );
@@ -694,24 +694,6 @@ impl Gateway {
             }
         }
     }
-}
-
-/// A call error's message as HTTP clients see it: without the host's
-/// record of why a package failed to load or last faulted (it may name
-/// host paths; the log and `/admin/packages` have it).
-fn public_message(e: &CallError) -> std::borrow::Cow<'_, str> {
-    let message = e.message();
-    if let CallError::Failed(_) = e {
-        return message.into(); // the action's own error value
-    }
-    // The broker's wording for the record of a package's fault.
-    if let Some((head, _)) = message.split_once("; last error: ") {
-        return format!("{head} (its last error is in the host's log)").into();
-    }
-    if let Some((head, _)) = message.split_once(" failed to load: ") {
-        return format!("{head} failed to load (why is in the host's log)").into();
-    }
-    message.into()
 }
 
 /// The answer to a body that could not be read; the connection is closed
@@ -747,17 +729,16 @@ fn unauthorized(message: &str, request_id: &Arc<str>) -> Response<Full<Bytes>> {
     r
 }
 
-/// The HTTP status of a call error.
+/// The HTTP status of a call error: its kind's, or for an action's own
+/// error the status its error value names.
 fn status_of(e: &CallError, action: &str) -> StatusCode {
-    match e {
-        CallError::InvalidParams(_) => StatusCode::BAD_REQUEST,
-        CallError::NotFound(_) => StatusCode::NOT_FOUND,
-        CallError::Denied(_) => StatusCode::FORBIDDEN,
-        CallError::Failed(m) => named_status(m, action).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
-        CallError::Crashed(_) => StatusCode::BAD_GATEWAY,
-        CallError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-        CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-    }
+    let named = match e {
+        CallError::Failed(m) => named_status(m, action),
+        _ => None,
+    };
+    named.unwrap_or_else(|| {
+        StatusCode::from_u16(e.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    })
 }
 
 /// An action's error value that is a record with a `status` field in
@@ -875,25 +856,27 @@ mod tests {
 
     #[test]
     fn public_messages_keep_host_records_out() {
-        let e = CallError::Overloaded(
-            "a.b: package `a` is in restart backoff (retry in 3s); last error: /srv/app/a.wasm trapped".into(),
-        );
+        let e = CallError::Overloaded(format!(
+            "a.b: package `a` is in restart backoff (retry in 3s){}",
+            crate::context::host_record("/srv/app/a.wasm trapped")
+        ));
         assert!(
-            !public_message(&e).contains("/srv"),
+            !e.public_message().contains("/srv"),
             "{}",
-            public_message(&e)
+            e.public_message()
         );
-        let e = CallError::NotFound(
-            "package `a` failed to load: cannot read component /srv/app/a.wasm".into(),
-        );
+        let e = CallError::NotFound(format!(
+            "package `a` failed to load{}",
+            crate::context::host_record("cannot read component /srv/app/a.wasm")
+        ));
         assert!(
-            !public_message(&e).contains("/srv"),
+            !e.public_message().contains("/srv"),
             "{}",
-            public_message(&e)
+            e.public_message()
         );
         // An action's own error value is the package's to word.
         let e = CallError::Failed("a.b: see /docs; last error: none".into());
-        assert_eq!(public_message(&e), "a.b: see /docs; last error: none");
+        assert_eq!(e.public_message(), "a.b: see /docs; last error: none");
     }
 
     #[test]

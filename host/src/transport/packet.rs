@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::context::CallError;
+use crate::context::{CallError, ErrorKind};
+use crate::guest_log::escape;
 use crate::manifest::Serializer;
 
 /// A packet that could not be read or written.
@@ -617,44 +618,33 @@ pub fn meta_object(pairs: &[(String, String)]) -> Value {
 // ------------------------------------------------------------ errors
 
 /// The Moleculer error a Node.js caller expects for `error`, raised by
-/// `node` serving `action`.
+/// `node` serving `action`: its kind's name, code and type, and only the
+/// message's public part (no host paths: see [`CallError::public_message`]).
 pub fn error_to_wire(error: &CallError, action: &str, node: &str) -> WireError {
-    let message = error.message().to_string();
-    let about = json!({ "action": action, "nodeID": node, "reason": message });
-    let (name, code, kind, retryable, data) = match error {
-        CallError::NotFound(_) => (
-            "ServiceNotFoundError",
-            404,
-            "SERVICE_NOT_FOUND",
-            true,
-            about,
-        ),
-        CallError::InvalidParams(m) => (
-            "ValidationError",
-            422,
-            "VALIDATION_ERROR",
-            false,
-            json!([{ "type": "wit", "message": m, "action": action, "nodeID": node }]),
-        ),
-        CallError::Timeout(_) => ("RequestTimeoutError", 504, "REQUEST_TIMEOUT", true, about),
-        CallError::Crashed(_) => ("MoleculerServerError", 500, "CRASHED", true, about),
-        CallError::Overloaded(_) => ("MoleculerRetryableError", 503, "OVERLOADED", true, about),
-        CallError::Denied(_) => ("MoleculerClientError", 403, "DENIED", false, about),
-        CallError::Failed(_) => ("MoleculerClientError", 422, "FAILED", false, about),
+    let kind = error.kind();
+    let m = kind.moleculer();
+    let message = error.public_message().into_owned();
+    let data = match kind {
+        ErrorKind::InvalidParams => {
+            json!([{ "type": "wit", "message": message, "action": action, "nodeID": node }])
+        }
+        _ => json!({ "action": action, "nodeID": node, "reason": message }),
     };
     WireError {
-        name: Some(name.into()),
+        name: Some(m.name.into()),
         message: Some(message),
-        code: Some(code.into()),
-        kind: Some(kind.into()),
-        retryable: Some(retryable),
+        code: Some(m.code.into()),
+        kind: Some(m.kind.into()),
+        retryable: Some(m.retryable),
         node_id: Some(node.into()),
         data: Some(data),
         stack: None,
     }
 }
 
-/// A Moleculer error from `node` as the caller's [`CallError`].
+/// A Moleculer error from `node` as the caller's [`CallError`]; the
+/// peer's text is escaped (one line, no control characters) before
+/// anything logs or shows it.
 pub fn error_from_wire(error: WireError, action: &str, node: &str) -> CallError {
     let name = error.name.as_deref().unwrap_or("Error");
     let kind = error.kind.as_deref().unwrap_or("");
@@ -672,22 +662,10 @@ pub fn error_from_wire(error: WireError, action: &str, node: &str) -> CallError 
     if !details.is_empty() {
         message = format!("{message} ({})", details.join("; "));
     }
-    match (name, kind, code) {
-        ("ServiceNotFoundError" | "ServiceNotAvailableError", _, _)
-        | (_, "SERVICE_NOT_FOUND", _) => CallError::NotFound(message),
-        ("ValidationError", _, _) | (_, "VALIDATION_ERROR" | "INVALID_PARAMS", _) => {
-            CallError::InvalidParams(message)
-        }
-        ("RequestTimeoutError", _, _) | (_, "REQUEST_TIMEOUT", _) | (_, _, 504) => {
-            CallError::Timeout(message)
-        }
-        (_, "CRASHED", _) => CallError::Crashed(message),
-        ("QueueIsFullError" | "RequestRejectedError", _, _)
-        | (_, "OVERLOADED" | "QUEUE_FULL", _)
-        | (_, _, 429 | 503) => CallError::Overloaded(message),
-        (_, "DENIED", _) | (_, _, 401 | 403) => CallError::Denied(message),
-        _ => CallError::Failed(message),
-    }
+    CallError::new(
+        ErrorKind::from_moleculer(name, kind, code),
+        escape(&message),
+    )
 }
 
 /// Protocol 5 carries headers; 4 does not.
