@@ -135,42 +135,12 @@ impl Registry {
         check_counts(info)?;
         let id: Arc<str> = info.sender.as_str().into();
         let seq = info.seq.unwrap_or(1);
-        let mut services = Vec::new();
-        let mut actions = Vec::new();
-        let mut params = HashMap::new();
-        let mut listeners = Vec::new();
-        for service in &info.services {
-            services.push(service.name.clone());
-            for (name, action) in service.actions.iter().flatten() {
-                // Actions a node keeps to itself are not callable from here.
-                let visibility = action.get("visibility").and_then(Value::as_str);
-                if matches!(visibility, Some("protected" | "private")) {
-                    continue;
-                }
-                let full = action
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or(name)
-                    .to_string();
-                if let Some(rules) = action.get("params") {
-                    params.insert(full.clone(), rules.clone());
-                }
-                actions.push(full);
-            }
-            for (name, event) in service.events.iter().flatten() {
-                let pattern = event
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or(name)
-                    .to_string();
-                let group = event
-                    .get("group")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&service.name)
-                    .to_string();
-                listeners.push((pattern, group));
-            }
-        }
+        let Offer {
+            services,
+            actions,
+            params,
+            listeners,
+        } = Offer::of(info);
         let joined = match self.nodes.get(&id) {
             None => Joined::New,
             Some(n) if n.instance_id != info.instance_id => Joined::Restarted,
@@ -452,6 +422,62 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
         }
         [b'?', rest @ ..] => !s.is_empty() && glob(rest, &s[1..]),
         [c, rest @ ..] => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+/// What one INFO offers: its services, the actions callable from here
+/// (with their parameter rules), and its event listeners.
+struct Offer {
+    services: Vec<String>,
+    actions: Vec<String>,
+    params: HashMap<String, Value>,
+    listeners: Vec<(String, String)>,
+}
+
+impl Offer {
+    fn of(info: &Info) -> Offer {
+        let mut services = Vec::new();
+        let mut actions = Vec::new();
+        let mut params = HashMap::new();
+        let mut listeners = Vec::new();
+        for service in &info.services {
+            services.push(service.name.clone());
+            for (name, action) in service.actions.iter().flatten() {
+                // Actions a node keeps to itself are not callable from here.
+                let visibility = action.get("visibility").and_then(Value::as_str);
+                if matches!(visibility, Some("protected" | "private")) {
+                    continue;
+                }
+                let full = action
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(name)
+                    .to_string();
+                if let Some(rules) = action.get("params") {
+                    params.insert(full.clone(), rules.clone());
+                }
+                actions.push(full);
+            }
+            for (name, event) in service.events.iter().flatten() {
+                let pattern = event
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(name)
+                    .to_string();
+                let group = event
+                    .get("group")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&service.name)
+                    .to_string();
+                listeners.push((pattern, group));
+            }
+        }
+        Offer {
+            services,
+            actions,
+            params,
+            listeners,
+        }
     }
 }
 
