@@ -671,3 +671,161 @@ async fn tls_with_a_ca_and_a_client_certificate() {
     );
     node.stop().await;
 }
+
+/// Regression (issue 12): a REQ that could not be read was dropped in
+/// silence, so its caller waited out its whole timeout. When its id and
+/// sender can be read, it is now answered at once with a ValidationError
+/// naming what was wrong; one with no readable id is still dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_request_with_a_readable_id_is_answered_with_an_error() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let node = Node::start(&nats.url, "wasm-target", 4, "json", GREETER_AND_TALLY).await;
+    let raw = Raw::connect(&nats.url).await;
+    let mut answers = raw.subscribe("MOL.RES.prober").await;
+    let unreadable = [
+        json!({ "ver": "4", "sender": "prober", "id": "bad-level", "action": "greeter.hello",
+                "params": { "name": "a" }, "level": -1 }),
+        json!({ "ver": "4", "sender": "prober", "id": "bad-timeout", "action": "greeter.hello",
+                "params": { "name": "a" }, "timeout": "soon" }),
+        json!({ "ver": "4", "sender": "prober", "id": "bad-action", "action": 5 }),
+    ];
+    for packet in &unreadable {
+        raw.send_json("MOL.REQ.wasm-target", packet).await;
+    }
+    // No id: nothing to answer.
+    raw.send_json(
+        "MOL.REQ.wasm-target",
+        &json!({ "ver": "4", "sender": "prober", "action": "greeter.hello", "level": -1 }),
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < unreadable.len() {
+        let res = next_json(&mut answers, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("an unreadable REQ is answered; got only {seen:?}"));
+        assert_eq!(res["success"], false, "{res}");
+        assert_eq!(res["error"]["name"], "ValidationError", "{res}");
+        assert!(
+            res["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not be read")),
+            "{res}"
+        );
+        seen.push(res["id"].as_str().unwrap_or_default().to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["bad-action", "bad-level", "bad-timeout"]);
+    assert!(
+        next_json(&mut answers, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "a REQ without an id gets no answer"
+    );
+    let res = raw
+        .call(
+            "prober",
+            "wasm-target",
+            "greeter.hello",
+            json!({ "name": "Ed" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, Ed!", "{res}");
+    node.stop().await;
+}
+
+/// Counts the packets `sub` receives until none comes for two seconds.
+async fn count_until_quiet(sub: &mut async_nats::Subscriber) -> usize {
+    let mut n = 0;
+    while tokio::time::timeout(Duration::from_secs(2), sub.next())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        n += 1;
+    }
+    n
+}
+
+/// Regression (issue 12): each DISCOVER was answered with a whole INFO,
+/// each HEARTBEAT from an unknown node with a DISCOVER, and each INFO
+/// rebuilt the registry, however many a peer sent. A flood of each from
+/// one peer now costs a bounded number per second (the rest dropped and
+/// counted), while another peer's DISCOVER during the flood is answered
+/// and the flooding peer's node stays known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_discover_heartbeat_and_info_cost_bounded_work() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let node = Node::start(&nats.url, "wasm-target", 4, "json", GREETER_AND_TALLY).await;
+    let raw = Raw::connect(&nats.url).await;
+    const FLOOD: usize = 1000;
+
+    let mut infos = raw.subscribe("MOL.INFO.flood").await;
+    let mut calm_infos = raw.subscribe("MOL.INFO.calm").await;
+    for _ in 0..FLOOD {
+        raw.send_json(
+            "MOL.DISCOVER.wasm-target",
+            &json!({ "ver": "4", "sender": "flood" }),
+        )
+        .await;
+    }
+    raw.send_json("MOL.DISCOVER", &json!({ "ver": "4", "sender": "calm" }))
+        .await;
+    let answered = count_until_quiet(&mut infos).await;
+    assert!(
+        (1..=60).contains(&answered),
+        "{answered} INFOs for {FLOOD} DISCOVERs"
+    );
+    assert!(
+        next_json(&mut calm_infos, Duration::from_secs(15))
+            .await
+            .is_some(),
+        "another peer's DISCOVER is answered during the flood"
+    );
+
+    let mut asks = raw.subscribe("MOL.DISCOVER.beats").await;
+    for _ in 0..FLOOD {
+        raw.send_json(
+            "MOL.HEARTBEAT",
+            &json!({ "ver": "4", "sender": "beats", "cpu": 1 }),
+        )
+        .await;
+    }
+    let asked = count_until_quiet(&mut asks).await;
+    assert!(
+        (1..=100).contains(&asked),
+        "{asked} DISCOVERs for {FLOOD} HEARTBEATs of an unknown node"
+    );
+
+    let before = node.transport().stats().packets_dropped;
+    for seq in 0..FLOOD {
+        raw.send_json(
+            "MOL.INFO",
+            &json!({ "ver": "4", "sender": "churn", "instanceID": "c", "seq": seq,
+                     "services": [{ "name": format!("s{seq}"), "actions": {} }] }),
+        )
+        .await;
+    }
+    let dropped = eventually(Duration::from_secs(30), || async {
+        let stats = node.transport().stats();
+        (stats.packets_dropped - before >= (FLOOD - 100) as u64).then_some(stats)
+    })
+    .await;
+    assert!(dropped.is_some(), "{:?}", node.transport().stats());
+    assert!(
+        node.transport().nodes().iter().any(|n| n.id == "churn"),
+        "the flooding node is still known"
+    );
+    let res = raw
+        .call(
+            "calm",
+            "wasm-target",
+            "greeter.hello",
+            json!({ "name": "Flo" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, Flo!", "{res}");
+    node.stop().await;
+}

@@ -7,6 +7,7 @@
 //! checked before they reach a subject or a map, what the registry keeps
 //! is capped, and numbers become durations without overflow.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -110,6 +111,71 @@ impl DropLog {
     }
 }
 
+/// Packets of one kind a peer may send per second, for the kinds that
+/// cost this node work (a DISCOVER is answered with a whole INFO; an INFO
+/// rebuilds the registry's index; a HEARTBEAT from an unknown node is
+/// answered with a DISCOVER). A Moleculer node sends each rarely (INFO
+/// when its services change, DISCOVER when it starts or meets a node,
+/// HEARTBEAT every few seconds): well below these; more is a flood, and
+/// the packets past the limit in a second are dropped and counted.
+pub const DISCOVER_PER_SECOND: u32 = 10;
+/// See [`DISCOVER_PER_SECOND`].
+pub const INFO_PER_SECOND: u32 = 20;
+/// See [`DISCOVER_PER_SECOND`].
+pub const HEARTBEAT_PER_SECOND: u32 = 20;
+
+/// Senders counted in one second by a [`PeerRate`]; packets from more
+/// senders than this in one second are dropped (four times the nodes a
+/// node remembers: only a flood of forged senders comes near it).
+pub const MAX_RATED_PEERS: usize = 4 * MAX_NODES;
+
+/// A per-sender budget of packets per second, for one kind of packet: a
+/// peer's flood costs this node bounded work, and the memory it takes is
+/// bounded by [`MAX_RATED_PEERS`].
+#[derive(Debug)]
+pub struct PeerRate {
+    per_second: u32,
+    window: Mutex<RateWindow>,
+}
+
+#[derive(Debug)]
+struct RateWindow {
+    began: Instant,
+    seen: HashMap<Box<str>, u32>,
+}
+
+impl PeerRate {
+    /// At most `per_second` packets per sender per second.
+    pub fn new(per_second: u32) -> Self {
+        PeerRate {
+            per_second,
+            window: Mutex::new(RateWindow {
+                began: Instant::now(),
+                seen: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Counts a packet from `sender`; false when it is past the budget.
+    pub fn allow(&self, sender: &str) -> bool {
+        let now = Instant::now();
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(w.began) >= Duration::from_secs(1) {
+            w.seen.clear();
+            w.began = now;
+        }
+        if let Some(n) = w.seen.get_mut(sender) {
+            *n = n.saturating_add(1);
+            return *n <= self.per_second;
+        }
+        if w.seen.len() >= MAX_RATED_PEERS {
+            return false;
+        }
+        w.seen.insert(sender.into(), 1);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +211,20 @@ mod tests {
         assert_eq!(log.note(), None);
         assert_eq!(log.note(), None);
         assert_eq!(log.total(), 3);
+    }
+
+    #[test]
+    fn a_peer_past_its_budget_is_held_to_it_and_others_are_not() {
+        let rate = PeerRate::new(3);
+        assert!((0..3).all(|_| rate.allow("a")));
+        assert!(!rate.allow("a"));
+        assert!(rate.allow("b"), "another peer has its own budget");
+        for i in 0..MAX_RATED_PEERS {
+            rate.allow(&format!("n{i}"));
+        }
+        assert!(
+            !rate.allow("one-too-many"),
+            "the senders counted are bounded"
+        );
     }
 }

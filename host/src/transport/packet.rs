@@ -314,6 +314,20 @@ pub struct ServiceInfo {
     pub events: Option<Map<String, Value>>,
 }
 
+/// What a REQ must hold to be answered: read when the rest of it cannot be.
+#[derive(Debug, Deserialize)]
+pub struct RequestHead {
+    /// Protocol version.
+    pub ver: String,
+    /// Sender node id.
+    pub sender: String,
+    /// The context id, echoed in the RES.
+    pub id: String,
+    /// The action's full name, when it is one.
+    #[serde(default)]
+    pub action: Option<Value>,
+}
+
 /// HEARTBEAT.
 #[derive(Debug, Deserialize)]
 pub struct Heartbeat {

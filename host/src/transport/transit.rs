@@ -20,7 +20,7 @@ use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::bounds::{self, DropLog};
+use super::bounds::{self, DropLog, PeerRate};
 use super::error::TransportError;
 use super::nats::{Bus, Outgoing};
 use super::packet::{self, Data, Kind, Wire};
@@ -72,6 +72,8 @@ pub(super) struct Transit {
     pub(super) drops: DropLog,
     /// Bytes of EVENT packets in hand ([`bounds::EVENT_BUDGET`]).
     pub(super) event_budget: Arc<Semaphore>,
+    /// What each peer may make this node do per second, by packet kind.
+    pub(super) floods: Floods,
 }
 
 impl Transit {
@@ -104,6 +106,7 @@ impl Transit {
             wrong_version: Mutex::new(HashSet::new()),
             drops: DropLog::default(),
             event_budget: Arc::new(Semaphore::new(bounds::EVENT_BUDGET)),
+            floods: Floods::default(),
         }
     }
 
@@ -445,7 +448,7 @@ impl Transit {
             }
             Kind::Discover => {
                 let h: packet::Header = wire.decode("DISCOVER", &bytes)?;
-                if self.accept(kind, &h.ver, &h.sender) {
+                if self.accept(kind, &h.ver, &h.sender) && self.within_rate(kind, &h.sender) {
                     self.send_info(Some(&h.sender), false).await?;
                 }
             }
@@ -470,13 +473,34 @@ impl Transit {
         Ok(())
     }
 
+    /// Whether `sender` is within its budget of packets of `kind` this
+    /// second ([`Floods`]); one past it is dropped and counted.
+    fn within_rate(&self, kind: Kind, sender: &str) -> bool {
+        let rate = match kind {
+            Kind::Discover => &self.floods.discover,
+            Kind::Info => &self.floods.info,
+            Kind::Heartbeat => &self.floods.heartbeat,
+            _ => return true,
+        };
+        let within = rate.allow(sender);
+        if !within {
+            self.dropped(
+                kind,
+                &format!("node `{sender}` sends more than its share per second"),
+            );
+        }
+        within
+    }
+
     /// An INFO: a node joined, restarted or changed its services.
     fn on_info(&self, bytes: &[u8]) -> Result<(), TransportError> {
         let info: packet::Info = self.wire.decode("INFO", bytes)?;
         if info.sender == *self.node_id && info.instance_id.as_deref() != Some(&self.instance_id) {
             tracing::error!(node = %self.node_id, "another node uses this node id; give each node its own `node_id`");
         }
-        if !self.accept(Kind::Info, &info.ver, &info.sender) {
+        if !self.accept(Kind::Info, &info.ver, &info.sender)
+            || !self.within_rate(Kind::Info, &info.sender)
+        {
             return Ok(());
         }
         let joined = self
@@ -498,6 +522,7 @@ impl Transit {
     async fn on_heartbeat(&self, bytes: &[u8]) -> Result<(), TransportError> {
         let h: packet::Heartbeat = self.wire.decode("HEARTBEAT", bytes)?;
         if !self.accept(Kind::Heartbeat, &h.ver, &h.sender)
+            || !self.within_rate(Kind::Heartbeat, &h.sender)
             || self.registry_mut().heartbeat(&h.sender)
         {
             return Ok(());
@@ -536,51 +561,12 @@ impl Transit {
         let _serving = Serving(&self.serving);
         let req = match self.wire.decode_request(&bytes) {
             Ok(req) => req,
-            Err(e) => {
-                tracing::debug!(node = %self.node_id, error = %e, "packet dropped");
-                return;
-            }
+            Err(e) => return self.refuse_request(&bytes, &e.to_string()).await,
         };
         if !self.accept(Kind::Request, &req.ver, &req.sender) {
             return;
         }
-        let timeout = bounds::caller_timeout(req.timeout, NO_CALLER_TIMEOUT);
-        // Ids and names travel on into logs and our own packets: cut to a sane length.
-        let request_id = req.request_id.as_deref().unwrap_or(&req.id);
-        let request_id = bounds::clip(request_id, bounds::MAX_NAME);
-        let mut ctx = CallContext::with_request_id(request_id, timeout);
-        // The caller's place in the call tree on its node: the depth limit
-        // counts those levels, and the callee sees who called it.
-        ctx.upstream_levels = req.level.map_or(0, |l| l.saturating_sub(1));
-        ctx.upstream_caller = req
-            .caller
-            .as_deref()
-            .map(|c| Arc::from(bounds::clip(c, bounds::MAX_NAME)));
-        let pairs = packet::meta_pairs(req.meta.as_ref());
-        if !pairs.is_empty() {
-            ctx.meta = pairs.into();
-        }
-        let outcome = match (&req.params, req.stream) {
-            // Unpublished actions do not exist for the cluster, even when a
-            // package here serves them.
-            _ if !self.published(&req.action) => Err(CallError::NotFound(format!(
-                "{}: no such action on node `{}`",
-                bounds::shorten(&req.action),
-                self.node_id
-            ))),
-            (_, Some(true)) => Err(CallError::InvalidParams(format!(
-                "{}: streams are not supported by steedos-wasm",
-                req.action
-            ))),
-            (Some(params), _) => match params.to_json() {
-                Ok(json) => self.broker.call_json_local(&req.action, &json, ctx).await,
-                Err(e) => Err(CallError::InvalidParams(format!(
-                    "{}: params are not JSON: {e}",
-                    req.action
-                ))),
-            },
-            (None, _) => self.broker.call_json_local(&req.action, b"", ctx).await,
-        };
+        let outcome = self.run(&req).await;
         tracing::debug!(node = %self.node_id, from = %req.sender, action = ?req.action, request_id = ?req.request_id, level = ?req.level, caller = ?req.caller, ok = outcome.is_ok(), "served a remote call");
         let (data, error) = match outcome {
             Ok(v) => (Some(Data::Value(v)), None),
@@ -601,15 +587,77 @@ impl Transit {
             stream: false,
         };
         self.requests_served.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self
-            .publish_now(
-                Kind::Response,
-                self.bus.subject_to("RES", &req.sender),
-                &res,
-            )
-            .await
+        self.respond(&req.sender, &res).await;
+    }
+
+    /// The outcome of a readable REQ: run on a package here when this node
+    /// publishes the action.
+    async fn run(&self, req: &packet::Request<'_, Data<'_>>) -> Result<Value, CallError> {
+        let ctx = remote_context(req);
+        match (&req.params, req.stream) {
+            // Unpublished actions do not exist for the cluster, even when a
+            // package here serves them.
+            _ if !self.published(&req.action) => Err(CallError::NotFound(format!(
+                "{}: no such action on node `{}`",
+                bounds::shorten(&req.action),
+                self.node_id
+            ))),
+            (_, Some(true)) => Err(CallError::InvalidParams(format!(
+                "{}: streams are not supported by steedos-wasm",
+                req.action
+            ))),
+            (Some(params), _) => match params.to_json() {
+                Ok(json) => self.broker.call_json_local(&req.action, &json, ctx).await,
+                Err(e) => Err(CallError::InvalidParams(format!(
+                    "{}: params are not JSON: {e}",
+                    req.action
+                ))),
+            },
+            (None, _) => self.broker.call_json_local(&req.action, b"", ctx).await,
+        }
+    }
+
+    /// A REQ that could not be read: answered with an error when its id and
+    /// sender can be read (else its caller would wait out its timeout),
+    /// dropped otherwise; counted as dropped either way.
+    async fn refuse_request(&self, bytes: &[u8], why: &str) {
+        self.dropped(Kind::Request, why);
+        let Ok(head) = self.wire.decode::<packet::RequestHead>("REQ", bytes) else {
+            return;
+        };
+        // An id too long to be one of ours is not echoed back.
+        if head.id.len() > bounds::MAX_NAME || !self.accept(Kind::Request, &head.ver, &head.sender)
         {
-            tracing::warn!(node = %self.node_id, to = %req.sender, action = ?req.action, error = %e, "response not sent");
+            return;
+        }
+        let action = match &head.action {
+            Some(Value::String(a)) => bounds::shorten(a),
+            _ => "(unreadable action)",
+        };
+        let error = CallError::InvalidParams(format!(
+            "{action}: the request could not be read: {}",
+            bounds::clip(why, 300)
+        ));
+        let error = packet::error_to_wire(&error, action, &self.node_id);
+        let res = packet::ResponseOut {
+            ver: self.ver,
+            sender: &self.node_id,
+            id: &head.id,
+            success: false,
+            data: None,
+            error: Some(&error),
+            meta: packet::empty_object(),
+            headers: packet::headers(self.ver),
+            stream: false,
+        };
+        self.respond(&head.sender, &res).await;
+    }
+
+    /// Sends a RES to `to`; a failure is logged (the caller times out).
+    async fn respond(&self, to: &str, res: &packet::ResponseOut<'_>) {
+        let subject = self.bus.subject_to("RES", to);
+        if let Err(e) = self.publish_now(Kind::Response, subject, res).await {
+            tracing::warn!(node = %self.node_id, to, error = %e, "response not sent");
         }
     }
 
@@ -675,6 +723,46 @@ impl Transit {
             .deliver_remote_event(&event.event, payload, event.broadcast, groups, ctx)
             .await;
         self.events_received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The context of a call another node made, from its REQ: its timeout,
+/// request id, level, caller and meta (ids and names cut to a sane length,
+/// since they travel on into logs and our own packets).
+fn remote_context(req: &packet::Request<'_, Data<'_>>) -> CallContext {
+    let timeout = bounds::caller_timeout(req.timeout, NO_CALLER_TIMEOUT);
+    let request_id = req.request_id.as_deref().unwrap_or(&req.id);
+    let request_id = bounds::clip(request_id, bounds::MAX_NAME);
+    let mut ctx = CallContext::with_request_id(request_id, timeout);
+    // The caller's place in the call tree on its node: the depth limit
+    // counts those levels, and the callee sees who called it.
+    ctx.upstream_levels = req.level.map_or(0, |l| l.saturating_sub(1));
+    ctx.upstream_caller = req
+        .caller
+        .as_deref()
+        .map(|c| Arc::from(bounds::clip(c, bounds::MAX_NAME)));
+    let pairs = packet::meta_pairs(req.meta.as_ref());
+    if !pairs.is_empty() {
+        ctx.meta = pairs.into();
+    }
+    ctx
+}
+
+/// The budgets of the packets that cost this node work, per peer and second.
+#[derive(Debug)]
+pub(super) struct Floods {
+    discover: PeerRate,
+    info: PeerRate,
+    heartbeat: PeerRate,
+}
+
+impl Default for Floods {
+    fn default() -> Self {
+        Floods {
+            discover: PeerRate::new(bounds::DISCOVER_PER_SECOND),
+            info: PeerRate::new(bounds::INFO_PER_SECOND),
+            heartbeat: PeerRate::new(bounds::HEARTBEAT_PER_SECOND),
+        }
     }
 }
 
