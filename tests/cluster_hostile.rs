@@ -829,3 +829,108 @@ async fn floods_of_discover_heartbeat_and_info_cost_bounded_work() {
     assert_eq!(res["data"], "Hello, Flo!", "{res}");
     node.stop().await;
 }
+
+/// Each call-error kind reaches a peer as the Moleculer error its kind
+/// names (`ErrorKind::moleculer`), and no error a peer reads carries the
+/// host's record of a fault. Regression: a call of a package that failed
+/// to load answered the peer with the host path of its component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_kind_reaches_a_peer_as_its_moleculer_error_without_host_paths() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let packages = r#"
+[packages.greeter]
+component = "{GREETER}"
+[packages.inventory]
+component = "{INVENTORY}"
+[packages.chaos]
+component = "{CHAOS}"
+timeout = "1s"
+memory = "16 MiB"
+restart = { max = 1, within = "30s", backoff = "30s" }
+[packages.broken]
+component = "{DIR}/hidden-place/broken.wasm"
+"#;
+    let node = Node::start(&nats.url, "wasm-target", 4, "json", packages).await;
+    let raw = Raw::connect(&nats.url).await;
+    let error_of = |res: &Value| {
+        assert_eq!(res["success"], false, "{res}");
+        let e = &res["error"];
+        let message = e["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains("hidden-place") && !message.contains("/tmp"),
+            "a host path reached a peer: {res}"
+        );
+        (
+            e["name"].as_str().unwrap_or_default().to_string(),
+            e["code"].as_u64(),
+            e["type"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let cases = [
+        (
+            "broken.anything",
+            json!({}),
+            ("ServiceNotFoundError", 404, "SERVICE_NOT_FOUND"),
+        ),
+        (
+            "nobody.anything",
+            json!({}),
+            ("ServiceNotFoundError", 404, "SERVICE_NOT_FOUND"),
+        ),
+        (
+            "greeter.hello",
+            json!({ "name": 7 }),
+            ("ValidationError", 422, "VALIDATION_ERROR"),
+        ),
+        (
+            "inventory.reserve",
+            json!({ "sku": "nope", "qty": 1 }),
+            ("MoleculerClientError", 422, "FAILED"),
+        ),
+        (
+            "chaos.crash",
+            json!({}),
+            ("MoleculerServerError", 500, "CRASHED"),
+        ),
+        (
+            "chaos.spin",
+            json!({}),
+            ("RequestTimeoutError", 504, "REQUEST_TIMEOUT"),
+        ),
+    ];
+    for (action, params, (name, code, kind)) in cases {
+        let res = raw.call("asker", "wasm-target", action, params).await;
+        assert_eq!(
+            error_of(&res),
+            (name.to_string(), Some(code), kind.to_string()),
+            "{action}: {res}"
+        );
+    }
+    // Two faults used chaos's one restart: it is in backoff, whose message
+    // carries its last error, which the peer must not read.
+    let overloaded = eventually(Duration::from_secs(15), || async {
+        let res = raw
+            .call("asker", "wasm-target", "chaos.ok", json!({}))
+            .await;
+        (res["error"]["type"] == "OVERLOADED").then_some(res)
+    })
+    .await
+    .expect("chaos backs off");
+    assert_eq!(
+        error_of(&overloaded),
+        (
+            "MoleculerRetryableError".to_string(),
+            Some(503),
+            "OVERLOADED".to_string()
+        ),
+        "{overloaded}"
+    );
+    assert!(
+        overloaded["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("host's log")),
+        "{overloaded}"
+    );
+    node.stop().await;
+}

@@ -7,7 +7,11 @@
 //! never outlive.
 //!
 //! [`CallError`] mirrors the WIT `call-error` variant that packages see;
-//! errors are values here, kept apart from traps.
+//! errors are values here, kept apart from traps. [`ErrorKind`] is the one
+//! table of the seven kinds with their HTTP status and Moleculer error,
+//! and [`CallError::public_message`] what of a message leaves the host.
+//!
+//! A leaf: it must not import any other module of the host.
 
 use std::fmt;
 use std::sync::Arc;

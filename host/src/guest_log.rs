@@ -13,6 +13,9 @@
 //! line also costing [`LINE_COST`]): past it lines are dropped, counted
 //! ([`GuestLogs::dropped`], in the metrics), and said in one line when
 //! dropping begins, then at most once every [`NOTICE_EVERY`] with the count.
+//!
+//! A leaf: it must not import the broker or the package; `escape` is also
+//! how a peer's error text is shown (see `transport::packet`).
 
 use std::fmt::Write as _;
 use std::pin::Pin;

@@ -2,6 +2,7 @@
 //! node's own (the manifest, `--node-id`) and for every peer's, because an
 //! id becomes part of NATS subjects. A leaf: the manifest checks its
 //! `[cluster]` settings with it and the transport checks every sender.
+//! It must not import any other module of the host.
 
 /// The longest node id or namespace accepted (ours or a peer's).
 pub const MAX_NODE_ID: usize = 128;

@@ -21,6 +21,8 @@
 //! - **Responses**: a connection that runs no call for `header_timeout +
 //!   idle_timeout` would have been closed as idle by then, so it is stuck
 //!   writing to a client that does not read: it is dropped.
+//!
+//! It must not look into what a request asks for (routing is `mod.rs`'s).
 
 use std::collections::HashMap;
 use std::pin::Pin;

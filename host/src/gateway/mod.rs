@@ -42,13 +42,14 @@
 //! Every response carries `X-Request-Id` (taken from the request when it
 //! has a sane one), and every log line of that call carries it, across
 //! packages.
-
 //!
 //! # Rooms
 //! This file owns the listener, connections and routing; [`actions`]
 //! turns a route into a call (`/api` and aliases alike), `ops` answers
-//! `/health`, `/metrics` and `/openapi.json`, `admin` the operator API,
-//! `response` the shapes of answers, and [`connection`] the limits.
+//! `/health`, `/metrics` and `/openapi.json`, `admin` the operator API
+//! (`operator` its port to the app), `response` the shapes of answers,
+//! and [`connection`] the limits. It must not decide calls (the broker
+//! does) nor word their errors (their kind does, in `context`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -75,10 +76,12 @@ use crate::metrics::Metrics;
 pub mod actions;
 mod admin;
 mod connection;
+mod operator;
 mod ops;
 mod response;
 
 use connection::{Connection, Connections, Tracked, Verdict, Watch, Watcher};
+pub use operator::{BoxFuture, Operator, OperatorError};
 use response::problem;
 
 /// The longest URI accepted.

@@ -5,7 +5,10 @@
 //! can send any bytes under any `sender`. These bounds make a hostile
 //! packet cost a log line (rate-limited) and nothing else: node ids are
 //! checked before they reach a subject or a map, what the registry keeps
-//! is capped, and numbers become durations without overflow.
+//! is capped, numbers become durations without overflow, and the packets
+//! that cost work (DISCOVER, INFO, HEARTBEAT) have a budget per peer and
+//! second ([`PeerRate`]). Numbers and checks only: it must not send,
+//! keep peers or decide what a packet means.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

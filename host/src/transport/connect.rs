@@ -5,13 +5,14 @@
 //! Secrets are read when the node joins, from the environment or a file
 //! named in `[cluster]`; the settings hold only where they come from. A
 //! password in the transporter URL is shown as `***` wherever the URL is.
+//! It opens the connection and must not publish or subscribe (`nats` does).
 
 use std::path::Path;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions};
 
-use super::TransportError;
+use super::error::TransportError;
 use crate::manifest::{ClusterAuth, ClusterSettings, Secret};
 
 pub use crate::manifest::redact;

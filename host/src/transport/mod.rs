@@ -58,7 +58,8 @@
 
 //!
 //! # Rooms
-//! - [`transit`]: the protocol: packets in and out, pending calls, discovery.
+//! - `transit`: the protocol: packets in and out, pending calls, discovery;
+//!   `serve` its calls in.
 //! - `route`: the broker's route out (calls and events to other nodes).
 //! - `nats` and `connect`: the NATS connection (subjects, subscriptions,
 //!   the outbox; credentials and TLS).
@@ -73,6 +74,7 @@ pub mod packet;
 pub mod registry;
 mod route;
 pub mod schema;
+mod serve;
 mod transit;
 
 use std::sync::Arc;

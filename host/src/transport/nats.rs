@@ -2,7 +2,7 @@
 //! subscriptions, and the outbox task that publishes packets in order.
 //!
 //! It moves bytes and knows subjects; what a packet means is the
-//! [`transit`](super::transit)'s. It must not decode packets, keep peers or
+//! transit's. It must not decode packets, keep peers or
 //! calls, or reach the broker.
 
 use async_nats::{Client, Subject, Subscriber};

@@ -10,7 +10,11 @@
 //! [`error_to_wire`] and [`error_from_wire`] map a [`CallError`] to the
 //! Moleculer error a Node.js caller expects (`ValidationError` 422,
 //! `ServiceNotFoundError` 404, `RequestTimeoutError` 504, a crash as
-//! `MoleculerServerError` 500 `CRASHED`, ...) and back.
+//! `MoleculerServerError` 500 `CRASHED`, ...) and back, through the one
+//! table in [`ErrorKind`](crate::context::ErrorKind).
+//!
+//! Types and their encoding only: it must not send, keep state, or reach
+//! the broker.
 
 use std::borrow::Cow;
 

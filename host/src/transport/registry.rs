@@ -6,6 +6,9 @@
 //! `emit` goes to one node of each listening group (a group is a service:
 //! a package here, a Moleculer service there), a `broadcast` to every node
 //! with a listener, as Moleculer's registry does.
+//!
+//! State only: it must not send packets (the transit does) or see this
+//! host's packages.
 
 use std::collections::HashMap;
 use std::sync::Arc;
