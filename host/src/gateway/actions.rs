@@ -58,7 +58,11 @@ impl Gateway {
                 );
             }
         };
-        let query = req.uri().query().unwrap_or("").to_string();
+        // Only an alias reads the query; `/api` takes none.
+        let query = match target.path_params {
+            Some(_) => req.uri().query().unwrap_or("").to_string(),
+            None => String::new(),
+        };
         let body = match target.path_params.is_none() || has_body(req.method()) {
             true => match self.body(req, &target.action, request_id).await {
                 Ok(b) => b,
