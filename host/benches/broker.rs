@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use steedos_wasm::app::{App, LoadOptions};
 use steedos_wasm::broker::Broker;
-use steedos_wasm::context::CallContext;
+use steedos_wasm::context::{CallContext, ErrorKind};
 use steedos_wasm::manifest::Manifest;
 use wasmtime::component::Val;
 
@@ -149,9 +149,9 @@ async fn run() -> anyhow::Result<()> {
             .call("chaos.trap", &[], CallContext::new(Duration::from_secs(5)))
             .await;
         match r {
-            Err(e) if e.kind() == "crashed" => done += 1,
+            Err(e) if e.kind() == ErrorKind::Crashed => done += 1,
             // Over budget: wait out the backoff.
-            Err(e) if e.kind() == "overloaded" => {
+            Err(e) if e.kind() == ErrorKind::Overloaded => {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }
             other => anyhow::bail!("chaos.trap: {other:?}"),

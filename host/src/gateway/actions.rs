@@ -74,12 +74,14 @@ impl Gateway {
         let params = match target.path_params {
             None if blank => Bytes::from_static(b"{}"),
             None => body,
-            Some(from_path) => {
-                match self.merge(&target.action, &body, from_path, &query, request_id) {
-                    Ok(p) => p,
-                    Err(r) => return r,
+            Some(from_path) => match self.merge(&target.action, &body, from_path, &query) {
+                Ok(p) => p,
+                Err(message) => {
+                    let action = Some(&*target.action);
+                    let status = StatusCode::BAD_REQUEST;
+                    return problem(status, "invalid-params", message, action, request_id);
                 }
-            }
+            },
         };
         connection.working();
         self.call(&target.action, &params, request_id).await
@@ -131,30 +133,21 @@ impl Gateway {
     }
 
     /// An alias's parameters as one JSON object: the body's fields, then
-    /// the path's and the query's, each coerced to what the action wants.
+    /// the path's and the query's, each coerced to what the action wants;
+    /// `Err` says what is wrong with the body.
     fn merge(
         &self,
         action: &str,
         body: &[u8],
         from_path: Vec<(String, String)>,
         query: &str,
-        request_id: &Arc<str>,
-    ) -> Result<Bytes, Response<Full<Bytes>>> {
+    ) -> Result<Bytes, String> {
         let mut object = Map::new();
         if !body.iter().all(u8::is_ascii_whitespace) {
-            let refused = |message: String| {
-                problem(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-params",
-                    message,
-                    Some(action),
-                    request_id,
-                )
-            };
             match serde_json::from_slice::<Value>(body) {
                 Ok(Value::Object(fields)) => object.extend(fields),
-                Ok(_) => return Err(refused("the body must be a JSON object".into())),
-                Err(e) => return Err(refused(format!("malformed JSON body: {e}"))),
+                Ok(_) => return Err("the body must be a JSON object".into()),
+                Err(e) => return Err(format!("malformed JSON body: {e}")),
             }
         }
         let decoded = from_path.into_iter().map(|(k, v)| {
