@@ -934,3 +934,46 @@ component = "{DIR}/hidden-place/broken.wasm"
     );
     node.stop().await;
 }
+
+/// Regression (issue 12): DISCOVERs under many forged ids (each within its
+/// own per-peer budget) were each answered with a whole INFO. The answers
+/// of one second are now bounded for all senders together, and the askers
+/// past the bound hear one broadcast INFO when the second ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovers_under_many_ids_cost_bounded_work_and_every_asker_hears_an_info() {
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let node = Node::start(&nats.url, "wasm-target", 4, "json", GREETER_AND_TALLY).await;
+    let raw = Raw::connect(&nats.url).await;
+    let mut targeted = raw.subscribe("MOL.INFO.*").await;
+    let mut broadcast = raw.subscribe("MOL.INFO").await;
+    const ASKERS: usize = 3000;
+    let started = std::time::Instant::now();
+    for i in 0..ASKERS {
+        raw.send_json(
+            "MOL.DISCOVER",
+            &json!({ "ver": "4", "sender": format!("asker-{i}") }),
+        )
+        .await;
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    let answered = count_until_quiet(&mut targeted).await;
+    assert!(
+        answered <= 100 * (seconds + 2),
+        "{answered} INFOs for {ASKERS} DISCOVERs sent over {seconds} s"
+    );
+    let info = next_json(&mut broadcast, Duration::from_secs(15))
+        .await
+        .expect("the askers past the bound hear a broadcast INFO");
+    assert_eq!(info["sender"], "wasm-target", "{info}");
+    let res = raw
+        .call(
+            "asker-1",
+            "wasm-target",
+            "greeter.hello",
+            json!({ "name": "Gus" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, Gus!", "{res}");
+    node.stop().await;
+}

@@ -127,6 +127,47 @@ pub const INFO_PER_SECOND: u32 = 20;
 /// See [`DISCOVER_PER_SECOND`].
 pub const HEARTBEAT_PER_SECOND: u32 = 20;
 
+/// INFOs this node sends per second in answer to DISCOVERs, and
+/// DISCOVERs it sends to unknown nodes that beat, from all senders
+/// together (a flood under many forged ids). Past it, the askers of that
+/// second get one broadcast INFO when the second ends (it reaches every
+/// node), and an unknown node is asked at a later HEARTBEAT.
+pub const ANSWERS_PER_SECOND: u32 = 100;
+
+/// A budget of events per second, for all senders together.
+#[derive(Debug)]
+pub struct Budget {
+    per_second: u32,
+    window: Mutex<(Instant, u32)>,
+}
+
+impl Budget {
+    /// At most `per_second` in each second.
+    pub fn new(per_second: u32) -> Self {
+        Budget {
+            per_second,
+            window: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Counts one; false when past the budget of this second.
+    pub fn allow(&self) -> bool {
+        let now = Instant::now();
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(w.0) >= Duration::from_secs(1) {
+            *w = (now, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+        w.1 <= self.per_second
+    }
+
+    /// How long until this second's budget is renewed.
+    pub fn renewed_in(&self) -> Duration {
+        let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        Duration::from_secs(1).saturating_sub(w.0.elapsed())
+    }
+}
+
 /// Senders counted in one second by a [`PeerRate`]; packets from more
 /// senders than this in one second are dropped (four times the nodes a
 /// node remembers: only a flood of forged senders comes near it).

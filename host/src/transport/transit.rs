@@ -20,7 +20,7 @@ use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::bounds::{self, DropLog, PeerRate};
+use super::bounds::{self, Budget, DropLog, PeerRate};
 use super::error::TransportError;
 use super::nats::{Bus, Outgoing};
 use super::packet::{self, Data, Kind, Wire};
@@ -446,12 +446,7 @@ impl Transit {
                     self.deliver(event).await;
                 }
             }
-            Kind::Discover => {
-                let h: packet::Header = wire.decode("DISCOVER", &bytes)?;
-                if self.accept(kind, &h.ver, &h.sender) && self.within_rate(kind, &h.sender) {
-                    self.send_info(Some(&h.sender), false).await?;
-                }
-            }
+            Kind::Discover => self.on_discover(&bytes).await?,
             Kind::Info => self.on_info(&bytes)?,
             Kind::Heartbeat => self.on_heartbeat(&bytes).await?,
             Kind::Disconnect => {
@@ -518,6 +513,38 @@ impl Transit {
         Ok(())
     }
 
+    /// A DISCOVER: answered with our INFO, to the asker; past this
+    /// second's budget of answers, by one broadcast INFO when it ends.
+    async fn on_discover(self: &Arc<Self>, bytes: &[u8]) -> Result<(), TransportError> {
+        let h: packet::Header = self.wire.decode("DISCOVER", bytes)?;
+        if !self.accept(Kind::Discover, &h.ver, &h.sender)
+            || !self.within_rate(Kind::Discover, &h.sender)
+        {
+            return Ok(());
+        }
+        if self.floods.answers.allow() {
+            return self.send_info(Some(&h.sender), false).await;
+        }
+        if !self.floods.broadcast_owed.swap(true, Ordering::AcqRel) {
+            let transit = self.clone();
+            let wait = self.floods.answers.renewed_in();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                transit
+                    .floods
+                    .broadcast_owed
+                    .store(false, Ordering::Release);
+                if transit.leaving.load(Ordering::Acquire) {
+                    return;
+                }
+                if let Err(e) = transit.send_info(None, false).await {
+                    tracing::warn!(node = %transit.node_id, error = %e, "INFO not sent");
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// A HEARTBEAT: a known node is alive; an unknown one is asked for its INFO.
     async fn on_heartbeat(&self, bytes: &[u8]) -> Result<(), TransportError> {
         let h: packet::Heartbeat = self.wire.decode("HEARTBEAT", bytes)?;
@@ -525,6 +552,10 @@ impl Transit {
             || !self.within_rate(Kind::Heartbeat, &h.sender)
             || self.registry_mut().heartbeat(&h.sender)
         {
+            return Ok(());
+        }
+        if !self.floods.asks.allow() {
+            self.dropped(Kind::Heartbeat, "too many unknown nodes beat this second");
             return Ok(());
         }
         let ask = packet::HeaderOut {
@@ -627,6 +658,12 @@ pub(super) struct Floods {
     discover: PeerRate,
     info: PeerRate,
     heartbeat: PeerRate,
+    /// INFOs sent in answer to DISCOVERs, all askers together.
+    answers: Budget,
+    /// DISCOVERs sent to unknown nodes that beat, all together.
+    asks: Budget,
+    /// A broadcast INFO is due at the end of this second.
+    broadcast_owed: AtomicBool,
 }
 
 impl Default for Floods {
@@ -635,6 +672,9 @@ impl Default for Floods {
             discover: PeerRate::new(bounds::DISCOVER_PER_SECOND),
             info: PeerRate::new(bounds::INFO_PER_SECOND),
             heartbeat: PeerRate::new(bounds::HEARTBEAT_PER_SECOND),
+            answers: Budget::new(bounds::ANSWERS_PER_SECOND),
+            asks: Budget::new(bounds::ANSWERS_PER_SECOND),
+            broadcast_owed: AtomicBool::new(false),
         }
     }
 }
