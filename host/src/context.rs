@@ -241,12 +241,12 @@ impl ErrorKind {
             ("ValidationError", _, _) | (_, "VALIDATION_ERROR" | "INVALID_PARAMS", _) => {
                 ErrorKind::InvalidParams
             }
-            ("RequestTimeoutError", _, _) | (_, "REQUEST_TIMEOUT", _) | (_, _, 504) => {
-                ErrorKind::Timeout
-            }
+            ("RequestTimeoutError" | "RequestSkippedError", _, _)
+            | (_, "REQUEST_TIMEOUT" | "REQUEST_SKIPPED", _)
+            | (_, _, 504) => ErrorKind::Timeout,
             (_, "CRASHED", _) => ErrorKind::Crashed,
             ("QueueIsFullError" | "RequestRejectedError", _, _)
-            | (_, "OVERLOADED" | "QUEUE_FULL" | "REQUEST_REJECTED", _)
+            | (_, "OVERLOADED" | "QUEUE_FULL" | "REQUEST_REJECTED" | "MAX_CALL_LEVEL", _)
             | (_, _, 429 | 503) => ErrorKind::Overloaded,
             (_, "DENIED", _) | (_, _, 401 | 403) => ErrorKind::Denied,
             _ => ErrorKind::Failed,
@@ -447,6 +447,43 @@ mod tests {
                 ErrorKind::from_moleculer(m.name, m.kind, m.code.into()),
                 kind
             );
+        }
+    }
+
+    #[test]
+    fn moleculer_s_own_errors_have_their_kind() {
+        // As moleculer's src/errors.js sends them.
+        let theirs = [
+            (
+                "ServiceNotAvailableError",
+                "SERVICE_NOT_AVAILABLE",
+                404,
+                ErrorKind::NotFound,
+            ),
+            (
+                "RequestSkippedError",
+                "REQUEST_SKIPPED",
+                514,
+                ErrorKind::Timeout,
+            ),
+            (
+                "RequestRejectedError",
+                "REQUEST_REJECTED",
+                503,
+                ErrorKind::Overloaded,
+            ),
+            ("QueueIsFullError", "QUEUE_FULL", 429, ErrorKind::Overloaded),
+            (
+                "MaxCallLevelError",
+                "MAX_CALL_LEVEL",
+                500,
+                ErrorKind::Overloaded,
+            ),
+            ("MoleculerClientError", "TEAPOT", 418, ErrorKind::Failed),
+            ("Error", "", 500, ErrorKind::Failed),
+        ];
+        for (name, kind, code, want) in theirs {
+            assert_eq!(ErrorKind::from_moleculer(name, kind, code), want, "{name}");
         }
     }
 
