@@ -44,7 +44,7 @@
 //! packages.
 //!
 //! # Rooms
-//! This file owns the listener, connections and routing; [`actions`]
+//! This file owns the listener, connections and routing; `actions`
 //! turns a route into a call (`/api` and aliases alike), `ops` answers
 //! `/health`, `/metrics` and `/openapi.json`, `admin` the operator API
 //! (`operator` its port to the app), `response` the shapes of answers,
@@ -73,7 +73,7 @@ use crate::context::next_request_id;
 use crate::manifest::GatewaySettings;
 use crate::metrics::Metrics;
 
-pub mod actions;
+mod actions;
 mod admin;
 mod connection;
 mod operator;
