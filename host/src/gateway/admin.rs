@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 use super::Gateway;
 use super::connection::Connection;
-use super::operator::OperatorError;
 use super::response::{body_problem, json_response, problem, unauthorized};
 use crate::admin::OperatorError;
 

@@ -47,7 +47,7 @@
 //! This file owns the listener, connections and routing; `actions`
 //! turns a route into a call (`/api` and aliases alike), `ops` answers
 //! `/health`, `/metrics` and `/openapi.json`, `admin` the operator API
-//! (`operator` its port to the app), `response` the shapes of answers,
+//! (through the app's port, `crate::admin`), `response` the shapes of answers,
 //! and [`connection`] the limits. It must not decide calls (the broker
 //! does) nor word their errors (their kind does, in `context`).
 
@@ -76,12 +76,10 @@ use crate::metrics::Metrics;
 mod actions;
 mod admin;
 mod connection;
-mod operator;
 mod ops;
 mod response;
 
 use connection::{Connection, Connections, Tracked, Verdict, Watch, Watcher};
-pub use operator::{BoxFuture, Operator, OperatorError};
 use response::problem;
 
 /// The longest URI accepted.
