@@ -51,4 +51,5 @@ pub mod resilience;
 pub mod scaffold;
 pub mod supervisor;
 pub mod transport;
+pub mod types;
 pub mod watch;

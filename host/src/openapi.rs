@@ -6,8 +6,10 @@
 //! Every REST alias is one more operation with its path and query
 //! parameters; an alias to an action of another node of the cluster is
 //! described by the fastest-validator rules that node announced. Schemas
-//! are JSON Schema 2020-12, as OpenAPI 3.1 uses, and
-//! follow the gateway's JSON encoding exactly (see [`codec`](crate::codec)).
+//! are JSON Schema 2020-12, as OpenAPI 3.1 uses, from
+//! [`types::json_schema`](crate::types::json_schema): the one description of
+//! the codec's JSON encoding. This module lays out operations only and must
+//! not map a WIT type itself.
 
 use serde_json::{Map, Value, json};
 use wasmtime::component::types::Type;
@@ -15,7 +17,7 @@ use wasmtime::component::types::Type;
 use crate::broker::Broker;
 use crate::manifest::{Alias, GatewaySettings};
 use crate::package::ActionType;
-use crate::transport::schema::{rule_schema, rule_type};
+use crate::types::{json_schema as schema, params_schema, rule_schema, rule_type};
 
 /// The OpenAPI document of what the gateway exposes now.
 pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value {
@@ -82,7 +84,7 @@ fn operation(name: &str, action: &ActionType, alias: Option<&Vec<String>>) -> Va
         "summary".into(),
         json!(format!(
             "{name}: {}",
-            crate::codec::wit_signature(&action.params, action.result.as_ref())
+            crate::types::wit_signature(&action.params, action.result.as_ref())
         )),
     );
     let path_params: Vec<&str> = alias
@@ -207,79 +209,6 @@ fn error_schema() -> Value {
             },
         }},
     })
-}
-
-fn params_schema(params: &[(String, Type)]) -> Value {
-    let mut props = Map::new();
-    let mut required = Vec::new();
-    for (name, ty) in params {
-        props.insert(name.clone(), schema(ty));
-        if !matches!(ty, Type::Option(_)) {
-            required.push(json!(name));
-        }
-    }
-    json!({ "type": "object", "properties": props, "required": required, "additionalProperties": false })
-}
-
-/// The JSON Schema of a WIT type, in the gateway's JSON encoding.
-pub fn schema(ty: &Type) -> Value {
-    let int = |min: i128, max: i128| json!({ "type": "integer", "minimum": min, "maximum": max });
-    match ty {
-        Type::Bool => json!({ "type": "boolean" }),
-        Type::S8 => int(i8::MIN.into(), i8::MAX.into()),
-        Type::U8 => int(0, u8::MAX.into()),
-        Type::S16 => int(i16::MIN.into(), i16::MAX.into()),
-        Type::U16 => int(0, u16::MAX.into()),
-        Type::S32 => int(i32::MIN.into(), i32::MAX.into()),
-        Type::U32 => int(0, u32::MAX.into()),
-        Type::S64 => int(i64::MIN.into(), i64::MAX.into()),
-        Type::U64 => int(0, u64::MAX.into()),
-        Type::Float32 | Type::Float64 => json!({ "type": "number" }),
-        Type::Char => json!({ "type": "string", "minLength": 1, "maxLength": 1 }),
-        Type::String => json!({ "type": "string" }),
-        Type::List(l) if l.ty() == Type::U8 => {
-            json!({ "type": "string", "contentEncoding": "base64" })
-        }
-        Type::List(l) => json!({ "type": "array", "items": schema(&l.ty()) }),
-        Type::FixedLengthList(l) => {
-            json!({ "type": "array", "items": schema(&l.ty()), "minItems": l.len(), "maxItems": l.len() })
-        }
-        Type::Record(r) => {
-            let fields: Vec<(String, Type)> =
-                r.fields().map(|f| (f.name.to_string(), f.ty)).collect();
-            params_schema(&fields)
-        }
-        Type::Tuple(t) => {
-            let items: Vec<Value> = t.types().map(|t| schema(&t)).collect();
-            let n = items.len();
-            json!({ "type": "array", "prefixItems": items, "minItems": n, "maxItems": n })
-        }
-        Type::Variant(v) => {
-            let cases: Vec<Value> = v
-                .cases()
-                .map(|c| match &c.ty {
-                    None => json!({ "const": c.name }),
-                    Some(t) => single_key(c.name, schema(t)),
-                })
-                .collect();
-            json!({ "oneOf": cases })
-        }
-        Type::Enum(e) => json!({ "type": "string", "enum": e.names().collect::<Vec<_>>() }),
-        Type::Option(o) => json!({ "oneOf": [{ "type": "null" }, schema(&o.ty())] }),
-        Type::Result(r) => {
-            let side = |t: Option<Type>| t.map(|t| schema(&t)).unwrap_or(json!({ "type": "null" }));
-            json!({ "oneOf": [single_key("ok", side(r.ok())), single_key("err", side(r.err()))] })
-        }
-        Type::Flags(f) => {
-            json!({ "type": "array", "uniqueItems": true, "items": { "type": "string", "enum": f.names().collect::<Vec<_>>() } })
-        }
-        Type::Map(m) => json!({ "type": "object", "additionalProperties": schema(&m.value()) }),
-        _ => json!({ "description": "not representable in JSON" }),
-    }
-}
-
-fn single_key(key: &str, value: Value) -> Value {
-    json!({ "type": "object", "properties": { key: value }, "required": [key], "additionalProperties": false })
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use super::response::{body_problem, json_response, problem};
 use super::{CALL_TIMEOUT, Gateway};
 use crate::context::{CallContext, CallError};
 use crate::supervisor::PackageState;
-use crate::transport::schema::rule_schema;
+use crate::types::rule_schema;
 
 /// The action a request names, and where its parameters come from.
 struct Target {

@@ -130,6 +130,17 @@ fn held(val: &Val) -> usize {
     VAL_COST + inner
 }
 
+/// The published schema of every kind, compiled once.
+static SCHEMAS: LazyLock<HashMap<&'static str, jsonschema::Validator>> = LazyLock::new(|| {
+    kinds()
+        .map(|(kind, ty)| {
+            let schema = crate::types::json_schema(ty);
+            let validator = jsonschema::draft202012::new(&schema).expect("a valid schema");
+            (kind.as_str(), validator)
+        })
+        .collect()
+});
+
 fn kinds() -> impl Iterator<Item = (&'static String, &'static Type)> {
     TYPES
         .kinds
@@ -151,6 +162,16 @@ fn every_kind(format: Format, bytes: &[u8]) -> Result<(), TestCaseError> {
         let twice = encode_value(ty, &again, format)
             .map_err(|e| TestCaseError::fail(format!("{kind}: {e}")))?;
         prop_assert_eq!(&encoded, &twice, "{} does not round-trip", kind);
+        if format == Format::Json {
+            let written: Value = serde_json::from_slice(&encoded)
+                .map_err(|e| TestCaseError::fail(format!("{kind}: {e}")))?;
+            prop_assert!(
+                SCHEMAS[kind.as_str()].is_valid(&written),
+                "{}: the codec wrote {}, which its published schema refuses",
+                kind,
+                written
+            );
+        }
     }
     Ok(())
 }
