@@ -1,0 +1,342 @@
+//! The host side of a package's WIT imports: the data of an instance's
+//! `Store` ([`HostState`]), its memory limit, the `steedos:package`
+//! `broker`, `logging` and `types` host impls, and the one
+//! [`add_to_linker`] that puts them and WASI into a linker; typed imports
+//! forward to another package through the [`Router`]. It must not reach
+//! the broker any other way.
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::types::Type;
+use wasmtime::component::{HasSelf, Linker, ResourceTable, Val};
+use wasmtime::{Engine, ResourceLimiter};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::instance::Cutoff;
+use super::wit::{self, steedos::package::types as wit_types};
+use super::{Caller, PackageError, Router, TypedImport};
+use crate::context::{CallContext, CallError};
+use crate::engine::coarse_now;
+use crate::guest_log::{self, GuestLogs};
+use crate::manifest::Grants;
+
+/// Where a typed import of one package goes: the providing package's action.
+#[derive(Clone, Debug)]
+pub struct ImportTarget {
+    /// The providing package.
+    pub provider: Arc<str>,
+    /// The provider's action index when the import was linked (a hint: an
+    /// upgraded provider may have moved it).
+    pub action: usize,
+    /// The imported interface, `acme:inventory/stock@0.1.0`.
+    pub interface: String,
+    /// The function within it.
+    pub function: String,
+    /// `<provider>.<action name>`, for messages.
+    pub label: String,
+    /// Whether the importer's result is `result<T, call-error>`, so a
+    /// broker failure can be returned as a value instead of a trap.
+    pub errors_as_value: bool,
+}
+
+/// The data of one instance's `Store`.
+pub struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) memory: MemoryLimit,
+    pub(super) package: Arc<str>,
+    /// The package's grants, bound to this instance when it was created.
+    pub(super) grants: Arc<Grants>,
+    pub(super) logs: Arc<GuestLogs>,
+    /// Why the host made the current call trap, when it did.
+    pub(super) refused: Option<CallError>,
+    pub(super) router: Arc<dyn Router>,
+    /// The call this instance is serving, if any.
+    pub(super) call: Option<CallContext>,
+    /// Time the current call spent waiting on other packages: its own
+    /// deadline is extended by it, so a slow callee never traps its caller.
+    pub(super) waited: std::time::Duration,
+    pub(super) timed_out: bool,
+    pub(super) stderr_tail: Arc<Mutex<String>>,
+    pub(super) cutoff: Arc<Cutoff>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The caller as the broker sees it. Outside a call (while instantiating)
+/// nested calls get a context of their own, kept in `spare`.
+fn caller<'a>(
+    package: &'a Arc<str>,
+    grants: &'a Grants,
+    call: &'a Option<CallContext>,
+    spare: &'a mut Option<CallContext>,
+) -> Caller<'a> {
+    let ctx = match call {
+        Some(ctx) => ctx,
+        None => spare.insert(CallContext::new(std::time::Duration::from_secs(30))),
+    };
+    Caller {
+        package,
+        grants,
+        ctx,
+    }
+}
+
+/// The package's `memory` limit over a whole instance: every linear
+/// memory and every table of it together.
+pub(super) struct MemoryLimit {
+    pub(super) limit: usize,
+    /// Bytes of linear memory and table held now, over all of them.
+    pub(super) used: usize,
+    pub(super) hit: bool,
+}
+
+/// Bytes one table element counts for (a function reference).
+const TABLE_ELEMENT_BYTES: usize = 8;
+/// Memories and tables one instance may hold (the pool's per-component bounds).
+const MAX_MEMORIES: usize = 8;
+const MAX_TABLES: usize = 16;
+
+impl MemoryLimit {
+    pub(super) fn new(limit: usize) -> Self {
+        MemoryLimit {
+            limit,
+            used: 0,
+            hit: false,
+        }
+    }
+
+    /// Takes `current` bytes of one memory or table to `desired`, when the
+    /// instance's total stays within the limit.
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
+            self.hit = true;
+            // An error here traps the guest: an OOM must not look like a
+            // panic inside the guest's allocator.
+            wasmtime::bail!(
+                "memory limit reached: the instance wanted {total} bytes in all, limit {}",
+                self.limit
+            );
+        }
+        self.used = total;
+        Ok(true)
+    }
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.grow(current, desired)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        )
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+}
+
+impl wit_types::Host for HostState {}
+
+impl wit::steedos::package::broker::Host for HostState {
+    async fn call(
+        &mut self,
+        action: String,
+        params: Vec<u8>,
+    ) -> Result<Vec<u8>, wit_types::CallError> {
+        let mut spare = None;
+        let from = caller(&self.package, &self.grants, &self.call, &mut spare);
+        let started = coarse_now();
+        let result = self.router.call(from, action, params).await;
+        self.waited += coarse_now().saturating_duration_since(started);
+        result.map_err(to_wit_error)
+    }
+
+    async fn emit(&mut self, event: String, payload: Vec<u8>) -> wasmtime::Result<()> {
+        self.publish(event, payload, false).await
+    }
+
+    async fn broadcast(&mut self, event: String, payload: Vec<u8>) -> wasmtime::Result<()> {
+        self.publish(event, payload, true).await
+    }
+
+    async fn context(&mut self) -> wit_types::CallContext {
+        let mut spare = None;
+        to_wit_context(caller(&self.package, &self.grants, &self.call, &mut spare).ctx)
+    }
+}
+
+impl HostState {
+    /// An emit or broadcast; a refusal traps the guest's current call
+    /// (`emit` returns nothing the guest could read an error from).
+    async fn publish(
+        &mut self,
+        event: String,
+        payload: Vec<u8>,
+        broadcast: bool,
+    ) -> wasmtime::Result<()> {
+        let mut spare = None;
+        let from = caller(&self.package, &self.grants, &self.call, &mut spare);
+        let started = coarse_now();
+        let outcome = self.router.publish(from, event, payload, broadcast).await;
+        self.waited += coarse_now().saturating_duration_since(started);
+        outcome.map_err(|e| {
+            let trap = wasmtime::format_err!("{e}");
+            self.refused = Some(e);
+            trap
+        })
+    }
+}
+
+impl wit::steedos::package::logging::Host for HostState {
+    async fn log(&mut self, level: wit::steedos::package::logging::Level, message: String) {
+        use wit::steedos::package::logging::Level as L;
+        let level = match level {
+            L::Trace => guest_log::Level::Trace,
+            L::Debug => guest_log::Level::Debug,
+            L::Info => guest_log::Level::Info,
+            L::Warn => guest_log::Level::Warn,
+            L::Error => guest_log::Level::Error,
+        };
+        let request_id = self.call.as_ref().map(|c| &*c.request_id).unwrap_or("");
+        self.logs.log(level, &message, None, request_id);
+    }
+}
+
+fn to_wit_error(e: CallError) -> wit_types::CallError {
+    use wit_types::CallError as W;
+    match e {
+        CallError::NotFound(m) => W::NotFound(m),
+        CallError::InvalidParams(m) => W::InvalidParams(m),
+        CallError::Timeout(_) => W::Timeout,
+        CallError::Crashed(m) => W::Crashed(m),
+        CallError::Overloaded(m) => W::Overloaded(m),
+        CallError::Denied(m) => W::Denied(m),
+        CallError::Failed(m) => W::Failed(m),
+    }
+}
+
+pub(super) fn to_wit_context(ctx: &CallContext) -> wit_types::CallContext {
+    wit_types::CallContext {
+        request_id: ctx.request_id.to_string(),
+        caller: ctx.caller().map(str::to_string),
+        level: ctx.level(),
+        meta: ctx.meta.iter().cloned().collect(),
+    }
+}
+
+/// A `call-error` as a component value, for typed imports declared as
+/// `result<T, call-error>`.
+fn call_error_val(e: &CallError) -> Val {
+    let payload = match e {
+        CallError::Timeout(_) => None,
+        other => Some(Box::new(Val::String(other.message().to_string()))),
+    };
+    Val::Variant(e.kind().to_string(), payload)
+}
+
+/// Whether `ty` is `result<_, call-error>` (a variant with call-error's cases).
+pub fn is_call_error_result(ty: Option<&Type>) -> bool {
+    let Some(Type::Result(r)) = ty else {
+        return false;
+    };
+    let Some(Type::Variant(v)) = r.err() else {
+        return false;
+    };
+    v.cases()
+        .map(|c| c.name)
+        .eq(crate::context::ErrorKind::ALL.map(|k| k.name()))
+}
+
+/// Adds every host import a package may use to `linker`: WASI (p2) and
+/// the `steedos:package` world (`broker`, `logging`, `types`).
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wit::Package::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+}
+
+/// The linker every package starts from: [`add_to_linker`]'s imports.
+pub fn base_linker(engine: &Engine) -> Result<Linker<HostState>, PackageError> {
+    let mut linker = Linker::new(engine);
+    add_to_linker(&mut linker).map_err(|e| PackageError::Link {
+        package: String::new(),
+        message: format!("{e:#}"),
+    })?;
+    Ok(linker)
+}
+
+/// Adds one typed import to `linker`: each function forwards its values to
+/// `targets[i]` through the router.
+pub fn link_typed_import(
+    linker: &mut Linker<HostState>,
+    import: &TypedImport,
+    targets: Vec<Arc<ImportTarget>>,
+) -> wasmtime::Result<()> {
+    let mut inst = linker.instance(&import.interface)?;
+    for ((fname, _), target) in import.functions.iter().zip(targets) {
+        inst.func_new_async(fname, move |store, _ty, params, results| {
+            let target = target.clone();
+            Box::new(async move {
+                let mut store = store;
+                let HostState {
+                    package,
+                    grants,
+                    router,
+                    call,
+                    ..
+                } = store.data();
+                let mut spare = None;
+                let from = caller(package, grants, call, &mut spare);
+                let started = coarse_now();
+                let outcome = router.call_import(from, &target, params).await;
+                store.data_mut().waited += coarse_now().saturating_duration_since(started);
+                match outcome {
+                    Ok(value) => {
+                        if let (Some(slot), Some(v)) = (results.first_mut(), value) {
+                            *slot = v;
+                        }
+                        Ok(())
+                    }
+                    Err(e) if target.errors_as_value => {
+                        if let Some(slot) = results.first_mut() {
+                            *slot = Val::Result(Err(Some(Box::new(call_error_val(&e)))));
+                        }
+                        Ok(())
+                    }
+                    // Fails only this invocation of the caller; its instance is recycled.
+                    Err(e) => Err(wasmtime::format_err!(
+                        "typed call to `{}` failed: {e}",
+                        target.label
+                    )),
+                }
+            })
+        })?;
+    }
+    Ok(())
+}
