@@ -360,6 +360,43 @@ async fn openapi_is_valid_openapi_3() {
     assert_valid_openapi(&doc, t.dir.path());
 }
 
+/// What the gateway answers for a real package fits the schemas its
+/// `/openapi.json` publishes (records, options, variants, lists, results,
+/// floats JSON writes as words), and so do the requests that it serves: one
+/// mapping for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_fit_the_schemas_openapi_publishes() {
+    let t = TestApp::start(APP).await;
+    let (_g, base) = t.gateway().await;
+    let (_, doc) = get(&base, "/openapi.json").await;
+    let json = "application/json";
+    for (path, body) in [
+        ("/api/inventory/get-item", r#"{"sku":"apple"}"#),
+        ("/api/inventory/get-item", r#"{"sku":"dodo"}"#),
+        ("/api/inventory/get-item", r#"{"sku":"unicorn"}"#),
+        ("/api/inventory/list-items", "{}"),
+        ("/api/inventory/list-items", r#"{"tag":"fruit"}"#),
+        ("/api/inventory/reserve", r#"{"sku":"apple","qty":1}"#),
+        ("/api/greeter/hello", r#"{"name":"Ada"}"#),
+        ("/api/statuses/ratio", r#"{"a":1,"b":4}"#),
+        ("/api/statuses/ratio", r#"{"a":-1,"b":0}"#),
+        ("/api/statuses/ratio", r#"{"a":0,"b":0}"#),
+    ] {
+        let op = &doc["paths"][path]["post"];
+        let request = &op["requestBody"]["content"][json]["schema"];
+        let sent: Value = serde_json::from_str(body).unwrap();
+        let valid = jsonschema::draft202012::is_valid(request, &sent);
+        assert!(valid, "{path}: {body} does not fit {request}");
+
+        let (status, _, answer) = post(&base, path, body).await;
+        assert_eq!(status, StatusCode::OK, "{path} {body}: {answer}");
+        let schema = &op["responses"]["200"]["content"][json]["schema"];
+        if let Err(e) = jsonschema::draft202012::validate(schema, &answer) {
+            panic!("{path} {body}: the gateway answered {answer}, its schema {schema} says: {e}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_200_when_every_package_serves() {
     let t = TestApp::start(

@@ -53,9 +53,10 @@ mod output;
 pub use analysis::{ActionType, PackageType, TypedImport, interface_short_name};
 pub use bytes::{ByteShape, Output, Params, host_budget};
 pub use host::{
-    HostState, ImportTarget, add_to_linker, base_linker, is_call_error_result, link_typed_import,
+    Cutoff, HostState, ImportTarget, add_to_linker, base_linker, is_call_error_result,
+    link_typed_import,
 };
-pub use instance::{Cutoff, Fault, LiveInstance, Package, StartError};
+pub use instance::{Fault, LiveInstance, Package, StartError};
 pub use output::human;
 
 pub(crate) mod wit {

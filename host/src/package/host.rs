@@ -1,18 +1,19 @@
 //! The host side of a package's WIT imports: the data of an instance's
-//! `Store` ([`HostState`]), its memory limit, the `steedos:package`
-//! `broker`, `logging` and `types` host impls, and the one
-//! [`add_to_linker`] that puts them and WASI into a linker; typed imports
+//! `Store` ([`HostState`]), its memory limit, the app's [`Cutoff`], the
+//! `steedos:package` `broker`, `logging` and `types` host impls, and the
+//! one [`add_to_linker`] that puts them and WASI into a linker; typed imports
 //! forward to another package through the [`Router`]. It must not reach
 //! the broker any other way.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use wasmtime::component::types::Type;
 use wasmtime::component::{HasSelf, Linker, ResourceTable, Val};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::instance::Cutoff;
 use super::wit::{self, steedos::package::types as wit_types};
 use super::{Caller, PackageError, Router, TypedImport};
 use crate::context::{CallContext, CallError};
@@ -37,6 +38,43 @@ pub struct ImportTarget {
     /// Whether the importer's result is `result<T, call-error>`, so a
     /// broker failure can be returned as a value instead of a trap.
     pub errors_as_value: bool,
+}
+
+/// The moment past which no guest code of an app runs, set when the app
+/// shuts down: a `started`, a call or a `stopped` still running then is
+/// interrupted at the next epoch tick, whatever its own deadline, so that
+/// `shutdown_timeout` bounds the exit. Shared by every package of an app.
+#[derive(Debug)]
+pub struct Cutoff {
+    base: Instant,
+    /// Nanoseconds after `base`; `u64::MAX` while none is set.
+    at: AtomicU64,
+}
+
+impl Default for Cutoff {
+    fn default() -> Self {
+        Cutoff {
+            base: Instant::now(),
+            at: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Cutoff {
+    /// Sets the cutoff to `at` (an earlier one stays).
+    pub fn set(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos();
+        self.at.fetch_min(
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1),
+            Ordering::AcqRel,
+        );
+    }
+
+    /// Whether the cutoff is set and `now` is past it.
+    pub(super) fn passed(&self, now: Instant) -> bool {
+        let at = self.at.load(Ordering::Acquire);
+        at != u64::MAX && now.saturating_duration_since(self.base).as_nanos() >= u128::from(at)
+    }
 }
 
 /// The data of one instance's `Store`.

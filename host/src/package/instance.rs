@@ -4,7 +4,6 @@
 //! [`Fault`] that ends it. What the host reads of a dead guest's output is
 //! [`output`](super::output)'s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use wasmtime::component::{
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
-use super::host::{HostState, MemoryLimit, to_wit_context};
+use super::host::{Cutoff, HostState, MemoryLimit, to_wit_context};
 use super::output::{human, human_bytes, is_hostcall_fuel, last_words};
 use super::wit::steedos::package::types as wit_types;
 use super::{ByteShape, Output, PackageError, PackageType, Params, Router, bytes, host_budget};
@@ -51,43 +50,6 @@ impl std::fmt::Display for Fault {
             }
             Fault::Refused(e) => write!(f, "was stopped: {e}"),
         }
-    }
-}
-
-/// The moment past which no guest code of an app runs, set when the app
-/// shuts down: a `started`, a call or a `stopped` still running then is
-/// interrupted at the next epoch tick, whatever its own deadline, so that
-/// `shutdown_timeout` bounds the exit. Shared by every package of an app.
-#[derive(Debug)]
-pub struct Cutoff {
-    base: Instant,
-    /// Nanoseconds after `base`; `u64::MAX` while none is set.
-    at: AtomicU64,
-}
-
-impl Default for Cutoff {
-    fn default() -> Self {
-        Cutoff {
-            base: Instant::now(),
-            at: AtomicU64::new(u64::MAX),
-        }
-    }
-}
-
-impl Cutoff {
-    /// Sets the cutoff to `at` (an earlier one stays).
-    pub fn set(&self, at: Instant) {
-        let nanos = at.saturating_duration_since(self.base).as_nanos();
-        self.at.fetch_min(
-            u64::try_from(nanos).unwrap_or(u64::MAX - 1),
-            Ordering::AcqRel,
-        );
-    }
-
-    /// Whether the cutoff is set and `now` is past it.
-    fn passed(&self, now: Instant) -> bool {
-        let at = self.at.load(Ordering::Acquire);
-        at != u64::MAX && now.saturating_duration_since(self.base).as_nanos() >= u128::from(at)
     }
 }
 
