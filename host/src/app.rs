@@ -25,12 +25,12 @@ use wasmtime::component::{Component, Linker};
 use crate::admin::{BoxFuture, Operator, OperatorError};
 use crate::broker::{Broker, BrokerSettings};
 use crate::builder::{self, BuildOutcome};
-use crate::codec;
 use crate::engine::{
     CompileCache, Compiled, DEFAULT_MAX_INSTANCES, EngineLimits, EpochClock, new_engine,
 };
 use crate::manifest::{Manifest, PackageSpec};
 use crate::package::{self, Cutoff, ImportTarget, Package, PackageError, PackageType, TypedImport};
+use crate::types;
 
 /// How to load an app.
 #[derive(Clone, Debug)]
@@ -624,8 +624,8 @@ fn check_dependents(
                         "package `{}` imports `{}` function `{fname}` as {} but this version of `{name}` exports {}",
                         other.spec.name,
                         import.interface,
-                        codec::wit_signature(&wanted, fty.results().next().as_ref()),
-                        codec::wit_signature(&action.params, action.result.as_ref())
+                        types::wit_signature(&wanted, fty.results().next().as_ref()),
+                        types::wit_signature(&action.params, action.result.as_ref())
                     ));
                 }
             }
@@ -702,9 +702,9 @@ fn resolve_import(
             return Err(err(format!(
                 "function `{fname}` has another type in package `{}`: the importer expects {} but `{}` exports {}",
                 provider.spec.name,
-                codec::wit_signature(&wanted, wanted_result.as_ref()),
+                types::wit_signature(&wanted, wanted_result.as_ref()),
                 provider.spec.name,
-                codec::wit_signature(&action.params, action.result.as_ref()),
+                types::wit_signature(&action.params, action.result.as_ref()),
             )));
         }
         targets.push(Arc::new(ImportTarget {

@@ -23,7 +23,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::{App, LoadOptions};
 use crate::builder::{self, BuildOutcome};
-use crate::codec;
 use crate::context::CallContext;
 use crate::engine::{CompileCache, EngineLimits, new_engine};
 use crate::gateway::Gateway;
@@ -33,6 +32,7 @@ use crate::operate::AdminClient;
 use crate::package::{self, PackageType};
 use crate::scaffold::{self, Lang, Sdk};
 use crate::transport::Transport;
+use crate::types;
 
 /// How long `call` waits for the cluster to show a node serving the action.
 const CLUSTER_DISCOVERY: Duration = Duration::from_secs(3);
@@ -668,7 +668,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             out,
             "  {:<24} {}",
             a.name,
-            codec::wit_signature(&a.params, a.result.as_ref())
+            types::wit_signature(&a.params, a.result.as_ref())
         )?;
     }
     writeln!(
@@ -730,7 +730,7 @@ fn write_imports(out: &mut impl Write, ty: &PackageType) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "    {f}: {}",
-                codec::wit_signature(&params, fty.results().next().as_ref())
+                types::wit_signature(&params, fty.results().next().as_ref())
             )?;
         }
     }

@@ -105,7 +105,6 @@ use wasmtime::component::types::{Enum, Field, Flags, List, Record, ResultType, T
 use wasmtime::component::{Type, Val};
 
 use crate::types::{self, Wit, is_bytes};
-pub use crate::types::{wit_signature, wit_type};
 
 mod decode;
 mod encode;

@@ -4,6 +4,7 @@
 
 use super::values::Item;
 use super::*;
+use crate::types::{wit_signature, wit_type};
 
 #[test]
 fn numbers_are_range_checked() {
