@@ -98,3 +98,18 @@ fn what_the_schema_refuses_the_codec_refuses() {
         );
     }
 }
+
+/// The INFO packet's fastest-validator rules say what the codec writes for
+/// a map too: an object by string key, else an array of `[key, value]`.
+#[test]
+fn info_rules_describe_maps_as_the_codec_writes_them() {
+    let text = crate::types::rule(&Type::String);
+    let pairs = serde_json::json!({
+        "type": "array",
+        "items": { "type": "tuple", "items": [crate::types::rule(&Type::U32), text] },
+    });
+    assert_eq!(crate::types::rule(ty("map-u32")), pairs);
+    assert_eq!(crate::types::rule(ty("map"))["type"], "record");
+    let written = to_json_value(ty("map-u32"), &json("map-u32", r#"[[1,"a"]]"#).unwrap());
+    assert!(written.unwrap().is_array());
+}
