@@ -44,6 +44,21 @@ pub fn is_bytes(list: &List) -> bool {
     matches!(list.ty(), Type::U8)
 }
 
+/// The range of an integer type, `None` for any other type.
+pub fn integer_range(ty: &Type) -> Option<(i128, i128)> {
+    Some(match ty {
+        Type::S8 => (i8::MIN.into(), i8::MAX.into()),
+        Type::U8 => (0, u8::MAX.into()),
+        Type::S16 => (i16::MIN.into(), i16::MAX.into()),
+        Type::U16 => (0, u16::MAX.into()),
+        Type::S32 => (i32::MIN.into(), i32::MAX.into()),
+        Type::U32 => (0, u32::MAX.into()),
+        Type::S64 => (i64::MIN.into(), i64::MAX.into()),
+        Type::U64 => (0, u64::MAX.into()),
+        _ => return None,
+    })
+}
+
 /// The word JSON writes for `v` when it is not a finite number.
 pub fn float_word(v: f64) -> Option<&'static str> {
     if v.is_finite() {

@@ -6,21 +6,15 @@
 use serde_json::{Map, Value, json};
 use wasmtime::component::Type;
 
-use super::{FLOAT_WORDS, is_bytes, map_is_object};
+use super::{FLOAT_WORDS, integer_range, is_bytes, map_is_object};
 
 /// The JSON Schema of a WIT type, in the codec's JSON encoding.
 pub fn json_schema(ty: &Type) -> Value {
-    let int = |min: i128, max: i128| json!({ "type": "integer", "minimum": min, "maximum": max });
+    if let Some((min, max)) = integer_range(ty) {
+        return json!({ "type": "integer", "minimum": min, "maximum": max });
+    }
     match ty {
         Type::Bool => json!({ "type": "boolean" }),
-        Type::S8 => int(i8::MIN.into(), i8::MAX.into()),
-        Type::U8 => int(0, u8::MAX.into()),
-        Type::S16 => int(i16::MIN.into(), i16::MAX.into()),
-        Type::U16 => int(0, u16::MAX.into()),
-        Type::S32 => int(i32::MIN.into(), i32::MAX.into()),
-        Type::U32 => int(0, u32::MAX.into()),
-        Type::S64 => int(i64::MIN.into(), i64::MAX.into()),
-        Type::U64 => int(0, u64::MAX.into()),
         // NaN and the infinities have no JSON number: the codec writes words.
         Type::Float32 | Type::Float64 => {
             json!({ "anyOf": [{ "type": "number" }, { "enum": FLOAT_WORDS }] })

@@ -9,7 +9,7 @@
 use serde_json::{Map, Value, json};
 use wasmtime::component::Type;
 
-use super::{is_bytes, map_is_object};
+use super::{integer_range, is_bytes, map_is_object};
 
 /// The type a fastest-validator rule names (`"number|optional"`,
 /// `{ type: "number" }`), `"any"` when it names none, and whether the
@@ -56,16 +56,12 @@ pub fn rule_schema(rule: &Value) -> Value {
 
 /// The fastest-validator rule of a WIT type.
 pub fn rule(ty: &Type) -> Value {
-    let int =
-        |min: i128, max: i128| json!({ "type": "number", "integer": true, "min": min, "max": max });
+    // 64-bit integers are below: their bounds pass 2^53.
+    if let Some((min, max)) = integer_range(ty).filter(|_| !matches!(ty, Type::S64 | Type::U64)) {
+        return json!({ "type": "number", "integer": true, "min": min, "max": max });
+    }
     match ty {
         Type::Bool => json!({ "type": "boolean" }),
-        Type::S8 => int(i8::MIN.into(), i8::MAX.into()),
-        Type::U8 => int(0, u8::MAX.into()),
-        Type::S16 => int(i16::MIN.into(), i16::MAX.into()),
-        Type::U16 => int(0, u16::MAX.into()),
-        Type::S32 => int(i32::MIN.into(), i32::MAX.into()),
-        Type::U32 => int(0, u32::MAX.into()),
         // Past 2^53 a JavaScript number is not exact: no bounds beyond the sign.
         Type::S64 => json!({ "type": "number", "integer": true }),
         Type::U64 => json!({ "type": "number", "integer": true, "min": 0 }),
