@@ -482,13 +482,6 @@ fn print_summary(app: &App, gateway: Option<std::net::SocketAddr>) -> anyhow::Re
     )?;
     for s in &services {
         let r = s.report();
-        let actions: Vec<&str> = s
-            .package
-            .ty
-            .actions
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect();
         writeln!(
             out,
             "  {:<12} {:<8} {}/{} instances  actions: {}",
@@ -496,7 +489,7 @@ fn print_summary(app: &App, gateway: Option<std::net::SocketAddr>) -> anyhow::Re
             r.state,
             r.live,
             r.instances,
-            actions.join(", ")
+            s.package.ty.action_names()
         )?;
     }
     for f in app.broker.failures() {

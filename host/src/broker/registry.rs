@@ -346,16 +346,9 @@ impl Broker {
             })
         })?;
         let Some((index, _)) = service.package.ty.action(name) else {
-            let known: Vec<&str> = service
-                .package
-                .ty
-                .actions
-                .iter()
-                .map(|a| a.name.as_str())
-                .collect();
             return Err(CallError::NotFound(format!(
                 "package `{package}` has no action `{name}` (it has: {})",
-                known.join(", ")
+                service.package.ty.action_names()
             )));
         };
         Ok((service, index))

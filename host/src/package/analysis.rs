@@ -115,6 +115,13 @@ impl PackageType {
         Some((i, &self.actions[i]))
     }
 
+    /// The names of its actions, in export order, as a list for people
+    /// (`hello, reserve`).
+    pub fn action_names(&self) -> String {
+        let names: Vec<&str> = self.actions.iter().map(|a| a.name.as_str()).collect();
+        names.join(", ")
+    }
+
     /// Whether the package exports `steedos:package/lifecycle`.
     pub fn has_lifecycle(&self) -> bool {
         self.lifecycle.is_some()
