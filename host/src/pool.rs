@@ -335,10 +335,15 @@ impl InstancePool {
     /// until `deadline`.
     pub fn checkout(&self, may_wait: bool, deadline: Instant) -> Result<Checkout<'_>, Refusal> {
         let mut inner = self.lock();
+        // A closed pool (its version replaced or the host stopping) lends
+        // nothing, not even an instance that came back idle: it is drained.
+        if inner.closed {
+            return Err(Refusal::NoInstance);
+        }
         if let Some((instance, _)) = inner.idle.pop_front() {
             return Ok(Checkout::Ready(instance));
         }
-        if inner.closed || inner.live + inner.pending == 0 {
+        if inner.live + inner.pending == 0 {
             return Err(Refusal::NoInstance);
         }
         if !may_wait {
@@ -359,11 +364,11 @@ impl InstancePool {
     /// Takes the instance in `slot` (now, or when it comes back before `deadline`).
     pub fn checkout_slot(&self, slot: usize, deadline: Instant) -> Option<Checkout<'_>> {
         let mut inner = self.lock();
-        if let Some(at) = inner.idle.iter().position(|(i, _)| i.slot == slot) {
-            return inner.idle.remove(at).map(|(i, _)| Checkout::Ready(i));
-        }
         if inner.closed {
             return None;
+        }
+        if let Some(at) = inner.idle.iter().position(|(i, _)| i.slot == slot) {
+            return inner.idle.remove(at).map(|(i, _)| Checkout::Ready(i));
         }
         let ticket = inner.enqueue(Some(slot), deadline);
         self.watch_deadline(&mut inner, deadline);

@@ -224,7 +224,18 @@ impl Broker {
         }
         let _in_flight = outermost.then(|| InFlight::new(&self.in_flight));
         let (ctx, budget) = self.admit(service, action, ctx, now)?;
-        let instance = self.check_out(service, action, &ctx).await?;
+        let instance = match self.check_out(service, action, &ctx).await {
+            Ok(instance) => instance,
+            // Resolved just before an upgrade swapped the version: the call
+            // has not run, so the version now serving takes it.
+            Err(e) => match self.successor(service, action) {
+                Some((next, index)) => {
+                    let call = self.invoke_unmetered(&next, index, params, ctx, now);
+                    return Box::pin(call).await;
+                }
+                None => return Err(e),
+            },
+        };
         let action_ty = &service.package.ty.actions[action];
         let (has_result, bytes) = (action_ty.result.is_some(), action_ty.bytes);
         let deadline = ctx.deadline;

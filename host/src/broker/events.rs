@@ -308,16 +308,57 @@ impl Broker {
             _ => return self.expired(&service, &event, &ctx),
         };
         let _room = room;
-        if broadcast {
-            for slot in service.pool.slots() {
-                self.deliver(&service, Some(slot), &event, &payload, ctx.clone())
-                    .await;
+        let mut service = service.clone();
+        // An upgrade may close the subscriber with this event queued: the
+        // version that replaced it takes the event (for a broadcast, every
+        // instance of it), so an accepted event is not lost to the swap.
+        loop {
+            let delivered = match broadcast {
+                true => {
+                    let mut all = Ok(());
+                    for slot in service.pool.slots() {
+                        all = self
+                            .deliver(&service, Some(slot), &event, &payload, ctx.clone())
+                            .await;
+                        if all.is_err() {
+                            break;
+                        }
+                    }
+                    all
+                }
+                false => {
+                    self.deliver(&service, None, &event, &payload, ctx.clone())
+                        .await
+                }
+            };
+            let Err(Replaced) = delivered else { return };
+            match self.successor_service(&service) {
+                Some(next)
+                    if next.package.ty.handles_events()
+                        && next.package.spec.subscribes_to(&event) =>
+                {
+                    service = next;
+                }
+                _ => return self.stopped(&service, &event),
             }
-        } else {
-            self.deliver(&service, None, &event, &payload, ctx).await;
         }
     }
 
+    /// An event that found its subscriber stopped, with no version after it.
+    fn stopped(&self, service: &Service, event: &str) {
+        let n = service.events.stopped.fetch_add(1, Ordering::Relaxed) + 1;
+        if worth_saying(n) {
+            tracing::warn!(
+                package = service.name(),
+                event,
+                "event not delivered: the package was stopped before an instance was free ({n} so far)"
+            );
+        }
+    }
+
+    /// Runs `event` on one instance of `service` (`slot`'s, or any);
+    /// `Err(Replaced)` when the package was closed before an instance was
+    /// free (the caller finds the version after it, if any).
     async fn deliver(
         &self,
         service: &Arc<Service>,
@@ -325,27 +366,20 @@ impl Broker {
         event: &str,
         payload: &[u8],
         ctx: CallContext,
-    ) {
+    ) -> Result<(), Replaced> {
         let instance = match event_instance(service, slot, ctx.deadline).await {
             Ok(instance) => instance,
-            Err(Undelivered::Expired) => return self.expired(service, event, &ctx),
-            Err(Undelivered::Stopped) => {
-                let n = service.events.stopped.fetch_add(1, Ordering::Relaxed) + 1;
-                if worth_saying(n) {
-                    tracing::warn!(
-                        package = service.name(),
-                        event,
-                        slot,
-                        "event not delivered: the package was stopped or replaced before an instance was free ({n} so far)"
-                    );
-                }
-                return;
+            Err(Undelivered::Expired) => {
+                self.expired(service, event, &ctx);
+                return Ok(());
             }
+            Err(Undelivered::Stopped) => return Err(Replaced),
         };
         let mut lease = Lease::new(self, service, instance);
         if Instant::now() >= ctx.deadline {
             lease.release();
-            return self.expired(service, event, &ctx);
+            self.expired(service, event, &ctx);
+            return Ok(());
         }
         // Time spent queued is not the handler's: it gets its full timeout.
         let budget = service.package.spec.timeout;
@@ -369,6 +403,7 @@ impl Broker {
                 lease.fault(Fault::Timeout, &label(), budget);
             }
         }
+        Ok(())
     }
 
     fn expired(&self, service: &Service, event: &str, ctx: &CallContext) {
@@ -402,6 +437,9 @@ enum Undelivered {
 }
 
 /// An instance of `service` (the one in `slot`, when given) for an event.
+/// An event's subscriber was closed (replaced or stopped) before it ran.
+struct Replaced;
+
 /// Unlike a call, an event finding the call queue full, or no instance
 /// (restarting, in backoff), waits until its deadline.
 async fn event_instance(

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use super::{Broker, DEADLINE_GRACE, Service};
 use crate::context::{CallContext, CallError, Human};
-use crate::package::{BoxFuture, Fault, LiveInstance, Package, StartError};
+use crate::package::{ActionType, BoxFuture, Fault, LiveInstance, Package, StartError};
 use crate::supervisor::{PackageState, Verdict};
+use crate::types::wit_signature;
 
 /// How many restart latencies each service keeps for its statistics.
 const RESTART_SAMPLES: usize = 4096;
@@ -123,8 +124,52 @@ impl Broker {
     /// calls `stopped` on its instances. For a version replaced or removed.
     pub async fn retire_service(&self, service: Arc<Service>, grace: Duration) {
         service.set_state(PackageState::Stopped);
-        let stopped = drain(&service, Instant::now() + grace).await;
+        let mut stopped = drain(&service, Instant::now() + grace).await;
+        // Calls still running past the grace end by their own deadline; each
+        // instance is stopped as it comes back, none left idle in a closed pool.
+        if stopped < service.pool.live() {
+            let last = Instant::now() + service.package.spec.timeout + DEADLINE_GRACE;
+            stopped = stop_returning(&service, Vec::new(), stopped, last).await;
+        }
         tracing::info!(package = service.name(), instances = stopped, "retired");
+    }
+
+    /// The version that replaced `service` (closed by an upgrade), with the
+    /// index of its `action` when that action has the same type there: a
+    /// call or event that found the old version closed before it ran is
+    /// given to the new one instead of failing.
+    pub(super) fn successor(
+        &self,
+        service: &Service,
+        action: usize,
+    ) -> Option<(Arc<Service>, usize)> {
+        if !service.pool.is_closed() {
+            return None;
+        }
+        let next = self.service(service.name())?;
+        if std::ptr::eq(Arc::as_ptr(&next), service) {
+            return None;
+        }
+        let from = service.package.ty.actions.get(action)?;
+        let index = next
+            .package
+            .ty
+            .actions
+            .iter()
+            .position(|a| a.name == from.name)?;
+        let to = &next.package.ty.actions[index];
+        let signature = |a: &ActionType| wit_signature(&a.params, a.result.as_ref());
+        (signature(from) == signature(to)).then_some((next, index))
+    }
+
+    /// The version that replaced `service` (closed by an upgrade), if any,
+    /// for an event it subscribed to.
+    pub(super) fn successor_service(&self, service: &Service) -> Option<Arc<Service>> {
+        if !service.pool.is_closed() {
+            return None;
+        }
+        let next = self.service(service.name())?;
+        (!std::ptr::eq(Arc::as_ptr(&next), service)).then_some(next)
     }
 
     /// A call had to wait: starts one more instance of `service`, in a task
@@ -375,8 +420,20 @@ async fn drain(service: &Service, deadline: Instant) -> usize {
     while service.pool.idle() < service.pool.live() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut idle = service.pool.close();
-    let mut stopped = 0;
+    let idle = service.pool.close();
+    stop_returning(service, idle, 0, deadline).await
+}
+
+/// Calls `stopped` on `idle` and on each instance of the closed `service`
+/// that comes back, until all of its live instances are stopped or
+/// `deadline`; returns how many are stopped, `already` included.
+async fn stop_returning(
+    service: &Service,
+    mut idle: Vec<LiveInstance>,
+    already: usize,
+    deadline: Instant,
+) -> usize {
+    let mut stopped = already;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let budget = service.package.spec.timeout.min(left);
