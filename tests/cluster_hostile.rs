@@ -5,6 +5,7 @@
 //! asked. Also NATS credentials: a server that requires a token or a user
 //! and password, and a wrong token.
 
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use steedos_tests::eventually;
 use steedos_wasm::context::CallContext;
 use steedos_wasm::manifest::{ClusterAuth, Secret};
 use steedos_wasm::transport::Transport;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::cluster::{Nats, Node, tools};
 
@@ -976,4 +978,205 @@ async fn discovers_under_many_ids_cost_bounded_work_and_every_asker_hears_an_inf
         .await;
     assert_eq!(res["data"], "Hello, Gus!", "{res}");
     node.stop().await;
+}
+
+/// The child half of [`a_flood_of_large_events_keeps_memory_bounded_and_is_counted`]:
+/// a node of its own process (so its RSS is its own) serving greeter and
+/// a one-instance `fragile` subscribed to `flood.*`, on the nats-server
+/// named by `STEEDOS_FLOOD_NATS`; it prints its counters until its stdin
+/// closes. Ignored: only the parent runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_flood_of_large_events_keeps_memory_bounded_and_is_counted"]
+async fn flood_target_child() {
+    let Ok(url) = std::env::var("STEEDOS_FLOOD_NATS") else {
+        return;
+    };
+    let packages = r#"
+[packages.greeter]
+component = "{GREETER}"
+[packages.fragile]
+component = "{FRAGILE}"
+instances = 1
+events = ["flood.*"]
+"#;
+    let node = Node::start(&url, "flood-target", 4, "json", packages).await;
+    let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        let _ = closed_tx.send(());
+    });
+    println!("ready");
+    loop {
+        let stats = node.transport().stats();
+        println!("stats {} {}", stats.events_received, stats.packets_dropped);
+        tokio::select! {
+            _ = &mut closed => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    node.stop().await;
+}
+
+/// The resident memory of process `pid` in MiB, and its peak since the
+/// last [`reset_peak`].
+fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Regression (issue 12): 1,500 EVENTs of 500 KB for a slow subscriber
+/// took a node from 32 MB to 727 MB (the NATS client buffered up to
+/// 262,144 messages per subscription and the node took them all), and an
+/// event the client dropped for a full buffer was lost in silence. Now the
+/// node (a process of its own) grows by far less, keeps answering calls
+/// during and after the flood, and every event is either delivered or
+/// counted as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_events_keeps_memory_bounded_and_is_counted() {
+    const FLOOD: u64 = 1500;
+    const AHEAD: u64 = 100;
+    let Some((nats_bin, _)) = tools() else { return };
+    let nats = Nats::start(&nats_bin).await;
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "cluster_hostile::flood_target_child",
+            "--ignored",
+        ])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("STEEDOS_FLOOD_NATS", &nats.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the child node");
+    let pid = child.id().expect("child pid");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.ends_with("ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "the child node started");
+    let (counters_tx, counters) = tokio::sync::watch::channel((0u64, 0u64));
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut n = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok());
+            if let (true, Some(received), Some(dropped)) =
+                (line.starts_with("stats "), n.next(), n.next())
+            {
+                let _ = counters_tx.send((received, dropped));
+            }
+        }
+    });
+
+    let raw = Raw::connect(&nats.url).await;
+    let res = raw
+        .call(
+            "flooder",
+            "flood-target",
+            "greeter.hello",
+            json!({ "name": "a" }),
+        )
+        .await;
+    assert_eq!(res["data"], "Hello, a!", "{res}");
+    let (before, _) = rss_of(pid);
+    reset_peak(pid);
+    let data = "x".repeat(500 << 10);
+    let flood = {
+        let client = raw.client.clone();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            // `57` reaches fragile as the MessagePack byte b'9': it sleeps
+            // 9 ms per event; the 500 KB ride in a field no one reads.
+            let packet = json!({ "ver": "4", "sender": "flooder", "id": "e",
+                "event": "flood.big", "data": 57, "padding": data, "groups": ["fragile"],
+                "broadcast": false, "meta": {}, "level": 1 });
+            let bytes = Bytes::from(serde_json::to_vec(&packet).expect("json"));
+            for sent in 0..FLOOD {
+                // At most AHEAD events unaccounted for: nats-server would
+                // cut a node that reads 750 MB more slowly than they come
+                // (as it cuts any client), losing events on its side.
+                while {
+                    let (received, dropped) = *counters.borrow();
+                    sent > received + dropped + AHEAD
+                } {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                client
+                    .publish("MOL.EVENT.flood-target", bytes.clone())
+                    .await
+                    .expect("publish");
+            }
+            client.flush().await.expect("flush");
+        })
+    };
+    let during = raw
+        .call(
+            "flooder",
+            "flood-target",
+            "greeter.hello",
+            json!({ "name": "b" }),
+        )
+        .await;
+    assert_eq!(
+        during["data"], "Hello, b!",
+        "answered during the flood: {during}"
+    );
+    flood.await.expect("flood sent");
+    let settled = eventually(Duration::from_secs(120), || {
+        let counters = counters.clone();
+        async move {
+            let (received, dropped) = *counters.borrow();
+            (received + dropped >= FLOOD).then_some((received, dropped))
+        }
+    })
+    .await;
+    let (received, dropped) = *counters.borrow();
+    assert!(
+        settled.is_some(),
+        "every event delivered or counted dropped: {received} + {dropped} of {FLOOD}"
+    );
+    let after = raw
+        .call(
+            "flooder",
+            "flood-target",
+            "greeter.hello",
+            json!({ "name": "c" }),
+        )
+        .await;
+    assert_eq!(
+        after["data"], "Hello, c!",
+        "answered after the flood: {after}"
+    );
+    let (_, peak) = rss_of(pid);
+    eprintln!("flood: {received} delivered, {dropped} dropped, {before} MiB -> peak {peak} MiB");
+    assert!(
+        peak.saturating_sub(before) < 300,
+        "the node grew from {before} MiB to a peak of {peak} MiB"
+    );
+    assert!(dropped > 0, "a flood past the budget drops, counted");
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }

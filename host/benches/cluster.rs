@@ -353,7 +353,9 @@ async fn events(caller: &App, shop: &App, shop_node: &Transport) -> anyhow::Resu
     while behind(EVENTS) > 0 {
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(120),
-            "events did not all arrive"
+            "events did not all arrive: {} behind, the shop node dropped {}",
+            behind(EVENTS),
+            shop_node.stats().packets_dropped
         );
         tokio::time::sleep(Duration::from_micros(200)).await;
     }

@@ -171,6 +171,8 @@ pub struct Metrics {
     live: Family<PackageLabels, Gauge>,
     queued: Family<PackageLabels, Gauge>,
     circuits: Family<ActionLabels, Gauge>,
+    /// Packets from the cluster bus dropped, whatever the cause.
+    cluster_dropped: Counter,
     /// Per package: event queue and guest log figures, by name.
     package_figures: Vec<(&'static str, Family<PackageLabels, Gauge>)>,
 }
@@ -271,6 +273,12 @@ impl Metrics {
             "1 while an action's circuit breaker is open or half-open",
             circuits.clone(),
         );
+        let cluster_dropped = Counter::default();
+        registry.register(
+            "cluster_packets_dropped",
+            "Packets from the cluster bus dropped (bad, refused, over a bound), since start",
+            cluster_dropped.clone(),
+        );
         let package_figures = PACKAGE_FIGURES
             .map(|(name, help)| {
                 let family = Family::<PackageLabels, Gauge>::default();
@@ -288,7 +296,13 @@ impl Metrics {
             live,
             queued,
             circuits,
+            cluster_dropped,
         }
+    }
+
+    /// The counter of packets from the cluster bus dropped, for the transport.
+    pub fn cluster_packets_dropped(&self) -> Counter {
+        self.cluster_dropped.clone()
     }
 
     /// Handles for recording `package.action`.

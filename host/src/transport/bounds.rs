@@ -70,30 +70,34 @@ pub fn caller_timeout(ms: Option<f64>, most: Duration) -> Duration {
     }
 }
 
-/// A warning at most once per second for packets dropped, with the count
-/// of those not logged since: a flood of bad packets costs no log flood.
-#[derive(Debug)]
+/// Every packet dropped, whatever dropped it (a check here, a bound, the
+/// client's subscription buffer), counted (and in the metric) and warned
+/// about at most once per second with the count of those not logged
+/// since: a flood of bad packets costs no log flood.
+#[derive(Debug, Default)]
 pub struct DropLog {
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
     total: AtomicU64,
-}
-
-impl Default for DropLog {
-    fn default() -> Self {
-        DropLog {
-            last: Mutex::new(None),
-            suppressed: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-        }
-    }
+    metric: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl DropLog {
+    /// A log that also counts into `metric`.
+    pub fn with_metric(metric: prometheus_client::metrics::counter::Counter) -> Self {
+        DropLog {
+            metric: Some(metric),
+            ..DropLog::default()
+        }
+    }
+
     /// Counts one dropped packet; `Some(n)` when it is to be logged now,
     /// `n` being how many were dropped unlogged before it.
     pub fn note(&self) -> Option<u64> {
         self.total.fetch_add(1, Ordering::Relaxed);
+        if let Some(metric) = &self.metric {
+            metric.inc();
+        }
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match *last {
@@ -105,6 +109,14 @@ impl DropLog {
                 *last = Some(now);
                 Some(self.suppressed.swap(0, Ordering::Relaxed))
             }
+        }
+    }
+
+    /// Counts one packet of `packet` dropped by `node` because of `why`,
+    /// with a warning when one is due.
+    pub fn warn(&self, node: &str, packet: &str, why: &str) {
+        if let Some(unlogged) = self.note() {
+            tracing::warn!(node, packet, reason = ?clip(why, 300), also_dropped = unlogged, "packet dropped");
         }
     }
 

@@ -10,8 +10,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions};
+use std::sync::Arc;
 
+use async_nats::{Client, ConnectOptions, Event};
+
+use super::bounds::DropLog;
 use super::error::TransportError;
 use crate::manifest::{ClusterAuth, ClusterSettings, Secret};
 
@@ -60,19 +63,27 @@ fn readable(path: &Path, what: &str) -> Result<(), TransportError> {
     }
 }
 
-/// Connects with `settings`' credentials and TLS; `name` names the
-/// connection to the server, `capacity` is each subscription's buffer.
+/// Connects with `settings`' credentials and TLS as `node_id`;
+/// `capacity` is each subscription's buffer. A message the client drops
+/// because a subscription's buffer is full is counted in `drops`, and the
+/// connection's troubles are logged.
 pub async fn connect(
     settings: &ClusterSettings,
-    name: String,
+    node_id: &str,
     capacity: usize,
+    drops: Arc<DropLog>,
 ) -> Result<Client, TransportError> {
+    let node: Arc<str> = node_id.into();
     let mut options = ConnectOptions::new()
-        .name(name)
+        .name(format!("steedos-wasm {node_id}"))
         .no_echo()
         .subscription_capacity(capacity)
         .client_capacity(1 << 14)
-        .connection_timeout(Duration::from_secs(10));
+        .connection_timeout(Duration::from_secs(10))
+        .event_callback(move |event| {
+            let (drops, node) = (drops.clone(), node.clone());
+            async move { on_event(&drops, &node, event) }
+        });
     options = match &settings.auth {
         ClusterAuth::None => options,
         ClusterAuth::Token(secret) => options.token(read_secret(secret, "token")?),
@@ -111,6 +122,24 @@ pub async fn connect(
             url: redact(url),
             message: scrub(&e.to_string(), url),
         })
+}
+
+/// What the NATS client reports about the connection: each message it
+/// dropped for a full subscription buffer is one packet dropped here.
+fn on_event(drops: &DropLog, node: &str, event: Event) {
+    match event {
+        Event::SlowConsumer(sid) => drops.warn(
+            node,
+            "any",
+            &format!("the NATS client's buffer of subscription {sid} was full: this node reads the bus more slowly than it is sent"),
+        ),
+        Event::Connected => tracing::debug!(node, "connected to NATS"),
+        Event::Disconnected => {
+            tracing::warn!(node, "disconnected from NATS; packets sent meanwhile are lost; reconnecting")
+        }
+        Event::ServerError(e) => tracing::warn!(node, error = %e, "NATS server error"),
+        other => tracing::info!(node, event = %other, "NATS connection"),
+    }
 }
 
 #[cfg(test)]

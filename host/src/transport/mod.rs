@@ -134,13 +134,18 @@ impl Transport {
             .unwrap_or_else(default_node_id)
             .into();
         let prefix = subject_prefix(&node_id, settings.namespace.as_deref())?;
-        let (bus, outgoing) = Bus::connect(&settings, &node_id, prefix.clone()).await?;
+        let drops = Arc::new(bounds::DropLog::with_metric(
+            broker.metrics().cluster_packets_dropped(),
+        ));
+        let (bus, outgoing) =
+            Bus::connect(&settings, &node_id, prefix.clone(), drops.clone()).await?;
         let shared = Arc::new(Transit::new(
             broker.clone(),
             bus,
             settings,
             node_id,
             &prefix,
+            drops,
         ));
         let mut tasks = Vec::new();
         for (kind, subscriber) in shared.bus.subscribe_all(&shared.node_id).await? {

@@ -9,6 +9,9 @@ use async_nats::{Client, Subject, Subscriber};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
+use super::bounds::DropLog;
 use super::connect;
 use super::error::TransportError;
 use super::packet::Kind;
@@ -46,13 +49,10 @@ impl Bus {
         settings: &ClusterSettings,
         node_id: &str,
         prefix: String,
+        drops: Arc<DropLog>,
     ) -> Result<(Bus, mpsc::UnboundedReceiver<Outgoing>), TransportError> {
-        let client = connect::connect(
-            settings,
-            format!("steedos-wasm {node_id}"),
-            super::bounds::SUBSCRIPTION_BUFFER,
-        )
-        .await?;
+        let client =
+            connect::connect(settings, node_id, super::bounds::SUBSCRIPTION_BUFFER, drops).await?;
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let bus = Bus {
             client,

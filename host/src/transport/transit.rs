@@ -18,7 +18,7 @@ use async_nats::Subject;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::bounds::{self, Budget, DropLog, PeerRate};
 use super::error::TransportError;
@@ -69,7 +69,7 @@ pub(super) struct Transit {
     /// once; at most [`bounds::MAX_WRONG_VERSION`]).
     pub(super) wrong_version: Mutex<HashSet<String>>,
     /// Packets dropped, logged at most once a second.
-    pub(super) drops: DropLog,
+    pub(super) drops: Arc<DropLog>,
     /// Bytes of EVENT packets in hand ([`bounds::EVENT_BUDGET`]).
     pub(super) event_budget: Arc<Semaphore>,
     /// What each peer may make this node do per second, by packet kind.
@@ -84,6 +84,7 @@ impl Transit {
         settings: ClusterSettings,
         node_id: Arc<str>,
         prefix: &str,
+        drops: Arc<DropLog>,
     ) -> Transit {
         Transit {
             broker,
@@ -104,7 +105,7 @@ impl Transit {
             events_received: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
             wrong_version: Mutex::new(HashSet::new()),
-            drops: DropLog::default(),
+            drops,
             event_budget: Arc::new(Semaphore::new(bounds::EVENT_BUDGET)),
             floods: Floods::default(),
         }
@@ -329,38 +330,35 @@ impl Transit {
     /// Reads EVENTs: a delivery waits while its subscribers have no room
     /// (backpressure), and the events read meanwhile wait here, within
     /// [`bounds::EVENT_BUDGET`] bytes; past it they are dropped and counted.
-    /// The subscription itself is always drained: the NATS client, left to
-    /// buffer, would drop a burst anyway and hold up to its capacity in
-    /// messages of any size.
+    /// The subscription is drained by a task that does nothing else (the
+    /// deliveries run in a task of their own): the NATS client, left to
+    /// buffer, drops what its subscription buffer cannot hold.
     async fn listen_events(self: Arc<Self>, mut subscriber: async_nats::Subscriber) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let read = async {
-            let tx = tx; // dropped when the subscription ends, ending `deliver`
-            while let Some(message) = subscriber.next().await {
-                if !self.fits(Kind::Event, &message.payload) {
-                    continue;
-                }
-                let cost = message.payload.len() + bounds::EVENT_OVERHEAD;
-                let cost = u32::try_from(cost.min(bounds::EVENT_BUDGET)).unwrap_or(u32::MAX);
-                let Ok(held) = self.event_budget.clone().try_acquire_many_owned(cost) else {
-                    self.dropped(
-                        Kind::Event,
-                        "the events waiting for subscribers here passed their budget",
-                    );
-                    continue;
-                };
-                if tx.send((message.payload, held)).is_err() {
-                    return;
-                }
-            }
-        };
-        let deliver = async {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
+        let transit = self.clone();
+        // Dropped with this reader (aborted or ended), it ends the deliveries.
+        let _deliveries = AbortOnDrop(tokio::spawn(async move {
             while let Some((bytes, _held)) = rx.recv().await {
-                self.handle_guarded(Kind::Event, bytes).await;
+                transit.handle_guarded(Kind::Event, bytes).await;
             }
-        };
-        // One task for both: aborting the reader ends both.
-        tokio::join!(read, deliver);
+        }));
+        while let Some(message) = subscriber.next().await {
+            if !self.fits(Kind::Event, &message.payload) {
+                continue;
+            }
+            let cost = message.payload.len() + bounds::EVENT_OVERHEAD;
+            let cost = u32::try_from(cost.min(bounds::EVENT_BUDGET)).unwrap_or(u32::MAX);
+            let Ok(held) = self.event_budget.clone().try_acquire_many_owned(cost) else {
+                self.dropped(
+                    Kind::Event,
+                    "the events waiting for subscribers here passed their budget",
+                );
+                continue;
+            };
+            if tx.send((message.payload, held)).is_err() {
+                return;
+            }
+        }
     }
 
     /// Whether a packet is small enough to read at all.
@@ -390,9 +388,7 @@ impl Transit {
 
     /// Counts a dropped packet and logs it, at most once a second.
     pub(super) fn dropped(&self, kind: Kind, why: &str) {
-        if let Some(unlogged) = self.drops.note() {
-            tracing::warn!(node = %self.node_id, packet = kind.name(), reason = ?bounds::clip(why, 300), also_dropped = unlogged, "packet dropped");
-        }
+        self.drops.warn(&self.node_id, kind.name(), why);
     }
 
     /// Whether a packet from `sender` in version `ver` is for us.
@@ -676,6 +672,15 @@ impl Default for Floods {
             asks: Budget::new(bounds::ANSWERS_PER_SECOND),
             broadcast_owed: AtomicBool::new(false),
         }
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
