@@ -6,7 +6,9 @@
 //!   from the caller to the shop node, 1 and 100 concurrent callers;
 //! - `cluster.event`: events/s emitted by the caller and handled by the
 //!   shop node's subscriber (`audit`, `order.*`, its queue sized for the
-//!   flood), the emitter kept at most 20 000 events ahead;
+//!   flood), the emitter kept at most 6 000 events ahead (within the receiver's
+//!   event budget of 8 192; past it events are dropped, counted and printed
+//!   as `cluster.event.dropped`, and the figure is of those delivered);
 //! - `cluster.raw.c1`, `cluster.raw.c100`: plain async-nats request/reply
 //!   between two connections, no protocol on top, same run: the limit.
 //!
@@ -50,8 +52,9 @@ const MEASURE: Duration = Duration::from_secs(3);
 /// Alternating rounds of the c100 shapes.
 const ROUNDS: usize = 3;
 const EVENTS: u64 = 300_000;
-/// Events the emitter may be ahead of the receiver, so NATS never drops any.
-const EVENT_WINDOW: u64 = 20_000;
+/// Events the emitter may be ahead of the receiver (past the receiver's
+/// budget, some are dropped and counted).
+const EVENT_WINDOW: u64 = 6_000;
 
 /// The figures printed so far, by name, for the ratios at the end.
 #[derive(Default)]
@@ -330,13 +333,15 @@ async fn events(caller: &App, shop: &App, shop_node: &Transport) -> anyhow::Resu
         .broker
         .service("audit")
         .ok_or_else(|| anyhow::anyhow!("no audit"))?;
-    let base = shop_node.stats().events_received;
-    // Events sent but not yet handled: in flight to the shop node, or
-    // waiting in audit's event queue or for an instance.
+    let base = shop_node.stats();
+    let dropped = || shop_node.stats().packets_dropped - base.packets_dropped;
+    // Events sent but neither handled nor counted dropped: in flight to the
+    // shop node, or waiting in audit's event queue or for an instance.
     let behind = |sent: u64| {
-        let received = shop_node.stats().events_received - base;
+        let received = shop_node.stats().events_received - base.events_received;
         let report = audit.report();
-        sent - received + report.queued as u64 + report.events.queued as u64
+        (sent + report.queued as u64 + report.events.queued as u64)
+            .saturating_sub(received + dropped())
     };
     let start = Instant::now();
     for sent in 1..=EVENTS {
@@ -353,13 +358,17 @@ async fn events(caller: &App, shop: &App, shop_node: &Transport) -> anyhow::Resu
     while behind(EVENTS) > 0 {
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(120),
-            "events did not all arrive: {} behind, the shop node dropped {}",
-            behind(EVENTS),
-            shop_node.stats().packets_dropped
+            "events neither arrived nor were counted dropped: {} behind",
+            behind(EVENTS)
         );
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
-    Ok(EVENTS as f64 / start.elapsed().as_secs_f64())
+    // The receiver holds a bounded budget of events; a sender that outruns
+    // it loses events (counted), as Moleculer over NATS does: the figure is
+    // of those delivered.
+    let lost = dropped();
+    println!("bench: cluster.event.dropped = {lost} of {EVENTS}");
+    Ok((EVENTS - lost) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Plain async-nats request/reply between two connections: a responder

@@ -51,10 +51,15 @@ pub const EVENT_BUDGET: usize = 32 << 20;
 /// and copies), so that tiny events are bounded in number too.
 pub const EVENT_OVERHEAD: usize = 4 << 10;
 
-/// Messages the NATS client buffers per subscription (it had 262,144):
-/// every reader drains its subscription at once (events into
-/// [`EVENT_BUDGET`]), so this holds a burst, not a backlog.
-pub const SUBSCRIPTION_BUFFER: usize = 4096;
+/// Messages the NATS client may buffer per subscription. It bounds a count,
+/// not bytes: what bounds memory is that every reader drains its
+/// subscription at once, in a task that does nothing else (events into
+/// [`EVENT_BUDGET`]), so the buffer holds only what arrives while a reader
+/// waits for a core. With 4,096 a busy two-core host overflowed it (the
+/// client drops the message, reported as a slow consumer and counted
+/// here, but its report channel of 128 overflows too); 65,536 absorbs such
+/// a wait, and its slots are allocated only when used.
+pub const SUBSCRIPTION_BUFFER: usize = 65_536;
 
 /// How long a call from another node may wait: its `timeout` in
 /// milliseconds, any number at all (negative, NaN, 1e300), as a duration
