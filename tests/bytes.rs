@@ -1,8 +1,9 @@
 //! Byte lists cross as bytes: large `list<u8>` parameters and results of
-//! a real package (`bytes-echo`), through the JSON path and through
-//! `broker.call` from a guest, and the bound on those that must cross as
-//! component values.
+//! a real package (`bytes-echo`), through the JSON path, through
+//! `broker.call` from a guest and through a typed import (`bytes-import`),
+//! and the bound on those that must cross as component values.
 
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
@@ -20,6 +21,23 @@ timeout = "60s"
 [packages.bytes-echo.grants]
 calls = ["bytes-echo.*"]
 "#;
+
+/// `bytes-import` calls `bytes-echo` through a typed import of its interface.
+const TYPED: &str = r#"
+[packages.bytes-echo]
+component = "{BYTES-ECHO}"
+memory = "160 MiB"
+timeout = "60s"
+[packages.bytes-import]
+component = "{BYTES-IMPORT}"
+memory = "160 MiB"
+timeout = "60s"
+[packages.bytes-import.grants]
+calls = ["bytes-echo.*"]
+"#;
+
+#[path = "child.rs"]
+mod child;
 
 const MIB: usize = 1 << 20;
 
@@ -172,4 +190,100 @@ async fn peak_memory_of_large_byte_lists() {
         before,
         &result,
     );
+}
+
+/// The sum of [`counting`]`(n)`.
+fn counting_sum(n: usize) -> u64 {
+    counting(n).iter().map(|b| u64::from(*b)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_imports_carry_mebibytes_both_ways() {
+    let t = TestApp::start(TYPED).await;
+    // As a `Val` per byte, 24 MiB is 960 MiB of values: past the caller's
+    // hostcall fuel (twice its 160 MiB), the import trapped.
+    let size = 24 * MIB;
+    let expected = json!(counting_sum(size));
+    let sum = call(&t, "bytes-import.sum", json!({ "size": size })).await;
+    assert_eq!(sum.expect("24 MiB of params through the import"), expected);
+    for size in [4 * MIB, 24 * MIB] {
+        let made = call(&t, "bytes-import.make", json!({ "size": size })).await;
+        let made = made.unwrap_or_else(|e| panic!("a result of {size} through the import: {e}"));
+        assert_eq!(made, json!(counting_sum(size)));
+    }
+    let echoed = call(&t, "bytes-import.echo", json!({ "size": size })).await;
+    assert_eq!(echoed.expect("24 MiB there and back"), expected);
+    assert_eq!(t.state("bytes-echo"), "serving");
+    assert_eq!(t.state("bytes-import"), "serving");
+}
+
+/// Set in the environment of the child host that
+/// [`typed_imports_keep_host_memory_a_small_multiple_of_the_payload`] runs.
+const PEAK_CHILD: &str = "STEEDOS_TEST_PEAK_CHILD";
+
+/// The calls whose peak host memory the child measures: (action, size).
+const PEAK_CALLS: [(&str, usize); 4] = [
+    ("bytes-import.sum", 24 * MIB),
+    ("bytes-import.make", 3 * MIB),
+    ("bytes-import.make", 24 * MIB),
+    ("bytes-import.echo", 24 * MIB),
+];
+
+/// The child host: a process of its own, so its peak is its own. Prints
+/// `peak <action> <size> <MiB over before> <outcome>` for each call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child of typed_imports_keep_host_memory_a_small_multiple_of_the_payload"]
+async fn typed_import_peak_in_a_child() {
+    if std::env::var_os(PEAK_CHILD).is_none() {
+        return;
+    }
+    let t = TestApp::start(TYPED).await;
+    for (action, size) in PEAK_CALLS {
+        reset_peak();
+        let before = rss();
+        let result = call(&t, action, json!({ "size": size })).await;
+        let (_, peak) = rss();
+        let outcome = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("{e}").replace('\n', " "),
+        };
+        println!(
+            "peak {action} {size} {} {outcome}",
+            peak.saturating_sub(before.0)
+        );
+    }
+    println!("peak done");
+}
+
+#[test]
+fn typed_imports_keep_host_memory_a_small_multiple_of_the_payload() {
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut cmd = Command::new(exe);
+    cmd.args(["--ignored", "--exact", "--nocapture", "--test-threads=1"])
+        .arg("bytes::typed_import_peak_in_a_child")
+        .env(PEAK_CHILD, "1");
+    let mut host = child::Running::spawn(&mut cmd);
+    host.line_until(Duration::from_secs(600), |l| l == "peak done");
+    let lines: Vec<&str> = host
+        .stdout
+        .lines()
+        .filter(|l| l.contains("peak "))
+        .collect();
+    eprintln!("{}", lines.join("\n"));
+    for (action, size) in PEAK_CALLS {
+        let prefix = format!("peak {action} {size} ");
+        let line = lines.iter().find_map(|l| Some(l.split_once(&prefix)?.1));
+        let line = line.unwrap_or_else(|| panic!("no figure for {prefix}: {}", host.stdout));
+        let (mib, outcome) = line.split_once(' ').expect("MiB and outcome");
+        assert_eq!(outcome, "ok", "{action} of {size} bytes");
+        // Both guests' copies and the host's one: a few times the payload,
+        // never a `Val` per byte (40 times it).
+        let mib: usize = mib.parse().expect("MiB");
+        let bound = 8 * size.max(8 * MIB) / MIB;
+        assert!(
+            mib <= bound,
+            "{action} of {} MiB took {mib} MiB of host memory (bound {bound})",
+            size / MIB
+        );
+    }
 }

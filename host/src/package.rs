@@ -39,8 +39,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use wasmtime::component::Val;
-
 use crate::context::{CallContext, CallError};
 use crate::manifest::Grants;
 
@@ -106,13 +104,14 @@ pub trait Router: Send + Sync + 'static {
         action: String,
         params: Vec<u8>,
     ) -> BoxFuture<'a, Result<Vec<u8>, CallError>>;
-    /// A call through a typed import, values in and out.
+    /// A call through a typed import: values in and out, or byte lists as
+    /// bytes for a byte-shaped signature ([`ByteShape`]).
     fn call_import<'a>(
         &'a self,
         from: Caller<'a>,
         target: &'a ImportTarget,
-        params: &'a [Val],
-    ) -> BoxFuture<'a, Result<Option<Val>, CallError>>;
+        params: Params<'a>,
+    ) -> BoxFuture<'a, Result<Option<Output>, CallError>>;
     /// `broker.emit` (`broadcast == false`) and `broker.broadcast`: resolves
     /// once every subscriber has taken the event, or with why it was refused.
     fn publish<'a>(

@@ -7,8 +7,6 @@
 
 use std::sync::{Arc, Weak};
 
-use wasmtime::component::Val;
-
 use super::Broker;
 use super::events::Origin;
 use crate::context::CallError;
@@ -43,8 +41,8 @@ impl Router for BrokerHandle {
         &'a self,
         from: Caller<'a>,
         target: &'a ImportTarget,
-        params: &'a [Val],
-    ) -> BoxFuture<'a, Result<Option<Val>, CallError>> {
+        params: Params<'a>,
+    ) -> BoxFuture<'a, Result<Option<Output>, CallError>> {
         Box::pin(async move {
             let broker = self.broker()?;
             let service = broker.service(&target.provider).ok_or_else(|| {
@@ -70,15 +68,9 @@ impl Router for BrokerHandle {
                         ))
                     })?,
             };
-            let out = broker
-                .invoke(
-                    &service,
-                    action,
-                    Params::Vals(params),
-                    from.ctx.via(from.package),
-                )
-                .await?;
-            Ok(out.map(Output::into_val))
+            broker
+                .invoke(&service, action, params, from.ctx.via(from.package))
+                .await
         })
     }
 

@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use wasmtime::StoreContextMut;
 use wasmtime::component::types::Type;
 use wasmtime::component::{HasSelf, Linker, ResourceTable, Val};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bytes::{self, ByteShape, Output, Params};
 use super::wit::{self, steedos::package::types as wit_types};
 use super::{Caller, PackageError, Router, TypedImport};
 use crate::context::{CallContext, CallError};
@@ -329,35 +331,29 @@ pub fn base_linker(engine: &Engine) -> Result<Linker<HostState>, PackageError> {
     Ok(linker)
 }
 
-/// Adds one typed import to `linker`: each function forwards its values to
-/// `targets[i]` through the router.
+/// Adds one typed import to `linker`: each function forwards to
+/// `targets[i]` through the router, its byte lists as bytes when its
+/// signature is byte-shaped ([`ByteShape`]), as values otherwise.
 pub fn link_typed_import(
     linker: &mut Linker<HostState>,
     import: &TypedImport,
     targets: Vec<Arc<ImportTarget>>,
 ) -> wasmtime::Result<()> {
     let mut inst = linker.instance(&import.interface)?;
-    for ((fname, _), target) in import.functions.iter().zip(targets) {
+    for ((fname, func), target) in import.functions.iter().zip(targets) {
+        let params: Vec<_> = func.params().map(|(n, t)| (n.to_owned(), t)).collect();
+        if let Some(shape) = ByteShape::of(&params, func.results().next().as_ref()) {
+            bytes::link_import(&mut inst, fname, shape, target)?;
+            continue;
+        }
         inst.func_new_async(fname, move |store, _ty, params, results| {
             let target = target.clone();
             Box::new(async move {
-                let mut store = store;
-                let HostState {
-                    package,
-                    grants,
-                    router,
-                    call,
-                    ..
-                } = store.data();
-                let mut spare = None;
-                let from = caller(package, grants, call, &mut spare);
-                let started = coarse_now();
-                let outcome = router.call_import(from, &target, params).await;
-                store.data_mut().waited += coarse_now().saturating_duration_since(started);
+                let outcome = forward(store, &target, Params::Vals(params)).await;
                 match outcome {
                     Ok(value) => {
                         if let (Some(slot), Some(v)) = (results.first_mut(), value) {
-                            *slot = v;
+                            *slot = v.into_val();
                         }
                         Ok(())
                     }
@@ -367,14 +363,38 @@ pub fn link_typed_import(
                         }
                         Ok(())
                     }
-                    // Fails only this invocation of the caller; its instance is recycled.
-                    Err(e) => Err(wasmtime::format_err!(
-                        "typed call to `{}` failed: {e}",
-                        target.label
-                    )),
+                    Err(e) => Err(import_failed(&target, e)),
                 }
             })
         })?;
     }
     Ok(())
+}
+
+/// One call through a typed import: the calling instance's caller, the
+/// router, and the time waited added to the caller's.
+pub(super) async fn forward(
+    mut store: StoreContextMut<'_, HostState>,
+    target: &ImportTarget,
+    params: Params<'_>,
+) -> Result<Option<Output>, CallError> {
+    let HostState {
+        package,
+        grants,
+        router,
+        call,
+        ..
+    } = store.data();
+    let mut spare = None;
+    let from = caller(package, grants, call, &mut spare);
+    let started = coarse_now();
+    let outcome = router.call_import(from, target, params).await;
+    store.data_mut().waited += coarse_now().saturating_duration_since(started);
+    outcome
+}
+
+/// A typed call that failed: the trap fails only this invocation of the
+/// caller; its instance is recycled.
+pub(super) fn import_failed(target: &ImportTarget, e: CallError) -> wasmtime::Error {
+    wasmtime::format_err!("typed call to `{}` failed: {e}", target.label)
 }
