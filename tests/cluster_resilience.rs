@@ -158,3 +158,114 @@ async fn a_remote_action_that_times_out_opens_the_callers_circuit_which_fails_fa
     peer.stop().await;
     node.stop().await;
 }
+
+/// A wasm node whose gateway exposes `node-math.*` under `protections`
+/// (keys of `[gateway]`), with its running gateway's base URL.
+async fn gateway_node(
+    nats: &str,
+    protections: &str,
+) -> (Node, steedos_wasm::gateway::RunningGateway, String) {
+    let manifest = format!(
+        r#"
+[gateway]
+expose = ["node-math.*"]
+{protections}
+[packages.greeter]
+component = "{{GREETER}}"
+"#
+    );
+    let node = Node::start(nats, "wasm-gw-protect", 5, "json", &manifest).await;
+    let (gateway, base) = node.t.gateway().await;
+    (node, gateway, base)
+}
+
+/// `POST <base>/api/node-math/flaky` with `body`: the status and the JSON answer.
+async fn post_flaky(base: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/node-math/flaky"))
+        .json(body)
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("a JSON answer"))
+}
+
+/// A call from outside (HTTP) to an action on another node gets the
+/// retries and the fallback of `[gateway]`, as a package's call does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_call_to_a_remote_action_is_retried_then_its_fallback_answers() {
+    let Some((nats_bin, peers)) = tools() else {
+        return;
+    };
+    let nats = Nats::start(&nats_bin).await;
+    let protections = r#"retry = { max = 2, delay = "20ms", max_delay = "100ms" }
+[gateway.actions."node-math.flaky"]
+idempotent = true
+fallback = "greeter.hello"
+"#;
+    let (node, gateway, base) = gateway_node(&nats.url, protections).await;
+    let peer = Peer::start(&peers, "15", &nats.url, "node-flaky-gw", "node-watch").await;
+    node.wait_for("node-math.flaky").await;
+    let params = json!({ "name": "Ada" });
+    assert_eq!(post_flaky(&base, &params).await, (200, json!("ok")));
+    assert_eq!(flaky(&peer, Some("throw")).await, 1);
+    assert_eq!(
+        post_flaky(&base, &params).await,
+        (200, json!("Hello, Ada!")),
+        "the fallback answers once the retries are spent"
+    );
+    assert_eq!(
+        flaky(&peer, None).await,
+        1 + 3,
+        "one call and two retries reached Node"
+    );
+    gateway.shutdown(Duration::from_secs(1)).await;
+    peer.stop().await;
+    node.stop().await;
+}
+
+/// Calls from outside to a failing action on another node open the
+/// gateway's circuit for it: then they fail at once (503), never reaching
+/// Node, until a probe after `half_open_after` succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_call_to_a_failing_remote_action_opens_the_gateways_circuit() {
+    let Some((nats_bin, peers)) = tools() else {
+        return;
+    };
+    let nats = Nats::start(&nats_bin).await;
+    let protections =
+        r#"circuit = { threshold = 0.5, min_calls = 3, window = "60s", half_open_after = "1s" }"#;
+    let (node, gateway, base) = gateway_node(&nats.url, protections).await;
+    let peer = Peer::start(&peers, "15", &nats.url, "node-circuit-gw", "node-watch").await;
+    node.wait_for("node-math.flaky").await;
+    assert_eq!(flaky(&peer, Some("throw")).await, 0);
+    for _ in 0..3 {
+        let (status, body) = post_flaky(&base, &json!({})).await;
+        assert!(status >= 500, "{status} {body}");
+    }
+    assert_eq!(flaky(&peer, None).await, 3);
+    let (status, body) = post_flaky(&base, &json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("circuit open"), "{body}");
+    assert_eq!(
+        flaky(&peer, None).await,
+        3,
+        "an open circuit never reaches Node"
+    );
+
+    flaky(&peer, Some("ok")).await;
+    let closed = steedos_tests::eventually(Duration::from_secs(10), || async {
+        (post_flaky(&base, &json!({})).await == (200, json!("ok"))).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "the circuit never closed again");
+    assert_eq!(
+        flaky(&peer, None).await,
+        4,
+        "exactly one probe reached Node"
+    );
+    gateway.shutdown(Duration::from_secs(1)).await;
+    peer.stop().await;
+    node.stop().await;
+}

@@ -141,6 +141,7 @@ impl App {
         let clock = EpochClock::start(&engine);
         let broker = Broker::new(BrokerSettings {
             max_call_depth: manifest.app.max_call_depth,
+            outside: manifest.gateway.protection.clone(),
         });
         for rejected in &manifest.rejected {
             broker.record_failure(

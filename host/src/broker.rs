@@ -62,6 +62,7 @@ use wasmtime::component::Val;
 
 use crate::codec::Format;
 use crate::context::{CallContext, CallError};
+use crate::manifest::CallerProtection;
 use crate::metrics::Metrics;
 use crate::package::{BoxFuture, Output, Params, Router};
 use call::{Encoded, Reply};
@@ -77,11 +78,17 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 pub struct BrokerSettings {
     /// Calls nested deeper than this fail with `overloaded`.
     pub max_call_depth: u32,
+    /// How calls from outside (HTTP, [`Broker::call_json`]) to actions on
+    /// other nodes are protected (`[gateway]` `circuit`, `retry`, `actions`).
+    pub outside: CallerProtection,
 }
 
 impl Default for BrokerSettings {
     fn default() -> Self {
-        BrokerSettings { max_call_depth: 16 }
+        BrokerSettings {
+            max_call_depth: 16,
+            outside: CallerProtection::default(),
+        }
     }
 }
 
@@ -124,6 +131,8 @@ pub trait RemoteRoute: Send + Sync + 'static {
 /// The registry and router of one host.
 pub struct Broker {
     settings: BrokerSettings,
+    /// The breakers of calls from outside to actions on other nodes.
+    outside: protect::RemoteProtection,
     services: RwLock<HashMap<Arc<str>, Arc<Service>>>,
     failures: Mutex<Vec<LoadFailure>>,
     handle: Arc<BrokerHandle>,
@@ -154,6 +163,7 @@ impl Broker {
     /// An empty broker.
     pub fn new(settings: BrokerSettings) -> Arc<Broker> {
         Arc::new_cyclic(|weak| Broker {
+            outside: protect::RemoteProtection::outside(&settings.outside),
             settings,
             services: RwLock::new(HashMap::new()),
             failures: Mutex::new(Vec::new()),
@@ -201,8 +211,10 @@ impl Broker {
         match self.resolve(action) {
             Ok(found) => self.call_json_on(found, action, params, ctx).await,
             Err(missing) => {
-                self.call_remote(action, RemoteParams::Json(params), ctx, missing)
-                    .await
+                let guard = self.remote_guard(&self.outside, action);
+                let params = RemoteParams::Json(params);
+                let reply = self.call_remote_protected(guard, action, params, ctx, missing);
+                reply.await.map(Reply::into_json)
             }
         }
     }

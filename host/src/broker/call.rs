@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Val;
 use wasmtime::component::types::Type;
 
-use super::protect::{Layer, remote_fallback_applies};
+use super::protect::{Layer, RemoteGuard, RemoteProtection, remote_fallback_applies};
 use super::{Broker, DEADLINE_GRACE, InFlight, RemoteParams, Service};
 use crate::codec::{self, Format};
 use crate::context::{CallContext, CallError, Human, host_record};
@@ -113,8 +113,15 @@ impl Broker {
                 self.call_encoded(found, call).await.map(Reply::into_bytes)
             }
             Err(missing) => {
-                self.call_remote_protected(from.package, &action, &params, ctx, missing)
-                    .await
+                // A caller not installed yet (its `started`) has no protections.
+                let caller = self.service(from.package);
+                let guard = match &caller {
+                    Some(s) => self.remote_guard(&s.remote, &action),
+                    None => RemoteGuard::NONE,
+                };
+                let params = RemoteParams::MessagePack(&params);
+                let reply = self.call_remote_protected(guard, &action, params, ctx, missing);
+                reply.await.map(Reply::into_bytes)
             }
         }
     }
@@ -136,52 +143,59 @@ impl Broker {
         }
     }
 
-    /// A package's call to an action on another node, under the calling
-    /// package's breaker, retries and fallback for it (see `protect.rs`).
-    async fn call_remote_protected(
+    /// The protections of a call to `action` on another node by a caller
+    /// with `protection` (a package's, or the outside callers').
+    pub(super) fn remote_guard<'p>(
         &self,
-        caller: &str,
+        protection: &'p RemoteProtection,
         action: &str,
-        params: &[u8],
+    ) -> RemoteGuard<'p> {
+        let served = || self.remote().is_some_and(|r| r.params(action).is_some());
+        protection.guard(action, served)
+    }
+
+    /// A call to an action on another node, under the caller's breaker,
+    /// retries and fallback for it (see `protect.rs`); the answer in the
+    /// format of `params`.
+    pub(super) async fn call_remote_protected(
+        &self,
+        guard: RemoteGuard<'_>,
+        action: &str,
+        params: RemoteParams<'_>,
         ctx: CallContext,
         missing: CallError,
-    ) -> Result<Vec<u8>, CallError> {
-        let caller = self.service(caller);
-        let served = || self.remote().is_some_and(|r| r.params(action).is_some());
-        let guard = caller.as_ref().map(|s| s.remote.guard(action, served));
-        let layer = guard.as_ref().map_or(Layer::NONE, |g| g.layer());
-        let outcome = layer
+    ) -> Result<Reply, CallError> {
+        let outcome = guard
+            .layer()
             .run(
                 || action.to_string(),
                 &ctx,
-                |_| {
-                    let params = RemoteParams::MessagePack(params);
-                    self.call_remote(action, params, ctx.clone(), missing.clone())
-                },
+                |_| self.call_remote(action, params, ctx.clone(), missing.clone()),
                 |_, _| {},
             )
             .await
-            .and_then(|value| to_msgpack(action, &value));
-        match (outcome, guard.as_ref().and_then(|g| g.fallback)) {
+            .and_then(|value| remote_reply(action, params, value));
+        match (outcome, guard.fallback) {
             (Err(e), Some(fallback)) if remote_fallback_applies(&e) => {
                 tracing::info!(action, fallback, error = %e, "calling the fallback of an action on another node");
                 let answer = match self.resolve(fallback) {
                     Ok(found) => {
+                        let (format, bytes) = match params {
+                            RemoteParams::Json(b) => (Format::Json, b),
+                            RemoteParams::MessagePack(b) => (Format::MessagePack, b),
+                        };
                         let call = Encoded {
                             action: fallback,
-                            format: Format::MessagePack,
-                            params: Cow::Borrowed(params),
+                            format,
+                            params: Cow::Borrowed(bytes),
                             ctx,
                             fallback: false,
                         };
-                        Box::pin(self.call_encoded(found, call))
-                            .await
-                            .map(Reply::into_bytes)
+                        Box::pin(self.call_encoded(found, call)).await
                     }
                     Err(missing) => {
-                        let params = RemoteParams::MessagePack(params);
                         let value = self.call_remote(fallback, params, ctx, missing).await;
-                        value.and_then(|v| to_msgpack(fallback, &v))
+                        value.and_then(|v| remote_reply(fallback, params, v))
                     }
                 };
                 answer.or(Err(e))
@@ -354,13 +368,23 @@ fn check_call_grant(from: Caller<'_>, action: &str) -> Result<(), CallError> {
     )))
 }
 
-/// A JSON result from another node as MessagePack for a package.
-fn to_msgpack(action: &str, value: &serde_json::Value) -> Result<Vec<u8>, CallError> {
-    rmp_serde::to_vec_named(value).map_err(|e| {
-        CallError::Failed(format!(
-            "{action}: cannot encode the result as MessagePack: {e}"
-        ))
-    })
+/// A JSON result from another node in the format the caller wrote its
+/// params in (MessagePack for a package).
+fn remote_reply(
+    action: &str,
+    params: RemoteParams<'_>,
+    value: serde_json::Value,
+) -> Result<Reply, CallError> {
+    match params {
+        RemoteParams::Json(_) => Ok(Reply::Json(value)),
+        RemoteParams::MessagePack(_) => rmp_serde::to_vec_named(&value)
+            .map(Reply::MessagePack)
+            .map_err(|e| {
+                CallError::Failed(format!(
+                    "{action}: cannot encode the result as MessagePack: {e}"
+                ))
+            }),
+    }
 }
 
 /// Runs `call` until `deadline`; `None` if the deadline came first. The

@@ -5,12 +5,13 @@
 //! [`Layer::run`] wraps one attempt of a call, whatever runs it: an
 //! instance of a local package or another node (`call.rs` puts it around
 //! both routes, and calls the fallback it names).
-//! A local action is protected by its own package's settings; an action on
-//! another node by the calling package's: its `circuit` (one breaker per
-//! remote action it calls), its `retry`, and the
+//! A local action is protected by its own package's settings, whoever
+//! calls it; an action on another node by the caller's: a package's
+//! `circuit` (one breaker per remote action it calls), its `retry`, and the
 //! `[packages.<caller>.actions."<package>.<action>"]` entry (`idempotent`,
 //! `fallback`), as a Moleculer node applies its own breaker and retry
-//! policy to the remote actions it calls.
+//! policy to the remote actions it calls; a call from outside (HTTP, the
+//! host's API) by the same keys under `[gateway]`.
 //!
 //! The mechanisms themselves (breaker states, backoff delays) are in
 //! [`resilience`](crate::resilience); this module only applies them. It
@@ -24,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::context::{CallContext, CallError, Human};
-use crate::manifest::{ActionPolicy, CircuitPolicy, PackageSpec, RetryPolicy};
+use crate::manifest::{ActionPolicy, CallerProtection, CircuitPolicy, PackageSpec, RetryPolicy};
 use crate::package::ActionType;
 use crate::resilience::{self, Admission, CircuitBreaker};
 
@@ -101,6 +102,13 @@ pub(super) struct RemoteGuard<'a> {
 }
 
 impl RemoteGuard<'_> {
+    /// No protections: a call as it comes.
+    pub(super) const NONE: RemoteGuard<'static> = RemoteGuard {
+        breaker: None,
+        retry: None,
+        fallback: None,
+    };
+
     pub(super) fn layer(&self) -> Layer<'_> {
         Layer {
             breaker: self.breaker.as_deref(),
@@ -117,9 +125,20 @@ impl RemoteProtection {
             .filter(|p| p.name.contains('.') && !own.iter().any(|a| a.name == p.name))
             .cloned()
             .collect();
+        Self::of(spec.circuit.clone(), spec.retry.clone(), entries)
+    }
+
+    /// The protections of calls from outside (HTTP, the host's API): the
+    /// `circuit`, `retry` and `actions` of `[gateway]`.
+    pub(super) fn outside(caller: &CallerProtection) -> Self {
+        let entries = caller.actions.clone();
+        Self::of(caller.circuit.clone(), caller.retry.clone(), entries)
+    }
+
+    fn of(circuit: Option<CircuitPolicy>, retry: RetryPolicy, entries: Vec<ActionPolicy>) -> Self {
         RemoteProtection {
-            circuit: spec.circuit.clone(),
-            retry: spec.retry.clone(),
+            circuit,
+            retry,
             entries,
             breakers: RwLock::new(HashMap::new()),
             full_logged: AtomicBool::new(false),
@@ -189,12 +208,6 @@ pub(super) struct Layer<'a> {
 }
 
 impl Layer<'_> {
-    /// No breaker, no retries: a call as it comes.
-    pub(super) const NONE: Layer<'static> = Layer {
-        breaker: None,
-        retry: None,
-    };
-
     /// Runs `attempt` (given when it begins) under the breaker, again
     /// after each failure while retries and the caller's deadline allow;
     /// `record` sees every attempt's outcome, a refusal by the breaker too.

@@ -17,12 +17,13 @@ use toml::de::{DeString, DeValue};
 
 use super::error::ManifestError;
 use super::model::{
-    ActionPolicy, Alias, AppSettings, CircuitPolicy, ClusterAuth, ClusterSettings, ClusterTls,
-    DEFAULT_MAX_COMPONENT_SIZE, DirGrant, GatewaySettings, Grants, Limits, OpsAccess, PackageSpec,
-    RetryPolicy, Secret, Serializer, redact,
+    ActionPolicy, Alias, AppSettings, CallerProtection, CircuitPolicy, ClusterAuth,
+    ClusterSettings, ClusterTls, DEFAULT_MAX_COMPONENT_SIZE, DirGrant, GatewaySettings, Grants,
+    Limits, OpsAccess, PackageSpec, RetryPolicy, Secret, Serializer, redact,
 };
 use super::raw::{
-    RawApp, RawCluster, RawDirGrant, RawGateway, RawGrants, RawLimits, RawPackage, check_restart,
+    RawAction, RawApp, RawCircuit, RawCluster, RawDirGrant, RawGateway, RawGrants, RawLimits,
+    RawPackage, RawRetry, check_restart,
 };
 use super::source::{Scope, Source, find_key};
 use super::values::{EnvName, PathValue, is_package_name};
@@ -126,6 +127,7 @@ impl Source<'_> {
                 .map_or(defaults.max_connections, |n| n.0),
             ops,
             admin_token,
+            protection: scope.protection(span, raw.circuit, raw.retry, raw.actions)?,
         })
     }
 
@@ -350,31 +352,47 @@ impl Source<'_> {
         if let Some(d) = raw.scale_down_after {
             spec.scale_down_after = d.0;
         }
-        if let Some(c) = raw.circuit {
+        let protection = scope.protection(value.span(), raw.circuit, raw.retry, raw.actions)?;
+        spec.circuit = protection.circuit;
+        spec.retry = protection.retry;
+        spec.actions = protection.actions;
+        Ok(spec)
+    }
+}
+
+impl Scope<'_, '_> {
+    /// A caller's `circuit`, `retry` and `actions` entries (a package's,
+    /// or the gateway's for its calls to other nodes).
+    pub(super) fn protection(
+        &self,
+        span: std::ops::Range<usize>,
+        circuit: Option<RawCircuit>,
+        retry: Option<RawRetry>,
+        actions: std::collections::BTreeMap<String, RawAction>,
+    ) -> Result<CallerProtection, ManifestError> {
+        let mut out = CallerProtection::default();
+        if let Some(c) = circuit {
             let threshold = c.threshold.unwrap_or(0.5);
             if !(threshold > 0.0 && threshold <= 1.0) {
-                return Err(scope.error(
-                    value.span(),
-                    format!("circuit.threshold: {threshold} is out of range (0..=1)"),
-                ));
+                let message = format!("circuit.threshold: {threshold} is out of range (0..=1)");
+                return Err(self.error(span, message));
             }
-            spec.circuit = Some(CircuitPolicy {
+            out.circuit = Some(CircuitPolicy {
                 threshold,
                 min_calls: c.min_calls.map_or(20, |n| n.0),
                 window: c.window.map_or(Duration::from_secs(60), |d| d.0),
                 half_open_after: c.half_open_after.map_or(Duration::from_secs(10), |d| d.0),
             });
         }
-        if let Some(r) = raw.retry {
+        if let Some(r) = retry {
             let base = RetryPolicy::default();
-            spec.retry = RetryPolicy {
+            out.retry = RetryPolicy {
                 max: r.max.0,
                 delay: r.delay.map_or(base.delay, |d| d.0),
                 max_delay: r.max_delay.map_or(base.max_delay, |d| d.0),
             };
         }
-        spec.actions = raw
-            .actions
+        out.actions = actions
             .into_iter()
             .map(|(name, a)| ActionPolicy {
                 name,
@@ -383,11 +401,9 @@ impl Source<'_> {
                 fallback: a.fallback.map(|f| f.0),
             })
             .collect();
-        Ok(spec)
+        Ok(out)
     }
-}
 
-impl Scope<'_, '_> {
     pub(super) fn limits(&self, raw: &RawLimits, base: &Limits) -> Result<Limits, ManifestError> {
         let limits = raw.over(base);
         if let Some(restart) = &raw.restart {

@@ -132,6 +132,22 @@ pub struct GatewaySettings {
     /// The bearer token of the `/admin` API, read from the environment
     /// variable `admin_token_env` names; `None` leaves `/admin` off.
     pub admin_token: Option<String>,
+    /// How calls from outside (HTTP, the host's own API) to actions on
+    /// other nodes are protected: `circuit`, `retry` and `actions` under `[gateway]`.
+    pub protection: CallerProtection,
+}
+
+/// A caller's protections for the actions it calls on other nodes: its
+/// breaker policy (one breaker per action), its retry policy, and its
+/// entries naming those actions (`idempotent`, `fallback`).
+#[derive(Clone, Debug, Default)]
+pub struct CallerProtection {
+    /// `circuit`.
+    pub circuit: Option<CircuitPolicy>,
+    /// `retry`.
+    pub retry: RetryPolicy,
+    /// `actions."<package>.<action>"`.
+    pub actions: Vec<ActionPolicy>,
 }
 
 /// Who may read the gateway's operational routes (`/health`, `/metrics`,
@@ -160,6 +176,7 @@ impl Default for GatewaySettings {
             max_connections: 4096,
             ops: OpsAccess::Public,
             admin_token: None,
+            protection: CallerProtection::default(),
         }
     }
 }

@@ -42,6 +42,11 @@ pub(super) struct RawGateway {
     pub(super) max_connections: Option<CountIn<1, 1_000_000>>,
     pub(super) ops: Option<Text>,
     pub(super) admin_token_env: Option<EnvName>,
+    /// Protections of HTTP calls to actions on other nodes, keyed as a package's.
+    pub(super) circuit: Option<RawCircuit>,
+    pub(super) retry: Option<RawRetry>,
+    #[serde(default)]
+    pub(super) actions: std::collections::BTreeMap<String, RawAction>,
 }
 
 #[derive(Deserialize)]
