@@ -269,3 +269,35 @@ async fn a_gateway_call_to_a_failing_remote_action_opens_the_gateways_circuit() 
     peer.stop().await;
     node.stop().await;
 }
+
+/// A Node action's own error answers HTTP with its Moleculer `code`, as a
+/// local action's error value naming a `status` does (carried as data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_actions_own_error_answers_its_code_over_http() {
+    let Some((nats_bin, peers)) = tools() else {
+        return;
+    };
+    let nats = Nats::start(&nats_bin).await;
+    let (node, gateway, base) = gateway_node(&nats.url, "").await;
+    let peer = Peer::start(&peers, "15", &nats.url, "node-fail-gw", "node-watch").await;
+    node.wait_for("node-math.fail").await;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/node-math/fail"))
+        .body("{}")
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.expect("a JSON answer");
+    assert_eq!(status, 418, "{body}");
+    assert_eq!(body["error"]["kind"], "failed", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the teapot refuses")),
+        "{body}"
+    );
+    gateway.shutdown(Duration::from_secs(1)).await;
+    peer.stop().await;
+    node.stop().await;
+}

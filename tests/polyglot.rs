@@ -106,7 +106,7 @@ fn restarts(t: &TestApp, package: &str) -> u64 {
 
 fn failed(r: Result<Value, CallError>) -> String {
     match r {
-        Err(CallError::Failed(m)) => m,
+        Err(CallError::Failed(f)) => f.message,
         other => panic!("expected failed, got {other:?}"),
     }
 }

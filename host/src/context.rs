@@ -297,7 +297,57 @@ pub enum CallError {
     Denied(String),
     /// The action returned its own error.
     #[error("failed: {0}")]
-    Failed(String),
+    Failed(Failure),
+}
+
+/// An action's own error: its message, and the HTTP status it names, as
+/// data (not read back from the text): a `status` field in 400..=599 of
+/// the action's error value, or a peer's Moleculer error `code`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong, as the action (or the host) words it.
+    pub message: String,
+    /// The status the error names, when it names one in 400..=599.
+    pub status: Option<u16>,
+}
+
+impl Failure {
+    /// A failure whose error names `status`: kept when it is in 400..=599.
+    pub fn with_status(message: String, status: Option<u64>) -> Failure {
+        let status = status
+            .and_then(|s| u16::try_from(s).ok())
+            .filter(|s| (400..=599).contains(s));
+        Failure { message, status }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure {
+            message,
+            status: None,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::from(message.to_string())
+    }
+}
+
+impl std::ops::Deref for Failure {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl CallError {
@@ -310,7 +360,19 @@ impl CallError {
             ErrorKind::Crashed => CallError::Crashed(message),
             ErrorKind::Overloaded => CallError::Overloaded(message),
             ErrorKind::Denied => CallError::Denied(message),
-            ErrorKind::Failed => CallError::Failed(message),
+            ErrorKind::Failed => CallError::Failed(message.into()),
+        }
+    }
+
+    /// The HTTP status of this error: its kind's, or the status an
+    /// action's own error names.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            CallError::Failed(Failure {
+                status: Some(status),
+                ..
+            }) => *status,
+            other => other.kind().http_status(),
         }
     }
 
@@ -340,8 +402,8 @@ impl CallError {
             | CallError::Timeout(m)
             | CallError::Crashed(m)
             | CallError::Overloaded(m)
-            | CallError::Denied(m)
-            | CallError::Failed(m) => m,
+            | CallError::Denied(m) => m,
+            CallError::Failed(f) => &f.message,
         }
     }
 

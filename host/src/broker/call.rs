@@ -24,7 +24,7 @@ use wasmtime::component::types::Type;
 use super::protect::{Layer, RemoteGuard, RemoteProtection, remote_fallback_applies};
 use super::{Broker, DEADLINE_GRACE, InFlight, RemoteParams, Service};
 use crate::codec::{self, Format};
-use crate::context::{CallContext, CallError, Human, host_record};
+use crate::context::{CallContext, CallError, Failure, Human, host_record};
 use crate::package::{ActionType, Caller, Fault, LiveInstance, Output, Params, host_budget};
 use crate::pool::{Checkout, Refusal, Unserved, Wait};
 use crate::resilience;
@@ -380,9 +380,9 @@ fn remote_reply(
         RemoteParams::MessagePack(_) => rmp_serde::to_vec_named(&value)
             .map(Reply::MessagePack)
             .map_err(|e| {
-                CallError::Failed(format!(
-                    "{action}: cannot encode the result as MessagePack: {e}"
-                ))
+                CallError::Failed(
+                    format!("{action}: cannot encode the result as MessagePack: {e}").into(),
+                )
             }),
     }
 }
@@ -499,7 +499,7 @@ fn encode_result(
     value: Option<Output>,
 ) -> Result<Reply, CallError> {
     let cannot = |e: &dyn std::fmt::Display| {
-        CallError::Failed(format!("{label}: cannot encode the result: {e}"))
+        CallError::Failed(format!("{label}: cannot encode the result: {e}").into())
     };
     let (ty, val) = split_result(label, action.result.as_ref(), value)?;
     match (format, ty, val) {
@@ -523,6 +523,23 @@ fn encode_result(
     }
 }
 
+/// An action's own error value `e` of type `ty`: its text, and the status
+/// it names (a `status` field of 400..=599 in its JSON), read as data.
+fn own_error(label: &str, ty: Option<Type>, e: Option<Val>) -> Failure {
+    let (message, status) = match (ty, e) {
+        (_, Some(Val::String(s))) => (s, None),
+        (Some(ty), Some(v)) => match codec::to_json_value(&ty, &v) {
+            Ok(json) => {
+                let status = json.get("status").and_then(serde_json::Value::as_u64);
+                (json.to_string(), status)
+            }
+            Err(e) => (e.to_string(), None),
+        },
+        _ => ("error".to_string(), None),
+    };
+    Failure::with_status(format!("{label}: {message}"), status)
+}
+
 /// For an action returning `result<T, E>`: the ok value by `T`, or the
 /// error as `failed`. Any other result passes through.
 fn split_result(
@@ -538,17 +555,7 @@ fn split_result(
             Ok((r.ok(), v.map(|b| Output::Val(*b))))
         }
         (Some(Type::Result(r)), Some(Output::Val(Val::Result(Err(e))))) => {
-            let message = match (r.err(), e) {
-                (_, Some(v)) if matches!(*v, Val::String(_)) => match *v {
-                    Val::String(s) => s,
-                    _ => unreachable!("checked above"),
-                },
-                (Some(ty), Some(v)) => codec::to_json_value(&ty, &v)
-                    .map(|j| j.to_string())
-                    .unwrap_or_else(|e| e.to_string()),
-                _ => "error".to_string(),
-            };
-            Err(CallError::Failed(format!("{label}: {message}")))
+            Err(CallError::Failed(own_error(label, r.err(), e.map(|v| *v))))
         }
         (ty, value) => Ok((ty.cloned(), value)),
     }

@@ -235,7 +235,7 @@ impl Gateway {
             Ok(value) => json_response(StatusCode::OK, &value),
             Err(e) => {
                 tracing::info!(action, kind = e.kind().name(), error = %e.message(), "call failed");
-                let status = status_of(&e, action);
+                let status = status_of(&e);
                 let mut r = problem(
                     status,
                     e.kind().name(),
@@ -259,32 +259,9 @@ fn has_body(method: &Method) -> bool {
 }
 
 /// The HTTP status of a call error: its kind's, or for an action's own
-/// error the status its error value names.
-fn status_of(e: &CallError, action: &str) -> StatusCode {
-    let named = match e {
-        CallError::Failed(m) => named_status(m, action),
-        _ => None,
-    };
-    named.unwrap_or_else(|| {
-        StatusCode::from_u16(e.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-    })
-}
-
-/// An action's error value that is a record with a `status` field in
-/// 400..=599 names the HTTP status to answer with.
-fn named_status(message: &str, action: &str) -> Option<StatusCode> {
-    let value = message
-        .strip_prefix(action)
-        .and_then(|m| m.strip_prefix(": "))
-        .unwrap_or(message);
-    let status = serde_json::from_str::<Value>(value)
-        .ok()?
-        .get("status")?
-        .as_u64()?;
-    let status = u16::try_from(status)
-        .ok()
-        .filter(|s| (400..=599).contains(s))?;
-    StatusCode::from_u16(status).ok()
+/// error the status its error value (or the peer's `code`) names.
+fn status_of(e: &CallError) -> StatusCode {
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// What the gateway knows a path or query parameter wants.
@@ -331,6 +308,7 @@ fn rule_is_text(rule: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::Failure;
     use serde_json::json;
 
     #[test]
@@ -340,15 +318,21 @@ mod tests {
             (CallError::InvalidParams(m()), 400),
             (CallError::NotFound(m()), 404),
             (CallError::Denied(m()), 403),
-            (CallError::Failed(m()), 422),
+            (CallError::Failed(m().into()), 422),
             (CallError::Crashed(m()), 502),
             (CallError::Overloaded(m()), 503),
         ];
         for (e, status) in cases {
-            assert_eq!(status_of(&e, "a.b").as_u16(), status, "{e:?}");
+            assert_eq!(status_of(&e).as_u16(), status, "{e:?}");
         }
-        let named = CallError::Failed(r#"a.b: {"status":418,"message":"x"}"#.into());
-        assert_eq!(status_of(&named, "a.b").as_u16(), 418);
+        let named = |status| CallError::Failed(Failure::with_status(m(), Some(status)));
+        assert_eq!(status_of(&named(418)).as_u16(), 418);
+        // Outside 400..=599 an error names no status.
+        assert_eq!(status_of(&named(399)).as_u16(), 422);
+        assert_eq!(status_of(&named(600)).as_u16(), 422);
+        // Text that reads like a status is not one.
+        let text = CallError::Failed(r#"a.b: {"status":418,"message":"x"}"#.to_string().into());
+        assert_eq!(status_of(&text).as_u16(), 422);
     }
 
     #[test]

@@ -278,7 +278,7 @@ fn to_wit_error(e: CallError) -> wit_types::CallError {
         CallError::Crashed(m) => W::Crashed(m),
         CallError::Overloaded(m) => W::Overloaded(m),
         CallError::Denied(m) => W::Denied(m),
-        CallError::Failed(m) => W::Failed(m),
+        CallError::Failed(f) => W::Failed(f.message),
     }
 }
 

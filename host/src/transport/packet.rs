@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::context::{CallError, ErrorKind};
+use crate::context::{CallError, ErrorKind, Failure};
 use crate::guest_log::escape;
 use crate::manifest::Serializer;
 
@@ -769,10 +769,14 @@ pub fn error_from_wire(error: WireError, action: &str, node: &str) -> CallError 
     if !details.is_empty() {
         message = format!("{message} ({})", details.join("; "));
     }
-    CallError::new(
-        ErrorKind::from_moleculer(name, kind, code),
-        escape(&message),
-    )
+    match ErrorKind::from_moleculer(name, kind, code) {
+        // The peer's own error: its code is the status it names, as data.
+        ErrorKind::Failed => {
+            let code = error.code.as_ref().and_then(Value::as_u64);
+            CallError::Failed(Failure::with_status(escape(&message), code))
+        }
+        other => CallError::new(other, escape(&message)),
+    }
 }
 
 /// Protocol 5 carries headers; 4 does not.

@@ -600,18 +600,24 @@ impl Transit {
         let result = match (res.success, res.error) {
             (true, _) => match res.data.map(Data::into_value).transpose() {
                 Ok(v) => Ok(v.unwrap_or(Value::Null)),
-                Err(e) => Err(CallError::Failed(format!(
-                    "{} on node `{}`: the result is not JSON: {e}",
-                    pending.action, res.sender
-                ))),
+                Err(e) => Err(CallError::Failed(
+                    format!(
+                        "{} on node `{}`: the result is not JSON: {e}",
+                        pending.action, res.sender
+                    )
+                    .into(),
+                )),
             },
             (false, Some(error)) => {
                 Err(packet::error_from_wire(error, &pending.action, &res.sender))
             }
-            (false, None) => Err(CallError::Failed(format!(
-                "{} on node `{}` failed without an error",
-                pending.action, res.sender
-            ))),
+            (false, None) => Err(CallError::Failed(
+                format!(
+                    "{} on node `{}` failed without an error",
+                    pending.action, res.sender
+                )
+                .into(),
+            )),
         };
         let _ = pending.reply.send(result);
     }
