@@ -473,6 +473,7 @@ async fn ps(args: AdminArgs) -> anyhow::Result<ExitCode> {
 fn print_summary(app: &App, gateway: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let services = app.broker.services();
+    let mut actions = app.broker.actions().into_iter().peekable();
     writeln!(
         out,
         "app `{}`: {} package(s) loaded in {} ms",
@@ -482,6 +483,11 @@ fn print_summary(app: &App, gateway: Option<std::net::SocketAddr>) -> anyhow::Re
     )?;
     for s in &services {
         let r = s.report();
+        // Both by package name: each service takes its run of actions.
+        let mut names = Vec::new();
+        while let Some(a) = actions.next_if(|a| a.package() == s.name()) {
+            names.push(a.name().to_string());
+        }
         writeln!(
             out,
             "  {:<12} {:<8} {}/{} instances  actions: {}",
@@ -489,7 +495,7 @@ fn print_summary(app: &App, gateway: Option<std::net::SocketAddr>) -> anyhow::Re
             r.state,
             r.live,
             r.instances,
-            s.package.ty.action_names()
+            names.join(", ")
         )?;
     }
     for f in app.broker.failures() {
@@ -541,10 +547,7 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let app = load(&args.app, &args.load).await?;
     // Joined only to call: this process offers no packages to the cluster.
     let cluster = join(&app, &args.cluster, false).await?;
-    let local = app
-        .broker
-        .service(args.action.split('.').next().unwrap_or_default())
-        .is_some();
+    let local = app.broker.find_action(&args.action).is_some();
     if let (Some(t), false) = (&cluster, local) {
         t.wait_for_action(&args.action, args.timeout.min(CLUSTER_DISCOVERY))
             .await;

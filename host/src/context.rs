@@ -199,6 +199,21 @@ impl ErrorKind {
         }
     }
 
+    /// What the kind means, for people (the OpenAPI responses).
+    pub const fn description(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "unknown action or package, or no live provider for it",
+            ErrorKind::InvalidParams => "malformed JSON or parameters that do not fit the WIT type",
+            ErrorKind::Timeout => "the action did not answer within its deadline",
+            ErrorKind::Crashed => "the action crashed; its instance is being restarted",
+            ErrorKind::Overloaded => "overloaded or restarting; see Retry-After",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Failed => {
+                "the action returned its own error (or the 4xx/5xx status its error value names)"
+            }
+        }
+    }
+
     /// The HTTP status the gateway answers with (an action's own error
     /// value may name another 4xx/5xx; see the gateway).
     pub const fn http_status(self) -> u16 {

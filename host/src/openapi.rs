@@ -15,56 +15,39 @@ use serde_json::{Map, Value, json};
 use wasmtime::component::types::Type;
 
 use crate::broker::Broker;
-use crate::manifest::{Alias, GatewaySettings};
+use crate::context::ErrorKind;
+use crate::manifest::{Alias, GatewaySettings, pattern_matches};
 use crate::package::ActionType;
 use crate::types::{json_schema as schema, params_schema, rule_schema, rule_type};
 
-/// The OpenAPI document of what the gateway exposes now.
+/// The OpenAPI document of what the gateway exposes now, read from the
+/// broker's query API (the actions it serves, the rules other nodes
+/// announced).
 pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value {
     let mut paths = Map::new();
-    for service in broker.services() {
-        for action in &service.package.ty.actions {
-            let name = format!("{}.{}", service.package.name, action.name);
-            if !gateway
-                .expose
-                .iter()
-                .any(|p| crate::manifest::pattern_matches(p, &name))
-            {
-                continue;
-            }
-            let path = format!("/api/{}/{}", service.package.name, action.name);
-            paths.insert(path, json!({ "post": operation(&name, action, None) }));
-        }
-        for alias in gateway.aliases.iter() {
-            let Some((package, action_name)) = alias.action.split_once('.') else {
-                continue;
-            };
-            if package != &*service.package.name {
-                continue;
-            }
-            let Some((_, action)) = service.package.ty.action(action_name) else {
-                continue;
-            };
-            let path = alias_path(alias);
-            let path_text = path.clone();
-            let entry = paths.entry(path).or_insert_with(|| json!({}));
-            if let Value::Object(ops) = entry {
-                let mut op = operation(&alias.action, action, Some(&alias.segments));
-                // operationIds are unique: the alias's names its route too.
-                op["operationId"] =
-                    json!(format!("{} via {} {path_text}", alias.action, alias.method));
-                ops.insert(alias.method.to_ascii_lowercase(), op);
-            }
-        }
-    }
-    // Aliases to actions of other nodes of the cluster: their parameters as
-    // those nodes announced them.
-    for alias in &gateway.aliases {
-        let Some(rules) = broker.remote_params(&alias.action) else {
+    for entry in broker.actions() {
+        let name = entry.full_name();
+        if !gateway.expose.iter().any(|p| pattern_matches(p, &name)) {
             continue;
-        };
+        }
+        let path = format!("/api/{}/{}", entry.package(), entry.name());
+        paths.insert(path, json!({ "post": operation(&name, entry.ty(), None) }));
+    }
+    for alias in &gateway.aliases {
         let path = alias_path(alias);
-        let op = remote_operation(alias, &rules, &path);
+        let op = match broker.find_action(&alias.action) {
+            Some(entry) => {
+                let mut op = operation(&alias.action, entry.ty(), Some(&alias.segments));
+                // operationIds are unique: the alias's names its route too.
+                op["operationId"] = json!(format!("{} via {} {path}", alias.action, alias.method));
+                op
+            }
+            // An action of another node: its parameters as that node announced them.
+            None => match broker.remote_params(&alias.action) {
+                Some(rules) => remote_operation(alias, &rules, &path),
+                None => continue,
+            },
+        };
         if let Value::Object(ops) = paths.entry(path).or_insert_with(|| json!({})) {
             ops.insert(alias.method.to_ascii_lowercase(), op);
         }
@@ -167,28 +150,23 @@ fn remote_operation(alias: &Alias, rules: &[(String, Value)], path: &str) -> Val
     })
 }
 
-/// The responses of every operation, with `ok` as the 200 body.
+/// The responses of every operation, with `ok` as the 200 body: one per
+/// call-error kind's status ([`ErrorKind`], the table the gateway answers
+/// by), and the gateway's own refusal of a body too large.
 fn responses(ok: Value) -> Value {
     let error = json!({ "$ref": "#/components/schemas/Error" });
     let mut responses = Map::new();
     responses.insert("200".into(), json!({ "description": "the action's result", "content": { "application/json": { "schema": ok } } }));
-    for (code, what) in [
-        (
-            "400",
-            "malformed JSON or parameters that do not fit the WIT type",
-        ),
-        ("403", "denied"),
-        ("404", "unknown action or package"),
-        ("413", "request body too large"),
-        ("422", "the action returned its own error"),
-        ("502", "the action crashed; its instance is being restarted"),
-        ("503", "overloaded or restarting; see Retry-After"),
-        ("504", "the action did not answer within its deadline"),
-    ] {
-        responses.insert(
-            code.into(),
-            json!({ "description": what, "content": { "application/json": { "schema": error } } }),
+    let kinds = ErrorKind::ALL.map(|k| (k.http_status(), k.description()));
+    for (code, what) in kinds.into_iter().chain([(413, "request body too large")]) {
+        let described = responses.entry(code.to_string()).or_insert_with(
+            || json!({ "description": "", "content": { "application/json": { "schema": error } } }),
         );
+        let text = match described["description"].as_str() {
+            Some("") | None => what.to_string(),
+            Some(other) => format!("{other}; {what}"),
+        };
+        described["description"] = json!(text);
     }
     Value::Object(responses)
 }
@@ -214,6 +192,20 @@ fn error_schema() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_kind_s_status_is_a_documented_response() {
+        let responses = responses(json!({}));
+        for kind in ErrorKind::ALL {
+            let code = kind.http_status().to_string();
+            let described = responses[&code]["description"].as_str().unwrap_or("");
+            assert!(
+                described.contains(kind.description()),
+                "{kind}: {responses}"
+            );
+        }
+        assert!(responses["413"].is_object());
+    }
 
     #[test]
     fn a_remote_alias_has_path_and_query_parameters_by_rule() {

@@ -96,8 +96,17 @@ impl Service {
         }
     }
 
-    pub(super) fn name(&self) -> &str {
+    /// The package's name.
+    pub fn name(&self) -> &str {
         &self.package.name
+    }
+
+    /// The event patterns it listens to (none unless it handles events).
+    pub fn subscriptions(&self) -> &[String] {
+        match self.package.ty.handles_events() {
+            true => &self.package.spec.events,
+            false => &[],
+        }
     }
 
     /// `<package>.<action>` of the action at `index`, for messages.

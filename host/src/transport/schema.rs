@@ -12,40 +12,42 @@ use serde_json::{Map, Value, json};
 use crate::broker::Broker;
 use crate::types::rule;
 
-/// The `services` of this host's INFO packet.
+/// The `services` of this host's INFO packet, read from the broker's
+/// query API (its services, the actions they serve, their subscriptions).
 pub fn services(broker: &Broker) -> Value {
+    // Both by package name: each service takes its run of actions.
+    let mut actions = broker.actions().into_iter().peekable();
     let mut services = Vec::new();
     for service in broker.services() {
-        let package = &service.package;
-        let mut actions = Map::new();
-        for action in &package.ty.actions {
-            let name = format!("{}.{}", package.name, action.name);
-            let mut params = Map::new();
-            for (pname, ty) in &action.params {
-                params.insert(pname.clone(), rule(ty));
-            }
-            actions.insert(
+        let package = service.name();
+        let mut own = Map::new();
+        while let Some(entry) = actions.next_if(|a| a.package() == package) {
+            let name = entry.full_name();
+            let params: Map<String, Value> = entry
+                .params()
+                .iter()
+                .map(|(pname, ty)| (pname.clone(), rule(ty)))
+                .collect();
+            own.insert(
                 name.clone(),
-                json!({ "name": name, "rawName": action.name, "params": params }),
+                json!({ "name": name, "rawName": entry.name(), "params": params }),
             );
         }
-        let mut events = Map::new();
-        if package.ty.handles_events() {
-            for pattern in &package.spec.events {
+        let events: Map<String, Value> = service
+            .subscriptions()
+            .iter()
+            .map(|pattern| {
                 let name = moleculer_pattern(pattern);
-                events.insert(
-                    name.clone(),
-                    json!({ "name": name, "group": &*package.name }),
-                );
-            }
-        }
+                (name.clone(), json!({ "name": name, "group": package }))
+            })
+            .collect();
         services.push(json!({
-            "name": &*package.name,
-            "fullName": &*package.name,
+            "name": package,
+            "fullName": package,
             "version": null,
             "settings": {},
             "metadata": { "steedos-wasm": true },
-            "actions": actions,
+            "actions": own,
             "events": events,
         }));
     }
