@@ -370,3 +370,23 @@ async fn a_trap_behind_a_typed_import_without_an_error_case_fails_only_the_calle
     .await;
     assert_eq!(again, Some(json!("again")));
 }
+
+/// A package whose action takes a WIT `map<K, V>` loads and is called:
+/// the engine has the component model's map type on, and the codec reads
+/// a JSON object into the map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_taking_a_wit_map_is_called_with_a_json_object() {
+    let t = TestApp::start(
+        r#"
+[packages.maps]
+component = "{FIXTURES}/map-sum.wat"
+"#,
+    )
+    .await;
+    assert_eq!(t.state("maps"), "serving", "{:?}", t.failure("maps"));
+    let sum = t
+        .ok("maps.sum", json!({ "m": { "a": 1, "b": 20, "c": 300 } }))
+        .await;
+    assert_eq!(sum, json!(321));
+    assert_eq!(t.ok("maps.sum", json!({ "m": {} })).await, json!(0));
+}

@@ -135,6 +135,8 @@ pub enum EngineError {
 pub fn new_engine(limits: &EngineLimits) -> Result<Engine, EngineError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    // WIT `map<K, V>` (the codec reads and writes maps; see `types.rs`).
+    config.wasm_component_model_map(true);
     config.epoch_interruption(true);
     // Packages export plain (non-`async`) functions: without concurrency
     // support every call skips the component-model-async task bookkeeping.
