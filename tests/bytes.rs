@@ -213,6 +213,17 @@ async fn typed_imports_carry_mebibytes_both_ways() {
     }
     let echoed = call(&t, "bytes-import.echo", json!({ "size": size })).await;
     assert_eq!(echoed.expect("24 MiB there and back"), expected);
+    // `result<list<u8>, call-error>`, the typed import's usual shape.
+    let fetched = call(&t, "bytes-import.fetch", json!({ "size": size })).await;
+    assert_eq!(
+        fetched.expect("a 24 MiB result with a call-error case"),
+        expected
+    );
+    let refused = call(&t, "bytes-import.fetch", json!({ "size": 0 })).await;
+    let Err(CallError::Failed(f)) = refused else {
+        panic!("the provider's own error did not come back: {refused:?}");
+    };
+    assert!(f.contains(r#"Failed("nothing to fetch")"#), "{f}");
     assert_eq!(t.state("bytes-echo"), "serving");
     assert_eq!(t.state("bytes-import"), "serving");
 }
@@ -222,11 +233,12 @@ async fn typed_imports_carry_mebibytes_both_ways() {
 const PEAK_CHILD: &str = "STEEDOS_TEST_PEAK_CHILD";
 
 /// The calls whose peak host memory the child measures: (action, size).
-const PEAK_CALLS: [(&str, usize); 4] = [
+const PEAK_CALLS: [(&str, usize); 5] = [
     ("bytes-import.sum", 24 * MIB),
     ("bytes-import.make", 3 * MIB),
     ("bytes-import.make", 24 * MIB),
     ("bytes-import.echo", 24 * MIB),
+    ("bytes-import.fetch", 24 * MIB),
 ];
 
 /// The child host: a process of its own, so its peak is its own. Prints

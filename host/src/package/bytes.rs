@@ -21,8 +21,13 @@ use wasmtime::Store;
 use wasmtime::component::{ComponentNamedList, Func, Lift, LinkerInstance, Lower, Type, Val};
 
 use super::HostState;
-use super::host::{ImportTarget, forward, import_failed};
+use super::host::{
+    ImportTarget, call_error_val, forward, from_wit_error, import_failed, is_call_error_result,
+    to_wit_error,
+};
+use super::wit::steedos::package::types::CallError as WitCallError;
 use crate::codec::{Arg, DEFAULT_BUDGET};
+use crate::context::{CallError, ErrorKind};
 
 /// Host memory one call's values may take for a package whose instances
 /// have `memory` bytes: never less than wasmtime's default hostcall fuel,
@@ -74,21 +79,27 @@ enum Returns {
     UnitOrText,
     /// `result<string, string>`
     TextOrText,
+    /// `result<list<u8>, call-error>`: a typed import's broker failures
+    /// come back as its error case.
+    BytesOrCallError,
     U32,
     U64,
 }
 
 impl Returns {
     fn bytes(self) -> bool {
-        matches!(self, Returns::Bytes | Returns::BytesOrText)
+        matches!(
+            self,
+            Returns::Bytes | Returns::BytesOrText | Returns::BytesOrCallError
+        )
     }
 }
 
 /// A signature whose byte lists can cross as bytes: at most two
 /// parameters, each a `list<u8>`, `string`, `u32` or `u64`; a result that
-/// is nothing, a `list<u8>`, a `string`, a `u32`, a `u64`, or a `result`
-/// of `list<u8>`, `string` or nothing with a `string` error; and a
-/// `list<u8>` somewhere.
+/// is nothing, a `list<u8>`, a `string`, a `u32`, a `u64`, a `result` of
+/// `list<u8>`, `string` or nothing with a `string` error, or a
+/// `result<list<u8>, call-error>`; and a `list<u8>` somewhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteShape {
     takes: Takes,
@@ -107,6 +118,9 @@ impl ByteShape {
         let returns = match result {
             None => Returns::Nothing,
             Some(Type::Result(r)) => match (r.ok().as_ref().map(Atom::of), r.err()) {
+                (Some(Some(Atom::Bytes)), Some(_)) if is_call_error_result(result) => {
+                    Returns::BytesOrCallError
+                }
                 (ok, Some(Type::String)) => match ok {
                     None => Returns::UnitOrText,
                     Some(Some(Atom::Bytes)) => Returns::BytesOrText,
@@ -265,11 +279,32 @@ where
             let (bytes,) = typed::<P, (Vec<u8>,)>(func, store, params).await?;
             Ok(Some(Output::Bytes(bytes)))
         }
+        Returns::BytesOrCallError => or_call_error(func, store, params).await,
         _ => {
             let (r,) = typed::<P, (Result<Vec<u8>, String>,)>(func, store, params).await?;
             Ok(Some(r.map_or_else(failed, Output::OkBytes)))
         }
     }
+}
+
+/// A `result<list<u8>, call-error>`: the bytes, or the error case as a value.
+async fn or_call_error<P>(
+    func: Func,
+    store: &mut Store<HostState>,
+    params: P,
+) -> wasmtime::Result<Option<Output>>
+where
+    P: ComponentNamedList + Lower + Send + Sync,
+{
+    let (r,) = typed::<P, (Result<Vec<u8>, WitCallError>,)>(func, store, params).await?;
+    Ok(Some(r.map_or_else(
+        |e| {
+            Output::Val(Val::Result(Err(Some(Box::new(call_error_val(
+                &from_wit_error(e),
+            ))))))
+        },
+        Output::OkBytes,
+    )))
 }
 
 /// The `err` case of a `result<_, string>`.
@@ -313,6 +348,7 @@ where
                 Output::Val(Val::Result(Ok(Some(Box::new(Val::String(s))))))
             }))
         }
+        Returns::BytesOrCallError => or_call_error(func, store, params).await?,
         Returns::U32 => {
             let (n,) = typed::<P, (u32,)>(func, store, params).await?;
             Some(Output::Val(Val::U32(n)))
@@ -390,6 +426,11 @@ impl<A: IntoArg, B: IntoArg> IntoArgs for (A, B) {
 /// when it does not fit.
 trait FromOutput: Sized {
     fn from_output(out: Option<Output>) -> Option<Self>;
+
+    /// A broker failure as this result, when it has a `call-error` case.
+    fn from_error(_: &CallError) -> Option<Self> {
+        None
+    }
 }
 
 /// A `list<u8>` that crossed as values.
@@ -492,6 +533,35 @@ impl FromOutput for (Result<String, String>,) {
     }
 }
 
+impl FromOutput for (Result<Vec<u8>, WitCallError>,) {
+    fn from_output(out: Option<Output>) -> Option<Self> {
+        let r = match out? {
+            Output::OkBytes(bytes) => Ok(bytes),
+            Output::Val(Val::Result(Ok(Some(v)))) => Ok(list_bytes(*v)?),
+            Output::Val(Val::Result(Err(Some(e)))) => Err(to_wit_error(call_error_of(*e)?)),
+            _ => return None,
+        };
+        Some((r,))
+    }
+
+    fn from_error(e: &CallError) -> Option<Self> {
+        Some((Err(to_wit_error(e.clone())),))
+    }
+}
+
+/// A `call-error` value as the error it stands for.
+fn call_error_of(val: Val) -> Option<CallError> {
+    let Val::Variant(case, payload) = val else {
+        return None;
+    };
+    let kind = ErrorKind::ALL.into_iter().find(|k| k.name() == case)?;
+    let message = match payload.map(|p| *p) {
+        Some(Val::String(m)) => m,
+        _ => String::new(),
+    };
+    Some(CallError::new(kind, message))
+}
+
 /// Links one function of a typed import whose signature is `shape` as a
 /// typed host function, so its byte lists are copied as bytes out of the
 /// caller and into it, never turned into a `Val` per byte.
@@ -512,6 +582,9 @@ pub(super) fn link_import(
                 Returns::BytesOrText => wrap::<$p, (Result<Vec<u8>, String>,)>(inst, name, target),
                 Returns::UnitOrText => wrap::<$p, (Result<(), String>,)>(inst, name, target),
                 Returns::TextOrText => wrap::<$p, (Result<String, String>,)>(inst, name, target),
+                Returns::BytesOrCallError => {
+                    wrap::<$p, (Result<Vec<u8>, WitCallError>,)>(inst, name, target)
+                }
                 Returns::U32 => wrap::<$p, (u32,)>(inst, name, target),
                 Returns::U64 => wrap::<$p, (u64,)>(inst, name, target),
             }
@@ -521,6 +594,9 @@ pub(super) fn link_import(
         ($p:ty) => {
             match shape.returns {
                 Returns::Bytes => wrap::<$p, (Vec<u8>,)>(inst, name, target),
+                Returns::BytesOrCallError => {
+                    wrap::<$p, (Result<Vec<u8>, WitCallError>,)>(inst, name, target)
+                }
                 _ => wrap::<$p, (Result<Vec<u8>, String>,)>(inst, name, target),
             }
         };
@@ -572,7 +648,10 @@ where
             let args = params.into_args();
             let out = forward(store, &target, Params::Args(&args)).await;
             drop(args);
-            let out = out.map_err(|e| import_failed(&target, e))?;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => return R::from_error(&e).ok_or_else(|| import_failed(&target, e)),
+            };
             R::from_output(out).ok_or_else(|| {
                 wasmtime::format_err!(
                     "typed call to `{}`: the provider's result does not have the imported type",

@@ -269,7 +269,7 @@ impl wit::steedos::package::logging::Host for HostState {
     }
 }
 
-fn to_wit_error(e: CallError) -> wit_types::CallError {
+pub(super) fn to_wit_error(e: CallError) -> wit_types::CallError {
     use wit_types::CallError as W;
     match e {
         CallError::NotFound(m) => W::NotFound(m),
@@ -279,6 +279,20 @@ fn to_wit_error(e: CallError) -> wit_types::CallError {
         CallError::Overloaded(m) => W::Overloaded(m),
         CallError::Denied(m) => W::Denied(m),
         CallError::Failed(f) => W::Failed(f.message),
+    }
+}
+
+/// A `call-error` from a guest as the host's error.
+pub(super) fn from_wit_error(e: wit_types::CallError) -> CallError {
+    use wit_types::CallError as W;
+    match e {
+        W::NotFound(m) => CallError::NotFound(m),
+        W::InvalidParams(m) => CallError::InvalidParams(m),
+        W::Timeout => CallError::Timeout(String::new()),
+        W::Crashed(m) => CallError::Crashed(m),
+        W::Overloaded(m) => CallError::Overloaded(m),
+        W::Denied(m) => CallError::Denied(m),
+        W::Failed(m) => CallError::Failed(m.into()),
     }
 }
 
@@ -293,7 +307,7 @@ pub(super) fn to_wit_context(ctx: &CallContext) -> wit_types::CallContext {
 
 /// A `call-error` as a component value, for typed imports declared as
 /// `result<T, call-error>`.
-fn call_error_val(e: &CallError) -> Val {
+pub(super) fn call_error_val(e: &CallError) -> Val {
     let payload = match e {
         CallError::Timeout(_) => None,
         other => Some(Box::new(Val::String(other.message().to_string()))),

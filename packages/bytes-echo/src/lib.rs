@@ -5,7 +5,7 @@ steedos_sdk::generate!({
     world: "test:bytes/bytes-package",
 });
 
-use exports::test::bytes::bytes::Guest;
+use exports::test::bytes::bytes::{CallError, Guest};
 use steedos_sdk::wit::broker;
 
 struct Bytes;
@@ -17,6 +17,13 @@ impl Guest for Bytes {
 
     fn make(size: u32) -> Vec<u8> {
         (0..size).map(|i| i as u8).collect()
+    }
+
+    fn fetch(size: u32) -> Result<Vec<u8>, CallError> {
+        match size {
+            0 => Err(CallError::Failed("nothing to fetch".into())),
+            n => Ok(Self::make(n)),
+        }
     }
 
     fn sum(data: Vec<u8>) -> u64 {

@@ -28,6 +28,13 @@ impl Guest for Through {
         sum(&bytes::make(size))
     }
 
+    fn fetch(size: u32) -> Result<u64, String> {
+        match bytes::fetch(size) {
+            Ok(data) => Ok(sum(&data)),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
     fn echo(size: u32) -> Result<u64, String> {
         let sent = counting(size);
         let back = bytes::echo(&sent);
