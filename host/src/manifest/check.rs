@@ -139,9 +139,10 @@ impl Source<'_> {
         let mut raw: RawCluster = scope.deserialize()?;
         let defaults = ClusterSettings::new(raw.transporter.0.clone());
         let at = |key: &str| find_key(value.get_ref(), key).unwrap_or_else(|| value.span());
-        if !raw.transporter.0.starts_with("nats://") && !raw.transporter.0.starts_with("tls://") {
+        let schemes = ["nats://", "tls://", "redis://", "rediss://"];
+        if !schemes.iter().any(|s| raw.transporter.0.starts_with(s)) {
             let message = format!(
-                "{:?} is not a NATS URL (try \"nats://127.0.0.1:4222\")",
+                "{:?} is not a NATS or Redis URL (try \"nats://127.0.0.1:4222\" or \"redis://127.0.0.1:6379\")",
                 redact(&raw.transporter.0)
             );
             return Err(scope.error(at("transporter"), message));

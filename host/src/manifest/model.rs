@@ -193,7 +193,7 @@ impl GatewaySettings {
 /// services over NATS: the `[cluster]` table (see [`transport`](crate::transport)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSettings {
-    /// The transporter, `nats://host:port`.
+    /// The transporter, `nats://host:port` or `redis://host:port` (`tls://`, `rediss://` with TLS).
     pub transporter: String,
     /// This node's id; `None` picks `<hostname>-<pid>` when the node starts.
     pub node_id: Option<String>,

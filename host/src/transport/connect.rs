@@ -21,7 +21,7 @@ use crate::manifest::{ClusterAuth, ClusterSettings, Secret};
 pub use crate::manifest::redact;
 
 /// Every secret in `url` (its user info), to scrub from a client's error text.
-fn scrub(message: &str, url: &str) -> String {
+pub(super) fn scrub(message: &str, url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let mut out = message.replace(url, &redact(url));

@@ -54,23 +54,26 @@
 //! server's own security (credentials, TLS) is set up in `connect`.
 //!
 //! Not supported: streams, `disableBalancer` (REQB/EVENTB subjects),
-//! event acknowledgements, and other transporters than NATS.
+//! event acknowledgements, and other transporters than NATS and Redis.
 
 //!
 //! # Rooms
 //! - `transit`: the protocol: packets in and out, pending calls, discovery;
 //!   `serve` its calls in.
 //! - `route`: the broker's route out (calls and events to other nodes).
-//! - `nats` and `connect`: the NATS connection (subjects, subscriptions,
-//!   the outbox; credentials and TLS).
+//! - `bus`: the bus the protocol speaks on, whichever it is; `nats` and
+//!   `connect` the NATS one (subscriptions, the outbox; credentials and
+//!   TLS), `redis` the Redis pub/sub one.
 //! - [`packet`]: the packets as types; [`registry`]: the remote nodes;
 //!   [`bounds`]: what a peer may make this node keep or do.
 
 pub mod bounds;
+mod bus;
 mod connect;
 mod error;
 mod nats;
 pub mod packet;
+mod redis;
 pub mod registry;
 mod route;
 pub mod schema;
@@ -86,9 +89,9 @@ use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::manifest::ClusterSettings;
+use bus::Bus;
 pub use connect::redact;
 pub use error::TransportError;
-use nats::Bus;
 use packet::Kind;
 pub use registry::NodeReport;
 use route::Route;
@@ -152,8 +155,8 @@ impl Transport {
             tasks.push(tokio::spawn(shared.clone().listen(kind, subscriber)));
         }
         let weak = Arc::downgrade(&shared);
-        tasks.push(tokio::spawn(nats::send_outbox(
-            shared.bus.client().clone(),
+        tasks.push(tokio::spawn(bus::send_outbox(
+            shared.bus.link().clone(),
             outgoing,
             move |id, why| {
                 if let Some(shared) = weak.upgrade() {

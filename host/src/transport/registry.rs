@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::Subject;
+use super::bus::Subject;
 use serde_json::Value;
 
 use super::bounds::{MAX_ACTIONS_PER_NODE, MAX_INFO_BYTES, MAX_NAME, MAX_NODES};

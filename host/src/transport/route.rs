@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::nats::Outgoing;
+use super::bus::Outgoing;
 use super::packet::{self, Kind};
 use super::transit::{Pending, Transit, lock};
 use crate::broker::{RemoteParams, RemoteRoute};

@@ -14,15 +14,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::Subject;
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::bounds::{self, Budget, DropLog, PeerRate};
+use super::bus::{Bus, Inbox, Outgoing, Subject};
 use super::error::TransportError;
-use super::nats::{Bus, Outgoing};
 use super::packet::{self, Data, Kind, Wire};
 use super::registry::{Joined, Registry};
 use super::schema;
@@ -312,17 +311,13 @@ impl Transit {
     }
 
     /// Reads every packet of one subscription.
-    pub(super) async fn listen(
-        self: Arc<Self>,
-        kind: Kind,
-        mut subscriber: async_nats::Subscriber,
-    ) {
+    pub(super) async fn listen(self: Arc<Self>, kind: Kind, mut inbox: Inbox) {
         if kind == Kind::Event {
-            return self.listen_events(subscriber).await;
+            return self.listen_events(inbox).await;
         }
-        while let Some(message) = subscriber.next().await {
-            if self.fits(kind, &message.payload) {
-                self.handle_guarded(kind, message.payload).await;
+        while let Some(payload) = inbox.next().await {
+            if self.fits(kind, &payload) {
+                self.handle_guarded(kind, payload).await;
             }
         }
     }
@@ -331,9 +326,9 @@ impl Transit {
     /// (backpressure), and the events read meanwhile wait here, within
     /// [`bounds::EVENT_BUDGET`] bytes; past it they are dropped and counted.
     /// The subscription is drained by a task that does nothing else (the
-    /// deliveries run in a task of their own): the NATS client, left to
-    /// buffer, drops what its subscription buffer cannot hold.
-    async fn listen_events(self: Arc<Self>, mut subscriber: async_nats::Subscriber) {
+    /// deliveries run in a task of their own): the bus, left to buffer,
+    /// drops what its subscription buffer cannot hold.
+    async fn listen_events(self: Arc<Self>, mut inbox: Inbox) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, OwnedSemaphorePermit)>();
         let transit = self.clone();
         // Dropped with this reader (aborted or ended), it ends the deliveries.
@@ -342,11 +337,11 @@ impl Transit {
                 transit.handle_guarded(Kind::Event, bytes).await;
             }
         }));
-        while let Some(message) = subscriber.next().await {
-            if !self.fits(Kind::Event, &message.payload) {
+        while let Some(payload) = inbox.next().await {
+            if !self.fits(Kind::Event, &payload) {
                 continue;
             }
-            let cost = message.payload.len() + bounds::EVENT_OVERHEAD;
+            let cost = payload.len() + bounds::EVENT_OVERHEAD;
             let cost = u32::try_from(cost.min(bounds::EVENT_BUDGET)).unwrap_or(u32::MAX);
             let Ok(held) = self.event_budget.clone().try_acquire_many_owned(cost) else {
                 self.dropped(
@@ -355,7 +350,7 @@ impl Transit {
                 );
                 continue;
             };
-            if tx.send((message.payload, held)).is_err() {
+            if tx.send((payload, held)).is_err() {
                 return;
             }
         }
