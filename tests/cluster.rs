@@ -1,4 +1,4 @@
-//! Clustering over a real nats-server (started here on a free port of
+//! Clustering over a real nats-server or redis-server (started here on a free port of
 //! 127.0.0.1) with real Node.js Moleculer brokers (npm `moleculer` 0.14,
 //! protocol 4, and 0.15, protocol 5, run from `tests/moleculer/peer.js`):
 //! calls and errors both ways, events both ways (emit balanced per group,
@@ -97,6 +97,110 @@ impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `redis-server`, or `None` when it is missing (by [`require`]'s rule).
+fn redis() -> Option<PathBuf> {
+    if !require::tools(&["redis-server"]) {
+        return None;
+    }
+    require::which("redis-server")
+}
+
+/// A redis-server on a free port of 127.0.0.1, nothing saved to disk,
+/// stopped when dropped.
+pub(crate) struct Redis {
+    child: std::process::Child,
+    pub(crate) url: String,
+}
+
+impl Redis {
+    /// With more redis-server flags (`--requirepass P`).
+    pub(crate) async fn start(binary: &Path, flags: &[&str]) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = std::process::Command::new(binary)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let up = eventually(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        assert!(
+            up.is_some(),
+            "redis-server did not listen on 127.0.0.1:{port}"
+        );
+        Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bus a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Bus {
+    Nats,
+    Redis,
+}
+
+/// A running bus server of either kind, stopped when dropped.
+pub(crate) enum Server {
+    Nats(Nats),
+    Redis(Redis),
+}
+
+impl Server {
+    pub(crate) fn url(&self) -> &str {
+        match self {
+            Server::Nats(n) => &n.url,
+            Server::Redis(r) => &r.url,
+        }
+    }
+
+    /// A server of `bus`, or `None` when its binary is missing (by
+    /// [`require`]'s rule).
+    pub(crate) async fn start(bus: Bus) -> Option<Server> {
+        Some(match bus {
+            Bus::Nats => Server::Nats(Nats::start(&nats()?).await),
+            Bus::Redis => Server::Redis(Redis::start(&redis()?, &[]).await),
+        })
+    }
+}
+
+/// The folder holding peer.js able to speak over `bus` (Moleculer's Redis
+/// transporter needs `ioredis`), with the server's binary present.
+fn peers_on(bus: Bus) -> Option<PathBuf> {
+    let (_, peers) = tools()?;
+    match bus {
+        Bus::Nats => Some(peers),
+        Bus::Redis => {
+            let ioredis = peers.join("node_modules/ioredis").exists();
+            (require::tools(&["redis-server"])
+                && require::present((!ioredis).then(|| {
+                    "tests/moleculer/node_modules/ioredis (cd tests/moleculer && npm ci)".into()
+                })))
+            .then_some(peers)
+        }
     }
 }
 
@@ -316,14 +420,17 @@ component = "{TALLY}"
 /// `release`: results and each kind of error as the right Moleculer error,
 /// a package calling Node.js actions with the context travelling, events
 /// both ways, emit balanced per group and broadcast to all.
-async fn with_moleculer(release: &str, protocol: u8) {
-    let Some((nats_bin, peers)) = tools() else {
+async fn with_moleculer(release: &str, protocol: u8, bus: Bus) {
+    let Some(peers) = peers_on(bus) else {
         return;
     };
-    let nats = Nats::start(&nats_bin).await;
-    let node = Node::start(&nats.url, "wasm-1", protocol, "json", WASM_PACKAGES).await;
-    let peer_a = Peer::start(&peers, release, &nats.url, "node-a", "node-watch").await;
-    let peer_b = Peer::start(&peers, release, &nats.url, "node-b", "node-watch").await;
+    let Some(server) = Server::start(bus).await else {
+        return;
+    };
+    let url = server.url();
+    let node = Node::start(url, "wasm-1", protocol, "json", WASM_PACKAGES).await;
+    let peer_a = Peer::start(&peers, release, url, "node-a", "node-watch").await;
+    let peer_b = Peer::start(&peers, release, url, "node-b", "node-watch").await;
     let waited = peer_a
         .cmd(json!({ "cmd": "wait", "services": ["greeter", "probe", "chaos"] }))
         .await;
@@ -619,12 +726,22 @@ async fn with_moleculer(release: &str, protocol: u8) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moleculer_0_14_and_wasm_call_each_other_over_protocol_4() {
-    with_moleculer("14", 4).await;
+    with_moleculer("14", 4, Bus::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moleculer_0_14_and_wasm_call_each_other_over_redis() {
+    with_moleculer("14", 4, Bus::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moleculer_0_15_and_wasm_call_each_other_over_redis() {
+    with_moleculer("15", 5, Bus::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moleculer_0_15_and_wasm_call_each_other_over_protocol_5() {
-    with_moleculer("15", 5).await;
+    with_moleculer("15", 5, Bus::Nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,12 +810,23 @@ async fn instance(caller: &Node, timeout: Duration) -> Result<u64, CallError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_wasm_nodes_share_the_load_survive_a_lost_node_and_rediscover_it() {
-    let Some(nats_bin) = nats() else { return };
-    let nats = Nats::start(&nats_bin).await;
+    two_wasm_nodes(Bus::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_wasm_nodes_over_redis_share_the_load_survive_a_lost_node_and_rediscover_it() {
+    two_wasm_nodes(Bus::Redis).await;
+}
+
+async fn two_wasm_nodes(bus: Bus) {
+    let Some(server) = Server::start(bus).await else {
+        return;
+    };
+    let url = server.url();
     // Between steedos-wasm nodes, the MessagePack serializer.
-    let a = Node::start(&nats.url, "wasm-a", 4, "msgpack", CALLER).await;
-    let b = Node::start(&nats.url, "wasm-b", 4, "msgpack", WORKER).await;
-    let mut c = Node::start(&nats.url, "wasm-c", 4, "msgpack", WORKER).await;
+    let a = Node::start(url, "wasm-a", 4, "msgpack", CALLER).await;
+    let b = Node::start(url, "wasm-b", 4, "msgpack", WORKER).await;
+    let mut c = Node::start(url, "wasm-c", 4, "msgpack", WORKER).await;
     let both = eventually(Duration::from_secs(10), || async {
         let nodes = a.transport().nodes();
         (nodes
@@ -1030,4 +1158,95 @@ async fn local_calls_stay_local_when_another_node_serves_the_action_too() {
     );
     b.stop().await;
     a.stop().await;
+}
+
+// ------------------------------------------------------------ Redis: URLs and passwords
+
+/// Joins `url` with `extra` `[cluster]` keys; the error, if any, as text.
+async fn join_error(url: &str, extra: &str) -> (TestApp, Option<String>) {
+    let toml = format!(
+        "[app]\ncache_dir = \"{{CACHE}}\"\n\n[cluster]\ntransporter = \"{url}\"\n{extra}\n[packages.greeter]\ncomponent = \"{{GREETER}}\"\n"
+    );
+    let t = TestApp::start(&toml).await;
+    let settings = t.app.manifest.cluster.clone().expect("[cluster]");
+    let joined = tokio::time::timeout(
+        Duration::from_secs(60),
+        Transport::start(t.app.broker.clone(), settings),
+    )
+    .await
+    .expect("a join ends, even against a server that says nothing");
+    match joined {
+        Ok(transport) => {
+            transport.stop(Duration::from_secs(2)).await;
+            (t, None)
+        }
+        Err(e) => (t, Some(e.to_string())),
+    }
+}
+
+/// A Redis URL that does not answer (a closed port, a listener that says
+/// nothing) is an error naming the setting and the URL without its
+/// password; the node keeps serving its packages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_url_that_does_not_answer_is_a_clear_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let quiet = silent.local_addr().expect("addr").port();
+    for port in [port, quiet] {
+        let url = format!("redis://:pa55word@127.0.0.1:{port}/2");
+        let (t, e) = join_error(&url, "").await;
+        let e = e.expect("no Redis there");
+        assert!(
+            e.contains(&format!("redis://***@127.0.0.1:{port}/2"))
+                && e.contains("[cluster] transporter"),
+            "{e}"
+        );
+        assert!(!e.contains("pa55word"), "the password is never shown: {e}");
+        assert_eq!(
+            t.ok("greeter.hello", json!({ "name": "Ada" })).await,
+            json!("Hello, Ada!")
+        );
+        t.app.shutdown().await;
+    }
+    drop(silent);
+}
+
+/// A password in the URL or from `token_file` opens a redis-server that
+/// requires one; a wrong one is an error that does not show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_passwords_from_the_url_or_a_file_are_used_and_never_shown() {
+    let Some(binary) = redis() else { return };
+    let redis = Redis::start(&binary, &["--requirepass", "s3cretpw"]).await;
+    let hostport = redis.url.trim_start_matches("redis://");
+    let (t, e) = join_error(&format!("redis://:s3cretpw@{hostport}/3"), "").await;
+    assert_eq!(e, None, "the URL's password opens it");
+    t.app.shutdown().await;
+    let file = tempfile_with("s3cretpw\n");
+    let key = format!("token_file = \"{}\"", file.display());
+    let (t, e) = join_error(&redis.url, &key).await;
+    assert_eq!(e, None, "token_file is the password");
+    t.app.shutdown().await;
+    let (t, e) = join_error(&format!("redis://:wr0ngpw@{hostport}"), "").await;
+    let e = e.expect("a wrong password is refused");
+    assert!(
+        e.contains("[cluster] transporter") && !e.contains("wr0ngpw"),
+        "{e}"
+    );
+    t.app.shutdown().await;
+    let (t, e) = join_error(&redis.url, "").await;
+    let e = e.expect("no password is refused");
+    assert!(e.contains("[cluster] transporter"), "{e}");
+    t.app.shutdown().await;
+    let _ = std::fs::remove_file(file);
+}
+
+/// A file of `text` in the temporary folder.
+fn tempfile_with(text: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("steedos-redis-{}-{n}", std::process::id()));
+    std::fs::write(&path, text).expect("write secret");
+    path
 }

@@ -1,7 +1,8 @@
 // A real Moleculer node for tests/cluster.rs, driven over stdin/stdout.
 //
 // Env: MOLECULER (14 or 15: which npm release, hence protocol 4 or 5),
-// NATS_URL, NODE_ID, NAMESPACE (optional).
+// NATS_URL (the transporter: nats:// or redis://, the latter through ioredis),
+// NODE_ID, NAMESPACE (optional).
 //
 // Services: `node-math` (add, whoami, fail, slow, relay: calls `action`
 // with `params` from inside an action; flaky: counts its calls and, as
