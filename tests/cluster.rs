@@ -5,7 +5,7 @@
 //! broadcast), two steedos-wasm nodes sharing the load of one package, a
 //! node lost mid-load and rediscovered.
 //!
-//! Needs `nats-server` and node on PATH and `npm ci` in tests/moleculer
+//! Needs `nats-server` (`redis-server` for the Redis ones) and node on PATH and `npm ci` in tests/moleculer
 //! (`./test` sets all three up); without them they skip by the rule of
 //! `tests/require.rs`, and fail under CI.
 
