@@ -1,5 +1,5 @@
 // The peer of `cluster.*`: two Moleculer 0.15 processes over the nats-server
-// at argv[2] (host/benches/cluster.rs passes the one it started). This
+// (or redis-server, through ioredis) at argv[2] (host/benches/cluster.rs passes the one it started). This
 // process calls `greeter.hello` on the other from 1 and 100 concurrent
 // callers, then emits `order.bench` events to its `audit` listener, kept at
 // most 20 000 ahead. Prints `bench: peer.moleculer.cluster.<name> = <v> <unit>`.
@@ -9,6 +9,8 @@ const { fork } = require("child_process");
 const { ServiceBroker } = require("moleculer");
 
 const url = process.argv[2] || "nats://127.0.0.1:4222";
+// Figures over Redis are named `peer.moleculer.cluster.redis.*`.
+const name = url.startsWith("redis") ? "peer.moleculer.cluster.redis" : "peer.moleculer.cluster";
 const MEASURE_MS = 3000;
 const EVENTS = 300000;
 const WINDOW = 20000;
@@ -67,14 +69,14 @@ async function main() {
 	await broker.waitForServices(["greeter", "audit"], 10000);
 	await rate(broker, 1); // warm up the JIT
 	const c1 = await rate(broker, 1);
-	console.log(`bench: peer.moleculer.cluster.call.c1 = ${c1.toFixed(1)} calls/s`);
+	console.log(`bench: ${name}.call.c1 = ${c1.toFixed(1)} calls/s`);
 	const rounds = [];
 	for (let i = 0; i < ROUNDS; i++) rounds.push(await rate(broker, 100));
 	const median = [...rounds].sort((a, b) => a - b)[Math.floor(rounds.length / 2)];
 	const text = rounds.map(r => r.toFixed(0)).join(", ");
-	console.log(`bench: peer.moleculer.cluster.call.c100 = ${median.toFixed(1)} calls/s (median of ${rounds.length} rounds: ${text})`);
+	console.log(`bench: ${name}.call.c100 = ${median.toFixed(1)} calls/s (median of ${rounds.length} rounds: ${text})`);
 	const e = await events(broker);
-	console.log(`bench: peer.moleculer.cluster.event = ${e.toFixed(1)} events/s`);
+	console.log(`bench: ${name}.event = ${e.toFixed(1)} events/s`);
 	await broker.stop();
 	server.send("stop");
 }

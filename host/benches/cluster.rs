@@ -10,7 +10,10 @@
 //!   event budget of 8 192; past it events are dropped, counted and printed
 //!   as `cluster.event.dropped`, and the figure is of those delivered);
 //! - `cluster.raw.c1`, `cluster.raw.c100`: plain async-nats request/reply
-//!   between two connections, no protocol on top, same run: the limit.
+//!   between two connections, no protocol on top, same run: the limit;
+//! - `cluster.redis.call.c1`, `.call.c100`, `.event`: the same shapes
+//!   with both nodes joined over a redis-server it starts (skipped, and
+//!   said so, without /usr/bin/redis-server).
 //!
 //! The two c100 shapes are measured in alternating rounds (raw, call, raw,
 //! call, ...) and each is printed as the median of its rounds, with the
@@ -21,11 +24,13 @@
 //! Then, when Node.js and bench/moleculer's node_modules are there, the
 //! same shapes between two Moleculer 0.15 processes over the same
 //! nats-server (`bench/moleculer/cluster.js`): `peer.moleculer.cluster.*`,
-//! its c100 also the median of `BENCH_ROUNDS` rounds.
+//! its c100 also the median of `BENCH_ROUNDS` rounds; and over the same
+//! redis-server, `peer.moleculer.cluster.redis.*` (ioredis).
 //!
 //! Last, the issue's targets as ratios of figures of the same run:
 //! `cluster.ratio.call.c1_over_peer` (target 1), `.call.c100_over_peer`
-//! (1.5), `.call.c100_over_raw` (0.7), `.event_over_peer` (2).
+//! (1.5), `.call.c100_over_raw` (0.7), `.event_over_peer` (2), and
+//! `cluster.redis.ratio.*` for the Redis shapes against Moleculer's.
 //!
 //! Knobs, for profiling one shape: `BENCH_SHAPES=call.c100,event` measures
 //! only those of `raw`, `call.c1`, `call.c100`, `event`, `peer`;
@@ -160,11 +165,6 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let shapes = std::env::var("BENCH_SHAPES").ok();
-    let wanted = |shape: &str| {
-        shapes
-            .as_deref()
-            .is_none_or(|s| s.split(',').any(|w| w.trim() == shape))
-    };
     let measure = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -174,6 +174,12 @@ async fn run() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(ROUNDS)
         .max(1);
+    let opts = Opts {
+        shapes,
+        measure,
+        rounds,
+    };
+    let wanted = |shape: &str| opts.wanted(shape);
     let mut figures = Figures::default();
     let raw = if wanted("raw") {
         Some(Raw::start(&url).await?)
@@ -190,83 +196,34 @@ async fn run() -> anyhow::Result<()> {
         figures.print("cluster.raw.c1", r, "requests/s");
     }
 
-    let shop_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
-    let mut manifest = Manifest::load(&shop_dir)?;
-    // Size the bulkheads for the load: 100 callers of greeter, and the event
-    // flood to audit (a full queue slows the sender down: it waits for room).
-    for p in manifest.packages.iter_mut() {
-        match p.name.as_str() {
-            "greeter" => p.queue = 256,
-            "audit" => p.queue = 2 * EVENT_WINDOW as usize,
-            _ => {}
-        }
-    }
-    let shop = App::load(manifest, &LoadOptions::default()).await?;
-    let caller_dir = tempfile::tempdir()?;
-    std::fs::write(
-        caller_dir.path().join("steedos.toml"),
-        "[app]\nname = \"caller\"\n",
-    )?;
-    let caller = App::load(Manifest::load(caller_dir.path())?, &LoadOptions::default()).await?;
-    let settings = |id: &str| ClusterSettings {
-        node_id: Some(id.into()),
-        ..ClusterSettings::new(url.clone())
-    };
-    let shop_node = Transport::start(shop.broker.clone(), settings("bench-shop")).await?;
-    let caller_node = Transport::start(caller.broker.clone(), settings("bench-caller")).await?;
-    anyhow::ensure!(
-        caller_node
-            .wait_for_action("greeter.hello", Duration::from_secs(10))
-            .await,
-        "greeter.hello not discovered"
-    );
-
-    let broker = caller.broker.clone();
-    let call = move || {
-        let broker = broker.clone();
-        async move {
-            let v = broker
-                .call_json(
-                    "greeter.hello",
-                    br#"{"name":"bench"}"#,
-                    CallContext::new(Duration::from_secs(10)),
-                )
-                .await;
-            v.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
-        }
-    };
-    rate(1, Duration::from_millis(500), call.clone()).await?; // warm up
-    if wanted("call.c1") {
-        let r = rate(1, measure, call.clone()).await?;
-        figures.print("cluster.call.c1", r, "calls/s");
-    }
-    // 100 callers, raw and ours in alternating rounds.
-    let (mut raw_rounds, mut call_rounds) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        if let Some(call) = &raw_call {
-            raw_rounds.push(rate(100, measure, call.clone()).await?);
-        }
-        if wanted("call.c100") {
-            call_rounds.push(rate(100, measure, call.clone()).await?);
-        }
-    }
-    figures.print_median("cluster.raw.c100", raw_rounds, "requests/s");
-    figures.print_median("cluster.call.c100", call_rounds, "calls/s");
+    over(&url, "cluster", &opts, raw_call.as_ref(), &mut figures).await?;
     drop(raw);
-
-    if wanted("event") {
-        let events = events(&caller, &shop, &shop_node).await?;
-        figures.print("cluster.event", events, "events/s");
+    // The same shapes over a redis-server, when there is one.
+    let redis = match redis_server().await {
+        Ok(redis) => Some(redis),
+        Err(e) => {
+            println!("bench: cluster.redis skipped ({e})");
+            None
+        }
+    };
+    if let Some((_, redis_url)) = &redis {
+        over(
+            redis_url,
+            "cluster.redis",
+            &opts,
+            None::<&fn() -> std::future::Ready<anyhow::Result<()>>>,
+            &mut figures,
+        )
+        .await?;
     }
-
-    caller_node.stop(Duration::from_secs(2)).await;
-    shop_node.stop(Duration::from_secs(2)).await;
-    caller.shutdown().await;
-    shop.shutdown().await;
 
     if wanted("peer") {
         moleculer_peer(&url, &mut figures);
+        if let Some((_, redis_url)) = &redis {
+            moleculer_peer(redis_url, &mut figures);
+        }
     }
+    redis_ratios(&figures);
     let peer = "peer.moleculer.cluster";
     figures.ratio(
         "cluster.ratio.call.c1_over_peer",
@@ -293,6 +250,157 @@ async fn run() -> anyhow::Result<()> {
         2.0,
     );
     Ok(())
+}
+
+/// What to measure and how long.
+struct Opts {
+    shapes: Option<String>,
+    measure: Duration,
+    rounds: usize,
+}
+
+impl Opts {
+    fn wanted(&self, shape: &str) -> bool {
+        self.shapes
+            .as_deref()
+            .is_none_or(|s| s.split(',').any(|w| w.trim() == shape))
+    }
+}
+
+/// The shop and a caller joined over `url`: `<name>.call.c1`,
+/// `<name>.call.c100` (rounds alternating with `raw_call`'s) and `<name>.event`.
+async fn over<R, RFut>(
+    url: &str,
+    name: &str,
+    opts: &Opts,
+    raw_call: Option<&R>,
+    figures: &mut Figures,
+) -> anyhow::Result<()>
+where
+    R: Fn() -> RFut + Clone + Send + Sync + 'static,
+    RFut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let shop_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+    let mut manifest = Manifest::load(&shop_dir)?;
+    // Size the bulkheads for the load: 100 callers of greeter, and the event
+    // flood to audit (a full queue slows the sender down: it waits for room).
+    for p in manifest.packages.iter_mut() {
+        match p.name.as_str() {
+            "greeter" => p.queue = 256,
+            "audit" => p.queue = 2 * EVENT_WINDOW as usize,
+            _ => {}
+        }
+    }
+    let shop = App::load(manifest, &LoadOptions::default()).await?;
+    let caller_dir = tempfile::tempdir()?;
+    std::fs::write(
+        caller_dir.path().join("steedos.toml"),
+        "[app]\nname = \"caller\"\n",
+    )?;
+    let caller = App::load(Manifest::load(caller_dir.path())?, &LoadOptions::default()).await?;
+    let settings = |id: &str| ClusterSettings {
+        node_id: Some(id.into()),
+        ..ClusterSettings::new(url.to_owned())
+    };
+    let shop_node = Transport::start(shop.broker.clone(), settings("bench-shop")).await?;
+    let caller_node = Transport::start(caller.broker.clone(), settings("bench-caller")).await?;
+    anyhow::ensure!(
+        caller_node
+            .wait_for_action("greeter.hello", Duration::from_secs(10))
+            .await,
+        "greeter.hello not discovered"
+    );
+
+    let broker = caller.broker.clone();
+    let call = move || {
+        let broker = broker.clone();
+        async move {
+            let v = broker
+                .call_json(
+                    "greeter.hello",
+                    br#"{"name":"bench"}"#,
+                    CallContext::new(Duration::from_secs(10)),
+                )
+                .await;
+            v.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    };
+    rate(1, Duration::from_millis(500), call.clone()).await?; // warm up
+    if opts.wanted("call.c1") {
+        let r = rate(1, opts.measure, call.clone()).await?;
+        figures.print(&format!("{name}.call.c1"), r, "calls/s");
+    }
+    // 100 callers, raw and ours in alternating rounds.
+    let (mut raw_rounds, mut call_rounds) = (Vec::new(), Vec::new());
+    for _ in 0..opts.rounds {
+        if let Some(call) = raw_call {
+            raw_rounds.push(rate(100, opts.measure, call.clone()).await?);
+        }
+        if opts.wanted("call.c100") {
+            call_rounds.push(rate(100, opts.measure, call.clone()).await?);
+        }
+    }
+    if raw_call.is_some() {
+        figures.print_median("cluster.raw.c100", raw_rounds, "requests/s");
+    }
+    figures.print_median(&format!("{name}.call.c100"), call_rounds, "calls/s");
+
+    if opts.wanted("event") {
+        let events = events(&caller, &shop, &shop_node).await?;
+        figures.print(&format!("{name}.event"), events, "events/s");
+    }
+
+    caller_node.stop(Duration::from_secs(2)).await;
+    shop_node.stop(Duration::from_secs(2)).await;
+    caller.shutdown().await;
+    shop.shutdown().await;
+
+    Ok(())
+}
+
+/// A redis-server on a free port of 127.0.0.1 and its URL.
+async fn redis_server() -> anyhow::Result<(Killed, String)> {
+    let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("no redis-server (apt-get install redis-server)"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Killed(
+        Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((child, format!("redis://127.0.0.1:{port}")))
+}
+
+/// The issue's targets over Redis, against Moleculer over the same server.
+fn redis_ratios(figures: &Figures) {
+    let peer = "peer.moleculer.cluster.redis";
+    for (shape, target) in [("call.c1", 1.0), ("call.c100", 1.5), ("event", 2.0)] {
+        figures.ratio(
+            &format!("cluster.redis.ratio.{shape}_over_peer"),
+            &format!("cluster.redis.{shape}"),
+            &format!("{peer}.{shape}"),
+            target,
+        );
+    }
 }
 
 /// Calls/s of `call` from `callers` concurrent loops over `measure`.
