@@ -1250,3 +1250,53 @@ fn tempfile_with(text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write secret");
     path
 }
+
+/// Sends one command to the redis-server at `url` over a raw socket; its
+/// answer's first line.
+async fn redis_command(url: &str, args: &[&str]) -> String {
+    let addr = url.trim_start_matches("redis://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("redis");
+    let mut command = format!("*{}\r\n", args.len());
+    for a in args {
+        command.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    socket.write_all(command.as_bytes()).await.expect("send");
+    let mut line = String::new();
+    BufReader::new(socket)
+        .read_line(&mut line)
+        .await
+        .expect("answer");
+    line
+}
+
+/// redis-server cuts a node's connections (as it cuts a subscriber that
+/// falls behind, `client-output-buffer-limit pubsub`): the cut is counted
+/// in `packets_dropped`, both connections come back, and calls between the
+/// nodes work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_redis_cuts_are_counted_and_come_back() {
+    let Some(server) = Server::start(Bus::Redis).await else {
+        return;
+    };
+    let url = server.url();
+    let a = Node::start(url, "wasm-a", 4, "json", CALLER).await;
+    let b = Node::start(url, "wasm-b", 4, "json", WORKER).await;
+    a.wait_for("probe.instance-id").await;
+    instance(&a, Duration::from_secs(5)).await.expect("a call");
+    let dropped = a.transport().stats().packets_dropped;
+    for kind in ["pubsub", "normal"] {
+        let killed = redis_command(url, &["CLIENT", "KILL", "TYPE", kind]).await;
+        assert!(killed.starts_with(':'), "{killed}");
+    }
+    let back = eventually(Duration::from_secs(30), || async {
+        instance(&a, Duration::from_secs(2)).await.ok()
+    })
+    .await;
+    assert!(back.is_some(), "calls between the nodes work again");
+    assert!(
+        a.transport().stats().packets_dropped > dropped,
+        "the cut subscriber is counted"
+    );
+    a.stop().await;
+    b.stop().await;
+}

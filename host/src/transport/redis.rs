@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{MultiplexedConnection, PubSubStream};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
 use ::redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Msg};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -35,7 +35,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub(super) struct Link {
     client: Client,
-    publisher: MultiplexedConnection,
+    /// Reconnects by itself when the server cuts it (a command sent
+    /// meanwhile fails; the next one finds a new connection).
+    publisher: ConnectionManager,
     /// The URL without its secrets, for errors and logs.
     url: Arc<str>,
     node: Arc<str>,
@@ -146,17 +148,29 @@ impl Link {
     ) -> Result<Link, TransportError> {
         let url = &settings.transporter;
         let client = client(settings)?;
+        // One plain connection first: an unanswering server or a refused
+        // password fails here at once (the manager below would retry).
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(TIMEOUT)
             .set_response_timeout(TIMEOUT);
-        let mut publisher = client
+        let mut probe = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| connect_error(url, e))?;
-        // The connection above may be lazy about auth and db: ask once.
+        // The connection may be lazy about auth and db: ask once.
         ::redis::cmd("PING")
-            .query_async::<()>(&mut publisher)
+            .query_async::<()>(&mut probe)
             .await
+            .map_err(|e| connect_error(url, e))?;
+        drop(probe);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(TIMEOUT)
+            .set_response_timeout(TIMEOUT)
+            .set_number_of_retries(2);
+        let managed = ConnectionManager::new_with_config(client.clone(), config);
+        let publisher = tokio::time::timeout(TIMEOUT, managed)
+            .await
+            .map_err(|_| connect_error(url, format!("no answer within {TIMEOUT:?}")))?
             .map_err(|e| connect_error(url, e))?;
         Ok(Link {
             client,
