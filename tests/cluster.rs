@@ -101,7 +101,7 @@ impl Drop for Nats {
 }
 
 /// `redis-server`, or `None` when it is missing (by [`require`]'s rule).
-fn redis() -> Option<PathBuf> {
+pub(crate) fn redis() -> Option<PathBuf> {
     if !require::tools(&["redis-server"]) {
         return None;
     }
@@ -118,15 +118,42 @@ pub(crate) struct Redis {
 impl Redis {
     /// With more redis-server flags (`--requirepass P`).
     pub(crate) async fn start(binary: &Path, flags: &[&str]) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
+        let mut args = vec!["--port".to_owned(), port.to_string()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        Redis::launch(binary, port, args, "redis").await
+    }
+
+    /// Speaking TLS only, with `dir`'s `server.pem`/`server.key`, and
+    /// verifying clients by `ca.pem` when `verify_clients`.
+    pub(crate) async fn start_tls(binary: &Path, dir: &Path, verify_clients: bool) -> Redis {
+        let port = free_port();
+        let file = |f: &str| dir.join(f).display().to_string();
+        let verify = if verify_clients { "yes" } else { "no" };
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            verify,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        Redis::launch(binary, port, args, "rediss").await
+    }
+
+    async fn launch(binary: &Path, port: u16, args: Vec<String>, scheme: &str) -> Redis {
         let child = std::process::Command::new(binary)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir", "/tmp"])
-            .args(flags)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -144,9 +171,17 @@ impl Redis {
         );
         Redis {
             child,
-            url: format!("redis://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
         }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 impl Drop for Redis {

@@ -18,7 +18,7 @@ use steedos_wasm::manifest::{ClusterAuth, Secret};
 use steedos_wasm::transport::Transport;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cluster::{Nats, Node, tools};
+use crate::cluster::{Nats, Node, Redis, redis, tools};
 
 const GREETER_AND_TALLY: &str = r#"
 [packages.greeter]
@@ -672,6 +672,59 @@ async fn tls_with_a_ca_and_a_client_certificate() {
         "a node without a client certificate joined"
     );
     node.stop().await;
+}
+
+/// `rediss://` with a CA file and a client certificate: a redis-server
+/// that speaks only TLS and verifies clients takes two nodes with
+/// `tls_ca`, `tls_cert` and `tls_key`, which call each other over it; a
+/// node without the client certificate, or over `redis://`, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_ca_and_a_client_certificate() {
+    let Some(binary) = redis() else { return };
+    if !steedos_tests::require::tools(&["openssl"]) {
+        return;
+    }
+    let certs = tempfile::tempdir().expect("tempdir");
+    assert!(make_certs(certs.path()), "openssl made no certificates");
+    let path = |f: &str| certs.path().join(f).display().to_string();
+    let redis = Redis::start_tls(&binary, certs.path(), true).await;
+    let tls = format!(
+        "tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key")
+    );
+    let worker = Node::start(
+        &redis.url,
+        "wasm-tls-b",
+        4,
+        "json",
+        &format!("{tls}{GREETER_AND_TALLY}"),
+    )
+    .await;
+    let caller = Node::start(&redis.url, "wasm-tls-a", 4, "json", &tls).await;
+    caller.wait_for("greeter.hello").await;
+    let hello = caller
+        .t
+        .call("greeter.hello", json!({ "name": "Gu" }))
+        .await
+        .expect("a call over rediss://");
+    assert_eq!(hello, json!("Hello, Gu!"));
+
+    let mut settings = caller.t.app.manifest.cluster.clone().expect("[cluster]");
+    settings.node_id = Some("wasm-no-cert".into());
+    settings.tls.client = None;
+    let refused = Transport::start(caller.t.app.broker.clone(), settings.clone()).await;
+    assert!(
+        refused.is_err(),
+        "a node without a client certificate joined"
+    );
+    settings.transporter = redis.url.replace("rediss://", "redis://");
+    settings.tls = Default::default();
+    let refused = Transport::start(caller.t.app.broker.clone(), settings).await;
+    assert!(refused.is_err(), "a node without TLS joined");
+    caller.stop().await;
+    worker.stop().await;
 }
 
 /// Regression (issue 12): a REQ that could not be read was dropped in
