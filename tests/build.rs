@@ -1,7 +1,7 @@
 //! Builds the guest packages the tests run, and tells the tests where they are.
 //!
-//! The guests live in two Cargo workspaces of their own, `examples/shop` and
-//! `packages`, built for wasm32-wasip2 by a nested `cargo build` into
+//! The guests live in Cargo workspaces of their own, `examples/shop`,
+//! `examples/steedos` and `packages`, built for wasm32-wasip2 by a nested `cargo build` into
 //! `<target dir>/guests` (never the outer target dir itself: its lock is held
 //! by the build running this script). `$OUT_DIR/guests.rs` then holds one
 //! constant per package, its name in SCREAMING_SNAKE_CASE, with the absolute
@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 const TARGET: &str = "wasm32-wasip2";
 
 /// The guest workspaces, relative to the repository root.
-const WORKSPACES: &[&str] = &["examples/shop", "packages"];
+const WORKSPACES: &[&str] = &["examples/shop", "examples/steedos", "packages"];
 
 /// Environment of the outer build that would misdirect the nested one.
 const OUTER_ENV: &[&str] = &[

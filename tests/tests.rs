@@ -17,3 +17,4 @@ mod operations;
 mod polyglot;
 mod resilience;
 mod sandbox;
+mod steedos;

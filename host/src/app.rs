@@ -3,8 +3,11 @@
 //! [`App::load`] takes a manifest through every step to serving: build the
 //! packages that are out of date, compile (or load from the cache) each
 //! component, read its types, link its typed imports to the packages that
-//! export them, and start its instances. A package that fails at any step
-//! is reported and left out; the rest of the app serves.
+//! export them ([`App::prepare`]), and start its instances, each package
+//! once its `dependencies` are available ([`App::start`]; a host joins its
+//! cluster between the two, so `started` finds the other nodes). A package
+//! that fails at any step is reported and left out; the rest of the app
+//! serves.
 //!
 //! While it serves, [`App::deploy`] adds a package or upgrades one without
 //! downtime, and [`App::remove`] takes one out; the gateway's `/admin` API
@@ -114,6 +117,8 @@ pub struct App {
     /// Packages whose typed imports found no provider (or more than one):
     /// linked again after every deploy and remove, and started once they link.
     unlinked: std::sync::Mutex<Vec<Compiled1>>,
+    /// Packages linked by [`App::prepare`], waiting for [`App::start`].
+    pending: std::sync::Mutex<Vec<Package>>,
     _clock: EpochClock,
 }
 
@@ -127,6 +132,37 @@ struct Compiled1 {
 impl App {
     /// Loads every package of `manifest` and starts it.
     pub async fn load(manifest: Manifest, options: &LoadOptions) -> Result<App, AppError> {
+        let began = Instant::now();
+        let mut app = App::prepare(manifest, options).await?;
+        app.start().await;
+        app.load_time = began.elapsed();
+        Ok(app)
+    }
+
+    /// Starts the packages [`App::prepare`] left ready, at once, each once
+    /// its `dependencies` are available (see [`Broker::start_when_ready`]);
+    /// returns when each has started or failed. Join the cluster first, so
+    /// that `started` finds the services of other nodes.
+    pub async fn start(&self) {
+        let packages = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let starts: Vec<_> = packages
+            .into_iter()
+            .map(|p| {
+                let broker = self.broker.clone();
+                tokio::spawn(async move { broker.start_when_ready(p).await })
+            })
+            .collect();
+        for s in starts {
+            let _ = s.await;
+        }
+        self.broker.start_reaper();
+        tracing::info!(app = %self.manifest.app.name, "app started");
+    }
+
+    /// Compiles and links every package of `manifest` without starting any:
+    /// the first half of [`App::load`], for a host that joins its cluster
+    /// before `started` runs ([`App::start`] is the second half).
+    pub async fn prepare(manifest: Manifest, options: &LoadOptions) -> Result<App, AppError> {
         let started = Instant::now();
         let capacity = options
             .max_instances
@@ -167,17 +203,6 @@ impl App {
         let base = package::base_linker(&engine)?;
         let cutoff = Arc::new(Cutoff::default());
         let (packages, unlinked) = link_at_load(ready, &base, &cutoff, &broker);
-        let starts: Vec<_> = packages
-            .into_iter()
-            .map(|p| {
-                let broker = broker.clone();
-                tokio::spawn(async move { broker.start(p).await })
-            })
-            .collect();
-        for s in starts {
-            let _ = s.await;
-        }
-        broker.start_reaper();
         let load_time = started.elapsed();
         tracing::info!(app = %manifest.app.name, seconds = load_time.as_secs_f64(), "app loaded");
         let metrics = broker.metrics();
@@ -194,6 +219,7 @@ impl App {
             cutoff,
             deploying: tokio::sync::Mutex::new(()),
             unlinked: std::sync::Mutex::new(unlinked),
+            pending: std::sync::Mutex::new(packages),
             _clock: clock,
         })
     }

@@ -48,7 +48,7 @@ mod registry;
 
 pub use events::{EVENT_COST, EVENT_PAYLOAD_MAX, EVENT_QUEUE_BYTES, EventStats};
 pub use host::BrokerHandle;
-pub use registry::{ActionEntry, LoadFailure, Service};
+pub use registry::{ActionEntry, InternalService, LoadFailure, Service};
 
 pub use crate::health::ServiceReport;
 
@@ -67,6 +67,7 @@ use crate::metrics::Metrics;
 use crate::package::{BoxFuture, Output, Params, Router};
 use call::{Encoded, Reply};
 use events::Origin;
+use registry::CallerKind;
 
 /// Extra time past a call's deadline before the broker stops waiting for an
 /// instance that does not come back from the host (a guest blocked in a
@@ -116,6 +117,11 @@ pub trait RemoteRoute: Send + Sync + 'static {
     /// fastest-validator rules (Moleculer's `params`); `None` when no node
     /// serves it.
     fn params(&self, action: &str) -> Option<Vec<(String, serde_json::Value)>>;
+    /// Whether another node has the service `name` (its full name, as
+    /// `dependencies` write it).
+    fn has_service(&self, _name: &str) -> bool {
+        false
+    }
     /// Hands an event emitted here (`payload` in MessagePack) to the other
     /// nodes' listeners; for `emit`, `local_groups` already got it here.
     fn publish(
@@ -141,6 +147,8 @@ pub struct Broker {
     in_flight: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     remote: RwLock<Option<Arc<dyn RemoteRoute>>>,
+    /// `$node`, once the transport sets it.
+    internal: RwLock<Option<Arc<dyn InternalService>>>,
 }
 
 /// Counts one unit of work in flight until dropped.
@@ -172,6 +180,7 @@ impl Broker {
             in_flight: Arc::new(AtomicUsize::new(0)),
             metrics: Arc::new(Metrics::new()),
             remote: RwLock::new(None),
+            internal: RwLock::new(None),
         })
     }
 
@@ -209,8 +218,14 @@ impl Broker {
         ctx: CallContext,
     ) -> Result<serde_json::Value, CallError> {
         match self.resolve(action) {
-            Ok(found) => self.call_json_on(found, action, params, ctx).await,
+            Ok(found) => {
+                found.0.check_visibility(found.1, CallerKind::Outside)?;
+                self.call_json_on(found, action, params, ctx).await
+            }
             Err(missing) => {
+                if let Some(answer) = self.call_internal(action, params) {
+                    return answer;
+                }
                 let guard = self.remote_guard(&self.outside, action);
                 let params = RemoteParams::Json(params);
                 let reply = self.call_remote_protected(guard, action, params, ctx, missing);
@@ -227,7 +242,11 @@ impl Broker {
         params: &[u8],
         ctx: CallContext,
     ) -> Result<serde_json::Value, CallError> {
-        let found = self.resolve(action)?;
+        let found = match self.resolve(action) {
+            Ok(found) => found,
+            Err(missing) => return self.call_internal(action, params).unwrap_or(Err(missing)),
+        };
+        found.0.check_visibility(found.1, CallerKind::Node)?;
         self.call_json_on(found, action, params, ctx).await
     }
 
@@ -256,6 +275,7 @@ impl Broker {
         ctx: CallContext,
     ) -> Result<Option<Val>, CallError> {
         let (service, index) = self.resolve(action)?;
+        service.check_visibility(index, CallerKind::Outside)?;
         let out = self
             .invoke(&service, index, Params::Vals(params), ctx)
             .await?;

@@ -183,8 +183,15 @@ async fn join(
     let transport = Transport::start(app.broker.clone(), settings)
         .await
         .context("cannot join the cluster")?;
+    // The other nodes' INFO answers our DISCOVER meanwhile, so that
+    // `started` finds them (Moleculer waits the same).
+    tokio::time::sleep(DISCOVERY_WINDOW).await;
     Ok(Some(transport))
 }
+
+/// How long a node that joined waits for the other nodes' INFO before its
+/// packages start (Moleculer 0.14's transit waits the same 500 ms).
+const DISCOVERY_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How to reach a running host's admin API.
 #[derive(Debug, Args)]
@@ -344,6 +351,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The app compiled and linked, its packages not started ([`App::prepare`]).
+async fn prepare(app: &std::path::Path, flags: &LoadFlags) -> anyhow::Result<App> {
+    let manifest =
+        Manifest::load(app).with_context(|| format!("cannot load the app at {}", app.display()))?;
+    App::prepare(manifest, &flags.options())
+        .await
+        .context("cannot start the app")
+}
+
 async fn load(app: &std::path::Path, flags: &LoadFlags) -> anyhow::Result<App> {
     let manifest =
         Manifest::load(app).with_context(|| format!("cannot load the app at {}", app.display()))?;
@@ -362,7 +378,19 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             })?),
             None => None,
         };
-    let app = Arc::new(load(&args.app, &args.load).await?);
+    // Joined before any `started` runs: a package's `started` (and its
+    // `dependencies`) may need services of other nodes.
+    let began = std::time::Instant::now();
+    let mut app = prepare(&args.app, &args.load).await?;
+    let cluster = join(&app, &args.cluster, true).await?;
+    app.start().await;
+    app.load_time = began.elapsed();
+    if let Some(t) = &cluster
+        && let Err(e) = t.announce().await
+    {
+        tracing::warn!(error = %e, "INFO not sent after the packages started");
+    }
+    let app = Arc::new(app);
     let listen = if args.listen.is_some() {
         listen
     } else {
@@ -387,7 +415,6 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let cluster = join(&app, &args.cluster, true).await?;
     let stop = listen_for_stop();
     print_summary(&app, gateway.as_ref().map(|g| g.addr))?;
     if let Some(t) = &cluster {

@@ -74,6 +74,8 @@ pub struct ServiceReport {
     pub events: EventStats,
     /// Guest log lines dropped over the package's log budget.
     pub log_lines_dropped: u64,
+    /// Services among its `dependencies` that are not available now.
+    pub missing_dependencies: Vec<String>,
 }
 
 /// What a subscriber's event queue holds and has dropped, for reports.

@@ -127,6 +127,7 @@ mod check;
 mod deploy;
 mod error;
 mod model;
+mod properties;
 mod raw;
 mod source;
 mod values;

@@ -25,9 +25,13 @@ use crate::types::{json_schema as schema, params_schema, rule_schema, rule_type}
 /// announced).
 pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value {
     let mut paths = Map::new();
+    // Only `published` actions are the gateway's to call (`visibility`).
+    let published = |entry: &crate::broker::ActionEntry| {
+        entry.visibility() == crate::manifest::Visibility::Published
+    };
     for entry in broker.actions() {
         let name = entry.full_name();
-        if !gateway.expose.iter().any(|p| pattern_matches(p, &name)) {
+        if !published(&entry) || !gateway.expose.iter().any(|p| pattern_matches(p, &name)) {
             continue;
         }
         let path = format!("/api/{}/{}", entry.package(), entry.name());
@@ -36,6 +40,7 @@ pub fn document(app: &str, broker: &Broker, gateway: &GatewaySettings) -> Value 
     for alias in &gateway.aliases {
         let path = alias_path(alias);
         let op = match broker.find_action(&alias.action) {
+            Some(entry) if !published(&entry) => continue,
             Some(entry) => {
                 let mut op = operation(&alias.action, entry.ty(), Some(&alias.segments));
                 // operationIds are unique: the alias's names its route too.

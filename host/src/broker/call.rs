@@ -22,6 +22,7 @@ use wasmtime::component::Val;
 use wasmtime::component::types::Type;
 
 use super::protect::{Layer, RemoteGuard, RemoteProtection, remote_fallback_applies};
+use super::registry::CallerKind;
 use super::{Broker, DEADLINE_GRACE, InFlight, RemoteParams, Service};
 use crate::codec::{self, Format};
 use crate::context::{CallContext, CallError, Failure, Human, host_record};
@@ -96,6 +97,10 @@ impl Broker {
         params: Vec<u8>,
     ) -> Result<Vec<u8>, CallError> {
         let route = match self.resolve(&action) {
+            Err(_) if action.starts_with('$') => {
+                check_call_grant(from, &action)?;
+                return self.call_internal_msgpack(&action, &params);
+            }
             Err(missing) if self.remote().is_none() => return Err(missing),
             route => route,
         };
@@ -103,6 +108,9 @@ impl Broker {
         let ctx = from.ctx.via(from.package);
         match route {
             Ok(found) => {
+                found
+                    .0
+                    .check_visibility(found.1, CallerKind::Package(from.package))?;
                 let call = Encoded {
                     action: &action,
                     format: Format::MessagePack,
@@ -124,6 +132,24 @@ impl Broker {
                 reply.await.map(Reply::into_bytes)
             }
         }
+    }
+
+    /// `$node.*` for a package (MessagePack in and out), answered here as
+    /// Moleculer answers its local `$node`.
+    fn call_internal_msgpack(&self, action: &str, params: &[u8]) -> Result<Vec<u8>, CallError> {
+        let json = match params {
+            [] => Vec::new(),
+            bytes => rmp_serde::from_slice::<serde_json::Value>(bytes)
+                .and_then(|v| serde_json::to_vec(&v).map_err(serde::de::Error::custom))
+                .map_err(|e| CallError::InvalidParams(format!("{action}: params: {e}")))?,
+        };
+        let missing = || CallError::NotFound(format!("no action `{action}` on this host"));
+        let value = self.call_internal(action, &json).ok_or_else(missing)??;
+        rmp_serde::to_vec_named(&value).map_err(|e| {
+            CallError::Failed(
+                format!("{action}: cannot encode the result as MessagePack: {e}").into(),
+            )
+        })
     }
 
     /// A local miss goes to another node when one serves `action`.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 
 use super::Broker;
 use super::events::Origin;
+use super::registry::CallerKind;
 use crate::context::CallError;
 use crate::package::{BoxFuture, Caller, ImportTarget, Output, Params, Router};
 
@@ -68,6 +69,7 @@ impl Router for BrokerHandle {
                         ))
                     })?,
             };
+            service.check_visibility(action, CallerKind::Package(from.package))?;
             broker
                 .invoke(&service, action, params, from.ctx.via(from.package))
                 .await

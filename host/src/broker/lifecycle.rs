@@ -21,6 +21,9 @@ use crate::types::wit_signature;
 /// How many restart latencies each service keeps for its statistics.
 const RESTART_SAMPLES: usize = 4096;
 
+/// How often a package waiting for its dependencies looks again.
+const DEPENDENCY_POLL: Duration = Duration::from_millis(50);
+
 /// At most one "failed to start" line per package in this long.
 const START_FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -98,6 +101,41 @@ impl Broker {
         let service = self.prepare(package).await;
         self.install(service.clone());
         service
+    }
+
+    /// [`Broker::start`] once every service among the package's
+    /// `dependencies` is available (here or on another node), as Moleculer
+    /// waits before `started`; after `dependency_timeout` without them the
+    /// package fails, its error naming what is missing.
+    pub async fn start_when_ready(self: &Arc<Self>, package: Package) -> Option<Arc<Service>> {
+        let spec = &package.spec;
+        if !spec.dependencies.is_empty() {
+            let deadline = Instant::now() + spec.dependency_timeout;
+            tracing::info!(package = %spec.name, dependencies = ?spec.dependencies, "waiting for dependencies");
+            loop {
+                let missing = self.missing_dependencies(spec);
+                if missing.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline || self.closing.load(Ordering::Acquire) {
+                    let why = format!(
+                        "package `{}`: not started: {} not available after {} (a service of \
+                         this host or of another node of the cluster; see `dependencies`)",
+                        spec.name,
+                        missing
+                            .iter()
+                            .map(|m| format!("`{m}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        Human(spec.dependency_timeout)
+                    );
+                    self.record_failure(&spec.name, why);
+                    return None;
+                }
+                tokio::time::sleep(DEPENDENCY_POLL).await;
+            }
+        }
+        Some(self.start(package).await)
     }
 
     /// Starts `package`'s instances without routing calls to it yet: the

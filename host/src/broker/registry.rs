@@ -2,9 +2,13 @@
 //! [`Service`] (its package, pool, restart budget, state, protections and
 //! event queue); packages that did not load are [`LoadFailure`]s. This
 //! module resolves an action name to a service and an action index, lists
-//! subscribers of an event, and answers the queries the gateway, OpenAPI,
-//! `$node` and the transport ask ([`Broker::find_action`],
-//! [`Broker::actions`]) so that they need not reach into packages.
+//! subscribers of an event, says who may call an action (its
+//! `visibility`), which services are available (`dependencies`) and which
+//! internal service (`$node`) answers `$` names, and answers the queries
+//! the gateway, OpenAPI, `$node` and the transport ask
+//! ([`Broker::find_action`], [`Broker::actions`]) so that they need not
+//! reach into packages. A versioned package is found by its name and by
+//! its cluster name (`v2.greeter.hello`).
 //!
 //! It must not run calls, start instances or deliver events: it only
 //! knows who is there (see `call.rs`, `lifecycle.rs`, `events.rs`).
@@ -18,6 +22,7 @@ use super::events::EventQueue;
 use super::protect::{ActionProtection, RemoteProtection};
 use super::{Broker, EventStats, ServiceReport};
 use crate::context::{CallError, host_record};
+use crate::manifest::Visibility;
 use crate::metrics::{ActionMetrics, Metrics};
 use crate::package::{ActionType, Package};
 use crate::pool::InstancePool;
@@ -38,6 +43,8 @@ pub struct Service {
     pub(super) remote: RemoteProtection,
     /// The events waiting for this package, bounded.
     pub(super) events: EventQueue,
+    /// Who may call each action (`visibility`), by action index.
+    pub(super) visibility: Vec<Visibility>,
 }
 
 /// What the lifecycle knows about a service beyond its pool.
@@ -73,7 +80,19 @@ impl Service {
             .collect();
         let remote = RemoteProtection::new(&package.spec, &package.ty.actions);
         let events = EventQueue::new(package.spec.max_instances);
+        let visibility = package
+            .ty
+            .actions
+            .iter()
+            .map(|a| {
+                package
+                    .spec
+                    .action(&a.name)
+                    .map_or_else(Default::default, |p| p.visibility)
+            })
+            .collect();
         Service {
+            visibility,
             package,
             pool,
             budget,
@@ -159,6 +178,7 @@ impl Service {
                 .collect(),
             events: self.events.stats(),
             log_lines_dropped: self.package.log_lines_dropped(),
+            missing_dependencies: Vec::new(),
         }
     }
 
@@ -215,6 +235,67 @@ impl ActionEntry {
     pub fn service(&self) -> &Arc<Service> {
         &self.service
     }
+
+    /// Who may call it (`visibility`).
+    pub fn visibility(&self) -> Visibility {
+        self.service
+            .visibility
+            .get(self.index)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Its Moleculer properties (`rest`, `trigger`, ...), as written in the manifest.
+    pub fn properties(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.service
+            .package
+            .spec
+            .action(&self.ty().name)
+            .map(|a| &a.properties)
+    }
+}
+
+/// Who is calling, for the visibility check.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum CallerKind<'a> {
+    /// The gateway, the CLI, the host's API: the way an API gateway calls.
+    Outside,
+    /// Another node of the cluster.
+    Node,
+    /// A package of this host.
+    Package(&'a str),
+}
+
+impl Service {
+    /// `NotFound` when `caller` may not see action `index` (its
+    /// `visibility`): as Moleculer does, such an action is not there for it.
+    pub(super) fn check_visibility(
+        &self,
+        index: usize,
+        caller: CallerKind<'_>,
+    ) -> Result<(), CallError> {
+        let visibility = self.visibility.get(index).copied().unwrap_or_default();
+        let allowed = match (visibility, caller) {
+            (Visibility::Published, _) => true,
+            (Visibility::Public, caller) => !matches!(caller, CallerKind::Outside),
+            (Visibility::Protected, caller) => matches!(caller, CallerKind::Package(_)),
+            (Visibility::Private, CallerKind::Package(from)) => from == self.name(),
+            (Visibility::Private, _) => false,
+        };
+        if allowed {
+            return Ok(());
+        }
+        let who = match caller {
+            CallerKind::Outside => "the gateway or the host's API".to_owned(),
+            CallerKind::Node => "another node".to_owned(),
+            CallerKind::Package(p) => format!("package `{p}`"),
+        };
+        Err(CallError::NotFound(format!(
+            "`{}` is {} and cannot be called by {who}",
+            self.label(index),
+            visibility.name()
+        )))
+    }
 }
 
 impl Broker {
@@ -243,7 +324,10 @@ impl Broker {
     /// The action `<package>.<action>` when a package of this host serves it.
     pub fn find_action(&self, action: &str) -> Option<ActionEntry> {
         let (package, name) = action.split_once('.')?;
-        let service = self.service(package)?;
+        let (service, name) = match self.service(package) {
+            Some(service) => (service, name),
+            None => self.versioned(action)?,
+        };
         let (index, _) = service.package.ty.action(name)?;
         Some(ActionEntry { service, index })
     }
@@ -258,6 +342,28 @@ impl Broker {
                     index,
                 })
             })
+            .collect()
+    }
+
+    /// Whether the service `name` is available: a package of this host
+    /// serving (by its name or its versioned name), `$node` once this host
+    /// is a node, or a service another node announced.
+    pub fn service_available(&self, name: &str) -> bool {
+        let local = self.services().into_iter().any(|s| {
+            let spec = &s.package.spec;
+            (spec.name == name || spec.service_name() == name) && s.state() == PackageState::Serving
+        });
+        local
+            || (name == "$node" && self.internal.read().is_ok_and(|i| i.is_some()))
+            || self.remote().is_some_and(|r| r.has_service(name))
+    }
+
+    /// The services among `spec`'s `dependencies` that are not available now.
+    pub fn missing_dependencies(&self, spec: &crate::manifest::PackageSpec) -> Vec<String> {
+        spec.dependencies
+            .iter()
+            .filter(|d| !self.service_available(d))
+            .cloned()
             .collect()
     }
 
@@ -286,7 +392,14 @@ impl Broker {
 
     /// Snapshots of every package, loaded or failed.
     pub fn reports(&self) -> Vec<ServiceReport> {
-        let mut reports: Vec<ServiceReport> = self.services().iter().map(|s| s.report()).collect();
+        let mut reports: Vec<ServiceReport> = self
+            .services()
+            .iter()
+            .map(|s| ServiceReport {
+                missing_dependencies: self.missing_dependencies(&s.package.spec),
+                ..s.report()
+            })
+            .collect();
         for f in self.failures() {
             reports.push(ServiceReport {
                 name: f.name,
@@ -299,6 +412,7 @@ impl Broker {
                 circuits: Vec::new(),
                 events: EventStats::default(),
                 log_lines_dropped: 0,
+                missing_dependencies: Vec::new(),
             });
         }
         reports.sort_by(|a, b| a.name.cmp(&b.name));
@@ -344,7 +458,11 @@ impl Broker {
                 "`{action}` is not an action name; actions are called `<package>.<action>`"
             )));
         };
-        let service = self.service(package).ok_or_else(|| {
+        let found = match self.service(package) {
+            Some(service) => Some((service, name)),
+            None => self.versioned(action),
+        };
+        let (service, name) = found.ok_or_else(|| {
             let failed = self.failures().into_iter().find(|f| f.name == package);
             CallError::NotFound(match failed {
                 Some(f) => format!(
@@ -363,6 +481,17 @@ impl Broker {
         Ok((service, index))
     }
 
+    /// The service and action name of `v2.greeter.hello` (a versioned
+    /// service's action as the cluster names it): the version is one
+    /// segment, and must be the package's.
+    fn versioned<'a>(&self, action: &'a str) -> Option<(Arc<Service>, &'a str)> {
+        let (prefix, rest) = action.split_once('.')?;
+        let (package, name) = rest.split_once('.')?;
+        let service = self.service(package)?;
+        let version = service.package.spec.version.as_ref()?;
+        (version.prefix() == prefix).then_some((service, name))
+    }
+
     /// The services subscribed to `event` (among `groups`, when given), by name.
     pub(super) fn subscribers(&self, event: &str, groups: Option<&[String]>) -> Vec<Arc<Service>> {
         let mut subscribers: Vec<Arc<Service>> = self
@@ -378,5 +507,38 @@ impl Broker {
             subscribers.sort_by(|a, b| a.name().cmp(b.name()));
         }
         subscribers
+    }
+}
+
+/// A service the host serves itself, without an instance (Moleculer's
+/// `$node`): each answer is made at once from what the host knows.
+pub trait InternalService: Send + Sync + 'static {
+    /// Answers `action` (`$node.health`) with its JSON `params`; `None`
+    /// when it has no such action.
+    fn call(&self, action: &str, params: &[u8]) -> Option<Result<serde_json::Value, CallError>>;
+}
+
+impl Broker {
+    /// Serves the `$`-named internal actions through `service` from now on
+    /// (`None` ends that).
+    pub fn set_internal(&self, service: Option<Arc<dyn InternalService>>) {
+        *self.internal.write().unwrap_or_else(|p| p.into_inner()) = service;
+    }
+
+    /// The answer of an internal action (`$node.*`), when one serves `action`.
+    pub(super) fn call_internal(
+        &self,
+        action: &str,
+        params: &[u8],
+    ) -> Option<Result<serde_json::Value, CallError>> {
+        if !action.starts_with('$') {
+            return None;
+        }
+        let service = self
+            .internal
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        service.call(action, params)
     }
 }

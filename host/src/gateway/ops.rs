@@ -79,7 +79,9 @@ impl Gateway {
     /// which may name host paths (`/admin/packages` has it).
     fn health(&self) -> Response<Full<Bytes>> {
         let reports = self.broker.reports();
-        let all_serving = reports.iter().all(|r| r.state == PackageState::Serving);
+        let all_serving = reports
+            .iter()
+            .all(|r| r.state == PackageState::Serving && r.missing_dependencies.is_empty());
         let packages: Map<String, Value> = reports
             .into_iter()
             .map(|r| {
@@ -90,6 +92,7 @@ impl Gateway {
                     "restarts": r.restarts,
                     "queued": r.queued,
                     "circuits": r.circuits.iter().map(|(a, st)| (a.clone(), json!(st))).collect::<Map<String, Value>>(),
+                    "missing_dependencies": r.missing_dependencies,
                 });
                 (r.name, v)
             })

@@ -21,12 +21,15 @@ use super::model::{
     ClusterSettings, ClusterTls, DEFAULT_MAX_COMPONENT_SIZE, DirGrant, GatewaySettings, Grants,
     Limits, OpsAccess, PackageSpec, RetryPolicy, Secret, Serializer, redact,
 };
+use super::properties;
 use super::raw::{
     RawAction, RawApp, RawCircuit, RawCluster, RawDirGrant, RawGateway, RawGrants, RawLimits,
     RawPackage, RawRetry, check_restart,
 };
 use super::source::{Scope, Source, find_key};
-use super::values::{EnvName, PathValue, is_package_name};
+use super::values::{
+    DAY_MS, DurationIn, EnvName, PathValue, ServiceName, VersionValue, is_package_name,
+};
 
 pub(super) const DEFAULT_MAX_CALL_DEPTH: u32 = 16;
 pub(super) const DEFAULT_CACHE_DIR: &str = ".steedos/cache";
@@ -331,7 +334,7 @@ impl Source<'_> {
             return Err(self.error(key.span(), Some(name), PACKAGE_NAME_RULE.to_owned()));
         }
         let scope = Scope::new(self, value, "", Some(name));
-        let raw: RawPackage = scope.deserialize()?;
+        let mut raw: RawPackage = scope.deserialize()?;
         let source = raw.path.as_ref().map(|path| self.dir.join(&path.0));
         let build = match (&raw.build, &source) {
             (Some(build), None) => {
@@ -348,6 +351,11 @@ impl Source<'_> {
         let mut spec = PackageSpec::with_limits(name, component, limits);
         spec.source = source;
         spec.build = build;
+        let service = (
+            raw.version.take(),
+            std::mem::take(&mut raw.dependencies),
+            raw.dependency_timeout.take(),
+        );
         spec.events = raw.events.into_iter().map(|pattern| pattern.0).collect();
         spec.grants = scope.grants(raw.grants, protected)?;
         if let Some(d) = raw.scale_down_after {
@@ -357,6 +365,7 @@ impl Source<'_> {
         spec.circuit = protection.circuit;
         spec.retry = protection.retry;
         spec.actions = protection.actions;
+        scope.service(service, &mut spec)?;
         Ok(spec)
     }
 }
@@ -393,16 +402,76 @@ impl Scope<'_, '_> {
                 max_delay: r.max_delay.map_or(base.max_delay, |d| d.0),
             };
         }
-        out.actions = actions
-            .into_iter()
-            .map(|(name, a)| ActionPolicy {
+        out.actions = self.actions(actions)?;
+        Ok(out)
+    }
+
+    /// `[packages.<name>.actions.<action>]`: the host's keys and the
+    /// Moleculer properties published in INFO.
+    fn actions(
+        &self,
+        raw: std::collections::BTreeMap<String, RawAction>,
+    ) -> Result<Vec<ActionPolicy>, ManifestError> {
+        let tables = table_entry(self.value.get_ref(), "actions");
+        let mut actions = Vec::new();
+        for (name, a) in raw {
+            let (properties, visibility) =
+                match tables.and_then(|t| table_entry(t.get_ref(), &name)) {
+                    Some(table) => properties::action_properties(&name, table)
+                        .map_err(|(span, message)| self.error(span, message))?,
+                    None => Default::default(),
+                };
+            actions.push(ActionPolicy {
                 name,
                 queue: a.queue.map(|q| q.0 as usize),
                 idempotent: a.idempotent,
                 fallback: a.fallback.map(|f| f.0),
-            })
-            .collect();
-        Ok(out)
+                visibility,
+                properties,
+            });
+        }
+        Ok(actions)
+    }
+
+    /// The package as a Moleculer service: `version`, `settings`,
+    /// `dependencies`, `dependency_timeout`; and a bound on what INFO carries.
+    fn service(
+        &self,
+        (version, dependencies, timeout): MoleculerKeys,
+        spec: &mut PackageSpec,
+    ) -> Result<(), ManifestError> {
+        spec.version = version.map(|v| v.0);
+        if let Some(value) = table_entry(self.value.get_ref(), "settings") {
+            spec.settings =
+                properties::settings(value).map_err(|(span, message)| self.error(span, message))?;
+        }
+        spec.dependencies = Vec::new();
+        for dependency in dependencies {
+            let name = dependency.get_ref().0.clone();
+            if name == spec.name || name == spec.service_name() {
+                let message = format!("package `{}` cannot depend on itself", spec.name);
+                return Err(self.error(dependency.span(), message));
+            }
+            spec.dependencies.push(name);
+        }
+        if let Some(timeout) = timeout {
+            spec.dependency_timeout = timeout.0;
+        }
+        let size = serde_json::to_vec(&spec.settings).map_or(0, |b| b.len())
+            + spec
+                .actions
+                .iter()
+                .map(|a| serde_json::to_vec(&a.properties).map_or(0, |b| b.len()))
+                .sum::<usize>();
+        if size > properties::MAX_PROPERTIES_BYTES {
+            let message = format!(
+                "settings and action properties come to {size} bytes of JSON, over the \
+                 {} KiB an INFO packet may carry for one package",
+                properties::MAX_PROPERTIES_BYTES >> 10
+            );
+            return Err(self.error(self.value.span(), message));
+        }
+        Ok(())
     }
 
     pub(super) fn limits(&self, raw: &RawLimits, base: &Limits) -> Result<Limits, ManifestError> {
@@ -545,3 +614,21 @@ pub(super) fn protected_dirs(app: &AppSettings, dir: &Path) -> Vec<PathBuf> {
         .map(|dir| resolve_links(dir))
         .collect()
 }
+
+/// The value of `key` in `table`, when `table` is a table that has it.
+fn table_entry<'t, 'i>(table: &'t DeValue<'i>, key: &str) -> Option<&'t Spanned<DeValue<'i>>> {
+    let DeValue::Table(table) = table else {
+        return None;
+    };
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v)
+}
+
+/// A package's `version`, `dependencies` and `dependency_timeout`, as read.
+type MoleculerKeys = (
+    Option<VersionValue>,
+    Vec<Spanned<ServiceName>>,
+    Option<DurationIn<1, DAY_MS>>,
+);

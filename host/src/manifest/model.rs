@@ -397,6 +397,73 @@ pub struct PackageSpec {
     pub events: Vec<String>,
     /// What this package may touch beyond its own sandbox.
     pub grants: Grants,
+    /// `version`: the service is then `v2.<name>` (or `<word>.<name>`) to
+    /// the cluster, as Moleculer names a versioned service.
+    pub version: Option<ServiceVersion>,
+    /// `settings`: the service's settings, sent verbatim in INFO.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// `dependencies`: services (here or on another node) that must be
+    /// available before this package's `started` runs.
+    pub dependencies: Vec<String>,
+    /// How long `started` waits for [`PackageSpec::dependencies`] before the
+    /// package fails (`dependency_timeout`).
+    pub dependency_timeout: Duration,
+}
+
+/// How long a package's `started` waits for its dependencies by default.
+pub const DEFAULT_DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A service version, as Moleculer writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceVersion {
+    /// `version = 2`: the service is `v2.<name>`.
+    Number(u64),
+    /// `version = "staging"`: the service is `staging.<name>`.
+    Text(String),
+}
+
+impl ServiceVersion {
+    /// The prefix of the service's full name (`v2`, `staging`).
+    pub fn prefix(&self) -> String {
+        match self {
+            ServiceVersion::Number(n) => format!("v{n}"),
+            ServiceVersion::Text(t) => t.clone(),
+        }
+    }
+
+    /// The version as INFO carries it (a number or a string).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ServiceVersion::Number(n) => serde_json::Value::from(*n),
+            ServiceVersion::Text(t) => serde_json::Value::from(t.as_str()),
+        }
+    }
+}
+
+/// Who may call an action (Moleculer's `visibility`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Visibility {
+    /// Anyone, and the gateway may expose it (the default).
+    #[default]
+    Published,
+    /// Packages of this host and other nodes, not the gateway.
+    Public,
+    /// Packages of this host only: not announced to other nodes.
+    Protected,
+    /// Its own package only.
+    Private,
+}
+
+impl Visibility {
+    /// The word `visibility` is written with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Visibility::Published => "published",
+            Visibility::Public => "public",
+            Visibility::Protected => "protected",
+            Visibility::Private => "private",
+        }
+    }
 }
 
 /// Moleculer's circuit breaker: once at least `min_calls` calls in `window`
@@ -448,6 +515,11 @@ pub struct ActionPolicy {
     pub idempotent: bool,
     /// An action (`pkg.action`) to call, with the same parameters, when this one fails.
     pub fallback: Option<String>,
+    /// Who may call it.
+    pub visibility: Visibility,
+    /// Every other key of its table (`rest`, `trigger`, `visibility`,
+    /// `cache`, free-form ones), as JSON, sent verbatim in INFO.
+    pub properties: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A restart budget: more than `max_restarts` restarts within `within` puts
@@ -514,7 +586,25 @@ impl PackageSpec {
             restart: limits.restart,
             events: Vec::new(),
             grants: Grants::default(),
+            version: None,
+            settings: serde_json::Map::new(),
+            dependencies: Vec::new(),
+            dependency_timeout: DEFAULT_DEPENDENCY_TIMEOUT,
         }
+    }
+
+    /// The service's name in the cluster: `v2.greeter` for a versioned
+    /// package, else its name.
+    pub fn service_name(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{}.{}", v.prefix(), self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// The settings of action `name` (`[packages.<name>.actions.<action>]`), if any.
+    pub fn action(&self, name: &str) -> Option<&ActionPolicy> {
+        self.actions.iter().find(|a| a.name == name)
     }
 
     /// Whether this package subscribes to `event`: an exact name, a

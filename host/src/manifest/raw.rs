@@ -16,7 +16,7 @@ use toml::Spanned;
 use super::model::{Limits, RestartPolicy};
 use super::values::{
     BodySize, CallPattern, CountIn, CountVisitor, DAY_MS, DurationIn, EnvName, EventPattern,
-    HOUR_MS, PathValue, Size, SizeIn, SubjectToken, Text,
+    HOUR_MS, PathValue, ServiceName, Size, SizeIn, SubjectToken, Text, VersionValue,
 };
 
 pub(super) type CallDepth = CountIn<1, 1024>;
@@ -128,6 +128,13 @@ pub(super) struct RawPackage {
     pub(super) retry: Option<RawRetry>,
     #[serde(default)]
     pub(super) actions: std::collections::BTreeMap<String, RawAction>,
+    /// Checked a table here; read as JSON from the table itself by `properties`, for spans.
+    #[serde(rename = "settings")]
+    pub(super) _settings: Option<toml::Table>,
+    pub(super) version: Option<VersionValue>,
+    #[serde(default)]
+    pub(super) dependencies: Vec<Spanned<ServiceName>>,
+    pub(super) dependency_timeout: Option<DurationIn<1, DAY_MS>>,
 }
 
 #[derive(Deserialize)]
@@ -153,11 +160,10 @@ pub(super) struct RawRetry {
     pub(super) max_delay: Option<DurationIn<1, HOUR_MS>>,
 }
 
+/// An action's table: the host's keys; every other key is a Moleculer
+/// property, read by `properties` (so unknown keys are welcome here).
 #[derive(Default, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a table of `queue`, `idempotent`, `fallback`"
-)]
+#[serde(expecting = "a table of `queue`, `idempotent`, `fallback` and Moleculer properties")]
 pub(super) struct RawAction {
     pub(super) queue: Option<QueueLength>,
     #[serde(default)]

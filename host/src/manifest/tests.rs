@@ -107,6 +107,7 @@ mod snapshots {
         cluster_bad_protocol,
         cluster_bad_serializer,
         cluster_bad_heartbeat,
+        moleculer_bad_properties,
     );
 }
 
@@ -118,6 +119,7 @@ const GOOD_CASES: &[&str] = &[
     "defaults",
     "one_bad_package",
     "cluster",
+    "moleculer",
 ];
 
 #[test]
@@ -738,4 +740,40 @@ fn a_deploy_overrides_its_base_and_refuses_unknown_and_repeated_settings() {
         e.starts_with("package `Bad_Name`: a package name is"),
         "{e}"
     );
+}
+
+#[test]
+fn a_package_is_a_moleculer_service_with_properties() {
+    let manifest = load_good("moleculer");
+    let accounts = package(&manifest, "accounts");
+    assert_eq!(accounts.service_name(), "v2.accounts");
+    assert_eq!(accounts.version, Some(ServiceVersion::Number(2)));
+    assert_eq!(
+        serde_json::Value::Object(accounts.settings.clone()),
+        serde_json::json!({ "table": "accounts", "limits": { "max": 10, "ratio": 0.5 }, "tags": ["a", "b"] })
+    );
+    assert_eq!(
+        accounts.dependencies,
+        ["objectql", "v2.metadata", "@steedos/service-x"]
+    );
+    assert_eq!(accounts.dependency_timeout, Duration::from_secs(5));
+    let hello = accounts.action("hello").expect("hello");
+    assert_eq!(hello.queue, Some(4));
+    assert_eq!(hello.visibility, Visibility::Public);
+    assert_eq!(
+        serde_json::Value::Object(hello.properties.clone()),
+        serde_json::json!({
+            "rest": { "method": "GET", "path": "/hello/:name" },
+            "trigger": { "listenTo": "accounts", "when": ["beforeInsert", "beforeUpdate"] },
+            "visibility": "public",
+            "cache": false,
+            "x-owner": "team-a",
+        })
+    );
+    let secret = accounts.action("secret").expect("secret");
+    assert_eq!(secret.visibility, Visibility::Private);
+    let plain = package(&manifest, "plain");
+    assert_eq!(plain.service_name(), "staging.plain");
+    assert!(plain.dependencies.is_empty());
+    assert_eq!(plain.dependency_timeout, DEFAULT_DEPENDENCY_TIMEOUT);
 }

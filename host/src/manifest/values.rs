@@ -317,6 +317,10 @@ pub(super) fn is_call_pattern(pattern: &str) -> bool {
     if pattern == "*" {
         return true;
     }
+    // Moleculer's internal service on this node.
+    if let Some(action) = pattern.strip_prefix("$node.") {
+        return action == "*" || is_action_name(action);
+    }
     let Some((package, action)) = pattern.split_once('.') else {
         return false;
     };
@@ -332,3 +336,66 @@ pub(super) fn is_action_name(action: &str) -> bool {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     })
 }
+
+/// A Moleculer service name a package depends on (`objectql`, `v2.greeter`,
+/// `@steedos/service-x`, `$node`): printable ASCII, no spaces, no `*` or `>`.
+pub(super) struct ServiceName(pub(super) String);
+
+impl FromTomlStr for ServiceName {
+    const EXPECTING: &'static str = "a service name";
+
+    fn from_toml_str(text: &str) -> Result<Self, String> {
+        let fits = |c: char| c.is_ascii_graphic() && !matches!(c, '*' | '>' | '"' | '\\');
+        if text.is_empty() || text.len() > 128 || !text.chars().all(fits) || text.contains("..") {
+            return Err(format!(
+                "{text:?} is not a service name (printable ASCII without spaces, `*` or `>`, \
+                 at most 128 characters, like \"objectql\" or \"v2.greeter\")"
+            ));
+        }
+        Ok(ServiceName(text.to_owned()))
+    }
+}
+
+/// A service version: `2` (the service is `v2.<name>`) or a word such as
+/// `"staging"` (the service is `staging.<name>`), as Moleculer names them.
+pub(super) struct VersionValue(pub(super) super::model::ServiceVersion);
+
+impl<'de> Deserialize<'de> for VersionValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(VersionVisitor)
+    }
+}
+
+struct VersionVisitor;
+
+impl Visitor<'_> for VersionVisitor {
+    type Value = VersionValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a version: a number like 2, or a word like \"staging\"")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<VersionValue, E> {
+        u64::try_from(value)
+            .map_err(|_| E::custom(format!("version {value} is negative")))
+            .and_then(|n| self.visit_u64(n))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<VersionValue, E> {
+        Ok(VersionValue(super::model::ServiceVersion::Number(value)))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<VersionValue, E> {
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if value.is_empty() || value.len() > 32 || !value.chars().all(word) {
+            return Err(E::custom(format!(
+                "{value:?} is not a version (a number, or letters, digits, `-` and `_`, at most 32)"
+            )));
+        }
+        Ok(VersionValue(super::model::ServiceVersion::Text(
+            value.to_owned(),
+        )))
+    }
+}
+
+deserialize_from_toml_str!(ServiceName);

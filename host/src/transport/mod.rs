@@ -71,6 +71,7 @@ pub mod bounds;
 mod bus;
 mod connect;
 mod error;
+mod internals;
 mod nats;
 pub mod packet;
 mod redis;
@@ -173,10 +174,17 @@ impl Transport {
                 message,
             })?;
         broker.set_remote(Some(Arc::new(Route(shared.clone()))));
+        internals::install(&shared);
         shared.join().await?;
         tasks.push(tokio::spawn(shared.clone().beat()));
         tracing::info!(node = %shared.node_id, transporter = %redact(&shared.settings.transporter), protocol = shared.ver, "joined the cluster");
         Ok(Transport { shared, tasks })
+    }
+
+    /// Broadcasts this node's INFO now (after its packages started), rather
+    /// than at the next heartbeat.
+    pub async fn announce(&self) -> Result<(), TransportError> {
+        self.shared.send_info(None, false).await
     }
 
     /// This node's id.
@@ -270,6 +278,7 @@ impl Transport {
         let shared = self.shared.clone();
         shared.leaving.store(true, Ordering::Release);
         shared.broker.set_remote(None);
+        shared.broker.set_internal(None);
         if let Err(e) = shared.send_info(None, true).await {
             tracing::warn!(node = %shared.node_id, error = %e, "could not announce leaving");
         }

@@ -310,6 +310,9 @@ pub struct Info {
 pub struct ServiceInfo {
     /// The service name.
     pub name: String,
+    /// `v2.<name>` for a versioned service (what `dependencies` name).
+    #[serde(default, rename = "fullName")]
+    pub full_name: Option<String>,
     /// Its actions by full name.
     #[serde(default)]
     pub actions: Option<Map<String, Value>>,

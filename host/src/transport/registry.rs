@@ -246,6 +246,13 @@ impl Registry {
         )
     }
 
+    /// Whether some node has the service `name` (its full name).
+    pub fn has_service(&self, name: &str) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.services.iter().any(|s| s == name))
+    }
+
     /// Whether some node serves `action`.
     pub fn serves(&self, action: &str) -> bool {
         self.actions
@@ -444,7 +451,12 @@ impl Offer {
         let mut params = HashMap::new();
         let mut listeners = Vec::new();
         for service in &info.services {
-            services.push(service.name.clone());
+            services.push(
+                service
+                    .full_name
+                    .clone()
+                    .unwrap_or_else(|| service.name.clone()),
+            );
             for (name, action) in service.actions.iter().flatten() {
                 // Actions a node keeps to itself are not callable from here.
                 let visibility = action.get("visibility").and_then(Value::as_str);

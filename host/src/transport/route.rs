@@ -46,6 +46,10 @@ impl Drop for PendingGuard {
 pub(super) struct Route(pub(super) Arc<Transit>);
 
 impl RemoteRoute for Route {
+    fn has_service(&self, name: &str) -> bool {
+        self.0.registry().has_service(name)
+    }
+
     fn params(&self, action: &str) -> Option<Vec<(String, Value)>> {
         self.0.registry().params(action)
     }

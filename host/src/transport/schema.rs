@@ -1,7 +1,10 @@
 //! This host's packages as Moleculer services, for INFO packets.
 //!
-//! Each package is a service of its name; each action `<package>.<action>`
-//! carries its parameters' rules in fastest-validator's words, which
+//! Each package is a service of its name (`v2.<name>` when it has a
+//! `version`, with its `settings`); each action `<service>.<action>` carries
+//! the Moleculer properties written in the manifest (`rest`, `trigger`,
+//! ...; not `protected` or `private` ones, which stay here) and its
+//! parameters' rules in fastest-validator's words, which
 //! [`types::rule`](crate::types::rule) derives from the WIT types (the
 //! mapping lives there, beside the JSON Schema, and not here). Event
 //! subscriptions become listeners in the package's group, with our
@@ -10,6 +13,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::broker::Broker;
+use crate::manifest::Visibility;
 use crate::types::rule;
 
 /// The `services` of this host's INFO packet, read from the broker's
@@ -20,18 +24,24 @@ pub fn services(broker: &Broker) -> Value {
     let mut services = Vec::new();
     for service in broker.services() {
         let package = service.name();
+        let spec = &service.package.spec;
+        let full_name = spec.service_name();
         let mut own = Map::new();
         while let Some(entry) = actions.next_if(|a| a.package() == package) {
-            let name = entry.full_name();
+            if !announced(entry.visibility()) {
+                continue;
+            }
+            let name = format!("{full_name}.{}", entry.name());
             let params: Map<String, Value> = entry
                 .params()
                 .iter()
                 .map(|(pname, ty)| (pname.clone(), rule(ty)))
                 .collect();
-            own.insert(
-                name.clone(),
-                json!({ "name": name, "rawName": entry.name(), "params": params }),
-            );
+            let mut definition = entry.properties().cloned().unwrap_or_default();
+            definition.insert("name".into(), name.clone().into());
+            definition.insert("rawName".into(), entry.name().into());
+            definition.insert("params".into(), params.into());
+            own.insert(name, definition.into());
         }
         let events: Map<String, Value> = service
             .subscriptions()
@@ -43,15 +53,22 @@ pub fn services(broker: &Broker) -> Value {
             .collect();
         services.push(json!({
             "name": package,
-            "fullName": package,
-            "version": null,
-            "settings": {},
+            "fullName": full_name,
+            "version": spec.version.as_ref().map(|v| v.to_json()),
+            "settings": spec.settings,
             "metadata": { "steedos-wasm": true },
             "actions": own,
             "events": events,
         }));
     }
     Value::Array(services)
+}
+
+/// Whether other nodes hear of an action of this `visibility`: a
+/// `protected` or `private` one is for this host only (Moleculer's nodes
+/// would not register it either).
+fn announced(visibility: Visibility) -> bool {
+    matches!(visibility, Visibility::Published | Visibility::Public)
 }
 
 /// Our event pattern (`order.*` is any name under `order.`) in Moleculer's words.

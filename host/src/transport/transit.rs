@@ -24,7 +24,7 @@ use super::bus::{Bus, Inbox, Outgoing, Subject};
 use super::error::TransportError;
 use super::packet::{self, Data, Kind, Wire};
 use super::registry::{Joined, Registry};
-use super::schema;
+use super::{internals, schema};
 use crate::broker::Broker;
 use crate::context::{CallContext, CallError, Human, next_request_id};
 use crate::manifest::{ClusterSettings, pattern_matches};
@@ -215,6 +215,9 @@ impl Transit {
             return Value::Array(Vec::new());
         }
         let mut services = schema::services(&self.broker);
+        if let Value::Array(list) = &mut services {
+            list.push(internals::service_info());
+        }
         if self.settings.publish.iter().any(|p| p == "*") {
             return services;
         }
@@ -230,12 +233,20 @@ impl Transit {
 
     /// Whether other nodes may call `action` here.
     pub(super) fn published(&self, action: &str) -> bool {
-        self.settings.advertise
-            && self
-                .settings
+        let matches = |name: &str| {
+            self.settings
                 .publish
                 .iter()
-                .any(|p| pattern_matches(p, action))
+                .any(|p| pattern_matches(p, name))
+        };
+        self.settings.advertise
+            && (action.starts_with("$node.")
+                || matches(action)
+                // `v2.greeter.hello` is published by the patterns of `greeter.hello`.
+                || self
+                    .broker
+                    .find_action(action)
+                    .is_some_and(|a| matches(&a.full_name())))
     }
 
     /// The HEARTBEAT loop: beats, drops silent nodes, re-announces changed services.
@@ -695,7 +706,7 @@ pub(super) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
@@ -710,7 +721,7 @@ pub fn default_node_id() -> String {
 }
 
 /// The one-minute load average as a percentage of the cores, for HEARTBEAT.
-fn cpu_percent() -> f64 {
+pub(super) fn cpu_percent() -> f64 {
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| {
