@@ -1157,14 +1157,27 @@ async fn a_flood_of_large_events_keeps_memory_bounded_and_is_counted() {
     let (before, _) = rss_of(pid);
     reset_peak(pid);
     let data = "x".repeat(500 << 10);
+    // fragile's one instance sleeps 3 s in a call as the flood starts: its
+    // event queue (16 MiB) fills, then this node's budget, so events are
+    // dropped then however fast the machine reads them.
+    let sleeper = {
+        let raw = Raw {
+            client: raw.client.clone(),
+        };
+        tokio::spawn(async move {
+            let text = json!({ "text": "sleep:3000" });
+            raw.call("sleeper", "flood-target", "fragile.echo", text)
+                .await
+        })
+    };
     let flood = {
         let client = raw.client.clone();
         let counters = counters.clone();
         tokio::spawn(async move {
-            // `57` reaches fragile as the MessagePack byte b'9': it sleeps
-            // 9 ms per event; the 500 KB ride in a field no one reads.
+            // The 500 KB are the event's data: they reach the subscriber,
+            // and count against its queue as well as this node's budget.
             let packet = json!({ "ver": "4", "sender": "flooder", "id": "e",
-                "event": "flood.big", "data": 57, "padding": data, "groups": ["fragile"],
+                "event": "flood.big", "data": data, "groups": ["fragile"],
                 "broadcast": false, "meta": {}, "level": 1 });
             let bytes = Bytes::from(serde_json::to_vec(&packet).expect("json"));
             for sent in 0..FLOOD {
@@ -1198,6 +1211,11 @@ async fn a_flood_of_large_events_keeps_memory_bounded_and_is_counted() {
         "answered during the flood: {during}"
     );
     flood.await.expect("flood sent");
+    let slept = sleeper.await.expect("sleeper");
+    assert_eq!(
+        slept["data"], "sleep:3000",
+        "the sleeping call answered: {slept}"
+    );
     let settled = eventually(Duration::from_secs(120), || {
         let counters = counters.clone();
         async move {
