@@ -139,11 +139,13 @@ pub struct RunArgs {
 }
 
 /// Joining a cluster of steedos-wasm nodes and Moleculer services over
-/// NATS; these override `[cluster]`, and `--nats` alone joins with its defaults.
+/// NATS or Redis; these override `[cluster]`, and `--transporter` alone
+/// joins with its defaults.
 #[derive(Debug, Args)]
 pub struct ClusterFlags {
-    /// The NATS transporter to join, e.g. nats://127.0.0.1:4222.
-    #[arg(long, value_name = "URL")]
+    /// The transporter to join: nats://127.0.0.1:4222, tls://...,
+    /// redis://127.0.0.1:6379 or rediss://... (`--nats` is the old name).
+    #[arg(long = "transporter", visible_alias = "nats", value_name = "URL")]
     pub nats: Option<String>,
     /// This node's id in the cluster (default: `<hostname>-<pid>`).
     #[arg(long, value_name = "ID")]

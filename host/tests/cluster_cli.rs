@@ -82,7 +82,7 @@ fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
                 "--no-build",
                 "--listen",
                 "off",
-                "--nats",
+                "--transporter",
                 &url,
                 "--node-id",
                 "shop-node",
@@ -113,6 +113,7 @@ fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
                 r#"{"name":"Ada"}"#,
                 "--timeout",
                 "5s",
+                // The flag's old name still works.
                 "--nats",
                 &url,
                 "--namespace",
