@@ -36,8 +36,9 @@ pub(super) fn scrub(message: &str, url: &str) -> String {
     out
 }
 
-/// Reads a secret; the error names its source, never its value.
-fn read_secret(secret: &Secret, what: &str) -> Result<String, TransportError> {
+/// A secret's value (trimmed, not empty), for either bus; `Err` names its
+/// source (`$VAR` or the file), never its value.
+pub(super) fn secret_value(secret: &Secret) -> Result<String, String> {
     let (value, source) = match secret {
         Secret::Env(name) => (std::env::var(name).ok(), format!("${name}")),
         Secret::File(path) => (
@@ -47,10 +48,15 @@ fn read_secret(secret: &Secret, what: &str) -> Result<String, TransportError> {
     };
     match value.map(|v| v.trim().to_owned()) {
         Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(TransportError::Credentials(format!(
-            "the NATS {what} from {source} is missing or empty"
-        ))),
+        _ => Err(source),
     }
+}
+
+/// Reads a secret; the error names its source, never its value.
+fn read_secret(secret: &Secret, what: &str) -> Result<String, TransportError> {
+    secret_value(secret).map_err(|source| {
+        TransportError::Credentials(format!("the NATS {what} from {source} is missing or empty"))
+    })
 }
 
 fn readable(path: &Path, what: &str) -> Result<(), TransportError> {

@@ -57,20 +57,10 @@ fn connect_error(url: &str, message: impl std::fmt::Display) -> TransportError {
 
 /// Reads a secret; the error names its source, never its value.
 fn read_secret(secret: &Secret, key: &'static str) -> Result<String, TransportError> {
-    let (value, source) = match secret {
-        Secret::Env(name) => (std::env::var(name).ok(), format!("${name}")),
-        Secret::File(path) => (
-            std::fs::read_to_string(path).ok(),
-            path.display().to_string(),
-        ),
-    };
-    match value.map(|v| v.trim().to_owned()) {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(TransportError::Settings {
-            key,
-            problem: format!("the Redis {key} from {source} is missing or empty"),
-        }),
-    }
+    super::connect::secret_value(secret).map_err(|source| TransportError::Settings {
+        key,
+        problem: format!("the Redis {key} from {source} is missing or empty"),
+    })
 }
 
 fn read_file(path: &std::path::Path, key: &'static str) -> Result<Vec<u8>, TransportError> {
