@@ -7,7 +7,6 @@
 //! bus is chosen by the transporter URL's scheme; each has a file of its
 //! own (`nats`, `redis`). It must not decode packets or keep peers.
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use std::sync::Arc;
@@ -18,41 +17,15 @@ use super::packet::Kind;
 use super::{nats, redis};
 use crate::manifest::ClusterSettings;
 
+pub(super) use super::inbox::{Inbox, Outgoing};
 /// A subject (a channel on Redis): a cheap shared string.
 pub(super) use async_nats::Subject;
-
-/// A packet queued for [`send_outbox`].
-pub(super) struct Outgoing {
-    pub subject: Subject,
-    pub bytes: Bytes,
-    /// For a REQ, the id of its pending call: the call fails at once when
-    /// the packet cannot be sent.
-    pub call: Option<u128>,
-}
 
 /// The connection of one bus, cheap to clone.
 #[derive(Clone)]
 pub(super) enum Link {
     Nats(async_nats::Client),
     Redis(redis::Link),
-}
-
-/// One subscription's packets, in a bounded buffer.
-pub(super) enum Inbox {
-    Nats(async_nats::Subscriber),
-    Redis(mpsc::Receiver<Bytes>),
-}
-
-impl Inbox {
-    /// The next packet; `None` once the subscription has ended.
-    pub async fn next(&mut self) -> Option<Bytes> {
-        match self {
-            Inbox::Nats(subscriber) => futures_util::StreamExt::next(subscriber)
-                .await
-                .map(|m| m.payload),
-            Inbox::Redis(receiver) => receiver.recv().await,
-        }
-    }
 }
 
 /// Whether `url` names a Redis server (`redis://`, `rediss://`).

@@ -15,50 +15,11 @@ use serde_json::{Map, Value, json};
 
 use super::packet::ClientOut;
 use super::redact;
+use super::schema::node::ACTIONS;
 use super::transit::{Transit, cpu_percent, hostname, now_ms};
 use crate::broker::InternalService;
 use crate::context::CallError;
 use crate::manifest::Serializer;
-
-/// The name of the service.
-pub(super) const NAME: &str = "$node";
-
-/// Its actions, with the parameters Moleculer declares for each.
-const ACTIONS: [(&str, &[&str]); 7] = [
-    ("list", &["withServices", "onlyAvailable"]),
-    (
-        "services",
-        &[
-            "onlyLocal",
-            "skipInternal",
-            "withActions",
-            "withEvents",
-            "onlyAvailable",
-            "grouping",
-        ],
-    ),
-    (
-        "actions",
-        &[
-            "onlyLocal",
-            "skipInternal",
-            "withEndpoints",
-            "onlyAvailable",
-        ],
-    ),
-    (
-        "events",
-        &[
-            "onlyLocal",
-            "skipInternal",
-            "withEndpoints",
-            "onlyAvailable",
-        ],
-    ),
-    ("health", &[]),
-    ("options", &[]),
-    ("metrics", &["types", "includes", "excludes"]),
-];
 
 /// `$node` of one node.
 pub(super) struct NodeService(pub(super) Weak<Transit>);
@@ -86,29 +47,6 @@ impl InternalService for NodeService {
             _ => metrics(&transit),
         }))
     }
-}
-
-/// The INFO entry of `$node`, as a Moleculer node announces it.
-pub(super) fn service_info() -> Value {
-    let mut actions = Map::new();
-    for (action, params) in ACTIONS {
-        let full = format!("{NAME}.{action}");
-        let rules: Map<String, Value> = params
-            .iter()
-            .map(|p| {
-                let rule = match *p {
-                    "types" | "includes" | "excludes" => json!({ "type": "any", "optional": true }),
-                    _ => json!({ "type": "boolean", "optional": true, "convert": true }),
-                };
-                (p.to_string(), rule)
-            })
-            .collect();
-        let definition = json!({ "name": full, "rawName": action, "cache": false,
-                                 "tracing": false, "params": rules });
-        actions.insert(full, definition);
-    }
-    json!({ "name": NAME, "fullName": NAME, "version": null, "settings": {},
-            "metadata": {}, "actions": actions, "events": {} })
 }
 
 /// The boolean options of a `$node` action (Moleculer's `convert: true`:
@@ -454,6 +392,7 @@ pub(super) fn install(transit: &Arc<Transit>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::schema::node::service_info;
 
     #[test]
     fn info_announces_every_action_of_node() {

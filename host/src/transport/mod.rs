@@ -71,6 +71,7 @@ pub mod bounds;
 mod bus;
 mod connect;
 mod error;
+mod inbox;
 mod internals;
 mod nats;
 pub mod packet;

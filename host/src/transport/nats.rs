@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use std::sync::Arc;
 
 use super::bounds::DropLog;
-use super::bus::{Inbox, Outgoing};
 use super::connect;
 use super::error::TransportError;
+use super::inbox::{Inbox, Outgoing};
 use super::packet::Kind;
 use crate::manifest::ClusterSettings;
 

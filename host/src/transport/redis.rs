@@ -22,9 +22,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::bounds::{DropLog, SUBSCRIPTION_BUFFER};
-use super::bus::{Inbox, Outgoing};
 use super::connect::redact;
 use super::error::TransportError;
+use super::inbox::{Inbox, Outgoing};
 use super::packet::Kind;
 use crate::manifest::{ClusterAuth, ClusterSettings, Secret};
 

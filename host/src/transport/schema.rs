@@ -1,4 +1,5 @@
-//! This host's packages as Moleculer services, for INFO packets.
+//! This host's packages as Moleculer services, for INFO packets, and
+//! `$node` as INFO announces it (its answers are `internals.rs`'s).
 //!
 //! Each package is a service of its name (`v2.<name>` when it has a
 //! `version`, with its `settings`); each action `<service>.<action>` carries
@@ -91,5 +92,76 @@ mod tests {
         assert_eq!(moleculer_pattern("order.*"), "order.**");
         assert_eq!(moleculer_pattern("*"), "**");
         assert_eq!(moleculer_pattern("order.placed"), "order.placed");
+    }
+}
+
+/// What INFO says of `$node` (served by `internals.rs`): its name, its
+/// actions and their parameters, as a Moleculer node announces them.
+pub(super) mod node {
+    use serde_json::{Map, Value, json};
+
+    /// The name of the service.
+    const NAME: &str = "$node";
+
+    /// Its actions, with the parameters Moleculer declares for each.
+    pub(in crate::transport) const ACTIONS: [(&str, &[&str]); 7] = [
+        ("list", &["withServices", "onlyAvailable"]),
+        (
+            "services",
+            &[
+                "onlyLocal",
+                "skipInternal",
+                "withActions",
+                "withEvents",
+                "onlyAvailable",
+                "grouping",
+            ],
+        ),
+        (
+            "actions",
+            &[
+                "onlyLocal",
+                "skipInternal",
+                "withEndpoints",
+                "onlyAvailable",
+            ],
+        ),
+        (
+            "events",
+            &[
+                "onlyLocal",
+                "skipInternal",
+                "withEndpoints",
+                "onlyAvailable",
+            ],
+        ),
+        ("health", &[]),
+        ("options", &[]),
+        ("metrics", &["types", "includes", "excludes"]),
+    ];
+
+    /// The INFO entry of `$node`, as a Moleculer node announces it.
+    pub(in crate::transport) fn service_info() -> Value {
+        let mut actions = Map::new();
+        for (action, params) in ACTIONS {
+            let full = format!("{NAME}.{action}");
+            let rules: Map<String, Value> = params
+                .iter()
+                .map(|p| {
+                    let rule = match *p {
+                        "types" | "includes" | "excludes" => {
+                            json!({ "type": "any", "optional": true })
+                        }
+                        _ => json!({ "type": "boolean", "optional": true, "convert": true }),
+                    };
+                    (p.to_string(), rule)
+                })
+                .collect();
+            let definition = json!({ "name": full, "rawName": action, "cache": false,
+                                     "tracing": false, "params": rules });
+            actions.insert(full, definition);
+        }
+        json!({ "name": NAME, "fullName": NAME, "version": null, "settings": {},
+                "metadata": {}, "actions": actions, "events": {} })
     }
 }

@@ -24,7 +24,7 @@ use super::bus::{Bus, Inbox, Outgoing, Subject};
 use super::error::TransportError;
 use super::packet::{self, Data, Kind, Wire};
 use super::registry::{Joined, Registry};
-use super::{internals, schema};
+use super::schema;
 use crate::broker::Broker;
 use crate::context::{CallContext, CallError, Human, next_request_id};
 use crate::manifest::{ClusterSettings, pattern_matches};
@@ -216,7 +216,7 @@ impl Transit {
         }
         let mut services = schema::services(&self.broker);
         if let Value::Array(list) = &mut services {
-            list.push(internals::service_info());
+            list.push(schema::node::service_info());
         }
         if self.settings.publish.iter().any(|p| p == "*") {
             return services;
