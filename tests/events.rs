@@ -339,6 +339,95 @@ async fn an_emitter_that_finds_no_room_in_time_is_refused() {
     );
 }
 
+/// `flood` with an `emit_rate` of 1 MiB a second, and `slow` taking each
+/// event at once.
+fn rated_flood_app(flood_timeout: &str) -> String {
+    flood_app(0, flood_timeout).replace(
+        "[packages.flood]\n",
+        "[packages.flood]\nemit_rate = \"1 MiB\"\n",
+    )
+}
+
+/// An emit storm took half the host's cores from other packages' calls
+/// (`isolation.healthy_ratio.emit_storm` 0.56): an emitter paid nothing for
+/// the copies and handler runs its events cost. Now each emit is charged
+/// its deliveries against the emitter's `emit_rate`, and past it the
+/// emitter waits; every event taken is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emitter_past_its_emit_rate_waits_for_its_budget_and_loses_nothing() {
+    let t = TestApp::start(&rated_flood_app("20s")).await;
+    // 4 x (512 KiB + 2 KiB): the first second's worth goes at once, the
+    // rest only as the budget comes back, about a second later.
+    let started = std::time::Instant::now();
+    let n = t
+        .ok(
+            "flood.emit-many",
+            json!({"event": "big.order", "count": 4, "size": 512 << 10}),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(n, json!(4));
+    assert!(
+        took >= Duration::from_millis(900),
+        "2 MiB at 1 MiB a second took only {took:?}"
+    );
+    let flood = t.app.broker.service("flood").expect("flood");
+    let stats = flood.event_stats();
+    assert!(stats.emits_throttled >= 1, "{stats:?}");
+    assert_eq!(stats.emits_over_rate, 0, "{stats:?}");
+    let delivered = eventually(Duration::from_secs(30), || async {
+        let n = recorded(&t, "big.order").await;
+        (n >= 4).then_some(n)
+    })
+    .await;
+    assert_eq!(delivered, Some(4), "every event taken was delivered");
+    let metrics = t.app.broker.metrics().render(&t.app.broker.reports());
+    assert!(
+        metrics.contains(&format!(
+            "steedos_package_emits_throttled{{package=\"flood\",state=\"serving\"}} {}",
+            stats.emits_throttled
+        )),
+        "{metrics}"
+    );
+}
+
+/// An emit whose budget would come back only after the emitter's deadline
+/// is refused at once with `overloaded`, naming the package and
+/// `emit_rate`; what was taken before it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emit_over_the_rate_past_its_deadline_is_refused_naming_emit_rate() {
+    let t = TestApp::start(&rated_flood_app("1s")).await;
+    let started = std::time::Instant::now();
+    let e = t
+        .call(
+            "flood.emit-many",
+            json!({"event": "big.order", "count": 4, "size": (1 << 20) - 4096}),
+        )
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&e, CallError::Overloaded(m)
+            if m.contains("package `flood` emits more than its `emit_rate` of 1.0 MiB a second")
+                && m.contains("big.order")),
+        "{e:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "refused at once, not at the deadline: {:?}",
+        started.elapsed()
+    );
+    let flood = t.app.broker.service("flood").expect("flood");
+    assert_eq!(flood.event_stats().emits_over_rate, 1);
+    let delivered = eventually(Duration::from_secs(30), || async {
+        let n = recorded(&t, "big.order").await;
+        (n >= 1).then_some(n)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(delivered, Some(1), "the one taken was delivered");
+    assert_eq!(recorded(&t, "big.order").await, 1);
+}
+
 /// Regression: events whose deadline passed while they waited were
 /// started anyway, and the subscriber was killed for running past it.
 /// Now they are dropped unstarted and counted.

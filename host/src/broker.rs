@@ -40,6 +40,7 @@
 //! routing, protection or lifecycle logic itself: it delegates to its rooms.
 
 mod call;
+mod emit_budget;
 mod events;
 mod host;
 mod lifecycle;

@@ -93,6 +93,11 @@ pub struct EventStats {
     pub refused: u64,
     /// Emits dropped at the event chain depth limit.
     pub too_deep: u64,
+    /// This package's own emits that waited for its `emit_rate` budget.
+    pub emits_throttled: u64,
+    /// This package's own emits refused over its `emit_rate` (the budget
+    /// would have come after their deadline).
+    pub emits_over_rate: u64,
 }
 
 #[cfg(test)]

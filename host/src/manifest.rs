@@ -51,7 +51,9 @@
 //! - `[packages.<name>]`: `component` (required), `path` and `build` (the
 //!   source folder and the shell command that builds it there), the limits
 //!   `instances` (1..=1024, default 1), `memory` (64 KiB..=4 GiB, default
-//!   64 MiB), `timeout` (1ms..=1h, default 5s), `queue` (0..=100000, default
+//!   64 MiB), `emit_rate` (bytes of event deliveries the package may cause
+//!   a second, its payload plus 2 KiB per delivery, 64 KiB..=64 GiB, default
+//!   64 MiB; past it emits wait), `timeout` (1ms..=1h, default 5s), `queue` (0..=100000, default
 //!   64), `restart` (`{ max, within, backoff, max_backoff }`, default
 //!   `{ max = 5, within = "10s", backoff = "1s", max_backoff = "30s" }`), and
 //!   `events`.

@@ -178,7 +178,7 @@ pub struct Metrics {
 }
 
 /// Per-package figures read from [`ServiceReport`] when scraped: name, help.
-const PACKAGE_FIGURES: [(&str, &str); 6] = [
+const PACKAGE_FIGURES: [(&str, &str); 8] = [
     (
         "package_events_queued",
         "Events waiting for a package's instances",
@@ -198,6 +198,14 @@ const PACKAGE_FIGURES: [(&str, &str); 6] = [
     (
         "package_events_too_deep",
         "Emits to a package dropped at the event chain depth limit, since load",
+    ),
+    (
+        "package_emits_throttled",
+        "A package's emits that waited for its emit_rate budget, since load",
+    ),
+    (
+        "package_emits_over_rate",
+        "A package's emits refused over its emit_rate (budget after their deadline), since load",
     ),
     (
         "package_guest_log_lines_dropped",
@@ -363,6 +371,8 @@ impl Metrics {
                 e.expired,
                 e.refused,
                 e.too_deep,
+                e.emits_throttled,
+                e.emits_over_rate,
                 r.log_lines_dropped,
             ];
             for ((_, family), value) in self.package_figures.iter().zip(figures) {

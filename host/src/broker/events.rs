@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::emit_budget::EmitBudget;
 use super::lifecycle::Lease;
 use super::{Broker, DEADLINE_GRACE, InFlight, Service};
 use crate::context::{CallContext, CallError, Human, deadline_after};
@@ -57,9 +58,11 @@ pub const EVENT_COST: usize = 2 << 10;
 /// that has none (restarting, in backoff) or whose queue calls filled.
 const INSTANCE_RETRY_MAX: Duration = Duration::from_millis(50);
 
-/// One subscriber's queue of events: its room, in bytes, and what it has
-/// counted.
+/// One package's events: its queue as a subscriber (its room, in bytes,
+/// and what it has counted) and its budget as an emitter.
 pub(super) struct EventQueue {
+    /// What its own emits may cost the host a second.
+    pub(super) budget: EmitBudget,
     room: Arc<Semaphore>,
     /// Deliveries under way: at most one per instance the package may
     /// have, so that events never crowd its call queue.
@@ -74,8 +77,9 @@ pub(super) struct EventQueue {
 }
 
 impl EventQueue {
-    pub(super) fn new(max_instances: u32) -> Self {
+    pub(super) fn new(max_instances: u32, emit_rate: u64) -> Self {
         EventQueue {
+            budget: EmitBudget::new(emit_rate),
             room: Arc::new(Semaphore::new(EVENT_QUEUE_BYTES)),
             running: Arc::new(Semaphore::new(max_instances.max(1) as usize)),
             queued: AtomicUsize::new(0),
@@ -88,7 +92,10 @@ impl EventQueue {
     }
 
     pub(super) fn stats(&self) -> EventStats {
+        let (emits_throttled, emits_over_rate) = self.budget.counts();
         EventStats {
+            emits_throttled,
+            emits_over_rate,
             queued: self.queued.load(Ordering::Relaxed),
             queued_bytes: EVENT_QUEUE_BYTES - self.room.available_permits(),
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
@@ -189,6 +196,10 @@ impl Broker {
             return Ok(());
         }
         let cost = (payload.len() + EVENT_COST).min(EVENT_QUEUE_BYTES) as u32;
+        if let Origin::Package(from) = origin {
+            self.charge_emitter(from.package, event, &subscribers, broadcast, cost, &ctx)
+                .await?;
+        }
         let mut places = Vec::with_capacity(subscribers.len());
         for service in &subscribers {
             places.push(self.make_room(service, event, cost, &ctx).await?);
@@ -225,6 +236,37 @@ impl Broker {
             remote.publish(&event, &payload, broadcast, &names, &ctx);
         }
         Ok(())
+    }
+
+    /// Charges the emitting package's budget for the deliveries this event
+    /// makes: one per subscriber (per instance of each for a broadcast) and
+    /// one to the cluster, each its payload plus [`EVENT_COST`].
+    async fn charge_emitter(
+        &self,
+        package: &str,
+        event: &str,
+        subscribers: &[Arc<Service>],
+        broadcast: bool,
+        cost: u32,
+        ctx: &CallContext,
+    ) -> Result<(), CallError> {
+        let Some(emitter) = self.service(package) else {
+            return Ok(());
+        };
+        let local: usize = match broadcast {
+            true => subscribers
+                .iter()
+                .map(|s| s.pool.slots().len().max(1))
+                .sum(),
+            false => subscribers.len(),
+        };
+        let deliveries = local + usize::from(self.remote().is_some());
+        let bytes = u64::from(cost).saturating_mul(deliveries as u64);
+        emitter
+            .events
+            .budget
+            .take(package, event, bytes, ctx.deadline)
+            .await
     }
 
     /// An event past the depth limit: dropped for every subscriber, counted

@@ -79,7 +79,7 @@ impl Service {
             .map(|a| ActionProtection::new(&package.spec, &a.name))
             .collect();
         let remote = RemoteProtection::new(&package.spec, &package.ty.actions);
-        let events = EventQueue::new(package.spec.max_instances);
+        let events = EventQueue::new(package.spec.max_instances, package.spec.emit_rate);
         let visibility = package
             .ty
             .actions

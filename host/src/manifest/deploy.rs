@@ -174,6 +174,7 @@ impl Limits {
             instances: spec.instances,
             max_instances: spec.max_instances,
             memory: spec.memory,
+            emit_rate: spec.emit_rate,
             timeout: spec.timeout,
             queue: spec.queue,
             restart: spec.restart.clone(),

@@ -15,6 +15,8 @@ use super::error::ManifestError;
 
 pub(super) const DEFAULT_INSTANCES: u32 = 1;
 pub(super) const DEFAULT_MEMORY: u64 = 64 << 20;
+/// Bytes of event deliveries a package may cause per second (see `broker::emit_budget`).
+pub const DEFAULT_EMIT_RATE: u64 = 64 << 20;
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const DEFAULT_QUEUE: usize = 64;
 
@@ -387,6 +389,9 @@ pub struct PackageSpec {
     pub actions: Vec<ActionPolicy>,
     /// The memory limit of each instance, in bytes.
     pub memory: u64,
+    /// Bytes of event deliveries the package may cause per second, over
+    /// all its instances (`emit_rate`).
+    pub emit_rate: u64,
     /// The deadline of one call.
     pub timeout: Duration,
     /// How many calls may wait for an idle instance before callers get `overloaded`.
@@ -581,6 +586,7 @@ impl PackageSpec {
             retry: RetryPolicy::default(),
             actions: Vec::new(),
             memory: limits.memory,
+            emit_rate: limits.emit_rate,
             timeout: limits.timeout,
             queue: limits.queue,
             restart: limits.restart,
@@ -668,6 +674,7 @@ pub(super) struct Limits {
     pub(super) instances: u32,
     pub(super) max_instances: u32,
     pub(super) memory: u64,
+    pub(super) emit_rate: u64,
     pub(super) timeout: Duration,
     pub(super) queue: usize,
     pub(super) restart: RestartPolicy,
@@ -679,6 +686,7 @@ impl Default for Limits {
             instances: DEFAULT_INSTANCES,
             max_instances: DEFAULT_INSTANCES,
             memory: DEFAULT_MEMORY,
+            emit_rate: DEFAULT_EMIT_RATE,
             timeout: DEFAULT_TIMEOUT,
             queue: DEFAULT_QUEUE,
             restart: RestartPolicy::default(),

@@ -15,8 +15,8 @@ use toml::Spanned;
 
 use super::model::{Limits, RestartPolicy};
 use super::values::{
-    BodySize, CallPattern, CountIn, CountVisitor, DAY_MS, DurationIn, EnvName, EventPattern,
-    HOUR_MS, PathValue, ServiceName, Size, SizeIn, SubjectToken, Text, VersionValue,
+    BodySize, CallPattern, CountIn, CountVisitor, DAY_MS, DurationIn, EmitRate, EnvName,
+    EventPattern, HOUR_MS, PathValue, ServiceName, Size, SizeIn, SubjectToken, Text, VersionValue,
 };
 
 pub(super) type CallDepth = CountIn<1, 1024>;
@@ -91,6 +91,7 @@ pub(super) struct RawApp {
 pub(super) struct RawLimits {
     pub(super) instances: Option<Instances>,
     pub(super) memory: Option<Size>,
+    pub(super) emit_rate: Option<EmitRate>,
     pub(super) timeout: Option<CallTimeout>,
     pub(super) queue: Option<QueueLength>,
     pub(super) restart: Option<Spanned<RawRestart>>,
@@ -116,6 +117,7 @@ pub(super) struct RawPackage {
     pub(super) component: PathValue,
     pub(super) instances: Option<Instances>,
     pub(super) memory: Option<Size>,
+    pub(super) emit_rate: Option<EmitRate>,
     pub(super) timeout: Option<CallTimeout>,
     pub(super) queue: Option<QueueLength>,
     pub(super) restart: Option<Spanned<RawRestart>>,
@@ -260,6 +262,7 @@ impl RawLimits {
             instances: self.instances.map_or(base.instances, |n| n.min),
             max_instances: self.instances.map_or(base.max_instances, |n| n.max),
             memory: self.memory.map_or(base.memory, |size| size.0),
+            emit_rate: self.emit_rate.map_or(base.emit_rate, |rate| rate.0),
             timeout: self.timeout.map_or(base.timeout, |d| d.0),
             queue: self.queue.map_or(base.queue, |n| n.0 as usize),
             restart: self
@@ -275,6 +278,7 @@ impl RawPackage {
         RawLimits {
             instances: self.instances,
             memory: self.memory,
+            emit_rate: self.emit_rate,
             timeout: self.timeout,
             queue: self.queue,
             restart: self.restart.clone(),

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use super::*;
 
+mod limits;
+
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifest")
 }

@@ -74,6 +74,8 @@ pub(super) struct SizeIn<const MIN: u64, const MAX: u64>(pub(super) u64);
 
 /// A memory limit.
 pub(super) type Size = SizeIn<MIN_MEMORY, MAX_MEMORY>;
+/// An emit rate, in bytes a second: 64 KiB to 64 GiB.
+pub(super) type EmitRate = SizeIn<{ 64 << 10 }, { 64 << 30 }>;
 /// A request body limit: 1 byte to 1 GiB.
 pub(super) type BodySize = SizeIn<1, { 1 << 30 }>;
 
