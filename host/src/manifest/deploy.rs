@@ -20,7 +20,7 @@ use super::source::{Sections, Source};
 
 /// The settings an `/admin` deploy may give. Never `build` or `path`: a
 /// deploy takes a component, not a command to run.
-pub const DEPLOY_SETTINGS: &str = "instances, memory, timeout, events, calls, emits";
+pub const DEPLOY_SETTINGS: &str = "instances, memory, emit_rate, timeout, events, calls, emits";
 
 /// Stands for the uploaded component in the table checked; the app sets
 /// the real path once the component is stored.
@@ -58,6 +58,7 @@ impl Manifest {
         spec.instances = checked.instances;
         spec.max_instances = checked.max_instances;
         spec.memory = checked.memory;
+        spec.emit_rate = checked.emit_rate;
         spec.timeout = checked.timeout;
         let given = |key: &str| settings.iter().any(|(k, _)| k == key);
         if given("events") {
@@ -111,7 +112,7 @@ fn settings_table(settings: &[(String, String)]) -> Result<toml::Table, String> 
     let (mut table, mut grants) = (toml::Table::new(), toml::Table::new());
     for (key, value) in settings {
         let (target, value) = match key.as_str() {
-            "instances" | "memory" => (&mut table, number_or_text(value)),
+            "instances" | "memory" | "emit_rate" => (&mut table, number_or_text(value)),
             "timeout" => (&mut table, Value::String(value.clone())),
             "events" => (&mut table, list(value)),
             "calls" | "emits" => (&mut grants, list(value)),

@@ -626,6 +626,8 @@ fn a_deploy_is_refused_exactly_where_the_file_is() {
         (("memory", "1 KiB"), "memory = \"1 KiB\""),
         (("memory", "1024"), "memory = 1024"),
         (("memory", "12 parsecs"), "memory = \"12 parsecs\""),
+        (("emit_rate", "8 MiB"), "emit_rate = \"8 MiB\""),
+        (("emit_rate", "1 KiB"), "emit_rate = \"1 KiB\""),
         (("timeout", "2s"), "timeout = \"2s\""),
         (("timeout", "0s"), "timeout = \"0s\""),
         (("timeout", "2h"), "timeout = \"2h\""),
@@ -661,8 +663,20 @@ fn a_deploy_is_refused_exactly_where_the_file_is() {
         match (file.packages.first(), file.rejected.first(), deployed) {
             (Some(f), None, Ok(d)) => {
                 assert_eq!(
-                    (f.instances, f.max_instances, f.memory, f.timeout),
-                    (d.instances, d.max_instances, d.memory, d.timeout),
+                    (
+                        f.instances,
+                        f.max_instances,
+                        f.memory,
+                        f.timeout,
+                        f.emit_rate
+                    ),
+                    (
+                        d.instances,
+                        d.max_instances,
+                        d.memory,
+                        d.timeout,
+                        d.emit_rate
+                    ),
                     "{line}"
                 );
                 assert_eq!(f.events, d.events, "{line}");
