@@ -11,6 +11,7 @@ mod faults;
 mod gateway;
 mod gateway_hostile;
 mod guest_logs;
+mod http_out;
 mod lifecycle;
 mod loading;
 mod operations;

@@ -337,8 +337,17 @@ impl App {
             check_dependents(name, &old.package.ty, ty, &providers)
                 .map_err(OperatorError::Invalid)?;
         }
-        link(spec, ty, component, &providers, &self.base, &self.cutoff)
-            .map_err(|e| OperatorError::Invalid(e.to_string()))
+        let http = self.metrics.http();
+        link(
+            spec,
+            ty,
+            component,
+            &providers,
+            &self.base,
+            &self.cutoff,
+            http,
+        )
+        .map_err(|e| OperatorError::Invalid(e.to_string()))
     }
 
     /// Installs a started version; the one it replaces, if any, retires in
@@ -392,6 +401,7 @@ impl App {
                 &providers,
                 &self.base,
                 &self.cutoff,
+                self.metrics.http(),
             );
             drop(providers);
             match linked {
@@ -542,7 +552,16 @@ fn link_at_load(
     let mut packages = Vec::new();
     let mut unlinked = Vec::new();
     for (i, c) in ready.iter().enumerate() {
-        match link(&c.spec, &c.ty, &c.component, &providers, base, cutoff) {
+        let http = broker.metrics();
+        match link(
+            &c.spec,
+            &c.ty,
+            &c.component,
+            &providers,
+            base,
+            cutoff,
+            http.http(),
+        ) {
             Ok(p) => packages.push(p),
             Err(e) => {
                 broker.record_failure(&c.spec.name, e.to_string());
@@ -605,6 +624,7 @@ fn link(
     providers: &[Provider<'_>],
     base: &Linker<package::HostState>,
     cutoff: &Arc<Cutoff>,
+    http: &crate::http::HttpMetrics,
 ) -> Result<Package, PackageError> {
     let mut linker = base.clone();
     for import in &ty.typed_imports {
@@ -616,7 +636,14 @@ fn link(
             }
         })?;
     }
+    let outbound = crate::http::link(&mut linker, spec, component, http).map_err(|message| {
+        PackageError::Link {
+            package: spec.name.clone(),
+            message,
+        }
+    })?;
     Package::new(spec.clone(), ty.clone(), component, &linker, cutoff.clone())
+        .map(|p| p.with_http(outbound))
 }
 
 /// An upgrade of `name` from `old` to `ty` must keep every function other

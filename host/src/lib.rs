@@ -40,6 +40,7 @@ pub mod engine;
 pub mod gateway;
 pub mod guest_log;
 pub mod health;
+pub mod http;
 pub mod manifest;
 pub mod metrics;
 pub mod node_id;

@@ -128,6 +128,7 @@ pub const FILE_NAME: &str = "steedos.toml";
 mod check;
 mod deploy;
 mod error;
+mod http;
 mod model;
 mod properties;
 mod raw;
@@ -136,6 +137,7 @@ mod values;
 
 pub use deploy::DEPLOY_SETTINGS;
 pub use error::ManifestError;
+pub use http::{HostPattern, HttpGrant, HttpLimits, HttpScheme, RequestHost};
 pub use model::*;
 
 use check::protected_dirs;

@@ -175,6 +175,8 @@ pub struct Metrics {
     cluster_dropped: Counter,
     /// Per package: event queue and guest log figures, by name.
     package_figures: Vec<(&'static str, Family<PackageLabels, Gauge>)>,
+    /// Per package: outgoing HTTP requests.
+    http: crate::http::HttpMetrics,
 }
 
 /// Per-package figures read from [`ServiceReport`] when scraped: name, help.
@@ -294,7 +296,10 @@ impl Metrics {
                 (name, family)
             })
             .to_vec();
+        let http = crate::http::HttpMetrics::default();
+        http.register(&mut registry);
         Metrics {
+            http,
             package_figures,
             registry: Mutex::new(registry),
             calls,
@@ -311,6 +316,11 @@ impl Metrics {
     /// The counter of packets from the cluster bus dropped, for the transport.
     pub fn cluster_packets_dropped(&self) -> Counter {
         self.cluster_dropped.clone()
+    }
+
+    /// The packages' outgoing HTTP metrics, for linking them.
+    pub fn http(&self) -> &crate::http::HttpMetrics {
+        &self.http
     }
 
     /// Handles for recording `package.action`.

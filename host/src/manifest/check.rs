@@ -358,6 +358,7 @@ impl Source<'_> {
         );
         spec.events = raw.events.into_iter().map(|pattern| pattern.0).collect();
         spec.grants = scope.grants(raw.grants, protected)?;
+        spec.http = raw.http.over(spec.http.clone());
         if let Some(d) = raw.scale_down_after {
             spec.scale_down_after = d.0;
         }
@@ -507,11 +508,13 @@ impl Scope<'_, '_> {
         }
         let calls = raw.calls.into_iter().map(|pattern| pattern.0).collect();
         let emits = raw.emits.into_iter().map(|pattern| pattern.0).collect();
+        let http = raw.http.into_iter().map(|grant| grant.0).collect();
         Ok(Grants {
             dirs,
             env,
             calls,
             emits,
+            http,
         })
     }
 

@@ -413,6 +413,8 @@ pub struct PackageSpec {
     /// How long `started` waits for [`PackageSpec::dependencies`] before the
     /// package fails (`dependency_timeout`).
     pub dependency_timeout: Duration,
+    /// Limits on its outgoing HTTP requests (`[packages.<name>.http]`).
+    pub http: super::http::HttpLimits,
 }
 
 /// How long a package's `started` waits for its dependencies by default.
@@ -553,6 +555,8 @@ pub struct Grants {
     pub calls: Vec<String>,
     /// Event patterns it may emit or broadcast; see [`Grants::may_emit`].
     pub emits: Vec<String>,
+    /// Origins it may send HTTP requests to (`grants.http`).
+    pub http: Vec<super::http::HttpGrant>,
 }
 
 /// A host folder preopened in the guest.
@@ -596,6 +600,7 @@ impl PackageSpec {
             settings: serde_json::Map::new(),
             dependencies: Vec::new(),
             dependency_timeout: DEFAULT_DEPENDENCY_TIMEOUT,
+            http: super::http::HttpLimits::default(),
         }
     }
 

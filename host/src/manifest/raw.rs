@@ -137,6 +137,8 @@ pub(super) struct RawPackage {
     #[serde(default)]
     pub(super) dependencies: Vec<Spanned<ServiceName>>,
     pub(super) dependency_timeout: Option<DurationIn<1, DAY_MS>>,
+    #[serde(default)]
+    pub(super) http: super::http::RawHttpLimits,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +244,8 @@ pub(super) struct RawGrants {
     pub(super) calls: Vec<CallPattern>,
     #[serde(default)]
     pub(super) emits: Vec<EventPattern>,
+    #[serde(default)]
+    pub(super) http: Vec<super::http::HttpGrantValue>,
 }
 
 #[derive(Deserialize)]

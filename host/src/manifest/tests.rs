@@ -103,6 +103,7 @@ mod snapshots {
         bad_package_names,
         missing_grant_dir,
         bad_patterns,
+        bad_http_grants,
         cluster_unknown_key,
         cluster_bad_transporter,
         cluster_bad_node_id,

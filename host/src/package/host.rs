@@ -99,6 +99,8 @@ pub struct HostState {
     pub(super) timed_out: bool,
     pub(super) stderr_tail: Arc<Mutex<String>>,
     pub(super) cutoff: Arc<Cutoff>,
+    /// `wasi:http`: what this package may send, bound to the call in progress.
+    pub(super) http: crate::http::HttpState,
 }
 
 impl WasiView for HostState {
@@ -107,6 +109,15 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        let call = self.call.as_ref();
+        let deadline = call.map(|c| c.deadline + self.waited);
+        let request_id = call.map(|c| &c.request_id);
+        self.http.view(&mut self.table, deadline, request_id)
     }
 }
 

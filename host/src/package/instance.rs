@@ -67,6 +67,8 @@ pub struct Package {
     grants: Arc<Grants>,
     /// Its guest log budget, shared by its instances.
     logs: Arc<GuestLogs>,
+    /// Its outgoing HTTP, when it imports `wasi:http`.
+    http: Option<Arc<crate::http::OutboundHttp>>,
 }
 
 /// Why an instance could not be started.
@@ -103,12 +105,19 @@ impl Package {
         Ok(Package {
             grants: Arc::new(spec.grants.clone()),
             logs: Arc::new(GuestLogs::new(name.clone())),
+            http: None,
             name,
             spec,
             ty,
             pre,
             cutoff,
         })
+    }
+
+    /// This package with its outgoing HTTP (see [`crate::http::link`]).
+    pub fn with_http(mut self, http: Option<Arc<crate::http::OutboundHttp>>) -> Package {
+        self.http = http;
+        self
     }
 
     /// Stops the guest code of this package, and of every package sharing
@@ -203,6 +212,7 @@ impl Package {
             timed_out: false,
             stderr_tail,
             cutoff: self.cutoff.clone(),
+            http: crate::http::HttpState::new(self.http.clone()),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
