@@ -717,6 +717,8 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     write_imports(&mut out, &ty)?;
     let mut linker = package::base_linker(&engine)?;
     stub_typed_imports(&mut linker, &ty)?;
+    // wasi:http is the host's too, for a package granted `grants.http`.
+    crate::http::add_to_linker(&mut linker)?;
     match linker.instantiate_pre(&component) {
         Ok(_) => {
             writeln!(

@@ -103,6 +103,12 @@ pub fn link<T: WasiHttpView + 'static>(
     Ok(Some(Arc::new(OutboundHttp::new(spec, metrics))))
 }
 
+/// Adds `wasi:http` to `linker` whatever the grants (for `inspect`, which
+/// asks what the host can satisfy; packages are linked through [`link`]).
+pub fn add_to_linker<T: WasiHttpView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
+
 /// The `wasi:http` state of one instance.
 pub struct HttpState {
     ctx: WasiHttpCtx,
