@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use steedos_tests::{PROBE_QUEUE_OF_ONE, TestApp, assert_valid_openapi, eventually, require};
-use steedos_wasm::context::{CallContext, CallError};
+use steedos_wasm::context::{CallContext, CallError, Meta};
 use steedos_wasm::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -224,7 +224,7 @@ impl Server {
 
 /// The folder holding peer.js able to speak over `bus` (Moleculer's Redis
 /// transporter needs `ioredis`), with the server's binary present.
-fn peers_on(bus: Bus) -> Option<PathBuf> {
+pub(crate) fn peers_on(bus: Bus) -> Option<PathBuf> {
     let (_, peers) = tools()?;
     match bus {
         Bus::Nats => Some(peers),
@@ -332,7 +332,7 @@ impl Peer {
             .expect("peer answered")
     }
 
-    async fn call(&self, action: &str, params: Value) -> Result<Value, Value> {
+    pub(crate) async fn call(&self, action: &str, params: Value) -> Result<Value, Value> {
         let r = self
             .cmd(json!({ "cmd": "call", "action": action, "params": params }))
             .await;
@@ -634,7 +634,12 @@ async fn with_moleculer(release: &str, protocol: u8, bus: Bus) {
     );
     // The context travels: request id, meta, level and caller.
     let mut ctx = CallContext::with_request_id("req-cluster-1", Duration::from_secs(5));
-    ctx.meta = vec![("tenant".to_string(), "acme".to_string())].into();
+    ctx.meta = Meta::from_map(
+        json!({ "tenant": "acme" })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
     let params = serde_json::to_vec(&forward("node-math.whoami", json!({ "x": 1 }))).expect("json");
     let who = node
         .t

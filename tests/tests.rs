@@ -14,6 +14,7 @@ mod guest_logs;
 mod http_out;
 mod lifecycle;
 mod loading;
+mod meta;
 mod operations;
 mod polyglot;
 mod resilience;

@@ -123,6 +123,10 @@ pub trait RemoteRoute: Send + Sync + 'static {
     fn has_service(&self, _name: &str) -> bool {
         false
     }
+    /// This node's id in the cluster.
+    fn node_id(&self) -> Option<Arc<str>> {
+        None
+    }
     /// Hands an event emitted here (`payload` in MessagePack) to the other
     /// nodes' listeners; for `emit`, `local_groups` already got it here.
     fn publish(

@@ -11,23 +11,42 @@
 //! table of the seven kinds with their HTTP status and Moleculer error,
 //! and [`CallError::public_message`] what of a message leaves the host.
 //!
+//! `meta.rs` holds what of a context is Moleculer's: its meta as values,
+//! the reply meta a callee hands back, and context ids.
+//!
 //! A leaf: it must not import any other module of the host.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+mod meta;
+
+pub use meta::{ContextId, MAX_META_BYTES, Meta, MetaError, MetaMap, ReplyMeta, decode_meta};
 
 /// Where a call comes from and how long it may take.
 #[derive(Clone, Debug)]
 pub struct CallContext {
+    /// This hop's context id (Moleculer's `ctx.id`).
+    pub id: ContextId,
+    /// The id of the context that made this call (`ctx.parentID`), if any.
+    pub parent_id: Option<ContextId>,
     /// Ties together every hop and log line of one outside request.
     pub request_id: Arc<str>,
     /// Packages the call has passed through, outermost first. Empty for a
     /// call from outside (CLI, gateway, tests).
     pub chain: Arc<[Arc<str>]>,
-    /// Caller-provided metadata, passed along unchanged.
-    pub meta: Arc<[(String, String)]>,
+    /// `ctx.meta`: the caller's, with what the call's options and the
+    /// callee itself set over it.
+    pub meta: Meta,
+    /// Moleculer's `tracing` flag, passed on as it came.
+    pub tracing: Option<bool>,
+    /// Where this call's callee leaves its meta when the call ends, when
+    /// the caller wants it back (a package, a peer's REQ).
+    pub reply: Option<ReplyMeta>,
+    /// The node that must serve this call (a package's `node-id` option);
+    /// not passed on to nested calls.
+    pub target_node: Option<Arc<str>>,
     /// The instant by which the whole call must be done.
     pub deadline: Instant,
     /// For a call another node made: the levels it had already gone down
@@ -43,16 +62,26 @@ pub struct CallContext {
 impl CallContext {
     /// A fresh context for a call from outside the host.
     pub fn new(timeout: Duration) -> Self {
-        Self::with_request_id(next_request_id(), timeout)
+        let id = ContextId::new();
+        CallContext {
+            request_id: id.to_string().into(),
+            id,
+            ..Self::with_request_id("", timeout)
+        }
     }
 
     /// A context for an outside call whose request id is given (taken from
     /// an HTTP header, say).
     pub fn with_request_id(request_id: impl Into<Arc<str>>, timeout: Duration) -> Self {
         CallContext {
+            id: ContextId::new(),
+            parent_id: None,
             request_id: request_id.into(),
             chain: Arc::from([]),
-            meta: Arc::from([]),
+            meta: Meta::EMPTY,
+            tracing: None,
+            reply: None,
+            target_node: None,
             deadline: deadline_after(timeout),
             upstream_levels: 0,
             upstream_caller: None,
@@ -70,12 +99,18 @@ impl CallContext {
 
     /// [`nested`](Self::nested) with the caller's deadline kept as it is,
     /// for a call whose callee's timeout is applied when it starts (the
-    /// broker does so for every call).
+    /// broker does so for every call). A new context id, whose parent is
+    /// this one; no reply meta asked for (the caller sets [`reply`](Self::reply)).
     pub fn via(&self, package: &Arc<str>) -> Self {
         CallContext {
+            id: ContextId::new(),
+            parent_id: Some(self.id.clone()),
             request_id: self.request_id.clone(),
             chain: self.chain.iter().chain([package]).cloned().collect(),
             meta: self.meta.clone(),
+            tracing: self.tracing,
+            reply: None,
+            target_node: None,
             deadline: self.deadline,
             upstream_levels: self.upstream_levels,
             upstream_caller: self.upstream_caller.clone(),
@@ -117,6 +152,38 @@ impl CallContext {
     }
 }
 
+/// The options of one call a package makes (`broker.call-with`), and
+/// where its callee's meta comes back.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Merged over the caller's meta, for this call.
+    pub meta: Option<MetaMap>,
+    /// How long the call may take (never more than the caller has left).
+    pub timeout: Option<Duration>,
+    /// The node that must serve the call.
+    pub node_id: Option<Arc<str>>,
+    /// Tries after the first, for a failure another try may mend.
+    pub retries: u32,
+    /// Where the callee leaves its meta for the caller.
+    pub reply: Option<ReplyMeta>,
+}
+
+impl CallOptions {
+    /// The callee's context under these options: meta merged over the
+    /// caller's, the deadline shortened, the node to serve it, the reply
+    /// meta asked for.
+    pub fn apply(&self, ctx: &mut CallContext) {
+        if let Some(meta) = &self.meta {
+            ctx.meta.merge(meta);
+        }
+        if let Some(timeout) = self.timeout {
+            ctx.deadline = ctx.deadline.min(deadline_after(timeout));
+        }
+        ctx.target_node.clone_from(&self.node_id);
+        ctx.reply.clone_from(&self.reply);
+    }
+}
+
 /// `now + timeout`, saturating far in the future for huge timeouts.
 pub fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
@@ -124,18 +191,9 @@ pub fn deadline_after(timeout: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
-/// A process-unique request id: a random per-process prefix and a counter.
+/// A new request id: a UUID v4, unique across nodes.
 pub fn next_request_id() -> Arc<str> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish() as u32
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:08x}-{n:x}").into()
+    ContextId::new().to_string().into()
 }
 
 /// The seven kinds of call error, each with what it is called everywhere
@@ -475,6 +533,9 @@ mod tests {
         let via = outer.via(&a);
         assert_eq!(via.deadline, outer.deadline);
         assert_eq!(&*via.chain, &*inner.chain);
+        assert_eq!(via.parent_id.as_ref(), Some(&outer.id));
+        assert_ne!(via.id, outer.id);
+        assert_eq!(outer.request_id.to_string(), outer.id.to_string());
     }
 
     #[test]

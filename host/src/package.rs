@@ -39,11 +39,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::context::{CallContext, CallError};
+use crate::context::{CallContext, CallError, CallOptions};
 use crate::manifest::Grants;
 
 mod analysis;
 mod bytes;
+mod contract_v1;
 mod host;
 mod instance;
 mod output;
@@ -62,6 +63,20 @@ pub(crate) mod wit {
         path: "../wit",
         world: "steedos:%package/%package",
         // A refused emit fails the emitter's current call: it has no other way to learn.
+        imports: {
+            "steedos:package/broker.emit": async | trappable,
+            "steedos:package/broker.broadcast": async | trappable,
+            default: async,
+        },
+    });
+}
+
+/// The 0.1.0 contract, which packages built before 0.2.0 import: linked
+/// beside 0.2.0 and adapted to it (`contract_v1.rs`).
+pub(crate) mod wit_v1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "steedos:%package/%package",
         imports: {
             "steedos:package/broker.emit": async | trappable,
             "steedos:package/broker.broadcast": async | trappable,
@@ -97,12 +112,14 @@ pub struct Caller<'a> {
 /// How the host functions a package imports reach the broker. A call
 /// borrows what it needs from the calling instance, which waits for it.
 pub trait Router: Send + Sync + 'static {
-    /// `broker.call`: a dynamic call by name, MessagePack in and out.
+    /// `broker.call`: a dynamic call by name, MessagePack in and out,
+    /// under `options` (whose `reply` gets the callee's meta).
     fn call<'a>(
         &'a self,
         from: Caller<'a>,
         action: String,
         params: Vec<u8>,
+        options: CallOptions,
     ) -> BoxFuture<'a, Result<Vec<u8>, CallError>>;
     /// A call through a typed import: values in and out, or byte lists as
     /// bytes for a byte-shaped signature ([`ByteShape`]).

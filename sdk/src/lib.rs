@@ -44,11 +44,11 @@
 //! ```
 //!
 //! `wit/greeter.wit`: the package's actions are the functions of the
-//! interfaces its world exports. `include steedos:%package/%package@0.1.0`
+//! interfaces its world exports. `include steedos:%package/%package@0.2.0`
 //! brings in what the host offers (the broker and the logger; `package` is a
 //! WIT keyword, hence the `%`). A package may also export
-//! `steedos:%package/lifecycle@0.1.0` (called once per instance after it
-//! starts and before it stops) and `steedos:%package/events@0.1.0` (receives
+//! `steedos:%package/lifecycle@0.2.0` (called once per instance after it
+//! starts and before it stops) and `steedos:%package/events@0.2.0` (receives
 //! the events `steedos.toml` subscribes it to). A world may not share its
 //! name with an interface of its package.
 //!
@@ -60,7 +60,7 @@
 //! }
 //!
 //! world greeter {
-//!   include steedos:%package/%package@0.1.0;
+//!   include steedos:%package/%package@0.2.0;
 //!   export greet;
 //! }
 //! ```
@@ -110,9 +110,9 @@
 //!     // Reuse the SDK's bindings of the host's interfaces instead of
 //!     // generating a second, incompatible copy of each type.
 //!     with: {
-//!         "steedos:package/types@0.1.0": steedos_sdk::wit::types,
-//!         "steedos:package/broker@0.1.0": steedos_sdk::wit::broker,
-//!         "steedos:package/logging@0.1.0": steedos_sdk::wit::logging,
+//!         "steedos:package/types@0.2.0": steedos_sdk::wit::types,
+//!         "steedos:package/broker@0.2.0": steedos_sdk::wit::broker,
+//!         "steedos:package/logging@0.2.0": steedos_sdk::wit::logging,
 //!     },
 //!     // Generate everything else: the package's own interfaces, and the
 //!     // interfaces of other packages it imports.
@@ -180,7 +180,7 @@ pub mod wit {
             world: "sdk",
             // Our own `CallError`, so that it can have a readable Display
             // and serde derives; it has the layout wit-bindgen would give it.
-            with: { "steedos:package/types@0.1.0/call-error": crate::CallError },
+            with: { "steedos:package/types@0.2.0/call-error": crate::CallError },
         });
     }
 
@@ -193,7 +193,95 @@ pub mod wit {
     }
 }
 
-pub use wit::types::CallContext;
+pub use wit::types::{CallContext, CallOptions as RawCallOptions};
+
+/// `ctx.meta`: names to any JSON-like value, with its JSON type (objects,
+/// numbers, booleans, null, arrays). It crosses the WIT boundary as
+/// MessagePack; [`CallContext::meta`] decodes it.
+pub type Meta = serde_json::Map<String, serde_json::Value>;
+
+pub use serde_json;
+
+impl CallContext {
+    /// `ctx.meta` as values (the host always sends a map; anything else
+    /// reads as empty).
+    pub fn meta(&self) -> Meta {
+        rmp_serde::from_slice(&self.meta).unwrap_or_default()
+    }
+
+    /// `ctx.meta` decoded into `T` (a struct of the keys you read).
+    pub fn meta_as<T: DeserializeOwned>(&self) -> Result<T, String> {
+        rmp_serde::from_slice(&self.meta).map_err(|e| e.to_string())
+    }
+}
+
+/// How to make one call ([`call_with`]): every field is optional.
+///
+/// ```no_run
+/// use steedos_sdk::{CallOptions, serde_json::json};
+/// let opts = CallOptions::new()
+///     .meta(json!({ "user": { "id": "u1", "roles": ["admin"] } }))
+///     .timeout_ms(2_000)
+///     .retries(2);
+/// let found: Vec<steedos_sdk::serde_json::Value> =
+///     steedos_sdk::call_with("objectql.find", &json!({ "objectName": "accounts" }), &opts)?;
+/// # Ok::<(), steedos_sdk::CallError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Merged over the caller's meta (key by key), for this call only.
+    pub meta: Option<serde_json::Value>,
+    /// Milliseconds the call may take; never more than the caller has left.
+    pub timeout_ms: Option<u32>,
+    /// The node that must serve the call.
+    pub node_id: Option<String>,
+    /// Tries after the first, for a failure another try may mend.
+    pub retries: Option<u32>,
+}
+
+impl CallOptions {
+    /// No options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Meta merged over the caller's for this call (a JSON object).
+    pub fn meta(mut self, meta: serde_json::Value) -> Self {
+        self.meta = Some(meta);
+        self
+    }
+
+    /// The call's timeout.
+    pub fn timeout_ms(mut self, ms: u32) -> Self {
+        self.timeout_ms = Some(ms);
+        self
+    }
+
+    /// The node that must serve the call.
+    pub fn node_id(mut self, node: impl Into<String>) -> Self {
+        self.node_id = Some(node.into());
+        self
+    }
+
+    /// Tries after the first.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    fn to_raw(&self) -> Result<RawCallOptions, String> {
+        let meta = match &self.meta {
+            Some(meta) => Some(rmp_serde::to_vec_named(meta).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(RawCallOptions {
+            meta,
+            timeout_ms: self.timeout_ms,
+            node_id: self.node_id.clone(),
+            retries: self.retries,
+        })
+    }
+}
 
 /// Why a call through the broker did not return a value: the WIT variant
 /// `steedos:package/types.call-error`.
@@ -281,6 +369,46 @@ where
         .map_err(|e| CallError::Failed(format!("could not decode the reply of `{action}`: {e}")))
 }
 
+/// [`call`] with options: meta merged over this call's, a timeout, the
+/// node to serve it, retries. The callee's meta changes come back merged
+/// into this package's context, as with [`call`].
+pub fn call_with<P, R>(action: &str, params: &P, options: &CallOptions) -> Result<R, CallError>
+where
+    P: Serialize + ?Sized,
+    R: DeserializeOwned,
+{
+    let params = rmp_serde::to_vec_named(params).map_err(|e| {
+        CallError::InvalidParams(format!("could not encode the params of `{action}`: {e}"))
+    })?;
+    let options = options.to_raw().map_err(|e| {
+        CallError::InvalidParams(format!("could not encode the options of `{action}`: {e}"))
+    })?;
+    let reply = wit::broker::call_with(action, &params, &options)?;
+    rmp_serde::from_slice(&reply)
+        .map_err(|e| CallError::Failed(format!("could not decode the reply of `{action}`: {e}")))
+}
+
+/// Sets keys of the current call's meta (`meta` is a JSON object, or a
+/// struct; merged key by key, as `Object.assign(ctx.meta, meta)`): the
+/// calls this package makes next carry them, and its caller gets them
+/// back with the result. Refused when `meta` is not an object or the
+/// whole meta would pass the host's limit (64 KiB as MessagePack).
+///
+/// ```no_run
+/// use steedos_sdk::serde_json::json;
+/// steedos_sdk::set_meta(&json!({ "audited": true, "count": 3 }))?;
+/// # Ok::<(), String>(())
+/// ```
+pub fn set_meta<T: Serialize + ?Sized>(meta: &T) -> Result<(), String> {
+    let bytes = rmp_serde::to_vec_named(meta).map_err(|e| e.to_string())?;
+    wit::broker::set_meta(&bytes)
+}
+
+/// The current call's meta, as values.
+pub fn meta() -> Meta {
+    context().meta()
+}
+
 /// Emits an event: one instance of every subscribing package receives it.
 ///
 /// The payload is encoded as MessagePack; subscribers read it with
@@ -342,8 +470,9 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
     rmp_serde::to_vec_named(value).map_err(|e| e.to_string())
 }
 
-/// The context of the call this instance is serving now: its request id,
-/// the calling package, the nesting level and the metadata.
+/// The context of the call this instance is serving now: its id and its
+/// parent's, the request id, the calling package, the nesting level and
+/// the meta ([`CallContext::meta`]).
 pub fn context() -> CallContext {
     wit::broker::context()
 }
@@ -423,9 +552,9 @@ macro_rules! generate {
     ({ $($opts:tt)* }) => {
         $crate::wit_bindgen::generate!({
             with: {
-                "steedos:package/types@0.1.0": ::steedos_sdk::wit::types,
-                "steedos:package/broker@0.1.0": ::steedos_sdk::wit::broker,
-                "steedos:package/logging@0.1.0": ::steedos_sdk::wit::logging,
+                "steedos:package/types@0.2.0": ::steedos_sdk::wit::types,
+                "steedos:package/broker@0.2.0": ::steedos_sdk::wit::broker,
+                "steedos:package/logging@0.2.0": ::steedos_sdk::wit::logging,
             },
             generate_all,
             runtime_path: "::steedos_sdk::wit_bindgen::rt",

@@ -10,8 +10,17 @@
 // (503) or answers only after 5 s) and a listener of
 // `test.**` in the group named by LISTENER_GROUP (default `node-watch`).
 //
+// `node-math.relayMeta` calls `action` with `params` and `meta` from
+// inside an action and answers {result, meta: its ctx.meta after, id}.
+// `objectql` (after the `objectql` command) is a stub of Steedos' objectql:
+// `find` records its context (meta, id, parentID, requestID, level,
+// caller), sets reply meta of every JSON type and answers one record.
+//
 // Commands, one JSON object a line on stdin, answered by one JSON line on
 // stdout with the same `id`:
+//   {"id":1,"cmd":"callMeta","action":"...","params":{...},"meta":{...}}
+//     -> {"id":1,"ok":true,"result":{"result":...,"meta":<the caller's ctx.meta after>}}
+//   {"id":1,"cmd":"objectql"} starts the objectql stub; {"cmd":"seen"} -> what objectql.find saw
 //   {"id":1,"cmd":"call","action":"greeter.hello","params":{...},"meta":{...}}
 //     -> {"id":1,"ok":true,"result":...} or {"id":1,"ok":false,"error":{name,message,code,type,data}}
 //   {"id":2,"cmd":"emit"|"broadcast","event":"test.x","payload":{...}} -> {"id":2,"ok":true}
@@ -58,6 +67,8 @@ broker.createService({
 			return {
 				nodeID: broker.nodeID,
 				meta: ctx.meta,
+				id: ctx.id,
+				parentID: ctx.parentID,
 				requestID: ctx.requestID,
 				level: ctx.level,
 				caller: ctx.caller,
@@ -69,6 +80,10 @@ broker.createService({
 		},
 		relay(ctx) {
 			return ctx.call(ctx.params.action, ctx.params.params || {});
+		},
+		async relayMeta(ctx) {
+			const result = await ctx.call(ctx.params.action, ctx.params.params || {}, { meta: ctx.params.meta || {} });
+			return { result, meta: ctx.meta, id: ctx.id };
 		},
 		flaky() {
 			flaky.calls += 1;
@@ -93,6 +108,20 @@ broker.createService({
 	}
 });
 
+// What objectql.find saw, in order.
+const seen = [];
+const objectql = {
+	name: "objectql",
+	actions: {
+		find(ctx) {
+			seen.push({ meta: ctx.meta, id: ctx.id, parentID: ctx.parentID, requestID: ctx.requestID, level: ctx.level, caller: ctx.caller });
+			ctx.meta.objectql = { found: 1, ok: true, none: null, list: [1, "a"] };
+			ctx.meta.count = 7;
+			return [{ _id: "a1", name: "Acme" }];
+		}
+	}
+};
+
 function plainError(e) {
 	return { name: e.name, message: e.message, code: e.code, type: e.type, data: e.data, retryable: e.retryable };
 }
@@ -101,6 +130,16 @@ async function run(cmd) {
 	switch (cmd.cmd) {
 		case "call":
 			return broker.call(cmd.action, cmd.params || {}, { meta: cmd.meta || {}, timeout: cmd.timeout || 10000 });
+		case "callMeta": {
+			const p = broker.call(cmd.action, cmd.params || {}, { meta: cmd.meta || {}, timeout: cmd.timeout || 10000 });
+			const result = await p;
+			return { result, meta: p.ctx.meta };
+		}
+		case "objectql":
+			broker.createService(objectql);
+			return broker.waitForServices(["objectql"], 10000);
+		case "seen":
+			return seen;
 		case "emit":
 			return broker.emit(cmd.event, cmd.payload);
 		case "broadcast":

@@ -25,7 +25,7 @@ use super::protect::{Layer, RemoteGuard, RemoteProtection, remote_fallback_appli
 use super::registry::CallerKind;
 use super::{Broker, DEADLINE_GRACE, InFlight, RemoteParams, Service};
 use crate::codec::{self, Format};
-use crate::context::{CallContext, CallError, Failure, Human, host_record};
+use crate::context::{CallContext, CallError, CallOptions, Failure, Human, host_record};
 use crate::package::{ActionType, Caller, Fault, LiveInstance, Output, Params, host_budget};
 use crate::pool::{Checkout, Refusal, Unserved, Wait};
 use crate::resilience;
@@ -87,32 +87,76 @@ impl Broker {
         encode_result(call.action, action_ty, call.format, value)
     }
 
-    /// `broker.call` from a package: its grants (the one check), then the
-    /// local action through the pipeline, or another node through the
-    /// caller's protections.
-    pub(super) async fn call_from_package(
+    /// `broker.call` from a package under its options: tried again, up to
+    /// `options.retries` times, while the failure is one another try may
+    /// mend and the caller has time left.
+    pub(super) async fn call_from_package_with(
         &self,
         from: Caller<'_>,
         action: String,
         params: Vec<u8>,
+        options: CallOptions,
     ) -> Result<Vec<u8>, CallError> {
-        let route = match self.resolve(&action) {
+        if options.retries == 0 {
+            return self
+                .call_from_package(from, &action, params, &options)
+                .await;
+        }
+        let mut tries = 0;
+        loop {
+            let outcome = self
+                .call_from_package(from, &action, params.clone(), &options)
+                .await;
+            match outcome {
+                Err(e)
+                    if tries < options.retries
+                        && e.kind().moleculer().retryable
+                        && !from.ctx.remaining().is_zero() =>
+                {
+                    tries += 1;
+                    tracing::debug!(package = %from.package, action, tries, error = %e, "retrying a call");
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// `broker.call` from a package: its grants (the one check), then the
+    /// local action through the pipeline, or another node through the
+    /// caller's protections; the node its options name, when they name one.
+    pub(super) async fn call_from_package(
+        &self,
+        from: Caller<'_>,
+        action: &str,
+        params: Vec<u8>,
+        options: &CallOptions,
+    ) -> Result<Vec<u8>, CallError> {
+        let elsewhere = options.node_id.as_ref().is_some_and(|node| {
+            self.remote()
+                .is_some_and(|r| r.node_id().as_deref() != Some(&**node))
+        });
+        let route = match self.resolve(action) {
+            _ if elsewhere => Err(CallError::NotFound(format!(
+                "{action}: node `{}` does not serve it",
+                options.node_id.as_deref().unwrap_or_default()
+            ))),
             Err(_) if action.starts_with('$') => {
-                check_call_grant(from, &action)?;
-                return self.call_internal_msgpack(&action, &params);
+                check_call_grant(from, action)?;
+                return self.call_internal_msgpack(action, &params);
             }
             Err(missing) if self.remote().is_none() => return Err(missing),
             route => route,
         };
-        check_call_grant(from, &action)?;
-        let ctx = from.ctx.via(from.package);
+        check_call_grant(from, action)?;
+        let mut ctx = from.ctx.via(from.package);
+        options.apply(&mut ctx);
         match route {
             Ok(found) => {
                 found
                     .0
                     .check_visibility(found.1, CallerKind::Package(from.package))?;
                 let call = Encoded {
-                    action: &action,
+                    action: action,
                     format: Format::MessagePack,
                     params: Cow::Owned(params),
                     ctx,
@@ -124,11 +168,11 @@ impl Broker {
                 // A caller not installed yet (its `started`) has no protections.
                 let caller = self.service(from.package);
                 let guard = match &caller {
-                    Some(s) => self.remote_guard(&s.remote, &action),
+                    Some(s) => self.remote_guard(&s.remote, action),
                     None => RemoteGuard::NONE,
                 };
                 let params = RemoteParams::MessagePack(&params);
-                let reply = self.call_remote_protected(guard, &action, params, ctx, missing);
+                let reply = self.call_remote_protected(guard, action, params, ctx, missing);
                 reply.await.map(Reply::into_bytes)
             }
         }

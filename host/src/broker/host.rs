@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use super::Broker;
 use super::events::Origin;
 use super::registry::CallerKind;
-use crate::context::CallError;
+use crate::context::{CallError, CallOptions};
 use crate::package::{BoxFuture, Caller, ImportTarget, Output, Params, Router};
 
 /// What a package's host functions hold: a weak link back to the broker,
@@ -31,10 +31,13 @@ impl Router for BrokerHandle {
         from: Caller<'a>,
         action: String,
         params: Vec<u8>,
+        options: CallOptions,
     ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
         Box::pin(async move {
             let broker = self.broker()?;
-            broker.call_from_package(from, action, params).await
+            broker
+                .call_from_package_with(from, action, params, options)
+                .await
         })
     }
 

@@ -18,7 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bytes::{self, ByteShape, Output, Params};
 use super::wit::{self, steedos::package::types as wit_types};
 use super::{Caller, PackageError, Router, TypedImport};
-use crate::context::{CallContext, CallError};
+use crate::context::{CallContext, CallError, CallOptions, ReplyMeta, decode_meta};
 use crate::engine::coarse_now;
 use crate::guest_log::{self, GuestLogs};
 use crate::manifest::Grants;
@@ -221,12 +221,21 @@ impl wit::steedos::package::broker::Host for HostState {
         action: String,
         params: Vec<u8>,
     ) -> Result<Vec<u8>, wit_types::CallError> {
-        let mut spare = None;
-        let from = caller(&self.package, &self.grants, &self.call, &mut spare);
-        let started = coarse_now();
-        let result = self.router.call(from, action, params).await;
-        self.waited += coarse_now().saturating_duration_since(started);
-        result.map_err(to_wit_error)
+        self.call_with_options(action, params, CallOptions::default())
+            .await
+            .map_err(to_wit_error)
+    }
+
+    async fn call_with(
+        &mut self,
+        action: String,
+        params: Vec<u8>,
+        options: wit_types::CallOptions,
+    ) -> Result<Vec<u8>, wit_types::CallError> {
+        let options = self.call_options(&action, options).map_err(to_wit_error)?;
+        self.call_with_options(action, params, options)
+            .await
+            .map_err(to_wit_error)
     }
 
     async fn emit(&mut self, event: String, payload: Vec<u8>) -> wasmtime::Result<()> {
@@ -241,12 +250,115 @@ impl wit::steedos::package::broker::Host for HostState {
         let mut spare = None;
         to_wit_context(caller(&self.package, &self.grants, &self.call, &mut spare).ctx)
     }
+
+    async fn set_meta(&mut self, meta: Vec<u8>) -> Result<(), String> {
+        self.set_meta(&meta).inspect_err(|e| {
+            tracing::warn!(package = %self.package, error = %e, "set-meta refused");
+        })
+    }
 }
 
+/// The most `retries` a call's options may ask for.
+const MAX_RETRIES: u32 = 16;
+/// The longest node id a call's options may name.
+const MAX_NODE_ID: usize = 256;
+
 impl HostState {
+    /// `broker.call` under `options`: the callee's meta comes back merged
+    /// into the context of the call this instance serves.
+    pub(super) async fn call_with_options(
+        &mut self,
+        action: String,
+        params: Vec<u8>,
+        mut options: CallOptions,
+    ) -> Result<Vec<u8>, CallError> {
+        let reply = ReplyMeta::default();
+        options.reply = Some(reply.clone());
+        let mut spare = None;
+        let from = caller(&self.package, &self.grants, &self.call, &mut spare);
+        let started = coarse_now();
+        let result = self.router.call(from, action, params, options).await;
+        self.waited += coarse_now().saturating_duration_since(started);
+        if let (Some(meta), Some(ctx)) = (reply.take(), self.call.as_mut()) {
+            ctx.meta.merge_reply(&meta);
+        }
+        result
+    }
+
+    /// A guest's `call-options` as the host's, or why they are refused.
+    fn call_options(
+        &self,
+        action: &str,
+        options: wit_types::CallOptions,
+    ) -> Result<CallOptions, CallError> {
+        let refuse = |why: String| {
+            tracing::warn!(package = %self.package, action, error = %why, "call options refused");
+            CallError::InvalidParams(format!(
+                "package `{}` calling `{action}`: options: {why}",
+                self.package
+            ))
+        };
+        let meta = match options.meta {
+            Some(bytes) => {
+                let map = decode_meta(&bytes).map_err(|e| refuse(e.to_string()))?;
+                let mut merged = self
+                    .call
+                    .as_ref()
+                    .map(|c| c.meta.clone())
+                    .unwrap_or_default();
+                merged.merge(&map);
+                merged.check_size().map_err(|e| refuse(e.to_string()))?;
+                Some(map)
+            }
+            None => None,
+        };
+        let node_id = match options.node_id {
+            Some(n) if n.is_empty() || n.len() > MAX_NODE_ID => {
+                return Err(refuse(format!(
+                    "node-id must be 1 to {MAX_NODE_ID} bytes long"
+                )));
+            }
+            n => n.map(Into::into),
+        };
+        let retries = options.retries.unwrap_or(0);
+        if retries > MAX_RETRIES {
+            return Err(refuse(format!(
+                "retries is {retries}, over the limit of {MAX_RETRIES}"
+            )));
+        }
+        Ok(CallOptions {
+            meta,
+            timeout: options
+                .timeout_ms
+                .filter(|ms| *ms > 0)
+                .map(|ms| std::time::Duration::from_millis(ms.into())),
+            node_id,
+            retries,
+            reply: None,
+        })
+    }
+
+    /// `set-meta`: keys merged into the meta of the call being served,
+    /// within the size limit.
+    pub(super) fn set_meta(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let package = &self.package;
+        let map = decode_meta(bytes).map_err(|e| format!("package `{package}`: set-meta: {e}"))?;
+        let Some(ctx) = self.call.as_mut() else {
+            return Err(format!(
+                "package `{package}`: set-meta: no call is being served"
+            ));
+        };
+        let mut meta = ctx.meta.clone();
+        meta.merge(&map);
+        meta.check_size()
+            .map_err(|e| format!("package `{package}`: set-meta: {e}"))?;
+        ctx.meta = meta;
+        Ok(())
+    }
+
     /// An emit or broadcast; a refusal traps the guest's current call
     /// (`emit` returns nothing the guest could read an error from).
-    async fn publish(
+    pub(super) async fn publish(
         &mut self,
         event: String,
         payload: Vec<u8>,
@@ -263,6 +375,12 @@ impl HostState {
             trap
         })
     }
+
+    /// The log line of a guest, with the request id of its call.
+    pub(super) fn guest_log(&self, level: guest_log::Level, message: &str) {
+        let request_id = self.call.as_ref().map(|c| &*c.request_id).unwrap_or("");
+        self.logs.log(level, message, None, request_id);
+    }
 }
 
 impl wit::steedos::package::logging::Host for HostState {
@@ -275,8 +393,7 @@ impl wit::steedos::package::logging::Host for HostState {
             L::Warn => guest_log::Level::Warn,
             L::Error => guest_log::Level::Error,
         };
-        let request_id = self.call.as_ref().map(|c| &*c.request_id).unwrap_or("");
-        self.logs.log(level, &message, None, request_id);
+        self.guest_log(level, &message);
     }
 }
 
@@ -309,10 +426,12 @@ pub(super) fn from_wit_error(e: wit_types::CallError) -> CallError {
 
 pub(super) fn to_wit_context(ctx: &CallContext) -> wit_types::CallContext {
     wit_types::CallContext {
+        id: ctx.id.to_string(),
+        parent_id: ctx.parent_id.as_ref().map(ToString::to_string),
         request_id: ctx.request_id.to_string(),
         caller: ctx.caller().map(str::to_string),
         level: ctx.level(),
-        meta: ctx.meta.iter().cloned().collect(),
+        meta: ctx.meta.to_msgpack(),
     }
 }
 
@@ -340,10 +459,12 @@ pub fn is_call_error_result(ty: Option<&Type>) -> bool {
 }
 
 /// Adds every host import a package may use to `linker`: WASI (p2) and
-/// the `steedos:package` world (`broker`, `logging`, `types`).
+/// the `steedos:package` world (`broker`, `logging`, `types`), 0.2.0 and 0.1.0.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    wit::Package::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+    wit::Package::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    // Packages built against 0.1.0 still load (see `contract_v1.rs`).
+    super::wit_v1::Package::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
 }
 
 /// The linker every package starts from: [`add_to_linker`]'s imports.

@@ -13,6 +13,7 @@ use wasmtime::component::{
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
+use super::contract_v1::to_v1_context;
 use super::host::{Cutoff, HostState, MemoryLimit, to_wit_context};
 use super::output::{human, human_bytes, is_hostcall_fuel, last_words};
 use super::wit::steedos::package::types as wit_types;
@@ -263,7 +264,10 @@ impl Package {
             None => None,
         };
         let events = match self.ty.events {
-            Some(idx) => Some(instance.get_typed_func(&mut store, idx).map_err(link)?),
+            Some(idx) => Some(match instance.get_typed_func(&mut store, idx) {
+                Ok(v2) => Handle::V2(v2),
+                Err(_) => Handle::V1(instance.get_typed_func(&mut store, idx).map_err(link)?),
+            }),
             None => None,
         };
         Ok(LiveInstance {
@@ -278,7 +282,21 @@ impl Package {
 
 type Started = TypedFunc<(), (Result<(), String>,)>;
 type Stopped = TypedFunc<(), ()>;
-type Handle = TypedFunc<(String, Vec<u8>, wit_types::CallContext), ()>;
+/// The event handler, of the contract the package was built against.
+#[derive(Clone, Copy)]
+enum Handle {
+    V2(TypedFunc<(String, Vec<u8>, wit_types::CallContext), ()>),
+    V1(
+        TypedFunc<
+            (
+                String,
+                Vec<u8>,
+                super::wit_v1::steedos::package::types::CallContext,
+            ),
+            (),
+        >,
+    ),
+}
 
 /// One live instance of a package, in a store of its own.
 pub struct LiveInstance {
@@ -304,6 +322,16 @@ impl LiveInstance {
         self.store.data_mut().call = None;
     }
 
+    /// [`disarm`](Self::disarm) at the end of a call: the callee's meta
+    /// left for its caller, when the caller asked for it.
+    fn disarm_replying(&mut self) {
+        if let Some(ctx) = self.store.data_mut().call.take()
+            && let Some(reply) = ctx.reply
+        {
+            reply.set(ctx.meta);
+        }
+    }
+
     /// Runs action `action` with `params`; a [`Fault`] means this instance
     /// is dead. Decoded parameters of a byte-shaped action (`bytes`) cross
     /// as bytes.
@@ -327,7 +355,7 @@ impl LiveInstance {
             }
             (Params::Args(args), None) => self.call_args(func, args, has_result).await,
         };
-        self.disarm();
+        self.disarm_replying();
         r.map_err(|e| self.fault(e))
     }
 
@@ -395,14 +423,21 @@ impl LiveInstance {
         let Some(handle) = self.events else {
             return Ok(());
         };
-        let wit_ctx = to_wit_context(&ctx);
-        self.arm(ctx);
-        let r = handle
-            .call_async(
-                &mut self.store,
-                (event.to_string(), payload.to_vec(), wit_ctx),
-            )
-            .await;
+        let args = (event.to_string(), payload.to_vec());
+        let r = match handle {
+            Handle::V2(f) => {
+                let wit_ctx = to_wit_context(&ctx);
+                self.arm(ctx);
+                f.call_async(&mut self.store, (args.0, args.1, wit_ctx))
+                    .await
+            }
+            Handle::V1(f) => {
+                let wit_ctx = to_v1_context(&ctx);
+                self.arm(ctx);
+                f.call_async(&mut self.store, (args.0, args.1, wit_ctx))
+                    .await
+            }
+        };
         self.disarm();
         r.map_err(|e| self.fault(e))
     }

@@ -21,10 +21,9 @@ use std::borrow::Cow;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::context::{CallError, ErrorKind, Failure};
-use crate::guest_log::escape;
+use crate::context::MetaMap;
 use crate::manifest::Serializer;
 
 /// A packet that could not be read or written.
@@ -376,6 +375,12 @@ pub struct Request<'a, D> {
     /// The caller's action or service name.
     #[serde(borrow, default)]
     pub caller: Option<Cow<'a, str>>,
+    /// The caller's context id.
+    #[serde(borrow, rename = "parentID", default)]
+    pub parent_id: Option<Cow<'a, str>>,
+    /// Moleculer's tracing flag (any other value reads as none).
+    #[serde(default)]
+    pub tracing: Option<Value>,
     /// A stream chunk (refused: streams are not supported).
     #[serde(default)]
     pub stream: Option<bool>,
@@ -394,6 +399,8 @@ impl<'a, D> Request<'a, D> {
             level: self.level,
             request_id: self.request_id,
             caller: self.caller,
+            parent_id: self.parent_id,
+            tracing: self.tracing,
             stream: self.stream,
         }
     }
@@ -419,6 +426,9 @@ pub struct Response<'a, D> {
     /// The error, when not `success`.
     #[serde(default)]
     pub error: Option<WireError>,
+    /// The callee's `ctx.meta`, merged into the caller's.
+    #[serde(default)]
+    pub meta: Option<Value>,
 }
 
 impl<'a, D> Response<'a, D> {
@@ -430,6 +440,7 @@ impl<'a, D> Response<'a, D> {
             success: self.success,
             data: self.data.map(f),
             error: self.error,
+            meta: self.meta,
         }
     }
 }
@@ -463,6 +474,18 @@ pub struct Event<'a, D> {
     /// The context id.
     #[serde(borrow, default)]
     pub id: Option<Cow<'a, str>>,
+    /// The emitter's context id.
+    #[serde(borrow, rename = "parentID", default)]
+    pub parent_id: Option<Cow<'a, str>>,
+    /// Nesting level.
+    #[serde(default)]
+    pub level: Option<u32>,
+    /// The emitting action or service.
+    #[serde(borrow, default)]
+    pub caller: Option<Cow<'a, str>>,
+    /// Moleculer's tracing flag.
+    #[serde(default)]
+    pub tracing: Option<Value>,
 }
 
 impl<'a, D> Event<'a, D> {
@@ -477,6 +500,10 @@ impl<'a, D> Event<'a, D> {
             meta: self.meta,
             request_id: self.request_id,
             id: self.id,
+            parent_id: self.parent_id,
+            level: self.level,
+            caller: self.caller,
+            tracing: self.tracing,
         }
     }
 }
@@ -495,35 +522,6 @@ pub struct Ping {
     /// PONG only: when the PING arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrived: Option<i64>,
-}
-
-/// The error of a RES, as Moleculer's `Regenerator` writes and reads it.
-#[derive(Debug, Default, Deserialize, Serialize)]
-pub struct WireError {
-    /// The error class: `ValidationError`, `ServiceNotFoundError`, ...
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The message.
-    #[serde(default)]
-    pub message: Option<String>,
-    /// An HTTP-like status.
-    #[serde(default)]
-    pub code: Option<Value>,
-    /// A machine-readable kind: `VALIDATION_ERROR`, `CRASHED`, ...
-    #[serde(rename = "type", default)]
-    pub kind: Option<String>,
-    /// Whether a retry may succeed.
-    #[serde(default)]
-    pub retryable: Option<bool>,
-    /// The node that raised it.
-    #[serde(rename = "nodeID", default)]
-    pub node_id: Option<String>,
-    /// Details.
-    #[serde(default)]
-    pub data: Option<Value>,
-    /// A stack trace, when the node sends one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack: Option<String>,
 }
 
 // ------------------------------------------------------------ outgoing
@@ -611,7 +609,7 @@ pub struct RequestOut<'a> {
     /// The params object.
     pub params: &'a Data<'a>,
     /// `ctx.meta`.
-    pub meta: &'a Value,
+    pub meta: &'a MetaMap,
     /// Protocol 5: headers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<&'a Value>,
@@ -619,9 +617,9 @@ pub struct RequestOut<'a> {
     pub timeout: f64,
     /// Nesting level.
     pub level: u32,
-    /// Tracing is not propagated.
+    /// Moleculer's tracing flag, as the call got it.
     pub tracing: Option<bool>,
-    /// No parent context id.
+    /// The caller's context id.
     #[serde(rename = "parentID")]
     pub parent_id: Option<&'a str>,
     /// The request id of the whole request.
@@ -649,8 +647,8 @@ pub struct ResponseOut<'a> {
     /// The error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a WireError>,
-    /// `ctx.meta`, as it came.
-    pub meta: &'a Value,
+    /// The callee's `ctx.meta`, as it was when the call ended.
+    pub meta: &'a MetaMap,
     /// Protocol 5: headers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<&'a Value>,
@@ -676,15 +674,15 @@ pub struct EventOut<'a> {
     /// `broadcast` rather than `emit`.
     pub broadcast: bool,
     /// `ctx.meta`.
-    pub meta: &'a Value,
+    pub meta: &'a MetaMap,
     /// Protocol 5: headers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<&'a Value>,
     /// Nesting level.
     pub level: u32,
-    /// Tracing is not propagated.
+    /// Moleculer's tracing flag, as the emitter's call got it.
     pub tracing: Option<bool>,
-    /// No parent context id.
+    /// The emitter's context id.
     #[serde(rename = "parentID")]
     pub parent_id: Option<&'a str>,
     /// The request id.
@@ -699,87 +697,11 @@ pub struct EventOut<'a> {
     pub stream: bool,
 }
 
-// ------------------------------------------------------------ meta
+// ------------------------------------------------------------ context
 
-/// `ctx.meta` of a packet as the host's string pairs: strings as they
-/// are, other values as JSON text.
-pub fn meta_pairs(meta: Option<&Value>) -> Vec<(String, String)> {
-    let Some(Value::Object(map)) = meta else {
-        return Vec::new();
-    };
-    map.iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => (k.clone(), s.clone()),
-            other => (k.clone(), other.to_string()),
-        })
-        .collect()
-}
-
-/// The host's meta pairs as a `ctx.meta` object.
-pub fn meta_object(pairs: &[(String, String)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}
-
-// ------------------------------------------------------------ errors
-
-/// The Moleculer error a Node.js caller expects for `error`, raised by
-/// `node` serving `action`: its kind's name, code and type, and only the
-/// message's public part (no host paths: see [`CallError::public_message`]).
-pub fn error_to_wire(error: &CallError, action: &str, node: &str) -> WireError {
-    let kind = error.kind();
-    let m = kind.moleculer();
-    let message = error.public_message().into_owned();
-    let data = match kind {
-        ErrorKind::InvalidParams => {
-            json!([{ "type": "wit", "message": message, "action": action, "nodeID": node }])
-        }
-        _ => json!({ "action": action, "nodeID": node, "reason": message }),
-    };
-    WireError {
-        name: Some(m.name.into()),
-        message: Some(message),
-        code: Some(m.code.into()),
-        kind: Some(m.kind.into()),
-        retryable: Some(m.retryable),
-        node_id: Some(node.into()),
-        data: Some(data),
-        stack: None,
-    }
-}
-
-/// A Moleculer error from `node` as the caller's [`CallError`]; the
-/// peer's text is escaped (one line, no control characters) before
-/// anything logs or shows it.
-pub fn error_from_wire(error: WireError, action: &str, node: &str) -> CallError {
-    let name = error.name.as_deref().unwrap_or("Error");
-    let kind = error.kind.as_deref().unwrap_or("");
-    let code = error.code.as_ref().and_then(Value::as_u64).unwrap_or(500);
-    let text = error.message.as_deref().unwrap_or("no message");
-    let mut message = format!("{action} on node `{node}`: {name}: {text}");
-    // A validation error lists what was wrong with which field in `data`.
-    let details: Vec<&str> = match &error.data {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|i| i.get("message").and_then(Value::as_str))
-            .collect(),
-        _ => Vec::new(),
-    };
-    if !details.is_empty() {
-        message = format!("{message} ({})", details.join("; "));
-    }
-    match ErrorKind::from_moleculer(name, kind, code) {
-        // The peer's own error: its code is the status it names, as data.
-        ErrorKind::Failed => {
-            let code = error.code.as_ref().and_then(Value::as_u64);
-            CallError::Failed(Failure::with_status(escape(&message), code))
-        }
-        other => CallError::new(other, escape(&message)),
-    }
+/// The tracing flag a packet carries: a boolean, or none.
+pub fn tracing(value: Option<&Value>) -> Option<bool> {
+    value.and_then(Value::as_bool)
 }
 
 /// Protocol 5 carries headers; 4 does not.
@@ -788,11 +710,15 @@ pub fn headers(ver: &str) -> Option<&'static Value> {
     (ver != "4").then(|| EMPTY.get_or_init(|| Value::Object(Map::new())))
 }
 
-/// An empty `{}` (meta of packets that carry none).
+/// An empty `{}`.
 pub fn empty_object() -> &'static Value {
     static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     EMPTY.get_or_init(|| Value::Object(Map::new()))
 }
+
+mod wire_error;
+
+pub use wire_error::{WireError, error_from_wire, error_to_wire};
 
 #[cfg(test)]
 mod tests;

@@ -221,6 +221,16 @@ impl Registry {
         Some(endpoints.nodes[i].clone())
     }
 
+    /// `node`, when it serves `action`.
+    pub fn pick_on(&self, action: &str, node: &str) -> Option<(Arc<str>, Subject)> {
+        let endpoints = self.actions.get(action)?;
+        endpoints
+            .nodes
+            .iter()
+            .find(|(id, _)| &**id == node)
+            .cloned()
+    }
+
     /// The parameters of `action` with their fastest-validator rules, as a
     /// node serving it announced them (`$$`-options left out); `None` when
     /// no node serves it.

@@ -50,6 +50,10 @@ impl RemoteRoute for Route {
         self.0.registry().has_service(name)
     }
 
+    fn node_id(&self) -> Option<Arc<str>> {
+        Some(self.0.node_id.clone())
+    }
+
     fn params(&self, action: &str) -> Option<Vec<(String, Value)>> {
         self.0.registry().params(action)
     }
@@ -64,7 +68,10 @@ impl RemoteRoute for Route {
         if shared.leaving.load(Ordering::Acquire) {
             return None;
         }
-        let (node, subject) = shared.registry().pick(action)?;
+        let (node, subject) = match &ctx.target_node {
+            Some(node) => shared.registry().pick_on(action, node)?,
+            None => shared.registry().pick(action)?,
+        };
         let uuid = uuid::Uuid::new_v4();
         let bytes = match request(shared, action, params, ctx, uuid) {
             Ok(b) => b,
@@ -79,6 +86,7 @@ impl RemoteRoute for Route {
                 node: node.clone(),
                 action: action.clone(),
                 reply,
+                meta: ctx.reply.clone(),
             },
         );
         let mut guard = PendingGuard {
@@ -144,22 +152,24 @@ impl RemoteRoute for Route {
                 return;
             }
         };
-        let meta = packet::meta_object(&ctx.meta);
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed).to_string();
+        // The event's own context, a child of the emitter's.
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        let parent_id = ctx.id.to_string();
         for (subject, groups) in targets {
             let out = packet::EventOut {
                 ver: shared.ver,
                 sender: &shared.node_id,
-                id: &id,
+                id,
                 event,
                 data: &data,
                 groups: groups.as_deref(),
                 broadcast,
-                meta: &meta,
+                meta: ctx.meta.map(),
                 headers: packet::headers(shared.ver),
                 level: ctx.level(),
-                tracing: None,
-                parent_id: None,
+                tracing: ctx.tracing,
+                parent_id: Some(&parent_id),
                 request_id: &ctx.request_id,
                 caller: ctx.caller(),
                 need_ack: None,
@@ -194,19 +204,19 @@ fn request(
     // it was sent, and a peer that did not see the REQ cannot guess it.
     let mut buf = uuid::Uuid::encode_buffer();
     let wire_id: &str = uuid.hyphenated().encode_lower(&mut buf);
-    let meta = packet::meta_object(&ctx.meta);
+    let parent_id = ctx.parent_id.as_ref().map(ToString::to_string);
     let req = packet::RequestOut {
         ver: shared.ver,
         sender: &shared.node_id,
         id: wire_id,
         action,
         params: &data,
-        meta: &meta,
+        meta: ctx.meta.map(),
         headers: packet::headers(shared.ver),
         timeout: (ctx.remaining().as_secs_f64() * 1000.0).round().max(1.0),
         level: ctx.level(),
-        tracing: None,
-        parent_id: None,
+        tracing: ctx.tracing,
+        parent_id: parent_id.as_deref(),
         request_id: &ctx.request_id,
         caller: ctx.caller(),
         stream: false,

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::bounds;
 use super::packet::{self, Data, Kind};
 use super::transit::{NO_CALLER_TIMEOUT, Transit};
-use crate::context::{CallContext, CallError};
+use crate::context::{CallContext, CallError, ContextId, Meta, ReplyMeta};
 
 impl Transit {
     /// Runs a REQ from another node on this host's packages and answers it.
@@ -27,7 +27,9 @@ impl Transit {
         if !self.accept(Kind::Request, &req.ver, &req.sender) {
             return;
         }
-        let outcome = self.run(&req).await;
+        let ctx = remote_context(&req);
+        let reply = ctx.reply.clone();
+        let outcome = self.run(&req, ctx).await;
         tracing::debug!(node = %self.node_id, from = %req.sender, action = ?req.action, request_id = ?req.request_id, level = ?req.level, caller = ?req.caller, ok = outcome.is_ok(), "served a remote call");
         let (data, error) = match outcome {
             Ok(v) => (Some(Data::Value(v)), None),
@@ -36,6 +38,11 @@ impl Transit {
                 Some(packet::error_to_wire(&e, &req.action, &self.node_id)),
             ),
         };
+        // The callee's meta when the call ended (Moleculer's caller merges
+        // it into its own), else the meta as it came.
+        let meta = reply
+            .and_then(|r| r.take())
+            .unwrap_or_else(|| Meta::from_wire(req.meta.as_ref()));
         let res = packet::ResponseOut {
             ver: self.ver,
             sender: &self.node_id,
@@ -43,7 +50,7 @@ impl Transit {
             success: error.is_none(),
             data: data.as_ref(),
             error: error.as_ref(),
-            meta: req.meta.as_ref().unwrap_or(packet::empty_object()),
+            meta: meta.map(),
             headers: packet::headers(self.ver),
             stream: false,
         };
@@ -53,8 +60,11 @@ impl Transit {
 
     /// The outcome of a readable REQ: run on a package here when this node
     /// publishes the action.
-    async fn run(&self, req: &packet::Request<'_, Data<'_>>) -> Result<Value, CallError> {
-        let ctx = remote_context(req);
+    async fn run(
+        &self,
+        req: &packet::Request<'_, Data<'_>>,
+        ctx: CallContext,
+    ) -> Result<Value, CallError> {
         match (&req.params, req.stream) {
             // Unpublished actions do not exist for the cluster, even when a
             // package here serves them.
@@ -107,7 +117,7 @@ impl Transit {
             success: false,
             data: None,
             error: Some(&error),
-            meta: packet::empty_object(),
+            meta: Meta::EMPTY.map(),
             headers: packet::headers(self.ver),
             stream: false,
         };
@@ -123,9 +133,11 @@ impl Transit {
     }
 }
 
-/// The context of a call another node made, from its REQ: its timeout,
-/// request id, level, caller and meta (ids and names cut to a sane length,
-/// since they travel on into logs and our own packets).
+/// The context of a call another node made, from its REQ: its id and
+/// parent's, timeout, request id, level, caller, tracing and meta with its
+/// JSON types (ids and names cut to a sane length, since they travel on
+/// into logs and our own packets); the callee's meta is asked back for
+/// the RES.
 fn remote_context(req: &packet::Request<'_, Data<'_>>) -> CallContext {
     let timeout = bounds::caller_timeout(req.timeout, NO_CALLER_TIMEOUT);
     let request_id = req.request_id.as_deref().unwrap_or(&req.id);
@@ -138,10 +150,14 @@ fn remote_context(req: &packet::Request<'_, Data<'_>>) -> CallContext {
         .caller
         .as_deref()
         .map(|c| Arc::from(bounds::clip(c, bounds::MAX_NAME)));
-    let pairs = packet::meta_pairs(req.meta.as_ref());
-    if !pairs.is_empty() {
-        ctx.meta = pairs.into();
-    }
+    ctx.id = ContextId::Given(bounds::clip(&req.id, bounds::MAX_NAME).into());
+    ctx.parent_id = req
+        .parent_id
+        .as_deref()
+        .map(|p| ContextId::Given(bounds::clip(p, bounds::MAX_NAME).into()));
+    ctx.tracing = packet::tracing(req.tracing.as_ref());
+    ctx.meta = Meta::from_wire(req.meta.as_ref());
+    ctx.reply = Some(ReplyMeta::default());
     ctx
 }
 

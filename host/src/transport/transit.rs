@@ -26,7 +26,7 @@ use super::packet::{self, Data, Kind, Wire};
 use super::registry::{Joined, Registry};
 use super::schema;
 use crate::broker::Broker;
-use crate::context::{CallContext, CallError, Human, next_request_id};
+use crate::context::{CallContext, CallError, ContextId, Human, Meta, ReplyMeta, next_request_id};
 use crate::manifest::{ClusterSettings, pattern_matches};
 
 /// A call from another node may wait this long when it names no timeout
@@ -38,6 +38,8 @@ pub(super) struct Pending {
     pub(super) node: Arc<str>,
     pub(super) action: Arc<str>,
     pub(super) reply: oneshot::Sender<Result<Value, CallError>>,
+    /// Where the RES's meta goes, when the caller wants it back.
+    pub(super) meta: Option<ReplyMeta>,
 }
 
 /// One node's protocol state, shared by its reader tasks, the broker's
@@ -54,7 +56,6 @@ pub(super) struct Transit {
     /// Our calls waiting for a RES, by their random 128-bit id: a peer
     /// that did not see the REQ cannot guess one.
     pub(super) pending: Mutex<HashMap<u128, Pending>>,
-    pub(super) next_id: AtomicU64,
     pub(super) seq: AtomicU64,
     /// The INFO services last sent, to notice deploys and removals.
     pub(super) sent_services: Mutex<Value>,
@@ -95,7 +96,6 @@ impl Transit {
             registry: RwLock::new(Registry::new(prefix)),
             settings,
             pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
             seq: AtomicU64::new(1),
             sent_services: Mutex::new(Value::Null),
             pings: Mutex::new(HashMap::new()),
@@ -603,6 +603,12 @@ impl Transit {
             }
         };
         let Some(pending) = pending else { return };
+        // Moleculer merges a RES's meta into the caller's, success or not.
+        if let Some(sink) = &pending.meta
+            && let Some(Value::Object(meta)) = &res.meta
+        {
+            sink.set(Meta::from_map(meta.clone()));
+        }
         let result = match (res.success, res.error) {
             (true, _) => match res.data.map(Data::into_value).transpose() {
                 Ok(v) => Ok(v.unwrap_or(Value::Null)),
@@ -644,10 +650,7 @@ impl Transit {
             .or(event.id.clone())
             .map_or_else(next_request_id, Into::into);
         let mut ctx = CallContext::with_request_id(request_id, NO_CALLER_TIMEOUT);
-        let pairs = packet::meta_pairs(event.meta.as_ref());
-        if !pairs.is_empty() {
-            ctx.meta = pairs.into();
-        }
+        event_context(&mut ctx, &event);
         let groups = if event.broadcast {
             None
         } else {
@@ -658,6 +661,23 @@ impl Transit {
             .await;
         self.events_received.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// What an EVENT says of its context: its id and parent's, level, caller,
+/// tracing and meta with its JSON types (ids cut to a sane length).
+fn event_context(ctx: &mut CallContext, event: &packet::Event<'_, Data<'_>>) {
+    let id = |text: &str| ContextId::Given(bounds::clip(text, bounds::MAX_NAME).into());
+    if let Some(given) = event.id.as_deref() {
+        ctx.id = id(given);
+    }
+    ctx.parent_id = event.parent_id.as_deref().map(id);
+    ctx.upstream_levels = event.level.map_or(0, |l| l.saturating_sub(1));
+    ctx.upstream_caller = event
+        .caller
+        .as_deref()
+        .map(|c| Arc::from(bounds::clip(c, bounds::MAX_NAME)));
+    ctx.tracing = packet::tracing(event.tracing.as_ref());
+    ctx.meta = Meta::from_wire(event.meta.as_ref());
 }
 
 /// The budgets of the packets that cost this node work, per peer and second.

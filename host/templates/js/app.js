@@ -3,7 +3,7 @@
 // `api` (WIT names in camelCase). `npm run build` bundles this file with its
 // npm dependencies (esbuild) and makes it a component (componentize-js).
 
-import { log } from "steedos:package/logging@0.1.0";
+import { log } from "steedos:package/logging@0.2.0";
 
 /**
  * Runs `body`; an exception becomes the action's error result: its message.
@@ -35,9 +35,20 @@ export const api = {
 // To call another package by name (params and reply are MessagePack):
 //
 //   import { decode, encode } from "@msgpack/msgpack";
-//   import { call } from "steedos:package/broker@0.1.0";
+//   import { call } from "steedos:package/broker@0.2.0";
 //
 //   const item = decode(call("inventory.get-item", encode({ sku: "apple" })));
+//
+// The call's meta is a value (MessagePack of an object, JSON types kept);
+// `callWith` passes meta (merged over this call's), a timeout, a node id,
+// retries; `setMeta` sets keys the caller gets back with the result:
+//
+//   import { callWith, context, setMeta } from "steedos:package/broker@0.2.0";
+//
+//   const user = decode(context().meta).user;
+//   callWith("objectql.find", encode({ objectName: "accounts" }),
+//            { meta: encode({ tenant: "acme" }), timeoutMs: 2000 });
+//   setMeta(encode({ audited: true }));
 //
 // A failed call throws an error whose `payload` is the call-error, such as
 // `{ tag: "not-found", val: "..." }`. WIT types in JavaScript: records are

@@ -37,6 +37,18 @@ def greet(name: str) -> str:
 #
 #     item = msgpack.unpackb(broker.call("inventory.get-item", msgpack.packb({"sku": "apple"})))
 #
+# The call's meta is a value (MessagePack of a dict, JSON types kept);
+# `call_with` passes meta (merged over this call's), a timeout, a node id,
+# retries; `set_meta` sets keys the caller gets back with the result:
+#
+#     from wit_world.imports import types
+#
+#     user = msgpack.unpackb(broker.context().meta).get("user")
+#     broker.call_with("objectql.find", msgpack.packb({"objectName": "accounts"}),
+#                      types.CallOptions(meta=msgpack.packb({"tenant": "acme"}),
+#                                        timeout_ms=2000, node_id=None, retries=None))
+#     broker.set_meta(msgpack.packb({"audited": True}))
+#
 # A failed call raises Err(call_error), such as Err(CallError_NotFound(...)).
 # WIT types in Python: records are dataclasses, variants one class per case,
 # enums Enums, options None or the value.

@@ -82,14 +82,60 @@ impl ProbeGuest for Probe {
         })
     }
 
-    fn context() -> (String, Option<String>, u32, Vec<(String, String)>) {
+    fn context() -> (String, Option<String>, u32, String, String, Option<String>) {
+        let ctx = steedos_sdk::context();
+        let meta = serde_json::Value::Object(ctx.meta()).to_string();
         let CallContext {
             request_id,
             caller,
             level,
-            meta,
-        } = steedos_sdk::context();
-        (request_id, caller, level, meta)
+            id,
+            parent_id,
+            ..
+        } = ctx;
+        (request_id, caller, level, meta, id, parent_id)
+    }
+
+    fn forward_with(
+        action: String,
+        params_json: String,
+        options_json: String,
+    ) -> Result<String, CallFailure> {
+        let params = json_to_msgpack(&params_json)
+            .map_err(|e| CallFailure::InvalidParams(format!("params-json is not JSON: {e}")))?;
+        let options: serde_json::Value = serde_json::from_str(&options_json)
+            .map_err(|e| CallFailure::InvalidParams(format!("options-json is not JSON: {e}")))?;
+        let options = broker::CallOptions {
+            meta: match options.get("meta") {
+                Some(meta) => Some(steedos_sdk::encode(meta).map_err(CallFailure::InvalidParams)?),
+                None => None,
+            },
+            timeout_ms: options["timeout-ms"].as_u64().map(|ms| ms as u32),
+            node_id: options["node-id"].as_str().map(str::to_string),
+            retries: options["retries"].as_u64().map(|r| r as u32),
+        };
+        let reply = broker::call_with(&action, &params, &options)?;
+        let reply: serde_json::Value = steedos_sdk::decode(&reply).map_err(|e| {
+            CallFailure::Failed(format!("the reply of `{action}` has no JSON form: {e}"))
+        })?;
+        let ctx = steedos_sdk::context();
+        let answer = serde_json::json!({
+            "reply": reply,
+            "meta": ctx.meta(),
+            "id": ctx.id,
+            "parent": ctx.parent_id,
+        });
+        Ok(answer.to_string())
+    }
+
+    fn set_meta(meta_json: String) -> Result<String, String> {
+        let bytes = json_to_msgpack(&meta_json)?;
+        broker::set_meta(&bytes)?;
+        Ok(serde_json::Value::Object(steedos_sdk::meta()).to_string())
+    }
+
+    fn set_meta_raw(bytes: Vec<u8>) -> Result<(), String> {
+        broker::set_meta(&bytes)
     }
 
     fn read_file(path: String) -> Result<String, String> {

@@ -61,9 +61,11 @@ fn requests_keep_their_params_as_raw_json() {
         Some(Data::Raw(raw)) => assert_eq!(raw.get(), r#"{"x": [1, 2]}"#),
         other => panic!("{other:?}"),
     }
+    // Meta keeps its JSON types: the number stays a number.
+    let meta = crate::context::Meta::from_wire(req.meta.as_ref());
     assert_eq!(
-        meta_pairs(req.meta.as_ref()),
-        vec![("k".into(), "v".into()), ("n".into(), "1".into())]
+        serde_json::Value::Object(meta.map().clone()),
+        json!({"k": "v", "n": 1})
     );
     let mp = Wire(Serializer::MessagePack);
     let data = Data::Value(json!({"x": 1}));
@@ -73,7 +75,7 @@ fn requests_keep_their_params_as_raw_json() {
         id: "1",
         action: "a.b",
         params: &data,
-        meta: empty_object(),
+        meta: crate::context::Meta::EMPTY.map(),
         headers: None,
         timeout: 1.0,
         level: 1,
@@ -189,7 +191,7 @@ mod fuzz {
             if let Ok(req) = wire.decode_request(bytes) {
                 let _ = bounds::caller_timeout(req.timeout, Duration::from_secs(3600));
                 let _ = bounds::valid_node_id(&req.sender);
-                let _ = meta_pairs(req.meta.as_ref());
+                let _ = crate::context::Meta::from_wire(req.meta.as_ref());
                 if let Some(p) = &req.params {
                     let _ = p.to_json();
                     let _ = p.to_msgpack();
@@ -204,7 +206,7 @@ mod fuzz {
             }
             if let Ok(event) = wire.decode_event(bytes) {
                 let _ = event.data.as_ref().map(Data::to_msgpack);
-                let _ = meta_pairs(event.meta.as_ref());
+                let _ = crate::context::Meta::from_wire(event.meta.as_ref());
             }
             if let Ok(info) = wire.decode::<Info>("INFO", bytes) {
                 let mut r = crate::transport::registry::Registry::new("MOL");

@@ -17,8 +17,8 @@
 
 import { decode, encode } from "@msgpack/msgpack";
 import { getItem } from "acme:inventory/stock@0.1.0";
-import { call, emit } from "steedos:package/broker@0.1.0";
-import { log } from "steedos:package/logging@0.1.0";
+import { call, emit } from "steedos:package/broker@0.2.0";
+import { log } from "steedos:package/logging@0.2.0";
 
 const COUPONS = {
   SAVE10: { tag: "percent", val: 10 },
