@@ -103,11 +103,9 @@ async fn meta_keeps_its_types_from_package_to_package_and_reply_meta_merges_back
     assert_eq!(b[5], answer["id"], "b's parent is a's context: {answer}");
     assert!(is_uuid(&b[4]) && is_uuid(&answer["id"]), "{answer}");
     assert_ne!(b[4], answer["id"]);
-    assert_eq!(
-        answer["parent"],
-        json!(ctx.id.to_string()),
-        "a's parent is the outside call's"
-    );
+    // An outside call's context is a's own: a root, no parent.
+    assert_eq!(answer["id"], json!(ctx.id.to_string()), "{answer}");
+    assert_eq!(answer["parent"], Value::Null, "{answer}");
     assert_eq!(
         json_text(&b[3]),
         typed_meta(),

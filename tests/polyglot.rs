@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use steedos_tests::{TestApp, eventually, require};
 use steedos_wasm::builder;
-use steedos_wasm::context::CallError;
+use steedos_wasm::context::{CallContext, CallError, Meta, ReplyMeta};
 use steedos_wasm::engine::Compiled;
 use steedos_wasm::manifest::Manifest;
 use tokio::sync::OnceCell;
@@ -559,4 +559,34 @@ async fn a_second_start_loads_the_large_components_from_the_compile_cache() {
         assert_eq!(loaded.compiled, Some(Compiled::Cached), "{}", loaded.name);
     }
     assert_eq!(second.app.loaded.len(), 4);
+}
+
+/// `steedos:package@0.2.0` from JavaScript and Python: each reads the
+/// call's meta as a value (JSON types kept) and sets a key its caller
+/// gets back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_and_python_read_meta_as_values_and_set_it_for_their_caller() {
+    let Some(t) = start().await else { return };
+    let sent = json!({ "user": { "id": "u1", "roles": ["admin"] }, "n": 5, "f": 1.5,
+                       "yes": true, "none": null, "list": [1, "two"] });
+    for (package, key) in [("pricing", "priced-by"), ("reviews", "reviewed-by")] {
+        let mut ctx = CallContext::new(Duration::from_secs(30));
+        ctx.meta = Meta::from_map(sent.as_object().cloned().unwrap_or_default());
+        let reply = ReplyMeta::default();
+        ctx.reply = Some(reply.clone());
+        let action = format!("{package}.session");
+        let seen = t
+            .app
+            .broker
+            .call_json(&action, b"{}", ctx)
+            .await
+            .expect("session");
+        let seen: Value = serde_json::from_str(seen.as_str().expect("JSON text")).expect("JSON");
+        let mut want = sent.clone();
+        want[key] = json!(package);
+        assert_eq!(seen, want, "{package} read the meta typed");
+        let back = reply.take().expect("the callee's meta came back");
+        assert_eq!(back.get(key), Some(&json!(package)), "{package}");
+        assert_eq!(back.get("user"), Some(&sent["user"]), "{package}");
+    }
 }

@@ -152,8 +152,7 @@ impl CallContext {
     }
 }
 
-/// The options of one call a package makes (`broker.call-with`), and
-/// where its callee's meta comes back.
+/// The options of one call a package makes (`broker.call-with`).
 #[derive(Clone, Debug, Default)]
 pub struct CallOptions {
     /// Merged over the caller's meta, for this call.
@@ -164,14 +163,11 @@ pub struct CallOptions {
     pub node_id: Option<Arc<str>>,
     /// Tries after the first, for a failure another try may mend.
     pub retries: u32,
-    /// Where the callee leaves its meta for the caller.
-    pub reply: Option<ReplyMeta>,
 }
 
 impl CallOptions {
     /// The callee's context under these options: meta merged over the
-    /// caller's, the deadline shortened, the node to serve it, the reply
-    /// meta asked for.
+    /// caller's, the deadline shortened, the node to serve it.
     pub fn apply(&self, ctx: &mut CallContext) {
         if let Some(meta) = &self.meta {
             ctx.meta.merge(meta);
@@ -180,7 +176,6 @@ impl CallOptions {
             ctx.deadline = ctx.deadline.min(deadline_after(timeout));
         }
         ctx.target_node.clone_from(&self.node_id);
-        ctx.reply.clone_from(&self.reply);
     }
 }
 

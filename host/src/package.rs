@@ -39,7 +39,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::context::{CallContext, CallError, CallOptions};
+use crate::context::{CallContext, CallError, CallOptions, ReplyMeta};
 use crate::manifest::Grants;
 
 mod analysis;
@@ -107,13 +107,15 @@ pub struct Caller<'a> {
     pub grants: &'a Grants,
     /// The context of the call the caller is serving right now.
     pub ctx: &'a CallContext,
+    /// Where the callee leaves its meta for the caller, when it wants it.
+    pub reply: Option<&'a ReplyMeta>,
 }
 
 /// How the host functions a package imports reach the broker. A call
 /// borrows what it needs from the calling instance, which waits for it.
 pub trait Router: Send + Sync + 'static {
     /// `broker.call`: a dynamic call by name, MessagePack in and out,
-    /// under `options` (whose `reply` gets the callee's meta).
+    /// under `options`.
     fn call<'a>(
         &'a self,
         from: Caller<'a>,

@@ -151,7 +151,7 @@ fn inspect_shows_actions_with_signatures_and_imports() {
         "{s}"
     );
     assert!(
-        s.contains("steedos:package/broker@0.1.0") && s.contains("provided by the host"),
+        s.contains("steedos:package/broker@0.2.0") && s.contains("provided by the host"),
         "{s}"
     );
 

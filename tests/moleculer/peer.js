@@ -114,7 +114,7 @@ const objectql = {
 	name: "objectql",
 	actions: {
 		find(ctx) {
-			seen.push({ meta: ctx.meta, id: ctx.id, parentID: ctx.parentID, requestID: ctx.requestID, level: ctx.level, caller: ctx.caller });
+			seen.push({ meta: JSON.parse(JSON.stringify(ctx.meta)), id: ctx.id, parentID: ctx.parentID, requestID: ctx.requestID, level: ctx.level, caller: ctx.caller });
 			ctx.meta.objectql = { found: 1, ok: true, none: null, list: [1, "a"] };
 			ctx.meta.count = 7;
 			return [{ _id: "a1", name: "Acme" }];

@@ -150,6 +150,7 @@ impl Broker {
         check_call_grant(from, action)?;
         let mut ctx = from.ctx.via(from.package);
         options.apply(&mut ctx);
+        ctx.reply = from.reply.cloned();
         match route {
             Ok(found) => {
                 found

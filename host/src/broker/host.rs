@@ -73,9 +73,9 @@ impl Router for BrokerHandle {
                     })?,
             };
             service.check_visibility(action, CallerKind::Package(from.package))?;
-            broker
-                .invoke(&service, action, params, from.ctx.via(from.package))
-                .await
+            let mut ctx = from.ctx.via(from.package);
+            ctx.reply = from.reply.cloned();
+            broker.invoke(&service, action, params, ctx).await
         })
     }
 

@@ -137,6 +137,7 @@ fn caller<'a>(
         package,
         grants,
         ctx,
+        reply: None,
     }
 }
 
@@ -270,19 +271,26 @@ impl HostState {
         &mut self,
         action: String,
         params: Vec<u8>,
-        mut options: CallOptions,
+        options: CallOptions,
     ) -> Result<Vec<u8>, CallError> {
         let reply = ReplyMeta::default();
-        options.reply = Some(reply.clone());
         let mut spare = None;
-        let from = caller(&self.package, &self.grants, &self.call, &mut spare);
+        let from = Caller {
+            reply: Some(&reply),
+            ..caller(&self.package, &self.grants, &self.call, &mut spare)
+        };
         let started = coarse_now();
         let result = self.router.call(from, action, params, options).await;
         self.waited += coarse_now().saturating_duration_since(started);
+        self.merge_reply(&reply);
+        result
+    }
+
+    /// The meta a callee left, merged into the call this instance serves.
+    fn merge_reply(&mut self, reply: &ReplyMeta) {
         if let (Some(meta), Some(ctx)) = (reply.take(), self.call.as_mut()) {
             ctx.meta.merge_reply(&meta);
         }
-        result
     }
 
     /// A guest's `call-options` as the host's, or why they are refused.
@@ -334,7 +342,6 @@ impl HostState {
                 .map(|ms| std::time::Duration::from_millis(ms.into())),
             node_id,
             retries,
-            reply: None,
         })
     }
 
@@ -532,10 +539,16 @@ pub(super) async fn forward(
         ..
     } = store.data();
     let mut spare = None;
-    let from = caller(package, grants, call, &mut spare);
+    let reply = ReplyMeta::default();
+    let from = Caller {
+        reply: Some(&reply),
+        ..caller(package, grants, call, &mut spare)
+    };
     let started = coarse_now();
     let outcome = router.call_import(from, target, params).await;
-    store.data_mut().waited += coarse_now().saturating_duration_since(started);
+    let state = store.data_mut();
+    state.waited += coarse_now().saturating_duration_since(started);
+    state.merge_reply(&reply);
     outcome
 }
 

@@ -17,7 +17,7 @@
 
 import { decode, encode } from "@msgpack/msgpack";
 import { getItem } from "acme:inventory/stock@0.1.0";
-import { call, emit } from "steedos:package/broker@0.2.0";
+import { call, context, emit, setMeta } from "steedos:package/broker@0.2.0";
 import { log } from "steedos:package/logging@0.2.0";
 
 const COUPONS = {
@@ -119,6 +119,11 @@ export const quotes = {
     throw new Error(message);
   },
 
+  session() {
+    setMeta(encode({ "priced-by": "pricing" }));
+    const meta = decode(context().meta);
+    return JSON.stringify(meta, (_, v) => (typeof v === "bigint" ? Number(v) : v));
+  },
   hog(mib) {
     const held = [];
     for (let i = 0; i < mib; i++) {

@@ -15,6 +15,7 @@ escapes (see `explode`) traps: the host restarts the instance and the
 caller gets `crashed` with the exception's message.
 """
 
+import json
 import re
 
 import msgpack
@@ -114,6 +115,10 @@ class Ratings(exports.Ratings):
 
     def explode(self, message: str) -> str:
         raise ValueError(message)
+
+    def session(self) -> str:
+        broker.set_meta(msgpack.packb({"reviewed-by": "reviews"}))
+        return json.dumps(msgpack.unpackb(broker.context().meta))
 
     def hog(self, mib: int) -> int:
         held = []
