@@ -157,7 +157,7 @@ impl Broker {
                     .0
                     .check_visibility(found.1, CallerKind::Package(from.package))?;
                 let call = Encoded {
-                    action: action,
+                    action,
                     format: Format::MessagePack,
                     params: Cow::Owned(params),
                     ctx,

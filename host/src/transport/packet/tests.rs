@@ -1,5 +1,7 @@
 //! Packets read and written as Moleculer peers expect.
 use super::*;
+use crate::context::CallError;
+use serde_json::json;
 
 #[test]
 fn every_call_error_round_trips_as_its_moleculer_error() {
