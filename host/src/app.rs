@@ -129,6 +129,9 @@ struct Compiled1 {
     ty: PackageType,
 }
 
+/// How often the key-value buckets' sizes are measured for `/metrics`.
+const KV_SIZES_EVERY: Duration = Duration::from_secs(5);
+
 impl App {
     /// Loads every package of `manifest` and starts it.
     pub async fn load(manifest: Manifest, options: &LoadOptions) -> Result<App, AppError> {
@@ -179,6 +182,10 @@ impl App {
             max_call_depth: manifest.app.max_call_depth,
             outside: manifest.gateway.protection.clone(),
         });
+        let stores = Arc::new(crate::kv::Stores::new(&manifest));
+        stores.open_all().await;
+        crate::kv::Stores::watch_sizes(&stores, KV_SIZES_EVERY);
+        broker.set_kv(stores);
         for rejected in &manifest.rejected {
             broker.record_failure(
                 rejected.package().unwrap_or("steedos.toml"),
@@ -627,6 +634,12 @@ fn link(
     http: &crate::http::HttpMetrics,
 ) -> Result<Package, PackageError> {
     let mut linker = base.clone();
+    crate::kv::link_if_granted(&mut linker, spec, component).map_err(|message| {
+        PackageError::Link {
+            package: spec.name.clone(),
+            message,
+        }
+    })?;
     for import in &ty.typed_imports {
         let targets = resolve_import(spec, import, providers)?;
         package::link_typed_import(&mut linker, import, targets).map_err(|e| {

@@ -39,6 +39,7 @@
 //! gateway and the transport are callers of it. This file must not hold
 //! routing, protection or lifecycle logic itself: it delegates to its rooms.
 
+mod cache;
 mod call;
 mod emit_budget;
 mod events;
@@ -180,7 +181,7 @@ impl Broker {
             settings,
             services: RwLock::new(HashMap::new()),
             failures: Mutex::new(Vec::new()),
-            handle: Arc::new(BrokerHandle(weak.clone())),
+            handle: Arc::new(BrokerHandle(weak.clone(), std::sync::OnceLock::new())),
             closing: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
             metrics: Arc::new(Metrics::new()),
@@ -193,6 +194,17 @@ impl Broker {
     /// nodes through `remote`; `None` ends that.
     pub fn set_remote(&self, remote: Option<Arc<dyn RemoteRoute>>) {
         *self.remote.write().unwrap_or_else(|p| p.into_inner()) = remote;
+    }
+
+    /// Gives packages with `grants.kv`, and the action cache, the app's
+    /// buckets; once (a second set is ignored).
+    pub fn set_kv(&self, stores: Arc<crate::kv::Stores>) {
+        let _ = self.handle.1.set(stores);
+    }
+
+    /// The app's buckets, once set.
+    pub fn kv(&self) -> Option<&crate::kv::Stores> {
+        self.handle.1.get().map(|stores| &**stores)
     }
 
     fn remote(&self) -> Option<Arc<dyn RemoteRoute>> {

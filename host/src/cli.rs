@@ -104,6 +104,16 @@ pub enum Command {
     /// `run` and `call` run the build command first.
     #[command(after_help = NEW_HELP)]
     New(NewArgs),
+    /// Look inside an app's key-value buckets: get, set, list or delete keys.
+    ///
+    /// Opens the bucket as the app does ([kv.<bucket>] in steedos.toml, else
+    /// embedded in <APP>/.steedos/kv/). An embedded bucket is one process's
+    /// at a time: stop the app first, or give it a Redis backend.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  steedos-wasm kv list examples/shop stock\n  steedos-wasm kv get examples/shop stock apple\n  steedos-wasm kv set examples/shop stock apple 12"
+    )]
+    Kv(crate::kv::cli::KvCommand),
 }
 
 const NEW_HELP: &str = "\
@@ -350,6 +360,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ps(args) => ps(args).await,
         Command::New(args) => new(args),
+        Command::Kv(command) => crate::kv::cli::run(command)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -41,6 +41,7 @@ pub mod gateway;
 pub mod guest_log;
 pub mod health;
 pub mod http;
+pub mod kv;
 pub mod manifest;
 pub mod metrics;
 pub mod node_id;

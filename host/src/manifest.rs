@@ -129,6 +129,7 @@ mod check;
 mod deploy;
 mod error;
 mod http;
+mod kv;
 mod model;
 mod properties;
 mod raw;
@@ -138,6 +139,10 @@ mod values;
 pub use deploy::DEPLOY_SETTINGS;
 pub use error::ManifestError;
 pub use http::{HostPattern, HttpGrant, HttpLimits, HttpScheme, RequestHost};
+pub use kv::{
+    BUCKET_NAME_RULE, BucketSettings, CachePolicy, DEFAULT_BUCKET, DEFAULT_MAX_VALUE, KvBackend,
+    is_bucket_name,
+};
 pub use model::*;
 
 use check::protected_dirs;
@@ -172,6 +177,7 @@ impl Manifest {
             .map(|value| source.cluster(value))
             .transpose()?;
         let defaults = source.defaults(sections.defaults)?;
+        let kv = source.kv(sections.kv)?;
         let protected = protected_dirs(&app, &source.dir);
         let (packages, rejected) = source.packages(sections.packages, &defaults, &protected)?;
         Ok(Manifest {
@@ -180,6 +186,7 @@ impl Manifest {
             app,
             gateway,
             cluster,
+            kv,
             packages,
             rejected,
             defaults,

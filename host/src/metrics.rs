@@ -177,6 +177,94 @@ pub struct Metrics {
     package_figures: Vec<(&'static str, Family<PackageLabels, Gauge>)>,
     /// Per package: outgoing HTTP requests.
     http: crate::http::HttpMetrics,
+    /// Key-value buckets and the action cache.
+    kv: KvFamilies,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketLabels {
+    bucket: String,
+}
+
+/// The key-value figures: bucket sizes, cache hits and misses per action.
+struct KvFamilies {
+    keys: Family<BucketLabels, Gauge>,
+    bytes: Family<BucketLabels, Gauge>,
+    hits: Family<ActionLabels, Gauge>,
+    misses: Family<ActionLabels, Gauge>,
+}
+
+impl KvFamilies {
+    fn register(registry: &mut Registry) -> KvFamilies {
+        let families = KvFamilies {
+            keys: Family::default(),
+            bytes: Family::default(),
+            hits: Family::default(),
+            misses: Family::default(),
+        };
+        let figures = [
+            (
+                "kv_bucket_keys",
+                "Keys held per key-value bucket (measured every few seconds)",
+                &families.keys,
+            ),
+            (
+                "kv_bucket_bytes",
+                "Bytes of keys and values per key-value bucket (measured every few seconds)",
+                &families.bytes,
+            ),
+        ];
+        for (name, help, family) in figures {
+            registry.register(name, help, family.clone());
+        }
+        let cache = [
+            (
+                "action_cache_hits",
+                "Calls answered from the action cache, since load",
+                &families.hits,
+            ),
+            (
+                "action_cache_misses",
+                "Calls of cached actions that entered the package, since load",
+                &families.misses,
+            ),
+        ];
+        for (name, help, family) in cache {
+            registry.register(name, help, family.clone());
+        }
+        families
+    }
+}
+
+impl Metrics {
+    /// Reads the key-value figures of `stores` into the registry; call it
+    /// before [`Metrics::render`].
+    pub fn record_kv(&self, stores: &crate::kv::Stores) {
+        let k = &self.kv;
+        for (bucket, keys, bytes) in stores.last_sizes() {
+            let l = BucketLabels { bucket };
+            k.keys
+                .get_or_create(&l)
+                .set(i64::try_from(keys).unwrap_or(i64::MAX));
+            k.bytes
+                .get_or_create(&l)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        let Some(cache) = stores.cache() else { return };
+        for (action, counts) in cache.counts() {
+            let (package, action) = action.split_once('.').unwrap_or((&action, ""));
+            let l = ActionLabels {
+                package: package.to_owned(),
+                action: action.to_owned(),
+            };
+            k.hits
+                .get_or_create(&l)
+                .set(i64::try_from(counts.hits).unwrap_or(i64::MAX));
+            k.misses
+                .get_or_create(&l)
+                .set(i64::try_from(counts.misses).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// Per-package figures read from [`ServiceReport`] when scraped: name, help.
@@ -298,8 +386,10 @@ impl Metrics {
             .to_vec();
         let http = crate::http::HttpMetrics::default();
         http.register(&mut registry);
+        let kv = KvFamilies::register(&mut registry);
         Metrics {
             http,
+            kv,
             package_figures,
             registry: Mutex::new(registry),
             calls,

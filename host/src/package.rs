@@ -47,6 +47,7 @@ mod bytes;
 mod contract_v1;
 mod host;
 mod instance;
+mod kv;
 mod output;
 
 pub use analysis::{ActionType, PackageType, TypedImport, interface_short_name};
@@ -140,6 +141,10 @@ pub trait Router: Send + Sync + 'static {
         payload: Vec<u8>,
         broadcast: bool,
     ) -> BoxFuture<'a, Result<(), CallError>>;
+    /// The app's key-value buckets, for packages with `grants.kv`.
+    fn kv_stores(&self) -> Option<&crate::kv::Stores> {
+        None
+    }
 }
 
 /// Why a package cannot be loaded.

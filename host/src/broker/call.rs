@@ -73,6 +73,18 @@ impl Broker {
     /// with its protections, encode the result in `call.format`.
     pub(super) async fn call_encoded(
         &self,
+        found: (Arc<Service>, usize),
+        call: Encoded<'_>,
+    ) -> Result<Reply, CallError> {
+        if found.0.policies[found.1].cache.is_some() {
+            return self.call_cached(found, call).await;
+        }
+        self.call_uncached(found, call).await
+    }
+
+    /// [`Broker::call_encoded`] without the action cache.
+    pub(super) async fn call_uncached(
+        &self,
         (service, index): (Arc<Service>, usize),
         call: Encoded<'_>,
     ) -> Result<Reply, CallError> {

@@ -185,6 +185,7 @@ impl Broker {
         groups: Option<&[String]>,
     ) -> Result<(), CallError> {
         check_emit(origin, event, payload.len(), broadcast)?;
+        self.clean_cache_on(event).await;
         // The chain and level a handler of this event sees.
         let ctx = match origin {
             Origin::Package(from) => ctx.via(from.package),

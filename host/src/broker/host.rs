@@ -14,8 +14,12 @@ use crate::context::{CallError, CallOptions};
 use crate::package::{BoxFuture, Caller, ImportTarget, Output, Params, Router};
 
 /// What a package's host functions hold: a weak link back to the broker,
-/// so instances never keep the broker alive.
-pub struct BrokerHandle(pub(super) Weak<Broker>);
+/// so instances never keep the broker alive; and the app's key-value
+/// buckets, set once when the app loads.
+pub struct BrokerHandle(
+    pub(super) Weak<Broker>,
+    pub(super) std::sync::OnceLock<Arc<crate::kv::Stores>>,
+);
 
 impl BrokerHandle {
     fn broker(&self) -> Result<Arc<Broker>, CallError> {
@@ -26,6 +30,10 @@ impl BrokerHandle {
 }
 
 impl Router for BrokerHandle {
+    fn kv_stores(&self) -> Option<&crate::kv::Stores> {
+        self.1.get().map(|stores| &**stores)
+    }
+
     fn call<'a>(
         &'a self,
         from: Caller<'a>,

@@ -39,6 +39,8 @@ pub(super) struct ActionProtection {
     pub(super) breaker: Option<CircuitBreaker>,
     pub(super) idempotent: bool,
     pub(super) fallback: Option<String>,
+    /// Its `cache` property: answers kept in the app's cache (see `cache.rs`).
+    pub(super) cache: Option<crate::manifest::CachePolicy>,
     queue: Option<usize>,
     waiting: AtomicUsize,
 }
@@ -50,6 +52,7 @@ impl ActionProtection {
             breaker: spec.circuit.clone().map(CircuitBreaker::new),
             idempotent: own.is_some_and(|p| p.idempotent),
             fallback: own.and_then(|p| p.fallback.clone()),
+            cache: own.and_then(|p| p.cache.clone()),
             queue: own.and_then(|p| p.queue),
             waiting: AtomicUsize::new(0),
         }

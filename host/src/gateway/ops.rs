@@ -21,6 +21,9 @@ use crate::supervisor::PackageState;
 impl Gateway {
     /// The answer to `GET <path>`, one of the three operational routes.
     pub(super) fn ops(&self, path: &str) -> Response<Full<Bytes>> {
+        if let (Some(kv), "/metrics") = (self.broker.kv(), path) {
+            self.metrics.record_kv(kv);
+        }
         match path {
             "/health" => self.health(),
             "/metrics" => text(

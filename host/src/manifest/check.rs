@@ -422,7 +422,15 @@ impl Scope<'_, '_> {
                         .map_err(|(span, message)| self.error(span, message))?,
                     None => Default::default(),
                 };
+            let cache = match properties.get("cache") {
+                Some(value) => super::kv::cache_policy(value).map_err(|message| {
+                    let at = tables.map_or_else(|| self.value.span(), |t| t.span());
+                    self.error(at, format!("actions.{name}.{message}"))
+                })?,
+                None => None,
+            };
             actions.push(ActionPolicy {
+                cache,
                 name,
                 queue: a.queue.map(|q| q.0 as usize),
                 idempotent: a.idempotent,
@@ -515,6 +523,7 @@ impl Scope<'_, '_> {
             calls,
             emits,
             http,
+            kv: super::kv::granted_buckets(raw.kv),
         })
     }
 

@@ -33,6 +33,8 @@ pub struct Manifest {
     pub gateway: GatewaySettings,
     /// The cluster this host joins: `[cluster]`; `None` without the table.
     pub cluster: Option<ClusterSettings>,
+    /// `[kv.<bucket>]`: buckets whose settings are written (others are embedded).
+    pub kv: Vec<super::kv::BucketSettings>,
     /// The packages that passed validation, in file order.
     pub packages: Vec<PackageSpec>,
     /// One [`ManifestError::Invalid`] per package that failed validation, in
@@ -527,6 +529,8 @@ pub struct ActionPolicy {
     /// Every other key of its table (`rest`, `trigger`, `visibility`,
     /// `cache`, free-form ones), as JSON, sent verbatim in INFO.
     pub properties: serde_json::Map<String, serde_json::Value>,
+    /// Its `cache` property as the host reads it: answers kept in the store.
+    pub cache: Option<super::kv::CachePolicy>,
 }
 
 /// A restart budget: more than `max_restarts` restarts within `within` puts
@@ -557,6 +561,8 @@ pub struct Grants {
     pub emits: Vec<String>,
     /// Origins it may send HTTP requests to (`grants.http`).
     pub http: Vec<super::http::HttpGrant>,
+    /// Key-value buckets it may open (`wasi:keyvalue`), sorted.
+    pub kv: Vec<String>,
 }
 
 /// A host folder preopened in the guest.

@@ -14,7 +14,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::ManifestError;
 
-pub(super) const TOP_LEVEL_KEYS: &str = "`app`, `cluster`, `defaults`, `gateway`, `packages`";
+pub(super) const TOP_LEVEL_KEYS: &str = "`app`, `cluster`, `defaults`, `gateway`, `kv`, `packages`";
 
 /// The text being parsed, for turning spans into `file:line:column`.
 pub(super) struct Source<'a> {
@@ -30,6 +30,7 @@ pub(super) struct Sections<'t, 'i> {
     pub(super) gateway: Option<&'t Spanned<DeValue<'i>>>,
     pub(super) defaults: Option<&'t Spanned<DeValue<'i>>>,
     pub(super) packages: Option<&'t Spanned<DeValue<'i>>>,
+    pub(super) kv: Option<&'t Spanned<DeValue<'i>>>,
 }
 
 /// One table of the manifest being read: errors in it name the key path
@@ -49,6 +50,7 @@ impl<'t, 'i> Sections<'t, 'i> {
             gateway: None,
             defaults: None,
             packages: None,
+            kv: None,
         };
         for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
@@ -57,6 +59,7 @@ impl<'t, 'i> Sections<'t, 'i> {
                 "cluster" => sections.cluster = Some(value),
                 "defaults" => sections.defaults = Some(value),
                 "packages" => sections.packages = Some(value),
+                "kv" => sections.kv = Some(value),
                 other => {
                     let message =
                         format!("unknown key `{other}`, expected one of {TOP_LEVEL_KEYS}");

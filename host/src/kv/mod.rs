@@ -1,0 +1,412 @@
+//! State for packages: the key-value buckets an app's packages share, and
+//! the action cache kept in them.
+//!
+//! # Buckets
+//! [`Stores`] is an app's set of buckets, opened when the app loads: each
+//! one a [`Bucket`] over a [`Backend`] chosen by its `[kv.<name>]` table
+//! (embedded redb, `redb.rs`, by default; Redis, `redis.rs`). A bucket
+//! is opened on first use; a backend out of reach is an error for that
+//! operation only, naming the package and the bucket, and the next one
+//! tries again.
+//!
+//! # Packages
+//! `host.rs` is the host side of `wasi:keyvalue@0.2.0-draft2` (`store`,
+//! `atomics`, `batch`) and `steedos:kv/ttl`, linked only for a package with
+//! `grants.kv`; opening a bucket the grant does not name is the WIT
+//! `access-denied` error, never a trap.
+//!
+//! # The action cache
+//! `cache.rs`: answers of actions with a `cache` property, kept in the
+//! internal bucket [`CACHE_BUCKET`] (on `[kv.default]`'s backend), found by
+//! the action and the parameters its `keys` name, emptied per package by a
+//! `cache.clean.<package>` event.
+//!
+//! `cli.rs` is `steedos-wasm kv get|set|list|delete`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::manifest::{BucketSettings, DEFAULT_BUCKET, KvBackend, Manifest};
+
+pub mod cache;
+pub mod cli;
+mod embedded;
+mod host;
+mod redis;
+
+pub use cache::ActionCache;
+pub use host::{KvCtx, KvView, add_to_linker, is_kv_interface};
+
+/// The bucket that holds the action cache: no grant can name it.
+pub const CACHE_BUCKET: &str = "$cache";
+
+/// The longest key a bucket takes, in bytes.
+pub const MAX_KEY: usize = 1024;
+
+/// Keys one `list-keys` page returns at most.
+pub const PAGE: usize = 1000;
+
+/// Keys and bytes one batch may carry at most.
+pub const MAX_BATCH: usize = 10_000;
+
+/// What went wrong with a bucket: the message a guest (or an operator)
+/// reads names the bucket and the cause.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KvError {
+    /// A value over the bucket's `max_value`.
+    #[error(
+        "bucket `{bucket}`: a value of {size} bytes is over the bucket's max_value of {max} bytes"
+    )]
+    TooLarge {
+        /// The bucket.
+        bucket: String,
+        /// The value's size.
+        size: usize,
+        /// The limit.
+        max: u64,
+    },
+    /// A key the backend cannot hold.
+    #[error("bucket `{bucket}`: {why}")]
+    BadKey {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        why: String,
+    },
+    /// The value at the key is not what the operation needs.
+    #[error("bucket `{bucket}`: {why}")]
+    Conflict {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        why: String,
+    },
+    /// The backend failed or is out of reach.
+    #[error("bucket `{bucket}` ({backend}): {why}")]
+    Backend {
+        /// The bucket.
+        bucket: String,
+        /// The backend, its URL redacted.
+        backend: String,
+        /// What it said.
+        why: String,
+    },
+}
+
+/// A boxed future, as backends return them.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A backend's answer; its error is a cause, the bucket names itself.
+pub type Answer<T> = Result<T, String>;
+
+/// One page of keys and where the next starts.
+pub type Page = (Vec<String>, Option<String>);
+
+/// Where a bucket's pairs live: every operation a package, the cache or an
+/// operator may ask. Writes are durable when their future resolves.
+pub trait Backend: Send + Sync + 'static {
+    /// The value of `key`, if set and not expired.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Answer<Option<Vec<u8>>>>;
+    /// Sets `key`, expiring after `ttl` if given.
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Answer<()>>;
+    /// Removes `key`.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Answer<()>>;
+    /// One page of keys from `cursor`, at most `limit`.
+    fn list<'a>(&'a self, cursor: Option<&'a str>, limit: usize) -> BoxFuture<'a, Answer<Page>>;
+    /// Adds `delta` to the decimal integer at `key` (0 when absent).
+    fn increment<'a>(
+        &'a self,
+        key: &'a str,
+        delta: i64,
+    ) -> BoxFuture<'a, Answer<Result<i64, String>>>;
+    /// Writes `value` if `key` still holds `expected`; `Ok(false)` when it does not.
+    fn swap<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Answer<bool>>;
+    /// The values of `keys`, in order.
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Answer<Vec<Option<Vec<u8>>>>>;
+    /// Sets every pair, all or none.
+    fn set_many<'a>(&'a self, pairs: &'a [(String, Vec<u8>)]) -> BoxFuture<'a, Answer<()>>;
+    /// Removes every key, all or none.
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Answer<()>>;
+    /// Removes every key starting with `prefix`; how many went.
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Answer<u64>>;
+    /// Keys held and their bytes (keys and values), for `/metrics`.
+    fn size(&self) -> BoxFuture<'_, Answer<(u64, u64)>>;
+}
+
+/// One bucket: its settings and its backend, opened on first use.
+pub struct Bucket {
+    settings: BucketSettings,
+    /// `.steedos/kv/` for an embedded bucket.
+    folder: PathBuf,
+    /// The app's name: Redis keys are kept under it.
+    app: String,
+    backend: tokio::sync::OnceCell<Arc<dyn Backend>>,
+}
+
+impl Bucket {
+    fn new(settings: BucketSettings, folder: PathBuf, app: String) -> Bucket {
+        Bucket {
+            settings,
+            folder,
+            app,
+            backend: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &BucketSettings {
+        &self.settings
+    }
+
+    fn failed(&self, why: impl Into<String>) -> KvError {
+        KvError::Backend {
+            bucket: self.settings.name.clone(),
+            backend: self.settings.backend.to_string(),
+            why: why.into(),
+        }
+    }
+
+    /// The backend, opened now if it was not.
+    pub async fn backend(&self) -> Result<&Arc<dyn Backend>, KvError> {
+        self.backend
+            .get_or_try_init(|| async {
+                let opened: Arc<dyn Backend> = match &self.settings.backend {
+                    KvBackend::Embedded => {
+                        let path = self
+                            .folder
+                            .join(format!("{}.redb", file_stem(&self.settings.name)));
+                        Arc::new(embedded::Embedded::open(path).await?)
+                    }
+                    KvBackend::Redis(url) => {
+                        let prefix = format!("steedos:{}:{}:", self.app, self.settings.name);
+                        Arc::new(redis::RedisBucket::connect(url, prefix).await?)
+                    }
+                };
+                Ok(opened)
+            })
+            .await
+            .map_err(|why: String| self.failed(why))
+    }
+
+    /// Checks a key against what every backend holds.
+    pub fn check_key(&self, key: &str) -> Result<(), KvError> {
+        let why = if key.is_empty() {
+            "an empty key cannot be stored".to_owned()
+        } else if key.len() > MAX_KEY {
+            format!(
+                "a key of {} bytes is over the {MAX_KEY}-byte limit",
+                key.len()
+            )
+        } else if key.contains('\0') {
+            "a key may not hold a NUL character".to_owned()
+        } else {
+            return Ok(());
+        };
+        Err(KvError::BadKey {
+            bucket: self.settings.name.clone(),
+            why,
+        })
+    }
+
+    /// Checks a value against the bucket's `max_value`.
+    pub fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() as u64 > self.settings.max_value {
+            return Err(KvError::TooLarge {
+                bucket: self.settings.name.clone(),
+                size: value.len(),
+                max: self.settings.max_value,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on the backend; a backend error names the bucket.
+    pub async fn run<'a, T>(
+        &'a self,
+        op: impl FnOnce(&'a Arc<dyn Backend>) -> BoxFuture<'a, Answer<T>>,
+    ) -> Result<T, KvError> {
+        let backend = self.backend().await?;
+        op(backend).await.map_err(|why| self.failed(why))
+    }
+}
+
+/// A bucket name as a file stem: bucket names are already file-safe; the
+/// cache's `$` is spelled out.
+fn file_stem(name: &str) -> String {
+    name.replace('$', "_internal_")
+}
+
+/// An app's buckets: those its manifest configures, and any other name a
+/// grant holds, embedded with the defaults.
+pub struct Stores {
+    buckets: HashMap<String, Arc<Bucket>>,
+    /// The action cache over [`CACHE_BUCKET`], made on first use.
+    cache: OnceLock<ActionCache>,
+    /// Keys and bytes per open bucket, as last measured ([`Stores::watch_sizes`]).
+    sizes: std::sync::Mutex<Vec<(String, u64, u64)>>,
+}
+
+impl Stores {
+    /// The buckets of `manifest`'s app: every `[kv.*]` table and every
+    /// bucket a package's grant names; embedded ones in `<app>/.steedos/kv/`.
+    pub fn new(manifest: &Manifest) -> Stores {
+        let folder = manifest.dir.join(".steedos").join("kv");
+        let app = manifest.app.name.clone();
+        let mut settings: HashMap<String, BucketSettings> = manifest
+            .kv
+            .iter()
+            .map(|b| (b.name.clone(), b.clone()))
+            .collect();
+        for name in manifest.packages.iter().flat_map(|p| &p.grants.kv) {
+            settings
+                .entry(name.clone())
+                .or_insert_with(|| BucketSettings::embedded(name));
+        }
+        // The cache lives where `[kv.default]` says, default or not.
+        let mut cache = settings
+            .get(DEFAULT_BUCKET)
+            .cloned()
+            .unwrap_or_else(|| BucketSettings::embedded(DEFAULT_BUCKET));
+        cache.name = CACHE_BUCKET.to_owned();
+        settings.insert(CACHE_BUCKET.to_owned(), cache);
+        Stores::from_settings(settings.into_values(), &folder, &app)
+    }
+
+    fn from_settings(
+        settings: impl Iterator<Item = BucketSettings>,
+        folder: &Path,
+        app: &str,
+    ) -> Stores {
+        let buckets = settings
+            .map(|s| {
+                let name = s.name.clone();
+                (
+                    name,
+                    Arc::new(Bucket::new(s, folder.to_path_buf(), app.to_owned())),
+                )
+            })
+            .collect();
+        Stores {
+            buckets,
+            cache: OnceLock::new(),
+            sizes: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The bucket called `name`, if the app has it.
+    pub fn bucket(&self, name: &str) -> Option<&Arc<Bucket>> {
+        self.buckets.get(name)
+    }
+
+    /// Every bucket, the cache's included, sorted by name.
+    pub fn buckets(&self) -> Vec<&Arc<Bucket>> {
+        let mut all: Vec<_> = self.buckets.values().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// The action cache.
+    pub fn cache(&self) -> Option<&ActionCache> {
+        let bucket = self.buckets.get(CACHE_BUCKET)?;
+        Some(self.cache.get_or_init(|| ActionCache::new(bucket.clone())))
+    }
+
+    /// Opens every bucket now, logging those out of reach (they are tried
+    /// again on use): an unreachable backend does not stop the app.
+    pub async fn open_all(&self) {
+        // The cache opens on its first cached call: an app without one makes no file.
+        for bucket in self
+            .buckets()
+            .into_iter()
+            .filter(|b| b.name() != CACHE_BUCKET)
+        {
+            if let Err(e) = bucket.backend().await {
+                tracing::warn!(bucket = bucket.name(), error = %e, "key-value bucket not open yet; tried again on use");
+            }
+        }
+    }
+
+    /// Keys and bytes of every open bucket as last measured, for `/metrics`.
+    pub fn last_sizes(&self) -> Vec<(String, u64, u64)> {
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Measures the buckets every `every` while `stores` lives, so that a
+    /// scrape of `/metrics` reads figures without touching a store.
+    pub fn watch_sizes(stores: &Arc<Stores>, every: Duration) {
+        let weak = Arc::downgrade(stores);
+        tokio::spawn(async move {
+            loop {
+                let Some(stores) = weak.upgrade() else { return };
+                let sizes = stores.sizes().await;
+                *stores.sizes.lock().unwrap_or_else(|p| p.into_inner()) = sizes;
+                drop(stores);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Keys and bytes of every open bucket, measured now.
+    pub async fn sizes(&self) -> Vec<(String, u64, u64)> {
+        let mut out = Vec::new();
+        for bucket in self.buckets() {
+            if bucket.backend.get().is_none() {
+                continue;
+            }
+            if let Ok((keys, bytes)) = bucket.run(|b| b.size()).await {
+                out.push((bucket.name().to_owned(), keys, bytes));
+            }
+        }
+        out
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch (TTLs are kept as deadlines).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Adds the key-value imports to a package's `linker` when its grant names
+/// a bucket; a component that imports them without one is refused, saying
+/// which grant it lacks.
+pub fn link_if_granted<T: KvView + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    spec: &crate::manifest::PackageSpec,
+    component: &wasmtime::component::Component,
+) -> Result<(), String> {
+    if spec.grants.kv.is_empty() {
+        let engine = linker.engine().clone();
+        let wanted = component
+            .component_type()
+            .imports(&engine)
+            .find(|(name, _)| is_kv_interface(name))
+            .map(|(name, _)| name.to_owned());
+        return match wanted {
+            Some(name) => Err(format!(
+                "it imports `{name}` but has no key-value grant: add grants.kv = [\"<bucket>\"] to [packages.{}]",
+                spec.name
+            )),
+            None => Ok(()),
+        };
+    }
+    add_to_linker(linker).map_err(|e| format!("{e:#}"))
+}
