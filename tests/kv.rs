@@ -444,10 +444,10 @@ async fn embedded_values_outlive_the_app() {
     assert_eq!(got, Some(json!("yes")));
 }
 
-/// Without `grants.kv`, a component importing `wasi:keyvalue` is refused
-/// at load with the grant it lacks; the rest of the app serves.
+/// Without `grants.kv`, a component importing `wasi:keyvalue` loads, and
+/// every bucket it opens is `access-denied` (a value, not a trap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_package_without_the_grant_is_refused_saying_why() {
+async fn without_the_grant_every_bucket_is_denied() {
     let t = TestApp::start(
         r#"
 [packages.kv-probe]
@@ -457,10 +457,20 @@ component = "{GREETER}"
 "#,
     )
     .await;
-    let why = t.failure("kv-probe").expect("kv-probe refused");
-    assert!(
-        why.contains("grants.kv") && why.contains("wasi:keyvalue"),
-        "{why}"
+    assert_eq!(
+        ok(&t, "open", json!({"bucket": "default"})).await,
+        json!("access-denied")
+    );
+    let why = refused(
+        &t,
+        "set",
+        json!({"bucket": "default", "key": "a", "value": "v"}),
+    )
+    .await;
+    assert!(why.contains("access-denied"), "{why}");
+    assert_eq!(
+        ok(&t, "open", json!({"bucket": "$cache"})).await,
+        json!("access-denied")
     );
     assert_eq!(
         t.ok("greeter.hello", json!({"name": "Ada"})).await,

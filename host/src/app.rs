@@ -634,11 +634,9 @@ fn link(
     http: &crate::http::HttpMetrics,
 ) -> Result<Package, PackageError> {
     let mut linker = base.clone();
-    crate::kv::link_if_granted(&mut linker, spec, component).map_err(|message| {
-        PackageError::Link {
-            package: spec.name.clone(),
-            message,
-        }
+    crate::kv::link_if_imported(&mut linker, component).map_err(|message| PackageError::Link {
+        package: spec.name.clone(),
+        message,
     })?;
     for import in &ty.typed_imports {
         let targets = resolve_import(spec, import, providers)?;

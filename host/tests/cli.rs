@@ -26,6 +26,8 @@ fn shop() -> PathBuf {
 fn built() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
+        // The example keeps inventory's stock in a bucket: start from the seed.
+        let _ = std::fs::remove_dir_all(shop().join(".steedos/kv"));
         let out = bin()
             .arg("build")
             .arg(shop())

@@ -164,6 +164,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub use serde_bytes;
+#[cfg(feature = "kv")]
+pub mod kv;
 pub use wit_bindgen;
 
 pub mod wit {

@@ -328,15 +328,13 @@ impl Stores {
         Some(self.cache.get_or_init(|| ActionCache::new(bucket.clone())))
     }
 
-    /// Opens every bucket now, logging those out of reach (they are tried
-    /// again on use): an unreachable backend does not stop the app.
+    /// Connects every bucket on a server now, logging those out of reach
+    /// (they are tried again on use): an unreachable backend does not stop
+    /// the app. Embedded buckets open on first use, so that a process that
+    /// never touches one (a `call` of another package) leaves its file free.
     pub async fn open_all(&self) {
-        // The cache opens on its first cached call: an app without one makes no file.
-        for bucket in self
-            .buckets()
-            .into_iter()
-            .filter(|b| b.name() != CACHE_BUCKET)
-        {
+        let remote = |b: &&Arc<Bucket>| !matches!(b.settings.backend, KvBackend::Embedded);
+        for bucket in self.buckets().into_iter().filter(remote) {
             if let Err(e) = bucket.backend().await {
                 tracing::warn!(bucket = bucket.name(), error = %e, "key-value bucket not open yet; tried again on use");
             }
@@ -385,28 +383,22 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Adds the key-value imports to a package's `linker` when its grant names
-/// a bucket; a component that imports them without one is refused, saying
-/// which grant it lacks.
-pub fn link_if_granted<T: KvView + 'static>(
+/// Adds the key-value imports to a package's `linker` when its component
+/// imports them. What it may open is its grant's, checked at `open`: a
+/// package without `grants.kv` is denied every bucket (the WIT
+/// `access-denied`), so that a package written to fall back to state of its
+/// own still loads in an app that grants it none.
+pub fn link_if_imported<T: KvView + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
-    spec: &crate::manifest::PackageSpec,
     component: &wasmtime::component::Component,
 ) -> Result<(), String> {
-    if spec.grants.kv.is_empty() {
-        let engine = linker.engine().clone();
-        let wanted = component
-            .component_type()
-            .imports(&engine)
-            .find(|(name, _)| is_kv_interface(name))
-            .map(|(name, _)| name.to_owned());
-        return match wanted {
-            Some(name) => Err(format!(
-                "it imports `{name}` but has no key-value grant: add grants.kv = [\"<bucket>\"] to [packages.{}]",
-                spec.name
-            )),
-            None => Ok(()),
-        };
+    let engine = linker.engine().clone();
+    let imports_kv = component
+        .component_type()
+        .imports(&engine)
+        .any(|(name, _)| is_kv_interface(name));
+    match imports_kv {
+        true => add_to_linker(linker).map_err(|e| format!("{e:#}")),
+        false => Ok(()),
     }
-    add_to_linker(linker).map_err(|e| format!("{e:#}"))
 }
