@@ -26,6 +26,7 @@ fn manifest(instances: u32, backend: Option<&str>) -> String {
 [packages.kv-probe]
 component = "{{KV-PROBE}}"
 instances = {instances}
+queue = 1000
 [packages.kv-probe.grants]
 kv = ["default", "sessions"]
 [packages.greeter]

@@ -31,7 +31,12 @@ impl Broker {
         };
         let json = matches!(call.format, Format::Json);
         let label = service.label(index);
-        let Some(key) = ActionCache::key(&label, json, &call.params, policy) else {
+        let names: Vec<&str> = service.package.ty.actions[index]
+            .params
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let Some(key) = ActionCache::key(&label, json, &call.params, &names, policy) else {
             return self.call_uncached(found, call).await;
         };
         if let Some(answer) = cache.get(&label, &key).await {

@@ -41,14 +41,28 @@ impl ActionCache {
     }
 
     /// The key of a call of `action` (`<package>.<action>`) whose params are
-    /// `params` (JSON when `json`, else MessagePack); `None` when the params
+    /// `params` (JSON when `json`, else MessagePack; by name, or by position
+    /// in the order of `names`); `None` when the params
     /// cannot be read (the call then goes in and fails or answers on its own).
-    pub fn key(action: &str, json: bool, params: &[u8], policy: &CachePolicy) -> Option<String> {
+    pub fn key(
+        action: &str,
+        json: bool,
+        params: &[u8],
+        names: &[&str],
+        policy: &CachePolicy,
+    ) -> Option<String> {
         let value: Value = match json {
             true if params.is_empty() => Value::Null,
             true => serde_json::from_slice(params).ok()?,
             false if params.is_empty() => Value::Null,
             false => rmp_serde::from_slice(params).ok()?,
+        };
+        // By position is the same call as by name.
+        let value = match value {
+            Value::Array(list) if list.len() <= names.len() => {
+                Value::Object(names.iter().map(|n| n.to_string()).zip(list).collect())
+            }
+            other => other,
         };
         let picked = match (&value, policy.keys.is_empty()) {
             (Value::Object(map), false) => Value::Array(

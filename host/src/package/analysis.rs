@@ -240,7 +240,10 @@ impl Reading<'_> {
         item: ComponentItem,
     ) -> Result<(), PackageError> {
         let inst = match item {
-            _ if name.starts_with("wasi:") || name.starts_with(STEEDOS_PACKAGE) => {
+            _ if name.starts_with("wasi:")
+                || name.starts_with(STEEDOS_PACKAGE)
+                || crate::kv::is_kv_interface(name) =>
+            {
                 ty.host_imports.push(name.to_string());
                 return Ok(());
             }
