@@ -246,6 +246,7 @@ pub(super) struct RawGrants {
     pub(super) emits: Vec<EventPattern>,
     #[serde(default)]
     pub(super) http: Vec<super::http::HttpGrantValue>,
+    #[serde(default)]
     pub(super) kv: Vec<super::kv::BucketName>,
 }
 
