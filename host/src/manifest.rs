@@ -144,6 +144,7 @@ pub use kv::{
     is_bucket_name,
 };
 pub use model::*;
+pub use values::ServiceVersion;
 
 use check::protected_dirs;
 use source::{Sections, Source};

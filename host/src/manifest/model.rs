@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::ManifestError;
+use super::values::ServiceVersion;
 
 pub(super) const DEFAULT_INSTANCES: u32 = 1;
 pub(super) const DEFAULT_MEMORY: u64 = 64 << 20;
@@ -421,33 +422,6 @@ pub struct PackageSpec {
 
 /// How long a package's `started` waits for its dependencies by default.
 pub const DEFAULT_DEPENDENCY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A service version, as Moleculer writes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ServiceVersion {
-    /// `version = 2`: the service is `v2.<name>`.
-    Number(u64),
-    /// `version = "staging"`: the service is `staging.<name>`.
-    Text(String),
-}
-
-impl ServiceVersion {
-    /// The prefix of the service's full name (`v2`, `staging`).
-    pub fn prefix(&self) -> String {
-        match self {
-            ServiceVersion::Number(n) => format!("v{n}"),
-            ServiceVersion::Text(t) => t.clone(),
-        }
-    }
-
-    /// The version as INFO carries it (a number or a string).
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            ServiceVersion::Number(n) => serde_json::Value::from(*n),
-            ServiceVersion::Text(t) => serde_json::Value::from(t.as_str()),
-        }
-    }
-}
 
 /// Who may call an action (Moleculer's `visibility`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

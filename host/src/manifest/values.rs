@@ -360,7 +360,7 @@ impl FromTomlStr for ServiceName {
 
 /// A service version: `2` (the service is `v2.<name>`) or a word such as
 /// `"staging"` (the service is `staging.<name>`), as Moleculer names them.
-pub(super) struct VersionValue(pub(super) super::model::ServiceVersion);
+pub(super) struct VersionValue(pub(super) ServiceVersion);
 
 impl<'de> Deserialize<'de> for VersionValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -384,7 +384,7 @@ impl Visitor<'_> for VersionVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<VersionValue, E> {
-        Ok(VersionValue(super::model::ServiceVersion::Number(value)))
+        Ok(VersionValue(ServiceVersion::Number(value)))
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<VersionValue, E> {
@@ -394,10 +394,35 @@ impl Visitor<'_> for VersionVisitor {
                 "{value:?} is not a version (a number, or letters, digits, `-` and `_`, at most 32)"
             )));
         }
-        Ok(VersionValue(super::model::ServiceVersion::Text(
-            value.to_owned(),
-        )))
+        Ok(VersionValue(ServiceVersion::Text(value.to_owned())))
     }
 }
 
 deserialize_from_toml_str!(ServiceName);
+
+/// A service version, as Moleculer writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceVersion {
+    /// `version = 2`: the service is `v2.<name>`.
+    Number(u64),
+    /// `version = "staging"`: the service is `staging.<name>`.
+    Text(String),
+}
+
+impl ServiceVersion {
+    /// The prefix of the service's full name (`v2`, `staging`).
+    pub fn prefix(&self) -> String {
+        match self {
+            ServiceVersion::Number(n) => format!("v{n}"),
+            ServiceVersion::Text(t) => t.clone(),
+        }
+    }
+
+    /// The version as INFO carries it (a number or a string).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ServiceVersion::Number(n) => serde_json::Value::from(*n),
+            ServiceVersion::Text(t) => serde_json::Value::from(t.as_str()),
+        }
+    }
+}
