@@ -46,16 +46,15 @@ mod analysis;
 mod bytes;
 mod contract_v1;
 mod host;
+mod imports;
 mod instance;
 mod kv;
 mod output;
 
 pub use analysis::{ActionType, PackageType, TypedImport, interface_short_name};
 pub use bytes::{ByteShape, Output, Params, host_budget};
-pub use host::{
-    Cutoff, HostState, ImportTarget, add_to_linker, base_linker, is_call_error_result,
-    link_typed_import,
-};
+pub use host::{Cutoff, HostState, ImportTarget, add_to_linker, base_linker, is_call_error_result};
+pub use imports::link_typed_import;
 pub use instance::{Fault, LiveInstance, Package, StartError};
 pub use output::human;
 

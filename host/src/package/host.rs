@@ -9,15 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use wasmtime::StoreContextMut;
 use wasmtime::component::types::Type;
 use wasmtime::component::{HasSelf, Linker, ResourceTable, Val};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bytes::{self, ByteShape, Output, Params};
 use super::wit::{self, steedos::package::types as wit_types};
-use super::{Caller, PackageError, Router, TypedImport};
+use super::{Caller, PackageError, Router};
 use crate::context::{CallContext, CallError, CallOptions, ReplyMeta, decode_meta};
 use crate::engine::coarse_now;
 use crate::guest_log::{self, GuestLogs};
@@ -123,7 +121,7 @@ impl wasmtime_wasi_http::WasiHttpView for HostState {
 
 /// The caller as the broker sees it. Outside a call (while instantiating)
 /// nested calls get a context of their own, kept in `spare`.
-fn caller<'a>(
+pub(super) fn caller<'a>(
     package: &'a Arc<str>,
     grants: &'a Grants,
     call: &'a Option<CallContext>,
@@ -287,7 +285,7 @@ impl HostState {
     }
 
     /// The meta a callee left, merged into the call this instance serves.
-    fn merge_reply(&mut self, reply: &ReplyMeta) {
+    pub(super) fn merge_reply(&mut self, reply: &ReplyMeta) {
         if let (Some(meta), Some(ctx)) = (reply.take(), self.call.as_mut()) {
             ctx.meta.merge_reply(&meta);
         }
@@ -482,78 +480,4 @@ pub fn base_linker(engine: &Engine) -> Result<Linker<HostState>, PackageError> {
         message: format!("{e:#}"),
     })?;
     Ok(linker)
-}
-
-/// Adds one typed import to `linker`: each function forwards to
-/// `targets[i]` through the router, its byte lists as bytes when its
-/// signature is byte-shaped ([`ByteShape`]), as values otherwise.
-pub fn link_typed_import(
-    linker: &mut Linker<HostState>,
-    import: &TypedImport,
-    targets: Vec<Arc<ImportTarget>>,
-) -> wasmtime::Result<()> {
-    let mut inst = linker.instance(&import.interface)?;
-    for ((fname, func), target) in import.functions.iter().zip(targets) {
-        let params: Vec<_> = func.params().map(|(n, t)| (n.to_owned(), t)).collect();
-        if let Some(shape) = ByteShape::of(&params, func.results().next().as_ref()) {
-            bytes::link_import(&mut inst, fname, shape, target)?;
-            continue;
-        }
-        inst.func_new_async(fname, move |store, _ty, params, results| {
-            let target = target.clone();
-            Box::new(async move {
-                let outcome = forward(store, &target, Params::Vals(params)).await;
-                match outcome {
-                    Ok(value) => {
-                        if let (Some(slot), Some(v)) = (results.first_mut(), value) {
-                            *slot = v.into_val();
-                        }
-                        Ok(())
-                    }
-                    Err(e) if target.errors_as_value => {
-                        if let Some(slot) = results.first_mut() {
-                            *slot = Val::Result(Err(Some(Box::new(call_error_val(&e)))));
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(import_failed(&target, e)),
-                }
-            })
-        })?;
-    }
-    Ok(())
-}
-
-/// One call through a typed import: the calling instance's caller, the
-/// router, and the time waited added to the caller's.
-pub(super) async fn forward(
-    mut store: StoreContextMut<'_, HostState>,
-    target: &ImportTarget,
-    params: Params<'_>,
-) -> Result<Option<Output>, CallError> {
-    let HostState {
-        package,
-        grants,
-        router,
-        call,
-        ..
-    } = store.data();
-    let mut spare = None;
-    let reply = ReplyMeta::default();
-    let from = Caller {
-        reply: Some(&reply),
-        ..caller(package, grants, call, &mut spare)
-    };
-    let started = coarse_now();
-    let outcome = router.call_import(from, target, params).await;
-    let state = store.data_mut();
-    state.waited += coarse_now().saturating_duration_since(started);
-    state.merge_reply(&reply);
-    outcome
-}
-
-/// A typed call that failed: the trap fails only this invocation of the
-/// caller; its instance is recycled.
-pub(super) fn import_failed(target: &ImportTarget, e: CallError) -> wasmtime::Error {
-    wasmtime::format_err!("typed call to `{}` failed: {e}", target.label)
 }
