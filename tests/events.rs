@@ -391,6 +391,37 @@ async fn an_emitter_past_its_emit_rate_waits_for_its_budget_and_loses_nothing() 
     );
 }
 
+/// A broadcast is charged once per instance it reaches: to `probe`'s 3
+/// instances, 400 KiB costs over 1.2 MiB of `deaf`'s 1 MiB a second, where
+/// the same event emitted (one delivery) costs 402 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_is_charged_for_every_instance_it_reaches() {
+    let app = LISTENERS.replace(
+        "[packages.deaf]\n",
+        "[packages.deaf]\nemit_rate = \"1 MiB\"\ntimeout = \"10s\"\n",
+    );
+    let t = TestApp::start(&app).await;
+    let payload = serde_json::to_string(&"x".repeat(400 << 10)).expect("json");
+    let deaf = t.app.broker.service("deaf").expect("deaf");
+    t.ok(
+        "deaf.emit",
+        json!({"event": "test.one", "payload-json": payload}),
+    )
+    .await;
+    assert_eq!(deaf.event_stats().emits_throttled, 0, "one delivery fits");
+    t.ok(
+        "deaf.broadcast",
+        json!({"event": "test.all", "payload-json": payload}),
+    )
+    .await;
+    let stats = deaf.event_stats();
+    assert_eq!(
+        stats.emits_throttled, 1,
+        "three deliveries do not: {stats:?}"
+    );
+    t.tally_at_least(4, Duration::from_secs(10)).await;
+}
+
 /// An emit whose budget would come back only after the emitter's deadline
 /// is refused at once with `overloaded`, naming the package and
 /// `emit_rate`; what was taken before it is delivered.
