@@ -713,3 +713,54 @@ async fn calls_routed_to_a_version_as_it_is_replaced_are_served_by_the_new_one()
     }
     assert!(served.load(Ordering::Relaxed) > 0, "the load was served");
 }
+
+/// A package deployed with `dependencies` waits for them before `started`,
+/// as at start, without holding up other deploys: deploying the provider is
+/// what ends the wait. One that never comes fails the deploy, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_package_waits_for_its_dependencies_while_other_deploys_go_on() {
+    let t = start().await;
+    let (_g, base) = t.gateway().await;
+    let tally = std::fs::read(guests::TALLY).expect("component");
+
+    let (s, v) = deploy(
+        &base,
+        "tally2?dependencies=nowhere,greeter&dependency_timeout=300ms",
+        tally.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let said = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("package `tally2`") && said.contains("`nowhere` not available after 300ms"),
+        "{v}"
+    );
+    assert!(!said.contains("`greeter`"), "greeter serves: {v}");
+    assert!(t.call("tally2.entries", json!({})).await.is_err());
+
+    let waiting = {
+        let (base, tally) = (base.clone(), tally.clone());
+        tokio::spawn(async move {
+            deploy(
+                &base,
+                "tally2?dependencies=provider&dependency_timeout=60s",
+                tally,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "tally2 waits for `provider`");
+    assert!(t.call("tally2.entries", json!({})).await.is_err());
+    let greeter = std::fs::read(guests::GREETER).expect("component");
+    let (s, v) = tokio::time::timeout(Duration::from_secs(30), deploy(&base, "provider", greeter))
+        .await
+        .expect("the provider's deploy is not held up by the waiting one");
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("tally2's deploy ends once its provider serves")
+        .expect("deploy task");
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(t.ok("tally2.entries", json!({})).await, json!([]));
+}

@@ -243,7 +243,8 @@ impl App {
     /// flight on the old version finish, then the old instances get
     /// `stopped`. A version that fails to load or to start leaves the old one
     /// serving, and the error says why. `settings` override the package's
-    /// `instances`, `memory`, `timeout`, `events`, `calls` and `emits`, and
+    /// `instances`, `memory`, `emit_rate`, `timeout`, `events`, `calls`,
+    /// `emits`, `dependencies` and `dependency_timeout` (waited for first), and
     /// are checked as the same settings in `steedos.toml` would be.
     pub async fn deploy(
         &self,
@@ -251,16 +252,16 @@ impl App {
         bytes: &[u8],
         settings: &[(String, String)],
     ) -> Result<String, OperatorError> {
+        // Dependencies are awaited before taking the one-deploy-at-a-time
+        // lock, so a provider deployed meanwhile is what ends the wait.
+        let planned = self.deployed_spec(name, bytes.len(), settings)?;
+        self.broker
+            .wait_for_dependencies(&planned)
+            .await
+            .map_err(OperatorError::Start)?;
         let _one_at_a_time = self.deploying.lock().await;
         let old = self.broker.service(name);
-        let base = match &old {
-            Some(old) => Some(&old.package.spec),
-            None => self.manifest.packages.iter().find(|p| p.name == name),
-        };
-        let mut spec = self
-            .manifest
-            .deployed_package(name, base, bytes.len() as u64, settings)
-            .map_err(|e| OperatorError::Invalid(e.to_string()))?;
+        let mut spec = self.deployed_spec(name, bytes.len(), settings)?;
         // The old version keeps its instances until the new one serves.
         let services = self.broker.services();
         let specs = services
@@ -293,6 +294,24 @@ impl App {
         }
         let done = self.swap_in(name, fresh, live);
         Ok(done + &self.link_waiting().await)
+    }
+
+    /// The spec `settings` give package `name` over the version serving (or
+    /// the package of the file), checked as the file's own settings are.
+    fn deployed_spec(
+        &self,
+        name: &str,
+        size: usize,
+        settings: &[(String, String)],
+    ) -> Result<PackageSpec, OperatorError> {
+        let old = self.broker.service(name);
+        let base = match &old {
+            Some(old) => Some(&old.package.spec),
+            None => self.manifest.packages.iter().find(|p| p.name == name),
+        };
+        self.manifest
+            .deployed_package(name, base, size as u64, settings)
+            .map_err(|e| OperatorError::Invalid(e.to_string()))
     }
 
     /// Compiles (or finds in the cache) and analyzes a deployed component.

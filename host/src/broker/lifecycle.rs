@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::{Broker, DEADLINE_GRACE, Service};
 use crate::context::{CallContext, CallError, Human};
+use crate::manifest::PackageSpec;
 use crate::package::{ActionType, BoxFuture, Fault, LiveInstance, Package, StartError};
 use crate::supervisor::{PackageState, Verdict};
 use crate::types::wit_signature;
@@ -108,34 +109,42 @@ impl Broker {
     /// waits before `started`; after `dependency_timeout` without them the
     /// package fails, its error naming what is missing.
     pub async fn start_when_ready(self: &Arc<Self>, package: Package) -> Option<Arc<Service>> {
-        let spec = &package.spec;
-        if !spec.dependencies.is_empty() {
-            let deadline = Instant::now() + spec.dependency_timeout;
-            tracing::info!(package = %spec.name, dependencies = ?spec.dependencies, "waiting for dependencies");
-            loop {
-                let missing = self.missing_dependencies(spec);
-                if missing.is_empty() {
-                    break;
-                }
-                if Instant::now() >= deadline || self.closing.load(Ordering::Acquire) {
-                    let why = format!(
-                        "package `{}`: not started: {} not available after {} (a service of \
-                         this host or of another node of the cluster; see `dependencies`)",
-                        spec.name,
-                        missing
-                            .iter()
-                            .map(|m| format!("`{m}`"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        Human(spec.dependency_timeout)
-                    );
-                    self.record_failure(&spec.name, why);
-                    return None;
-                }
-                tokio::time::sleep(DEPENDENCY_POLL).await;
-            }
+        if let Err(why) = self.wait_for_dependencies(&package.spec).await {
+            self.record_failure(&package.spec.name, why);
+            return None;
         }
         Some(self.start(package).await)
+    }
+
+    /// Waits until every service among `spec`'s `dependencies` is available
+    /// here or on another node of the cluster; after `dependency_timeout`
+    /// (or at shutdown) the error names the package and what is missing.
+    pub async fn wait_for_dependencies(&self, spec: &PackageSpec) -> Result<(), String> {
+        if spec.dependencies.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + spec.dependency_timeout;
+        tracing::info!(package = %spec.name, dependencies = ?spec.dependencies, "waiting for dependencies");
+        loop {
+            let missing = self.missing_dependencies(spec);
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline || self.closing.load(Ordering::Acquire) {
+                return Err(format!(
+                    "package `{}`: not started: {} not available after {} (a service of \
+                     this host or of another node of the cluster; see `dependencies`)",
+                    spec.name,
+                    missing
+                        .iter()
+                        .map(|m| format!("`{m}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Human(spec.dependency_timeout)
+                ));
+            }
+            tokio::time::sleep(DEPENDENCY_POLL).await;
+        }
     }
 
     /// Starts `package`'s instances without routing calls to it yet: the

@@ -20,7 +20,8 @@ use super::source::{Sections, Source};
 
 /// The settings an `/admin` deploy may give. Never `build` or `path`: a
 /// deploy takes a component, not a command to run.
-pub const DEPLOY_SETTINGS: &str = "instances, memory, emit_rate, timeout, events, calls, emits";
+pub const DEPLOY_SETTINGS: &str =
+    "instances, memory, emit_rate, timeout, events, calls, emits, dependencies, dependency_timeout";
 
 /// Stands for the uploaded component in the table checked; the app sets
 /// the real path once the component is stored.
@@ -63,6 +64,12 @@ impl Manifest {
         let given = |key: &str| settings.iter().any(|(k, _)| k == key);
         if given("events") {
             spec.events = checked.events;
+        }
+        if given("dependencies") {
+            spec.dependencies = checked.dependencies;
+        }
+        if given("dependency_timeout") {
+            spec.dependency_timeout = checked.dependency_timeout;
         }
         if given("calls") {
             spec.grants.calls = checked.grants.calls;
@@ -113,8 +120,8 @@ fn settings_table(settings: &[(String, String)]) -> Result<toml::Table, String> 
     for (key, value) in settings {
         let (target, value) = match key.as_str() {
             "instances" | "memory" | "emit_rate" => (&mut table, number_or_text(value)),
-            "timeout" => (&mut table, Value::String(value.clone())),
-            "events" => (&mut table, list(value)),
+            "timeout" | "dependency_timeout" => (&mut table, Value::String(value.clone())),
+            "events" | "dependencies" => (&mut table, list(value)),
             "calls" | "emits" => (&mut grants, list(value)),
             other => {
                 return Err(format!(
