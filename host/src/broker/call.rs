@@ -665,7 +665,12 @@ impl Broker {
             .run(
                 || service.label(action),
                 &ctx,
-                |started| self.invoke_unmetered(service, action, params, ctx.clone(), started),
+                // Boxed: the attempt's future (the instance's call and
+                // wasmtime's below it) is built once on the heap instead of
+                // being copied into every future above it, per call.
+                |started| {
+                    Box::pin(self.invoke_unmetered(service, action, params, ctx.clone(), started))
+                },
                 |started, outcome| service.record(action, started, outcome),
             )
             .await;

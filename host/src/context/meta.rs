@@ -182,8 +182,9 @@ impl ReplyMeta {
 /// A context's id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContextId {
-    /// Made here: a UUID v4.
-    Uuid(u128),
+    /// Made here: a UUID v4 (bytes, not a `u128`: byte alignment keeps
+    /// every context, and every call future holding one, 8-aligned).
+    Uuid(uuid::Uuid),
     /// Made by a peer: the text it sent (cut to a sane length).
     Given(Arc<str>),
 }
@@ -191,7 +192,7 @@ pub enum ContextId {
 impl ContextId {
     /// A new random id (no allocation: formatted when it is sent).
     pub fn new() -> ContextId {
-        ContextId::Uuid(uuid::Uuid::new_v4().as_u128())
+        ContextId::Uuid(uuid::Uuid::new_v4())
     }
 }
 
@@ -204,7 +205,7 @@ impl Default for ContextId {
 impl fmt::Display for ContextId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ContextId::Uuid(n) => fmt::Display::fmt(&uuid::Uuid::from_u128(*n).hyphenated(), f),
+            ContextId::Uuid(id) => fmt::Display::fmt(&id.hyphenated(), f),
             ContextId::Given(text) => f.write_str(text),
         }
     }
