@@ -12,6 +12,7 @@ mod gateway;
 mod gateway_hostile;
 mod guest_logs;
 mod http_out;
+mod http_serve;
 mod kv;
 mod lifecycle;
 mod loading;

@@ -44,12 +44,14 @@ mod call;
 mod emit_budget;
 mod events;
 mod host;
+mod http;
 mod lifecycle;
 mod protect;
 mod registry;
 
 pub use events::{EVENT_COST, EVENT_PAYLOAD_MAX, EVENT_QUEUE_BYTES, EventStats};
 pub use host::BrokerHandle;
+pub use http::HTTP_HANDLER;
 pub use registry::{ActionEntry, InternalService, LoadFailure, Service};
 
 pub use crate::health::ServiceReport;

@@ -133,6 +133,7 @@ mod kv;
 mod model;
 mod properties;
 mod raw;
+mod routes;
 mod source;
 mod values;
 
@@ -144,6 +145,7 @@ pub use kv::{
     is_bucket_name,
 };
 pub use model::*;
+pub use routes::{HttpRoute, RoutePath, find_route, is_own};
 pub use values::ServiceVersion;
 
 use check::protected_dirs;
@@ -181,6 +183,7 @@ impl Manifest {
         let kv = source.kv(sections.kv)?;
         let protected = protected_dirs(&app, &source.dir);
         let (packages, rejected) = source.packages(sections.packages, &defaults, &protected)?;
+        source.check_route_packages(&gateway.http, &packages, &rejected)?;
         Ok(Manifest {
             path: path.to_path_buf(),
             dir: source.dir,

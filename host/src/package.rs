@@ -12,7 +12,9 @@
 //! `steedos:package` excepted), named `<package>.<function>`, or
 //! `<package>.<interface>.<function>` where two interfaces share a name.
 //! A component that exports no action and no event handler is not a
-//! steedos package and is refused with a message that says so.
+//! steedos package and is refused with a message that says so, unless it
+//! exports `wasi:http/incoming-handler@0.2` (a component built for
+//! `wasmtime serve` or Spin): the gateway serves it (see `serve.rs`).
 //!
 //! # What a package needs
 //! `wasi:*` and `steedos:package/*` imports are the host's. Any other
@@ -50,6 +52,7 @@ mod imports;
 mod instance;
 mod kv;
 mod output;
+mod serve;
 
 pub use analysis::{ActionType, PackageType, TypedImport, interface_short_name};
 pub use bytes::{ByteShape, Output, Params, host_budget};
@@ -57,6 +60,7 @@ pub use host::{Cutoff, HostState, ImportTarget, add_to_linker, base_linker, is_c
 pub use imports::link_typed_import;
 pub use instance::{Fault, LiveInstance, Package, StartError};
 pub use output::human;
+pub use serve::{HttpAnswer, HttpCall};
 
 pub(crate) mod wit {
     wasmtime::component::bindgen!({
@@ -151,9 +155,10 @@ pub trait Router: Send + Sync + 'static {
 pub enum PackageError {
     /// The component exports nothing the host can call.
     #[error(
-        "package `{package}` is not a steedos package: it exports no actions and no \
-         `steedos:package/events` handler (its exports: {exports}). Build it against the \
-         `steedos:package` world and export an interface of its own"
+        "package `{package}` is not a steedos package: it exports no actions, no \
+         `steedos:package/events` handler and no `wasi:http/incoming-handler@0.2` (its \
+         exports: {exports}). Build it against the `steedos:package` world and export an \
+         interface of its own, or export `wasi:http/incoming-handler` to serve HTTP"
     )]
     NotAPackage {
         /// The package.

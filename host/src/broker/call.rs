@@ -472,7 +472,10 @@ fn remote_reply(
 
 /// Runs `call` until `deadline`; `None` if the deadline came first. The
 /// timer is armed only once the call has to wait, and most calls never do.
-async fn within<F: Future>(deadline: Instant, mut call: Pin<&mut F>) -> Option<F::Output> {
+pub(super) async fn within<F: Future>(
+    deadline: Instant,
+    mut call: Pin<&mut F>,
+) -> Option<F::Output> {
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = call.as_mut().poll(cx) {
@@ -486,7 +489,7 @@ async fn within<F: Future>(deadline: Instant, mut call: Pin<&mut F>) -> Option<F
 }
 
 /// Why `service` has no instance for a call, by its state.
-fn unavailable(service: &Service, label: &str) -> CallError {
+pub(super) fn unavailable(service: &Service, label: &str) -> CallError {
     let status = service.status();
     let why = status
         .last_error

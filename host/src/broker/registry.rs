@@ -35,7 +35,8 @@ pub struct Service {
     pub(super) pool: InstancePool,
     pub(super) budget: Mutex<RestartBudget>,
     pub(super) status: Mutex<Status>,
-    /// Recording handles, one per action, by action index.
+    /// Recording handles, one per action, by action index (then the HTTP
+    /// handler's, when it serves HTTP).
     pub(super) metrics: Vec<ActionMetrics>,
     /// Breaker, retry, fallback and bulkhead settings, by action index.
     pub(super) policies: Vec<ActionProtection>,
@@ -71,6 +72,13 @@ impl Service {
             .actions
             .iter()
             .map(|a| metrics.action(&package.name, &a.name))
+            // A package serving HTTP: its handler's, after its actions'.
+            .chain(
+                package
+                    .ty
+                    .serves_http()
+                    .then(|| metrics.action(&package.name, super::HTTP_HANDLER)),
+            )
             .collect();
         let policies = package
             .ty

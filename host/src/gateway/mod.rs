@@ -8,6 +8,10 @@
 //! - REST aliases from `[gateway] aliases`, e.g. `"GET /stock/:sku" =
 //!   "inventory.get-item"`: path and query parameters (and a JSON body for
 //!   POST, PUT and PATCH) become the action's parameters.
+//! - `[gateway.http]` routes (`"/hooks/*" = "webhooks"`): the request as it
+//!   is, streaming, to a package exporting `wasi:http/incoming-handler`,
+//!   and its own response back (see `http`). The gateway's own routes
+//!   (`/api/...`, `/admin`, `/health`, `/metrics`, `/openapi.json`) come first.
 //! - `GET /health`: every package's state; 200 when all serve, else 503.
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text format).
 //! - `GET /openapi.json`: OpenAPI 3.1 generated from the WIT types.
@@ -44,7 +48,8 @@
 //! packages.
 //!
 //! # Rooms
-//! This file owns the listener, connections and routing; `actions`
+//! This file owns the listener, connections and routing; `http` hands a
+//! `[gateway.http]` route to its package; `actions`
 //! turns a route into a call (`/api` and aliases alike), `ops` answers
 //! `/health`, `/metrics` and `/openapi.json`, `admin` the operator API
 //! (through the app's port, `crate::admin`), `response` the shapes of answers,
@@ -76,6 +81,7 @@ use crate::metrics::Metrics;
 mod actions;
 mod admin;
 mod connection;
+mod http;
 mod ops;
 mod response;
 
@@ -290,7 +296,7 @@ impl Gateway {
         self: Arc<Self>,
         req: Request<Incoming>,
         connection: Arc<Connection>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
+    ) -> Result<Response<http::GatewayBody>, Infallible> {
         connection.request_started();
         let request_id = req
             .headers()
@@ -300,10 +306,18 @@ impl Gateway {
             .map(Arc::<str>::from)
             .unwrap_or_else(next_request_id);
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.uri().path());
-        let mut response = self
-            .route(req, &request_id, &connection)
-            .instrument(span)
-            .await;
+        let mut response = match self.http_route(req.uri().path()) {
+            Some(route) => {
+                self.serve_http(req, route, &request_id, &connection)
+                    .instrument(span)
+                    .await
+            }
+            None => self
+                .route(req, &request_id, &connection)
+                .instrument(span)
+                .await
+                .map(http_body_util::Either::Left),
+        };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);
         }

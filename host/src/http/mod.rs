@@ -3,14 +3,23 @@
 //! # Outgoing requests
 //!
 //! A package whose component imports `wasi:http` gets the interfaces linked
-//! ([`link`]); one that imports them without a `grants.http` entry fails to
-//! load, with a message naming the grant. Each request goes through
+//! ([`link`]); one that imports `wasi:http/outgoing-handler` without a
+//! `grants.http` entry fails to load, with a message naming the grant (a
+//! package that only serves HTTP imports `wasi:http/types` and needs none). Each request goes through
 //! [`WasiHttpHooks::send_request`] of the instance's [`HttpState`], which
 //! sends it only when a grant lets its scheme, host and port through and
 //! the name resolves to an address the grant opens (see `address`), and
 //! holds it to the package's [`HttpLimits`](crate::manifest::HttpLimits)
 //! and the call's deadline (see `send`). A refused request is the WIT
 //! error `HTTP-request-denied`, never a trap.
+//!
+//! # Serving
+//!
+//! A package that exports `wasi:http/incoming-handler` is served by the
+//! gateway at its `[gateway.http]` routes; the bodies stream through
+//! [`LimitedBody`] (the request, under the gateway's limits) and
+//! [`WatchedBody`] (the response, which ends in an error when the handler
+//! faulted before finishing it). See `serve`.
 //!
 //! # Metrics
 //!
@@ -20,6 +29,7 @@
 mod address;
 mod metrics;
 mod send;
+mod serve;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +42,7 @@ use wasmtime_wasi_http::{
 
 pub use address::is_public;
 pub use metrics::{HttpErrorKind, HttpMetrics, PackageHttpMetrics};
+pub use serve::{BodyError, LimitedBody, WatchedBody, check_routes};
 
 use crate::manifest::{HttpGrant, HttpLimits, HttpScheme, PackageSpec, RequestHost};
 use send::{CallScope, IoFuture};
@@ -89,10 +100,16 @@ pub fn link<T: WasiHttpView + 'static>(
     metrics: &HttpMetrics,
 ) -> Result<Option<Arc<OutboundHttp>>, String> {
     let imports = http_imports(component);
-    let Some(first) = imports.first() else {
+    if imports.is_empty() {
         return Ok(None);
-    };
-    if spec.grants.http.is_empty() {
+    }
+    // Serving needs `wasi:http/types` only; sending needs a grant.
+    let sends = imports
+        .iter()
+        .find(|name| name.starts_with("wasi:http/outgoing-handler"));
+    if let Some(first) = sends
+        && spec.grants.http.is_empty()
+    {
         return Err(format!(
             "it imports `{first}` but has no `grants.http`: list the origins it may send \
              requests to in steedos.toml, e.g. `grants.http = [\"https://api.example.com\"]`"

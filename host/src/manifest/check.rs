@@ -93,6 +93,7 @@ impl Source<'_> {
                 .map_err(|e| scope.error(span.clone(), format!("aliases: {e}")))?;
             aliases.push(alias);
         }
+        let http = self.http_routes(raw.http.unwrap_or_default(), &scope)?;
         let ops = match raw.ops.as_ref().map(|t| t.0.as_str()) {
             None | Some("public") => OpsAccess::Public,
             Some("token") => OpsAccess::Token,
@@ -119,6 +120,7 @@ impl Source<'_> {
                 .map(|p| p.0)
                 .collect(),
             aliases,
+            http,
             max_body: raw.max_body.map_or(defaults.max_body, |s| s.0),
             header_timeout,
             idle_timeout: raw.idle_timeout.map_or(defaults.idle_timeout, |d| d.0),

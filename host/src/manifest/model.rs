@@ -116,6 +116,8 @@ pub struct GatewaySettings {
     pub expose: Vec<String>,
     /// REST aliases, in file order.
     pub aliases: Vec<Alias>,
+    /// `[gateway.http]`: paths served by packages that serve HTTP themselves.
+    pub http: Vec<super::HttpRoute>,
     /// The largest request body accepted.
     pub max_body: u64,
     /// How long a client may take to send a request's headers.
@@ -173,6 +175,7 @@ impl Default for GatewaySettings {
             listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 3000))),
             expose: Vec::new(),
             aliases: Vec::new(),
+            http: Vec::new(),
             max_body: 1 << 20,
             header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),

@@ -34,6 +34,8 @@ pub(super) struct RawGateway {
     pub(super) listen: Option<Text>,
     pub(super) expose: Option<Vec<CallPattern>>,
     pub(super) aliases: Option<std::collections::BTreeMap<String, Text>>,
+    /// `[gateway.http]`: paths served by packages' `wasi:http/incoming-handler`.
+    pub(super) http: Option<std::collections::BTreeMap<String, Spanned<Text>>>,
     pub(super) max_body: Option<BodySize>,
     pub(super) header_timeout: Option<DurationIn<1, HOUR_MS>>,
     pub(super) idle_timeout: Option<DurationIn<1, DAY_MS>>,

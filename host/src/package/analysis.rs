@@ -56,6 +56,9 @@ pub struct PackageType {
     by_name: HashMap<String, usize>,
     pub(super) lifecycle: Option<(ComponentExportIndex, ComponentExportIndex)>,
     pub(super) events: Option<ComponentExportIndex>,
+    /// The `wasi:http/incoming-handler@0.2.x` it exports, by its full name:
+    /// the gateway serves it at the routes of `[gateway.http]`.
+    pub http_handler: Option<String>,
 }
 
 impl PackageType {
@@ -74,6 +77,7 @@ impl PackageType {
             by_name: HashMap::new(),
             lifecycle: None,
             events: None,
+            http_handler: None,
         };
         let reading = Reading {
             engine,
@@ -86,7 +90,8 @@ impl PackageType {
                 other_exports.push(other);
             }
         }
-        if ty.actions.is_empty() && ty.events.is_none() {
+        // A component built for `wasmtime serve` or Spin exports only its handler.
+        if ty.actions.is_empty() && ty.events.is_none() && ty.http_handler.is_none() {
             let exports = match other_exports.is_empty() {
                 true => "none".to_string(),
                 false => other_exports.join(", "),
@@ -125,6 +130,11 @@ impl PackageType {
     /// Whether the package exports `steedos:package/lifecycle`.
     pub fn has_lifecycle(&self) -> bool {
         self.lifecycle.is_some()
+    }
+
+    /// Whether the package exports `wasi:http/incoming-handler@0.2`.
+    pub fn serves_http(&self) -> bool {
+        self.http_handler.is_some()
     }
 
     /// Whether the package exports `steedos:package/events`.
@@ -173,6 +183,9 @@ impl Reading<'_> {
             ComponentItem::ComponentInstance(_) if is_steedos(name, "events") => {
                 let iface = export_index(component, None, name)?;
                 ty.events = Some(export_index(component, Some(&iface), "handle")?);
+            }
+            ComponentItem::ComponentInstance(_) if is_http_handler(name) => {
+                ty.http_handler = Some(name.to_string());
             }
             ComponentItem::ComponentInstance(_) if name.starts_with("wasi:") => {
                 return Ok(Some(name.to_string()));
@@ -376,4 +389,10 @@ mod tests {
         assert_eq!(interface_short_name("acme:inventory/stock@0.1.0"), "stock");
         assert_eq!(interface_short_name("acme:inventory/stock"), "stock");
     }
+}
+
+/// Whether an export named `name` is `wasi:http/incoming-handler` of WASI 0.2.
+fn is_http_handler(name: &str) -> bool {
+    name.strip_prefix("wasi:http/incoming-handler@0.2.")
+        .is_some_and(|patch| !patch.is_empty())
 }

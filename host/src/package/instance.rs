@@ -16,6 +16,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 use super::contract_v1::to_v1_context;
 use super::host::{Cutoff, HostState, MemoryLimit, to_wit_context};
 use super::output::{human, human_bytes, is_hostcall_fuel, last_words};
+use super::serve::{HttpHandler, HttpHandlerIndices};
 use super::wit::steedos::package::types as wit_types;
 use super::{ByteShape, Output, PackageError, PackageType, Params, Router, bytes, host_budget};
 use crate::codec;
@@ -70,6 +71,8 @@ pub struct Package {
     logs: Arc<GuestLogs>,
     /// Its outgoing HTTP, when it imports `wasi:http`.
     http: Option<Arc<crate::http::OutboundHttp>>,
+    /// Where its `wasi:http/incoming-handler` is, when it exports one.
+    http_handler: Option<HttpHandlerIndices>,
 }
 
 /// Why an instance could not be started.
@@ -102,8 +105,18 @@ impl Package {
                 package: spec.name.clone(),
                 message: format!("{e:#}"),
             })?;
+        let http_handler = match ty.http_handler {
+            Some(_) => Some(
+                HttpHandlerIndices::new(&pre).map_err(|e| PackageError::Link {
+                    package: spec.name.clone(),
+                    message: format!("its `wasi:http/incoming-handler` cannot be served: {e:#}"),
+                })?,
+            ),
+            None => None,
+        };
         let name: Arc<str> = spec.name.as_str().into();
         Ok(Package {
+            http_handler,
             grants: Arc::new(spec.grants.clone()),
             logs: Arc::new(GuestLogs::new(name.clone())),
             http: None,
@@ -270,12 +283,17 @@ impl Package {
             }),
             None => None,
         };
+        let http = match &self.http_handler {
+            Some(indices) => Some(indices.load(&mut store, instance).map_err(link)?),
+            None => None,
+        };
         Ok(LiveInstance {
             slot,
             store,
             actions,
             lifecycle,
             events,
+            http,
         })
     }
 }
@@ -302,14 +320,16 @@ enum Handle {
 pub struct LiveInstance {
     /// Which of the package's instance slots this is.
     pub slot: usize,
-    store: Store<HostState>,
+    pub(super) store: Store<HostState>,
     actions: Vec<Func>,
     lifecycle: Option<(Started, Stopped)>,
     events: Option<Handle>,
+    /// Its `wasi:http/incoming-handler`, when it exports one.
+    pub(super) http: Option<HttpHandler>,
 }
 
 impl LiveInstance {
-    fn arm(&mut self, ctx: CallContext) {
+    pub(super) fn arm(&mut self, ctx: CallContext) {
         let state = self.store.data_mut();
         state.call = Some(ctx);
         state.refused = None;
@@ -318,7 +338,7 @@ impl LiveInstance {
         self.store.set_epoch_deadline(1);
     }
 
-    fn disarm(&mut self) {
+    pub(super) fn disarm(&mut self) {
         self.store.data_mut().call = None;
     }
 
@@ -443,7 +463,7 @@ impl LiveInstance {
     }
 
     /// Explains why the last call failed, from the store's flags and the trap.
-    fn fault(&mut self, e: wasmtime::Error) -> Fault {
+    pub(super) fn fault(&mut self, e: wasmtime::Error) -> Fault {
         let state = self.store.data_mut();
         if let Some(refusal) = state.refused.take() {
             return Fault::Refused(refusal);
