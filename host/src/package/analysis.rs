@@ -292,6 +292,12 @@ impl Reading<'_> {
     }
 }
 
+/// Whether an export named `name` is `wasi:http/incoming-handler` of WASI 0.2.
+fn is_http_handler(name: &str) -> bool {
+    name.strip_prefix("wasi:http/incoming-handler@0.2.")
+        .is_some_and(|patch| !patch.is_empty())
+}
+
 fn is_steedos(name: &str, interface: &str) -> bool {
     name.strip_prefix(STEEDOS_PACKAGE)
         .is_some_and(|rest| rest == interface || rest.starts_with(&format!("{interface}@")))
@@ -389,10 +395,4 @@ mod tests {
         assert_eq!(interface_short_name("acme:inventory/stock@0.1.0"), "stock");
         assert_eq!(interface_short_name("acme:inventory/stock"), "stock");
     }
-}
-
-/// Whether an export named `name` is `wasi:http/incoming-handler` of WASI 0.2.
-fn is_http_handler(name: &str) -> bool {
-    name.strip_prefix("wasi:http/incoming-handler@0.2.")
-        .is_some_and(|patch| !patch.is_empty())
 }
