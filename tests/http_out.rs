@@ -374,7 +374,13 @@ component = "{HTTP-CLIENT}"
 /// examples/http's JavaScript `fetcher`, built by its own build command
 /// (npm and componentize-js); `None` to skip without node and npm.
 async fn js_fetcher() -> Option<String> {
-    if !require::tools(&["node", "npm"]) {
+    example_package("fetcher", &["node", "npm"]).await
+}
+
+/// examples/http's package `name`, built by its own build command, which
+/// needs `tools`; `None` to skip without them.
+async fn example_package(name: &str, tools: &[&str]) -> Option<String> {
+    if !require::tools(tools) {
         return None;
     }
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/http");
@@ -382,8 +388,8 @@ async fn js_fetcher() -> Option<String> {
     let spec = manifest
         .packages
         .iter()
-        .find(|p| p.name == "fetcher")
-        .expect("fetcher");
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("{name} in examples/http"));
     if let Err(e) = builder::build_if_needed(spec, false).await {
         panic!("{e}");
     }
@@ -430,5 +436,71 @@ grants.http = ["http://127.0.0.1:{port}"]
         server.total_hits(),
         hits,
         "the denied fetch never reached the server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_requests_go_through_the_same_grants() {
+    let Some(component) = example_package("pyfetch", &["python3"]).await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let port = server.addr.port();
+    let t = TestApp::start(&format!(
+        r#"
+[packages.pyfetch]
+component = "{component}"
+memory = "256 MiB"
+grants.http = ["http://127.0.0.1:{port}"]
+"#
+    ))
+    .await;
+    let send = |method: &str, url: String, body: &str| {
+        t.call(
+            "pyfetch.send",
+            json!({ "method": method, "url": url, "body": body }),
+        )
+    };
+    let reply = send("POST", server.url("/echo"), "from python")
+        .await
+        .expect("a request to a granted origin");
+    assert_eq!(reply["status"], 201);
+    let echo: Value = serde_json::from_str(reply["body"].as_str().expect("body")).expect("json");
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body"], "from python");
+    assert!(
+        echo["headers"]["x-request-id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    // Redirects come back as they are.
+    let reply = send("GET", server.url("/redirect?to=http://10.0.0.1/"), "")
+        .await
+        .expect("a 3xx");
+    assert_eq!(reply["status"], 302);
+    assert_eq!(reply["location"], "http://10.0.0.1/");
+
+    let hits = server.total_hits();
+    for url in [
+        format!("http://localhost:{port}/echo"),
+        format!("https://127.0.0.1:{port}/echo"),
+        format!("http://127.0.0.1:{}/echo", port ^ 1),
+    ] {
+        let denied = send("GET", url.clone(), "").await;
+        match denied {
+            Err(CallError::Failed(f)) => {
+                assert!(
+                    f.message.contains("HttpRequestDenied"),
+                    "{url}: {}",
+                    f.message
+                )
+            }
+            other => panic!("{url}: expected HttpRequestDenied, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        server.total_hits(),
+        hits,
+        "no denied request reached the server"
     );
 }
