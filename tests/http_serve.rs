@@ -534,3 +534,38 @@ async fn a_route_to_a_package_that_does_not_serve_http_fails_the_load_at_its_lin
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_per_request_serves_each_request_on_a_fresh_instance() {
+    let toml = format!(
+        "{APP}[packages.fresh]\ncomponent = \"{{HTTP-SERVER}}\"\ninstances = 1\n\
+         [packages.fresh.http]\ninstance_per_request = true\n"
+    )
+    .replace(
+        "\"/exact\" = \"other\"",
+        "\"/exact\" = \"other\"\n\"/fresh/*\" = \"fresh\"",
+    );
+    let (t, _gateway, base) = start(&toml).await;
+    let count = |path: &'static str| {
+        let base = base.clone();
+        async move {
+            let r = client()
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(r.status().as_u16(), 200);
+            r.text().await.expect("body")
+        }
+    };
+    // Pooled: the one instance counts on.
+    assert_eq!(count("/web/count").await, "1");
+    assert_eq!(count("/web/count").await, "2");
+    // Per request: each is its instance's first, and none is a restart.
+    for _ in 0..3 {
+        assert_eq!(count("/fresh/count").await, "1");
+    }
+    let fresh = t.app.broker.service("fresh").expect("fresh");
+    assert_eq!(fresh.report().restarts, 0);
+    assert_eq!(t.state("fresh"), "serving");
+}

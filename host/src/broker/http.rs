@@ -105,6 +105,12 @@ impl Broker {
                 within(deadline + DEADLINE_GRACE, run).await
             };
             let result = match ran {
+                Some(Ok(())) if svc.package.spec.http.instance_per_request => {
+                    // The body is complete before the next instance starts.
+                    let _ = done.send(Ok(()));
+                    lease.renew().await;
+                    return;
+                }
                 Some(Ok(())) => {
                     lease.release();
                     Ok(())

@@ -58,6 +58,24 @@ impl<'a> Lease<'a> {
             .expect("a lease holds its instance until released")
     }
 
+    /// The call finished and its instance may not serve another (it serves
+    /// HTTP one request per instance): a fresh one takes its slot.
+    pub(super) async fn renew(mut self) {
+        let Some(instance) = self.instance.take() else {
+            return;
+        };
+        let slot = instance.slot;
+        drop(instance);
+        match self.broker.start_instance(self.service, slot).await {
+            Ok(fresh) => self.service.pool.checkin(fresh),
+            Err(e) => self.broker.retire(
+                self.service,
+                slot,
+                format!("a fresh instance did not start: {e}"),
+            ),
+        }
+    }
+
     /// The call finished: the instance goes back to the pool.
     pub(super) fn release(mut self) {
         if let Some(instance) = self.instance.take() {

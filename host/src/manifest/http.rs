@@ -223,6 +223,9 @@ pub struct HttpLimits {
     pub max_response_size: u64,
     /// Requests of the package (all its instances) in flight at once.
     pub max_concurrent: u32,
+    /// Serving HTTP: each request on a fresh instance (`true`), as
+    /// `wasmtime serve` and Spin run a component, or on pooled instances.
+    pub instance_per_request: bool,
 }
 
 impl Default for HttpLimits {
@@ -233,6 +236,7 @@ impl Default for HttpLimits {
             between_bytes_timeout: Duration::from_secs(30),
             max_response_size: 16 << 20,
             max_concurrent: 16,
+            instance_per_request: false,
         }
     }
 }
@@ -249,6 +253,7 @@ pub(super) struct RawHttpLimits {
     between_bytes_timeout: Option<DurationIn<1, DAY_MS>>,
     max_response_size: Option<SizeIn<1, { 1 << 40 }>>,
     max_concurrent: Option<super::values::CountIn<1, 100_000>>,
+    instance_per_request: Option<bool>,
 }
 
 impl RawHttpLimits {
@@ -269,6 +274,9 @@ impl RawHttpLimits {
                 .max_concurrent
                 .as_ref()
                 .map_or(base.max_concurrent, |n| n.0),
+            instance_per_request: self
+                .instance_per_request
+                .unwrap_or(base.instance_per_request),
         }
     }
 }

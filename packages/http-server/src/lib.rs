@@ -14,6 +14,7 @@
 //! - `no-answer`: returns without answering.
 //! - `bad-headers`: tries forbidden and malformed headers, and says which
 //!   were refused (`x-refused`).
+//! - `count`: how many requests this instance has handled, this one included.
 
 use std::io::{Read, Write};
 
@@ -24,6 +25,9 @@ use wasi::http::types::{
 wasi::http::proxy::export!(Server);
 
 struct Server;
+
+/// Requests this instance has handled.
+static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// How much of a large body goes out in one write.
 const CHUNK: usize = 64 * 1024;
@@ -97,6 +101,7 @@ fn refused_headers() -> Vec<String> {
 
 impl wasi::exports::http::incoming_handler::Guest for Server {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let handled = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let path = request.path_with_query().unwrap_or_default();
         let method = method_name(&request.method());
         let last = path
@@ -168,6 +173,7 @@ impl wasi::exports::http::incoming_handler::Guest for Server {
                 panic!("http-server trapped on purpose in the middle of its body")
             }),
             "no-answer" => drop(out),
+            "count" => respond(out, 200, &[], |s| s.write_all(handled.to_string().as_bytes())),
             "bad-headers" => {
                 let refused = refused_headers().join(",");
                 respond(out, 200, &[("x-refused", refused.as_bytes())], |s| {
