@@ -32,5 +32,6 @@ bench:
     cargo bench -p steedos-wasm --bench broker
     cargo bench -p steedos-wasm --bench gateway
     cargo bench -p steedos-wasm --bench resilience
+    cargo bench -p steedos-wasm --bench http
     cd bench/moleculer && npm install --no-audit --no-fund --silent && node local.js
     cargo bench -p steedos-wasm --bench cluster

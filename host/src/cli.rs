@@ -121,6 +121,7 @@ Examples:
   steedos-wasm new hello --lang rust
   steedos-wasm run hello                                  # builds, then serves until Ctrl-C
   steedos-wasm call hello hello.hello '{\"name\":\"Ada\"}'    # \"Hello, Ada!\"
+  steedos-wasm new web --lang rust --template http        # serves /web/*, calls out
 
 What each language needs (the build command installs the rest):
   rust    the Rust toolchain; depends on steedos-sdk by path (see --sdk)
@@ -302,6 +303,10 @@ pub struct NewArgs {
     /// The package's language.
     #[arg(long, value_enum)]
     pub lang: Lang,
+    /// What the package does: `action` (an action, `<NAME>.hello`) or
+    /// `http` (it serves HTTP at `/<NAME>/` and calls out).
+    #[arg(long, value_enum, default_value = "action")]
+    pub template: scaffold::Template,
     /// The folder to create the app folder in.
     #[arg(long, value_name = "PARENT", default_value = ".")]
     pub dir: PathBuf,
@@ -652,7 +657,7 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         ),
         None => Sdk::default_for_this_binary(),
     };
-    let app = scaffold::create(&args.dir, &args.name, args.lang, &sdk)?;
+    let app = scaffold::create_from(&args.dir, &args.name, args.lang, &sdk, args.template)?;
     // `./hello` reads better as `hello`.
     let shown = app.strip_prefix(".").unwrap_or(&app).display();
     let mut out = std::io::stdout().lock();
@@ -661,8 +666,16 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         "created app `{}` in {shown}: one package in {}",
         args.name, args.lang
     )?;
-    for f in scaffold::files(&args.name, args.lang, &sdk) {
-        writeln!(out, "  {}", f.path.display())?;
+    for f in scaffold::files_of(&args.name, args.lang, &sdk, args.template) {
+        let deps = f.path.to_string_lossy().contains("wit/deps/");
+        if args.template == scaffold::Template::Action || !deps {
+            writeln!(out, "  {}", f.path.display())?;
+        }
+    }
+    if args.template == scaffold::Template::Http {
+        writeln!(out, "\nthen:\n  steedos-wasm run {shown}")?;
+        writeln!(out, "  curl http://127.0.0.1:3000/{}/hello", args.name)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if let (Lang::Rust, Sdk::Git(url)) = (args.lang, &sdk) {
         writeln!(

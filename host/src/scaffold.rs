@@ -38,11 +38,27 @@
 //! MessagePack in both. JavaScript builds without `wasi:http` (the host does
 //! not provide it).
 //!
+//! `--template http` writes a package that serves HTTP and calls out
+//! instead (see [`http`]).
+//!
 //! It writes files and nothing else: it must not build, load or run what
 //! it writes (`steedos-wasm run` does, through the builder and the app).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+pub mod http;
+
+/// What the new app's package does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Template {
+    /// Actions: an interface `api` whose `hello` is an action.
+    #[default]
+    Action,
+    /// HTTP: it serves the requests of its `[gateway.http]` route
+    /// (`wasi:http/incoming-handler`) and calls out (`grants.http`).
+    Http,
+}
 
 /// The languages a package can be scaffolded in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -193,6 +209,10 @@ const JS_APP: &str = include_str!("../templates/js/app.js");
 const PY_REQUIREMENTS: &str = include_str!("../templates/python/requirements.txt");
 const PY_APP: &str = include_str!("../templates/python/app.py");
 
+/// A venv holding componentize-py.
+const PY_VENV: &str = "python3 -m venv .venv \
+    && .venv/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1";
+
 /// The Python build: a venv holding componentize-py, the packages of
 /// requirements.txt in .deps, then the component.
 const PY_BUILD: &str = "python3 -m venv .venv \
@@ -268,17 +288,36 @@ pub fn files(name: &str, lang: Lang, sdk: &Sdk) -> Vec<File> {
     files
 }
 
+/// The files of a new app `name` of `template` whose one package is in `lang`.
+pub fn files_of(name: &str, lang: Lang, sdk: &Sdk, template: Template) -> Vec<File> {
+    match template {
+        Template::Action => files(name, lang, sdk),
+        Template::Http => http::files(name, lang),
+    }
+}
+
 /// Writes a new app `name` into `parent/name` and answers that folder.
 ///
 /// Refuses a folder that exists and holds anything.
 pub fn create(parent: &Path, name: &str, lang: Lang, sdk: &Sdk) -> Result<PathBuf, ScaffoldError> {
+    create_from(parent, name, lang, sdk, Template::Action)
+}
+
+/// [`create`], of `template`.
+pub fn create_from(
+    parent: &Path,
+    name: &str,
+    lang: Lang,
+    sdk: &Sdk,
+    template: Template,
+) -> Result<PathBuf, ScaffoldError> {
     check_name(name)?;
     let app = parent.join(name);
     let occupied = std::fs::read_dir(&app).is_ok_and(|mut entries| entries.next().is_some());
     if occupied {
         return Err(ScaffoldError::Exists(app));
     }
-    for f in files(name, lang, sdk) {
+    for f in files_of(name, lang, sdk, template) {
         let path = app.join(&f.path);
         let write = |path: &Path| -> std::io::Result<()> {
             if let Some(dir) = path.parent() {

@@ -14,7 +14,7 @@ mod require;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use child::OutputBounded as _;
+use child::{OutputBounded as _, Running};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_steedos-wasm"));
@@ -193,5 +193,96 @@ fn new_help_teaches_the_languages_and_the_next_commands() {
         "componentize-py",
     ] {
         assert!(help.contains(word), "`new --help` lacks {word}:\n{help}");
+    }
+}
+
+/// `GET <path>` on a connection of its own: the raw response.
+fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let within = std::time::Duration::from_secs(120);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, within) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(within));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// `new <name> --lang <lang> --template http`, then `run` it: the package
+/// serves its route, and calls out to an origin its grant names (its own
+/// route, through the gateway) but not to one it does not.
+fn new_http_then_serve(lang: &str, name: &str) {
+    let parent = tempfile::tempdir().expect("tmp");
+    let out = bin()
+        .args(["new", name, "--lang", lang, "--template", "http", "--dir"])
+        .arg(parent.path())
+        .output_bounded()
+        .expect("run new");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("/{name}/hello")),
+        "{}",
+        text(&out)
+    );
+    let app = parent.path().join(name);
+    let manifest = app.join("steedos.toml");
+    let toml = std::fs::read_to_string(&manifest).expect("steedos.toml");
+    assert!(
+        toml.contains(&format!("\"/{name}/*\" = \"{name}\"")),
+        "{toml}"
+    );
+    // The gateway listens on a free port here: grant loopback on any.
+    let toml = toml.replace("\"http://127.0.0.1:3000\"", "\"http://127.0.0.1:*\"");
+    std::fs::write(&manifest, toml).expect("write");
+
+    let mut child = Running::spawn(bin().arg("run").arg(&app).args(["--listen", "127.0.0.1:0"]));
+    let addr = child::gateway_addr(&mut child, std::time::Duration::from_secs(600));
+    let hello = get(addr, &format!("/{name}/hello?x=1"));
+    assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+    assert!(
+        hello.contains(&format!(
+            "Hello from {name}! You asked for /{name}/hello?x=1"
+        )),
+        "{hello}"
+    );
+    let inner = format!("http://127.0.0.1:{}/{name}/hello", addr.port());
+    let out = get(addr, &format!("/{name}/fetch?url={inner}"));
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains(&format!("answered 200: Hello from {name}!")),
+        "{out}"
+    );
+    let denied = format!("http://localhost:{}/{name}/hello", addr.port());
+    let out = get(addr, &format!("/{name}/fetch?url={denied}"));
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    if lang != "js" {
+        assert!(out.contains("HttpRequestDenied"), "{out}");
+    }
+    child.signal("TERM");
+    let (status, _, log) = child.wait_within(std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{log}");
+}
+
+#[test]
+fn a_rust_http_scaffold_serves_and_calls_out() {
+    new_http_then_serve("rust", "web-rust");
+}
+
+#[test]
+fn a_javascript_http_scaffold_serves_and_calls_out() {
+    if require::tools(&["node", "npm"]) {
+        new_http_then_serve("js", "web-js");
+    }
+}
+
+#[test]
+fn a_python_http_scaffold_serves_and_calls_out() {
+    if require::tools(&["python3"]) {
+        new_http_then_serve("python", "web-py");
     }
 }
