@@ -66,9 +66,6 @@ pub enum AppError {
     /// The host's own imports could not be defined.
     #[error(transparent)]
     Package(#[from] PackageError),
-    /// A `[gateway.http]` route names a package that does not serve HTTP.
-    #[error("{0}")]
-    HttpRoute(String),
     /// The packages ask for more instances than the host holds.
     #[error(
         "the app asks for up to {wanted} instances ({detail}) but this host holds {capacity}: \
@@ -213,11 +210,7 @@ impl App {
         let base = package::base_linker(&engine)?;
         let cutoff = Arc::new(Cutoff::default());
         let (packages, unlinked) = link_at_load(ready, &base, &cutoff, &broker);
-        crate::http::check_routes(&manifest.gateway.http, |name| {
-            let package = packages.iter().find(|p| p.spec.name == name)?;
-            Some(package.ty.serves_http())
-        })
-        .map_err(AppError::HttpRoute)?;
+        package::check_http_routes(&manifest.gateway.http, &packages)?;
         let load_time = started.elapsed();
         tracing::info!(app = %manifest.app.name, seconds = load_time.as_secs_f64(), "app loaded");
         let metrics = broker.metrics();

@@ -121,7 +121,6 @@ Examples:
   steedos-wasm new hello --lang rust
   steedos-wasm run hello                                  # builds, then serves until Ctrl-C
   steedos-wasm call hello hello.hello '{\"name\":\"Ada\"}'    # \"Hello, Ada!\"
-  steedos-wasm new web --lang rust --template http        # serves /web/*, calls out
 
 What each language needs (the build command installs the rest):
   rust    the Rust toolchain; depends on steedos-sdk by path (see --sdk)
@@ -303,8 +302,7 @@ pub struct NewArgs {
     /// The package's language.
     #[arg(long, value_enum)]
     pub lang: Lang,
-    /// What the package does: `action` (an action, `<NAME>.hello`) or
-    /// `http` (it serves HTTP at `/<NAME>/` and calls out).
+    /// `action` (the action `<NAME>.hello`) or `http` (it serves `/<NAME>/*` and calls out).
     #[arg(long, value_enum, default_value = "action")]
     pub template: scaffold::Template,
     /// The folder to create the app folder in.
@@ -667,15 +665,7 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         args.name, args.lang
     )?;
     for f in scaffold::files_of(&args.name, args.lang, &sdk, args.template) {
-        let deps = f.path.to_string_lossy().contains("wit/deps/");
-        if args.template == scaffold::Template::Action || !deps {
-            writeln!(out, "  {}", f.path.display())?;
-        }
-    }
-    if args.template == scaffold::Template::Http {
-        writeln!(out, "\nthen:\n  steedos-wasm run {shown}")?;
-        writeln!(out, "  curl http://127.0.0.1:3000/{}/hello", args.name)?;
-        return Ok(ExitCode::SUCCESS);
+        writeln!(out, "  {}", f.path.display())?;
     }
     if let (Lang::Rust, Sdk::Git(url)) = (args.lang, &sdk) {
         writeln!(
@@ -684,11 +674,7 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     writeln!(out, "\nthen:\n  steedos-wasm run {shown}")?;
-    writeln!(
-        out,
-        "  steedos-wasm call {shown} {}.hello '{{\"name\":\"Ada\"}}'",
-        args.name
-    )?;
+    writeln!(out, "  {}", args.template.try_it(&args.name, &shown))?;
     Ok(ExitCode::SUCCESS)
 }
 

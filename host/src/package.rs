@@ -60,7 +60,7 @@ pub use host::{Cutoff, HostState, ImportTarget, add_to_linker, base_linker, is_c
 pub use imports::link_typed_import;
 pub use instance::{Fault, LiveInstance, Package, StartError};
 pub use output::human;
-pub use serve::{HttpAnswer, HttpCall};
+pub use serve::{HttpAnswer, HttpCall, check_http_routes};
 
 pub(crate) mod wit {
     wasmtime::component::bindgen!({

@@ -288,6 +288,18 @@ pub fn files(name: &str, lang: Lang, sdk: &Sdk) -> Vec<File> {
     files
 }
 
+impl Template {
+    /// The command that tries a new app `name` in the folder `shown`.
+    pub fn try_it(self, name: &str, shown: &dyn fmt::Display) -> String {
+        match self {
+            Template::Action => {
+                format!("steedos-wasm call {shown} {name}.hello '{{\"name\":\"Ada\"}}'")
+            }
+            Template::Http => format!("curl http://127.0.0.1:3000/{name}/hello"),
+        }
+    }
+}
+
 /// The files of a new app `name` of `template` whose one package is in `lang`.
 pub fn files_of(name: &str, lang: Lang, sdk: &Sdk, template: Template) -> Vec<File> {
     match template {

@@ -182,15 +182,16 @@ impl Body for WatchedBody {
 pub fn check_routes(
     routes: &[HttpRoute],
     serves: impl Fn(&str) -> Option<bool>,
-) -> Result<(), String> {
+) -> Result<(), (String, String)> {
     for route in routes {
         if serves(&route.package) == Some(false) {
-            return Err(format!(
+            let reason = format!(
                 "{}: gateway.http.\"{}\": package `{}` does not export \
                  `wasi:http/incoming-handler@0.2`, so it cannot serve HTTP (build it for the \
                  `wasi:http/proxy` world, or route this path elsewhere)",
                 route.at, route.path, route.package
-            ));
+            );
+            return Err((route.package.clone(), reason));
         }
     }
     Ok(())

@@ -13,7 +13,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
-use super::instance::{Fault, LiveInstance};
+use super::PackageError;
+use super::instance::{Fault, LiveInstance, Package};
 use crate::context::CallContext;
 
 pub(super) use wasmtime_wasi_http::p2::bindings::exports::wasi::http::incoming_handler::{
@@ -23,6 +24,24 @@ pub(super) use wasmtime_wasi_http::p2::bindings::exports::wasi::http::incoming_h
 /// What a guest answers a request with: its response (head now, body
 /// streaming), or the `wasi:http` error code it set instead.
 pub type HttpAnswer = Result<hyper::Response<HyperOutgoingBody>, ErrorCode>;
+
+/// Every `[gateway.http]` route names a package that serves HTTP, among
+/// `packages` (one that did not load has its own failure, and its routes
+/// answer 503).
+pub fn check_http_routes(
+    routes: &[crate::manifest::HttpRoute],
+    packages: &[Package],
+) -> Result<(), PackageError> {
+    crate::http::check_routes(routes, |name| {
+        let package = packages.iter().find(|p| p.spec.name == name)?;
+        Some(package.ty.serves_http())
+    })
+    .map_err(|(package, reason)| PackageError::Unsupported {
+        package,
+        item: "[gateway.http]".to_string(),
+        reason,
+    })
+}
 
 /// A request handed into an instance's store, waiting for its handler to run.
 pub struct HttpCall {
