@@ -16,13 +16,15 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 use super::contract_v1::to_v1_context;
 use super::host::{Cutoff, HostState, MemoryLimit, to_wit_context};
 use super::output::{human, human_bytes, is_hostcall_fuel, last_words};
-use super::serve::{HttpHandler, HttpHandlerIndices};
 use super::wit::steedos::package::types as wit_types;
 use super::{ByteShape, Output, PackageError, PackageType, Params, Router, bytes, host_budget};
 use crate::codec;
 use crate::context::{CallContext, CallError};
 use crate::guest_log::{GuestLogs, GuestOutput};
 use crate::manifest::{Grants, PackageSpec};
+use wasmtime_wasi_http::p2::bindings::exports::wasi::http::incoming_handler::{
+    Guest as HttpHandler, GuestIndices as HttpHandlerIndices,
+};
 
 /// Why an instance stopped in the middle of a call. The instance cannot
 /// be entered again.

@@ -17,10 +17,6 @@ use super::PackageError;
 use super::instance::{Fault, LiveInstance, Package};
 use crate::context::CallContext;
 
-pub(super) use wasmtime_wasi_http::p2::bindings::exports::wasi::http::incoming_handler::{
-    Guest as HttpHandler, GuestIndices as HttpHandlerIndices,
-};
-
 /// What a guest answers a request with: its response (head now, body
 /// streaming), or the `wasi:http` error code it set instead.
 pub type HttpAnswer = Result<hyper::Response<HyperOutgoingBody>, ErrorCode>;
