@@ -1,13 +1,18 @@
 //! State for packages: `wasi:keyvalue` from a real guest (`kv-probe`) on
-//! the embedded store and on a real redis-server (started here; under
-//! `CI=true` a missing one fails), grants, limits, TTLs, atomics, batches,
-//! and the action cache. Durability under SIGKILL and the `kv` subcommand
-//! are in `host/tests/kv_cli.rs` (they need the binary).
+//! the embedded store, on a real redis-server and on a real
+//! `nats-server -js` (started here; under `CI=true` a missing one fails):
+//! one suite for the three (grants, limits, keys a backend cannot hold as
+//! they are, TTLs, atomics, batches), two hosts sharing JetStream buckets,
+//! unreachable backends, buckets granted by a deploy through `/admin`, and
+//! the action cache. Durability under SIGKILL and the `kv` subcommand are
+//! in `host/tests/kv_cli.rs` (they need the binary).
 
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use steedos_tests::{TestApp, eventually};
+use steedos_tests::{TestApp, eventually, require};
 
 use crate::cluster::{Redis, redis};
 
@@ -390,9 +395,58 @@ async fn ttl(t: &TestApp) {
     );
 }
 
+/// Keys with bytes some backend cannot hold as they are (NATS subjects
+/// take few): each set, read back, listed under its own name, deleted.
+async fn odd_keys(t: &TestApp) {
+    let keys = [
+        "with space",
+        "dots.in.it",
+        "ends.",
+        ".starts",
+        "a..b",
+        "*",
+        ">",
+        "=x",
+        "ünïcødé",
+        "tab\there",
+        "colon:and/slash",
+        "sku-42",
+    ];
+    for key in keys {
+        ok(
+            t,
+            "set",
+            json!({"bucket": "default", "key": key, "value": key}),
+        )
+        .await;
+    }
+    for key in keys {
+        assert_eq!(
+            ok(t, "get", json!({"bucket": "default", "key": key})).await,
+            json!(key),
+            "{key:?}"
+        );
+    }
+    let (listed, _) = list_all(t, "default").await;
+    for key in keys {
+        assert!(
+            listed.contains(&key.to_owned()),
+            "{key:?} not in {listed:?}"
+        );
+    }
+    let keys: Vec<&str> = keys.to_vec();
+    ok(t, "delete-many", json!({"bucket": "default", "keys": keys})).await;
+    let (listed, _) = list_all(t, "default").await;
+    assert!(
+        keys.iter().all(|k| !listed.contains(&k.to_string())),
+        "{listed:?}"
+    );
+}
+
 async fn suite(backend: Option<&str>) {
     let t = TestApp::start(&manifest(4, backend)).await;
     basics(&t).await;
+    odd_keys(&t).await;
     denied(&t).await;
     bad_input(&t).await;
     batches(&t).await;
@@ -405,6 +459,15 @@ async fn suite(backend: Option<&str>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_store_from_a_package() {
     suite(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jetstream_store_from_a_package() {
+    let Some(mut server) = JetStream::new() else {
+        return;
+    };
+    server.launch().await;
+    suite(Some(&server.url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -631,5 +694,296 @@ cache = { keys = ["sku"], ttl = "1h" }
     assert!(
         !text.contains(r#"action_cache_hits{package="kv-probe",action="get"}"#),
         "{text}"
+    );
+}
+
+/// A `nats-server -js` on a port of 127.0.0.1 kept for it, its store in a
+/// folder of its own; stopped and launched again on the same port and
+/// store at will, stopped when dropped.
+struct JetStream {
+    binary: PathBuf,
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    url: String,
+}
+
+impl JetStream {
+    /// Not started yet; `None` when nats-server is missing (by [`require`]'s rule).
+    fn new() -> Option<JetStream> {
+        if !require::tools(&["nats-server"]) {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        Some(JetStream {
+            binary: require::which("nats-server")?,
+            port,
+            store: tempfile::tempdir().expect("store dir"),
+            child: None,
+            url: format!("nats://127.0.0.1:{port}"),
+        })
+    }
+
+    async fn launch(&mut self) {
+        let child = std::process::Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server -js");
+        self.child = Some(child);
+        let port = self.port;
+        let up = eventually(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        assert!(
+            up.is_some(),
+            "nats-server did not listen on 127.0.0.1:{port}"
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for JetStream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An app named `shared` in a cluster over `nats`, with `kv-probe` granted
+/// `default` and no `[kv]` table: its buckets default to JetStream.
+fn clustered(nats: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "shared"
+cache_dir = "{{CACHE}}"
+[cluster]
+transporter = "{nats}"
+[packages.kv-probe]
+component = "{{KV-PROBE}}"
+instances = 2
+queue = 1000
+[packages.kv-probe.grants]
+kv = ["default"]
+"#
+    )
+}
+
+/// `kv-probe.increment` of `key` by 1, `n` times at once on `t`.
+fn increments(t: &TestApp, key: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let app = t.app.clone();
+            let body = serde_json::to_vec(&json!({"bucket": "default", "key": key, "delta": 1}))
+                .expect("json");
+            tokio::spawn(async move {
+                let ctx = steedos_wasm::context::CallContext::new(Duration::from_secs(60));
+                app.broker
+                    .call_json("kv-probe.increment", &body, ctx)
+                    .await
+                    .expect("increment");
+            })
+        })
+        .collect()
+}
+
+/// Two hosts of one app in a NATS cluster: their buckets default to
+/// JetStream on the cluster's server, so each sees the other's writes
+/// (nothing in the embedded folder), and 100 increments made at once from
+/// both (two instances each) lose no update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hosts_on_one_jetstream_see_each_others_writes() {
+    let Some(mut server) = JetStream::new() else {
+        return;
+    };
+    server.launch().await;
+    let a = TestApp::start(&clustered(&server.url)).await;
+    let b = TestApp::start(&clustered(&server.url)).await;
+    ok(
+        &a,
+        "set",
+        json!({"bucket": "default", "key": "from-a", "value": "1"}),
+    )
+    .await;
+    assert_eq!(
+        ok(&b, "get", json!({"bucket": "default", "key": "from-a"})).await,
+        json!("1")
+    );
+    ok(
+        &b,
+        "set",
+        json!({"bucket": "default", "key": "from-a", "value": "2"}),
+    )
+    .await;
+    ok(&b, "delete", json!({"bucket": "default", "key": "gone"})).await;
+    assert_eq!(
+        ok(&a, "get", json!({"bucket": "default", "key": "from-a"})).await,
+        json!("2")
+    );
+    let mut calls = increments(&a, "n", 50);
+    calls.extend(increments(&b, "n", 50));
+    for c in calls {
+        c.await.expect("task");
+    }
+    assert_eq!(
+        ok(&a, "get", json!({"bucket": "default", "key": "n"})).await,
+        json!("100")
+    );
+    assert_eq!(
+        ok(&b, "get", json!({"bucket": "default", "key": "n"})).await,
+        json!("100")
+    );
+    let (keys, _) = list_all(&b, "default").await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for t in [&a, &b] {
+        assert!(
+            !t.dir.path().join(".steedos/kv/default.redb").exists(),
+            "a clustered app's bucket was embedded"
+        );
+    }
+}
+
+/// A JetStream bucket out of reach at start, reached once the server is
+/// up, and lost mid-run: errors naming the package and the bucket while
+/// it is out of reach, the embedded bucket and other packages working
+/// meanwhile, and every acknowledged value there when the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_jetstream_fails_its_bucket_only_and_is_tried_again() {
+    let Some(mut server) = JetStream::new() else {
+        return;
+    };
+    let toml = format!(
+        r#"
+[kv.sessions]
+backend = "{}"
+[packages.kv-probe]
+component = "{{KV-PROBE}}"
+[packages.kv-probe.grants]
+kv = ["default", "sessions"]
+[packages.greeter]
+component = "{{GREETER}}"
+"#,
+        server.url
+    );
+    let t = TestApp::start(&toml).await;
+    let set = json!({"bucket": "sessions", "key": "a", "value": "v"});
+    let others_work = || async {
+        ok(
+            &t,
+            "set",
+            json!({"bucket": "default", "key": "d", "value": "e"}),
+        )
+        .await;
+        assert_eq!(
+            ok(&t, "get", json!({"bucket": "default", "key": "d"})).await,
+            json!("e")
+        );
+        assert_eq!(
+            t.ok("greeter.hello", json!({"name": "Ada"})).await,
+            json!("Hello, Ada!")
+        );
+    };
+    let why = refused(&t, "set", set.clone()).await;
+    assert!(
+        why.contains("kv-probe") && why.contains("`sessions`") && why.contains("nats"),
+        "{why}"
+    );
+    others_work().await;
+    server.launch().await;
+    let reached = eventually(Duration::from_secs(30), || async {
+        t.call("kv-probe.set", set.clone()).await.ok()
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "the bucket was not tried again once its server was up"
+    );
+    server.stop();
+    let why = refused(&t, "get", json!({"bucket": "sessions", "key": "a"})).await;
+    assert!(
+        why.contains("kv-probe") && why.contains("`sessions`"),
+        "{why}"
+    );
+    others_work().await;
+    server.launch().await;
+    let back = eventually(Duration::from_secs(30), || async {
+        t.call("kv-probe.get", json!({"bucket": "sessions", "key": "a"}))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(back, Some(json!("v")), "an acknowledged value was lost");
+}
+
+/// A package deployed through `/admin` with `kv=fresh`, a bucket the app
+/// did not have when it loaded: the bucket is made on its first open (no
+/// `no-such-store`), and a bucket not granted is still denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_granted_by_a_deploy_through_admin_opens() {
+    const TOKEN: &str = "kv-admin-token";
+    let t = TestApp::start_edited(
+        r#"
+[packages.greeter]
+component = "{GREETER}"
+"#,
+        |_| {},
+        |m| m.gateway.admin_token = Some(TOKEN.into()),
+    )
+    .await;
+    let (_gateway, base) = t.gateway().await;
+    let component = std::fs::read(steedos_tests::guests::KV_PROBE).expect("kv-probe");
+    let r = reqwest::Client::new()
+        .put(format!("{base}/admin/packages/kv-probe?kv=fresh"))
+        .bearer_auth(TOKEN)
+        .body(component)
+        .send()
+        .await
+        .expect("deploy");
+    let status = r.status();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        r.text().await.unwrap_or_default()
+    );
+    assert_eq!(
+        ok(&t, "open", json!({"bucket": "fresh"})).await,
+        json!("ok")
+    );
+    ok(
+        &t,
+        "set",
+        json!({"bucket": "fresh", "key": "k", "value": "v"}),
+    )
+    .await;
+    assert_eq!(
+        ok(&t, "get", json!({"bucket": "fresh", "key": "k"})).await,
+        json!("v")
+    );
+    assert_eq!(
+        ok(&t, "open", json!({"bucket": "default"})).await,
+        json!("access-denied")
     );
 }

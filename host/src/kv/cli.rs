@@ -102,11 +102,11 @@ fn open(args: &BucketArgs) -> anyhow::Result<std::sync::Arc<Bucket>> {
         .with_context(|| format!("cannot read the app at {}", args.app.display()))?;
     let stores = Stores::new(&manifest);
     match stores.bucket(&args.bucket) {
-        Some(bucket) => Ok(bucket.clone()),
+        Some(bucket) => Ok(bucket),
         None => {
-            let names: Vec<&str> = stores
-                .buckets()
-                .into_iter()
+            let all = stores.buckets();
+            let names: Vec<&str> = all
+                .iter()
                 .map(|b| b.name())
                 .filter(|n| !n.starts_with('$'))
                 .collect();

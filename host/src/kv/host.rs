@@ -97,12 +97,12 @@ impl store::Host for KvCtx<'_> {
             tracing::warn!(package = self.package, bucket = %identifier, "bucket not granted");
             return Ok(Err(store::Error::AccessDenied));
         }
-        let Some(bucket) = self.stores.and_then(|s| s.bucket(&identifier)) else {
+        // Granted: a bucket the app did not have at load (a package
+        // deployed since) is made now with the defaults.
+        let Some(bucket) = self.stores.and_then(|s| s.bucket_or_new(&identifier)) else {
             return Ok(Err(store::Error::NoSuchStore));
         };
-        let open = OpenBucket {
-            bucket: bucket.clone(),
-        };
+        let open = OpenBucket { bucket };
         Ok(Ok(self.table.push(open)?))
     }
 }

@@ -2,12 +2,14 @@
 //! the action cache kept in them.
 //!
 //! # Buckets
-//! [`Stores`] is an app's set of buckets, opened when the app loads: each
-//! one a [`Bucket`] over a [`Backend`] chosen by its `[kv.<name>]` table
-//! (embedded redb, `redb.rs`, by default; Redis, `redis.rs`). A bucket
-//! is opened on first use; a backend out of reach is an error for that
-//! operation only, naming the package and the bucket, and the next one
-//! tries again.
+//! [`Stores`] is an app's set of buckets: each one a [`Bucket`] over a
+//! [`Backend`] chosen by its `[kv.<name>]` table (embedded redb,
+//! `embedded.rs`, by default; Redis, `redis.rs`; NATS JetStream,
+//! `jetstream.rs`, which is also the default of an app whose `[cluster]`
+//! transporter is NATS). A bucket is opened on first use, and one a
+//! package deployed later is granted is made then, with the defaults; a
+//! backend out of reach is an error for that operation only, naming the
+//! package and the bucket, and the next one tries again.
 //!
 //! # Packages
 //! `host.rs` is the host side of `wasi:keyvalue@0.2.0-draft2` (`store`,
@@ -24,16 +26,17 @@
 //! `cli.rs` is `steedos-wasm kv get|set|list|delete`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use crate::manifest::{BucketSettings, DEFAULT_BUCKET, KvBackend, Manifest};
+use crate::manifest::{BucketSettings, ClusterSettings, DEFAULT_BUCKET, KvBackend, Manifest};
 
 pub mod cache;
 pub mod cli;
 mod embedded;
 mod host;
+mod jetstream;
 mod redis;
 
 pub use cache::ActionCache;
@@ -145,22 +148,28 @@ pub trait Backend: Send + Sync + 'static {
     fn size(&self) -> BoxFuture<'_, Answer<(u64, u64)>>;
 }
 
+/// Where an app's buckets are: what every bucket of it shares.
+struct Place {
+    /// `.steedos/kv/`, for embedded buckets.
+    folder: PathBuf,
+    /// The app's name: Redis keys and JetStream buckets are named after it.
+    app: String,
+    /// The cluster, whose credentials a bucket on its NATS server uses.
+    cluster: Option<ClusterSettings>,
+}
+
 /// One bucket: its settings and its backend, opened on first use.
 pub struct Bucket {
     settings: BucketSettings,
-    /// `.steedos/kv/` for an embedded bucket.
-    folder: PathBuf,
-    /// The app's name: Redis keys are kept under it.
-    app: String,
+    place: Arc<Place>,
     backend: tokio::sync::OnceCell<Arc<dyn Backend>>,
 }
 
 impl Bucket {
-    fn new(settings: BucketSettings, folder: PathBuf, app: String) -> Bucket {
+    fn new(settings: BucketSettings, place: Arc<Place>) -> Bucket {
         Bucket {
             settings,
-            folder,
-            app,
+            place,
             backend: tokio::sync::OnceCell::new(),
         }
     }
@@ -187,16 +196,23 @@ impl Bucket {
     pub async fn backend(&self) -> Result<&Arc<dyn Backend>, KvError> {
         self.backend
             .get_or_try_init(|| async {
+                let (place, name) = (&self.place, &self.settings.name);
                 let opened: Arc<dyn Backend> = match &self.settings.backend {
                     KvBackend::Embedded => {
-                        let path = self
-                            .folder
-                            .join(format!("{}.redb", file_stem(&self.settings.name)));
+                        let path = place.folder.join(format!("{}.redb", file_stem(name)));
                         Arc::new(embedded::Embedded::open(path).await?)
                     }
                     KvBackend::Redis(url) => {
-                        let prefix = format!("steedos:{}:{}:", self.app, self.settings.name);
+                        let prefix = format!("steedos:{}:{name}:", place.app);
                         Arc::new(redis::RedisBucket::connect(url, prefix).await?)
+                    }
+                    KvBackend::Nats(url) => {
+                        let cluster = place.cluster.as_ref().filter(|c| &c.transporter == url);
+                        let name = jetstream_name(&place.app, name);
+                        let max = self.settings.max_value;
+                        Arc::new(
+                            jetstream::JetStreamBucket::connect(url, cluster, &name, max).await?,
+                        )
                     }
                 };
                 Ok(opened)
@@ -253,10 +269,38 @@ fn file_stem(name: &str) -> String {
     name.replace('$', "_internal_")
 }
 
-/// An app's buckets: those its manifest configures, and any other name a
-/// grant holds, embedded with the defaults.
+/// The JetStream bucket that holds `bucket` of `app`:
+/// `steedos_<app>_<bucket>`, the app's name kept to the characters a
+/// JetStream bucket name takes (with a hash of it when some were not).
+fn jetstream_name(app: &str, bucket: &str) -> String {
+    let kept: String = app
+        .chars()
+        .map(|c| match c.is_ascii_alphanumeric() || c == '-' {
+            true => c,
+            false => '_',
+        })
+        .collect();
+    let app = match kept == app && !app.contains('_') {
+        true => kept,
+        false => format!("{kept}-{}", &blake3::hash(app.as_bytes()).to_hex()[..8]),
+    };
+    format!("steedos_{app}_{}", file_stem(bucket))
+}
+
+/// Whether `url` names a NATS server (what a cluster's transporter may be
+/// besides Redis).
+fn is_nats(url: &str) -> bool {
+    url.starts_with("nats://") || url.starts_with("tls://")
+}
+
+/// An app's buckets: those its manifest configures, any other name a
+/// grant holds, and any a package deployed later is granted, with the
+/// defaults.
 pub struct Stores {
-    buckets: HashMap<String, Arc<Bucket>>,
+    buckets: RwLock<HashMap<String, Arc<Bucket>>>,
+    /// What a bucket without a `[kv.<name>]` table gets.
+    default_backend: KvBackend,
+    place: Arc<Place>,
     /// The action cache over [`CACHE_BUCKET`], made on first use.
     cache: OnceLock<ActionCache>,
     /// Keys and bytes per open bucket, as last measured ([`Stores::watch_sizes`]).
@@ -265,80 +309,124 @@ pub struct Stores {
 
 impl Stores {
     /// The buckets of `manifest`'s app: every `[kv.*]` table and every
-    /// bucket a package's grant names; embedded ones in `<app>/.steedos/kv/`.
+    /// bucket a package's grant names; embedded ones in `<app>/.steedos/kv/`,
+    /// or, when the app joins a cluster over NATS, JetStream ones on the
+    /// cluster's server for every bucket whose table names no backend.
     pub fn new(manifest: &Manifest) -> Stores {
-        let folder = manifest.dir.join(".steedos").join("kv");
-        let app = manifest.app.name.clone();
+        let cluster = manifest.cluster.clone();
+        let default_backend = match &cluster {
+            Some(c) if is_nats(&c.transporter) => KvBackend::Nats(c.transporter.clone()),
+            _ => KvBackend::Embedded,
+        };
+        let place = Arc::new(Place {
+            folder: manifest.dir.join(".steedos").join("kv"),
+            app: manifest.app.name.clone(),
+            cluster,
+        });
+        let stores = Stores {
+            buckets: RwLock::new(HashMap::new()),
+            default_backend,
+            place,
+            cache: OnceLock::new(),
+            sizes: std::sync::Mutex::new(Vec::new()),
+        };
         let mut settings: HashMap<String, BucketSettings> = manifest
             .kv
             .iter()
-            .map(|b| (b.name.clone(), b.clone()))
+            .map(|b| (b.name.clone(), stores.defaulted(b.clone())))
             .collect();
         for name in manifest.packages.iter().flat_map(|p| &p.grants.kv) {
-            settings
-                .entry(name.clone())
-                .or_insert_with(|| BucketSettings::embedded(name));
+            if !settings.contains_key(name) {
+                settings.insert(name.clone(), stores.defaults(name));
+            }
         }
         // The cache lives where `[kv.default]` says, default or not.
         let mut cache = settings
             .get(DEFAULT_BUCKET)
             .cloned()
-            .unwrap_or_else(|| BucketSettings::embedded(DEFAULT_BUCKET));
+            .unwrap_or_else(|| stores.defaults(DEFAULT_BUCKET));
         cache.name = CACHE_BUCKET.to_owned();
         settings.insert(CACHE_BUCKET.to_owned(), cache);
-        Stores::from_settings(settings.into_values(), &folder, &app)
-    }
-
-    fn from_settings(
-        settings: impl Iterator<Item = BucketSettings>,
-        folder: &Path,
-        app: &str,
-    ) -> Stores {
         let buckets = settings
-            .map(|s| {
-                let name = s.name.clone();
-                (
-                    name,
-                    Arc::new(Bucket::new(s, folder.to_path_buf(), app.to_owned())),
-                )
-            })
+            .into_iter()
+            .map(|(name, s)| (name, Arc::new(Bucket::new(s, stores.place.clone()))))
             .collect();
         Stores {
-            buckets,
-            cache: OnceLock::new(),
-            sizes: std::sync::Mutex::new(Vec::new()),
+            buckets: RwLock::new(buckets),
+            ..stores
         }
     }
 
+    /// A bucket without a table: every default, on the app's default backend.
+    fn defaults(&self, name: &str) -> BucketSettings {
+        self.defaulted(BucketSettings::embedded(name))
+    }
+
+    /// `settings` on the app's default backend unless its table names one.
+    fn defaulted(&self, mut settings: BucketSettings) -> BucketSettings {
+        if !settings.backend_written {
+            settings.backend = self.default_backend.clone();
+        }
+        settings
+    }
+
     /// The bucket called `name`, if the app has it.
-    pub fn bucket(&self, name: &str) -> Option<&Arc<Bucket>> {
-        self.buckets.get(name)
+    pub fn bucket(&self, name: &str) -> Option<Arc<Bucket>> {
+        let buckets = self.buckets.read().unwrap_or_else(|p| p.into_inner());
+        buckets.get(name).cloned()
+    }
+
+    /// The bucket called `name`, made with the defaults when the app had
+    /// none of that name: a bucket granted to a package deployed after the
+    /// app loaded. The caller has checked the grant; `$`-names are the
+    /// host's own and never made here.
+    pub fn bucket_or_new(&self, name: &str) -> Option<Arc<Bucket>> {
+        if let Some(bucket) = self.bucket(name) {
+            return Some(bucket);
+        }
+        if !crate::manifest::is_bucket_name(name) {
+            return None;
+        }
+        let mut buckets = self.buckets.write().unwrap_or_else(|p| p.into_inner());
+        let made = buckets
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Bucket::new(self.defaults(name), self.place.clone())));
+        Some(made.clone())
     }
 
     /// Every bucket, the cache's included, sorted by name.
-    pub fn buckets(&self) -> Vec<&Arc<Bucket>> {
-        let mut all: Vec<_> = self.buckets.values().collect();
+    pub fn buckets(&self) -> Vec<Arc<Bucket>> {
+        let buckets = self.buckets.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = buckets.values().cloned().collect();
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
     }
 
     /// The action cache.
     pub fn cache(&self) -> Option<&ActionCache> {
-        let bucket = self.buckets.get(CACHE_BUCKET)?;
-        Some(self.cache.get_or_init(|| ActionCache::new(bucket.clone())))
+        if let Some(cache) = self.cache.get() {
+            return Some(cache);
+        }
+        let bucket = self.bucket(CACHE_BUCKET)?;
+        Some(self.cache.get_or_init(|| ActionCache::new(bucket)))
     }
 
-    /// Connects every bucket on a server now, logging those out of reach
-    /// (they are tried again on use): an unreachable backend does not stop
-    /// the app. Embedded buckets open on first use, so that a process that
-    /// never touches one (a `call` of another package) leaves its file free.
+    /// Connects every bucket on a server now, at once, logging those out of
+    /// reach (they are tried again on use): an unreachable backend does not
+    /// stop the app. Embedded buckets open on first use, so that a process
+    /// that never touches one (a `call` of another package) leaves its file free.
     pub async fn open_all(&self) {
-        let remote = |b: &&Arc<Bucket>| !matches!(b.settings.backend, KvBackend::Embedded);
-        for bucket in self.buckets().into_iter().filter(remote) {
+        let remote: Vec<_> = self
+            .buckets()
+            .into_iter()
+            .filter(|b| !matches!(b.settings.backend, KvBackend::Embedded))
+            .collect();
+        let opening = remote.iter().map(|bucket| async move {
             if let Err(e) = bucket.backend().await {
                 tracing::warn!(bucket = bucket.name(), error = %e, "key-value bucket not open yet; tried again on use");
             }
-        }
+        });
+        futures_util::future::join_all(opening).await;
     }
 
     /// Keys and bytes of every open bucket as last measured, for `/metrics`.

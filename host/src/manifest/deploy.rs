@@ -21,7 +21,7 @@ use super::source::{Sections, Source};
 /// The settings an `/admin` deploy may give. Never `build` or `path`: a
 /// deploy takes a component, not a command to run.
 pub const DEPLOY_SETTINGS: &str =
-    "instances, memory, emit_rate, timeout, events, calls, emits, dependencies, dependency_timeout";
+    "instances, memory, emit_rate, timeout, events, calls, emits, kv, dependencies, dependency_timeout";
 
 /// Stands for the uploaded component in the table checked; the app sets
 /// the real path once the component is stored.
@@ -77,6 +77,9 @@ impl Manifest {
         if given("emits") {
             spec.grants.emits = checked.grants.emits;
         }
+        if given("kv") {
+            spec.grants.kv = checked.grants.kv;
+        }
         Ok(spec)
     }
 
@@ -122,7 +125,7 @@ fn settings_table(settings: &[(String, String)]) -> Result<toml::Table, String> 
             "instances" | "memory" | "emit_rate" => (&mut table, number_or_text(value)),
             "timeout" | "dependency_timeout" => (&mut table, Value::String(value.clone())),
             "events" | "dependencies" => (&mut table, list(value)),
-            "calls" | "emits" => (&mut grants, list(value)),
+            "calls" | "emits" | "kv" => (&mut grants, list(value)),
             other => {
                 return Err(format!(
                     "unknown setting `{}` ({DEPLOY_SETTINGS})",

@@ -80,13 +80,17 @@ pub enum KvBackend {
     Embedded,
     /// A Redis server: the URL as written (`redis://` or `rediss://`).
     Redis(String),
+    /// A NATS JetStream key-value bucket: the server's URL as written
+    /// (`nats://` or `tls://`); the default in an app whose `[cluster]`
+    /// transporter is NATS.
+    Nats(String),
 }
 
 impl fmt::Display for KvBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KvBackend::Embedded => f.write_str("embedded"),
-            KvBackend::Redis(url) => f.write_str(&super::redact(url)),
+            KvBackend::Redis(url) | KvBackend::Nats(url) => f.write_str(&super::redact(url)),
         }
     }
 }
@@ -100,6 +104,9 @@ pub struct BucketSettings {
     pub backend: KvBackend,
     /// The largest value a write may carry, in bytes.
     pub max_value: u64,
+    /// Whether `backend` was written in `[kv.<name>]` (an unwritten one
+    /// follows the cluster: JetStream when the transporter is NATS).
+    pub backend_written: bool,
 }
 
 impl BucketSettings {
@@ -109,6 +116,7 @@ impl BucketSettings {
             name: name.to_owned(),
             backend: KvBackend::Embedded,
             max_value: DEFAULT_MAX_VALUE,
+            backend_written: false,
         }
     }
 }
@@ -145,15 +153,19 @@ impl Source<'_> {
             }
             let scope = Scope::new(self, entry, "kv", None);
             let raw: RawBucket = scope.deserialize()?;
+            let backend_written = raw.backend.is_some();
             let backend = match raw.backend.map(|t| t.0) {
                 None => KvBackend::Embedded,
                 Some(b) if b == "embedded" => KvBackend::Embedded,
                 Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
                     KvBackend::Redis(url)
                 }
+                Some(url) if url.starts_with("nats://") || url.starts_with("tls://") => {
+                    KvBackend::Nats(url)
+                }
                 Some(other) => {
                     let message = format!(
-                        "kv.{name}.backend: {:?} is not \"embedded\", a redis:// or a rediss:// URL",
+                        "kv.{name}.backend: {:?} is not \"embedded\", a redis://, rediss://, nats:// or tls:// URL",
                         super::redact(&other)
                     );
                     return Err(self.error(entry.span(), None, message));
@@ -163,6 +175,7 @@ impl Source<'_> {
                 name: name.to_owned(),
                 backend,
                 max_value: raw.max_value.map_or(DEFAULT_MAX_VALUE, |s| s.0),
+                backend_written,
             });
         }
         Ok(buckets)
