@@ -1,0 +1,421 @@
+//! `just bench`, key-value part: state for packages and the action cache,
+//! one figure a line as `bench: <name> = <value> <unit>`.
+//!
+//! - `kv.get.c100`, `kv.set.c100`: operations per second of `kv-probe.get`
+//!   and `kv-probe.set` (a 16-byte value, keys spread over 1,000) from 100
+//!   concurrent callers through the host (JSON params, the guest, the
+//!   `wasi:keyvalue` host functions, the embedded redb backend);
+//! - `kv.direct.get.c100`, `kv.direct.set.c100`: the same operations on a
+//!   redb file of the same shape, straight from Rust, in the same run and
+//!   the same shape an async Rust service would use: 100 tasks, each
+//!   operation one transaction on tokio's blocking pool (a set committed
+//!   with redb's immediate durability, as the host's are);
+//! - `kv.redis.get.c100`: `kv-probe.get` on a bucket kept on a
+//!   redis-server this bench starts, beside `kv.redis.direct.get.c100`,
+//!   what `redis-benchmark -t get -c 100` measures on the same server
+//!   (both skipped, and said so, without redis-server or redis-benchmark);
+//! - `cache.hit.c100`: calls per second of an action answered from the
+//!   action cache (`greeter.hello` with `cache = { keys = ["name"] }`,
+//!   every call after the first a hit), beside `cache.uncached.c100`, the
+//!   same action of the same component without `cache`, called the same way.
+//!
+//! Each pair is measured in alternating rounds (direct, host, direct,
+//! host, ...) and printed as the median of its rounds with the rounds
+//! beside it, since this machine's throughput drifts from one window to
+//! the next. Last, the issue's targets as ratios of the same run:
+//! `kv.get.ratio` (host over direct, target 0.5), `kv.set.ratio` (0.7),
+//! `kv.redis.get.ratio` (0.5), `cache.hit.ratio` (cached over uncached, 2).
+//!
+//! Knobs: `BENCH_SECONDS` (default 3) each window's length,
+//! `BENCH_ROUNDS` (default 3) the rounds of each pair.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use steedos_tests::TestApp;
+use steedos_wasm::broker::Broker;
+use steedos_wasm::context::CallContext;
+
+// The binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CALLERS: usize = 100;
+/// Keys the operations spread over.
+const KEYS: u64 = 1000;
+const VALUE: &str = "0123456789abcdef";
+const PAIRS: TableDefinition<&str, &[u8]> = TableDefinition::new("pairs");
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run())
+}
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The figures printed so far, by name, for the ratios at the end.
+#[derive(Default)]
+struct Figures(HashMap<String, f64>);
+
+impl Figures {
+    fn print(&mut self, name: &str, value: f64, unit: &str) {
+        println!("bench: {name} = {value:.1} {unit}");
+        self.0.insert(name.to_string(), value);
+    }
+
+    /// The median of `rounds`, with the rounds themselves.
+    fn print_median(&mut self, name: &str, mut rounds: Vec<f64>, unit: &str) {
+        let text: Vec<String> = rounds.iter().map(|r| format!("{r:.0}")).collect();
+        rounds.sort_by(f64::total_cmp);
+        let Some(&median) = rounds.get(rounds.len() / 2) else {
+            return;
+        };
+        println!(
+            "bench: {name} = {median:.1} {unit} (median of {} rounds: {})",
+            rounds.len(),
+            text.join(", ")
+        );
+        self.0.insert(name.to_string(), median);
+    }
+
+    /// `name = a / b` with the issue's target, when both were measured.
+    fn ratio(&self, name: &str, a: &str, b: &str, target: f64) {
+        if let (Some(a), Some(b)) = (self.0.get(a), self.0.get(b)) {
+            let r = a / b;
+            let verdict = if r >= target { "met" } else { "not met" };
+            println!("bench: {name} = {r:.2} (target {target}: {verdict})");
+        }
+    }
+}
+
+/// Measures `direct` and `host` in alternating rounds; prints both medians.
+async fn pair<D, H, DF, HF>(
+    figures: &mut Figures,
+    (direct_name, mut direct): (&str, D),
+    (host_name, mut host): (&str, H),
+) -> anyhow::Result<()>
+where
+    D: FnMut() -> DF,
+    DF: std::future::Future<Output = anyhow::Result<f64>>,
+    H: FnMut() -> HF,
+    HF: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let (mut d, mut h) = (Vec::new(), Vec::new());
+    for _ in 0..knob("BENCH_ROUNDS", 3).max(1) {
+        d.push(direct().await?);
+        h.push(host().await?);
+    }
+    figures.print_median(direct_name, d, "ops/s");
+    figures.print_median(host_name, h, "ops/s");
+    Ok(())
+}
+
+/// Runs `op(i)` from [`CALLERS`] tasks for one window; operations per second.
+async fn rate<F, Fut>(op: F) -> anyhow::Result<f64>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let end = Instant::now() + Duration::from_secs(knob("BENCH_SECONDS", 3));
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (op, next) = (op.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    for _ in 0..16 {
+                        op(next.fetch_add(1, Ordering::Relaxed) % KEYS).await?;
+                        n += 1;
+                    }
+                }
+                anyhow::Ok(n)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A JSON call of `action` that must succeed.
+async fn call(broker: &Broker, action: &str, params: &[u8]) -> anyhow::Result<()> {
+    let ctx = CallContext::new(Duration::from_secs(30));
+    broker
+        .call_json(action, params, ctx)
+        .await
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("{action}: {e}"))
+}
+
+fn get_params(bucket: &str, key: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"bucket": bucket, "key": format!("k{key}")}))
+        .unwrap_or_default()
+}
+
+fn set_params(bucket: &str, key: u64) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({"bucket": bucket, "key": format!("k{key}"), "value": VALUE}),
+    )
+    .unwrap_or_default()
+}
+
+/// `kv-probe` granted `default` (embedded, or on `backend`), and `greeter`
+/// twice, once with its `hello` cached.
+fn manifest(backend: Option<&str>) -> String {
+    let table = backend.map_or(String::new(), |url| {
+        format!("[kv.default]\nbackend = \"{url}\"\n")
+    });
+    format!(
+        r#"
+{table}
+[packages.kv-probe]
+component = "{{KV-PROBE}}"
+instances = 2
+queue = 1024
+[packages.kv-probe.grants]
+kv = ["default"]
+[packages.greeter]
+component = "{{GREETER}}"
+instances = 2
+queue = 1024
+[packages.cached]
+component = "{{GREETER}}"
+instances = 2
+queue = 1024
+[packages.cached.actions.hello]
+cache = {{ keys = ["name"] }}
+"#
+    )
+}
+
+/// Every key set through the host once, so that gets find values.
+async fn fill(broker: &Broker, bucket: &str) -> anyhow::Result<()> {
+    for key in 0..KEYS {
+        call(broker, "kv-probe.set", &set_params(bucket, key)).await?;
+    }
+    Ok(())
+}
+
+/// A redb file of the host's shape, filled with the same keys.
+fn direct_store(dir: &std::path::Path) -> anyhow::Result<Arc<Database>> {
+    let db = Database::create(dir.join("direct.redb"))?;
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(PAIRS)?;
+        for key in 0..KEYS {
+            table.insert(format!("k{key}").as_str(), VALUE.as_bytes())?;
+        }
+    }
+    txn.commit()?;
+    Ok(Arc::new(db))
+}
+
+async fn direct_get(db: Arc<Database>, key: u64) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(PAIRS)?;
+        let found = table.get(format!("k{key}").as_str())?;
+        anyhow::ensure!(found.is_some(), "k{key} missing");
+        Ok(())
+    })
+    .await?
+}
+
+async fn direct_set(db: Arc<Database>, key: u64) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(PAIRS)?;
+            table.insert(format!("k{key}").as_str(), VALUE.as_bytes())?;
+        }
+        txn.commit()?;
+        Ok(())
+    })
+    .await?
+}
+
+async fn run() -> anyhow::Result<()> {
+    let mut figures = Figures::default();
+    figures.print("machine.two_core_speedup", common::two_core_speedup(), "x");
+    let t = TestApp::start(&manifest(None)).await;
+    let broker = t.app.broker.clone();
+    fill(&broker, "default").await?;
+    let scratch = tempfile::tempdir()?;
+    let db = direct_store(scratch.path())?;
+
+    let (b, d) = (broker.clone(), db.clone());
+    pair(
+        &mut figures,
+        ("kv.direct.get.c100", || {
+            let d = d.clone();
+            rate(move |k| direct_get(d.clone(), k))
+        }),
+        ("kv.get.c100", || {
+            let b = b.clone();
+            rate(move |k| {
+                let b = b.clone();
+                async move { call(&b, "kv-probe.get", &get_params("default", k)).await }
+            })
+        }),
+    )
+    .await?;
+    pair(
+        &mut figures,
+        ("kv.direct.set.c100", || {
+            let d = d.clone();
+            rate(move |k| direct_set(d.clone(), k))
+        }),
+        ("kv.set.c100", || {
+            let b = b.clone();
+            rate(move |k| {
+                let b = b.clone();
+                async move { call(&b, "kv-probe.set", &set_params("default", k)).await }
+            })
+        }),
+    )
+    .await?;
+
+    let hello = br#"{"name": "Ada"}"#.as_slice();
+    call(&broker, "cached.hello", hello).await?;
+    pair(
+        &mut figures,
+        ("cache.uncached.c100", || {
+            let b = b.clone();
+            rate(move |_| {
+                let b = b.clone();
+                async move { call(&b, "greeter.hello", hello).await }
+            })
+        }),
+        ("cache.hit.c100", || {
+            let b = b.clone();
+            rate(move |_| {
+                let b = b.clone();
+                async move { call(&b, "cached.hello", hello).await }
+            })
+        }),
+    )
+    .await?;
+    t.app.shutdown().await;
+
+    redis(&mut figures).await?;
+
+    figures.ratio("kv.get.ratio", "kv.get.c100", "kv.direct.get.c100", 0.5);
+    figures.ratio("kv.set.ratio", "kv.set.c100", "kv.direct.set.c100", 0.7);
+    figures.ratio(
+        "kv.redis.get.ratio",
+        "kv.redis.get.c100",
+        "kv.redis.direct.get.c100",
+        0.5,
+    );
+    figures.ratio(
+        "cache.hit.ratio",
+        "cache.hit.c100",
+        "cache.uncached.c100",
+        2.0,
+    );
+    Ok(())
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn found(names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// `kv.redis.get.c100` beside `redis-benchmark -t get -c 100` on one
+/// redis-server; skipped, and said so, without either program.
+async fn redis(figures: &mut Figures) -> anyhow::Result<()> {
+    let (Some(server), Some(benchmark)) = (
+        found(&["/usr/bin/redis-server", "/usr/local/bin/redis-server"]),
+        found(&["/usr/bin/redis-benchmark", "/usr/local/bin/redis-benchmark"]),
+    ) else {
+        println!("bench: kv.redis.* skipped: no redis-server or redis-benchmark");
+        return Ok(());
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _server = Killed(
+        Command::new(server)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = TestApp::start(&manifest(Some(&format!("redis://127.0.0.1:{port}")))).await;
+    let broker = t.app.broker.clone();
+    fill(&broker, "default").await?;
+    let b = broker.clone();
+    pair(
+        figures,
+        ("kv.redis.direct.get.c100", || {
+            let benchmark = benchmark.clone();
+            async move { redis_benchmark(&benchmark, port).await }
+        }),
+        ("kv.redis.get.c100", || {
+            let b = b.clone();
+            rate(move |k| {
+                let b = b.clone();
+                async move { call(&b, "kv-probe.get", &get_params("default", k)).await }
+            })
+        }),
+    )
+    .await?;
+    t.app.shutdown().await;
+    Ok(())
+}
+
+/// What `redis-benchmark -t get -c 100 -q` says of the server on `port`:
+/// GETs per second.
+async fn redis_benchmark(binary: &std::path::Path, port: u16) -> anyhow::Result<f64> {
+    let out = tokio::process::Command::new(binary)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "get", "-c", "100", "-n", "300000", "-q"])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "GET: 123456.79 requests per second, p50=0.391 msec"
+    text.split(['\r', '\n'])
+        .filter_map(|line| line.trim().strip_prefix("GET: "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .next_back()
+        .ok_or_else(|| anyhow::anyhow!("redis-benchmark said nothing readable: {text}"))
+}
