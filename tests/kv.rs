@@ -955,6 +955,17 @@ component = "{GREETER}"
     .await;
     let (_gateway, base) = t.gateway().await;
     let component = std::fs::read(steedos_tests::guests::KV_PROBE).expect("kv-probe");
+    // A bucket name the file would refuse (the cache's own among them) is refused.
+    let r = reqwest::Client::new()
+        .put(format!("{base}/admin/packages/kv-probe?kv=%24cache"))
+        .bearer_auth(TOKEN)
+        .body(component.clone())
+        .send()
+        .await
+        .expect("deploy");
+    assert_eq!(r.status(), 400);
+    let said = r.text().await.unwrap_or_default();
+    assert!(said.contains("bucket name"), "{said}");
     let r = reqwest::Client::new()
         .put(format!("{base}/admin/packages/kv-probe?kv=fresh"))
         .bearer_auth(TOKEN)

@@ -370,15 +370,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The app compiled and linked, its packages not started ([`App::prepare`]).
-async fn prepare(
-    app: &std::path::Path,
-    flags: &LoadFlags,
-    cluster: &ClusterFlags,
-) -> anyhow::Result<App> {
+async fn prepare(args: &RunArgs) -> anyhow::Result<App> {
+    let (app, flags) = (&args.app, &args.load);
     let mut manifest =
         Manifest::load(app).with_context(|| format!("cannot load the app at {}", app.display()))?;
-    // The cluster the flags name, so that key-value buckets follow it as `[cluster]`.
-    manifest.cluster = cluster.settings(manifest.cluster.as_ref());
+    // Key-value buckets follow the flags' cluster as they follow `[cluster]`.
+    manifest.cluster = args.cluster.settings(manifest.cluster.as_ref());
     App::prepare(manifest, &flags.options())
         .await
         .context("cannot start the app")
@@ -405,7 +402,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Joined before any `started` runs: a package's `started` (and its
     // `dependencies`) may need services of other nodes.
     let began = std::time::Instant::now();
-    let mut app = prepare(&args.app, &args.load, &args.cluster).await?;
+    let mut app = prepare(&args).await?;
     let cluster = join(&app, &args.cluster, true).await?;
     app.start().await;
     app.load_time = began.elapsed();

@@ -20,8 +20,7 @@ use super::source::{Sections, Source};
 
 /// The settings an `/admin` deploy may give. Never `build` or `path`: a
 /// deploy takes a component, not a command to run.
-pub const DEPLOY_SETTINGS: &str =
-    "instances, memory, emit_rate, timeout, events, calls, emits, kv, dependencies, dependency_timeout";
+pub const DEPLOY_SETTINGS: &str = "instances, memory, emit_rate, timeout, events, calls, emits, kv, dependencies, dependency_timeout";
 
 /// Stands for the uploaded component in the table checked; the app sets
 /// the real path once the component is stored.
