@@ -998,3 +998,130 @@ component = "{GREETER}"
         json!("access-denied")
     );
 }
+
+/// `kv-draft.<action>`.
+async fn draft(t: &TestApp, action: &str, params: Value) -> Result<Value, String> {
+    t.call(&format!("kv-draft.{action}"), params)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A component built against `wasi:keyvalue@0.2.0-draft` (wasmCloud's and
+/// `wasmtime serve -S keyvalue`'s) loads and reaches the same buckets as a
+/// draft2 one: its grants, its checks, numeric cursors followed page by
+/// page, `u64` increments refused rather than wrapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_built_for_the_older_draft_shares_the_buckets() {
+    let t = TestApp::start(
+        r#"
+[packages.kv-draft]
+component = "{KV-DRAFT}"
+[packages.kv-draft.grants]
+kv = ["default", "sessions"]
+[packages.kv-probe]
+component = "{KV-PROBE}"
+[packages.kv-probe.grants]
+kv = ["default"]
+"#,
+    )
+    .await;
+    let d = |k: &str| json!({"bucket": "default", "key": k});
+    draft(
+        &t,
+        "set",
+        json!({"bucket": "default", "key": "d", "value": "1"}),
+    )
+    .await
+    .expect("set");
+    assert_eq!(ok(&t, "get", d("d")).await, json!("1"));
+    ok(
+        &t,
+        "set",
+        json!({"bucket": "default", "key": "p", "value": "2"}),
+    )
+    .await;
+    assert_eq!(draft(&t, "get", d("p")).await, Ok(json!("2")));
+    assert_eq!(draft(&t, "exists", d("p")).await, Ok(json!(true)));
+    draft(&t, "delete", d("p")).await.expect("delete");
+    assert_eq!(ok(&t, "get", d("p")).await, Value::Null);
+
+    let inc = |delta: Value| json!({"bucket": "default", "key": "n", "delta": delta});
+    assert_eq!(draft(&t, "increment", inc(json!(5))).await, Ok(json!(5)));
+    assert_eq!(draft(&t, "increment", inc(json!(5))).await, Ok(json!(10)));
+    assert_eq!(ok(&t, "increment", inc(json!(-20))).await, json!(-10));
+    let why = draft(&t, "increment", inc(json!(1)))
+        .await
+        .expect_err("negative");
+    assert!(
+        why.contains("negative") && why.contains("`default`"),
+        "{why}"
+    );
+    let why = draft(&t, "increment", inc(json!(u64::MAX)))
+        .await
+        .expect_err("too big");
+    assert!(why.contains("kv-draft") && why.contains("largest"), "{why}");
+    assert_eq!(ok(&t, "get", d("n")).await, json!("-9"));
+
+    let pairs: Vec<Value> = (0..2500)
+        .map(|i| json!([format!("k{i:05}"), "v"]))
+        .collect();
+    for chunk in pairs.chunks(500) {
+        draft(
+            &t,
+            "set-many",
+            json!({"bucket": "sessions", "pairs": chunk}),
+        )
+        .await
+        .expect("set-many");
+    }
+    let listed = draft(&t, "keys", json!({"bucket": "sessions"}))
+        .await
+        .expect("keys");
+    let mut keys: Vec<String> = serde_json::from_value(listed[0].clone()).expect("keys");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 2500);
+    assert!(listed[1].as_u64().unwrap_or(0) >= 3, "{}", listed[1]);
+    let why = draft(&t, "bad-cursor", json!({"bucket": "sessions"}))
+        .await
+        .expect_err("bad");
+    assert!(
+        why.contains("cursor 12345") && why.contains("`sessions`"),
+        "{why}"
+    );
+    let got = draft(
+        &t,
+        "get-many",
+        json!({"bucket": "sessions", "keys": ["k00001", "no"]}),
+    )
+    .await
+    .expect("get-many");
+    assert_eq!(got, json!([["k00001", "v"], null]));
+    draft(
+        &t,
+        "delete-many",
+        json!({"bucket": "sessions", "keys": ["k00001"]}),
+    )
+    .await
+    .expect("delete-many");
+    assert_eq!(
+        draft(&t, "get", json!({"bucket": "sessions", "key": "k00001"})).await,
+        Ok(Value::Null)
+    );
+    // Its grants and the host's checks hold as for draft2.
+    let why = draft(&t, "get", json!({"bucket": "secrets", "key": "a"}))
+        .await
+        .expect_err("denied");
+    assert!(why.contains("access-denied"), "{why}");
+    let why = draft(
+        &t,
+        "set",
+        json!({"bucket": "default", "key": "", "value": "v"}),
+    )
+    .await
+    .expect_err("empty key");
+    assert!(
+        why.contains("empty key") && why.contains("kv-draft"),
+        "{why}"
+    );
+}

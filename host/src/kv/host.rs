@@ -1,5 +1,6 @@
 //! The host side of `wasi:keyvalue@0.2.0-draft2` (`store`, `atomics`,
-//! `batch`) and `steedos:kv/ttl@0.1.0` for packages with `grants.kv`. An
+//! `batch`) and `steedos:kv/ttl@0.1.0` for packages with `grants.kv`
+//! (`draft.rs` links the older `0.2.0-draft` onto the same functions). An
 //! instance reaches its app's [`Stores`] through a [`KvView`] of its store
 //! data: its package, its granted buckets and its resource table. Every
 //! failure a guest can cause or meet (a bucket it may not open, a value
@@ -27,9 +28,14 @@ mod bindings {
 use bindings::steedos::kv::ttl;
 use bindings::wasi::keyvalue::{atomics, batch, store};
 
+mod draft;
+
 /// A bucket a guest opened.
 pub struct OpenBucket {
     bucket: Arc<Bucket>,
+    /// The last `0.2.0-draft` cursor given out: its number and the key it
+    /// stands for (that draft's cursors are numbers).
+    draft_cursor: Option<(u64, String)>,
 }
 
 /// A compare-and-swap handle: the key and the value it was made against.
@@ -63,9 +69,11 @@ impl HasData for HasKv {
     type Data<'a> = KvCtx<'a>;
 }
 
-/// Adds `wasi:keyvalue` and `steedos:kv/ttl` to `linker`.
+/// Adds `wasi:keyvalue` (`0.2.0-draft2` and `0.2.0-draft`) and
+/// `steedos:kv/ttl` to `linker`.
 pub fn add_to_linker<T: KvView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    bindings::Kv::add_to_linker::<T, HasKv>(linker, |t| t.kv())
+    bindings::Kv::add_to_linker::<T, HasKv>(linker, |t| t.kv())?;
+    draft::add_to_linker(linker)
 }
 
 /// Whether `interface` is one [`add_to_linker`] provides.
@@ -102,7 +110,10 @@ impl store::Host for KvCtx<'_> {
         let Some(bucket) = self.stores.and_then(|s| s.bucket_or_new(&identifier)) else {
             return Ok(Err(store::Error::NoSuchStore));
         };
-        let open = OpenBucket { bucket };
+        let open = OpenBucket {
+            bucket,
+            draft_cursor: None,
+        };
         Ok(Ok(self.table.push(open)?))
     }
 }
