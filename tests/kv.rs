@@ -729,16 +729,15 @@ impl JetStream {
     }
 
     async fn launch(&mut self) {
+        let store = self.store.path().display().to_string();
+        self.launch_with(&["-js", "-sd", &store]).await;
+    }
+
+    /// Launched with `flags` instead of JetStream's.
+    async fn launch_with(&mut self, flags: &[&str]) {
         let child = std::process::Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1124,4 +1123,64 @@ kv = ["default"]
         why.contains("empty key") && why.contains("kv-draft"),
         "{why}"
     );
+}
+
+/// What a JetStream bucket cannot take says so, naming the package and the
+/// bucket: a value under the bucket's `max_value` but over the server's
+/// `max_payload`, and a server without JetStream; the package's other
+/// buckets keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_jetstream_cannot_take_is_a_clear_error() {
+    let (Some(mut with_js), Some(mut without_js)) = (JetStream::new(), JetStream::new()) else {
+        return;
+    };
+    with_js.launch().await;
+    without_js.launch_with(&[]).await;
+    let toml = format!(
+        r#"
+[kv.big]
+backend = "{}"
+max_value = "4 MiB"
+[kv.plain]
+backend = "{}"
+[packages.kv-probe]
+component = "{{KV-PROBE}}"
+[packages.kv-probe.grants]
+kv = ["default", "big", "plain"]
+"#,
+        with_js.url, without_js.url
+    );
+    let t = TestApp::start(&toml).await;
+    let why = refused(
+        &t,
+        "set-size",
+        json!({"bucket": "big", "key": "v", "size": 2 << 20}),
+    )
+    .await;
+    assert!(
+        why.contains("kv-probe") && why.contains("`big`") && why.contains("max_payload"),
+        "{why}"
+    );
+    ok(
+        &t,
+        "set-size",
+        json!({"bucket": "big", "key": "v", "size": 512 << 10}),
+    )
+    .await;
+    let why = refused(
+        &t,
+        "set",
+        json!({"bucket": "plain", "key": "a", "value": "v"}),
+    )
+    .await;
+    assert!(
+        why.contains("kv-probe") && why.contains("`plain`") && why.contains("-js"),
+        "{why}"
+    );
+    ok(
+        &t,
+        "set",
+        json!({"bucket": "default", "key": "a", "value": "v"}),
+    )
+    .await;
 }
