@@ -28,6 +28,7 @@
 //! only be cut short by the server failing mid-way; the error then says how
 //! many of the keys were written.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::header::{
@@ -169,15 +170,19 @@ fn live(headers: Option<&HeaderMap>, payload: &Bytes, now: u64) -> Option<Vec<u8
     Some(payload.to_vec())
 }
 
-impl JetStreamBucket {
-    /// Connects to `url` (with `cluster`'s credentials when it is the
-    /// cluster's server) and opens the bucket `name`, made when missing.
-    pub(super) async fn connect(
-        url: &str,
-        cluster: Option<&ClusterSettings>,
-        name: &str,
-        max_value: u64,
-    ) -> Result<JetStreamBucket, String> {
+/// The app's connections to NATS servers, one a URL, shared by its buckets.
+#[derive(Default)]
+pub(super) struct Connections(tokio::sync::Mutex<HashMap<String, Client>>);
+
+impl Connections {
+    /// The connection to `url` (with `cluster`'s credentials when it is
+    /// the cluster's server), made now if there was none; a connection
+    /// made once reconnects by itself.
+    async fn client(&self, url: &str, cluster: Option<&ClusterSettings>) -> Answer<Client> {
+        let mut clients = self.0.lock().await;
+        if let Some(client) = clients.get(url) {
+            return Ok(client.clone());
+        }
         let mut options = ConnectOptions::new()
             .name("steedos-wasm kv")
             .connection_timeout(TIMEOUT)
@@ -189,6 +194,21 @@ impl JetStreamBucket {
             .await
             .map_err(|_| format!("nats: no answer within {TIMEOUT:?}"))?
             .map_err(|e| cause(e.to_string().replace(url, &redact(url))))?;
+        clients.insert(url.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+impl JetStreamBucket {
+    /// Opens the bucket `name` on `url` through `connections`, made when missing.
+    pub(super) async fn connect(
+        connections: &Connections,
+        url: &str,
+        cluster: Option<&ClusterSettings>,
+        name: &str,
+        max_value: u64,
+    ) -> Result<JetStreamBucket, String> {
+        let client = connections.client(url, cluster).await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(TIMEOUT);
         let stream_name = format!("KV_{name}");

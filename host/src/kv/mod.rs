@@ -156,6 +156,8 @@ struct Place {
     app: String,
     /// The cluster, whose credentials a bucket on its NATS server uses.
     cluster: Option<ClusterSettings>,
+    /// Connections to NATS servers, shared by the JetStream buckets.
+    nats: jetstream::Connections,
 }
 
 /// One bucket: its settings and its backend, opened on first use.
@@ -210,9 +212,10 @@ impl Bucket {
                         let cluster = place.cluster.as_ref().filter(|c| &c.transporter == url);
                         let name = jetstream_name(&place.app, name);
                         let max = self.settings.max_value;
-                        Arc::new(
-                            jetstream::JetStreamBucket::connect(url, cluster, &name, max).await?,
-                        )
+                        let nats = &place.nats;
+                        let bucket =
+                            jetstream::JetStreamBucket::connect(nats, url, cluster, &name, max);
+                        Arc::new(bucket.await?)
                     }
                 };
                 Ok(opened)
@@ -322,6 +325,7 @@ impl Stores {
             folder: manifest.dir.join(".steedos").join("kv"),
             app: manifest.app.name.clone(),
             cluster,
+            nats: jetstream::Connections::default(),
         });
         let stores = Stores {
             buckets: RwLock::new(HashMap::new()),
