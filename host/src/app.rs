@@ -83,6 +83,9 @@ pub enum AppError {
         /// The engine's pool size.
         capacity: u32,
     },
+    /// `[telemetry]` or an `OTEL_*` variable cannot be used.
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] crate::telemetry::ConfigError),
 }
 
 /// What happened to one package during load.
@@ -189,6 +192,7 @@ impl App {
         stores.open_all().await;
         crate::kv::Stores::watch_sizes(&stores, KV_SIZES_EVERY);
         broker.set_kv(stores);
+        broker.start_telemetry(&manifest.telemetry, &manifest.app.name)?;
         for rejected in &manifest.rejected {
             broker.record_failure(
                 rejected.package().unwrap_or("steedos.toml"),

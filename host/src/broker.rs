@@ -157,6 +157,8 @@ pub struct Broker {
     remote: RwLock<Option<Arc<dyn RemoteRoute>>>,
     /// `$node`, once the transport sets it.
     internal: RwLock<Option<Arc<dyn InternalService>>>,
+    /// Spans and their export, once the app sets them (off: never set).
+    telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// Counts one unit of work in flight until dropped.
@@ -189,7 +191,39 @@ impl Broker {
             metrics: Arc::new(Metrics::new()),
             remote: RwLock::new(None),
             internal: RwLock::new(None),
+            telemetry: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records the spans of calls and events through `telemetry`; once (a
+    /// second set is ignored).
+    pub fn set_telemetry(&self, telemetry: Arc<crate::telemetry::Telemetry>) {
+        let _ = self.telemetry.set(telemetry);
+    }
+
+    /// Turns on the telemetry `settings` and the `OTEL_*` variables ask
+    /// for, and the `$tracing.spans` batches when those are asked for too.
+    pub fn start_telemetry(
+        self: &Arc<Self>,
+        settings: &crate::manifest::TelemetrySettings,
+        app: &str,
+    ) -> Result<(), crate::telemetry::ConfigError> {
+        if let Some(t) = crate::telemetry::Telemetry::from_settings(settings, app)? {
+            self.set_telemetry(t.clone());
+            let weak = Arc::downgrade(self);
+            t.emit_moleculer_spans(move |event, payload, ctx| {
+                let broker = weak.upgrade();
+                broker
+                    .map(|b| b.publish(event, payload, false, ctx))
+                    .is_some()
+            });
+        }
+        Ok(())
+    }
+
+    /// The app's telemetry, when on.
+    pub fn telemetry(&self) -> Option<&Arc<crate::telemetry::Telemetry>> {
+        self.telemetry.get()
     }
 
     /// Routes calls that no local package serves, and events, to other

@@ -71,12 +71,14 @@ impl CallContext {
     }
 
     /// A context for an outside call whose request id is given (taken from
-    /// an HTTP header, say).
+    /// an HTTP header, say): the request's root context, whose id is its
+    /// request id, as Moleculer makes them.
     pub fn with_request_id(request_id: impl Into<Arc<str>>, timeout: Duration) -> Self {
+        let request_id = request_id.into();
         CallContext {
-            id: ContextId::new(),
+            id: ContextId::of_text(&request_id),
             parent_id: None,
-            request_id: request_id.into(),
+            request_id,
             chain: Arc::from([]),
             meta: Meta::EMPTY,
             tracing: None,
@@ -114,6 +116,19 @@ impl CallContext {
             deadline: self.deadline,
             upstream_levels: self.upstream_levels,
             upstream_caller: self.upstream_caller.clone(),
+        }
+    }
+
+    /// A context under this one for work of the same caller (the gateway's
+    /// call of an action under its request's root): a new id whose parent
+    /// is this one, the same chain, meta and deadline.
+    pub fn child(&self) -> Self {
+        CallContext {
+            id: ContextId::new(),
+            parent_id: Some(self.id.clone()),
+            reply: None,
+            target_node: None,
+            ..self.clone()
         }
     }
 

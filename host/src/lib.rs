@@ -14,7 +14,8 @@
 //!   MessagePack by WIT type), [`context`] (call context and errors),
 //!   [`builder`] (building packages from source), [`scaffold`] (new apps
 //!   for `steedos-wasm new`), [`admin`] (the operator port the gateway's
-//!   `/admin` calls and the app implements).
+//!   `/admin` calls and the app implements), [`telemetry`] (spans, OTLP
+//!   and Moleculer's `$tracing.spans`).
 //!
 //! # Example
 //! ```no_run
@@ -52,6 +53,7 @@ pub mod pool;
 pub mod resilience;
 pub mod scaffold;
 pub mod supervisor;
+pub mod telemetry;
 pub mod transport;
 pub mod types;
 pub mod watch;

@@ -135,6 +135,7 @@ mod properties;
 mod raw;
 mod routes;
 mod source;
+mod telemetry;
 mod values;
 
 pub use deploy::DEPLOY_SETTINGS;
@@ -146,6 +147,7 @@ pub use kv::{
 };
 pub use model::*;
 pub use routes::{HttpRoute, RoutePath, find_route, is_own};
+pub use telemetry::{DEFAULT_MOLECULER_INTERVAL, OtlpProtocol, TelemetrySettings, check_endpoint};
 pub use values::ServiceVersion;
 
 use check::protected_dirs;
@@ -181,6 +183,7 @@ impl Manifest {
             .transpose()?;
         let defaults = source.defaults(sections.defaults)?;
         let kv = source.kv(sections.kv)?;
+        let telemetry = source.telemetry(sections.telemetry)?;
         let protected = protected_dirs(&app, &source.dir);
         let (packages, rejected) = source.packages(sections.packages, &defaults, &protected)?;
         source.check_route_packages(&gateway.http, &packages, &rejected)?;
@@ -191,6 +194,7 @@ impl Manifest {
             gateway,
             cluster,
             kv,
+            telemetry,
             packages,
             rejected,
             defaults,

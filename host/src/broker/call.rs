@@ -30,6 +30,7 @@ use crate::package::{ActionType, Caller, Fault, LiveInstance, Output, Params, ho
 use crate::pool::{Checkout, Refusal, Unserved, Wait};
 use crate::resilience;
 use crate::supervisor::PackageState;
+use crate::telemetry::{self, Span};
 
 /// A call's result in the caller's wire format.
 pub(super) enum Reply {
@@ -214,16 +215,23 @@ impl Broker {
         &self,
         action: &str,
         params: RemoteParams<'_>,
-        ctx: CallContext,
+        mut ctx: CallContext,
         missing: CallError,
     ) -> Result<serde_json::Value, CallError> {
+        let t = self.telemetry();
+        let mut span = t.and_then(|t| telemetry::spans::remote_call(t, &mut ctx, action));
         let call = self
             .remote()
             .and_then(|remote| remote.call(action, params, &ctx));
-        match call {
+        let outcome = match call {
             Some(call) => call.await,
             None => Err(missing),
+        };
+        if let (Some(t), Some(mut span)) = (t, span.take()) {
+            span.outcome(&outcome);
+            t.end(span);
         }
+        outcome
     }
 
     /// The protections of a call to `action` on another node by a caller
@@ -299,14 +307,42 @@ impl Broker {
             .await
     }
 
-    /// One attempt of a call, begun at `now`.
+    /// One attempt of a call, begun at `now`; its span, when traced.
     pub(super) async fn invoke_unmetered(
+        &self,
+        service: &Arc<Service>,
+        action: usize,
+        params: Params<'_>,
+        mut ctx: CallContext,
+        now: Instant,
+    ) -> Result<Option<Output>, CallError> {
+        let Some(t) = self.telemetry() else {
+            return self
+                .invoke_run(service, action, params, ctx, now, &mut None)
+                .await;
+        };
+        let name = &service.package.ty.actions[action].name;
+        let mut span = telemetry::spans::call(t, &mut ctx, &service.package.name, name);
+        let outcome = self
+            .invoke_run(service, action, params, ctx, now, &mut span)
+            .await;
+        if let Some(mut span) = span {
+            span.outcome(&outcome);
+            t.end(span);
+        }
+        outcome
+    }
+
+    /// [`Broker::invoke_unmetered`] under `span`, which learns how long
+    /// the call waited for an instance.
+    async fn invoke_run(
         &self,
         service: &Arc<Service>,
         action: usize,
         params: Params<'_>,
         ctx: CallContext,
         now: Instant,
+        span: &mut Option<Span>,
     ) -> Result<Option<Output>, CallError> {
         // A caller that never waits (its instances are always idle) still
         // gives the runtime back now and then, so restarts and timers run.
@@ -327,12 +363,15 @@ impl Broker {
             // has not run, so the version now serving takes it.
             Err(e) => match self.successor(service, action) {
                 Some((next, index)) => {
-                    let call = self.invoke_unmetered(&next, index, params, ctx, now);
+                    let call = self.invoke_run(&next, index, params, ctx, now, span);
                     return Box::pin(call).await;
                 }
                 None => return Err(e),
             },
         };
+        if let Some(span) = span {
+            span.set("steedos.queue_wait_us", now.elapsed().as_micros() as i64);
+        }
         let action_ty = &service.package.ty.actions[action];
         let (has_result, bytes) = (action_ty.result.is_some(), action_ty.bytes);
         let deadline = ctx.deadline;

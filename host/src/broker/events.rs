@@ -43,6 +43,7 @@ use crate::context::{CallContext, CallError, Human, deadline_after};
 use crate::package::{Caller, Fault, LiveInstance};
 use crate::pool::{Checkout, Refusal};
 use crate::supervisor::PackageState;
+use crate::telemetry;
 
 pub use crate::health::EventStats;
 
@@ -426,25 +427,34 @@ impl Broker {
         }
         // Time spent queued is not the handler's: it gets its full timeout.
         let budget = service.package.spec.timeout;
-        let ctx = CallContext {
+        let mut ctx = CallContext {
             deadline: deadline_after(budget),
             ..ctx
         };
+        let t = self.telemetry();
+        let span =
+            t.and_then(|t| telemetry::spans::event(t, &mut ctx, &service.package.name, event));
         let deadline = ctx.deadline + DEADLINE_GRACE;
         let label = || format!("{} (event `{event}`)", service.name());
-        match tokio::time::timeout_at(
+        let error = match tokio::time::timeout_at(
             deadline.into(),
             lease.get().handle_event(event, payload, ctx),
         )
         .await
         {
-            Ok(Ok(())) => lease.release(),
-            Ok(Err(fault)) => {
-                lease.fault(fault, &label(), budget);
+            Ok(Ok(())) => {
+                lease.release();
+                None
             }
-            Err(_) => {
-                lease.fault(Fault::Timeout, &label(), budget);
+            Ok(Err(fault)) => Some(lease.fault(fault, &label(), budget)),
+            Err(_) => Some(lease.fault(Fault::Timeout, &label(), budget)),
+        };
+        if let (Some(t), Some(mut span)) = (t, span) {
+            match error {
+                Some(e) => span.outcome::<()>(&Err(e)),
+                None => span.set("steedos.result", "ok"),
             }
+            t.end(span);
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::context::{CallContext, CallError, Human};
 use crate::manifest::PackageSpec;
 use crate::package::{ActionType, BoxFuture, Fault, LiveInstance, Package, StartError};
 use crate::supervisor::{PackageState, Verdict};
+use crate::telemetry;
 use crate::types::wit_signature;
 
 /// How many restart latencies each service keeps for its statistics.
@@ -66,7 +67,7 @@ impl<'a> Lease<'a> {
         };
         let slot = instance.slot;
         drop(instance);
-        match self.broker.start_instance(self.service, slot).await {
+        match self.broker.start_instance(self.service, slot, false).await {
             Ok(fresh) => self.service.pool.checkin(fresh),
             Err(e) => self.broker.retire(
                 self.service,
@@ -172,7 +173,7 @@ impl Broker {
         let starts = (0..service.package.spec.instances as usize).map(|slot| {
             let (broker, service) = (self.clone(), service.clone());
             async move {
-                match broker.start_instance(&service, slot).await {
+                match broker.start_instance(&service, slot, false).await {
                     Ok(instance) => {
                         service.set_state(PackageState::Serving);
                         service.pool.add(instance, false);
@@ -246,7 +247,7 @@ impl Broker {
         };
         let service = service.clone();
         tokio::spawn(async move {
-            match broker.start_instance(&service, slot).await {
+            match broker.start_instance(&service, slot, false).await {
                 Ok(instance) => {
                     tracing::debug!(package = service.name(), slot, "scaled up");
                     service.pool.add(instance, true);
@@ -385,7 +386,7 @@ impl Broker {
                 service.pool.unexpect();
                 return;
             }
-            match self.start_instance(&service, slot).await {
+            match self.start_instance(&service, slot, true).await {
                 Ok(instance) => {
                     {
                         let mut s = service.status();
@@ -429,13 +430,37 @@ impl Broker {
         self.schedule_restart(service, slot, Instant::now());
     }
 
+    /// Starts the instance of `service` in `slot` (`restart`: after a
+    /// fault), under its span when traced.
     async fn start_instance(
         &self,
         service: &Arc<Service>,
         slot: usize,
+        restart: bool,
+    ) -> Result<LiveInstance, StartError> {
+        let mut ctx = CallContext::new(service.package.spec.timeout);
+        let t = self.telemetry();
+        let name = &service.package.name;
+        let span = t.and_then(|t| telemetry::spans::instance_start(t, &mut ctx, name, restart));
+        let started = self.run_start(service, slot, ctx).await;
+        if let (Some(t), Some(mut span)) = (t, span) {
+            span.set("steedos.slot", slot as i64);
+            match &started {
+                Ok(_) => span.set("steedos.result", "ok"),
+                Err(e) => span.fail("crashed", e.to_string()),
+            }
+            t.end(span);
+        }
+        started
+    }
+
+    async fn run_start(
+        &self,
+        service: &Arc<Service>,
+        slot: usize,
+        ctx: CallContext,
     ) -> Result<LiveInstance, StartError> {
         let mut instance = service.package.instantiate(slot, self.router()).await?;
-        let ctx = CallContext::new(service.package.spec.timeout);
         let deadline = ctx.deadline + DEADLINE_GRACE;
         match tokio::time::timeout_at(deadline.into(), instance.started(ctx)).await {
             Ok(Ok(())) => Ok(instance),
@@ -472,6 +497,10 @@ impl Broker {
                 grace = %Human(grace),
                 "shutdown_timeout passed: `stopped` hooks still running were abandoned"
             );
+        }
+        // The spans of the last calls go out before the host does.
+        if let Some(t) = self.telemetry() {
+            t.flush().await;
         }
     }
 }

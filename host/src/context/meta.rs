@@ -196,6 +196,18 @@ impl ContextId {
     }
 }
 
+impl ContextId {
+    /// The id a context whose request id is `text` has when it is the
+    /// request's first (Moleculer's root context: `id == requestID`): the
+    /// UUID it spells, else the text.
+    pub fn of_text(text: &Arc<str>) -> ContextId {
+        match uuid::Uuid::try_parse(text) {
+            Ok(u) => ContextId::Uuid(u),
+            Err(_) => ContextId::Given(text.clone()),
+        }
+    }
+}
+
 impl Default for ContextId {
     fn default() -> Self {
         ContextId::new()

@@ -230,7 +230,10 @@ impl Gateway {
         body: &[u8],
         request_id: &Arc<str>,
     ) -> Response<Full<Bytes>> {
-        let ctx = CallContext::with_request_id(request_id.clone(), CALL_TIMEOUT);
+        let ctx = match self.broker.telemetry() {
+            None => CallContext::with_request_id(request_id.clone(), CALL_TIMEOUT),
+            Some(_) => crate::telemetry::gateway::call_context(request_id, CALL_TIMEOUT),
+        };
         match self.broker.call_json(action, body, ctx).await {
             Ok(value) => json_response(StatusCode::OK, &value),
             Err(e) => {

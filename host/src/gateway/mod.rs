@@ -305,18 +305,30 @@ impl Gateway {
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(Arc::<str>::from)
             .unwrap_or_else(next_request_id);
+        let telemetry = self.broker.telemetry().cloned();
+        let (request_id, traced) = match &telemetry {
+            None => (request_id, None),
+            Some(t) => crate::telemetry::gateway::traced(t, &req, request_id),
+        };
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.uri().path());
         let mut response = match self.http_route(req.uri().path()) {
             Some(route) => {
-                self.serve_http(req, route, &request_id, &connection)
-                    .instrument(span)
-                    .await
+                let served = self
+                    .serve_http(req, route, &request_id, &connection)
+                    .instrument(span);
+                match (&telemetry, traced) {
+                    (Some(t), Some(traced)) => traced.serve(t, &request_id, served).await,
+                    _ => served.await,
+                }
             }
-            None => self
-                .route(req, &request_id, &connection)
-                .instrument(span)
-                .await
-                .map(http_body_util::Either::Left),
+            None => {
+                let routed = self.route(req, &request_id, &connection).instrument(span);
+                let routed = async { routed.await.map(http_body_util::Either::Left) };
+                match (&telemetry, traced) {
+                    (Some(t), Some(traced)) => traced.serve(t, &request_id, routed).await,
+                    _ => routed.await,
+                }
+            }
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);

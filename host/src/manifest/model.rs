@@ -36,6 +36,8 @@ pub struct Manifest {
     pub cluster: Option<ClusterSettings>,
     /// `[kv.<bucket>]`: buckets whose settings are written (others are embedded).
     pub kv: Vec<super::kv::BucketSettings>,
+    /// `[telemetry]`: spans, their export and sampling (as written).
+    pub telemetry: super::telemetry::TelemetrySettings,
     /// The packages that passed validation, in file order.
     pub packages: Vec<PackageSpec>,
     /// One [`ManifestError::Invalid`] per package that failed validation, in

@@ -14,7 +14,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::ManifestError;
 
-pub(super) const TOP_LEVEL_KEYS: &str = "`app`, `cluster`, `defaults`, `gateway`, `kv`, `packages`";
+pub(super) const TOP_LEVEL_KEYS: &str =
+    "`app`, `cluster`, `defaults`, `gateway`, `kv`, `packages`, `telemetry`";
 
 /// The text being parsed, for turning spans into `file:line:column`.
 pub(super) struct Source<'a> {
@@ -31,6 +32,7 @@ pub(super) struct Sections<'t, 'i> {
     pub(super) defaults: Option<&'t Spanned<DeValue<'i>>>,
     pub(super) packages: Option<&'t Spanned<DeValue<'i>>>,
     pub(super) kv: Option<&'t Spanned<DeValue<'i>>>,
+    pub(super) telemetry: Option<&'t Spanned<DeValue<'i>>>,
 }
 
 /// One table of the manifest being read: errors in it name the key path
@@ -51,6 +53,7 @@ impl<'t, 'i> Sections<'t, 'i> {
             defaults: None,
             packages: None,
             kv: None,
+            telemetry: None,
         };
         for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
@@ -60,6 +63,7 @@ impl<'t, 'i> Sections<'t, 'i> {
                 "defaults" => sections.defaults = Some(value),
                 "packages" => sections.packages = Some(value),
                 "kv" => sections.kv = Some(value),
+                "telemetry" => sections.telemetry = Some(value),
                 other => {
                     let message =
                         format!("unknown key `{other}`, expected one of {TOP_LEVEL_KEYS}");

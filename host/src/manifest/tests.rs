@@ -86,6 +86,10 @@ mod snapshots {
     cases!(
         syntax_error,
         unknown_top_level_key,
+        telemetry_bad_protocol,
+        telemetry_bad_endpoint,
+        telemetry_bad_ratio,
+        telemetry_unknown_key,
         unknown_app_key,
         app_out_of_range,
         app_wrong_type,

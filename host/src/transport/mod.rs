@@ -139,6 +139,9 @@ impl Transport {
             .unwrap_or_else(default_node_id)
             .into();
         let prefix = subject_prefix(&node_id, settings.namespace.as_deref())?;
+        if let Some(t) = broker.telemetry() {
+            t.set_node(node_id.clone());
+        }
         let drops = Arc::new(bounds::DropLog::with_metric(
             broker.metrics().cluster_packets_dropped(),
         ));

@@ -17,7 +17,7 @@ use super::bus::Outgoing;
 use super::packet::{self, Kind};
 use super::transit::{Pending, Transit, lock};
 use crate::broker::{RemoteParams, RemoteRoute};
-use crate::context::{CallContext, CallError, Human};
+use crate::context::{CallContext, CallError, ContextId, Human};
 use crate::package::BoxFuture;
 
 /// Removes a pending call when its caller stops waiting before the answer.
@@ -72,27 +72,37 @@ impl RemoteRoute for Route {
             Some(node) => shared.registry().pick_on(action, node)?,
             None => shared.registry().pick(action)?,
         };
-        let uuid = uuid::Uuid::new_v4();
-        let bytes = match request(shared, action, params, ctx, uuid) {
-            Ok(b) => b,
-            Err(e) => return Some(Box::pin(std::future::ready(Err(e)))),
+        // The REQ's id is the callee's context id, as Moleculer sends it (the
+        // span id a traced callee reports); a fresh one when that id is
+        // not ours or already awaits an answer (a retry, a reused request id).
+        let mut uuid = match ctx.id {
+            ContextId::Uuid(u) => u,
+            ContextId::Given(_) => uuid::Uuid::new_v4(),
         };
-        let id = uuid.as_u128();
         let (reply, answer) = oneshot::channel();
         let action: Arc<str> = action.into();
-        lock(&shared.pending).insert(
-            id,
-            Pending {
-                node: node.clone(),
-                action: action.clone(),
-                reply,
-                meta: ctx.reply.clone(),
-            },
-        );
+        let pending = Pending {
+            node: node.clone(),
+            action: action.clone(),
+            reply,
+            meta: ctx.reply.clone(),
+        };
+        {
+            let mut waiting = lock(&shared.pending);
+            while waiting.contains_key(&uuid.as_u128()) {
+                uuid = uuid::Uuid::new_v4();
+            }
+            waiting.insert(uuid.as_u128(), pending);
+        }
+        let id = uuid.as_u128();
         let mut guard = PendingGuard {
             shared: shared.clone(),
             id,
             answered: false,
+        };
+        let bytes = match request(shared, action.as_ref(), params, ctx, uuid) {
+            Ok(b) => b,
+            Err(e) => return Some(Box::pin(std::future::ready(Err(e)))),
         };
         let deadline = ctx.deadline;
         let request_id = ctx.request_id.clone();
@@ -152,10 +162,12 @@ impl RemoteRoute for Route {
                 return;
             }
         };
-        // The event's own context, a child of the emitter's.
+        // The event's own context, a child of the emitter's (`ctx` is the
+        // event's context on this host: its parent is the emitting package's
+        // call, the span the event's handlers are children of).
         let mut buf = uuid::Uuid::encode_buffer();
         let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        let parent_id = ctx.id.to_string();
+        let parent_id = ctx.parent_id.as_ref().unwrap_or(&ctx.id).to_string();
         for (subject, groups) in targets {
             let out = packet::EventOut {
                 ver: shared.ver,

@@ -1,0 +1,363 @@
+//! Telemetry: the spans of every hop the host sees (a gateway request, a
+//! call, an event delivery, an instance start, an outgoing HTTP request),
+//! sampled, and handed to the sinks: OpenTelemetry over OTLP
+//! (`otlp.rs`) and Moleculer's `$tracing.spans` events (`moleculer.rs`).
+//!
+//! # Off costs nothing
+//! The broker holds an `Option` of a [`Telemetry`]: with telemetry off a
+//! hop tests it once and records nothing, allocates nothing, takes no lock.
+//! A [`Span`] is only made for a sampled context (`ctx.tracing ==
+//! Some(true)`), and only ended spans travel, through a bounded channel.
+//!
+//! # One trace across nodes
+//! A span is a context, as in Moleculer: its id is the context id, its
+//! parent the context's `parentID`, its trace the request id (see
+//! `ids.rs` for how those map to OpenTelemetry's ids and `traceparent`).
+//! The sampling decision travels as Moleculer's `tracing` flag.
+//!
+//! A leaf beside `context` and `manifest`: it must not import the broker,
+//! the gateway or the transport (they call it).
+
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use crate::context::{CallContext, CallError, ContextId};
+use crate::manifest::TelemetrySettings;
+
+mod config;
+pub mod gateway;
+mod ids;
+mod moleculer;
+mod otlp;
+pub mod spans;
+
+pub use config::{Config, ConfigError, Sampler};
+pub use ids::{TraceParent, request_id_of, span_id, span_id_of, trace_id};
+pub use moleculer::MOLECULER_EVENT;
+
+/// What a span stands for, as OpenTelemetry kinds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A request from outside (HTTP in, a REQ from another node).
+    Server,
+    /// A request out (HTTP out).
+    Client,
+    /// Work inside the host (a local call, an instance start).
+    Internal,
+    /// An event delivery.
+    Consumer,
+}
+
+/// An attribute's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Text.
+    Str(Cow<'static, str>),
+    /// A whole number.
+    Int(i64),
+    /// Yes or no.
+    Bool(bool),
+}
+
+impl From<&'static str> for Value {
+    fn from(s: &'static str) -> Value {
+        Value::Str(Cow::Borrowed(s))
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::Str(Cow::Owned(s))
+    }
+}
+
+impl From<&Arc<str>> for Value {
+    fn from(s: &Arc<str>) -> Value {
+        Value::Str(Cow::Owned(s.to_string()))
+    }
+}
+
+impl From<i64> for Value {
+    fn from(n: i64) -> Value {
+        Value::Int(n)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+/// A span in the making: what the host knows of one hop, cheap to fill.
+#[derive(Clone, Debug)]
+pub struct Span {
+    /// `action 'a.b'`, `event 'x' in 'a'`, `HTTP GET /api/a/b`, ...
+    pub name: Cow<'static, str>,
+    /// Moleculer's span `type`: `action`, `event`, `http`, `instance`.
+    pub moleculer_type: &'static str,
+    /// How OpenTelemetry sees it.
+    pub kind: Kind,
+    /// This span's id (a context id).
+    pub id: ContextId,
+    /// Its parent's (a context id, or the span a `traceparent` named).
+    pub parent: Option<ContextId>,
+    /// The trace's request id.
+    pub request_id: Arc<str>,
+    /// The package (Moleculer's `service`), when one serves the hop.
+    pub service: Option<Arc<str>>,
+    /// When it began, for people and for its duration.
+    pub start: SystemTime,
+    began: Instant,
+    /// `steedos.*`, `http.*`... attributes.
+    pub attributes: Vec<(&'static str, Value)>,
+    /// Guest log lines and other moments inside the span.
+    pub events: Vec<SpanEvent>,
+    /// Why it failed: the error kind's name and its message.
+    pub error: Option<(&'static str, String)>,
+    /// Whether it goes out as a Moleculer span too (not the client half
+    /// of a call to another node: the callee reports that one).
+    pub moleculer: bool,
+}
+
+/// A moment inside a span (a guest log line, say).
+#[derive(Clone, Debug)]
+pub struct SpanEvent {
+    /// When.
+    pub time: SystemTime,
+    /// What (`log`, ...).
+    pub name: &'static str,
+    /// Its attributes.
+    pub attributes: Vec<(&'static str, Value)>,
+}
+
+/// A finished span, as the sinks take it.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// The span.
+    pub span: Span,
+    /// When it ended.
+    pub end: SystemTime,
+    /// This host's node id.
+    pub node: Arc<str>,
+}
+
+impl Span {
+    /// A span of `ctx`'s hop (its id, parent and trace), begun now.
+    pub fn of(ctx: &CallContext, name: impl Into<Cow<'static, str>>, kind: Kind) -> Span {
+        Span::new(
+            name,
+            kind,
+            ctx.id.clone(),
+            ctx.parent_id.clone(),
+            ctx.request_id.clone(),
+        )
+    }
+
+    /// A span with ids given.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        kind: Kind,
+        id: ContextId,
+        parent: Option<ContextId>,
+        request_id: Arc<str>,
+    ) -> Span {
+        Span {
+            name: name.into(),
+            moleculer_type: "custom",
+            kind,
+            id,
+            parent,
+            request_id,
+            service: None,
+            start: SystemTime::now(),
+            began: Instant::now(),
+            attributes: Vec::with_capacity(8),
+            events: Vec::new(),
+            error: None,
+            moleculer: true,
+        }
+    }
+
+    /// Sets an attribute.
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        self.attributes.push((key, value.into()));
+    }
+
+    /// Records how a call ended: `steedos.result` (`ok` or the error
+    /// kind) and, on error, the error.
+    pub fn outcome<T>(&mut self, outcome: &Result<T, CallError>) {
+        match outcome {
+            Ok(_) => self.set("steedos.result", "ok"),
+            Err(e) => self.fail(e.kind().name(), e.message().to_string()),
+        }
+    }
+
+    /// Marks the span failed with `kind` saying `message`.
+    pub fn fail(&mut self, kind: &'static str, message: String) {
+        self.set("steedos.result", kind);
+        self.error = Some((kind, message));
+    }
+
+    /// How long it has run.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.began.elapsed()
+    }
+}
+
+/// The telemetry of one app: its sampler and its sinks.
+pub struct Telemetry {
+    config: Config,
+    node: OnceLock<Arc<str>>,
+    fallback_node: Arc<str>,
+    otlp: Option<otlp::Sink>,
+    moleculer: Option<moleculer::Queue>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// The telemetry `[telemetry]` and the `OTEL_*` variables ask for,
+    /// `None` when off. Starts the OTLP exporter on the current runtime.
+    pub fn from_settings(
+        settings: &TelemetrySettings,
+        app: &str,
+    ) -> Result<Option<Arc<Telemetry>>, ConfigError> {
+        let config = Config::resolve(settings, app, &|name| std::env::var(name).ok())?;
+        Ok(config.map(Telemetry::start))
+    }
+
+    /// Telemetry under `config`, its exporter started on the current runtime.
+    pub fn start(config: Config) -> Arc<Telemetry> {
+        let otlp = config.otlp.as_ref().map(|o| otlp::Sink::start(o, &config));
+        let moleculer = config.moleculer_events.then(moleculer::Queue::default);
+        let fallback_node = format!("{}-{}", config.service_name, std::process::id()).into();
+        Arc::new(Telemetry {
+            config,
+            node: OnceLock::new(),
+            fallback_node,
+            otlp,
+            moleculer,
+        })
+    }
+
+    /// How it was configured.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Names this host's node (the cluster's node id), once.
+    pub fn set_node(&self, node: Arc<str>) {
+        let _ = self.node.set(node);
+    }
+
+    /// This host's node id, or its service name and pid outside a cluster.
+    pub fn node(&self) -> &Arc<str> {
+        self.node.get().unwrap_or(&self.fallback_node)
+    }
+
+    /// Whether a trace is recorded: the caller's decision when it made
+    /// one (a parent-based sampler), else the sampler's on its trace id.
+    pub fn sample(&self, parent: Option<bool>, request_id: &str) -> bool {
+        self.config.sampler.decide(parent, || trace_id(request_id))
+    }
+
+    /// `ctx.tracing` decided when nobody upstream did.
+    pub fn decide(&self, ctx: &mut CallContext) -> bool {
+        let sampled = self.sample(ctx.tracing, &ctx.request_id);
+        ctx.tracing = Some(sampled);
+        sampled
+    }
+
+    /// Ends `span` now and hands it to the sinks.
+    pub fn end(&self, span: Span) {
+        let finished = Finished {
+            end: SystemTime::now(),
+            node: self.node().clone(),
+            span,
+        };
+        if let Some(queue) = self.moleculer.as_ref().filter(|_| finished.span.moleculer) {
+            queue.push(&finished);
+        }
+        if let Some(sink) = &self.otlp {
+            sink.send(finished);
+        }
+    }
+
+    /// The `$tracing.spans` waiting to go out, taken (Moleculer's event
+    /// exporter's batch: every span ended since the last one).
+    pub fn take_moleculer_spans(&self) -> Option<serde_json::Value> {
+        self.moleculer.as_ref().and_then(moleculer::Queue::take)
+    }
+
+    /// Emits the spans ended since the last time as one `$tracing.spans`
+    /// event through `publish` every `moleculer_interval`, as Moleculer's
+    /// event trace exporter does (when `moleculer_events` is on), until
+    /// `publish` says the broker is gone.
+    pub fn emit_moleculer_spans(
+        self: &Arc<Self>,
+        publish: impl Fn(&str, Vec<u8>, CallContext) -> bool + Send + 'static,
+    ) {
+        if !self.config.moleculer_events {
+            return;
+        }
+        tracing::info!(config = ?self.config, "telemetry on");
+        let t = Arc::downgrade(self);
+        let interval = self.config.moleculer_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(t) = t.upgrade() else { return };
+                let Some(spans) = t.take_moleculer_spans() else {
+                    continue;
+                };
+                let Ok(payload) = rmp_serde::to_vec_named(&spans) else {
+                    continue;
+                };
+                let mut ctx = CallContext::new(interval.max(std::time::Duration::from_secs(5)));
+                // The exporter's own event is not traced (Moleculer skips it too).
+                ctx.tracing = Some(false);
+                if !publish(MOLECULER_EVENT, payload, ctx) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Spans dropped because a sink was full (or its collector slow).
+    pub fn dropped(&self) -> u64 {
+        self.otlp.as_ref().map_or(0, otlp::Sink::dropped)
+            + self.moleculer.as_ref().map_or(0, moleculer::Queue::dropped)
+    }
+
+    /// Sends what is waiting to the collector, and waits for it (a bounded
+    /// time): for a host stopping.
+    pub async fn flush(&self) {
+        if let Some(sink) = &self.otlp {
+            sink.flush().await;
+        }
+    }
+}
+
+/// A span begun for a sampled context, or nothing: what a hop holds while
+/// it runs. `None` costs one branch.
+pub fn begin(
+    telemetry: Option<&Telemetry>,
+    ctx: &CallContext,
+    name: impl FnOnce() -> Cow<'static, str>,
+    kind: Kind,
+) -> Option<Span> {
+    match (telemetry, ctx.tracing) {
+        (Some(_), Some(true)) => Some(Span::of(ctx, name(), kind)),
+        _ => None,
+    }
+}

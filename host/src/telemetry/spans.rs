@@ -1,0 +1,123 @@
+//! The spans of each kind of hop, named and tagged one way wherever they
+//! are begun: a call (`action 'a.b'`, as Moleculer names it), a call to
+//! another node, an event delivery (`event 'x' in 'a'`), an instance start,
+//! a gateway request, an outgoing HTTP request. Callers hold the span while
+//! the hop runs and hand it back to [`Telemetry::end`](super::Telemetry::end).
+
+use std::sync::Arc;
+
+use super::{Kind, Span, Telemetry};
+use crate::context::{CallContext, ContextId};
+
+/// The span of a call of `package`'s `action` under `ctx` (its sampling
+/// decided here when nobody upstream decided it); `None` when not sampled.
+pub fn call(
+    t: &Telemetry,
+    ctx: &mut CallContext,
+    package: &Arc<str>,
+    action: &str,
+) -> Option<Span> {
+    if ctx.tracing.is_none() {
+        t.decide(ctx);
+    }
+    if ctx.tracing != Some(true) {
+        return None;
+    }
+    let name = format!("action '{package}.{action}'");
+    let kind = match ctx.upstream_caller.is_some() && ctx.chain.is_empty() {
+        true => Kind::Server,
+        false => Kind::Internal,
+    };
+    let mut span = Span::of(ctx, name, kind);
+    span.moleculer_type = "action";
+    span.service = Some(package.clone());
+    span.set("steedos.action", format!("{package}.{action}"));
+    span.set("steedos.level", i64::from(ctx.level()));
+    span.set(
+        "remoteCall",
+        ctx.upstream_caller.is_some() && ctx.chain.is_empty(),
+    );
+    if let Some(caller) = ctx.caller() {
+        span.set("steedos.caller", caller.to_string());
+    }
+    Some(span)
+}
+
+/// The span of a call of `action` on another node: it shares its id with
+/// the callee's span there (the REQ's id is this context's id), as
+/// Zipkin's client and server halves do, so a Node.js service that does
+/// not trace still links what it calls to this trace. Not sent as a
+/// Moleculer span (the callee's own is that).
+pub fn remote_call(t: &Telemetry, ctx: &mut CallContext, action: &str) -> Option<Span> {
+    if ctx.tracing.is_none() {
+        t.decide(ctx);
+    }
+    if ctx.tracing != Some(true) {
+        return None;
+    }
+    let mut span = Span::of(ctx, format!("action '{action}'"), Kind::Client);
+    span.moleculer_type = "action";
+    span.moleculer = false;
+    span.set("steedos.action", action.to_string());
+    span.set("steedos.level", i64::from(ctx.level()));
+    span.set("remoteCall", true);
+    if let Some(caller) = ctx.caller() {
+        span.set("steedos.caller", caller.to_string());
+    }
+    Some(span)
+}
+
+/// The span of `event` delivered to `package` under the emitter's `ctx`:
+/// a context of its own (a new id, so each subscriber's delivery is its
+/// own span), whose parent is the emitter's; `ctx` becomes it, so what the
+/// handler calls are its children.
+pub fn event(
+    t: &Telemetry,
+    ctx: &mut CallContext,
+    package: &Arc<str>,
+    event: &str,
+) -> Option<Span> {
+    if ctx.tracing.is_none() {
+        t.decide(ctx);
+    }
+    if ctx.tracing != Some(true) {
+        return None;
+    }
+    ctx.id = ContextId::new();
+    let mut span = Span::of(
+        ctx,
+        format!("event '{event}' in '{package}'"),
+        Kind::Consumer,
+    );
+    span.moleculer_type = "event";
+    span.service = Some(package.clone());
+    span.set("eventName", event.to_string());
+    span.set("steedos.level", i64::from(ctx.level()));
+    if let Some(caller) = ctx.caller() {
+        span.set("steedos.caller", caller.to_string());
+    }
+    Some(span)
+}
+
+/// The span of starting an instance of `package` (`restart` when it
+/// replaces one that faulted) under `ctx`, the root of a trace of its own
+/// (what its `started` calls are children of).
+pub fn instance_start(
+    t: &Telemetry,
+    ctx: &mut CallContext,
+    package: &Arc<str>,
+    restart: bool,
+) -> Option<Span> {
+    if !t.decide(ctx) {
+        return None;
+    }
+    let name = match restart {
+        true => format!("instance restart '{package}'"),
+        false => format!("instance start '{package}'"),
+    };
+    let mut span = Span::of(ctx, name, Kind::Internal);
+    span.moleculer_type = "instance";
+    span.service = Some(package.clone());
+    span.set("steedos.restart", restart);
+    Some(span)
+}
