@@ -22,3 +22,4 @@ mod polyglot;
 mod resilience;
 mod sandbox;
 mod steedos;
+mod telemetry;
