@@ -41,6 +41,8 @@ struct Got {
     /// OTLP's status code: 0 unset, 1 ok, 2 error.
     status: i32,
     attrs: HashMap<String, String>,
+    /// Its events: name and `log.message` (guest log lines).
+    events: Vec<(String, String)>,
     service: String,
 }
 
@@ -79,6 +81,17 @@ fn spans_of(req: ExportTraceServiceRequest) -> Vec<Got> {
                     .attributes
                     .iter()
                     .map(|kv| (kv.key.clone(), text(&kv.value)))
+                    .collect(),
+                events: span
+                    .events
+                    .iter()
+                    .map(|e| {
+                        let message = e.attributes.iter().find(|kv| kv.key == "log.message");
+                        (
+                            e.name.clone(),
+                            message.map(|kv| text(&kv.value)).unwrap_or_default(),
+                        )
+                    })
                     .collect(),
                 service: service.clone(),
             });
@@ -394,6 +407,87 @@ async fn sampling_off_sends_nothing() {
         .filter(|s| s.trace != TRACE)
         .collect();
     assert!(others.is_empty(), "sampled out, yet sent: {others:#?}");
+}
+
+/// An origin server that answers each request with the `traceparent` it got.
+async fn echo_traceparent() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let tp = req
+                        .headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok());
+                    let body = Bytes::from(tp.unwrap_or("none").to_string());
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(body)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}/"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_http_carries_the_trace_and_guest_logs_are_span_events() {
+    let receiver = Receiver::start(false).await;
+    let (origin, server) = echo_traceparent().await;
+    let toml = format!(
+        "{}\n[packages.web]\ncomponent = \"{{HTTP-CLIENT}}\"\ngrants.http = [\"{}\"]\n{PACKAGES}",
+        telemetry_toml(&receiver.url, "http/protobuf"),
+        origin.trim_end_matches('/'),
+    );
+    let t = TestApp::start(&toml).await;
+    let reply = t.ok("web.get", json!({ "url": origin })).await;
+    let tp = reply["body"].as_str().expect("body").to_string();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "a traceparent went out: {reply}");
+    let (trace, caller) = (parts[1], parts[2]);
+    let spans = receiver
+        .trace(trace, |s| {
+            has(s, &["action 'web.get'", "HTTP GET 127.0.0.1"])
+        })
+        .await;
+    let call = named(&spans, "action 'web.get'");
+    let out = named(&spans, "HTTP GET 127.0.0.1");
+    assert_eq!(out.id, caller, "the origin's parent is the request's span");
+    assert_eq!(
+        (out.parent.as_str(), out.kind),
+        (call.id.as_str(), 3),
+        "{spans:#?}"
+    );
+    assert_eq!(out.attrs["http.response.status_code"], "200");
+
+    let echo = t.ok("fragile.echo", json!({ "text": "sleep:1" })).await;
+    assert_eq!(echo, "sleep:1", "{echo}");
+    let logged = eventually(Duration::from_secs(20), || {
+        let span = receiver
+            .all()
+            .into_iter()
+            .find(|s| s.name == "action 'fragile.echo'");
+        async move { span }
+    })
+    .await
+    .expect("the echo's span");
+    let lines: Vec<&str> = logged
+        .events
+        .iter()
+        .filter(|(n, _)| n == "log")
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert!(
+        lines.iter().any(|m| m.starts_with("sleeping 1 ms in"))
+            && lines.iter().any(|m| m.starts_with("slept 1 ms in")),
+        "the guest's lines are events of its span: {logged:#?}"
+    );
+    server.abort();
 }
 
 // ------------------------------------------------------------ across nodes

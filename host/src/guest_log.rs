@@ -55,6 +55,19 @@ pub enum Level {
     Error,
 }
 
+impl Level {
+    /// Its name, as the WIT `level` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
 /// The log budget of one package, shared by all its instances.
 #[derive(Debug)]
 pub struct GuestLogs {

@@ -118,6 +118,11 @@ pub struct Caller<'a> {
 /// How the host functions a package imports reach the broker. A call
 /// borrows what it needs from the calling instance, which waits for it.
 pub trait Router: Send + Sync + 'static {
+    /// The app's telemetry, when on (spans of outgoing HTTP requests).
+    fn telemetry(&self) -> Option<Arc<crate::telemetry::Telemetry>> {
+        None
+    }
+
     /// `broker.call`: a dynamic call by name, MessagePack in and out,
     /// under `options`.
     fn call<'a>(

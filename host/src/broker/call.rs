@@ -386,6 +386,9 @@ impl Broker {
                 false => Some(run.await),
             }
         };
+        if let Some(span) = span {
+            span.events.append(&mut lease.get().take_log_events());
+        }
         match outcome {
             Some(Ok(value)) => {
                 lease.release();

@@ -30,6 +30,10 @@ impl BrokerHandle {
 }
 
 impl Router for BrokerHandle {
+    fn telemetry(&self) -> Option<Arc<crate::telemetry::Telemetry>> {
+        self.0.upgrade()?.telemetry().cloned()
+    }
+
     fn kv_stores(&self) -> Option<&crate::kv::Stores> {
         self.1.get().map(|stores| &**stores)
     }

@@ -149,6 +149,16 @@ impl HttpState {
         }
     }
 
+    /// Binds the next requests to a traced call's span (`None`: untraced).
+    pub fn trace(&mut self, trace: Option<crate::telemetry::spans::Outbound>) {
+        self.hooks.scope.trace = trace;
+    }
+
+    /// Whether requests are bound to a traced call's span.
+    pub fn traced(&self) -> bool {
+        self.hooks.scope.trace.is_some()
+    }
+
     /// The view `wasmtime-wasi-http` works through, its requests bound to
     /// the call in progress: its `deadline` and `request_id`.
     pub fn view<'a>(

@@ -36,6 +36,8 @@ pub(super) type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 pub(super) struct CallScope {
     pub(super) deadline: Option<Instant>,
     pub(super) request_id: Option<Arc<str>>,
+    /// The call's span and `traceparent`, when it is traced.
+    pub(super) trace: Option<crate::telemetry::spans::Outbound>,
 }
 
 /// Sends `req` for the package of `out`, recording it in its metrics.
@@ -47,7 +49,30 @@ pub(super) async fn send(
 ) -> Result<Sent, Error> {
     let started = Instant::now();
     out.metrics.request();
+    let Some(trace) = &scope.trace else {
+        return sent(
+            &out,
+            send_checked(&out, req, options, &scope, started).await,
+            started,
+        );
+    };
+    let mut req = req;
+    let (span, traceparent) = trace.begin(req.method(), req.uri());
+    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        req.headers_mut().insert("traceparent", v);
+    }
     let r = send_checked(&out, req, options, &scope, started).await;
+    trace.end(
+        span,
+        r.as_ref()
+            .map(|(res, _)| res.status().as_u16())
+            .map_err(ToString::to_string),
+    );
+    sent(&out, r, started)
+}
+
+/// Records a failed request in the package's metrics.
+fn sent(out: &OutboundHttp, r: Result<Sent, Error>, started: Instant) -> Result<Sent, Error> {
     if let Err(e) = &r {
         let kind = kind_of(e);
         out.metrics.error(kind);

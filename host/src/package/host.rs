@@ -20,6 +20,7 @@ use crate::context::{CallContext, CallError, CallOptions, ReplyMeta, decode_meta
 use crate::engine::coarse_now;
 use crate::guest_log::{self, GuestLogs};
 use crate::manifest::Grants;
+use crate::telemetry::spans::Outbound;
 
 /// Where a typed import of one package goes: the providing package's action.
 #[derive(Clone, Debug)]
@@ -99,6 +100,8 @@ pub struct HostState {
     pub(super) cutoff: Arc<Cutoff>,
     /// `wasi:http`: what this package may send, bound to the call in progress.
     pub(super) http: crate::http::HttpState,
+    /// The `logging` lines of a traced call, for its span (bounded).
+    pub(super) log_events: Vec<crate::telemetry::SpanEvent>,
 }
 
 impl WasiView for HostState {
@@ -115,6 +118,14 @@ impl wasmtime_wasi_http::WasiHttpView for HostState {
         let call = self.call.as_ref();
         let deadline = call.map(|c| c.deadline + self.waited);
         let request_id = call.map(|c| &c.request_id);
+        // Untraced calls cost one test here (the usual case: tracing off).
+        let traced = call.is_some_and(|c| c.tracing == Some(true));
+        if traced || self.http.traced() {
+            let t = call.zip(self.router.telemetry()).filter(|_| traced);
+            let package = &self.package;
+            self.http
+                .trace(t.and_then(|(c, t)| Outbound::of(t, c, package)));
+        }
         self.http.view(&mut self.table, deadline, request_id)
     }
 }
@@ -381,10 +392,14 @@ impl HostState {
         })
     }
 
-    /// The log line of a guest, with the request id of its call.
-    pub(super) fn guest_log(&self, level: guest_log::Level, message: &str) {
+    /// The log line of a guest, with the request id of its call; an event
+    /// of the call's span too when the call is traced.
+    pub(super) fn guest_log(&mut self, level: guest_log::Level, message: &str) {
         let request_id = self.call.as_ref().map(|c| &*c.request_id).unwrap_or("");
         self.logs.log(level, message, None, request_id);
+        if self.call.as_ref().is_some_and(|c| c.tracing == Some(true)) {
+            crate::telemetry::log_event(&mut self.log_events, level.name(), message);
+        }
     }
 }
 

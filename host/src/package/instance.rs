@@ -229,6 +229,7 @@ impl Package {
             stderr_tail,
             cutoff: self.cutoff.clone(),
             http: crate::http::HttpState::new(self.http.clone()),
+            log_events: Vec::new(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
@@ -338,6 +339,12 @@ impl LiveInstance {
         state.waited = std::time::Duration::ZERO;
         state.timed_out = false;
         self.store.set_epoch_deadline(1);
+    }
+
+    /// The guest's log lines of the traced call that just ended, as
+    /// events of its span (empty for an untraced one).
+    pub fn take_log_events(&mut self) -> Vec<crate::telemetry::SpanEvent> {
+        std::mem::take(&mut self.store.data_mut().log_events)
     }
 
     pub(super) fn disarm(&mut self) {

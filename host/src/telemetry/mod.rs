@@ -361,3 +361,29 @@ pub fn begin(
         _ => None,
     }
 }
+
+/// The most guest log lines one span keeps as events; the rest are in the log.
+pub const MAX_LOG_EVENTS: usize = 128;
+
+/// The longest guest log line kept in a span event, in bytes.
+const LOG_EVENT_TEXT: usize = 1024;
+
+/// A guest's log line as an event of its call's span (`log`, with
+/// `log.severity` and `log.message`), within [`MAX_LOG_EVENTS`].
+pub fn log_event(events: &mut Vec<SpanEvent>, severity: &'static str, message: &str) {
+    if events.len() >= MAX_LOG_EVENTS {
+        return;
+    }
+    let mut end = message.len().min(LOG_EVENT_TEXT);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    events.push(SpanEvent {
+        time: SystemTime::now(),
+        name: "log",
+        attributes: vec![
+            ("log.severity", Value::from(severity)),
+            ("log.message", Value::from(message[..end].to_string())),
+        ],
+    });
+}

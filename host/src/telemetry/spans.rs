@@ -121,3 +121,62 @@ pub fn instance_start(
     span.set("steedos.restart", restart);
     Some(span)
 }
+
+/// What an outgoing HTTP request of a traced call needs for its span and
+/// its `traceparent`: the telemetry, the call it is made in, the package.
+#[derive(Clone)]
+pub struct Outbound {
+    telemetry: Arc<Telemetry>,
+    parent: ContextId,
+    request_id: Arc<str>,
+    package: Arc<str>,
+}
+
+impl Outbound {
+    /// For a request made while serving `ctx`, when `ctx` is traced.
+    pub fn of(telemetry: Arc<Telemetry>, ctx: &CallContext, package: &Arc<str>) -> Option<Self> {
+        (ctx.tracing == Some(true)).then(|| Outbound {
+            telemetry,
+            parent: ctx.id.clone(),
+            request_id: ctx.request_id.clone(),
+            package: package.clone(),
+        })
+    }
+
+    /// Begins the span of a request of `method` to `uri`, and the
+    /// `traceparent` to send with it (this span as the callee's parent).
+    pub fn begin(&self, method: &http::Method, uri: &http::Uri) -> (Span, String) {
+        let id = ContextId::new();
+        let traceparent = super::TraceParent {
+            trace_id: super::trace_id(&self.request_id),
+            span_id: super::span_id(&id),
+            sampled: true,
+        }
+        .header();
+        let host = uri.host().unwrap_or_default();
+        let name = format!("HTTP {method} {host}");
+        let parent = Some(self.parent.clone());
+        let mut span = Span::new(name, Kind::Client, id, parent, self.request_id.clone());
+        span.moleculer_type = "http";
+        span.service = Some(self.package.clone());
+        span.set("http.request.method", method.to_string());
+        span.set("server.address", host.to_string());
+        span.set("url.full", uri.to_string());
+        (span, traceparent)
+    }
+
+    /// Ends `span`: the response's status, or why there was none.
+    pub fn end(&self, mut span: Span, outcome: Result<u16, String>) {
+        match outcome {
+            Ok(status) => {
+                span.set("http.response.status_code", i64::from(status));
+                match status {
+                    500.. => span.fail("http", format!("HTTP status {status}")),
+                    _ => span.set("steedos.result", "ok"),
+                }
+            }
+            Err(why) => span.fail("http", why),
+        }
+        self.telemetry.end(span);
+    }
+}
