@@ -34,5 +34,6 @@ bench:
     cargo bench -p steedos-wasm --bench resilience
     cargo bench -p steedos-wasm --bench http
     cargo bench -p steedos-wasm --bench kv
+    cargo bench -p steedos-wasm --bench telemetry
     cd bench/moleculer && npm install --no-audit --no-fund --silent && node local.js
     cargo bench -p steedos-wasm --bench cluster
