@@ -239,6 +239,8 @@ impl Telemetry {
         let otlp = config.otlp.as_ref().map(|o| otlp::Sink::start(o, &config));
         let moleculer = config.moleculer_events.then(moleculer::Queue::default);
         let fallback_node = format!("{}-{}", config.service_name, std::process::id()).into();
+        let endpoint = config.otlp.as_ref().map(|o| o.endpoint.as_str());
+        tracing::info!(service = %config.service_name, otlp = ?endpoint, sampler = ?config.sampler, moleculer_events = config.moleculer_events, "telemetry on");
         Arc::new(Telemetry {
             config,
             node: OnceLock::new(),
@@ -308,7 +310,6 @@ impl Telemetry {
         if !self.config.moleculer_events {
             return;
         }
-        tracing::info!(config = ?self.config, "telemetry on");
         let t = Arc::downgrade(self);
         let interval = self.config.moleculer_interval;
         tokio::spawn(async move {
