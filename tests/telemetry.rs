@@ -240,7 +240,7 @@ fn telemetry_toml(url: &str, protocol: &str) -> String {
     format!(
         r#"
 [gateway]
-expose = ["a.*", "fragile.*"]
+expose = ["a.*", "fragile.*", "web.*"]
 
 [telemetry]
 enabled = true
@@ -409,7 +409,8 @@ async fn sampling_off_sends_nothing() {
     assert!(others.is_empty(), "sampled out, yet sent: {others:#?}");
 }
 
-/// An origin server that answers each request with the `traceparent` it got.
+/// An origin server that answers each request with the `traceparent` and
+/// `tracestate` it got (`<traceparent>|<tracestate>`).
 async fn echo_traceparent() -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -419,11 +420,10 @@ async fn echo_traceparent() -> (String, tokio::task::JoinHandle<()>) {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let tp = req
-                        .headers()
-                        .get("traceparent")
-                        .and_then(|v| v.to_str().ok());
-                    let body = Bytes::from(tp.unwrap_or("none").to_string());
+                    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+                    let (tp, ts) = (header("traceparent"), header("tracestate"));
+                    let body = format!("{}|{}", tp.unwrap_or("none"), ts.unwrap_or("none"));
+                    let body = Bytes::from(body);
                     Ok::<_, Infallible>(Response::new(http_body_util::Full::new(body)))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -446,7 +446,9 @@ async fn outgoing_http_carries_the_trace_and_guest_logs_are_span_events() {
     );
     let t = TestApp::start(&toml).await;
     let reply = t.ok("web.get", json!({ "url": origin })).await;
-    let tp = reply["body"].as_str().expect("body").to_string();
+    let body = reply["body"].as_str().expect("body").to_string();
+    let (tp, state) = body.split_once('|').expect("two headers");
+    assert_eq!(state, "none", "no tracestate without an HTTP caller's");
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts.len(), 4, "a traceparent went out: {reply}");
     let (trace, caller) = (parts[1], parts[2]);
@@ -464,6 +466,24 @@ async fn outgoing_http_carries_the_trace_and_guest_logs_are_span_events() {
         "{spans:#?}"
     );
     assert_eq!(out.attrs["http.response.status_code"], "200");
+
+    // Through the gateway, a caller's trace and tracestate go on out.
+    let (_gateway, base) = t.gateway().await;
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{base}/api/web/get"))
+        .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", "vendor=abc,other=1")
+        .json(&json!({ "url": origin }))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let body = reply["body"].as_str().expect("body");
+    let (tp, state) = body.split_once('|').expect("two headers");
+    assert_eq!(state, "vendor=abc,other=1", "{reply}");
+    assert_eq!(tp.split('-').nth(1), Some(TRACE), "{reply}");
 
     let echo = t.ok("fragile.echo", json!({ "text": "sleep:1" })).await;
     assert_eq!(echo, "sleep:1", "{echo}");

@@ -41,6 +41,9 @@ pub struct CallContext {
     pub meta: Meta,
     /// Moleculer's `tracing` flag, passed on as it came.
     pub tracing: Option<bool>,
+    /// A W3C `tracestate` an HTTP caller sent, passed on to the
+    /// outgoing HTTP requests of the call (vendors' trace data).
+    pub tracestate: Option<Arc<str>>,
     /// Where this call's callee leaves its meta when the call ends, when
     /// the caller wants it back (a package, a peer's REQ).
     pub reply: Option<ReplyMeta>,
@@ -82,6 +85,7 @@ impl CallContext {
             chain: Arc::from([]),
             meta: Meta::EMPTY,
             tracing: None,
+            tracestate: None,
             reply: None,
             target_node: None,
             deadline: deadline_after(timeout),
@@ -111,6 +115,7 @@ impl CallContext {
             chain: self.chain.iter().chain([package]).cloned().collect(),
             meta: self.meta.clone(),
             tracing: self.tracing,
+            tracestate: self.tracestate.clone(),
             reply: None,
             target_node: None,
             deadline: self.deadline,

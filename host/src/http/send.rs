@@ -61,6 +61,12 @@ pub(super) async fn send(
     if let Ok(v) = HeaderValue::from_str(&traceparent) {
         req.headers_mut().insert("traceparent", v);
     }
+    if let Some(v) = trace
+        .tracestate()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        req.headers_mut().insert("tracestate", v);
+    }
     let r = send_checked(&out, req, options, &scope, started).await;
     trace.end(
         span,

@@ -17,6 +17,7 @@ use crate::context::{CallContext, ContextId};
 struct Root {
     id: ContextId,
     sampled: bool,
+    tracestate: Option<Arc<str>>,
 }
 
 tokio::task_local! {
@@ -28,7 +29,12 @@ pub struct Traced {
     method: http::Method,
     path: String,
     parent: Option<TraceParent>,
+    tracestate: Option<Arc<str>>,
 }
+
+/// The longest `tracestate` passed on (W3C: 32 entries of at most 256 bytes
+/// each; a vendor list past this is dropped whole).
+const MAX_TRACESTATE: usize = 512;
 
 /// The request id of `req` (its `traceparent`'s trace as a UUID, so that
 /// Node.js peers trace by the same id, when it has a valid one; else
@@ -47,10 +53,19 @@ pub fn traced<B>(
         Some(tp) => request_id_of(tp.trace_id).into(),
         None => given,
     };
+    // Only with a valid traceparent, as W3C says, and only printable ASCII.
+    let tracestate = req
+        .headers()
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| parent.is_some() && !v.is_empty() && v.len() <= MAX_TRACESTATE)
+        .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        .map(Arc::from);
     let traced = Traced {
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         parent,
+        tracestate,
     };
     (request_id, Some(traced))
 }
@@ -68,6 +83,7 @@ impl Traced {
         let root = Root {
             id: id.clone(),
             sampled,
+            tracestate: self.tracestate.clone(),
         };
         if !sampled {
             return ROOT.scope(root, work).await;
@@ -101,6 +117,7 @@ pub fn call_context(request_id: &Arc<str>, timeout: Duration) -> CallContext {
         Ok(r) => {
             root.id = r.id;
             root.tracing = Some(r.sampled);
+            root.tracestate = r.tracestate;
             root.child()
         }
         Err(_) => root,

@@ -130,6 +130,7 @@ pub struct Outbound {
     parent: ContextId,
     request_id: Arc<str>,
     package: Arc<str>,
+    tracestate: Option<Arc<str>>,
 }
 
 impl Outbound {
@@ -140,6 +141,7 @@ impl Outbound {
             parent: ctx.id.clone(),
             request_id: ctx.request_id.clone(),
             package: package.clone(),
+            tracestate: ctx.tracestate.clone(),
         })
     }
 
@@ -163,6 +165,11 @@ impl Outbound {
         span.set("server.address", host.to_string());
         span.set("url.full", uri.to_string());
         (span, traceparent)
+    }
+
+    /// The `tracestate` the HTTP caller of the trace sent, passed on.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.tracestate.as_deref()
     }
 
     /// Ends `span`: the response's status, or why there was none.
