@@ -37,6 +37,9 @@
 //! `BENCH_SECONDS` (default 3) sets each call measurement's length;
 //! `BENCH_ROUNDS` (default 3) the number of c100 rounds.
 
+mod common;
+
+use common::Killed;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -118,15 +121,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(run())
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -365,28 +359,7 @@ async fn redis_server() -> anyhow::Result<(Killed, String)> {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .ok_or_else(|| anyhow::anyhow!("no redis-server (apt-get install redis-server)"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Killed(
-        Command::new(bin)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (child, port) = common::redis_server(&bin).await?;
     Ok((child, format!("redis://127.0.0.1:{port}")))
 }
 

@@ -33,7 +33,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -335,15 +334,6 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn found(names: &[&str]) -> Option<PathBuf> {
     names.iter().map(PathBuf::from).find(|p| p.exists())
 }
@@ -358,28 +348,7 @@ async fn redis(figures: &mut Figures) -> anyhow::Result<()> {
         println!("bench: kv.redis.* skipped: no redis-server or redis-benchmark");
         return Ok(());
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let _server = Killed(
-        Command::new(server)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_server, port) = common::redis_server(&server).await?;
     let t = TestApp::start(&manifest(Some(&format!("redis://127.0.0.1:{port}")))).await;
     let broker = t.app.broker.clone();
     fill(&broker, "default").await?;
