@@ -281,7 +281,9 @@ impl Broker {
                 }
                 let guard = self.remote_guard(&self.outside, action);
                 let params = RemoteParams::Json(params);
-                let reply = self.call_remote_protected(guard, action, params, ctx, missing);
+                // Boxed: the transport's futures stay off the local path.
+                let reply =
+                    Box::pin(self.call_remote_protected(guard, action, params, ctx, missing));
                 reply.await.map(Reply::into_json)
             }
         }

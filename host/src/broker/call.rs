@@ -78,7 +78,8 @@ impl Broker {
         call: Encoded<'_>,
     ) -> Result<Reply, CallError> {
         if found.0.policies[found.1].cache.is_some() {
-            return self.call_cached(found, call).await;
+            // Boxed: the cache's store futures stay off the uncached path.
+            return Box::pin(self.call_cached(found, call)).await;
         }
         self.call_uncached(found, call).await
     }
@@ -186,7 +187,9 @@ impl Broker {
                     None => RemoteGuard::NONE,
                 };
                 let params = RemoteParams::MessagePack(&params);
-                let reply = self.call_remote_protected(guard, action, params, ctx, missing);
+                // Boxed: the transport's futures stay off the local path.
+                let reply =
+                    Box::pin(self.call_remote_protected(guard, action, params, ctx, missing));
                 reply.await.map(Reply::into_bytes)
             }
         }

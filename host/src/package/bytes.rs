@@ -360,7 +360,9 @@ where
     R: ComponentNamedList + Lift + Send + Sync + 'static,
 {
     let typed = func.typed::<P, R>(&*store)?;
-    typed.call_async(store, params).await
+    // Boxed: wasmtime's call future (about 1.4 KB) would otherwise be
+    // copied into, and with, every call future above it.
+    Box::pin(typed.call_async(store, params)).await
 }
 
 #[cfg(test)]
