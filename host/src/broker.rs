@@ -211,12 +211,21 @@ impl Broker {
         if let Some(t) = crate::telemetry::Telemetry::from_settings(settings, app)? {
             self.set_telemetry(t.clone());
             let weak = Arc::downgrade(self);
-            t.emit_moleculer_spans(move |event, payload, ctx| {
+            let publish = move |event: &str, payload, ctx| {
                 let broker = weak.upgrade();
                 broker
                     .map(|b| b.publish(event, payload, false, ctx))
                     .is_some()
-            });
+            };
+            t.emit_moleculer_spans(publish.clone());
+            let weak = Arc::downgrade(self);
+            t.export_metrics(
+                Arc::new(move || {
+                    let b = weak.upgrade()?;
+                    Some(b.metrics.snapshot(&b.reports(), b.kv()))
+                }),
+                publish,
+            );
         }
         Ok(())
     }

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use steedos_wasm::cli::{Cli, Command, run};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// mimalloc: the host allocates and frees small buffers on every call (JSON,
 /// MessagePack, NATS packets); measured 5-10% more calls and events per
@@ -25,10 +27,14 @@ fn main() -> ExitCode {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(color)
+        .with_ansi(color);
+    // The OTLP logs layer does nothing until `[telemetry]` turns logs on.
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(steedos_wasm::telemetry::logs::layer())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

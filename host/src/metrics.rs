@@ -30,6 +30,8 @@ use prometheus_client::registry::Registry;
 use crate::context::{CallError, ErrorKind};
 use crate::health::ServiceReport;
 
+mod export;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     package: String,
@@ -179,6 +181,8 @@ pub struct Metrics {
     http: crate::http::HttpMetrics,
     /// Key-value buckets and the action cache.
     kv: KvFamilies,
+    /// Every action's handles, for exporting them (`export.rs`).
+    actions: export::ActionIndex,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -388,6 +392,7 @@ impl Metrics {
         http.register(&mut registry);
         let kv = KvFamilies::register(&mut registry);
         Metrics {
+            actions: export::ActionIndex::default(),
             http,
             kv,
             package_figures,
@@ -427,11 +432,13 @@ impl Metrics {
             };
             self.errors.get_or_create(&l).clone()
         });
-        ActionMetrics {
+        let handles = ActionMetrics {
             calls: self.calls.get_or_create(&labels).clone(),
             errors,
             latency: self.latency.get_or_create(&labels).clone(),
-        }
+        };
+        self.actions.keep(labels.package, labels.action, &handles);
+        handles
     }
 
     /// The Prometheus text exposition, with the packages' state now.

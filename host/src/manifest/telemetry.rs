@@ -84,7 +84,19 @@ pub struct TelemetrySettings {
     /// `moleculer_interval`: how often those events go out (Moleculer's
     /// event exporter `interval`, 5 s).
     pub moleculer_interval: Duration,
+    /// `moleculer_metrics_only_changes`: `$metrics.snapshot` carries only
+    /// the metrics that changed (Moleculer's `onlyChanges`).
+    pub moleculer_metrics_only_changes: bool,
+    /// `metrics`: export metrics over OTLP.
+    pub metrics: Option<bool>,
+    /// `metrics_interval`: how often (60 s unless `OTEL_METRIC_EXPORT_INTERVAL` says).
+    pub metrics_interval: Duration,
+    /// `logs`: export guest log lines and host events over OTLP.
+    pub logs: Option<bool>,
 }
+
+/// OpenTelemetry's default metric export interval.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Moleculer's event exporter sends its batch every 5 seconds.
 pub const DEFAULT_MOLECULER_INTERVAL: Duration = Duration::from_secs(5);
@@ -99,6 +111,10 @@ struct RawTelemetry {
     service_name: Option<Text>,
     moleculer_events: Option<bool>,
     moleculer_interval: Option<DurationIn<10, 3_600_000>>,
+    moleculer_metrics_only_changes: Option<bool>,
+    metrics: Option<bool>,
+    metrics_interval: Option<DurationIn<10, 3_600_000>>,
+    logs: Option<bool>,
 }
 
 impl Source<'_> {
@@ -110,6 +126,7 @@ impl Source<'_> {
         let Some(value) = value else {
             return Ok(TelemetrySettings {
                 moleculer_interval: DEFAULT_MOLECULER_INTERVAL,
+                metrics_interval: DEFAULT_METRICS_INTERVAL,
                 ..TelemetrySettings::default()
             });
         };
@@ -134,6 +151,12 @@ impl Source<'_> {
             moleculer_interval: raw
                 .moleculer_interval
                 .map_or(DEFAULT_MOLECULER_INTERVAL, |d| d.0),
+            moleculer_metrics_only_changes: raw.moleculer_metrics_only_changes.unwrap_or(false),
+            metrics: raw.metrics,
+            metrics_interval: raw
+                .metrics_interval
+                .map_or(DEFAULT_METRICS_INTERVAL, |d| d.0),
+            logs: raw.logs,
         })
     }
 }

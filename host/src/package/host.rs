@@ -396,8 +396,11 @@ impl HostState {
     /// of the call's span too when the call is traced.
     pub(super) fn guest_log(&mut self, level: guest_log::Level, message: &str) {
         let request_id = self.call.as_ref().map(|c| &*c.request_id).unwrap_or("");
+        let traced = self.call.as_ref().filter(|c| c.tracing == Some(true));
+        // A traced call's line carries its span id to the OTLP logs.
+        let _in_span = traced.map(crate::telemetry::logs::in_span);
         self.logs.log(level, message, None, request_id);
-        if self.call.as_ref().is_some_and(|c| c.tracing == Some(true)) {
+        if traced.is_some() {
             crate::telemetry::log_event(&mut self.log_events, level.name(), message);
         }
     }

@@ -78,8 +78,24 @@ pub struct Config {
     pub otlp: Option<OtlpConfig>,
     /// Moleculer's `$tracing.spans` events, when on.
     pub moleculer_events: bool,
-    /// How often they go out.
+    /// How often they go out (`$metrics.snapshot` too).
     pub moleculer_interval: Duration,
+    /// `$metrics.snapshot` with only the metrics that changed (Moleculer's
+    /// `onlyChanges`).
+    pub moleculer_metrics_only_changes: bool,
+    /// OTLP metrics export, when on.
+    pub metrics: Option<MetricsConfig>,
+    /// OTLP logs export (guest lines and host events), when on.
+    pub logs: Option<OtlpConfig>,
+}
+
+/// Where and how often metrics are exported over OTLP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsConfig {
+    /// The collector (`.../v1/metrics` over HTTP).
+    pub otlp: OtlpConfig,
+    /// How often (`OTEL_METRIC_EXPORT_INTERVAL`, 60 s by default).
+    pub interval: Duration,
 }
 
 const DEFAULT_DELAY: Duration = Duration::from_secs(1);
@@ -129,19 +145,32 @@ impl Config {
         if flag(env, "OTEL_SDK_DISABLED")? == Some(true) {
             return Ok(None);
         }
-        let env_endpoint = var(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        let env_endpoint = var(env, TRACES.endpoint)
             .or_else(|| var(env, "OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let exporter_none = var(env, "OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none");
+        let exporter_none = var(env, TRACES.exporter).is_some_and(|v| v.trim() == "none");
         let endpoint_given = settings.endpoint.is_some() || env_endpoint.is_some();
-        let enabled = settings
-            .enabled
-            .unwrap_or(endpoint_given || settings.moleculer_events);
+        let wants_metrics = signal_wanted(settings.metrics, METRICS, env)?;
+        let wants_logs = signal_wanted(settings.logs, LOGS, env)?;
+        let enabled = settings.enabled.unwrap_or(
+            endpoint_given || settings.moleculer_events || wants_metrics || wants_logs,
+        );
         if !enabled {
             return Ok(None);
         }
         let wants_otlp = !exporter_none && (endpoint_given || !settings.moleculer_events);
         let otlp = match wants_otlp {
-            true => Some(otlp_config(settings, env)?),
+            true => Some(otlp_config(settings, env, TRACES)?),
+            false => None,
+        };
+        let metrics = match wants_metrics {
+            true => Some(MetricsConfig {
+                otlp: otlp_config(settings, env, METRICS)?,
+                interval: millis(env, "OTEL_METRIC_EXPORT_INTERVAL", settings.metrics_interval)?,
+            }),
+            false => None,
+        };
+        let logs = match wants_logs {
+            true => Some(otlp_config(settings, env, LOGS)?),
             false => None,
         };
         let service_name = settings
@@ -155,16 +184,71 @@ impl Config {
             otlp,
             moleculer_events: settings.moleculer_events,
             moleculer_interval: settings.moleculer_interval,
+            moleculer_metrics_only_changes: settings.moleculer_metrics_only_changes,
+            metrics,
+            logs,
         }))
     }
 }
 
-fn otlp_config(settings: &TelemetrySettings, env: Env<'_>) -> Result<OtlpConfig, ConfigError> {
+/// The names one OTLP signal's settings go by.
+#[derive(Clone, Copy)]
+struct Signal {
+    /// Its path over HTTP (`v1/traces`).
+    path: &'static str,
+    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`.
+    endpoint: &'static str,
+    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL`.
+    protocol: &'static str,
+    /// `OTEL_<SIGNAL>_EXPORTER`.
+    exporter: &'static str,
+}
+
+const TRACES: Signal = Signal {
+    path: "v1/traces",
+    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    exporter: "OTEL_TRACES_EXPORTER",
+};
+const METRICS: Signal = Signal {
+    path: "v1/metrics",
+    endpoint: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    exporter: "OTEL_METRICS_EXPORTER",
+};
+const LOGS: Signal = Signal {
+    path: "v1/logs",
+    endpoint: "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    exporter: "OTEL_LOGS_EXPORTER",
+};
+
+/// Whether metrics or logs go out over OTLP: `[telemetry] metrics`/`logs`
+/// when written, else `OTEL_<SIGNAL>_EXPORTER` (`otlp` or `none`) or a
+/// signal endpoint; off otherwise (unlike OpenTelemetry's default, so
+/// turning traces on never starts exports nobody asked for).
+fn signal_wanted(written: Option<bool>, signal: Signal, env: Env<'_>) -> Result<bool, ConfigError> {
+    if let Some(on) = written {
+        return Ok(on);
+    }
+    match var(env, signal.exporter).map(|v| v.trim().to_ascii_lowercase()) {
+        Some(v) if v == "otlp" => Ok(true),
+        Some(v) if v == "none" => Ok(false),
+        Some(v) => Err(bad(signal.exporter, &v, "is not \"otlp\" or \"none\"")),
+        None => Ok(var(env, signal.endpoint).is_some()),
+    }
+}
+
+fn otlp_config(
+    settings: &TelemetrySettings,
+    env: Env<'_>,
+    signal: Signal,
+) -> Result<OtlpConfig, ConfigError> {
     let protocol = match settings.protocol {
         Some(p) => p,
         None => {
-            let (name, value) = match var(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-                Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(v)),
+            let (name, value) = match var(env, signal.protocol) {
+                Some(v) => (signal.protocol, Some(v)),
                 None => (
                     "OTEL_EXPORTER_OTLP_PROTOCOL",
                     var(env, "OTEL_EXPORTER_OTLP_PROTOCOL"),
@@ -176,12 +260,10 @@ fn otlp_config(settings: &TelemetrySettings, env: Env<'_>) -> Result<OtlpConfig,
             }
         }
     };
-    let signal = var(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-    let (base, whole) = match (&settings.endpoint, signal) {
+    let (base, whole) = match (&settings.endpoint, var(env, signal.endpoint)) {
         (Some(e), _) => (e.clone(), false),
         (None, Some(e)) => {
-            check_endpoint(e.trim())
-                .map_err(|why| bad("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &e, why))?;
+            check_endpoint(e.trim()).map_err(|why| bad(signal.endpoint, &e, why))?;
             (e.trim().to_string(), true)
         }
         (None, None) => match var(env, "OTEL_EXPORTER_OTLP_ENDPOINT") {
@@ -198,7 +280,9 @@ fn otlp_config(settings: &TelemetrySettings, env: Env<'_>) -> Result<OtlpConfig,
     };
     // A base endpoint gets the signal's path over HTTP (the OTLP spec).
     let endpoint = match (protocol, whole) {
-        (OtlpProtocol::HttpProtobuf, false) => format!("{}/v1/traces", base.trim_end_matches('/')),
+        (OtlpProtocol::HttpProtobuf, false) => {
+            format!("{}/{}", base.trim_end_matches('/'), signal.path)
+        }
         _ => base,
     };
     Ok(OtlpConfig {

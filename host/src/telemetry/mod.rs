@@ -2,6 +2,10 @@
 //! call, an event delivery, an instance start, an outgoing HTTP request),
 //! sampled, and handed to the sinks: OpenTelemetry over OTLP
 //! (`otlp.rs`) and Moleculer's `$tracing.spans` events (`moleculer.rs`).
+//! Beside the spans: the host's metrics, read from its counters every
+//! interval, as Moleculer's `$metrics.snapshot` (`moleculer_metrics.rs`)
+//! and over OTLP (`otlp_metrics.rs`); and its log events, guest lines
+//! among them, over OTLP (`logs.rs`).
 //!
 //! # Off costs nothing
 //! The broker holds an `Option` of a [`Telemetry`]: with telemetry off a
@@ -28,13 +32,22 @@ use crate::manifest::TelemetrySettings;
 mod config;
 pub mod gateway;
 mod ids;
+pub mod logs;
+mod metric_set;
 mod moleculer;
+mod moleculer_metrics;
 mod otlp;
+mod otlp_metrics;
+mod otlp_wire;
 pub mod spans;
 
-pub use config::{Config, ConfigError, Sampler};
+pub use config::{Config, ConfigError, MetricsConfig, Sampler};
 pub use ids::{TraceParent, request_id_of, span_id, span_id_of, trace_id};
+pub use metric_set::{
+    Histogram, Metric, MetricKind, MetricSet, MetricSource, Point, Reading,
+};
 pub use moleculer::MOLECULER_EVENT;
+pub use moleculer_metrics::METRICS_EVENT;
 
 /// What a span stands for, as OpenTelemetry kinds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +226,12 @@ pub struct Telemetry {
     fallback_node: Arc<str>,
     otlp: Option<otlp::Sink>,
     moleculer: Option<moleculer::Queue>,
+    /// Reads the host's metrics (set by the broker).
+    metrics: OnceLock<MetricSource>,
+    /// What the last `$metrics.snapshot` said (for `onlyChanges`).
+    last_snapshot: std::sync::Mutex<moleculer_metrics::LastSent>,
+    /// While it lives, log events go out over OTLP.
+    _logs: Option<logs::Sink>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -238,6 +257,8 @@ impl Telemetry {
     pub fn start(config: Config) -> Arc<Telemetry> {
         let otlp = config.otlp.as_ref().map(|o| otlp::Sink::start(o, &config));
         let moleculer = config.moleculer_events.then(moleculer::Queue::default);
+        let service = config.service_name.clone();
+        let logs = config.logs.as_ref().and_then(|o| logs::Sink::start(o, service));
         let fallback_node = format!("{}-{}", config.service_name, std::process::id()).into();
         let endpoint = config.otlp.as_ref().map(|o| o.endpoint.as_str());
         tracing::info!(service = %config.service_name, otlp = ?endpoint, sampler = ?config.sampler, moleculer_events = config.moleculer_events, "telemetry on");
@@ -247,6 +268,9 @@ impl Telemetry {
             fallback_node,
             otlp,
             moleculer,
+            metrics: OnceLock::new(),
+            last_snapshot: std::sync::Mutex::default(),
+            _logs: logs,
         })
     }
 
@@ -332,6 +356,64 @@ impl Telemetry {
                 }
             }
         });
+    }
+
+    /// Exports the host's metrics, which `source` reads: as a
+    /// `$metrics.snapshot` event through `publish` every
+    /// `moleculer_interval` (when `moleculer_events` is on, as Moleculer's
+    /// event metric reporter does), and over OTLP every metrics interval
+    /// (when OTLP metrics are on). Once; nothing runs when neither is on.
+    pub fn export_metrics(
+        self: &Arc<Self>,
+        source: MetricSource,
+        publish: impl Fn(&str, Vec<u8>, CallContext) -> bool + Send + 'static,
+    ) {
+        if self.metrics.set(source).is_err() {
+            return;
+        }
+        if let Some(m) = &self.config.metrics {
+            otlp_metrics::start(Arc::downgrade(self), m, self.config.service_name.clone());
+        }
+        if !self.config.moleculer_events {
+            return;
+        }
+        let t = Arc::downgrade(self);
+        let interval = self.config.moleculer_interval.max(std::time::Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(t) = t.upgrade() else { return };
+                let Some(payload) = t.take_metrics_snapshot() else {
+                    continue;
+                };
+                let Ok(payload) = rmp_serde::to_vec_named(&payload) else {
+                    continue;
+                };
+                let mut ctx = CallContext::new(interval.max(std::time::Duration::from_secs(5)));
+                ctx.tracing = Some(false);
+                if !publish(METRICS_EVENT, payload, ctx) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The host's metrics now, when a source was given.
+    fn read_metrics(&self) -> Option<MetricSet> {
+        self.metrics.get().and_then(|read| read())
+    }
+
+    /// The next `$metrics.snapshot` payload (Moleculer's `registry.list()`
+    /// shape), `None` when there is nothing to send.
+    pub fn take_metrics_snapshot(&self) -> Option<serde_json::Value> {
+        let set = self.read_metrics()?;
+        let mut last = self
+            .last_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.payload(&set, self.config.moleculer_metrics_only_changes)
     }
 
     /// Spans dropped because a sink was full (or its collector slow).

@@ -1,0 +1,143 @@
+//! Sending OTLP metrics and logs requests to a collector: protobuf bodies
+//! over HTTP (the hyper client `opentelemetry-http` gives the span
+//! exporter too) or the generated gRPC clients of `opentelemetry-proto`
+//! (tonic). Spans go through `opentelemetry-otlp` instead (`otlp.rs`); its
+//! metrics and logs exporters take only data the SDK's own instruments
+//! and loggers make, while these signals are read from the host's counters
+//! and log events, so they are built as OTLP messages here.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use opentelemetry_http::HttpClient as _;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+
+use super::config::OtlpConfig;
+use crate::manifest::OtlpProtocol;
+
+/// A string attribute.
+pub(super) fn attribute(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+/// This host's resource: its `service.name`.
+pub(super) fn resource(service_name: &str) -> Resource {
+    Resource {
+        attributes: vec![attribute("service.name", service_name)],
+        ..Resource::default()
+    }
+}
+
+/// This host as the instrumentation scope.
+pub(super) fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "steedos-wasm".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..InstrumentationScope::default()
+    }
+}
+
+/// Nanoseconds since the epoch.
+pub(super) fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// One collector endpoint for one signal.
+pub(super) enum Wire {
+    Http {
+        client: opentelemetry_http::hyper::HyperClient,
+        endpoint: String,
+    },
+    Grpc {
+        channel: tonic::transport::Channel,
+        timeout: Duration,
+    },
+}
+
+impl Wire {
+    /// A wire to `otlp`'s endpoint (a gRPC channel connects when first used).
+    pub(super) fn new(otlp: &OtlpConfig) -> Result<Wire, String> {
+        match otlp.protocol {
+            OtlpProtocol::HttpProtobuf => Ok(Wire::Http {
+                client: opentelemetry_http::hyper::HyperClient::with_default_connector(
+                    otlp.timeout,
+                    None,
+                ),
+                endpoint: otlp.endpoint.clone(),
+            }),
+            OtlpProtocol::Grpc => {
+                let endpoint = tonic::transport::Endpoint::from_shared(otlp.endpoint.clone())
+                    .map_err(|e| e.to_string())?
+                    .timeout(otlp.timeout)
+                    .connect_timeout(otlp.timeout);
+                Ok(Wire::Grpc {
+                    channel: endpoint.connect_lazy(),
+                    timeout: otlp.timeout,
+                })
+            }
+        }
+    }
+
+    async fn post(&self, body: Vec<u8>) -> Result<(), String> {
+        let Wire::Http { client, endpoint } = self else {
+            return Err("not HTTP".into());
+        };
+        let request = http::Request::post(endpoint.as_str())
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Bytes::from(body))
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .send_bytes(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status().is_success() {
+            true => Ok(()),
+            false => Err(format!("the collector answered {}", response.status())),
+        }
+    }
+
+    /// Exports metrics.
+    pub(super) async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<(), String> {
+        match self {
+            Wire::Http { .. } => self.post(request.encode_to_vec()).await,
+            Wire::Grpc { channel, timeout } => {
+                let mut client = MetricsServiceClient::new(channel.clone());
+                let call = client.export(request);
+                match tokio::time::timeout(*timeout, call).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(status)) => Err(status.to_string()),
+                    Err(_) => Err("timed out".into()),
+                }
+            }
+        }
+    }
+
+    /// Exports log records.
+    pub(super) async fn logs(&self, request: ExportLogsServiceRequest) -> Result<(), String> {
+        match self {
+            Wire::Http { .. } => self.post(request.encode_to_vec()).await,
+            Wire::Grpc { channel, timeout } => {
+                let mut client = LogsServiceClient::new(channel.clone());
+                let call = client.export(request);
+                match tokio::time::timeout(*timeout, call).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(status)) => Err(status.to_string()),
+                    Err(_) => Err("timed out".into()),
+                }
+            }
+        }
+    }
+}
