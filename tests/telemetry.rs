@@ -18,6 +18,8 @@ use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -102,10 +104,19 @@ fn spans_of(req: ExportTraceServiceRequest) -> Vec<Got> {
 
 type Spans = Arc<Mutex<Vec<Got>>>;
 
-/// A loopback OTLP receiver that records every span it is sent.
+/// What the receiver got besides spans: metrics and log requests.
+#[derive(Clone, Default)]
+struct Others {
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+    logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
+}
+
+/// A loopback OTLP receiver that records every span, metric and log
+/// record it is sent (by the request's path, as a collector routes them).
 struct Receiver {
     url: String,
     spans: Spans,
+    others: Others,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -120,8 +131,10 @@ type Body = BoxBody<Bytes, Infallible>;
 async fn answer(
     req: Request<Incoming>,
     spans: Spans,
+    others: Others,
     grpc: bool,
 ) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
     let body = req
         .into_body()
         .collect()
@@ -134,7 +147,15 @@ async fn answer(
     } else {
         body
     };
-    if let Ok(decoded) = ExportTraceServiceRequest::decode(message) {
+    if path.contains("metrics") {
+        if let Ok(decoded) = ExportMetricsServiceRequest::decode(message) {
+            others.metrics.lock().expect("lock").push(decoded);
+        }
+    } else if path.contains("logs") {
+        if let Ok(decoded) = ExportLogsServiceRequest::decode(message) {
+            others.logs.lock().expect("lock").push(decoded);
+        }
+    } else if let Ok(decoded) = ExportTraceServiceRequest::decode(message) {
         spans.lock().expect("lock").extend(spans_of(decoded));
     }
     let reply = ExportTraceServiceResponse::default().encode_to_vec();
@@ -169,14 +190,16 @@ impl Receiver {
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let spans: Spans = Arc::default();
-        let shared = spans.clone();
+        let others = Others::default();
+        let (shared, shared_others) = (spans.clone(), others.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let spans = shared.clone();
+                let (spans, others) = (shared.clone(), shared_others.clone());
                 tokio::spawn(async move {
                     let io = TokioIo::new(stream);
-                    let service =
-                        hyper::service::service_fn(move |req| answer(req, spans.clone(), grpc));
+                    let service = hyper::service::service_fn(move |req| {
+                        answer(req, spans.clone(), others.clone(), grpc)
+                    });
                     let _ = match grpc {
                         true => {
                             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -192,7 +215,12 @@ impl Receiver {
                 });
             }
         });
-        Receiver { url, spans, task }
+        Receiver {
+            url,
+            spans,
+            others,
+            task,
+        }
     }
 
     fn all(&self) -> Vec<Got> {
@@ -579,6 +607,30 @@ impl TracePeer {
     }
 }
 
+impl TracePeer {
+    /// The snapshots `$metrics.snapshot` brought from `sender` until one
+    /// satisfies `done` (at most 20 s); that one.
+    async fn metrics_until(&mut self, sender: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let end = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut seen = 0;
+        loop {
+            match tokio::time::timeout_at(end, self.batches.recv()).await {
+                Ok(Some(line)) if line["sender"] == sender => {
+                    let Some(list) = line["metrics"].as_array() else {
+                        continue;
+                    };
+                    seen += 1;
+                    if done(list) {
+                        return list.clone();
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => panic!("no fitting $metrics.snapshot from {sender} ({seen} seen)"),
+            }
+        }
+    }
+}
+
 impl Drop for TracePeer {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
@@ -766,4 +818,293 @@ async fn one_trace_across_nodes_when_node_traces_and_moleculer_sees_ours() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_across_nodes_when_node_does_not_trace() {
     one_trace_across_nodes("15", false).await;
+}
+
+// ------------------------------------------------------------ metrics and logs
+
+const FRAGILE_ONLY: &str = r#"
+[packages.fragile]
+component = "{FRAGILE}"
+"#;
+
+/// The value of `metric` under `action` in a `$metrics.snapshot` list.
+fn snapshot_value<'v>(list: &'v [Value], metric: &str, action: &str) -> Option<&'v Value> {
+    let m = list.iter().find(|m| m["name"] == metric)?;
+    m["values"]
+        .as_array()?
+        .iter()
+        .find(|v| v["labels"]["action"] == action)
+}
+
+/// `[telemetry] moleculer_events`: a Node.js broker's `$metrics.snapshot`
+/// listener gets our metrics as Moleculer's event reporter sends them,
+/// under Moleculer's names and labels, with our calls counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_metrics_listener_gets_our_snapshot_in_moleculers_shape() {
+    let Some((nats, peers)) = tools() else { return };
+    let nats = Nats::start(&nats).await;
+    let toml = format!(
+        "[telemetry]\nmoleculer_events = true\nmoleculer_interval = \"100ms\"\n{FRAGILE_ONLY}"
+    );
+    let n = Node::start(&nats.url, "wasm-metrics", 5, "json", &toml).await;
+    let mut peer = TracePeer::start(&peers, "15", &nats.url, false, "fragile").await;
+    for _ in 0..2 {
+        n.t.ok("fragile.echo", json!({ "text": "hi" })).await;
+    }
+    assert!(
+        n.t.call("fragile.echo", json!({ "text": "trap" }))
+            .await
+            .is_err()
+    );
+    let list = peer
+        .metrics_until("wasm-metrics", |list| {
+            let total = snapshot_value(list, "moleculer.request.total", "fragile.echo");
+            let errors = snapshot_value(list, "moleculer.request.error.total", "fragile.echo");
+            total.is_some_and(|v| v["value"] == 3.0) && errors.is_some()
+        })
+        .await;
+    let total = list
+        .iter()
+        .find(|m| m["name"] == "moleculer.request.total")
+        .expect("total");
+    assert_eq!(total["type"], "counter", "{total}");
+    assert_eq!(
+        total["labelNames"],
+        json!(["service", "action", "type", "caller"]),
+        "{total}"
+    );
+    let v = snapshot_value(&list, "moleculer.request.total", "fragile.echo").expect("value");
+    assert_eq!(v["labels"]["service"], "fragile", "{v}");
+    assert_eq!(v["key"], "\"fragile\"|\"fragile.echo\"|\"local\"|", "{v}");
+    assert!(v["timestamp"].as_f64().is_some(), "{v}");
+    let e = snapshot_value(&list, "moleculer.request.error.total", "fragile.echo").expect("error");
+    assert_eq!(
+        (
+            e["value"].as_f64(),
+            &e["labels"]["errorName"],
+            &e["labels"]["errorType"]
+        ),
+        (Some(1.0), &json!("MoleculerServerError"), &json!("CRASHED")),
+        "{e}"
+    );
+    let time = list
+        .iter()
+        .find(|m| m["name"] == "moleculer.request.time")
+        .expect("time");
+    assert_eq!(
+        (&time["type"], &time["unit"]),
+        (&json!("histogram"), &json!("millisecond"))
+    );
+    let h = snapshot_value(&list, "moleculer.request.time", "fragile.echo").expect("histogram");
+    assert_eq!(h["count"], 3, "{h}");
+    assert!(h["sum"].as_f64().is_some_and(|s| s > 0.0), "{h}");
+    let buckets = h["buckets"].as_object().expect("buckets");
+    let last = buckets.values().filter_map(Value::as_u64).max();
+    assert_eq!(last, Some(3), "cumulative buckets: {h}");
+    let instances = list
+        .iter()
+        .find(|m| m["name"] == "steedos.package.instances")
+        .expect("instances");
+    assert_eq!(instances["values"][0]["labels"]["service"], "fragile");
+    drop(peer);
+    n.stop().await;
+}
+
+fn number(p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint) -> f64 {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as V;
+    match p.value {
+        Some(V::AsDouble(d)) => d,
+        Some(V::AsInt(i)) => i as f64,
+        None => f64::NAN,
+    }
+}
+
+fn has_action(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    action: &str,
+) -> bool {
+    attributes
+        .iter()
+        .any(|kv| kv.key == "action" && text(&kv.value) == action)
+}
+
+/// `[telemetry] metrics`: the host's counters go to the collector over
+/// `protocol` every interval: calls as a cumulative sum, latency as a
+/// histogram, under the names `$metrics.snapshot` uses.
+async fn metrics_over_otlp(protocol: &str) {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let receiver = Receiver::start(protocol == "grpc").await;
+    let toml = format!(
+        "[telemetry]\nenabled = true\nendpoint = \"{}\"\nprotocol = \"{protocol}\"\nservice_name = \"wasm-shop\"\nmetrics = true\nmetrics_interval = \"100ms\"\n{FRAGILE_ONLY}",
+        receiver.url
+    );
+    let t = TestApp::start(&toml).await;
+    for _ in 0..3 {
+        t.ok("fragile.echo", json!({ "text": "hi" })).await;
+    }
+    let found = eventually(Duration::from_secs(20), || {
+        let requests = receiver.others.metrics.lock().expect("lock").clone();
+        let found = requests.into_iter().rev().find_map(|r| {
+            let rm = r.resource_metrics.first()?.clone();
+            let metrics = rm.scope_metrics.first()?.metrics.clone();
+            let total = metrics
+                .iter()
+                .find(|m| m.name == "moleculer.request.total")?;
+            let Some(Data::Sum(sum)) = &total.data else {
+                return None;
+            };
+            let point = sum
+                .data_points
+                .iter()
+                .find(|p| has_action(&p.attributes, "fragile.echo"))?;
+            let (enough, sum) = (number(point) >= 3.0, sum.clone());
+            enough.then_some((rm, metrics, sum))
+        });
+        async move { found }
+    })
+    .await;
+    let (rm, metrics, sum) = found.unwrap_or_else(|| {
+        let n = receiver.others.metrics.lock().expect("lock").len();
+        panic!("no export with the 3 calls ({n} metrics requests)")
+    });
+    let service = rm.resource.iter().flat_map(|r| r.attributes.iter());
+    let service: Vec<_> = service
+        .filter(|kv| kv.key == "service.name")
+        .map(|kv| text(&kv.value))
+        .collect();
+    assert_eq!(service, ["wasm-shop"]);
+    assert!(
+        sum.is_monotonic && sum.aggregation_temporality == 2,
+        "cumulative: {sum:?}"
+    );
+    let time = metrics
+        .iter()
+        .find(|m| m.name == "moleculer.request.time")
+        .expect("time");
+    assert_eq!(time.unit, "millisecond");
+    let Some(Data::Histogram(h)) = &time.data else {
+        panic!("a histogram: {time:?}")
+    };
+    let point = h
+        .data_points
+        .iter()
+        .find(|p| has_action(&p.attributes, "fragile.echo"))
+        .expect("point");
+    assert!(point.count >= 3, "{point:?}");
+    assert_eq!(point.bucket_counts.len(), point.explicit_bounds.len() + 1);
+    assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_carry_our_call_counts_over_http() {
+    metrics_over_otlp("http/protobuf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_carry_our_call_counts_over_grpc() {
+    metrics_over_otlp("grpc").await;
+}
+
+/// Set for the child run of [`otlp_logs_in_a_child`].
+const LOGS_CHILD: &str = "STEEDOS_TEST_OTLP_LOGS_CHILD";
+
+/// `[telemetry] logs`: a guest's log line reaches the collector as a log
+/// record with the trace and span of its call, and host events go too.
+/// Run in a child process: it installs the process's `tracing` subscriber
+/// with the OTLP logs layer, as the binary does.
+#[test]
+fn a_guest_log_line_arrives_over_otlp_with_its_calls_span() {
+    let exe = std::env::current_exe().expect("the test binary");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let out = rt.block_on(async {
+        let child = tokio::process::Command::new(exe)
+            .args(["--ignored", "--exact", "--nocapture", "--test-threads=1"])
+            .arg("telemetry::otlp_logs_in_a_child")
+            .env(LOGS_CHILD, "1")
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(Duration::from_secs(300), child)
+            .await
+            .expect("the child ends in time")
+            .expect("run the child")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("otlp logs ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_guest_log_line_arrives_over_otlp_with_its_calls_span"]
+async fn otlp_logs_in_a_child() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    if std::env::var_os(LOGS_CHILD).is_none() {
+        return;
+    }
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info"))
+        .with(steedos_wasm::telemetry::logs::layer())
+        .init();
+    let receiver = Receiver::start(false).await;
+    let toml = format!(
+        "{}logs = true\n{FRAGILE_ONLY}",
+        telemetry_toml(&receiver.url, "http/protobuf")
+    );
+    let t = TestApp::start(&toml).await;
+    t.ok("fragile.echo", json!({ "text": "sleep:1" })).await;
+    let span = eventually(Duration::from_secs(20), || {
+        let span = receiver
+            .all()
+            .into_iter()
+            .find(|s| s.name == "action 'fragile.echo'");
+        async move { span }
+    })
+    .await
+    .expect("the echo's span");
+    let record = eventually(Duration::from_secs(20), || {
+        let logs = receiver.others.logs.lock().expect("lock").clone();
+        let record = logs
+            .into_iter()
+            .flat_map(|r| r.resource_logs)
+            .flat_map(|r| r.scope_logs)
+            .flat_map(|s| s.log_records)
+            .find(|r| text(&r.body).starts_with("sleeping 1 ms in"));
+        async move { record }
+    })
+    .await
+    .expect("the guest's line as a log record");
+    assert_eq!(hex(&record.trace_id), span.trace, "{record:?}");
+    assert_eq!(hex(&record.span_id), span.id, "{record:?}");
+    assert_eq!(record.severity_text, "INFO", "{record:?}");
+    let attrs: HashMap<String, String> = record
+        .attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect();
+    assert_eq!(
+        attrs.get("package").map(String::as_str),
+        Some("fragile"),
+        "{attrs:?}"
+    );
+    assert_eq!(
+        attrs.get("log.target").map(String::as_str),
+        Some("guest"),
+        "{attrs:?}"
+    );
+    let logs = receiver.others.logs.lock().expect("lock").clone();
+    let host_targets: Vec<String> = logs
+        .iter()
+        .flat_map(|r| &r.resource_logs)
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .flat_map(|r| &r.attributes)
+        .filter(|kv| kv.key == "log.target")
+        .map(|kv| text(&kv.value))
+        .filter(|t| t.starts_with("steedos_wasm"))
+        .collect();
+    assert!(!host_targets.is_empty(), "host events go too: {logs:?}");
+    println!("otlp logs ok");
 }

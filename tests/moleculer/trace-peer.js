@@ -1,7 +1,8 @@
 // A real Moleculer node for tests/telemetry.rs: `node-math.relay` calls
 // `action` with `params` from inside an action (a Node.js hop between two
 // packages), and a `$tracing.spans` listener prints every batch it
-// receives as {"spans":[...],"sender":"<node>"}, one JSON line.
+// receives as {"spans":[...],"sender":"<node>"}, one JSON line (and a
+// `$metrics.snapshot` listener each snapshot as {"metrics":[...],"sender"}).
 //
 // Env: MOLECULER (14 or 15), NATS_URL, NODE_ID, TRACING ("1": Moleculer's
 // own tracing on, exported by its Event exporter as `$tracing.spans`, as
@@ -45,6 +46,9 @@ broker.createService({
 	events: {
 		"$tracing.spans"(ctx) {
 			say({ spans: ctx.params, sender: ctx.nodeID });
+		},
+		"$metrics.snapshot"(ctx) {
+			say({ metrics: ctx.params, sender: ctx.nodeID });
 		}
 	}
 });

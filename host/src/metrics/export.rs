@@ -164,13 +164,48 @@ fn package_metrics(packages: &[ServiceReport]) -> Vec<Metric> {
     );
     services.number(Vec::new(), packages.len() as f64);
     let figures: [(&'static str, MetricKind, &'static str, &'static str); 7] = [
-        ("steedos.package.instances", MetricKind::Gauge, "instance", "Live instances per package"),
-        ("steedos.package.restarts", MetricKind::Counter, "restart", "Instance restarts per package since load"),
-        ("steedos.package.queue.depth", MetricKind::Gauge, "request", "Calls waiting for an idle instance"),
-        ("steedos.package.events.queued", MetricKind::Gauge, "event", "Events waiting for a package's instances"),
-        ("steedos.package.events.expired", MetricKind::Counter, "event", "Events dropped past their deadline"),
-        ("steedos.package.events.refused", MetricKind::Counter, "event", "Emits refused: the package's event queue had no room"),
-        ("steedos.package.log.lines.dropped", MetricKind::Counter, "line", "Guest log lines dropped over the package's log budget"),
+        (
+            "steedos.package.instances",
+            MetricKind::Gauge,
+            "instance",
+            "Live instances per package",
+        ),
+        (
+            "steedos.package.restarts",
+            MetricKind::Counter,
+            "restart",
+            "Instance restarts per package since load",
+        ),
+        (
+            "steedos.package.queue.depth",
+            MetricKind::Gauge,
+            "request",
+            "Calls waiting for an idle instance",
+        ),
+        (
+            "steedos.package.events.queued",
+            MetricKind::Gauge,
+            "event",
+            "Events waiting for a package's instances",
+        ),
+        (
+            "steedos.package.events.expired",
+            MetricKind::Counter,
+            "event",
+            "Events dropped past their deadline",
+        ),
+        (
+            "steedos.package.events.refused",
+            MetricKind::Counter,
+            "event",
+            "Emits refused: the package's event queue had no room",
+        ),
+        (
+            "steedos.package.log.lines.dropped",
+            MetricKind::Counter,
+            "line",
+            "Guest log lines dropped over the package's log budget",
+        ),
     ];
     let mut out: Vec<Metric> = figures
         .iter()
@@ -227,7 +262,10 @@ fn cache_metrics(kv: Option<&crate::kv::Stores>) -> Vec<Metric> {
     );
     for (action, c) in counts {
         let package = action.split_once('.').map_or(action.as_str(), |(p, _)| p);
-        per_action.number(vec![Some(package.to_string()), Some(action.clone())], c.hits as f64);
+        per_action.number(
+            vec![Some(package.to_string()), Some(action.clone())],
+            c.hits as f64,
+        );
     }
     vec![get, found, per_action]
 }

@@ -145,15 +145,15 @@ impl Config {
         if flag(env, "OTEL_SDK_DISABLED")? == Some(true) {
             return Ok(None);
         }
-        let env_endpoint = var(env, TRACES.endpoint)
-            .or_else(|| var(env, "OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let env_endpoint =
+            var(env, TRACES.endpoint).or_else(|| var(env, "OTEL_EXPORTER_OTLP_ENDPOINT"));
         let exporter_none = var(env, TRACES.exporter).is_some_and(|v| v.trim() == "none");
         let endpoint_given = settings.endpoint.is_some() || env_endpoint.is_some();
         let wants_metrics = signal_wanted(settings.metrics, METRICS, env)?;
         let wants_logs = signal_wanted(settings.logs, LOGS, env)?;
-        let enabled = settings.enabled.unwrap_or(
-            endpoint_given || settings.moleculer_events || wants_metrics || wants_logs,
-        );
+        let enabled = settings
+            .enabled
+            .unwrap_or(endpoint_given || settings.moleculer_events || wants_metrics || wants_logs);
         if !enabled {
             return Ok(None);
         }
@@ -165,7 +165,11 @@ impl Config {
         let metrics = match wants_metrics {
             true => Some(MetricsConfig {
                 otlp: otlp_config(settings, env, METRICS)?,
-                interval: millis(env, "OTEL_METRIC_EXPORT_INTERVAL", settings.metrics_interval)?,
+                interval: millis(
+                    env,
+                    "OTEL_METRIC_EXPORT_INTERVAL",
+                    settings.metrics_interval,
+                )?,
             }),
             false => None,
         };

@@ -70,7 +70,14 @@ pub fn layer() -> LogLayer {
 pub struct LogLayer;
 
 /// Targets never exported: the exporter's own clients (a loop) and telemetry itself.
-const SKIPPED: [&str; 6] = ["hyper", "h2", "tonic", "tower", "opentelemetry", "steedos_wasm::telemetry"];
+const SKIPPED: [&str; 6] = [
+    "hyper",
+    "h2",
+    "tonic",
+    "tower",
+    "opentelemetry",
+    "steedos_wasm::telemetry",
+];
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {

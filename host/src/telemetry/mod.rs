@@ -43,9 +43,7 @@ pub mod spans;
 
 pub use config::{Config, ConfigError, MetricsConfig, Sampler};
 pub use ids::{TraceParent, request_id_of, span_id, span_id_of, trace_id};
-pub use metric_set::{
-    Histogram, Metric, MetricKind, MetricSet, MetricSource, Point, Reading,
-};
+pub use metric_set::{Histogram, Metric, MetricKind, MetricSet, MetricSource, Point, Reading};
 pub use moleculer::MOLECULER_EVENT;
 pub use moleculer_metrics::METRICS_EVENT;
 
@@ -258,7 +256,10 @@ impl Telemetry {
         let otlp = config.otlp.as_ref().map(|o| otlp::Sink::start(o, &config));
         let moleculer = config.moleculer_events.then(moleculer::Queue::default);
         let service = config.service_name.clone();
-        let logs = config.logs.as_ref().and_then(|o| logs::Sink::start(o, service));
+        let logs = config
+            .logs
+            .as_ref()
+            .and_then(|o| logs::Sink::start(o, service));
         let fallback_node = format!("{}-{}", config.service_name, std::process::id()).into();
         let endpoint = config.otlp.as_ref().map(|o| o.endpoint.as_str());
         tracing::info!(service = %config.service_name, otlp = ?endpoint, sampler = ?config.sampler, moleculer_events = config.moleculer_events, "telemetry on");
@@ -378,7 +379,10 @@ impl Telemetry {
             return;
         }
         let t = Arc::downgrade(self);
-        let interval = self.config.moleculer_interval.max(std::time::Duration::from_millis(10));
+        let interval = self
+            .config
+            .moleculer_interval
+            .max(std::time::Duration::from_millis(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -409,10 +413,7 @@ impl Telemetry {
     /// shape), `None` when there is nothing to send.
     pub fn take_metrics_snapshot(&self) -> Option<serde_json::Value> {
         let set = self.read_metrics()?;
-        let mut last = self
-            .last_snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_snapshot.lock().unwrap_or_else(|p| p.into_inner());
         last.payload(&set, self.config.moleculer_metrics_only_changes)
     }
 

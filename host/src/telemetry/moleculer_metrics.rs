@@ -88,7 +88,12 @@ fn values(metric: &Metric, time: f64) -> Json {
                 .label_names
                 .iter()
                 .zip(&p.labels)
-                .map(|(n, v)| ((*n).to_string(), v.as_deref().map_or(Json::Null, Json::from)))
+                .map(|(n, v)| {
+                    (
+                        (*n).to_string(),
+                        v.as_deref().map_or(Json::Null, Json::from),
+                    )
+                })
                 .collect();
             let mut item = json!({ "key": key(&p.labels), "labels": labels, "timestamp": time });
             if let Json::Object(map) = &mut item {
@@ -129,10 +134,7 @@ fn histogram(h: &Histogram) -> Map<String, Json> {
         }
         Json::Null
     };
-    let quantiles: Map<String, Json> = QUANTILES
-        .iter()
-        .map(|q| (q.to_string(), at(*q)))
-        .collect();
+    let quantiles: Map<String, Json> = QUANTILES.iter().map(|q| (q.to_string(), at(*q))).collect();
     let mean = match h.count {
         0 => Json::Null,
         n => json!(h.sum / n as f64),
@@ -163,7 +165,12 @@ mod tests {
             &["service", "action", "type", "caller"],
             "Number of requests",
         );
-        let labels = vec![Some("a".into()), Some("a.b".into()), Some("local".into()), None];
+        let labels = vec![
+            Some("a".into()),
+            Some("a.b".into()),
+            Some("local".into()),
+            None,
+        ];
         total.number(labels.clone(), calls);
         let mut time = Metric::new(
             "moleculer.request.time",
@@ -199,7 +206,10 @@ mod tests {
         assert_eq!(v["labels"]["caller"], Json::Null);
         assert_eq!(v["value"], 3.0);
         let h = &list[1]["values"][0];
-        assert_eq!((h["count"].as_u64(), h["sum"].as_f64()), (Some(4), Some(10.0)));
+        assert_eq!(
+            (h["count"].as_u64(), h["sum"].as_f64()),
+            (Some(4), Some(10.0))
+        );
         assert_eq!(h["buckets"]["1"], 1);
         assert_eq!(h["buckets"]["4"], 3, "cumulative");
         assert_eq!(h["quantiles"]["0.5"], 4.0);

@@ -20,7 +20,11 @@ use super::metric_set::{Metric, MetricKind, MetricSet, Reading};
 use super::otlp_wire::{Wire, attribute, nanos, resource, scope};
 
 /// The request carrying `set`, counted from `start` (the host's start).
-pub(super) fn request(set: &MetricSet, start: SystemTime, service: &str) -> ExportMetricsServiceRequest {
+pub(super) fn request(
+    set: &MetricSet,
+    start: SystemTime,
+    service: &str,
+) -> ExportMetricsServiceRequest {
     let (start, now) = (nanos(start), nanos(set.time));
     let metrics = set.metrics.iter().map(|m| metric(m, start, now)).collect();
     ExportMetricsServiceRequest {
