@@ -439,4 +439,60 @@ mod tests {
         let c = resolve(&events_only, &[]).expect("ok").expect("on");
         assert_eq!(c.otlp, None);
     }
+
+    #[test]
+    fn metrics_and_logs_are_off_unless_asked_and_honour_their_variables() {
+        let none = TelemetrySettings::default();
+        let traces = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+        let c = resolve(&none, &traces).expect("ok").expect("on");
+        assert_eq!(
+            (c.metrics, c.logs),
+            (None, None),
+            "traces alone start nothing else"
+        );
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://l:9999/logs"),
+        ];
+        let c = resolve(&none, &vars).expect("ok").expect("on");
+        let m = c.metrics.expect("metrics");
+        assert_eq!(m.otlp.endpoint, "http://c:4318/v1/metrics");
+        assert_eq!(m.interval, Duration::from_millis(250));
+        assert_eq!(c.logs.expect("logs").endpoint, "http://l:9999/logs");
+        let only_metrics = [("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4318/x")];
+        let c = resolve(&none, &only_metrics).expect("ok").expect("on");
+        assert_eq!(c.metrics.expect("metrics").otlp.endpoint, "http://m:4318/x");
+        let off = [
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://l:4318"),
+            ("OTEL_LOGS_EXPORTER", "none"),
+        ];
+        assert_eq!(resolve(&none, &off).expect("ok"), None);
+        let written = TelemetrySettings {
+            logs: Some(false),
+            metrics: Some(true),
+            endpoint: Some("http://w:4317".into()),
+            protocol: Some(OtlpProtocol::Grpc),
+            metrics_interval: Duration::from_secs(60),
+            ..TelemetrySettings::default()
+        };
+        let c = resolve(&written, &[("OTEL_LOGS_EXPORTER", "otlp")])
+            .expect("ok")
+            .expect("on");
+        assert_eq!(c.logs, None, "the manifest wins");
+        let m = c.metrics.expect("metrics");
+        assert_eq!(
+            (m.otlp.endpoint.as_str(), m.interval),
+            ("http://w:4317", Duration::from_secs(60))
+        );
+        for (name, value) in [
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+        ] {
+            let vars = [("OTEL_METRICS_EXPORTER", "otlp"), (name, value)];
+            let e = resolve(&none, &vars).expect_err(name).to_string();
+            assert!(e.starts_with(name), "{e}");
+        }
+    }
 }

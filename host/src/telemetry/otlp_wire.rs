@@ -58,7 +58,7 @@ pub(super) fn nanos(t: SystemTime) -> u64 {
 /// One collector endpoint for one signal.
 pub(super) enum Wire {
     Http {
-        client: opentelemetry_http::hyper::HyperClient,
+        client: Box<opentelemetry_http::hyper::HyperClient>,
         endpoint: String,
     },
     Grpc {
@@ -72,9 +72,11 @@ impl Wire {
     pub(super) fn new(otlp: &OtlpConfig) -> Result<Wire, String> {
         match otlp.protocol {
             OtlpProtocol::HttpProtobuf => Ok(Wire::Http {
-                client: opentelemetry_http::hyper::HyperClient::with_default_connector(
-                    otlp.timeout,
-                    None,
+                client: Box::new(
+                    opentelemetry_http::hyper::HyperClient::with_default_connector(
+                        otlp.timeout,
+                        None,
+                    ),
                 ),
                 endpoint: otlp.endpoint.clone(),
             }),
