@@ -100,6 +100,15 @@ impl Metrics {
         );
         dropped.number(Vec::new(), self.cluster_dropped.get() as f64);
         metrics.push(dropped);
+        let mut logs = Metric::new(
+            "steedos.telemetry.logs.dropped",
+            MetricKind::Counter,
+            "record",
+            &[],
+            "Log records not exported over OTLP: the queue to the collector was full",
+        );
+        logs.number(Vec::new(), crate::telemetry::logs::dropped() as f64);
+        metrics.push(logs);
         MetricSet {
             time: SystemTime::now(),
             metrics,

@@ -3,12 +3,12 @@
 //! (from its `request_id`) and, for a line a traced call's guest wrote,
 //! that call's span id. [`layer`] is installed once by the binary; it does
 //! nothing until an app's telemetry turns logs on, then hands records to
-//! a bounded channel (full: dropped and counted, never waited for) that
-//! one task batches and exports.
+//! a channel bounded in records and bytes (full: dropped and counted,
+//! never waited for) that one task batches and exports.
 
 use std::cell::Cell;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -23,8 +23,9 @@ use super::config::OtlpConfig;
 use super::otlp_wire::{Wire, attribute, nanos, resource, scope};
 use crate::context::CallContext;
 
-/// Records waiting for their batch, at most.
+/// Records waiting for their batch, at most, and their bytes at most.
 const QUEUE: usize = 4096;
+const QUEUE_BYTES: usize = 8 << 20;
 /// Records in one export, at most.
 const BATCH: usize = 512;
 /// The longest message kept, in bytes; the most attributes per record.
@@ -89,10 +90,18 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLayer {
             return;
         }
         let record = record(event);
+        let size = size_of(&record);
+        if QUEUED_BYTES.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+            QUEUED_BYTES.fetch_sub(size, Ordering::Relaxed);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let sink = SINK.read().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, tx)) = sink.as_ref()
-            && tx.try_send(record).is_err()
-        {
+        let sent = sink
+            .as_ref()
+            .is_some_and(|(_, tx)| tx.try_send(record).is_ok());
+        if !sent {
+            QUEUED_BYTES.fetch_sub(size, Ordering::Relaxed);
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -100,6 +109,22 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogLayer {
 
 /// Log records dropped because the queue was full (a slow collector).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Bytes of the records queued and not yet taken for a batch.
+static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// About what a record holds in memory: its texts and a fixed part.
+fn size_of(r: &LogRecord) -> usize {
+    let text = |v: &Option<AnyValue>| match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.len(),
+        _ => 0,
+    };
+    let attributes: usize = r
+        .attributes
+        .iter()
+        .map(|kv| kv.key.len() + text(&kv.value) + 64)
+        .sum();
+    256 + text(&r.body) + attributes
+}
 
 /// Records dropped since the host started.
 pub fn dropped() -> u64 {
@@ -222,12 +247,16 @@ impl Drop for Sink {
 
 /// Batches records (up to [`BATCH`], or `delay` after the first) and exports them.
 async fn run(wire: Arc<Wire>, mut rx: mpsc::Receiver<LogRecord>, delay: Duration, service: String) {
+    let taken = |r: LogRecord| {
+        QUEUED_BYTES.fetch_sub(size_of(&r), Ordering::Relaxed);
+        r
+    };
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+        let mut batch = vec![taken(first)];
         let until = tokio::time::Instant::now() + delay;
         while batch.len() < BATCH {
             match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
+                Ok(Some(r)) => batch.push(taken(r)),
                 Ok(None) | Err(_) => break,
             }
         }
@@ -247,5 +276,38 @@ async fn run(wire: Arc<Wire>, mut rx: mpsc::Receiver<LogRecord>, delay: Duration
             // Said at debug under telemetry's target, which the layer skips.
             tracing::debug!(records = n, error = %e, "telemetry: log records not exported");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::OtlpProtocol;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// A collector that never answers: the queue fills, records past it
+    /// are dropped and counted, and logging never waits.
+    #[tokio::test]
+    async fn a_stuck_collector_drops_records_and_never_blocks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let otlp = OtlpConfig {
+            endpoint: format!("http://{}/v1/logs", listener.local_addr().expect("addr")),
+            protocol: OtlpProtocol::HttpProtobuf,
+            timeout: Duration::from_secs(30),
+            delay: Duration::from_millis(1),
+        };
+        let sink = Sink::start(&otlp, "stuck".into()).expect("sink");
+        let before = dropped();
+        let subscriber = tracing_subscriber::registry().with(layer());
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..(QUEUE + 1000) {
+                tracing::info!(target: "guest", package = "p", request_id = "r", "line {i}");
+            }
+        });
+        assert!(dropped() - before >= 1000, "{} dropped", dropped() - before);
+        assert!(QUEUED_BYTES.load(Ordering::Relaxed) <= QUEUE_BYTES);
+        drop(sink);
     }
 }
