@@ -877,6 +877,7 @@ async fn a_node_metrics_listener_gets_our_snapshot_in_moleculers_shape() {
     assert_eq!(v["labels"]["service"], "fragile", "{v}");
     assert_eq!(v["key"], "\"fragile\"|\"fragile.echo\"|\"local\"|", "{v}");
     assert!(v["timestamp"].as_f64().is_some(), "{v}");
+    assert!(v["rate"].as_f64().is_some(), "a rate, as Moleculer's: {v}");
     let e = snapshot_value(&list, "moleculer.request.error.total", "fragile.echo").expect("error");
     assert_eq!(
         (

@@ -20,9 +20,30 @@ pub const METRICS_EVENT: &str = "$metrics.snapshot";
 /// The quantiles Moleculer's histograms report.
 const QUANTILES: [f64; 6] = [0.5, 0.9, 0.95, 0.99, 0.999, 0.9999];
 
-/// What the last event said, per metric (for `only_changes`).
+/// The metrics Moleculer keeps a `rate` of (requests per minute).
+const RATED: [&str; 5] = [
+    "moleculer.request.total",
+    "moleculer.request.error.total",
+    "moleculer.request.time",
+    "moleculer.cacher.get.total",
+    "moleculer.cacher.found.total",
+];
+
+/// A rated value's last reading: its total, when, and the rate then.
+#[derive(Clone, Copy)]
+struct LastRate {
+    total: f64,
+    at: f64,
+    rate: f64,
+}
+
+/// What the last event said, per metric (for `only_changes`), and the
+/// rates of the rated ones.
 #[derive(Default)]
-pub(super) struct LastSent(HashMap<&'static str, Json>);
+pub(super) struct LastSent {
+    values: HashMap<&'static str, Json>,
+    rates: HashMap<(&'static str, String), LastRate>,
+}
 
 impl LastSent {
     /// The payload of the next event, or `None` when there is nothing to
@@ -31,11 +52,14 @@ impl LastSent {
         let time = millis(set.time);
         let mut list = Vec::new();
         for metric in &set.metrics {
-            let values = values(metric, time);
+            let mut values = values(metric, time);
+            if RATED.contains(&metric.name) {
+                self.rate(metric.name, &mut values, time);
+            }
             // The timestamps move every time: compare what was read.
             let read = strip_timestamps(&values);
-            let changed = self.0.get(metric.name) != Some(&read);
-            self.0.insert(metric.name, read);
+            let changed = self.values.get(metric.name) != Some(&read);
+            self.values.insert(metric.name, read);
             if only_changes && !changed {
                 continue;
             }
@@ -49,6 +73,37 @@ impl LastSent {
             }));
         }
         (!list.is_empty()).then_some(Json::Array(list))
+    }
+}
+
+impl LastSent {
+    /// Adds `rate` to each value, as Moleculer's `MetricRate` computes it:
+    /// per minute over the last interval, halfway from the last rate,
+    /// under 0.05 read as 0.
+    fn rate(&mut self, name: &'static str, values: &mut Json, now: f64) {
+        let Json::Array(items) = values else { return };
+        for item in items {
+            let total = item["value"]
+                .as_f64()
+                .or_else(|| item["count"].as_f64())
+                .unwrap_or(0.0);
+            let key = item["key"].as_str().unwrap_or_default().to_string();
+            let last = self.rates.get(&(name, key.clone())).copied();
+            let rate = match last {
+                Some(l) if now > l.at => {
+                    let per_minute = (total - l.total) / ((now - l.at) / 1000.0) * 60.0;
+                    let r = l.rate + (per_minute - l.rate) * 0.5;
+                    if r.abs() < 0.05 { 0.0 } else { r }
+                }
+                Some(l) => l.rate,
+                None => 0.0,
+            };
+            let at = now;
+            self.rates.insert((name, key), LastRate { total, at, rate });
+            if let Json::Object(map) = item {
+                map.insert("rate".into(), json!(rate));
+            }
+        }
     }
 }
 
@@ -189,7 +244,7 @@ mod tests {
             }),
         });
         MetricSet {
-            time: SystemTime::now(),
+            time: UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
             metrics: vec![total, time],
         }
     }
@@ -214,8 +269,23 @@ mod tests {
         assert_eq!(h["buckets"]["4"], 3, "cumulative");
         assert_eq!(h["quantiles"]["0.5"], 4.0);
         assert_eq!(h["max"], Json::Null, "past the last bound");
-        assert!(last.payload(&set(3.0), true).is_none(), "nothing moved");
-        let moved = last.payload(&set(4.0), true).expect("moved");
-        assert_eq!(moved.as_array().map(Vec::len), Some(1), "{moved}");
+        assert_eq!(v["rate"], 0.0, "no rate before a second reading");
+        let later = |calls, ms| {
+            let mut s = set(calls);
+            s.time += std::time::Duration::from_millis(ms);
+            s
+        };
+        assert!(
+            last.payload(&later(3.0, 0), true).is_none(),
+            "nothing moved"
+        );
+        // 3 more calls in 1 s: 180 a minute, the rate halfway there.
+        let moved = last.payload(&later(6.0, 1000), true).expect("moved");
+        assert_eq!(moved[0]["values"][0]["rate"], 90.0, "{moved}");
+        let still = last
+            .payload(&later(6.0, 2000), true)
+            .expect("the rate moved");
+        assert_eq!(still.as_array().map(Vec::len), Some(1), "{still}");
+        assert_eq!(still[0]["values"][0]["rate"], 45.0, "{still}");
     }
 }
