@@ -235,11 +235,21 @@ fn signal_wanted(written: Option<bool>, signal: Signal, env: Env<'_>) -> Result<
     if let Some(on) = written {
         return Ok(on);
     }
-    match var(env, signal.exporter).map(|v| v.trim().to_ascii_lowercase()) {
-        Some(v) if v == "otlp" => Ok(true),
-        Some(v) if v == "none" => Ok(false),
-        Some(v) => Err(bad(signal.exporter, &v, "is not \"otlp\" or \"none\"")),
-        None => Ok(var(env, signal.endpoint).is_some()),
+    let Some(value) = var(env, signal.exporter) else {
+        return Ok(var(env, signal.endpoint).is_some());
+    };
+    // A comma-separated list, as OpenTelemetry allows; only `otlp` is served here.
+    let names: Vec<String> = value
+        .split(',')
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    match names.iter().find(|n| *n != "otlp" && *n != "none") {
+        Some(other) => Err(bad(
+            signal.exporter,
+            &value,
+            format!("{other:?} is not served here (\"otlp\" or \"none\")"),
+        )),
+        None => Ok(names.iter().any(|n| n == "otlp")),
     }
 }
 
