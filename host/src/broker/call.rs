@@ -343,7 +343,7 @@ impl Broker {
         service: &Arc<Service>,
         action: usize,
         params: Params<'_>,
-        ctx: CallContext,
+        mut ctx: CallContext,
         now: Instant,
         span: &mut Option<Span>,
     ) -> Result<Option<Output>, CallError> {
@@ -359,7 +359,7 @@ impl Broker {
             )));
         }
         let _in_flight = outermost.then(|| InFlight::new(&self.in_flight));
-        let (ctx, budget) = self.admit(service, action, ctx, now)?;
+        let budget = self.admit(service, action, &mut ctx, now)?;
         let instance = match self.check_out(service, action, &ctx).await {
             Ok(instance) => instance,
             // Resolved just before an upgrade swapped the version: the call
@@ -403,14 +403,15 @@ impl Broker {
     }
 
     /// The call depth check, and the callee's own timeout, never more than
-    /// the caller has left: the context the callee runs under and its budget.
+    /// the caller has left: `ctx`'s deadline set to it (in place: a context
+    /// is too big to move about per call), and the budget.
     fn admit(
         &self,
         service: &Service,
         action: usize,
-        ctx: CallContext,
+        ctx: &mut CallContext,
         now: Instant,
-    ) -> Result<(CallContext, Duration), CallError> {
+    ) -> Result<Duration, CallError> {
         let level = ctx.level();
         if level > self.settings.max_call_depth {
             return Err(CallError::Overloaded(format!(
@@ -425,11 +426,8 @@ impl Broker {
             .spec
             .timeout
             .min(ctx.deadline.saturating_duration_since(now));
-        let ctx = CallContext {
-            deadline: now + budget,
-            ..ctx
-        };
-        Ok((ctx, budget))
+        ctx.deadline = now + budget;
+        Ok(budget)
     }
 
     /// An idle instance of `service` for the call: now, or once one comes
