@@ -41,17 +41,26 @@ pub struct CallContext {
     pub meta: Meta,
     /// Moleculer's `tracing` flag, passed on as it came.
     pub tracing: Option<bool>,
-    /// A W3C `tracestate` an HTTP caller sent, passed on to the
-    /// outgoing HTTP requests of the call (vendors' trace data).
-    pub tracestate: Option<Arc<str>>,
     /// Where this call's callee leaves its meta when the call ends, when
     /// the caller wants it back (a package, a peer's REQ).
     pub reply: Option<ReplyMeta>,
+    /// The instant by which the whole call must be done.
+    pub deadline: Instant,
+    /// What few calls carry (see [`Uncommon`]), apart so that a context
+    /// stays small: it is moved at every layer of a call, and past 128
+    /// bytes each move is a `memcpy` call.
+    pub uncommon: Option<Arc<Uncommon>>,
+}
+
+/// The parts of a [`CallContext`] that few calls have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Uncommon {
+    /// A W3C `tracestate` an HTTP caller sent, passed on to the
+    /// outgoing HTTP requests of the call (vendors' trace data).
+    pub tracestate: Option<Arc<str>>,
     /// The node that must serve this call (a package's `node-id` option);
     /// not passed on to nested calls.
     pub target_node: Option<Arc<str>>,
-    /// The instant by which the whole call must be done.
-    pub deadline: Instant,
     /// For a call another node made: the levels it had already gone down
     /// there (the REQ's `level` less one), so the depth limit holds across
     /// nodes. Zero for a call that began on this host.
@@ -85,12 +94,9 @@ impl CallContext {
             chain: Arc::from([]),
             meta: Meta::EMPTY,
             tracing: None,
-            tracestate: None,
             reply: None,
-            target_node: None,
             deadline: deadline_after(timeout),
-            upstream_levels: 0,
-            upstream_caller: None,
+            uncommon: None,
         }
     }
 
@@ -115,12 +121,9 @@ impl CallContext {
             chain: self.chain.iter().chain([package]).cloned().collect(),
             meta: self.meta.clone(),
             tracing: self.tracing,
-            tracestate: self.tracestate.clone(),
             reply: None,
-            target_node: None,
             deadline: self.deadline,
-            upstream_levels: self.upstream_levels,
-            upstream_caller: self.upstream_caller.clone(),
+            uncommon: self.uncommon_passed_on(),
         }
     }
 
@@ -132,18 +135,64 @@ impl CallContext {
             id: ContextId::new(),
             parent_id: Some(self.id.clone()),
             reply: None,
-            target_node: None,
+            uncommon: self.uncommon_passed_on(),
             ..self.clone()
         }
+    }
+
+    /// The W3C `tracestate` the call's HTTP caller sent, if any.
+    pub fn tracestate(&self) -> Option<&Arc<str>> {
+        self.uncommon.as_ref()?.tracestate.as_ref()
+    }
+
+    /// The node that must serve this call, when its options name one.
+    pub fn target_node(&self) -> Option<&Arc<str>> {
+        self.uncommon.as_ref()?.target_node.as_ref()
+    }
+
+    /// For a call another node made: the levels gone down there.
+    pub fn upstream_levels(&self) -> u32 {
+        self.uncommon.as_ref().map_or(0, |u| u.upstream_levels)
+    }
+
+    /// For a call another node made: its caller there.
+    pub fn upstream_caller(&self) -> Option<&Arc<str>> {
+        self.uncommon.as_ref()?.upstream_caller.as_ref()
+    }
+
+    /// Where a call another node made stands there: the levels it had gone
+    /// down and its caller (kept only when there is something to keep).
+    pub fn set_upstream(&mut self, levels: u32, caller: Option<&str>) {
+        if levels == 0 && caller.is_none() && self.uncommon.is_none() {
+            return;
+        }
+        let u = self.uncommon_mut();
+        u.upstream_levels = levels;
+        u.upstream_caller = caller.map(Arc::from);
+    }
+
+    /// The uncommon parts, to set one (copied first if shared).
+    pub fn uncommon_mut(&mut self) -> &mut Uncommon {
+        Arc::make_mut(self.uncommon.get_or_insert_with(Default::default))
+    }
+
+    /// The uncommon parts a nested call keeps: all but the target node.
+    fn uncommon_passed_on(&self) -> Option<Arc<Uncommon>> {
+        let u = self.uncommon.as_ref()?;
+        if u.target_node.is_none() {
+            return Some(u.clone());
+        }
+        let kept = Uncommon {
+            target_node: None,
+            ..Uncommon::clone(u)
+        };
+        (kept != Uncommon::default()).then(|| Arc::new(kept))
     }
 
     /// The package that made this call, if it came from a package (on
     /// this host, or on the node that sent it here).
     pub fn caller(&self) -> Option<&str> {
-        self.chain
-            .last()
-            .or(self.upstream_caller.as_ref())
-            .map(|p| &**p)
+        self.chain.last().or(self.upstream_caller()).map(|p| &**p)
     }
 
     /// 1 for a call from outside, +1 per nested hop (Moleculer's `level`),
@@ -152,7 +201,7 @@ impl CallContext {
         u32::try_from(self.chain.len())
             .unwrap_or(u32::MAX)
             .saturating_add(1)
-            .saturating_add(self.upstream_levels)
+            .saturating_add(self.upstream_levels())
     }
 
     /// Whether `package` is already serving an outer part of this call.
@@ -195,7 +244,9 @@ impl CallOptions {
         if let Some(timeout) = self.timeout {
             ctx.deadline = ctx.deadline.min(deadline_after(timeout));
         }
-        ctx.target_node.clone_from(&self.node_id);
+        if self.node_id.is_some() || ctx.target_node().is_some() {
+            ctx.uncommon_mut().target_node.clone_from(&self.node_id);
+        }
     }
 }
 
@@ -554,10 +605,33 @@ mod tests {
     }
 
     #[test]
+    fn a_context_moves_without_a_memcpy_call() {
+        // Every layer of a call moves its context; past 128 bytes each
+        // move is a `memcpy` call (they were a tenth of a call's time).
+        let size = std::mem::size_of::<CallContext>();
+        assert!(size <= 128, "CallContext is {size} bytes");
+    }
+
+    #[test]
+    fn uncommon_parts_stay_with_nested_calls_but_the_target_node() {
+        let mut outer = CallContext::new(Duration::from_secs(1));
+        assert!(outer.uncommon.is_none(), "a plain call allocates none");
+        outer.uncommon_mut().tracestate = Some("v=1".into());
+        outer.uncommon_mut().target_node = Some("node-b".into());
+        let inner = outer.via(&Arc::from("a"));
+        assert_eq!(inner.tracestate().map(|t| &**t), Some("v=1"));
+        assert_eq!(inner.target_node(), None);
+        assert_eq!(outer.target_node().map(|t| &**t), Some("node-b"));
+        let mut only_target = CallContext::new(Duration::from_secs(1));
+        only_target.uncommon_mut().target_node = Some("node-b".into());
+        assert!(only_target.child().uncommon.is_none());
+    }
+
+    #[test]
     fn levels_and_caller_from_another_node_count() {
         let mut remote = CallContext::new(Duration::from_secs(1));
-        remote.upstream_levels = 2;
-        remote.upstream_caller = Some("node-math".into());
+        remote.uncommon_mut().upstream_levels = 2;
+        remote.uncommon_mut().upstream_caller = Some("node-math".into());
         assert_eq!(remote.level(), 3);
         assert_eq!(remote.caller(), Some("node-math"));
         assert!(

@@ -117,7 +117,9 @@ pub fn call_context(request_id: &Arc<str>, timeout: Duration) -> CallContext {
         Ok(r) => {
             root.id = r.id;
             root.tracing = Some(r.sampled);
-            root.tracestate = r.tracestate;
+            if r.tracestate.is_some() {
+                root.uncommon_mut().tracestate = r.tracestate;
+            }
             root.child()
         }
         Err(_) => root,

@@ -24,7 +24,7 @@ pub fn call(
         return None;
     }
     let name = format!("action '{package}.{action}'");
-    let kind = match ctx.upstream_caller.is_some() && ctx.chain.is_empty() {
+    let kind = match ctx.upstream_caller().is_some() && ctx.chain.is_empty() {
         true => Kind::Server,
         false => Kind::Internal,
     };
@@ -35,7 +35,7 @@ pub fn call(
     span.set("steedos.level", i64::from(ctx.level()));
     span.set(
         "remoteCall",
-        ctx.upstream_caller.is_some() && ctx.chain.is_empty(),
+        ctx.upstream_caller().is_some() && ctx.chain.is_empty(),
     );
     if let Some(caller) = ctx.caller() {
         span.set("steedos.caller", caller.to_string());
@@ -141,7 +141,7 @@ impl Outbound {
             parent: ctx.id.clone(),
             request_id: ctx.request_id.clone(),
             package: package.clone(),
-            tracestate: ctx.tracestate.clone(),
+            tracestate: ctx.tracestate().cloned(),
         })
     }
 

@@ -68,7 +68,7 @@ impl RemoteRoute for Route {
         if shared.leaving.load(Ordering::Acquire) {
             return None;
         }
-        let (node, subject) = match &ctx.target_node {
+        let (node, subject) = match ctx.target_node() {
             Some(node) => shared.registry().pick_on(action, node)?,
             None => shared.registry().pick(action)?,
         };

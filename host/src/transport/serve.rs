@@ -145,11 +145,12 @@ fn remote_context(req: &packet::Request<'_, Data<'_>>) -> CallContext {
     let mut ctx = CallContext::with_request_id(request_id, timeout);
     // The caller's place in the call tree on its node: the depth limit
     // counts those levels, and the callee sees who called it.
-    ctx.upstream_levels = req.level.map_or(0, |l| l.saturating_sub(1));
-    ctx.upstream_caller = req
-        .caller
-        .as_deref()
-        .map(|c| Arc::from(bounds::clip(c, bounds::MAX_NAME)));
+    ctx.set_upstream(
+        req.level.map_or(0, |l| l.saturating_sub(1)),
+        req.caller
+            .as_deref()
+            .map(|c| bounds::clip(c, bounds::MAX_NAME)),
+    );
     ctx.id = ContextId::Given(bounds::clip(&req.id, bounds::MAX_NAME).into());
     ctx.parent_id = req
         .parent_id

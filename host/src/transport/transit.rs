@@ -671,11 +671,13 @@ fn event_context(ctx: &mut CallContext, event: &packet::Event<'_, Data<'_>>) {
         ctx.id = id(given);
     }
     ctx.parent_id = event.parent_id.as_deref().map(id);
-    ctx.upstream_levels = event.level.map_or(0, |l| l.saturating_sub(1));
-    ctx.upstream_caller = event
-        .caller
-        .as_deref()
-        .map(|c| Arc::from(bounds::clip(c, bounds::MAX_NAME)));
+    ctx.set_upstream(
+        event.level.map_or(0, |l| l.saturating_sub(1)),
+        event
+            .caller
+            .as_deref()
+            .map(|c| bounds::clip(c, bounds::MAX_NAME)),
+    );
     ctx.tracing = packet::tracing(event.tracing.as_ref());
     ctx.meta = Meta::from_wire(event.meta.as_ref());
 }
