@@ -697,6 +697,99 @@ cache = { keys = ["sku"], ttl = "1h" }
     );
 }
 
+/// The action cache keeps answers in this node's memory in front of its
+/// bucket: with the bucket on a Redis server that then goes away, a kept
+/// answer is still a hit (the package, whose own bucket is gone too, is not
+/// entered), while another key misses, enters and fails naming the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_answer_is_a_hit_while_the_cache_bucket_is_out_of_reach() {
+    let Some(binary) = redis() else { return };
+    let server = Redis::start(&binary, &[]).await;
+    let t = TestApp::start(&format!(
+        r#"
+[kv.default]
+backend = "{}"
+[packages.kv-probe]
+component = "{{KV-PROBE}}"
+[packages.kv-probe.grants]
+kv = ["default"]
+[packages.kv-probe.actions.price]
+cache = {{ keys = ["sku"], ttl = "1h" }}
+"#,
+        server.url
+    ))
+    .await;
+    assert_eq!(
+        ok(&t, "price", json!({"sku": "apple", "region": "eu"})).await,
+        json!(1)
+    );
+    drop(server);
+    assert_eq!(
+        ok(&t, "price", json!({"sku": "apple", "region": "us"})).await,
+        json!(1),
+        "a kept answer was not served from memory"
+    );
+    let why = refused(&t, "price", json!({"sku": "pear", "region": "eu"})).await;
+    assert!(why.contains("`default`"), "{why}");
+}
+
+/// Two hosts of one app on one `nats-server -js`: an answer kept by one is
+/// a hit on the other (the shared cache bucket), and a
+/// `cache.clean.<package>` emitted on one drops the answer from the
+/// other's memory too, though no package there listens to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_on_one_host_drops_the_answers_in_every_hosts_memory() {
+    let Some(mut server) = JetStream::new() else {
+        return;
+    };
+    server.launch().await;
+    let start = |node: &'static str| {
+        let cluster = format!("node_id = \"{node}\"\nheartbeat_interval = \"250ms\"\n");
+        let toml = format!(
+            "{}[packages.kv-probe.actions.price]\ncache = {{ keys = [\"sku\"] }}\n",
+            clustered(&server.url).replace(
+                "[packages.kv-probe]\n",
+                &format!("{cluster}[packages.kv-probe]\n")
+            )
+        );
+        async move {
+            let t = TestApp::start(&toml).await;
+            let settings = t.app.manifest.cluster.clone().expect("[cluster]");
+            let transport =
+                steedos_wasm::transport::Transport::start(t.app.broker.clone(), settings)
+                    .await
+                    .expect("join the cluster");
+            (t, transport)
+        }
+    };
+    let (a, a_transport) = start("kv-a").await;
+    let (b, _b_transport) = start("kv-b").await;
+    let sees_b = eventually(Duration::from_secs(15), || async {
+        a_transport
+            .nodes()
+            .iter()
+            .any(|n| n.id == "kv-b")
+            .then_some(())
+    })
+    .await;
+    assert!(sees_b.is_some(), "a never saw b: {:?}", a_transport.nodes());
+    assert_eq!(ok(&a, "price", json!({"sku": "apple"})).await, json!(1));
+    // Kept by a, a hit on b (and now in b's memory).
+    assert_eq!(ok(&b, "price", json!({"sku": "apple"})).await, json!(1));
+    let ctx = steedos_wasm::context::CallContext::new(Duration::from_secs(10));
+    a.app
+        .broker
+        .emit("cache.clean.kv-probe", Vec::new(), false, &ctx)
+        .await
+        .expect("emit");
+    let missed = eventually(Duration::from_secs(15), || async {
+        let n = ok(&b, "price", json!({"sku": "apple"})).await;
+        (n != json!(1)).then_some(n)
+    })
+    .await;
+    assert_eq!(missed, Some(json!(2)), "b kept answering from its memory");
+}
+
 /// A `nats-server -js` on a port of 127.0.0.1 kept for it, its store in a
 /// folder of its own; stopped and launched again on the same port and
 /// store at will, stopped when dropped.
@@ -1183,4 +1276,83 @@ kv = ["default", "big", "plain"]
         json!({"bucket": "default", "key": "a", "value": "v"}),
     )
     .await;
+}
+
+/// A batch on JetStream is all or nothing (atomic batch publish, nats-server
+/// 2.12 and later): a value under the bucket's `max_value` that the
+/// server's `max_payload` cannot carry fails the batch after the keys
+/// before it were sent, and none of them is stored; a batch over the
+/// server's 1,000 messages is refused whole; whole batches are written and
+/// deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_batch_is_all_or_nothing() {
+    let Some(mut server) = JetStream::new() else {
+        return;
+    };
+    server.launch().await;
+    let toml = format!(
+        r#"
+[kv.big]
+backend = "{}"
+max_value = "4 MiB"
+[packages.kv-probe]
+component = "{{KV-PROBE}}"
+[packages.kv-probe.grants]
+kv = ["big"]
+"#,
+        server.url
+    );
+    let t = TestApp::start(&toml).await;
+    let big = "y".repeat(2 << 20);
+    let why = refused(
+        &t,
+        "set-many",
+        json!({"bucket": "big", "pairs": [["a", "1"], ["b", "2"], ["c", big]]}),
+    )
+    .await;
+    assert!(
+        why.contains("kv-probe") && why.contains("`big`") && why.contains("max_payload"),
+        "{why}"
+    );
+    let got = ok(
+        &t,
+        "get-many",
+        json!({"bucket": "big", "keys": ["a", "b", "c"]}),
+    )
+    .await;
+    assert_eq!(
+        got,
+        json!([null, null, null]),
+        "part of a failed batch was stored"
+    );
+    let many: Vec<Value> = (0..1001).map(|i| json!([format!("k{i}"), "v"])).collect();
+    let why = refused(&t, "set-many", json!({"bucket": "big", "pairs": many})).await;
+    assert!(why.contains("1000"), "{why}");
+    let got = ok(
+        &t,
+        "get-many",
+        json!({"bucket": "big", "keys": ["k0", "k999"]}),
+    )
+    .await;
+    assert_eq!(
+        got,
+        json!([null, null]),
+        "part of a refused batch was stored"
+    );
+    ok(
+        &t,
+        "set-many",
+        json!({"bucket": "big", "pairs": [["a", "1"], ["b", "2"]]}),
+    )
+    .await;
+    let got = ok(&t, "get-many", json!({"bucket": "big", "keys": ["a", "b"]})).await;
+    assert_eq!(got, json!([["a", "1"], ["b", "2"]]));
+    ok(
+        &t,
+        "delete-many",
+        json!({"bucket": "big", "keys": ["a", "b", "never"]}),
+    )
+    .await;
+    let got = ok(&t, "get-many", json!({"bucket": "big", "keys": ["a", "b"]})).await;
+    assert_eq!(got, json!([null, null]));
 }

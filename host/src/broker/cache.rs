@@ -39,22 +39,23 @@ impl Broker {
         let Some(key) = ActionCache::key(&label, json, &call.params, &names, policy) else {
             return self.call_uncached(found, call).await;
         };
-        if let Some(answer) = cache.get(&label, &key).await {
+        if let Some(answer) = cache.get(&label, &key, policy).await {
             let reply = match json {
                 true => serde_json::from_slice(&answer).ok().map(Reply::Json),
-                false => Some(Reply::MessagePack(answer)),
+                false => Some(Reply::MessagePack(answer.to_vec())),
             };
             if let Some(reply) = reply {
                 return Ok(reply);
             }
         }
         let policy = policy.clone();
+        let since = cache.generation();
         let reply = self.call_uncached(found.clone(), call).await?;
         let kept = match &reply {
             Reply::Json(value) => serde_json::to_vec(value).unwrap_or_default(),
             Reply::MessagePack(bytes) => bytes.clone(),
         };
-        cache.put(&label, &key, &kept, &policy).await;
+        cache.put(&label, &key, &kept, &policy, since).await;
         Ok(reply)
     }
 

@@ -1,14 +1,29 @@
 //! The action cache, Moleculer's cacher for actions with a `cache`
-//! property: an answer is kept in the [`CACHE_BUCKET`](super::CACHE_BUCKET)
-//! under `<package>.<action>:` and a hash of the caller's format and the
-//! parameters the policy's `keys` name (all of them when it names none),
-//! for the policy's `ttl`. A `cache.clean.<package>` event drops every
-//! answer of that package. A store that fails is a miss, logged: the call
-//! then enters the package as if there were no cache.
+//! property: an answer is kept under `<package>.<action>:` and a hash of
+//! the caller's format and the parameters the policy's `keys` name (all of
+//! them when it names none), for the policy's `ttl`, in two layers:
+//!
+//! - this node's memory (a `moka` cache bounded by `[kv.default]
+//!   cache_memory` bytes, per-entry TTL), as Moleculer's MemoryLRUCacher:
+//!   a hit there touches no store and no blocking pool;
+//! - the [`CACHE_BUCKET`](super::CACHE_BUCKET) on `[kv.default]`'s
+//!   backend, shared by every node when that is JetStream or Redis, so an
+//!   answer kept by one node is a hit on the others (it is then kept in
+//!   their memory for the policy's `ttl` from that read).
+//!
+//! A `cache.clean.<package>` event drops every answer of that package from
+//! both layers; the transport hands it to every Steedos node of the cluster
+//! so each drops its memory. A clean while an action runs keeps its answer
+//! out of both layers (a generation bumped by every clean). A store that
+//! fails is a miss, logged: the call then enters the package as if there
+//! were no cache, and a hit kept in memory still answers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
+use moka::sync::Cache;
 use serde_json::Value;
 
 use super::Bucket;
@@ -16,6 +31,9 @@ use crate::manifest::CachePolicy;
 
 /// The event that empties a package's answers: `cache.clean.<package>`.
 pub const CLEAN_EVENT_PREFIX: &str = "cache.clean.";
+
+/// What one kept answer weighs in memory besides its key and bytes.
+const ENTRY_OVERHEAD: usize = 96;
 
 /// Hits and misses of one action.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,17 +44,67 @@ pub struct CacheCounts {
     pub misses: u64,
 }
 
+/// An answer in memory and how long it is kept.
+struct Kept {
+    answer: Arc<[u8]>,
+    ttl: Option<Duration>,
+}
+
+/// Each answer expires after its own policy's `ttl`.
+struct ByPolicy;
+
+impl moka::Expiry<String, Arc<Kept>> for ByPolicy {
+    fn expire_after_create(&self, _: &String, kept: &Arc<Kept>, _: Instant) -> Option<Duration> {
+        kept.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        kept: &Arc<Kept>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        kept.ttl
+    }
+}
+
+/// One action's counts, bumped without a lock.
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
 /// The cache over its bucket, with its counts per action.
 pub struct ActionCache {
     bucket: Arc<Bucket>,
-    counts: Mutex<HashMap<String, CacheCounts>>,
+    /// `None` when `cache_memory` is 0: every lookup goes to the bucket.
+    memory: Option<Cache<String, Arc<Kept>>>,
+    /// Bumped by every clean: an answer whose call began before is not kept.
+    generation: AtomicU64,
+    counts: RwLock<HashMap<String, Arc<Counters>>>,
 }
 
 impl ActionCache {
-    pub(super) fn new(bucket: Arc<Bucket>) -> ActionCache {
+    /// The cache over `bucket`, keeping up to `memory` bytes of answers in
+    /// this node's memory.
+    pub(super) fn new(bucket: Arc<Bucket>, memory: u64) -> ActionCache {
+        let memory = (memory > 0).then(|| {
+            Cache::builder()
+                .max_capacity(memory)
+                .weigher(|key: &String, kept: &Arc<Kept>| {
+                    let weight = key.len() + kept.answer.len() + ENTRY_OVERHEAD;
+                    u32::try_from(weight).unwrap_or(u32::MAX)
+                })
+                .expire_after(ByPolicy)
+                .build()
+        });
         ActionCache {
             bucket,
-            counts: Mutex::new(HashMap::new()),
+            memory,
+            generation: AtomicU64::new(0),
+            counts: RwLock::new(HashMap::new()),
         }
     }
 
@@ -80,11 +148,25 @@ impl ActionCache {
         Some(format!("{action}:{}", hasher.finalize().to_hex()))
     }
 
-    /// The kept answer at `key`, counted as a hit.
-    pub async fn get(&self, action: &str, key: &str) -> Option<Vec<u8>> {
+    /// Where a call that missed stands: hand it to [`ActionCache::put`]
+    /// with its answer.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The kept answer at `key`, counted as a hit: from memory, else from
+    /// the bucket (then kept in memory for the policy's `ttl`).
+    pub async fn get(&self, action: &str, key: &str, policy: &CachePolicy) -> Option<Arc<[u8]>> {
+        if let Some(kept) = self.memory.as_ref().and_then(|m| m.get(key)) {
+            self.count(action, |c| &c.hits);
+            return Some(kept.answer.clone());
+        }
+        let since = self.generation();
         match self.bucket.run(|b| b.get(key)).await {
             Ok(Some(answer)) => {
-                self.count(action, |c| c.hits += 1);
+                self.count(action, |c| &c.hits);
+                let answer: Arc<[u8]> = answer.into();
+                self.remember(key, &answer, policy, since);
                 Some(answer)
             }
             Ok(None) => None,
@@ -95,45 +177,108 @@ impl ActionCache {
         }
     }
 
-    /// Keeps `answer` at `key` for the policy's TTL, counted as a miss.
-    pub async fn put(&self, action: &str, key: &str, answer: &[u8], policy: &CachePolicy) {
-        self.count(action, |c| c.misses += 1);
-        if self.bucket.check_value(answer).is_err() {
-            return;
-        }
-        if let Err(e) = self.bucket.run(|b| b.set(key, answer, policy.ttl)).await {
-            tracing::warn!(action, error = %e, "action cache: answer not kept");
+    /// Keeps `answer` in memory unless a clean came after `since`.
+    fn remember(&self, key: &str, answer: &Arc<[u8]>, policy: &CachePolicy, since: u64) {
+        let Some(memory) = &self.memory else { return };
+        let kept = Arc::new(Kept {
+            answer: answer.clone(),
+            ttl: policy.ttl,
+        });
+        memory.insert(key.to_owned(), kept);
+        // A clean that ran while this was put in may have missed it.
+        if self.generation() != since {
+            memory.invalidate(key);
         }
     }
 
-    /// Drops every answer of `package`; how many went.
+    /// Keeps `answer` at `key` for the policy's TTL, counted as a miss;
+    /// not kept when a clean came after `since` (its call's
+    /// [`ActionCache::generation`]), since the answer may predate it.
+    pub async fn put(
+        &self,
+        action: &str,
+        key: &str,
+        answer: &[u8],
+        policy: &CachePolicy,
+        since: u64,
+    ) {
+        self.count(action, |c| &c.misses);
+        if self.bucket.check_value(answer).is_err() || self.generation() != since {
+            return;
+        }
+        self.remember(key, &Arc::from(answer), policy, since);
+        if let Err(e) = self.bucket.run(|b| b.set(key, answer, policy.ttl)).await {
+            tracing::warn!(action, error = %e, "action cache: answer not kept in its bucket");
+            return;
+        }
+        if self.generation() != since {
+            // A clean ran while the answer was written: it may predate it.
+            let _ = self.bucket.run(|b| b.delete(key)).await;
+        }
+    }
+
+    /// Drops every answer of `package` from this node's memory and the
+    /// bucket; how many went from the bucket.
     pub async fn clean(&self, package: &str) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let prefix = format!("{package}.");
+        if let Some(memory) = &self.memory {
+            let doomed: Vec<Arc<String>> = memory
+                .iter()
+                .map(|(key, _)| key)
+                .filter(|key| key.starts_with(&prefix))
+                .collect();
+            for key in doomed {
+                memory.invalidate(key.as_str());
+            }
+        }
         match self.bucket.run(|b| b.delete_prefix(&prefix)).await {
             Ok(n) => {
                 tracing::info!(package, dropped = n, "action cache cleaned");
                 n
             }
             Err(e) => {
-                tracing::warn!(package, error = %e, "action cache not cleaned");
+                tracing::warn!(package, error = %e, "action cache not cleaned in its bucket");
                 0
             }
         }
     }
 
+    /// Answers and their bytes (as weighed) kept in this node's memory.
+    pub fn memory_size(&self) -> (u64, u64) {
+        self.memory.as_ref().map_or((0, 0), |m| {
+            m.run_pending_tasks();
+            (m.entry_count(), m.weighted_size())
+        })
+    }
+
     /// Hits and misses per action, sorted by action.
     pub fn counts(&self) -> Vec<(String, CacheCounts)> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<_> = counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let counts = self.counts.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = counts
+            .iter()
+            .map(|(k, c)| {
+                let counts = CacheCounts {
+                    hits: c.hits.load(Ordering::Relaxed),
+                    misses: c.misses.load(Ordering::Relaxed),
+                };
+                (k.clone(), counts)
+            })
+            .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
-    fn count(&self, action: &str, f: impl FnOnce(&mut CacheCounts)) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        match counts.get_mut(action) {
-            Some(c) => f(c),
-            None => f(counts.entry(action.to_owned()).or_default()),
+    fn count(&self, action: &str, which: impl Fn(&Counters) -> &AtomicU64) {
+        {
+            let counts = self.counts.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = counts.get(action) {
+                which(c).fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
+        let mut counts = self.counts.write().unwrap_or_else(|p| p.into_inner());
+        let c = counts.entry(action.to_owned()).or_default();
+        which(c).fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -23,10 +23,17 @@
 //! gets `Nats-TTL` (whole seconds, rounded up) and drops the value itself.
 //!
 //! # Batches
-//! JetStream key-value has no transaction: `set-many` and `delete-many`
-//! write key by key, after every key and value was checked, so a batch can
-//! only be cut short by the server failing mid-way; the error then says how
-//! many of the keys were written.
+//! On a server with atomic batch publish (2.12 and later, ADR-50) a
+//! bucket's stream allows it (`allow_atomic`, set on a bucket made
+//! before), and `set-many` and `delete-many` are one batch: every message
+//! carries `Nats-Batch-Id` and `Nats-Batch-Sequence`, the last
+//! `Nats-Batch-Commit`, and the server stores all of them at the commit or
+//! none (a batch not committed, as when one message cannot be sent, is
+//! abandoned by the server). Such a batch holds at most
+//! [`MAX_ATOMIC_BATCH`] keys, the server's limit; a larger one is refused
+//! whole. An older server has no transaction: a batch is written key by
+//! key (a warning says so when the bucket opens) and an error mid-way says
+//! how many keys were written.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,6 +62,14 @@ const EXPIRES: &str = "Steedos-Expires";
 /// The header JetStream key-value marks deletes with.
 const OPERATION: &str = "KV-Operation";
 
+/// The most messages a server takes in one atomic batch (its default limit).
+pub(super) const MAX_ATOMIC_BATCH: usize = 1000;
+
+/// The headers of an atomic batch (ADR-50).
+const BATCH_ID: &str = "Nats-Batch-Id";
+const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
+const BATCH_COMMIT: &str = "Nats-Batch-Commit";
+
 /// How many times an increment reads and writes again after losing a race.
 const INCREMENT_TRIES: usize = 10_000;
 
@@ -69,6 +84,8 @@ pub(super) struct JetStreamBucket {
     prefix: String,
     /// Whether the server drops values at their TTL itself (2.11 and later).
     server_ttl: bool,
+    /// Whether batches are atomic (2.12 and later, the stream allowing it).
+    atomic: bool,
 }
 
 fn cause(e: impl std::fmt::Display) -> String {
@@ -147,11 +164,20 @@ async fn with_cluster(
     Ok(options)
 }
 
-/// Whether a server of `version` ("2.11.0") keeps per-message TTLs.
-fn has_message_ttls(version: &str) -> bool {
+/// Whether a server of `version` ("2.11.0") is at least `major.minor`.
+fn at_least(version: &str, major: u32, minor: u32) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (2, 11)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// Whether a server of `version` keeps per-message TTLs.
+fn has_message_ttls(version: &str) -> bool {
+    at_least(version, 2, 11)
+}
+
+/// Whether a server of `version` takes atomic batches.
+fn has_atomic_batches(version: &str) -> bool {
+    at_least(version, 2, 12)
 }
 
 /// A message's value, unless it marks a delete or is past its deadline.
@@ -216,6 +242,7 @@ impl JetStreamBucket {
             Ok(stream) => stream,
             Err(_) => Self::create(&js, &client, name, max_value).await?,
         };
+        let (stream, atomic) = Self::allow_atomic(&js, &client, stream, name).await;
         let server_ttl = stream.cached_info().config.allow_message_ttl;
         Ok(JetStreamBucket {
             client,
@@ -224,7 +251,43 @@ impl JetStreamBucket {
             stream_name,
             prefix: format!("$KV.{name}."),
             server_ttl,
+            atomic,
         })
+    }
+
+    /// The stream allowing atomic batches when the server has them (a
+    /// bucket made before is updated); whether batches are atomic.
+    async fn allow_atomic(
+        js: &jetstream::Context,
+        client: &Client,
+        stream: Stream,
+        name: &str,
+    ) -> (Stream, bool) {
+        let version = client.server_info().version;
+        if !has_atomic_batches(&version) {
+            tracing::warn!(
+                bucket = name,
+                version,
+                "NATS server before 2.12: batches on this bucket are written key by key, not all or nothing"
+            );
+            return (stream, false);
+        }
+        if stream.cached_info().config.allow_atomic_publish {
+            return (stream, true);
+        }
+        let mut config = stream.cached_info().config.clone();
+        config.allow_atomic_publish = true;
+        let updated = match js.update_stream(config).await {
+            Ok(_) => js.get_stream(format!("KV_{name}")).await.map_err(cause),
+            Err(e) => Err(cause(e)),
+        };
+        match updated {
+            Ok(stream) => (stream, true),
+            Err(e) => {
+                tracing::warn!(bucket = name, error = %e, "cannot allow atomic batches on this bucket: they are written key by key");
+                (stream, false)
+            }
+        }
     }
 
     /// Makes the bucket's stream as JetStream key-value makes one, with
@@ -248,6 +311,7 @@ impl JetStreamBucket {
             discard: DiscardPolicy::New,
             num_replicas: 1,
             allow_message_ttl: has_message_ttls(&client.server_info().version),
+            allow_atomic_publish: has_atomic_batches(&client.server_info().version),
             ..Default::default()
         };
         match js.create_stream(config).await {
@@ -300,13 +364,7 @@ impl JetStreamBucket {
         expect: Option<u64>,
     ) -> Answer<bool> {
         self.connected()?;
-        let max = self.client.server_info().max_payload;
-        if max > 0 && payload.len() + 1024 > max {
-            return Err(format!(
-                "nats jetstream: a value of {} bytes does not fit the NATS server's max_payload of {max} bytes",
-                payload.len()
-            ));
-        }
+        self.fits(payload)?;
         if let Some(revision) = expect {
             headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, revision.to_string());
         }
@@ -321,6 +379,52 @@ impl JetStreamBucket {
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
             Err(e) => Err(cause(e)),
         }
+    }
+
+    /// Refuses a value the server's `max_payload` cannot carry with its headers.
+    fn fits(&self, payload: &[u8]) -> Answer<()> {
+        let max = self.client.server_info().max_payload;
+        if max > 0 && payload.len() + 1024 > max {
+            return Err(format!(
+                "nats jetstream: a value of {} bytes does not fit the NATS server's max_payload of {max} bytes",
+                payload.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `messages` (key, headers, value) as one atomic batch: the
+    /// first as a request (the server says at once if it refuses the
+    /// batch), the last with the commit, whose ack covers them all. A
+    /// batch cut short is never committed, so the server stores none of it.
+    async fn publish_atomic(&self, messages: Vec<(&str, HeaderMap, &[u8])>) -> Answer<()> {
+        self.connected()?;
+        if messages.len() > MAX_ATOMIC_BATCH {
+            return Err(cause(format!(
+                "a batch of {} keys is over the {MAX_ATOMIC_BATCH} a JetStream atomic batch holds; nothing was written",
+                messages.len()
+            )));
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let last = messages.len();
+        for (i, (key, mut headers, payload)) in messages.into_iter().enumerate() {
+            self.fits(payload)?;
+            let (subject, payload) = (self.subject(key), Bytes::copy_from_slice(payload));
+            headers.insert(BATCH_ID, id.as_str());
+            headers.insert(BATCH_SEQUENCE, (i + 1).to_string());
+            if i + 1 == last {
+                headers.insert(BATCH_COMMIT, "1");
+                let ack = self.js.publish_with_headers(subject, headers, payload);
+                ack.await.map_err(cause)?.await.map_err(cause)?;
+            } else if i == 0 {
+                let reply = self.client.request_with_headers(subject, headers, payload);
+                refused_batch(&reply.await.map_err(cause)?.payload)?;
+            } else {
+                let sent = self.client.publish_with_headers(subject, headers, payload);
+                sent.await.map_err(cause)?;
+            }
+        }
+        Ok(())
     }
 
     /// Every key with a message (live, deleted or expired alike unless
@@ -362,6 +466,24 @@ impl JetStreamBucket {
             }
         }
         Ok(keys)
+    }
+}
+
+/// The server's answer to a batch's first message: empty when it took it,
+/// else a pub ack with an error.
+fn refused_batch(reply: &[u8]) -> Answer<()> {
+    if reply.is_empty() {
+        return Ok(());
+    }
+    let answer: serde_json::Value = serde_json::from_slice(reply).unwrap_or_default();
+    match answer.get("error") {
+        None => Ok(()),
+        Some(e) => Err(cause(format!(
+            "the server refused the batch: {}",
+            e.get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or("no reason given")
+        ))),
     }
 }
 
@@ -503,6 +625,12 @@ impl Backend for JetStreamBucket {
 
     fn set_many<'a>(&'a self, pairs: &'a [(String, Vec<u8>)]) -> BoxFuture<'a, Answer<()>> {
         Box::pin(async move {
+            if self.atomic {
+                let messages = pairs
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), HeaderMap::new(), v.as_slice()));
+                return self.publish_atomic(messages.collect()).await;
+            }
             for (done, (k, v)) in pairs.iter().enumerate() {
                 let written = self.publish(k, HeaderMap::new(), v, None).await;
                 written.map_err(|e| cut_short(e, "set-many", done, pairs.len()))?;
@@ -513,6 +641,10 @@ impl Backend for JetStreamBucket {
 
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Answer<()>> {
         Box::pin(async move {
+            if self.atomic {
+                let messages = keys.iter().map(|k| (k.as_str(), delete_headers(), &[][..]));
+                return self.publish_atomic(messages.collect()).await;
+            }
             for (done, k) in keys.iter().enumerate() {
                 let deleted = self.delete(k).await;
                 deleted.map_err(|e| cut_short(e, "delete-many", done, keys.len()))?;

@@ -412,7 +412,8 @@ impl Stores {
             return Some(cache);
         }
         let bucket = self.bucket(CACHE_BUCKET)?;
-        Some(self.cache.get_or_init(|| ActionCache::new(bucket)))
+        let memory = bucket.settings().cache_memory;
+        Some(self.cache.get_or_init(|| ActionCache::new(bucket, memory)))
     }
 
     /// Connects every bucket on a server now, at once, logging those out of

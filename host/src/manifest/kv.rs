@@ -62,6 +62,12 @@ impl<'de> Deserialize<'de> for BucketName {
 /// A value limit: 1 byte to 64 MiB.
 type ValueSize = SizeIn<1, { 64 << 20 }>;
 
+/// The action cache's memory on one node unless `[kv.default]` says otherwise.
+pub const DEFAULT_CACHE_MEMORY: u64 = 32 << 20;
+
+/// The action cache's memory: 0 (no memory layer) to 4 GiB.
+type CacheMemory = SizeIn<0, { 4 << 30 }>;
+
 /// `[kv.<bucket>]` as written.
 #[derive(Deserialize)]
 #[serde(
@@ -71,6 +77,7 @@ type ValueSize = SizeIn<1, { 64 << 20 }>;
 struct RawBucket {
     backend: Option<Text>,
     max_value: Option<ValueSize>,
+    cache_memory: Option<CacheMemory>,
 }
 
 /// Where a bucket's pairs live.
@@ -107,6 +114,9 @@ pub struct BucketSettings {
     /// Whether `backend` was written in `[kv.<name>]` (an unwritten one
     /// follows the cluster: JetStream when the transporter is NATS).
     pub backend_written: bool,
+    /// Bytes of answers the action cache keeps in this node's memory in
+    /// front of the bucket (read from `[kv.default]`, where the cache lives).
+    pub cache_memory: u64,
 }
 
 impl BucketSettings {
@@ -117,6 +127,7 @@ impl BucketSettings {
             backend: KvBackend::Embedded,
             max_value: DEFAULT_MAX_VALUE,
             backend_written: false,
+            cache_memory: DEFAULT_CACHE_MEMORY,
         }
     }
 }
@@ -176,6 +187,7 @@ impl Source<'_> {
                 backend,
                 max_value: raw.max_value.map_or(DEFAULT_MAX_VALUE, |s| s.0),
                 backend_written,
+                cache_memory: raw.cache_memory.map_or(DEFAULT_CACHE_MEMORY, |s| s.0),
             });
         }
         Ok(buckets)

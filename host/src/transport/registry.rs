@@ -29,6 +29,8 @@ struct Node {
     last_seen: Instant,
     hostname: Option<String>,
     client: Option<String>,
+    /// Whether it is a Steedos host (its INFO's `client.langVersion`).
+    steedos: bool,
     services: Vec<String>,
     actions: Vec<String>,
     /// Each action's `params` rules as the node announced them.
@@ -163,6 +165,11 @@ impl Registry {
                 .and_then(|c| c.get("type"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            steedos: info
+                .client
+                .as_ref()
+                .and_then(|c| c.get("langVersion"))
+                .is_some_and(|v| v == super::packet::ClientOut::THIS.lang_version),
             services,
             actions,
             params,
@@ -275,6 +282,26 @@ impl Registry {
     /// and sends each node its groups; `broadcast` reaches every node with a
     /// matching listener (groups `None`: all its listeners).
     pub fn event_targets(
+        &self,
+        event: &str,
+        broadcast: bool,
+        local_groups: &[Arc<str>],
+    ) -> Vec<(Subject, Option<Vec<String>>)> {
+        let mut targets = self.listening_targets(event, broadcast, local_groups);
+        // Every Steedos host drops its in-memory action cache on a clean,
+        // whether a package of it listens or not (no group: no delivery).
+        if event.starts_with(crate::kv::cache::CLEAN_EVENT_PREFIX) {
+            for node in self.nodes.values().filter(|n| n.steedos) {
+                if !targets.iter().any(|(subject, _)| *subject == node.event) {
+                    targets.push((node.event.clone(), Some(Vec::new())));
+                }
+            }
+        }
+        targets
+    }
+
+    /// [`Registry::event_targets`] among the nodes that listen to `event`.
+    fn listening_targets(
         &self,
         event: &str,
         broadcast: bool,
