@@ -773,9 +773,15 @@ async fn a_clean_on_one_host_drops_the_answers_in_every_hosts_memory() {
     })
     .await;
     assert!(sees_b.is_some(), "a never saw b: {:?}", a_transport.nodes());
-    assert_eq!(ok(&a, "price", json!({"sku": "apple"})).await, json!(1));
+    assert_eq!(
+        ok(&a, "price", json!({"sku": "apple", "region": "eu"})).await,
+        json!(1)
+    );
     // Kept by a, a hit on b (and now in b's memory).
-    assert_eq!(ok(&b, "price", json!({"sku": "apple"})).await, json!(1));
+    assert_eq!(
+        ok(&b, "price", json!({"sku": "apple", "region": "eu"})).await,
+        json!(1)
+    );
     let ctx = steedos_wasm::context::CallContext::new(Duration::from_secs(10));
     a.app
         .broker
@@ -783,7 +789,7 @@ async fn a_clean_on_one_host_drops_the_answers_in_every_hosts_memory() {
         .await
         .expect("emit");
     let missed = eventually(Duration::from_secs(15), || async {
-        let n = ok(&b, "price", json!({"sku": "apple"})).await;
+        let n = ok(&b, "price", json!({"sku": "apple", "region": "eu"})).await;
         (n != json!(1)).then_some(n)
     })
     .await;

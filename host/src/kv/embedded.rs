@@ -1,8 +1,11 @@
 //! The embedded backend: one redb file per bucket in the app's
 //! `.steedos/kv/` folder (the host's own state, which no grant reaches).
 //! Every write commits with redb's immediate durability (fsync) before its
-//! future resolves; work runs on tokio's blocking pool so a disk sync
-//! never holds a runtime thread. A value is stored behind an 8-byte
+//! future resolves; writes, scans and multi-key reads run on tokio's
+//! blocking pool so a disk sync or a long scan never holds a runtime
+//! thread. A one-key `get` is read in place: a redb read takes no lock a
+//! writer holds (MVCC) and is served from redb's page cache, so the hop to
+//! the pool would cost more than the read. A value is stored behind an 8-byte
 //! little-endian expiry (milliseconds since the epoch, 0 for none); an
 //! expired value reads as absent and is overwritten or dropped by writes.
 
@@ -124,8 +127,11 @@ fn current(
 
 impl Backend for Embedded {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Answer<Option<Vec<u8>>>> {
-        let key = key.to_owned();
-        self.read(move |t| current(t, &key, now_ms()))
+        Box::pin(async move {
+            let txn = self.db.begin_read().map_err(cause)?;
+            let table = txn.open_table(PAIRS).map_err(cause)?;
+            current(&table, key, now_ms())
+        })
     }
 
     fn set<'a>(

@@ -164,6 +164,12 @@ impl Source<'_> {
             }
             let scope = Scope::new(self, entry, "kv", None);
             let raw: RawBucket = scope.deserialize()?;
+            if raw.cache_memory.is_some() && name != DEFAULT_BUCKET {
+                let message = format!(
+                    "kv.{name}.cache_memory: only [kv.{DEFAULT_BUCKET}] takes it (the action cache lives there)"
+                );
+                return Err(self.error(entry.span(), None, message));
+            }
             let backend_written = raw.backend.is_some();
             let backend = match raw.backend.map(|t| t.0) {
                 None => KvBackend::Embedded,
