@@ -77,6 +77,14 @@ impl<'a> Lease<'a> {
         }
     }
 
+    /// The call finished and its caller takes the instance back (to hand
+    /// it to [`Lease::renew`] elsewhere).
+    pub(super) fn take(mut self) -> LiveInstance {
+        self.instance
+            .take()
+            .expect("a lease holds its instance until released")
+    }
+
     /// The call finished: the instance goes back to the pool.
     pub(super) fn release(mut self) {
         if let Some(instance) = self.instance.take() {

@@ -48,9 +48,10 @@ impl Gateway {
         connection: &Connection,
     ) -> Response<GatewayBody> {
         let package = route.package.as_str();
-        let label = format!("{package}.{HTTP_HANDLER}");
+        // Named only when refusing: no allocation on the way through.
+        let label = || format!("{package}.{HTTP_HANDLER}");
         let refuse = |status, kind, message: String| {
-            problem(status, kind, message, Some(&label), request_id).map(Either::Left)
+            problem(status, kind, message, Some(&label()), request_id).map(Either::Left)
         };
         if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
             let why = format!("the URI is longer than {MAX_URI} bytes");
@@ -58,7 +59,7 @@ impl Gateway {
         }
         let limit = usize::try_from(self.settings.max_body).unwrap_or(usize::MAX);
         if req.body().size_hint().lower() > self.settings.max_body {
-            let refused = body_problem(BodyError::TooLarge(limit), Some(&label), request_id);
+            let refused = body_problem(BodyError::TooLarge(limit), Some(&label()), request_id);
             return refused.map(Either::Left);
         }
         // wasi:http hands the guest an authority: HTTP/1.0 may send no Host.

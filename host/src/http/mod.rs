@@ -42,7 +42,7 @@ use wasmtime_wasi_http::{
 
 pub use address::is_public;
 pub use metrics::{HttpErrorKind, HttpMetrics, PackageHttpMetrics};
-pub use serve::{BodyError, LimitedBody, WatchedBody, check_routes};
+pub use serve::{BodyError, LimitedBody, Outcome, WatchedBody, check_routes};
 
 use crate::manifest::{HttpGrant, HttpLimits, HttpScheme, PackageSpec, RequestHost};
 use send::{CallScope, IoFuture};

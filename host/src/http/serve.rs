@@ -115,20 +115,25 @@ where
     }
 }
 
+/// How a handler ended, or the channel its outcome will come by.
+pub enum Outcome {
+    /// The handler already returned (or faulted).
+    Known(Result<(), CallError>),
+    /// The handler runs on; its outcome comes here when it ends.
+    Pending(oneshot::Receiver<Result<(), CallError>>),
+}
+
 /// The response body a guest writes, watched: when it ends, the handler's
 /// outcome decides whether it ended whole (the handler returned) or must
 /// end in an error (the handler faulted, or its package stopped it).
 pub struct WatchedBody {
     inner: HyperOutgoingBody,
-    outcome: Option<oneshot::Receiver<Result<(), CallError>>>,
+    outcome: Option<Outcome>,
 }
 
 impl WatchedBody {
     /// `inner`, ending as `outcome` says once the guest stops writing.
-    pub fn new(
-        inner: HyperOutgoingBody,
-        outcome: oneshot::Receiver<Result<(), CallError>>,
-    ) -> Self {
+    pub fn new(inner: HyperOutgoingBody, outcome: Outcome) -> Self {
         WatchedBody {
             inner,
             outcome: Some(outcome),
@@ -152,15 +157,21 @@ impl Body for WatchedBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             None => {
-                let Some(outcome) = this.outcome.as_mut() else {
-                    return Poll::Ready(None);
+                let result = match this.outcome.take() {
+                    None => return Poll::Ready(None),
+                    Some(Outcome::Known(result)) => Some(result),
+                    Some(Outcome::Pending(mut rx)) => match Pin::new(&mut rx).poll(cx) {
+                        Poll::Ready(result) => result.ok(),
+                        Poll::Pending => {
+                            this.outcome = Some(Outcome::Pending(rx));
+                            return Poll::Pending;
+                        }
+                    },
                 };
-                let result = ready!(Pin::new(outcome).poll(cx));
-                this.outcome = None;
                 match result {
-                    Ok(Ok(())) => Poll::Ready(None),
-                    Ok(Err(e)) => Poll::Ready(Some(Err(e.message().to_string().into()))),
-                    Err(_) => Poll::Ready(Some(Err("the handler ended without an outcome".into()))),
+                    Some(Ok(())) => Poll::Ready(None),
+                    Some(Err(e)) => Poll::Ready(Some(Err(e.message().to_string().into()))),
+                    None => Poll::Ready(Some(Err("the handler ended without an outcome".into()))),
                 }
             }
         }
