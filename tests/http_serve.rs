@@ -569,3 +569,46 @@ async fn instance_per_request_serves_each_request_on_a_fresh_instance() {
     assert_eq!(fresh.report().restarts, 0);
     assert_eq!(t.state("fresh"), "serving");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_before_the_answer_costs_no_instance() {
+    let (t, _gateway, base) = start(APP).await;
+    let count = |base: String| async move {
+        let r = client()
+            .get(format!("{base}/web/count"))
+            .send()
+            .await
+            .expect("GET");
+        r.text()
+            .await
+            .expect("body")
+            .parse::<u32>()
+            .expect("a count")
+    };
+    let before = count(base.clone()).await;
+    // The handler reads a body that stops arriving, so it has not answered
+    // when its client goes away.
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = "POST /web/sum HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n0123456789";
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    // Its only instance is busy with it once the next request queues.
+    let next = tokio::spawn(count(base.clone()));
+    let web = t.app.broker.service("web").expect("web");
+    let queued = eventually(Duration::from_secs(10), || async {
+        (web.report().queued == 1).then_some(())
+    })
+    .await;
+    assert!(queued.is_some(), "the handler runs, the next request waits");
+    drop(tcp);
+    // The handler runs to its end (its read fails) on the same instance:
+    // not cancelled mid-run, which would retire and restart it.
+    let after = tokio::time::timeout(Duration::from_secs(30), next)
+        .await
+        .expect("the next request is answered")
+        .expect("task");
+    assert_eq!(after, before + 2, "the same instance served all three");
+    assert_eq!(web.report().restarts, 0);
+}

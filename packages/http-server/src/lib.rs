@@ -15,6 +15,8 @@
 //! - `bad-headers`: tries forbidden and malformed headers, and says which
 //!   were refused (`x-refused`).
 //! - `count`: how many requests this instance has handled, this one included.
+//! - `sum`: reads the whole request body before answering, then answers
+//!   200 with its length (and `[read error: ...]` if it failed to arrive).
 
 use std::io::{Read, Write};
 
@@ -172,6 +174,24 @@ impl wasi::exports::http::incoming_handler::Guest for Server {
                 Write::flush(s)?;
                 panic!("http-server trapped on purpose in the middle of its body")
             }),
+            "sum" => {
+                let body = request.consume().expect("the request body, once");
+                let mut input = body.stream().expect("the body stream, once");
+                let mut buf = vec![0u8; CHUNK];
+                let (mut total, mut note) = (0usize, String::new());
+                loop {
+                    match Read::read(&mut input, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => total += n,
+                        Err(e) => {
+                            note = format!(" [read error: {e}]");
+                            break;
+                        }
+                    }
+                }
+                let text = format!("{total}{note}");
+                respond(out, 200, &[], |s| s.write_all(text.as_bytes()));
+            }
             "no-answer" => drop(out),
             "count" => respond(out, 200, &[], |s| s.write_all(handled.to_string().as_bytes())),
             "bad-headers" => {
