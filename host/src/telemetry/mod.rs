@@ -335,24 +335,42 @@ impl Telemetry {
         if !self.config.moleculer_events {
             return;
         }
-        let t = Arc::downgrade(self);
         let interval = self.config.moleculer_interval;
+        self.emit_every(
+            interval,
+            MOLECULER_EVENT,
+            Self::take_moleculer_spans,
+            publish,
+        );
+    }
+
+    /// Emits what `take` gives as event `event` through `publish` every
+    /// `interval` (nothing when it gives nothing), until the telemetry or
+    /// the broker (`publish` says false) is gone.
+    fn emit_every(
+        self: &Arc<Self>,
+        interval: std::time::Duration,
+        event: &'static str,
+        take: fn(&Self) -> Option<serde_json::Value>,
+        publish: impl Fn(&str, Vec<u8>, CallContext) -> bool + Send + 'static,
+    ) {
+        let t = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(t) = t.upgrade() else { return };
-                let Some(spans) = t.take_moleculer_spans() else {
+                let Some(value) = take(&t) else {
                     continue;
                 };
-                let Ok(payload) = rmp_serde::to_vec_named(&spans) else {
+                let Ok(payload) = rmp_serde::to_vec_named(&value) else {
                     continue;
                 };
                 let mut ctx = CallContext::new(interval.max(std::time::Duration::from_secs(5)));
-                // The exporter's own event is not traced (Moleculer skips it too).
+                // The exporter's own events are not traced (Moleculer skips them too).
                 ctx.tracing = Some(false);
-                if !publish(MOLECULER_EVENT, payload, ctx) {
+                if !publish(event, payload, ctx) {
                     return;
                 }
             }
@@ -378,30 +396,16 @@ impl Telemetry {
         if !self.config.moleculer_events {
             return;
         }
-        let t = Arc::downgrade(self);
         let interval = self
             .config
             .moleculer_interval
             .max(std::time::Duration::from_millis(10));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(t) = t.upgrade() else { return };
-                let Some(payload) = t.take_metrics_snapshot() else {
-                    continue;
-                };
-                let Ok(payload) = rmp_serde::to_vec_named(&payload) else {
-                    continue;
-                };
-                let mut ctx = CallContext::new(interval.max(std::time::Duration::from_secs(5)));
-                ctx.tracing = Some(false);
-                if !publish(METRICS_EVENT, payload, ctx) {
-                    return;
-                }
-            }
-        });
+        self.emit_every(
+            interval,
+            METRICS_EVENT,
+            Self::take_metrics_snapshot,
+            publish,
+        );
     }
 
     /// The host's metrics now, when a source was given.
