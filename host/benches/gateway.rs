@@ -94,22 +94,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 fn wrk(url: &str, script: &Path) -> anyhow::Result<f64> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{CONNECTIONS}"),
-            &format!("-d{SECONDS}s"),
-            "-s",
-        ])
-        .arg(script)
-        .arg(url)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("cannot read wrk's output:\n{text}"))
+    common::wrk(url, script, CONNECTIONS, SECONDS)
 }
 
 /// The same HTTP/1 server settings, answering `"Hello, <name>!"` from the

@@ -296,25 +296,7 @@ fn rounds(ratios: &[f64]) -> String {
 }
 
 fn wrk(url: &str, script: &Path, plan: Plan) -> anyhow::Result<f64> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{CONNECTIONS}"),
-            &format!("-d{}s", plan.seconds),
-            "-s",
-        ])
-        .arg(script)
-        .arg(url)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(
-        !text.contains("Non-2xx"),
-        "wrk saw errors at {url}:\n{text}"
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("cannot read wrk's output:\n{text}"))
+    common::wrk(url, script, CONNECTIONS, plan.seconds)
 }
 
 /// The `wasmtime` CLI to compare with: `STEEDOS_BENCH_WASMTIME`, else

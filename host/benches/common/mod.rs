@@ -86,3 +86,33 @@ pub async fn redis_server(bin: &std::path::Path) -> anyhow::Result<(Killed, u16)
     }
     Ok((child, port))
 }
+
+/// Requests per second `wrk` (two threads, `connections` connections, for
+/// `seconds`) reached at `url` with the Lua `script`; an error when any
+/// answer was not 2xx or the output cannot be read.
+pub fn wrk(
+    url: &str,
+    script: &std::path::Path,
+    connections: u32,
+    seconds: u32,
+) -> anyhow::Result<f64> {
+    let out = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        !text.contains("Non-2xx"),
+        "wrk saw errors at {url}:\n{text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("cannot read wrk's output:\n{text}"))
+}
