@@ -116,11 +116,7 @@ impl Figures {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+    common::block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -146,17 +142,7 @@ async fn run() -> anyhow::Result<()> {
             .spawn()?,
     );
     let url = format!("nats://127.0.0.1:{port}");
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(10),
-            "nats-server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_port(port, "nats-server").await?;
 
     let shapes = std::env::var("BENCH_SHAPES").ok();
     let measure = std::env::var("BENCH_SECONDS")

@@ -53,11 +53,7 @@ const VALUE: &str = "0123456789abcdef";
 const PAIRS: TableDefinition<&str, &[u8]> = TableDefinition::new("pairs");
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+    common::block_on(run())
 }
 
 fn knob(name: &str, default: u64) -> u64 {

@@ -73,6 +73,12 @@ pub async fn redis_server(bin: &std::path::Path) -> anyhow::Result<(Killed, u16)
             .stderr(Stdio::null())
             .spawn()?,
     );
+    wait_for_port(port, "redis-server").await?;
+    Ok((child, port))
+}
+
+/// Waits (up to 10 s) until `what` accepts connections on 127.0.0.1:`port`.
+pub async fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -80,11 +86,20 @@ pub async fn redis_server(bin: &std::path::Path) -> anyhow::Result<(Killed, u16)
     {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
+            "{what} did not start"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok((child, port))
+    Ok(())
+}
+
+/// Runs a bench's `run` on the two-worker runtime every bench uses.
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(run: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run)
 }
 
 /// Requests per second `wrk` (two threads, `connections` connections, for
