@@ -750,8 +750,24 @@ async fn with_moleculer(release: &str, protocol: u8, bus: Bus) {
         "a broadcast reaches both probe instances: {got:?}"
     );
 
-    // A clean stop: the Node.js nodes drop wasm-1 at once.
+    // A clean stop: the Node.js nodes drop wasm-1 on its DISCONNECT, not
+    // at their heartbeat timeout. `stop` returns once the packets are
+    // sent; a peer reads them a moment later, and a call it made in that
+    // moment would go to wasm-1 and be rejected (503), so the call waits
+    // for the peer to have seen wasm-1 leave.
     node.stop().await;
+    let left = eventually(Duration::from_secs(10), || async {
+        let departed = peer_a.cmd(json!({ "cmd": "departed" })).await;
+        departed["result"]
+            .as_array()
+            .and_then(|d| d.iter().find(|n| n["id"] == "wasm-1").cloned())
+    })
+    .await
+    .expect("peer_a saw wasm-1 leave");
+    assert_eq!(
+        left["unexpected"], false,
+        "wasm-1 left by its DISCONNECT, not lost to the heartbeat timeout: {left}"
+    );
     let e = peer_a
         .call("greeter.hello", json!({ "name": "x" }))
         .await

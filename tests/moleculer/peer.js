@@ -29,6 +29,9 @@
 //   {"id":5,"cmd":"stop"} -> {"id":5,"ok":true}, then the process exits
 //   {"id":6,"cmd":"flaky","mode":"ok"|"throw"|"slow"} -> {"id":6,"ok":true,"result":calls so far}
 //   {"id":7,"cmd":"flaky"} -> {"id":7,"ok":true,"result":calls so far} (mode unchanged)
+//   {"id":8,"cmd":"departed"} -> {"id":8,"ok":true,"result":[{id, unexpected}]}: the nodes
+//     this broker saw leave, in order, `unexpected` false for a DISCONNECT
+//     and true for a node lost to the heartbeat timeout
 // Events the listener receives are printed as {"received":event,"data":...,"group":...,"sender":...}.
 // The first line printed is {"ready":true,"protocol":"4"|"5"}.
 "use strict";
@@ -122,6 +125,12 @@ const objectql = {
 	}
 };
 
+// Nodes seen leaving ($node.disconnected), in order.
+const departed = [];
+broker.localBus.on("$node.disconnected", ({ node, unexpected }) => {
+	departed.push({ id: node.id, unexpected: !!unexpected });
+});
+
 function plainError(e) {
 	return { name: e.name, message: e.message, code: e.code, type: e.type, data: e.data, retryable: e.retryable };
 }
@@ -148,6 +157,8 @@ async function run(cmd) {
 			return broker.waitForServices(cmd.services, 10000);
 		case "nodes":
 			return broker.registry.nodes.list({}).map(n => ({ id: n.id, available: n.available, client: n.client }));
+		case "departed":
+			return departed;
 		case "flaky":
 			if (cmd.mode) flaky.mode = cmd.mode;
 			return flaky.calls;
