@@ -54,6 +54,18 @@ impl Guest for Probe {
         Ok(open(&bucket)?.get(&key).map_err(text)?.map(as_text))
     }
 
+    fn get_each(bucket: String, first: u32, count: u32, keys: u32) -> Result<u32, String> {
+        let bucket = open(&bucket)?;
+        let mut found = 0;
+        for n in 0..count {
+            let key = format!("k{}", (first.wrapping_add(n)) % keys.max(1));
+            if bucket.get(&key).map_err(text)?.is_some() {
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+
     fn delete(bucket: String, key: String) -> Result<(), String> {
         open(&bucket)?.delete(&key).map_err(text)
     }
