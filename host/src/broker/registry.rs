@@ -13,6 +13,7 @@
 //! It must not run calls, start instances or deliver events: it only
 //! knows who is there (see `call.rs`, `lifecycle.rs`, `events.rs`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -309,22 +310,12 @@ impl Service {
 impl Broker {
     /// The service of `package`.
     pub fn service(&self, package: &str) -> Option<Arc<Service>> {
-        self.services
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(package)
-            .cloned()
+        self.services.load().get(package).cloned()
     }
 
     /// Every service, by name.
     pub fn services(&self) -> Vec<Arc<Service>> {
-        let mut all: Vec<_> = self
-            .services
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<_> = self.services.load().values().cloned().collect();
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
     }
@@ -434,18 +425,24 @@ impl Broker {
         if let Ok(mut f) = self.failures.lock() {
             f.retain(|f| *f.name != *name);
         }
-        self.services
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, service)
+        let mut replaced = None;
+        self.services.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            replaced = map.insert(name.clone(), service.clone());
+            map
+        });
+        replaced
     }
 
     /// Stops routing calls to `package`; returns its service, still running.
     pub fn uninstall(&self, package: &str) -> Option<Arc<Service>> {
-        self.services
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(package)
+        let mut removed = None;
+        self.services.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            removed = map.remove(package);
+            map
+        });
+        removed
     }
 
     /// The parameter rules another node announced for `action` (see
@@ -504,8 +501,7 @@ impl Broker {
     pub(super) fn subscribers(&self, event: &str, groups: Option<&[String]>) -> Vec<Arc<Service>> {
         let mut subscribers: Vec<Arc<Service>> = self
             .services
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .load()
             .values()
             .filter(|s| s.package.ty.handles_events() && s.package.spec.subscribes_to(event))
             .filter(|s| groups.is_none_or(|g| g.iter().any(|g| **g == *s.package.name)))

@@ -19,10 +19,11 @@
 //! were no cache, and a hit kept in memory still answers.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use moka::sync::Cache;
 use serde_json::Value;
 
@@ -83,7 +84,9 @@ pub struct ActionCache {
     memory: Option<Cache<String, Arc<Kept>>>,
     /// Bumped by every clean: an answer whose call began before is not kept.
     generation: AtomicU64,
-    counts: RwLock<HashMap<String, Arc<Counters>>>,
+    /// Read on every cached call, written once per action: swapped whole,
+    /// so that a hit takes no lock.
+    counts: ArcSwap<HashMap<String, Arc<Counters>>>,
 }
 
 impl ActionCache {
@@ -104,7 +107,7 @@ impl ActionCache {
             bucket,
             memory,
             generation: AtomicU64::new(0),
-            counts: RwLock::new(HashMap::new()),
+            counts: ArcSwap::default(),
         }
     }
 
@@ -132,19 +135,22 @@ impl ActionCache {
             }
             other => other,
         };
-        let picked = match (&value, policy.keys.is_empty()) {
-            (Value::Object(map), false) => Value::Array(
-                policy
-                    .keys
-                    .iter()
-                    .map(|k| map.get(k).cloned().unwrap_or(Value::Null))
-                    .collect(),
-            ),
-            _ => value,
-        };
         let mut hasher = blake3::Hasher::new();
         hasher.update(if json { b"j" } else { b"m" });
-        hasher.update(picked.to_string().as_bytes());
+        // The picked values written straight into the hash, as the JSON
+        // text `Value::to_string` gives (the key's form is kept in buckets).
+        let written = match (&value, policy.keys.is_empty()) {
+            (Value::Object(map), false) => {
+                let picked: Vec<&Value> = policy
+                    .keys
+                    .iter()
+                    .map(|k| map.get(k).unwrap_or(&Value::Null))
+                    .collect();
+                serde_json::to_writer(&mut hasher, &picked)
+            }
+            _ => serde_json::to_writer(&mut hasher, &value),
+        };
+        written.ok()?;
         Some(format!("{action}:{}", hasher.finalize().to_hex()))
     }
 
@@ -254,7 +260,7 @@ impl ActionCache {
 
     /// Hits and misses per action, sorted by action.
     pub fn counts(&self) -> Vec<(String, CacheCounts)> {
-        let counts = self.counts.read().unwrap_or_else(|p| p.into_inner());
+        let counts = self.counts.load();
         let mut all: Vec<_> = counts
             .iter()
             .map(|(k, c)| {
@@ -270,15 +276,64 @@ impl ActionCache {
     }
 
     fn count(&self, action: &str, which: impl Fn(&Counters) -> &AtomicU64) {
-        {
-            let counts = self.counts.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = counts.get(action) {
-                which(c).fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        if let Some(c) = self.counts.load().get(action) {
+            which(c).fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        let mut counts = self.counts.write().unwrap_or_else(|p| p.into_inner());
-        let c = counts.entry(action.to_owned()).or_default();
-        which(c).fetch_add(1, Ordering::Relaxed);
+        let mut counters = None;
+        self.counts.rcu(|counts| {
+            let mut counts = HashMap::clone(counts);
+            counters = Some(counts.entry(action.to_owned()).or_default().clone());
+            counts
+        });
+        if let Some(c) = counters {
+            which(&c).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A key as it was first written (the JSON text of the picked values,
+    /// hashed): keys live in buckets that outlast a host's version, so
+    /// the form must not drift.
+    fn first_form(action: &str, picked: &Value) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"j");
+        hasher.update(picked.to_string().as_bytes());
+        format!("{action}:{}", hasher.finalize().to_hex())
+    }
+
+    #[test]
+    fn keys_keep_their_form() {
+        let names = ["sku", "qty"];
+        let by = |keys: &[&str]| CachePolicy {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            ttl: None,
+        };
+        let params = br#"{"qty": 2, "sku": "a\u00e9\"b", "x": [1.5, null]}"#;
+        let all = ActionCache::key("inv.get", true, params, &names, &by(&[]));
+        let value: Value = serde_json::from_slice(params).expect("JSON");
+        assert_eq!(all.as_deref(), Some(&*first_form("inv.get", &value)));
+        let picked = ActionCache::key("inv.get", true, params, &names, &by(&["sku", "nope"]));
+        let expected = first_form("inv.get", &json!(["a\u{e9}\"b", null]));
+        assert_eq!(picked.as_deref(), Some(&*expected));
+        // By position is by name.
+        let positional = ActionCache::key(
+            "inv.get",
+            true,
+            br#"["a\u00e9\"b", 2]"#,
+            &names,
+            &by(&["sku", "nope"]),
+        );
+        assert_eq!(positional, picked);
+        // Unreadable params make no key.
+        assert_eq!(
+            ActionCache::key("inv.get", true, b"{", &names, &by(&[])),
+            None
+        );
     }
 }
