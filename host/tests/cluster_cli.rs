@@ -65,6 +65,16 @@ fn run_joins_with_nats_flags_and_call_reaches_it_through_the_cluster() {
             .spawn()
             .expect("nats-server"),
     );
+    // The node connects once at start and exits when nobody answers, so
+    // the server must listen first (on a loaded machine it takes a while).
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server did not listen on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let url = format!("nats://127.0.0.1:{port}");
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let built = bin()
