@@ -78,54 +78,44 @@ fn knob(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The figures printed so far, by name, and each pair's ratios round by
-/// round (host over direct), for the ratios at the end.
+/// Each pair's ratios round by round (host over direct), by the host
+/// figure's name, for the ratios at the end.
 #[derive(Default)]
 struct Figures {
-    values: HashMap<String, f64>,
     rounds: HashMap<String, Vec<f64>>,
 }
 
 impl Figures {
-    fn print(&mut self, name: &str, value: f64, unit: &str) {
+    fn print(&self, name: &str, value: f64, unit: &str) {
         println!("bench: {name} = {value:.1} {unit}");
-        self.values.insert(name.to_string(), value);
     }
 
     /// The median of `rounds`, with the rounds themselves.
-    fn print_median(&mut self, name: &str, mut rounds: Vec<f64>, unit: &str) {
+    fn print_median(&self, name: &str, rounds: &[f64], unit: &str) {
         let text: Vec<String> = rounds.iter().map(|r| format!("{r:.0}")).collect();
-        let Some(median) = median(&mut rounds) else {
-            return;
-        };
         println!(
-            "bench: {name} = {median:.1} {unit} (median of {} rounds: {})",
+            "bench: {name} = {:.1} {unit} (median of {} rounds: {})",
+            common::median(rounds),
             rounds.len(),
             text.join(", ")
         );
-        self.values.insert(name.to_string(), median);
     }
 
     /// `name`: the median of the per-round ratios of the pair measured
     /// under `host` (alternating rounds, so that a drift of the machine
     /// between rounds cancels), with the target.
     fn ratio(&self, name: &str, host: &str, target: f64) {
-        let Some(mut rounds) = self.rounds.get(host).cloned() else {
+        let Some(rounds) = self.rounds.get(host).filter(|r| !r.is_empty()) else {
             return;
         };
         let text: Vec<String> = rounds.iter().map(|r| format!("{r:.2}")).collect();
-        let Some(r) = median(&mut rounds) else { return };
+        let r = common::median(rounds);
         let verdict = if r >= target { "met" } else { "not met" };
         println!(
             "bench: {name} = {r:.2} (target {target}: {verdict}; median of the rounds' ratios: {})",
             text.join(" ")
         );
     }
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
 }
 
 /// Whether `BENCH_SHAPES` (a comma list of `get`, `set`, `cache`,
@@ -153,8 +143,8 @@ where
         h.push(host);
         ratios.push(host / direct);
     }
-    figures.print_median(direct_name, d, "ops/s");
-    figures.print_median(host_name, h, "ops/s");
+    figures.print_median(direct_name, &d, "ops/s");
+    figures.print_median(host_name, &h, "ops/s");
     figures.rounds.insert(host_name.to_string(), ratios);
     Ok(())
 }
@@ -365,7 +355,7 @@ async fn get(figures: &mut Figures, b: &Arc<Broker>, d: &Arc<Database>) -> anyho
             .await?,
         );
     }
-    figures.print_median("kv.get.call.c100", one, "ops/s");
+    figures.print_median("kv.get.call.c100", &one, "ops/s");
     Ok(())
 }
 

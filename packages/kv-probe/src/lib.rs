@@ -58,7 +58,7 @@ impl Guest for Probe {
         let bucket = open(&bucket)?;
         let mut found = 0;
         for n in 0..count {
-            let key = format!("k{}", (first.wrapping_add(n)) % keys.max(1));
+            let key = format!("k{}", first.wrapping_add(n) % keys.max(1));
             if bucket.get(&key).map_err(text)?.is_some() {
                 found += 1;
             }
