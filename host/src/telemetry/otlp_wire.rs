@@ -1,10 +1,11 @@
-//! Sending OTLP metrics and logs requests to a collector: protobuf bodies
-//! over HTTP (the hyper client `opentelemetry-http` gives the span
-//! exporter too) or the generated gRPC clients of `opentelemetry-proto`
-//! (tonic). Spans go through `opentelemetry-otlp` instead (`otlp.rs`); its
-//! metrics and logs exporters take only data the SDK's own instruments
-//! and loggers make, while these signals are read from the host's counters
-//! and log events, so they are built as OTLP messages here.
+//! Sending OTLP requests (spans, metrics, log records) to a collector:
+//! protobuf bodies over HTTP (the hyper client of `opentelemetry-http`) or
+//! the generated gRPC clients of `opentelemetry-proto` (tonic). Every
+//! signal is read from the host's own records (ended spans, counters, log
+//! events) and built straight into OTLP messages, with no SDK objects in
+//! between: the OpenTelemetry SDK's exporters take only what its own
+//! tracers, instruments and loggers make, and going through them cost a
+//! copy of every span (measured in `just bench`'s telemetry part).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,8 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
@@ -111,18 +114,24 @@ impl Wire {
         }
     }
 
+    /// Exports spans.
+    pub(super) async fn traces(&self, request: ExportTraceServiceRequest) -> Result<(), String> {
+        match self {
+            Wire::Http { .. } => self.post(request.encode_to_vec()).await,
+            Wire::Grpc { channel, timeout } => {
+                let mut client = TraceServiceClient::new(channel.clone());
+                within(*timeout, client.export(request)).await
+            }
+        }
+    }
+
     /// Exports metrics.
     pub(super) async fn metrics(&self, request: ExportMetricsServiceRequest) -> Result<(), String> {
         match self {
             Wire::Http { .. } => self.post(request.encode_to_vec()).await,
             Wire::Grpc { channel, timeout } => {
                 let mut client = MetricsServiceClient::new(channel.clone());
-                let call = client.export(request);
-                match tokio::time::timeout(*timeout, call).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(status)) => Err(status.to_string()),
-                    Err(_) => Err("timed out".into()),
-                }
+                within(*timeout, client.export(request)).await
             }
         }
     }
@@ -133,13 +142,20 @@ impl Wire {
             Wire::Http { .. } => self.post(request.encode_to_vec()).await,
             Wire::Grpc { channel, timeout } => {
                 let mut client = LogsServiceClient::new(channel.clone());
-                let call = client.export(request);
-                match tokio::time::timeout(*timeout, call).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(status)) => Err(status.to_string()),
-                    Err(_) => Err("timed out".into()),
-                }
+                within(*timeout, client.export(request)).await
             }
         }
+    }
+}
+
+/// A gRPC export's outcome, given `timeout` to answer.
+async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status.to_string()),
+        Err(_) => Err("timed out".into()),
     }
 }
