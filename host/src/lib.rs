@@ -32,6 +32,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod boxed;
 pub mod broker;
 pub mod builder;
 pub mod cli;

@@ -79,7 +79,7 @@ impl Broker {
     ) -> Result<Reply, CallError> {
         if found.0.policies[found.1].cache.is_some() {
             // Boxed: the cache's store futures stay off the uncached path.
-            return Box::pin(self.call_cached(found, call)).await;
+            return crate::boxed::pinned(|| self.call_cached(found, call)).await;
         }
         self.call_uncached(found, call).await
     }
@@ -715,7 +715,9 @@ impl Broker {
                 // wasmtime's below it) is built once on the heap instead of
                 // being copied into every future above it, per call.
                 |started| {
-                    Box::pin(self.invoke_unmetered(service, action, params, ctx.clone(), started))
+                    crate::boxed::pinned(|| {
+                        self.invoke_unmetered(service, action, params, ctx.clone(), started)
+                    })
                 },
                 |started, outcome| service.record(action, started, outcome),
             )

@@ -45,7 +45,7 @@ impl Router for BrokerHandle {
         params: Vec<u8>,
         options: CallOptions,
     ) -> BoxFuture<'a, Result<Vec<u8>, CallError>> {
-        Box::pin(async move {
+        crate::boxed::pinned(|| async move {
             let broker = self.broker()?;
             broker
                 .call_from_package_with(from, action, params, options)
@@ -59,7 +59,7 @@ impl Router for BrokerHandle {
         target: &'a ImportTarget,
         params: Params<'a>,
     ) -> BoxFuture<'a, Result<Option<Output>, CallError>> {
-        Box::pin(async move {
+        crate::boxed::pinned(|| async move {
             let broker = self.broker()?;
             let service = broker.service(&target.provider).ok_or_else(|| {
                 CallError::NotFound(format!(
@@ -98,7 +98,7 @@ impl Router for BrokerHandle {
         payload: Vec<u8>,
         broadcast: bool,
     ) -> BoxFuture<'a, Result<(), CallError>> {
-        Box::pin(async move {
+        crate::boxed::pinned(|| async move {
             let broker = self.broker()?;
             broker
                 .emit_event(

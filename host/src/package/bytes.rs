@@ -362,7 +362,7 @@ where
     let typed = func.typed::<P, R>(&*store)?;
     // Boxed: wasmtime's call future (about 1.4 KB) would otherwise be
     // copied into, and with, every call future above it.
-    Box::pin(typed.call_async(store, params)).await
+    crate::boxed::pinned(|| typed.call_async(store, params)).await
 }
 
 #[cfg(test)]

@@ -404,7 +404,7 @@ impl LiveInstance {
         };
         // Boxed: wasmtime's call future (about 1.4 KB) would otherwise be
         // copied into, and with, every call future above it.
-        Box::pin(func.call_async(&mut self.store, params, out)).await?;
+        crate::boxed::pinned(|| func.call_async(&mut self.store, params, out)).await?;
         let [result] = results;
         Ok(has_result.then_some(Output::Val(result)))
     }
