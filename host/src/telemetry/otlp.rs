@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, SpanFlags, Status, span, status,
 };
@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::config::{Config, OtlpConfig};
 use super::ids::{span_id, trace_id};
-use super::otlp_wire::{Wire, attribute, nanos, resource, scope};
+use super::otlp_wire::{Wire, attribute, key_value, nanos, resource, scope};
 use super::{Finished, Kind, Value};
 
 /// Spans waiting for their batch, at most.
@@ -124,16 +124,12 @@ pub(super) fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequ
     }
 }
 
-fn key_value(key: &str, v: Value) -> KeyValue {
-    let value = match v {
+/// A span attribute's value as OTLP's.
+fn any(v: Value) -> any_value::Value {
+    match v {
         Value::Str(s) => any_value::Value::StringValue(s.into_owned()),
         Value::Int(n) => any_value::Value::IntValue(n),
         Value::Bool(b) => any_value::Value::BoolValue(b),
-    };
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..KeyValue::default()
     }
 }
 
@@ -149,7 +145,11 @@ pub(super) fn otlp_span(f: Finished) -> Span {
     if let Some(service) = &span.service {
         attributes.push(attribute("steedos.package", &**service));
     }
-    attributes.extend(span.attributes.into_iter().map(|(k, v)| key_value(k, v)));
+    attributes.extend(
+        span.attributes
+            .into_iter()
+            .map(|(k, v)| key_value(k, any(v))),
+    );
     let mut events: Vec<span::Event> = span
         .events
         .into_iter()
@@ -159,7 +159,7 @@ pub(super) fn otlp_span(f: Finished) -> Span {
             attributes: e
                 .attributes
                 .into_iter()
-                .map(|(k, v)| key_value(k, v))
+                .map(|(k, v)| key_value(k, any(v)))
                 .collect(),
             dropped_attributes_count: 0,
         })
@@ -219,6 +219,8 @@ pub(super) fn otlp_span(f: Finished) -> Span {
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
+
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
 
     use super::*;
     use crate::context::ContextId;

@@ -26,11 +26,14 @@ use crate::manifest::OtlpProtocol;
 
 /// A string attribute.
 pub(super) fn attribute(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
+    key_value(key, any_value::Value::StringValue(value.into()))
+}
+
+/// An attribute of any value.
+pub(super) fn key_value(key: impl Into<String>, value: any_value::Value) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
+        value: Some(AnyValue { value: Some(value) }),
         ..KeyValue::default()
     }
 }
