@@ -75,11 +75,7 @@ impl CallContext {
     /// A fresh context for a call from outside the host.
     pub fn new(timeout: Duration) -> Self {
         let id = ContextId::new();
-        CallContext {
-            request_id: id.to_string().into(),
-            id,
-            ..Self::with_request_id("", timeout)
-        }
+        Self::root(id.text(), id, timeout)
     }
 
     /// A context for an outside call whose request id is given (taken from
@@ -87,8 +83,13 @@ impl CallContext {
     /// request id, as Moleculer makes them.
     pub fn with_request_id(request_id: impl Into<Arc<str>>, timeout: Duration) -> Self {
         let request_id = request_id.into();
+        Self::root(request_id.clone(), ContextId::of_text(&request_id), timeout)
+    }
+
+    /// A request's first context: `id` stands for `request_id`.
+    fn root(request_id: Arc<str>, id: ContextId, timeout: Duration) -> Self {
         CallContext {
-            id: ContextId::of_text(&request_id),
+            id,
             parent_id: None,
             request_id,
             chain: Arc::from([]),
@@ -259,7 +260,7 @@ pub fn deadline_after(timeout: Duration) -> Instant {
 
 /// A new request id: a UUID v4, unique across nodes.
 pub fn next_request_id() -> Arc<str> {
-    ContextId::new().to_string().into()
+    ContextId::new().text()
 }
 
 /// The seven kinds of call error, each with what it is called everywhere

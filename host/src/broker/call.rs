@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Val;
 use wasmtime::component::types::Type;
 
+use super::cache::Lookup;
 use super::protect::{Layer, RemoteGuard, RemoteProtection, remote_fallback_applies};
 use super::registry::CallerKind;
 use super::{Broker, DEADLINE_GRACE, InFlight, RemoteParams, Service};
@@ -77,9 +78,15 @@ impl Broker {
         found: (Arc<Service>, usize),
         call: Encoded<'_>,
     ) -> Result<Reply, CallError> {
-        if found.0.policies[found.1].cache.is_some() {
-            // Boxed: the cache's store futures stay off the uncached path.
-            return crate::boxed::pinned(|| self.call_cached(found, call)).await;
+        if let Some(cached) = &found.0.policies[found.1].cache {
+            return match self.kept_answer(cached, &found, &call) {
+                Lookup::Hit(reply) => Ok(reply),
+                // Boxed: the cache's store futures stay off the uncached path.
+                Lookup::Miss(key) => {
+                    crate::boxed::pinned(|| self.call_cached(found, call, key)).await
+                }
+                Lookup::Uncached => self.call_uncached(found, call).await,
+            };
         }
         self.call_uncached(found, call).await
     }

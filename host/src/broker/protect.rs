@@ -40,19 +40,22 @@ pub(super) struct ActionProtection {
     pub(super) idempotent: bool,
     pub(super) fallback: Option<String>,
     /// Its `cache` property: answers kept in the app's cache (see `cache.rs`).
-    pub(super) cache: Option<crate::manifest::CachePolicy>,
+    pub(super) cache: Option<super::cache::CachedAction>,
     queue: Option<usize>,
     waiting: AtomicUsize,
 }
 
 impl ActionProtection {
-    pub(super) fn new(spec: &PackageSpec, action: &str) -> Self {
+    /// The protections of `package`'s `action`.
+    pub(super) fn new(spec: &PackageSpec, package: &str, action: &str) -> Self {
         let own = spec.actions.iter().find(|p| p.name == action);
         ActionProtection {
             breaker: spec.circuit.clone().map(CircuitBreaker::new),
             idempotent: own.is_some_and(|p| p.idempotent),
             fallback: own.and_then(|p| p.fallback.clone()),
-            cache: own.and_then(|p| p.cache.clone()),
+            cache: own
+                .and_then(|p| p.cache.clone())
+                .map(|policy| super::cache::CachedAction::new(policy, package, action)),
             queue: own.and_then(|p| p.queue),
             waiting: AtomicUsize::new(0),
         }

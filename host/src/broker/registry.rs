@@ -85,7 +85,7 @@ impl Service {
             .ty
             .actions
             .iter()
-            .map(|a| ActionProtection::new(&package.spec, &a.name))
+            .map(|a| ActionProtection::new(&package.spec, &package.name, &a.name))
             .collect();
         let remote = RemoteProtection::new(&package.spec, &package.ty.actions);
         let events = EventQueue::new(package.spec.max_instances, package.spec.emit_rate);

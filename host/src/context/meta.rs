@@ -194,6 +194,18 @@ impl ContextId {
     pub fn new() -> ContextId {
         ContextId::Uuid(uuid::Uuid::new_v4())
     }
+
+    /// Its text (a UUID's hyphenated form), as one shared string: what
+    /// `to_string().into()` gives, written without a `String` between.
+    pub fn text(&self) -> Arc<str> {
+        match self {
+            ContextId::Uuid(id) => Arc::from(
+                &*id.hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ),
+            ContextId::Given(text) => text.clone(),
+        }
+    }
 }
 
 impl ContextId {

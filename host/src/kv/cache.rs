@@ -70,9 +70,11 @@ impl moka::Expiry<String, Arc<Kept>> for ByPolicy {
     }
 }
 
-/// One action's counts, bumped without a lock.
+/// One action's counts, bumped without a lock. A caller that makes many
+/// calls of one action holds its counters ([`ActionCache::counters`]) so
+/// that a hit looks nothing up to count itself.
 #[derive(Default)]
-struct Counters {
+pub struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -115,11 +117,11 @@ impl ActionCache {
     /// `params` (JSON when `json`, else MessagePack; by name, or by position
     /// in the order of `names`); `None` when the params
     /// cannot be read (the call then goes in and fails or answers on its own).
-    pub fn key(
+    pub fn key<'n>(
         action: &str,
         json: bool,
         params: &[u8],
-        names: &[&str],
+        names: impl IntoIterator<Item = &'n str, IntoIter: ExactSizeIterator>,
         policy: &CachePolicy,
     ) -> Option<String> {
         let value: Value = match json {
@@ -130,8 +132,12 @@ impl ActionCache {
         };
         // By position is the same call as by name.
         let value = match value {
-            Value::Array(list) if list.len() <= names.len() => {
-                Value::Object(names.iter().map(|n| n.to_string()).zip(list).collect())
+            Value::Array(list) => {
+                let names = names.into_iter();
+                match list.len() <= names.len() {
+                    true => Value::Object(names.map(str::to_owned).zip(list).collect()),
+                    false => Value::Array(list),
+                }
             }
             other => other,
         };
@@ -151,7 +157,35 @@ impl ActionCache {
             _ => serde_json::to_writer(&mut hasher, &value),
         };
         written.ok()?;
-        Some(format!("{action}:{}", hasher.finalize().to_hex()))
+        let hash = hasher.finalize().to_hex();
+        let mut key = String::with_capacity(action.len() + 1 + hash.len());
+        key.push_str(action);
+        key.push(':');
+        key.push_str(&hash);
+        Some(key)
+    }
+
+    /// The counters of `action` (`<package>.<action>`), made on first use.
+    pub fn counters(&self, action: &str) -> Arc<Counters> {
+        if let Some(c) = self.counts.load().get(action) {
+            return c.clone();
+        }
+        let mut counters = None;
+        self.counts.rcu(|counts| {
+            let mut counts = HashMap::clone(counts);
+            counters = Some(counts.entry(action.to_owned()).or_default().clone());
+            counts
+        });
+        counters.unwrap_or_default()
+    }
+
+    /// The answer kept at `key` in this node's memory, counted as a hit in
+    /// `counters`: no store, no await. `None` sends the caller to
+    /// [`ActionCache::get_stored`].
+    pub fn get_in_memory(&self, key: &str, counters: &Counters) -> Option<Arc<[u8]>> {
+        let kept = self.memory.as_ref()?.get(key)?;
+        counters.hits.fetch_add(1, Ordering::Relaxed);
+        Some(kept.answer.clone())
     }
 
     /// Where a call that missed stands: hand it to [`ActionCache::put`]
@@ -160,17 +194,20 @@ impl ActionCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The kept answer at `key`, counted as a hit: from memory, else from
-    /// the bucket (then kept in memory for the policy's `ttl`).
-    pub async fn get(&self, action: &str, key: &str, policy: &CachePolicy) -> Option<Arc<[u8]>> {
-        if let Some(kept) = self.memory.as_ref().and_then(|m| m.get(key)) {
-            self.count(action, |c| &c.hits);
-            return Some(kept.answer.clone());
-        }
+    /// The answer kept at `key` in the cache's bucket (after
+    /// [`ActionCache::get_in_memory`] found none), counted as a hit in
+    /// `counters` and then kept in memory for the policy's `ttl`.
+    pub async fn get_stored(
+        &self,
+        action: &str,
+        key: &str,
+        policy: &CachePolicy,
+        counters: &Counters,
+    ) -> Option<Arc<[u8]>> {
         let since = self.generation();
         match self.bucket.run(|b| b.get(key)).await {
             Ok(Some(answer)) => {
-                self.count(action, |c| &c.hits);
+                counters.hits.fetch_add(1, Ordering::Relaxed);
                 let answer: Arc<[u8]> = answer.into();
                 self.remember(key, &answer, policy, since);
                 Some(answer)
@@ -206,9 +243,9 @@ impl ActionCache {
         key: &str,
         answer: &[u8],
         policy: &CachePolicy,
-        since: u64,
+        (since, counters): (u64, &Counters),
     ) {
-        self.count(action, |c| &c.misses);
+        counters.misses.fetch_add(1, Ordering::Relaxed);
         if self.bucket.check_value(answer).is_err() || self.generation() != since {
             return;
         }
@@ -273,22 +310,6 @@ impl ActionCache {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
-    }
-
-    fn count(&self, action: &str, which: impl Fn(&Counters) -> &AtomicU64) {
-        if let Some(c) = self.counts.load().get(action) {
-            which(c).fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let mut counters = None;
-        self.counts.rcu(|counts| {
-            let mut counts = HashMap::clone(counts);
-            counters = Some(counts.entry(action.to_owned()).or_default().clone());
-            counts
-        });
-        if let Some(c) = counters {
-            which(&c).fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 
