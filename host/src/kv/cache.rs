@@ -336,10 +336,10 @@ mod tests {
             ttl: None,
         };
         let params = br#"{"qty": 2, "sku": "a\u00e9\"b", "x": [1.5, null]}"#;
-        let all = ActionCache::key("inv.get", true, params, &names, &by(&[]));
+        let all = ActionCache::key("inv.get", true, params, names, &by(&[]));
         let value: Value = serde_json::from_slice(params).expect("JSON");
         assert_eq!(all.as_deref(), Some(&*first_form("inv.get", &value)));
-        let picked = ActionCache::key("inv.get", true, params, &names, &by(&["sku", "nope"]));
+        let picked = ActionCache::key("inv.get", true, params, names, &by(&["sku", "nope"]));
         let expected = first_form("inv.get", &json!(["a\u{e9}\"b", null]));
         assert_eq!(picked.as_deref(), Some(&*expected));
         // By position is by name.
@@ -347,13 +347,13 @@ mod tests {
             "inv.get",
             true,
             br#"["a\u00e9\"b", 2]"#,
-            &names,
+            names,
             &by(&["sku", "nope"]),
         );
         assert_eq!(positional, picked);
         // Unreadable params make no key.
         assert_eq!(
-            ActionCache::key("inv.get", true, b"{", &names, &by(&[])),
+            ActionCache::key("inv.get", true, b"{", names, &by(&[])),
             None
         );
     }
