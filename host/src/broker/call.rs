@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Val;
 use wasmtime::component::types::Type;
 
-use super::cache::Lookup;
 use super::protect::{Layer, RemoteGuard, RemoteProtection, remote_fallback_applies};
 use super::registry::CallerKind;
 use super::{Broker, DEADLINE_GRACE, InFlight, RemoteParams, Service};
@@ -58,6 +57,18 @@ impl Reply {
     }
 }
 
+/// What the action cache (`cache.rs`) holds for a call of a cached action.
+pub(super) enum Lookup {
+    /// The answer this node's memory keeps, in the caller's format.
+    Hit(Reply),
+    /// Not in memory: the key to look for in the cache's bucket and to
+    /// keep the answer under.
+    Miss(String),
+    /// No cache to ask (the app has none, or the params make no key): the
+    /// call goes in as any other.
+    Uncached,
+}
+
 /// One call of a local action with encoded params.
 pub(super) struct Encoded<'a> {
     /// `<package>.<action>`, for messages.
@@ -78,12 +89,12 @@ impl Broker {
         found: (Arc<Service>, usize),
         call: Encoded<'_>,
     ) -> Result<Reply, CallError> {
-        if let Some(cached) = &found.0.policies[found.1].cache {
-            return match self.kept_answer(cached, &found, &call) {
+        if found.0.policies[found.1].cache.is_some() {
+            return match self.kept_answer(&found, &call) {
                 Lookup::Hit(reply) => Ok(reply),
-                // Boxed: the cache's store futures stay off the uncached path.
+                // Boxed: the cache's store futures stay off the other paths.
                 Lookup::Miss(key) => {
-                    crate::boxed::pinned(|| self.call_cached(found, call, key)).await
+                    crate::boxed::pinned(|| self.call_missed(found, call, key)).await
                 }
                 Lookup::Uncached => self.call_uncached(found, call).await,
             };

@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::context::{CallContext, CallError, Human};
+use crate::kv::cache::CachedAction;
 use crate::manifest::{ActionPolicy, CallerProtection, CircuitPolicy, PackageSpec, RetryPolicy};
 use crate::package::ActionType;
 use crate::resilience::{self, Admission, CircuitBreaker};
@@ -40,7 +41,7 @@ pub(super) struct ActionProtection {
     pub(super) idempotent: bool,
     pub(super) fallback: Option<String>,
     /// Its `cache` property: answers kept in the app's cache (see `cache.rs`).
-    pub(super) cache: Option<super::cache::CachedAction>,
+    pub(super) cache: Option<CachedAction>,
     queue: Option<usize>,
     waiting: AtomicUsize,
 }
@@ -55,7 +56,7 @@ impl ActionProtection {
             fallback: own.and_then(|p| p.fallback.clone()),
             cache: own
                 .and_then(|p| p.cache.clone())
-                .map(|policy| super::cache::CachedAction::new(policy, package, action)),
+                .map(|policy| CachedAction::new(policy, package, action)),
             queue: own.and_then(|p| p.queue),
             waiting: AtomicUsize::new(0),
         }

@@ -79,6 +79,42 @@ pub struct Counters {
     misses: AtomicU64,
 }
 
+/// An action's `cache` property, with what its calls need at hand: the
+/// prefix of its keys and its counters (fetched from the app's cache on
+/// first use, so that a hit looks nothing up to count itself).
+pub struct CachedAction {
+    policy: CachePolicy,
+    /// `<package>.<action>`.
+    label: String,
+    counters: std::sync::OnceLock<Arc<Counters>>,
+}
+
+impl CachedAction {
+    /// `package`'s `action`, cached under `policy`.
+    pub fn new(policy: CachePolicy, package: &str, action: &str) -> Self {
+        CachedAction {
+            policy,
+            label: format!("{package}.{action}"),
+            counters: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Its `cache` property.
+    pub fn policy(&self) -> &CachePolicy {
+        &self.policy
+    }
+
+    /// `<package>.<action>`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Its counters in `cache`.
+    pub fn counters(&self, cache: &ActionCache) -> &Counters {
+        self.counters.get_or_init(|| cache.counters(&self.label))
+    }
+}
+
 /// The cache over its bucket, with its counts per action.
 pub struct ActionCache {
     bucket: Arc<Bucket>,
