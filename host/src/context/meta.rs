@@ -240,6 +240,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// `text` is the id as it is printed: a fresh id's hyphenated UUID
+    /// (what peers parse back with `of_text`), a given id's own text.
+    #[test]
+    fn an_ids_text_is_how_it_prints() {
+        let id = ContextId::new();
+        assert_eq!(&*id.text(), id.to_string());
+        assert_eq!(ContextId::of_text(&id.text()), id);
+        let given = ContextId::Given("node-1-42".into());
+        assert_eq!(&*given.text(), "node-1-42");
+    }
+
     fn map(v: Value) -> MetaMap {
         match v {
             Value::Object(m) => m,
