@@ -437,6 +437,92 @@ async fn sampling_off_sends_nothing() {
     assert!(others.is_empty(), "sampled out, yet sent: {others:#?}");
 }
 
+/// A counter of the gateway's `/metrics` (0 when absent).
+async fn scraped(client: &reqwest::Client, base: &str, name: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A collector that takes connections and never answers: the exporter's
+/// first batch waits for it, and the queue behind it fills. From then on
+/// the host starts no trace of its own (whole traces shed, counted)
+/// instead of building spans that are dropped one by one; a trace its
+/// caller sampled is still followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_export_queue_sheds_whole_traces() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let toml = format!("{}{PACKAGES}", telemetry_toml(&url, "http/protobuf"));
+    let t = TestApp::start(&toml).await;
+    let (_gateway, base) = t.gateway().await;
+    let client = reqwest::Client::new();
+    let shed = "steedos_telemetry_traces_shed_total";
+    let dropped = "steedos_telemetry_spans_dropped_total";
+    let echo = |client: &reqwest::Client| {
+        client
+            .post(format!("{base}/api/fragile/echo"))
+            .json(&json!({ "text": "hi" }))
+            .send()
+    };
+    // Each request is a trace of two spans; the queue holds 4,096 and the
+    // stuck exporter took a batch of at most 512 out of it.
+    let mut requests = 0;
+    while scraped(&client, &base, shed).await == 0 {
+        assert!(requests < 6_000, "no trace shed after {requests} requests");
+        for _ in 0..100 {
+            assert_eq!(echo(&client).await.expect("request").status(), 200);
+        }
+        requests += 100;
+    }
+    // The exporter gives up on its batch after 10 s and takes another
+    // (512 spans of room): the counts below hold across one such turn.
+    for _ in 0..1_000 {
+        assert_eq!(echo(&client).await.expect("request").status(), 200);
+    }
+    let (shed_now, dropped_now) = (
+        scraped(&client, &base, shed).await,
+        scraped(&client, &base, dropped).await,
+    );
+    assert!(shed_now >= 200, "{shed_now} traces shed");
+    // The traces begun before the queue filled end in the room kept for
+    // them: no span dropped, where every span would drop without shedding.
+    assert_eq!(dropped_now, 0, "spans dropped");
+    // Traces their callers sampled are followed, not shed: past the room
+    // kept, their spans are dropped (and counted).
+    for _ in 0..600 {
+        let r = client
+            .post(format!("{base}/api/fragile/echo"))
+            .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+            .json(&json!({ "text": "hi" }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    // Shed since: the two scrapes (each a request of its own) and nothing else.
+    assert_eq!(scraped(&client, &base, shed).await, shed_now + 2);
+    let after = scraped(&client, &base, dropped).await;
+    assert!(after > 0, "the callers' traces were not recorded");
+    silent.abort();
+}
+
 /// An origin server that answers each request with the `traceparent` and
 /// `tracestate` it got (`<traceparent>|<tracestate>`).
 async fn echo_traceparent() -> (String, tokio::task::JoinHandle<()>) {

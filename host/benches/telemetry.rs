@@ -9,7 +9,8 @@
 //! Two copies of examples/shop run side by side, one with `[telemetry]`
 //! on, one without; the rounds alternate between them and each figure is
 //! the median of the rounds' ratios. Spans go to a local OTLP receiver that
-//! reads and discards them (the spans a full queue dropped are printed).
+//! reads and discards them (the spans a full queue dropped, and the traces
+//! not started while it was full, are printed).
 
 mod common;
 
@@ -78,6 +79,10 @@ async fn run() -> anyhow::Result<()> {
     }
     let dropped = on.broker.telemetry().map_or(0, |t| t.dropped());
     println!("bench: telemetry.spans_dropped = {dropped} spans (a full export queue)");
+    let shed = on.broker.telemetry().map_or(0, |t| t.shed());
+    println!(
+        "bench: telemetry.traces_shed = {shed} traces (not started: the export queue was full)"
+    );
     off.shutdown().await;
     on.shutdown().await;
     Ok(())

@@ -175,6 +175,9 @@ pub struct Metrics {
     circuits: Family<ActionLabels, Gauge>,
     /// Packets from the cluster bus dropped, whatever the cause.
     cluster_dropped: Counter,
+    /// Telemetry's own: spans a full sink dropped, traces shed (see
+    /// [`Metrics::record_telemetry`]).
+    telemetry: [Counter; 2],
     /// Per package: event queue and guest log figures, by name.
     package_figures: Vec<(&'static str, Family<PackageLabels, Gauge>)>,
     /// Per package: outgoing HTTP requests.
@@ -381,6 +384,17 @@ impl Metrics {
             "Packets from the cluster bus dropped (bad, refused, over a bound), since start",
             cluster_dropped.clone(),
         );
+        let telemetry = [Counter::default(), Counter::default()];
+        registry.register(
+            "telemetry_spans_dropped",
+            "Spans dropped as they ended because the queue to a sink was full (telemetry on)",
+            telemetry[0].clone(),
+        );
+        registry.register(
+            "telemetry_traces_shed",
+            "Traces not started while every span sink was full (telemetry on)",
+            telemetry[1].clone(),
+        );
         let package_figures = PACKAGE_FIGURES
             .map(|(name, help)| {
                 let family = Family::<PackageLabels, Gauge>::default();
@@ -405,6 +419,17 @@ impl Metrics {
             queued,
             circuits,
             cluster_dropped,
+            telemetry,
+        }
+    }
+
+    /// Brings the telemetry counters up to what the telemetry counted:
+    /// `dropped` spans and `shed` traces since start (read at a scrape).
+    pub fn record_telemetry(&self, dropped: u64, shed: u64) {
+        // Two scrapes at once must not both add the same difference.
+        let _one = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        for (counter, now) in self.telemetry.iter().zip([dropped, shed]) {
+            counter.inc_by(now.saturating_sub(counter.get()));
         }
     }
 

@@ -24,6 +24,9 @@ impl Gateway {
         if let (Some(kv), "/metrics") = (self.broker.kv(), path) {
             self.metrics.record_kv(kv);
         }
+        if let (Some(t), "/metrics") = (self.broker.telemetry(), path) {
+            self.metrics.record_telemetry(t.dropped(), t.shed());
+        }
         match path {
             "/health" => self.health(),
             "/metrics" => text(

@@ -230,6 +230,8 @@ pub struct Telemetry {
     last_snapshot: std::sync::Mutex<moleculer_metrics::LastSent>,
     /// While it lives, log events go out over OTLP.
     _logs: Option<logs::Sink>,
+    /// Traces not started because every sink was full (see [`Telemetry::sample`]).
+    shed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -272,6 +274,7 @@ impl Telemetry {
             metrics: OnceLock::new(),
             last_snapshot: std::sync::Mutex::default(),
             _logs: logs,
+            shed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -292,8 +295,36 @@ impl Telemetry {
 
     /// Whether a trace is recorded: the caller's decision when it made
     /// one (a parent-based sampler), else the sampler's on its trace id.
+    ///
+    /// A trace this host would start (no caller decided) is not started
+    /// while every sink is full: its spans would be dropped one by one as
+    /// they end, leaving fragments of traces and costing the calls the
+    /// work of spans nobody receives. Shed whole instead, it goes out as
+    /// not sampled (so other nodes do not record their part either) and is
+    /// counted ([`Telemetry::shed`]); traces start again as soon as the
+    /// exporter has made room.
     pub fn sample(&self, parent: Option<bool>, request_id: &str) -> bool {
-        self.config.sampler.decide(parent, || trace_id(request_id))
+        let sampled = self.config.sampler.decide(parent, || trace_id(request_id));
+        if sampled && parent.is_none() && self.full() {
+            self.shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        sampled
+    }
+
+    /// Whether every sink there is has no room for another trace.
+    fn full(&self) -> bool {
+        let otlp = self.otlp.as_ref().map(otlp::Sink::full);
+        let moleculer = self.moleculer.as_ref().map(moleculer::Queue::full);
+        match (otlp, moleculer) {
+            (None, None) => false,
+            (a, b) => a.unwrap_or(true) && b.unwrap_or(true),
+        }
+    }
+
+    /// Traces not started because every sink was full.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `ctx.tracing` decided when nobody upstream did.
@@ -410,7 +441,32 @@ impl Telemetry {
 
     /// The host's metrics now, when a source was given.
     fn read_metrics(&self) -> Option<MetricSet> {
-        self.metrics.get().and_then(|read| read())
+        let mut set = self.metrics.get().and_then(|read| read())?;
+        set.metrics.extend(self.own_metrics());
+        Some(set)
+    }
+
+    /// What telemetry itself counts: spans a full sink dropped, traces shed.
+    fn own_metrics(&self) -> [Metric; 2] {
+        let counter = |name, unit, help, value: u64| {
+            let mut m = Metric::new(name, MetricKind::Counter, unit, &[], help);
+            m.number(Vec::new(), value as f64);
+            m
+        };
+        [
+            counter(
+                "steedos.telemetry.spans.dropped",
+                "span",
+                "Spans dropped as they ended: the queue to a sink was full",
+                self.dropped(),
+            ),
+            counter(
+                "steedos.telemetry.traces.shed",
+                "trace",
+                "Traces not started while every span sink was full",
+                self.shed(),
+            ),
+        ]
     }
 
     /// The next `$metrics.snapshot` payload (Moleculer's `registry.list()`

@@ -45,6 +45,12 @@ impl Queue {
         (!spans.is_empty()).then(|| Json::Array(std::mem::take(&mut *spans)))
     }
 
+    /// Whether the queue is full but for room kept for the spans of
+    /// traces already begun: no new trace should start.
+    pub(super) fn full(&self) -> bool {
+        self.spans.lock().unwrap_or_else(|p| p.into_inner()).len() >= QUEUE - QUEUE / 16
+    }
+
     pub(super) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

@@ -24,6 +24,9 @@ use super::{Finished, Kind, Value};
 const QUEUE: usize = 4096;
 /// Spans in one export, at most.
 const BATCH: usize = 512;
+/// Room in the queue kept for the spans still to end of traces already
+/// begun: past it no new trace starts (see `Telemetry::sample`).
+const HEADROOM: usize = QUEUE / 16;
 
 enum Message {
     Span(Box<Finished>),
@@ -61,6 +64,12 @@ impl Sink {
 
     pub(super) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the queue is full but for the room kept for the spans of
+    /// traces already begun (one atomic load): no new trace should start.
+    pub(super) fn full(&self) -> bool {
+        self.tx.capacity() < HEADROOM
     }
 
     pub(super) async fn flush(&self) {
