@@ -336,6 +336,29 @@ impl Default for Metrics {
     }
 }
 
+/// The counters of what the host itself dropped or shed: packets from the
+/// cluster bus, and spans and traces of the telemetry.
+fn register_own_counters(registry: &mut Registry) -> (Counter, [Counter; 2]) {
+    let cluster_dropped = Counter::default();
+    registry.register(
+        "cluster_packets_dropped",
+        "Packets from the cluster bus dropped (bad, refused, over a bound), since start",
+        cluster_dropped.clone(),
+    );
+    let telemetry = [Counter::default(), Counter::default()];
+    registry.register(
+        "telemetry_spans_dropped",
+        "Spans dropped as they ended because the queue to a sink was full (telemetry on)",
+        telemetry[0].clone(),
+    );
+    registry.register(
+        "telemetry_traces_shed",
+        "Traces not started while every span sink was full (telemetry on)",
+        telemetry[1].clone(),
+    );
+    (cluster_dropped, telemetry)
+}
+
 impl Metrics {
     /// A fresh registry with every family registered.
     pub fn new() -> Self {
@@ -378,23 +401,7 @@ impl Metrics {
             "1 while an action's circuit breaker is open or half-open",
             circuits.clone(),
         );
-        let cluster_dropped = Counter::default();
-        registry.register(
-            "cluster_packets_dropped",
-            "Packets from the cluster bus dropped (bad, refused, over a bound), since start",
-            cluster_dropped.clone(),
-        );
-        let telemetry = [Counter::default(), Counter::default()];
-        registry.register(
-            "telemetry_spans_dropped",
-            "Spans dropped as they ended because the queue to a sink was full (telemetry on)",
-            telemetry[0].clone(),
-        );
-        registry.register(
-            "telemetry_traces_shed",
-            "Traces not started while every span sink was full (telemetry on)",
-            telemetry[1].clone(),
-        );
+        let (cluster_dropped, telemetry) = register_own_counters(&mut registry);
         let package_figures = PACKAGE_FIGURES
             .map(|(name, help)| {
                 let family = Family::<PackageLabels, Gauge>::default();
