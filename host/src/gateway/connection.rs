@@ -22,6 +22,11 @@
 //!   idle_timeout` would have been closed as idle by then, so it is stuck
 //!   writing to a client that does not read: it is dropped.
 //!
+//! The accept loop watches every connection on one timer and tells a
+//! connection's task to close or drop through [`Connection::order`]; the
+//! task reads that order at each poll (an atomic load), so a request costs
+//! the connection no timer, lock or select of its own.
+//!
 //! It must not look into what a request asks for (routing is `mod.rs`'s).
 
 use std::collections::HashMap;
@@ -33,11 +38,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
+use futures_util::task::AtomicWaker;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::task::{Id, JoinSet};
 
 /// No request is being handled: the connection waits for a head, is idle,
@@ -55,6 +60,19 @@ const MAX_LINGERING_REFUSALS: usize = 64;
 /// How long a refused client gets to read its 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
+/// What the accept loop tells a connection's task; each order overrides
+/// the ones below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Order {
+    /// Serve on.
+    Serve = 0,
+    /// Close after the response in flight, if any (idle, or shutting down).
+    Close = 1,
+    /// Close now (evicted to make room, or stuck writing to a client that
+    /// does not read).
+    Drop = 2,
+}
+
 /// What the accept loop, the connection's own task and its request handler
 /// share about one connection. Only atomics: the request path stores the
 /// phase and counts requests, nothing more.
@@ -70,7 +88,9 @@ pub(super) struct Connection {
     epoch: Instant,
     /// Its place in the order of accepts.
     seq: u64,
-    evict: Notify,
+    /// The accept loop's last [`Order`], and the task to wake for it.
+    order: AtomicU8,
+    task: AtomicWaker,
 }
 
 impl Connection {
@@ -82,7 +102,8 @@ impl Connection {
             progress_ms: AtomicU64::new(millis_since(epoch)),
             epoch,
             seq,
-            evict: Notify::new(),
+            order: AtomicU8::new(Order::Serve as u8),
+            task: AtomicWaker::new(),
         }
     }
 
@@ -115,8 +136,37 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The order in force for the task polled with `cx`, which is woken
+    /// when a new one comes.
+    pub(super) fn order(&self, cx: &Context<'_>) -> Order {
+        self.task.register(cx.waker());
+        match self.order.load(Ordering::Acquire) {
+            0 => Order::Serve,
+            1 => Order::Close,
+            _ => Order::Drop,
+        }
+    }
+
+    /// Gives `order` and wakes the task, unless as strong an order was
+    /// given already; `true` when it was new.
+    fn give(&self, order: Order) -> bool {
+        let new = self.order.fetch_max(order as u8, Ordering::AcqRel) < order as u8;
+        if new {
+            self.task.wake();
+        }
+        new
+    }
+}
+
 fn millis_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An open connection, as the accept loop sees it.
+struct Live {
+    connection: Arc<Connection>,
+    watcher: Watcher,
 }
 
 /// The connections open on one listener, as the accept loop sees them.
@@ -124,7 +174,7 @@ pub(super) struct Connections {
     limit: usize,
     epoch: Instant,
     tasks: JoinSet<()>,
-    live: HashMap<Id, Arc<Connection>>,
+    live: HashMap<Id, Live>,
     accepted: u64,
     /// How many are open, for [`RunningGateway::connections`](super::RunningGateway::connections).
     open: Arc<AtomicUsize>,
@@ -157,7 +207,13 @@ impl Connections {
             let candidate = self
                 .live
                 .iter()
-                .map(|(id, c)| (id, c, c.phase.load(Ordering::Relaxed)))
+                .map(|(id, l)| {
+                    (
+                        id,
+                        &l.connection,
+                        l.connection.phase.load(Ordering::Relaxed),
+                    )
+                })
                 .filter(|(_, _, phase)| matches!(*phase, WAITING | READING))
                 .min_by_key(|(_, c, _)| {
                     let served = c.handled.load(Ordering::Relaxed) > 0;
@@ -182,7 +238,7 @@ impl Connections {
             self.refuse(stream);
             return Err(());
         };
-        victim.evict.notify_one();
+        victim.give(Order::Drop);
         tracing::debug!(
             limit = self.limit,
             "gateway: at max_connections; closed the least recently active idle connection"
@@ -208,7 +264,14 @@ impl Connections {
         self.accepted += 1;
         let connection = Arc::new(Connection::new(self.epoch, self.accepted));
         let handle = self.tasks.spawn(make(connection.clone()));
-        self.live.insert(handle.id(), connection);
+        let watcher = Watcher::new();
+        self.live.insert(
+            handle.id(),
+            Live {
+                connection,
+                watcher,
+            },
+        );
         self.open.store(self.live.len(), Ordering::Relaxed);
     }
 
@@ -231,6 +294,33 @@ impl Connections {
 
     pub(super) fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+    }
+
+    /// One look at every connection: closes the idle ones and drops the
+    /// stuck ones (see [`Watcher::tick`]).
+    pub(super) fn watch(&mut self, watch: &Watch) {
+        for live in self.live.values_mut() {
+            match live.watcher.tick(&live.connection, watch) {
+                Verdict::Fine => {}
+                Verdict::Idle => {
+                    live.connection.give(Order::Close);
+                }
+                Verdict::Drop => {
+                    if live.connection.give(Order::Drop) {
+                        tracing::debug!(
+                            "gateway: connection dropped: the client does not take its response"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks every open connection to close after its response in flight.
+    pub(super) fn close_all(&self) {
+        for live in self.live.values() {
+            live.connection.give(Order::Close);
+        }
     }
 
     /// Answers 503 with `Retry-After` and closes, without reading the
@@ -259,15 +349,15 @@ impl Connections {
     }
 }
 
-/// How long the connection task lets each phase last; see the module docs.
+/// How long a connection's phases may last; see the module docs.
 pub(super) struct Watch {
     pub(super) idle: Duration,
     /// No call for this long: stuck writing a response nobody reads.
     pub(super) stuck: Duration,
 }
 
-/// What the connection's watch decided at one tick.
-pub(super) enum Verdict {
+/// What the watch decided at one tick.
+enum Verdict {
     /// Nothing to do.
     Fine,
     /// Quiet and idle: close after the response in flight, if any.
@@ -276,8 +366,8 @@ pub(super) enum Verdict {
     Drop,
 }
 
-/// The connection task's view of its connection between ticks.
-pub(super) struct Watcher {
+/// The accept loop's view of one connection between ticks.
+struct Watcher {
     seen_activity: u64,
     seen_handled: u64,
     quiet_since: Instant,
@@ -285,7 +375,7 @@ pub(super) struct Watcher {
 }
 
 impl Watcher {
-    pub(super) fn new() -> Watcher {
+    fn new() -> Watcher {
         let now = Instant::now();
         Watcher {
             seen_activity: 0,
@@ -295,7 +385,7 @@ impl Watcher {
         }
     }
 
-    pub(super) fn tick(&mut self, c: &Connection, watch: &Watch) -> Verdict {
+    fn tick(&mut self, c: &Connection, watch: &Watch) -> Verdict {
         let now = Instant::now();
         let activity = c.activity.load(Ordering::Relaxed);
         if activity != self.seen_activity {
@@ -318,13 +408,6 @@ impl Watcher {
             return Verdict::Idle;
         }
         Verdict::Fine
-    }
-}
-
-impl Connection {
-    /// Resolves when the accept loop chose this connection to make room.
-    pub(super) async fn evicted(&self) {
-        self.evict.notified().await
     }
 }
 

@@ -85,7 +85,7 @@ mod http;
 mod ops;
 mod response;
 
-use connection::{Connection, Connections, Tracked, Verdict, Watch, Watcher};
+use connection::{Connection, Connections, Order, Tracked, Watch};
 use response::problem;
 
 /// The longest URI accepted.
@@ -198,6 +198,16 @@ impl Gateway {
         mut connections: Connections,
         mut stop: watch::Receiver<bool>,
     ) {
+        let settings = &self.settings;
+        let watch = Watch {
+            idle: settings.idle_timeout,
+            stuck: settings.header_timeout + settings.idle_timeout,
+        };
+        let mut tick = tokio::time::interval(
+            (settings.idle_timeout.min(settings.header_timeout) / 2)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -206,8 +216,8 @@ impl Gateway {
                             continue;
                         };
                         let _ = stream.set_nodelay(true);
-                        let (gateway, stop) = (self.clone(), stop.clone());
-                        connections.spawn(move |c| gateway.connection(stream, peer, stop, c));
+                        let gateway = self.clone();
+                        connections.spawn(move |c| gateway.connection(stream, peer, c));
                     }
                     Err(e) => {
                         // Out of files or memory: let connections end before trying again.
@@ -217,17 +227,23 @@ impl Gateway {
                 },
                 _ = stop.changed() => break,
                 _ = connections.reap_one(), if !connections.is_empty() => {}
+                _ = tick.tick() => connections.watch(&watch),
             }
         }
         drop(listener);
-        while connections.reap_one().await {}
+        connections.close_all();
+        loop {
+            tokio::select! {
+                open = connections.reap_one() => if !open { break },
+                _ = tick.tick() => connections.watch(&watch),
+            }
+        }
     }
 
     async fn connection(
         self: Arc<Self>,
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
-        mut stop: watch::Receiver<bool>,
         state: Arc<Connection>,
     ) {
         let io = TokioIo::new(Tracked {
@@ -249,45 +265,27 @@ impl Gateway {
             .keep_alive(true);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
-        let settings = &self.settings;
-        let watch = Watch {
-            idle: settings.idle_timeout,
-            stuck: settings.header_timeout + settings.idle_timeout,
-        };
-        let mut tick = tokio::time::interval(
-            (settings.idle_timeout.min(settings.header_timeout) / 2)
-                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
-        );
-        let mut watcher = Watcher::new();
+        // The accept loop's orders are read at each poll: an atomic load
+        // where a select over a timer and two channels would poll all three.
         let mut closing = false;
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = state.evicted() => {
-                    tracing::debug!(%peer, "connection closed to make room (max_connections)");
-                    return;
-                }
-                _ = stop.changed(), if !closing => {
+        let ended = std::future::poll_fn(|cx| {
+            match state.order(cx) {
+                Order::Serve => {}
+                Order::Close if closing => {}
+                Order::Close => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tick.tick() => match watcher.tick(&state, &watch) {
-                    Verdict::Fine => {}
-                    Verdict::Idle if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    Verdict::Idle => {}
-                    Verdict::Drop => {
-                        tracing::debug!(%peer, "connection dropped: the client does not take its response");
-                        return;
-                    }
-                },
+                Order::Drop => return std::task::Poll::Ready(None),
+            }
+            conn.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        match ended {
+            Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+            Some(Ok(())) => {}
+            None => {
+                tracing::debug!(%peer, "connection closed by the gateway (max_connections, or a client that does not read)")
             }
         }
     }
