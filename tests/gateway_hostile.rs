@@ -187,6 +187,53 @@ component = "{GREETER}"
     writer.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_keep_alive_connection_is_closed_after_idle_timeout() {
+    // hyper's header timeout would close it too, but only after 30 s: the
+    // gateway's own watch must close it after idle_timeout.
+    let t = TestApp::start(
+        r#"
+[gateway]
+expose = ["greeter.*"]
+header_timeout = "30s"
+idle_timeout = "300ms"
+[packages.greeter]
+component = "{GREETER}"
+"#,
+    )
+    .await;
+    let (g, base) = t.gateway().await;
+    let mut stream = TcpStream::connect(addr_of(&base)).await.expect("connect");
+    let body = r#"{"name":"Ada"}"#;
+    let request = format!(
+        "POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let answer = read_answer(&mut stream, &mut buf).await.expect("an answer");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let quiet = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut byte = [0u8; 1];
+        matches!(stream.read(&mut byte).await, Ok(0) | Err(_))
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Ok(true),
+        "the gateway closes a keep-alive connection quiet for idle_timeout (300 ms), not after header_timeout (30 s)"
+    );
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(300),
+        "closed before idle_timeout: {:?}",
+        quiet.elapsed()
+    );
+    eventually(GENEROUS, || async { (g.connections() == 0).then_some(()) })
+        .await
+        .expect("the gateway forgot the closed connection");
+}
+
 /// Opens `n` connections that send half a request head and hold.
 async fn slow_heads(addr: &str, n: usize) -> Vec<TcpStream> {
     let mut held = Vec::new();
