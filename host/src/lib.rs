@@ -28,6 +28,7 @@
 //! assert_eq!(hello, "Hello, Ada!");
 //! # Ok(()) }
 //! ```
+#![recursion_limit = "256"]
 #![deny(missing_docs)]
 
 pub mod admin;

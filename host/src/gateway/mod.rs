@@ -310,23 +310,37 @@ impl Gateway {
         };
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.uri().path());
         let mut response = match self.http_route(req.uri().path()) {
-            Some(route) => {
-                let served = self
-                    .serve_http(req, route, &request_id, &connection)
-                    .instrument(span);
-                match (&telemetry, traced) {
-                    (Some(t), Some(traced)) => traced.serve(t, &request_id, served).await,
-                    _ => served.await,
+            // Traced, the work is boxed where it is built: the wrapper then
+            // moves a pointer, not the whole future, at each of its steps.
+            Some(route) => match (&telemetry, traced) {
+                (Some(t), Some(traced)) => {
+                    let served = crate::boxed::pinned(|| {
+                        self.serve_http(req, route, &request_id, &connection)
+                            .instrument(span)
+                    });
+                    traced.serve(t, &request_id, served).await
                 }
-            }
-            None => {
-                let routed = self.route(req, &request_id, &connection).instrument(span);
-                let routed = async { routed.await.map(http_body_util::Either::Left) };
-                match (&telemetry, traced) {
-                    (Some(t), Some(traced)) => traced.serve(t, &request_id, routed).await,
-                    _ => routed.await,
+                _ => {
+                    let served = self.serve_http(req, route, &request_id, &connection);
+                    served.instrument(span).await
                 }
-            }
+            },
+            None => match (&telemetry, traced) {
+                (Some(t), Some(traced)) => {
+                    let routed = crate::boxed::pinned(|| async {
+                        let routed = self.route(req, &request_id, &connection);
+                        routed
+                            .instrument(span)
+                            .await
+                            .map(http_body_util::Either::Left)
+                    });
+                    traced.serve(t, &request_id, routed).await
+                }
+                _ => {
+                    let routed = self.route(req, &request_id, &connection).instrument(span);
+                    routed.await.map(http_body_util::Either::Left)
+                }
+            },
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);

@@ -24,12 +24,20 @@ tokio::task_local! {
     static ROOT: Root;
 }
 
-/// What of an HTTP request its span needs once the request is handed on.
+/// What of an HTTP request its trace needs once the request is handed on:
+/// whether it is sampled, and what its span needs only when it is.
 pub struct Traced {
+    sampled: bool,
+    span: Option<SpanParts>,
+    tracestate: Option<Arc<str>>,
+}
+
+/// The parts of a sampled request's span, taken before the request is
+/// handed on.
+struct SpanParts {
     method: http::Method,
     path: String,
     parent: Option<TraceParent>,
-    tracestate: Option<Arc<str>>,
 }
 
 /// The longest `tracestate` passed on (W3C: 32 entries of at most 256 bytes
@@ -38,9 +46,11 @@ const MAX_TRACESTATE: usize = 512;
 
 /// The request id of `req` (its `traceparent`'s trace as a UUID, so that
 /// Node.js peers trace by the same id, when it has a valid one; else
-/// `given`) and what its span needs.
+/// `given`) and its trace: sampled here (the caller's decision when it
+/// sent one), and the span's parts taken only when sampled, so that a
+/// request that is not traced costs no copy of its path.
 pub fn traced<B>(
-    _t: &Telemetry,
+    t: &Telemetry,
     req: &http::Request<B>,
     given: Arc<str>,
 ) -> (Arc<str>, Option<Traced>) {
@@ -61,10 +71,15 @@ pub fn traced<B>(
         .filter(|v| parent.is_some() && !v.is_empty() && v.len() <= MAX_TRACESTATE)
         .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)))
         .map(Arc::from);
-    let traced = Traced {
+    let sampled = t.sample(parent.map(|p| p.sampled), &request_id);
+    let span = sampled.then(|| SpanParts {
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         parent,
+    });
+    let traced = Traced {
+        sampled,
+        span,
         tracestate,
     };
     (request_id, Some(traced))
@@ -78,24 +93,23 @@ impl Traced {
         request_id: &Arc<str>,
         work: impl Future<Output = http::Response<B>>,
     ) -> http::Response<B> {
-        let sampled = t.sample(self.parent.map(|p| p.sampled), request_id);
         let id = ContextId::of_text(request_id);
         let root = Root {
             id: id.clone(),
-            sampled,
-            tracestate: self.tracestate.clone(),
+            sampled: self.sampled,
+            tracestate: self.tracestate,
         };
-        if !sampled {
+        let Some(parts) = self.span else {
             return ROOT.scope(root, work).await;
-        }
-        let parent_id = self
+        };
+        let parent_id = parts
             .parent
             .map(|p| ContextId::Given(format!("{:016x}", p.span_id).into()));
-        let name = format!("HTTP {} {}", self.method, self.path);
+        let name = format!("HTTP {} {}", parts.method, parts.path);
         let mut span = Span::new(name, Kind::Server, id, parent_id, request_id.clone());
         span.moleculer_type = "http";
-        span.set("http.request.method", self.method.to_string());
-        span.set("url.path", self.path);
+        span.set("http.request.method", parts.method.to_string());
+        span.set("url.path", parts.path);
         let answer = ROOT.scope(root, work).await;
         let code = answer.status().as_u16();
         span.set("http.response.status_code", i64::from(code));
