@@ -38,6 +38,7 @@ mod moleculer;
 mod moleculer_metrics;
 mod otlp;
 mod otlp_metrics;
+mod otlp_span;
 mod otlp_wire;
 pub mod spans;
 

@@ -15,8 +15,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
@@ -117,13 +115,22 @@ impl Wire {
         }
     }
 
-    /// Exports spans.
-    pub(super) async fn traces(&self, request: ExportTraceServiceRequest) -> Result<(), String> {
+    /// Exports spans: `request` is an `ExportTraceServiceRequest`'s bytes
+    /// (see `otlp_span`), sent as they are.
+    pub(super) async fn traces(&self, request: Vec<u8>) -> Result<(), String> {
         match self {
-            Wire::Http { .. } => self.post(request.encode_to_vec()).await,
+            Wire::Http { .. } => self.post(request).await,
             Wire::Grpc { channel, timeout } => {
-                let mut client = TraceServiceClient::new(channel.clone());
-                within(*timeout, client.export(request)).await
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                let call = async move {
+                    grpc.ready()
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    let path = http::uri::PathAndQuery::from_static(TRACE_EXPORT);
+                    let request = tonic::Request::new(Bytes::from(request));
+                    grpc.unary(request, path, Encoded).await
+                };
+                within(*timeout, call).await
             }
         }
     }
@@ -148,6 +155,57 @@ impl Wire {
                 within(*timeout, client.export(request)).await
             }
         }
+    }
+}
+
+/// The gRPC method spans are exported by (OTLP's `TraceService.Export`).
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A gRPC codec for messages already encoded: the request's bytes go out
+/// as they are, and the answer's bytes are read whole (an
+/// `ExportTraceServiceResponse`, which says nothing an export acts on).
+#[derive(Clone, Copy, Default)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Encoded {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Encoded {
+        Encoded
+    }
+}
+
+impl tonic::codec::Encoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
     }
 }
 
