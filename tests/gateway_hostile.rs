@@ -89,6 +89,14 @@ async fn exchange(addr: &str, request: &[u8]) -> Option<Answer> {
         .expect("an answer or a close in time")
 }
 
+/// A `POST /api/greeter/hello` carrying `body`, as raw HTTP/1.1.
+fn hello_request(body: &str) -> String {
+    format!(
+        "POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 fn addr_of(base: &str) -> String {
     base.trim_start_matches("http://").to_string()
 }
@@ -164,10 +172,7 @@ component = "{GREETER}"
     // 64 pipelined requests whose answers (512 KiB each) fill every socket
     // buffer between the gateway and a client that never reads.
     let body = format!(r#"{{"name":"{}"}}"#, "x".repeat(512 << 10));
-    let request = format!(
-        "POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = hello_request(&body);
     let writer = tokio::spawn(async move {
         for _ in 0..64 {
             if stream.write_all(request.as_bytes()).await.is_err() {
@@ -205,10 +210,7 @@ component = "{GREETER}"
     let (g, base) = t.gateway().await;
     let mut stream = TcpStream::connect(addr_of(&base)).await.expect("connect");
     let body = r#"{"name":"Ada"}"#;
-    let request = format!(
-        "POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = hello_request(body);
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     let answer = read_answer(&mut stream, &mut buf).await.expect("an answer");
@@ -461,13 +463,7 @@ async fn oversized_and_malformed_requests_are_refused_cleanly() {
     let mut pipelined = Vec::new();
     for name in ["one", "two", "three"] {
         let body = format!(r#"{{"name":"{name}"}}"#);
-        pipelined.extend_from_slice(
-            format!(
-                "POST /api/greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
+        pipelined.extend_from_slice(hello_request(&body).as_bytes());
     }
     stream.write_all(&pipelined).await.expect("write");
     let mut buf = Vec::new();

@@ -134,9 +134,7 @@ impl Connection {
         let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
         self.progress_ms.store(ms, Ordering::Relaxed);
     }
-}
 
-impl Connection {
     /// The order in force for the task polled with `cx`, which is woken
     /// when a new one comes.
     pub(super) fn order(&self, cx: &Context<'_>) -> Order {

@@ -306,41 +306,32 @@ impl Gateway {
         let telemetry = self.broker.telemetry().cloned();
         let (request_id, traced) = match &telemetry {
             None => (request_id, None),
-            Some(t) => crate::telemetry::gateway::traced(t, &req, request_id),
+            Some(t) => {
+                let (request_id, traced) = crate::telemetry::gateway::traced(t, &req, request_id);
+                (request_id, Some((t, traced)))
+            }
         };
         let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %req.uri().path());
-        let mut response = match self.http_route(req.uri().path()) {
-            // Traced, the work is boxed where it is built: the wrapper then
-            // moves a pointer, not the whole future, at each of its steps.
-            Some(route) => match (&telemetry, traced) {
-                (Some(t), Some(traced)) => {
-                    let served = crate::boxed::pinned(|| {
-                        self.serve_http(req, route, &request_id, &connection)
-                            .instrument(span)
-                    });
-                    traced.serve(t, &request_id, served).await
+        let work = || {
+            async {
+                match self.http_route(req.uri().path()) {
+                    Some(route) => self.serve_http(req, route, &request_id, &connection).await,
+                    None => {
+                        let routed = self.route(req, &request_id, &connection).await;
+                        routed.map(http_body_util::Either::Left)
+                    }
                 }
-                _ => {
-                    let served = self.serve_http(req, route, &request_id, &connection);
-                    served.instrument(span).await
-                }
-            },
-            None => match (&telemetry, traced) {
-                (Some(t), Some(traced)) => {
-                    let routed = crate::boxed::pinned(|| async {
-                        let routed = self.route(req, &request_id, &connection);
-                        routed
-                            .instrument(span)
-                            .await
-                            .map(http_body_util::Either::Left)
-                    });
-                    traced.serve(t, &request_id, routed).await
-                }
-                _ => {
-                    let routed = self.route(req, &request_id, &connection).instrument(span);
-                    routed.await.map(http_body_util::Either::Left)
-                }
-            },
+            }
+            .instrument(span)
+        };
+        let mut response = match traced {
+            // Boxed where it is built: the span's wrapper then moves a
+            // pointer, not the whole future, at each of its steps.
+            Some((t, traced)) => {
+                let work = crate::boxed::pinned(work);
+                traced.serve(t, &request_id, work).await
+            }
+            None => work().await,
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-request-id", v);

@@ -27,7 +27,7 @@ tokio::task_local! {
 /// What of an HTTP request its trace needs once the request is handed on:
 /// whether it is sampled, and what its span needs only when it is.
 pub struct Traced {
-    sampled: bool,
+    /// `Some` when the request is sampled.
     span: Option<SpanParts>,
     tracestate: Option<Arc<str>>,
 }
@@ -49,11 +49,7 @@ const MAX_TRACESTATE: usize = 512;
 /// `given`) and its trace: sampled here (the caller's decision when it
 /// sent one), and the span's parts taken only when sampled, so that a
 /// request that is not traced costs no copy of its path.
-pub fn traced<B>(
-    t: &Telemetry,
-    req: &http::Request<B>,
-    given: Arc<str>,
-) -> (Arc<str>, Option<Traced>) {
+pub fn traced<B>(t: &Telemetry, req: &http::Request<B>, given: Arc<str>) -> (Arc<str>, Traced) {
     let parent = req
         .headers()
         .get("traceparent")
@@ -77,12 +73,7 @@ pub fn traced<B>(
         path: req.uri().path().to_string(),
         parent,
     });
-    let traced = Traced {
-        sampled,
-        span,
-        tracestate,
-    };
-    (request_id, Some(traced))
+    (request_id, Traced { span, tracestate })
 }
 
 impl Traced {
@@ -96,7 +87,7 @@ impl Traced {
         let id = ContextId::of_text(request_id);
         let root = Root {
             id: id.clone(),
-            sampled: self.sampled,
+            sampled: self.span.is_some(),
             tracestate: self.tracestate,
         };
         let Some(parts) = self.span else {

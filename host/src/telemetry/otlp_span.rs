@@ -76,6 +76,15 @@ fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
+/// The length of a string field `tag` of `len` bytes as [`field_bytes`]
+/// writes it: nothing when empty, as proto3 leaves a default out.
+fn optional_len(tag: u32, len: usize) -> usize {
+    match len {
+        0 => 0,
+        n => delimited_len(tag, n),
+    }
+}
+
 fn delimited_head(tag: u32, len: usize, out: &mut Vec<u8>) {
     encode_key(tag, WireType::LengthDelimited, out);
     encode_varint(len as u64, out);
@@ -139,12 +148,10 @@ impl<'a> From<&'a Value> for AnyRef<'a> {
 /// A `KeyValue` as field `tag` of its message. Written in full, as
 /// OpenTelemetry's SDKs do: an empty string or a zero is still a value.
 fn key_value(tag: u32, key: &str, value: AnyRef<'_>, out: &mut Vec<u8>) {
-    let any = any_len(value);
-    let body = delimited_len(1, key.len()) + delimited_len(2, any);
-    delimited_head(tag, body, out);
+    delimited_head(tag, key_value_len(key, value), out);
     delimited_head(1, key.len(), out);
     out.extend_from_slice(key.as_bytes());
-    delimited_head(2, any, out);
+    delimited_head(2, any_len(value), out);
     match value {
         AnyRef::Str(s) => {
             delimited_head(1, s.len(), out);
@@ -181,11 +188,7 @@ fn event<'a>(
         0 => 0,
         _ => key_len(1) + 8,
     };
-    let name_len = match name.len() {
-        0 => 0,
-        n => delimited_len(2, n),
-    };
-    delimited_head(11, time_len + name_len + attrs, out);
+    delimited_head(11, time_len + optional_len(2, name.len()) + attrs, out);
     field_fixed64(1, time, out);
     field_bytes(2, name.as_bytes(), out);
     for (k, v) in attributes {
@@ -238,11 +241,7 @@ fn span_body(f: &Finished, out: &mut Vec<u8>) {
             ];
             event(nanos(f.end), "exception", attributes.into_iter(), out);
             // Status: its message, and STATUS_CODE_ERROR (2).
-            let message_len = match message.len() {
-                0 => 0,
-                n => delimited_len(2, n),
-            };
-            delimited_head(15, message_len + key_len(3) + 1, out);
+            delimited_head(15, optional_len(2, message.len()) + key_len(3) + 1, out);
             field_bytes(2, message.as_bytes(), out);
             field_varint(3, 2, out);
         }

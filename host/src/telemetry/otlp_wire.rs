@@ -1,8 +1,9 @@
 //! Sending OTLP requests (spans, metrics, log records) to a collector:
 //! protobuf bodies over HTTP (the hyper client of `opentelemetry-http`) or
-//! the generated gRPC clients of `opentelemetry-proto` (tonic). Every
+//! gRPC over tonic (the generated clients of `opentelemetry-proto` for
+//! metrics and logs; spans come already encoded, see `otlp_span`). Every
 //! signal is read from the host's own records (ended spans, counters, log
-//! events) and built straight into OTLP messages, with no SDK objects in
+//! events) and turned straight into OTLP messages, with no SDK objects in
 //! between: the OpenTelemetry SDK's exporters take only what its own
 //! tracers, instruments and loggers make, and going through them cost a
 //! copy of every span (measured in `just bench`'s telemetry part).
