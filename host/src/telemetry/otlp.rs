@@ -1,15 +1,22 @@
 //! The OTLP sink: ended spans, through a bounded channel, batched by one
 //! task, written straight as the bytes of OTLP `Span` messages
 //! (`otlp_span`) and sent by `otlp_wire` (HTTP/protobuf over hyper, or
-//! gRPC over tonic). A span that finds the
-//! channel full is dropped and counted: a slow collector never slows a
-//! call.
+//! gRPC over tonic). A span that finds the channel full is dropped and
+//! counted: a slow collector never slows a call.
+//!
+//! The exporting task is woken once per batch, not once per span: it
+//! sleeps until a batch's worth of spans is waiting (the sender that
+//! fills it says so, once), a flush is asked for, or the schedule delay
+//! has passed, and then takes what is queued without waiting on the
+//! channel. Waking it for each span cost every traced request a task
+//! wake-up, often another worker thread's, and a timer set and cleared.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::Finished;
 use super::config::{Config, OtlpConfig};
@@ -29,9 +36,28 @@ enum Message {
     Flush(oneshot::Sender<()>),
 }
 
-/// The sending side; the exporting task ends when it is dropped.
+/// What the senders tell the exporting task.
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    /// Set by the sender that asks for the task, cleared by the task as
+    /// it wakes: one notification per batch however many senders see it.
+    asked: AtomicBool,
+}
+
+impl Wake {
+    fn ask(&self) {
+        if !self.asked.load(Ordering::Relaxed) && !self.asked.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// The sending side; the exporting task exports what is left and ends
+/// when it is dropped.
 pub(super) struct Sink {
     tx: mpsc::Sender<Message>,
+    wake: Arc<Wake>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -41,20 +67,26 @@ impl Sink {
     pub(super) fn start(otlp: &OtlpConfig, config: &Config) -> Sink {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(Wake::default());
         match Wire::new(otlp) {
             Ok(wire) => {
-                tokio::spawn(run(wire, rx, otlp.delay, config.service_name.clone()));
+                let service = config.service_name.clone();
+                tokio::spawn(run(wire, rx, wake.clone(), otlp.delay, service));
             }
             Err(e) => {
                 tracing::error!(endpoint = %otlp.endpoint, error = %e, "telemetry: the OTLP exporter cannot be built; spans are dropped")
             }
         }
-        Sink { tx, dropped }
+        Sink { tx, wake, dropped }
     }
 
     pub(super) fn send(&self, span: Finished) {
-        if self.tx.try_send(Message::Span(Box::new(span))).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Message::Span(Box::new(span))) {
+            Ok(()) if QUEUE - self.tx.capacity() >= BATCH => self.wake.ask(),
+            Ok(()) => {}
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -71,44 +103,64 @@ impl Sink {
     pub(super) async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Message::Flush(done)).await.is_ok() {
+            self.wake.ask();
             let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
         }
     }
 }
 
-/// Collects spans until a batch is full or `delay` has passed since its
-/// first, then exports it; a failed export is logged and dropped.
-async fn run(wire: Wire, mut rx: mpsc::Receiver<Message>, delay: Duration, service: String) {
+impl Drop for Sink {
+    /// The task exports what is queued and ends.
+    fn drop(&mut self) {
+        // The real sender goes first, so that the task finds the channel
+        // closed when it wakes.
+        drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
+        self.wake.ask();
+    }
+}
+
+/// Sleeps until asked or until `delay` has passed, then exports what is
+/// queued in batches of at most [`BATCH`] (a failed export is logged and
+/// dropped) and answers the flushes it took; ends when the sink is gone.
+async fn run(
+    wire: Wire,
+    mut rx: mpsc::Receiver<Message>,
+    wake: Arc<Wake>,
+    delay: Duration,
+    service: String,
+) {
     let mut batch = Batch::new(&service);
     let mut flushed = Vec::new();
     loop {
-        let first = match rx.recv().await {
-            None => break,
-            Some(m) => m,
-        };
-        take(first, &mut batch, &mut flushed);
-        let until = tokio::time::Instant::now() + delay;
-        while batch.len() < BATCH && flushed.is_empty() {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(m)) => take(m, &mut batch, &mut flushed),
-                Ok(None) | Err(_) => break,
+        let _ = tokio::time::timeout(delay, wake.notify.notified()).await;
+        wake.asked.store(false, Ordering::Release);
+        let open = loop {
+            match rx.try_recv() {
+                Ok(Message::Span(f)) => batch.push(&f),
+                Ok(Message::Flush(done)) => flushed.push(done),
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
             }
-        }
-        let n = batch.len();
-        if n > 0
-            && let Err(e) = wire.traces(batch.take()).await
-        {
-            tracing::warn!(spans = n, error = %e, "telemetry: spans not exported");
-        }
+            if batch.len() >= BATCH {
+                export(&wire, &mut batch).await;
+            }
+        };
+        export(&wire, &mut batch).await;
         for done in flushed.drain(..) {
             let _ = done.send(());
+        }
+        if !open {
+            return;
         }
     }
 }
 
-fn take(m: Message, batch: &mut Batch, flushed: &mut Vec<oneshot::Sender<()>>) {
-    match m {
-        Message::Span(f) => batch.push(&f),
-        Message::Flush(done) => flushed.push(done),
+/// Sends what `batch` holds, if anything, leaving it empty.
+async fn export(wire: &Wire, batch: &mut Batch) {
+    let n = batch.len();
+    if n > 0
+        && let Err(e) = wire.traces(batch.take()).await
+    {
+        tracing::warn!(spans = n, error = %e, "telemetry: spans not exported");
     }
 }
