@@ -245,7 +245,7 @@ impl std::fmt::Debug for Telemetry {
 
 impl Telemetry {
     /// The telemetry `[telemetry]` and the `OTEL_*` variables ask for,
-    /// `None` when off. Starts the OTLP exporter on the current runtime.
+    /// `None` when off. Starts the OTLP exporter (on a thread of its own).
     pub fn from_settings(
         settings: &TelemetrySettings,
         app: &str,
@@ -254,7 +254,7 @@ impl Telemetry {
         Ok(config.map(Telemetry::start))
     }
 
-    /// Telemetry under `config`, its exporter started on the current runtime.
+    /// Telemetry under `config`, its exporter started.
     pub fn start(config: Config) -> Arc<Telemetry> {
         let otlp = config.otlp.as_ref().map(|o| otlp::Sink::start(o, &config));
         let moleculer = config.moleculer_events.then(moleculer::Queue::default);

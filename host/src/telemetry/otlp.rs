@@ -1,5 +1,5 @@
 //! The OTLP sink: ended spans, through a bounded channel, batched by one
-//! task, written straight as the bytes of OTLP `Span` messages
+//! task on a thread of its own, written straight as the bytes of OTLP `Span` messages
 //! (`otlp_span`) and sent by `otlp_wire` (HTTP/protobuf over hyper, or
 //! gRPC over tonic). A span that finds the channel full is dropped and
 //! counted: a slow collector never slows a call.
@@ -62,20 +62,17 @@ pub(super) struct Sink {
 }
 
 impl Sink {
-    /// Starts the exporting task on the current runtime. An exporter that
-    /// cannot be built is said once; spans are then dropped.
+    /// Starts the exporting task on a thread of its own.
     pub(super) fn start(otlp: &OtlpConfig, config: &Config) -> Sink {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(Wake::default());
-        match Wire::new(otlp) {
-            Ok(wire) => {
-                let service = config.service_name.clone();
-                tokio::spawn(run(wire, rx, wake.clone(), otlp.delay, service));
-            }
-            Err(e) => {
-                tracing::error!(endpoint = %otlp.endpoint, error = %e, "telemetry: the OTLP exporter cannot be built; spans are dropped")
-            }
+        let (otlp, service, waker) = (otlp.clone(), config.service_name.clone(), wake.clone());
+        let thread = std::thread::Builder::new()
+            .name("steedos-otlp".into())
+            .spawn(move || export_thread(&otlp, service, rx, waker));
+        if let Err(e) = thread {
+            tracing::error!(error = %e, "telemetry: the OTLP exporter's thread cannot start; spans are dropped");
         }
         Sink { tx, wake, dropped }
     }
@@ -117,6 +114,34 @@ impl Drop for Sink {
         drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
         self.wake.ask();
     }
+}
+
+/// The exporter's own thread and runtime: the export keeps a share of
+/// the CPU of its own however many tasks the host's runtime is running
+/// (as a task among a hundred busy callers it fell behind, and traces
+/// were shed for want of its turn, not of its work), as OpenTelemetry's
+/// batch span processor does. An exporter that cannot be built is said
+/// once; spans are then dropped.
+fn export_thread(otlp: &OtlpConfig, service: String, rx: mpsc::Receiver<Message>, wake: Arc<Wake>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "telemetry: the OTLP exporter's runtime cannot start; spans are dropped");
+            return;
+        }
+    };
+    // Built on its runtime: gRPC's channel spawns its worker where it is made.
+    runtime.block_on(async {
+        match Wire::new(otlp) {
+            Ok(wire) => run(wire, rx, wake, otlp.delay, service).await,
+            Err(e) => {
+                tracing::error!(endpoint = %otlp.endpoint, error = %e, "telemetry: the OTLP exporter cannot be built; spans are dropped")
+            }
+        }
+    });
 }
 
 /// Sleeps until asked or until `delay` has passed, then exports what is
