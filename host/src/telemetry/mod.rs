@@ -346,7 +346,7 @@ impl Telemetry {
             queue.push(&finished);
         }
         if let Some(sink) = &self.otlp {
-            sink.send(finished);
+            sink.send(&finished);
         }
     }
 

@@ -1,89 +1,126 @@
-//! The OTLP sink: ended spans, through a bounded channel, batched by one
-//! task on a thread of its own, written straight as the bytes of OTLP `Span` messages
-//! (`otlp_span`) and sent by `otlp_wire` (HTTP/protobuf over hyper, or
-//! gRPC over tonic). A span that finds the channel full is dropped and
-//! counted: a slow collector never slows a call.
+//! The OTLP sink: an ended span is written as the bytes of an OTLP `Span`
+//! (`otlp_span`) where it ends, into one of a few shards of batches (a
+//! shard per thread, so the lock is nearly always free); a full batch goes
+//! through a bounded channel to one task on a thread of its own, which
+//! sends it (`otlp_wire`: HTTP/protobuf over hyper, or gRPC over tonic),
+//! and every schedule delay also sends what the shards hold. A batch that
+//! finds the channel full is dropped and its spans counted: a slow
+//! collector never slows a call.
 //!
-//! The exporting task is woken once per batch, not once per span: it
-//! sleeps until a batch's worth of spans is waiting (the sender that
-//! fills it says so, once), a flush is asked for, or the schedule delay
-//! has passed, and then takes what is queued without waiting on the
-//! channel. Waking it for each span cost every traced request a task
-//! wake-up, often another worker thread's, and a timer set and cleared.
+//! Written where they end, spans cost no allocation to queue, no wake-up
+//! of the exporter each, and are freed by the thread that made them; the
+//! exporter wakes once per batch. On its own thread and runtime (as
+//! OpenTelemetry's batch span processor) the exporter keeps a share of the
+//! CPU however many tasks the host runs: as one task among a hundred busy
+//! callers it fell behind, and traces were shed for want of its turn.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::Finished;
 use super::config::{Config, OtlpConfig};
 use super::otlp_span::Batch;
 use super::otlp_wire::Wire;
 
-/// Spans waiting for their batch, at most.
-const QUEUE: usize = 4096;
 /// Spans in one export, at most.
 const BATCH: usize = 512;
-/// Room in the queue kept for the spans still to end of traces already
-/// begun: past it no new trace starts (see `Telemetry::sample`).
-const HEADROOM: usize = QUEUE / 16;
+/// Full batches waiting for the exporter, at most (4,096 spans).
+const QUEUED: usize = 8;
+/// Batches kept for the spans still to end of traces already begun: past
+/// them no new trace starts (see `Telemetry::sample`).
+const HEADROOM: usize = 1;
+/// Shards of batches being filled.
+const SHARDS: usize = 8;
 
 enum Message {
-    Span(Box<Finished>),
+    /// A full batch, the bytes of an `ExportTraceServiceRequest`, and its spans.
+    Batch(Vec<u8>, usize),
     Flush(oneshot::Sender<()>),
 }
 
-/// What the senders tell the exporting task.
-#[derive(Default)]
-struct Wake {
-    notify: Notify,
-    /// Set by the sender that asks for the task, cleared by the task as
-    /// it wakes: one notification per batch however many senders see it.
-    asked: AtomicBool,
-}
+/// The batches being filled, one per shard.
+struct Shards(Vec<Mutex<Batch>>);
 
-impl Wake {
-    fn ask(&self) {
-        if !self.asked.load(Ordering::Relaxed) && !self.asked.swap(true, Ordering::AcqRel) {
-            self.notify.notify_one();
+impl Shards {
+    fn new(service: &str) -> Shards {
+        Shards(
+            (0..SHARDS)
+                .map(|_| Mutex::new(Batch::new(service)))
+                .collect(),
+        )
+    }
+
+    /// The shard of the calling thread.
+    fn mine(&self) -> MutexGuard<'_, Batch> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
         }
+        let i = SHARD.with(|i| *i);
+        lock(&self.0[i])
+    }
+
+    /// What every shard holds, taken: `(bytes, spans)` per non-empty shard.
+    fn take_all(&self) -> Vec<(Vec<u8>, usize)> {
+        self.0
+            .iter()
+            .filter_map(|shard| {
+                let mut batch = lock(shard);
+                let n = batch.len();
+                (n > 0).then(|| (batch.take(), n))
+            })
+            .collect()
     }
 }
 
-/// The sending side; the exporting task exports what is left and ends
-/// when it is dropped.
+fn lock(m: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The sending side; the exporting task sends what is left and ends when
+/// it is dropped.
 pub(super) struct Sink {
+    shards: Arc<Shards>,
     tx: mpsc::Sender<Message>,
-    wake: Arc<Wake>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Sink {
     /// Starts the exporting task on a thread of its own.
     pub(super) fn start(otlp: &OtlpConfig, config: &Config) -> Sink {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(QUEUED);
         let dropped = Arc::new(AtomicU64::new(0));
-        let wake = Arc::new(Wake::default());
-        let (otlp, service, waker) = (otlp.clone(), config.service_name.clone(), wake.clone());
+        let shards = Arc::new(Shards::new(&config.service_name));
+        let (otlp, taken) = (otlp.clone(), shards.clone());
         let thread = std::thread::Builder::new()
             .name("steedos-otlp".into())
-            .spawn(move || export_thread(&otlp, service, rx, waker));
+            .spawn(move || export_thread(&otlp, taken, rx));
         if let Err(e) = thread {
             tracing::error!(error = %e, "telemetry: the OTLP exporter's thread cannot start; spans are dropped");
         }
-        Sink { tx, wake, dropped }
+        Sink {
+            shards,
+            tx,
+            dropped,
+        }
     }
 
-    pub(super) fn send(&self, span: Finished) {
-        match self.tx.try_send(Message::Span(Box::new(span))) {
-            Ok(()) if QUEUE - self.tx.capacity() >= BATCH => self.wake.ask(),
-            Ok(()) => {}
-            Err(_) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Writes `span` into this thread's batch; a batch now full goes to
+    /// the exporter, or is dropped (and counted) when the queue is full.
+    pub(super) fn send(&self, span: &Finished) {
+        let full = {
+            let mut batch = self.shards.mine();
+            batch.push(span);
+            let n = batch.len();
+            (n >= BATCH).then(|| (batch.take(), n))
+        };
+        if let Some((bytes, n)) = full
+            && self.tx.try_send(Message::Batch(bytes, n)).is_err()
+        {
+            self.dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -94,35 +131,27 @@ impl Sink {
     /// Whether the queue is full but for the room kept for the spans of
     /// traces already begun (one atomic load): no new trace should start.
     pub(super) fn full(&self) -> bool {
-        self.tx.capacity() < HEADROOM
+        self.tx.capacity() <= HEADROOM
     }
 
     pub(super) async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Message::Flush(done)).await.is_ok() {
-            self.wake.ask();
             let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
         }
     }
 }
 
 impl Drop for Sink {
-    /// The task exports what is queued and ends.
+    /// The sender goes, so the task sends what the shards hold and ends.
     fn drop(&mut self) {
-        // The real sender goes first, so that the task finds the channel
-        // closed when it wakes.
         drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
-        self.wake.ask();
     }
 }
 
-/// The exporter's own thread and runtime: the export keeps a share of
-/// the CPU of its own however many tasks the host's runtime is running
-/// (as a task among a hundred busy callers it fell behind, and traces
-/// were shed for want of its turn, not of its work), as OpenTelemetry's
-/// batch span processor does. An exporter that cannot be built is said
-/// once; spans are then dropped.
-fn export_thread(otlp: &OtlpConfig, service: String, rx: mpsc::Receiver<Message>, wake: Arc<Wake>) {
+/// The exporter's own thread and runtime. An exporter that cannot be
+/// built is said once; spans are then dropped.
+fn export_thread(otlp: &OtlpConfig, shards: Arc<Shards>, rx: mpsc::Receiver<Message>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
@@ -136,7 +165,7 @@ fn export_thread(otlp: &OtlpConfig, service: String, rx: mpsc::Receiver<Message>
     // Built on its runtime: gRPC's channel spawns its worker where it is made.
     runtime.block_on(async {
         match Wire::new(otlp) {
-            Ok(wire) => run(wire, rx, wake, otlp.delay, service).await,
+            Ok(wire) => run(wire, shards, rx, otlp.delay).await,
             Err(e) => {
                 tracing::error!(endpoint = %otlp.endpoint, error = %e, "telemetry: the OTLP exporter cannot be built; spans are dropped")
             }
@@ -144,48 +173,38 @@ fn export_thread(otlp: &OtlpConfig, service: String, rx: mpsc::Receiver<Message>
     });
 }
 
-/// Sleeps until asked or until `delay` has passed, then exports what is
-/// queued in batches of at most [`BATCH`] (a failed export is logged and
-/// dropped) and answers the flushes it took; ends when the sink is gone.
-async fn run(
-    wire: Wire,
-    mut rx: mpsc::Receiver<Message>,
-    wake: Arc<Wake>,
-    delay: Duration,
-    service: String,
-) {
-    let mut batch = Batch::new(&service);
-    let mut flushed = Vec::new();
+/// Sends each full batch as it comes and, every `delay`, on a flush and
+/// when the sink is gone, what the shards hold (a failed export is logged
+/// and dropped).
+async fn run(wire: Wire, shards: Arc<Shards>, mut rx: mpsc::Receiver<Message>, delay: Duration) {
+    let mut tick = tokio::time::interval(delay);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let _ = tokio::time::timeout(delay, wake.notify.notified()).await;
-        wake.asked.store(false, Ordering::Release);
-        let open = loop {
-            match rx.try_recv() {
-                Ok(Message::Span(f)) => batch.push(&f),
-                Ok(Message::Flush(done)) => flushed.push(done),
-                Err(TryRecvError::Empty) => break true,
-                Err(TryRecvError::Disconnected) => break false,
-            }
-            if batch.len() >= BATCH {
-                export(&wire, &mut batch).await;
-            }
-        };
-        export(&wire, &mut batch).await;
-        for done in flushed.drain(..) {
-            let _ = done.send(());
-        }
-        if !open {
-            return;
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(Message::Batch(bytes, n)) => export(&wire, bytes, n).await,
+                Some(Message::Flush(done)) => {
+                    export_all(&wire, &shards).await;
+                    let _ = done.send(());
+                }
+                None => {
+                    export_all(&wire, &shards).await;
+                    return;
+                }
+            },
+            _ = tick.tick() => export_all(&wire, &shards).await,
         }
     }
 }
 
-/// Sends what `batch` holds, if anything, leaving it empty.
-async fn export(wire: &Wire, batch: &mut Batch) {
-    let n = batch.len();
-    if n > 0
-        && let Err(e) = wire.traces(batch.take()).await
-    {
+async fn export_all(wire: &Wire, shards: &Shards) {
+    for (bytes, n) in shards.take_all() {
+        export(wire, bytes, n).await;
+    }
+}
+
+async fn export(wire: &Wire, bytes: Vec<u8>, n: usize) {
+    if let Err(e) = wire.traces(bytes).await {
         tracing::warn!(spans = n, error = %e, "telemetry: spans not exported");
     }
 }
