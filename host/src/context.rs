@@ -193,7 +193,12 @@ impl CallContext {
     /// The package that made this call, if it came from a package (on
     /// this host, or on the node that sent it here).
     pub fn caller(&self) -> Option<&str> {
-        self.chain.last().or(self.upstream_caller()).map(|p| &**p)
+        self.caller_name().map(|p| &**p)
+    }
+
+    /// [`CallContext::caller`], shared.
+    pub fn caller_name(&self) -> Option<&Arc<str>> {
+        self.chain.last().or(self.upstream_caller())
     }
 
     /// 1 for a call from outside, +1 per nested hop (Moleculer's `level`),

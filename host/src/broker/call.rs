@@ -342,8 +342,8 @@ impl Broker {
                 .invoke_run(service, action, params, ctx, now, &mut None)
                 .await;
         };
-        let name = &service.package.ty.actions[action].name;
-        let mut span = telemetry::spans::call(t, &mut ctx, &service.package.name, name);
+        let names = &service.span_names[action];
+        let mut span = telemetry::spans::call(t, &mut ctx, &service.package.name, names);
         let outcome = self
             .invoke_run(service, action, params, ctx, now, &mut span)
             .await;

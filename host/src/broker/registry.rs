@@ -28,6 +28,7 @@ use crate::metrics::{ActionMetrics, Metrics};
 use crate::package::{ActionType, Package};
 use crate::pool::InstancePool;
 use crate::supervisor::{PackageState, RestartBudget};
+use crate::telemetry::spans::ActionNames;
 
 /// A running package: its instances, its restart budget, its state.
 pub struct Service {
@@ -47,6 +48,8 @@ pub struct Service {
     pub(super) events: EventQueue,
     /// Who may call each action (`visibility`), by action index.
     pub(super) visibility: Vec<Visibility>,
+    /// What a call's span says of each action, by action index.
+    pub(super) span_names: Vec<ActionNames>,
 }
 
 /// What the lifecycle knows about a service beyond its pool.
@@ -100,8 +103,15 @@ impl Service {
                     .map_or_else(Default::default, |p| p.visibility)
             })
             .collect();
+        let span_names = package
+            .ty
+            .actions
+            .iter()
+            .map(|a| ActionNames::new(&package.name, &a.name))
+            .collect();
         Service {
             visibility,
+            span_names,
             package,
             pool,
             budget,

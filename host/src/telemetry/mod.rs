@@ -61,11 +61,61 @@ pub enum Kind {
     Consumer,
 }
 
+/// A span's text (its name, an attribute): written once and shared
+/// (an action's name, a package's), fixed, or made for the span.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Text {
+    /// Fixed.
+    Static(&'static str),
+    /// Shared: a clone is a count, not a copy.
+    Shared(Arc<str>),
+    /// Made for this span.
+    Owned(String),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Text {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::Owned(s)
+    }
+}
+
+impl From<&Arc<str>> for Text {
+    fn from(s: &Arc<str>) -> Text {
+        Text::Shared(s.clone())
+    }
+}
+
+impl From<Cow<'static, str>> for Text {
+    fn from(s: Cow<'static, str>) -> Text {
+        match s {
+            Cow::Borrowed(s) => Text::Static(s),
+            Cow::Owned(s) => Text::Owned(s),
+        }
+    }
+}
+
 /// An attribute's value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// Text.
-    Str(Cow<'static, str>),
+    Str(Text),
     /// A whole number.
     Int(i64),
     /// Yes or no.
@@ -74,19 +124,19 @@ pub enum Value {
 
 impl From<&'static str> for Value {
     fn from(s: &'static str) -> Value {
-        Value::Str(Cow::Borrowed(s))
+        Value::Str(Text::Static(s))
     }
 }
 
 impl From<String> for Value {
     fn from(s: String) -> Value {
-        Value::Str(Cow::Owned(s))
+        Value::Str(Text::Owned(s))
     }
 }
 
 impl From<&Arc<str>> for Value {
     fn from(s: &Arc<str>) -> Value {
-        Value::Str(Cow::Owned(s.to_string()))
+        Value::Str(Text::Shared(s.clone()))
     }
 }
 
@@ -106,7 +156,7 @@ impl From<bool> for Value {
 #[derive(Clone, Debug)]
 pub struct Span {
     /// `action 'a.b'`, `event 'x' in 'a'`, `HTTP GET /api/a/b`, ...
-    pub name: Cow<'static, str>,
+    pub name: Text,
     /// Moleculer's span `type`: `action`, `event`, `http`, `instance`.
     pub moleculer_type: &'static str,
     /// How OpenTelemetry sees it.
@@ -157,7 +207,7 @@ pub struct Finished {
 
 impl Span {
     /// A span of `ctx`'s hop (its id, parent and trace), begun now.
-    pub fn of(ctx: &CallContext, name: impl Into<Cow<'static, str>>, kind: Kind) -> Span {
+    pub fn of(ctx: &CallContext, name: impl Into<Text>, kind: Kind) -> Span {
         Span::new(
             name,
             kind,
@@ -169,7 +219,7 @@ impl Span {
 
     /// A span with ids given.
     pub fn new(
-        name: impl Into<Cow<'static, str>>,
+        name: impl Into<Text>,
         kind: Kind,
         id: ContextId,
         parent: Option<ContextId>,

@@ -84,7 +84,7 @@ pub(super) fn to_moleculer(f: &Finished) -> Json {
     {
         tags.insert(
             "action".into(),
-            json!({ "name": action, "rawName": action }),
+            json!({ "name": &**action, "rawName": &**action }),
         );
     }
     let error = span.error.as_ref().map(|(kind, message)| {

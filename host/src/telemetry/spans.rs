@@ -9,13 +9,33 @@ use std::sync::Arc;
 use super::{Kind, Span, Telemetry};
 use crate::context::{CallContext, ContextId};
 
-/// The span of a call of `package`'s `action` under `ctx` (its sampling
-/// decided here when nobody upstream decided it); `None` when not sampled.
+/// What a call's span says of an action, written once per action (so a
+/// span shares them instead of formatting them each call): its span name,
+/// `action 'a.b'` as Moleculer names it, and its full name `a.b`.
+#[derive(Clone, Debug)]
+pub struct ActionNames {
+    span: Arc<str>,
+    action: Arc<str>,
+}
+
+impl ActionNames {
+    /// The names of `package`'s `action`.
+    pub fn new(package: &str, action: &str) -> ActionNames {
+        ActionNames {
+            span: format!("action '{package}.{action}'").into(),
+            action: format!("{package}.{action}").into(),
+        }
+    }
+}
+
+/// The span of a call of `package`'s action `names` under `ctx` (its
+/// sampling decided here when nobody upstream decided it); `None` when
+/// not sampled.
 pub fn call(
     t: &Telemetry,
     ctx: &mut CallContext,
     package: &Arc<str>,
-    action: &str,
+    names: &ActionNames,
 ) -> Option<Span> {
     if ctx.tracing.is_none() {
         t.decide(ctx);
@@ -23,22 +43,19 @@ pub fn call(
     if ctx.tracing != Some(true) {
         return None;
     }
-    let name = format!("action '{package}.{action}'");
-    let kind = match ctx.upstream_caller().is_some() && ctx.chain.is_empty() {
+    let remote = ctx.upstream_caller().is_some() && ctx.chain.is_empty();
+    let kind = match remote {
         true => Kind::Server,
         false => Kind::Internal,
     };
-    let mut span = Span::of(ctx, name, kind);
+    let mut span = Span::of(ctx, &names.span, kind);
     span.moleculer_type = "action";
     span.service = Some(package.clone());
-    span.set("steedos.action", format!("{package}.{action}"));
+    span.set("steedos.action", &names.action);
     span.set("steedos.level", i64::from(ctx.level()));
-    span.set(
-        "remoteCall",
-        ctx.upstream_caller().is_some() && ctx.chain.is_empty(),
-    );
-    if let Some(caller) = ctx.caller() {
-        span.set("steedos.caller", caller.to_string());
+    span.set("remoteCall", remote);
+    if let Some(caller) = ctx.caller_name() {
+        span.set("steedos.caller", caller);
     }
     Some(span)
 }
