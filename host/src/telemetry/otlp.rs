@@ -27,7 +27,13 @@ use super::otlp_wire::Wire;
 
 /// Spans in one export, at most.
 const BATCH: usize = 512;
-/// Full batches waiting for the exporter, at most (4,096 spans).
+/// Bytes of spans in one export, at most but for its last span: a batch
+/// goes once it holds this much, so that memory is bounded in bytes (a
+/// span may carry 128 guest log lines of 1 KiB: 512 of those would be
+/// 66 MiB) and an export stays under the 4 MiB a collector takes over
+/// gRPC by default.
+const BATCH_BYTES: usize = 1 << 20;
+/// Full batches waiting for the exporter, at most (4,096 spans, 8 MiB).
 const QUEUED: usize = 8;
 /// Batches kept for the spans still to end of traces already begun: past
 /// them no new trace starts (see `Telemetry::sample`).
@@ -76,6 +82,11 @@ impl Shards {
     }
 }
 
+/// Whether `batch` is to go now: [`BATCH`] spans, or [`BATCH_BYTES`].
+fn is_full(batch: &Batch) -> bool {
+    batch.len() >= BATCH || batch.size() >= BATCH_BYTES
+}
+
 fn lock(m: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -115,7 +126,7 @@ impl Sink {
             let mut batch = self.shards.mine();
             batch.push(span);
             let n = batch.len();
-            (n >= BATCH).then(|| (batch.take(), n))
+            is_full(&batch).then(|| (batch.take(), n))
         };
         if let Some((bytes, n)) = full
             && self.tx.try_send(Message::Batch(bytes, n)).is_err()
@@ -206,5 +217,60 @@ async fn export_all(wire: &Wire, shards: &Shards) {
 async fn export(wire: &Wire, bytes: Vec<u8>, n: usize) {
     if let Err(e) = wire.traces(bytes).await {
         tracing::warn!(spans = n, error = %e, "telemetry: spans not exported");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{BATCH, BATCH_BYTES, Batch, is_full};
+    use crate::context::ContextId;
+    use crate::telemetry::{Finished, Kind, MAX_LOG_EVENTS, Span, log_event};
+
+    fn finished(log_lines: usize) -> Finished {
+        let mut span = Span::new(
+            "action 'a.b'",
+            Kind::Internal,
+            ContextId::new(),
+            None,
+            Arc::from("5d0c1f0e-6b1b-4c57-9a38-7f2f4a4c9a11"),
+        );
+        for _ in 0..log_lines {
+            log_event(&mut span.events, "info", &"x".repeat(1024));
+        }
+        Finished {
+            span,
+            end: std::time::SystemTime::now(),
+            node: Arc::from("node-1"),
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_at_its_span_count_or_its_size_whichever_comes_first() {
+        let mut batch = Batch::new("wasm-shop");
+        let small = finished(0);
+        for _ in 1..BATCH {
+            batch.push(&small);
+        }
+        assert!(!is_full(&batch), "{} spans", batch.len());
+        batch.push(&small);
+        assert!(is_full(&batch));
+        batch.take();
+
+        // Spans full of guest log lines: the batch goes by its bytes, long
+        // before its count, and holds little more than the bound.
+        let big = finished(MAX_LOG_EVENTS);
+        let mut n = 0;
+        while !is_full(&batch) {
+            batch.push(&big);
+            n += 1;
+        }
+        assert!(n < 16, "{n} spans of 128 KiB before the batch went");
+        assert!(
+            batch.size() < BATCH_BYTES + 200 * 1024,
+            "{} bytes",
+            batch.size()
+        );
     }
 }

@@ -47,6 +47,11 @@ impl Batch {
         self.count
     }
 
+    /// Bytes of the spans in the batch.
+    pub(super) fn size(&self) -> usize {
+        self.spans.len()
+    }
+
     /// Adds `f`.
     pub(super) fn push(&mut self, f: &Finished) {
         self.scratch.clear();
