@@ -22,7 +22,6 @@
 //! A leaf beside `context` and `manifest`: it must not import the broker,
 //! the gateway or the transport (they call it).
 
-use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -99,15 +98,6 @@ impl From<String> for Text {
 impl From<&Arc<str>> for Text {
     fn from(s: &Arc<str>) -> Text {
         Text::Shared(s.clone())
-    }
-}
-
-impl From<Cow<'static, str>> for Text {
-    fn from(s: Cow<'static, str>) -> Text {
-        match s {
-            Cow::Borrowed(s) => Text::Static(s),
-            Cow::Owned(s) => Text::Owned(s),
-        }
     }
 }
 
@@ -540,20 +530,6 @@ impl Telemetry {
         if let Some(sink) = &self.otlp {
             sink.flush().await;
         }
-    }
-}
-
-/// A span begun for a sampled context, or nothing: what a hop holds while
-/// it runs. `None` costs one branch.
-pub fn begin(
-    telemetry: Option<&Telemetry>,
-    ctx: &CallContext,
-    name: impl FnOnce() -> Cow<'static, str>,
-    kind: Kind,
-) -> Option<Span> {
-    match (telemetry, ctx.tracing) {
-        (Some(_), Some(true)) => Some(Span::of(ctx, name(), kind)),
-        _ => None,
     }
 }
 

@@ -96,14 +96,13 @@ fn lock(m: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
 pub(super) struct Sink {
     shards: Arc<Shards>,
     tx: mpsc::Sender<Message>,
-    dropped: Arc<AtomicU64>,
+    dropped: AtomicU64,
 }
 
 impl Sink {
     /// Starts the exporting task on a thread of its own.
     pub(super) fn start(otlp: &OtlpConfig, config: &Config) -> Sink {
         let (tx, rx) = mpsc::channel(QUEUED);
-        let dropped = Arc::new(AtomicU64::new(0));
         let shards = Arc::new(Shards::new(&config.service_name));
         let (otlp, taken) = (otlp.clone(), shards.clone());
         let thread = std::thread::Builder::new()
@@ -115,7 +114,7 @@ impl Sink {
         Sink {
             shards,
             tx,
-            dropped,
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -222,34 +221,22 @@ async fn export(wire: &Wire, bytes: Vec<u8>, n: usize) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::{BATCH, BATCH_BYTES, Batch, is_full};
-    use crate::context::ContextId;
-    use crate::telemetry::{Finished, Kind, MAX_LOG_EVENTS, Span, log_event};
+    use crate::telemetry::otlp_span::tests::finished;
+    use crate::telemetry::{Finished, MAX_LOG_EVENTS, log_event};
 
-    fn finished(log_lines: usize) -> Finished {
-        let mut span = Span::new(
-            "action 'a.b'",
-            Kind::Internal,
-            ContextId::new(),
-            None,
-            Arc::from("5d0c1f0e-6b1b-4c57-9a38-7f2f4a4c9a11"),
-        );
-        for _ in 0..log_lines {
-            log_event(&mut span.events, "info", &"x".repeat(1024));
+    fn with_log_lines(lines: usize) -> Finished {
+        let mut f = finished(None, None);
+        for _ in 0..lines {
+            log_event(&mut f.span.events, "info", &"x".repeat(1024));
         }
-        Finished {
-            span,
-            end: std::time::SystemTime::now(),
-            node: Arc::from("node-1"),
-        }
+        f
     }
 
     #[test]
     fn a_batch_goes_at_its_span_count_or_its_size_whichever_comes_first() {
         let mut batch = Batch::new("wasm-shop");
-        let small = finished(0);
+        let small = finished(None, None);
         for _ in 1..BATCH {
             batch.push(&small);
         }
@@ -260,7 +247,7 @@ mod tests {
 
         // Spans full of guest log lines: the batch goes by its bytes, long
         // before its count, and holds little more than the bound.
-        let big = finished(MAX_LOG_EVENTS);
+        let big = with_log_lines(MAX_LOG_EVENTS);
         let mut n = 0;
         while !is_full(&batch) {
             batch.push(&big);

@@ -264,7 +264,7 @@ pub(super) fn encode(f: &Finished) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -277,7 +277,10 @@ mod tests {
     use crate::context::ContextId;
     use crate::telemetry::{Span as Hop, log_event};
 
-    fn finished(parent: Option<ContextId>, error: Option<(&'static str, String)>) -> Finished {
+    pub(in crate::telemetry) fn finished(
+        parent: Option<ContextId>,
+        error: Option<(&'static str, String)>,
+    ) -> Finished {
         let request: Arc<str> = "7b1d4a0e-5c3f-4e2a-9d8b-1f2e3d4c5b6a".into();
         let mut span = Hop::new(
             "action 'shop.relay'",
