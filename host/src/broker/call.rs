@@ -363,7 +363,7 @@ impl Broker {
         params: Params<'_>,
         mut ctx: CallContext,
         now: Instant,
-        span: &mut Option<Span>,
+        span: &mut Option<Span<'_>>,
     ) -> Result<Option<Output>, CallError> {
         // A caller that never waits (its instances are always idle) still
         // gives the runtime back now and then, so restarts and timers run.

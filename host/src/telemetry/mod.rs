@@ -23,7 +23,7 @@
 //! the gateway or the transport (they call it).
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use crate::context::{CallContext, CallError, ContextId};
 use crate::manifest::TelemetrySettings;
@@ -60,93 +60,98 @@ pub enum Kind {
     Consumer,
 }
 
-/// A span's text (its name, an attribute): written once and shared
-/// (an action's name, a package's), fixed, or made for the span.
+/// A span's text (its name, an attribute): borrowed from what outlives
+/// the span (an action's names, a package's, held by its service: a span
+/// ends before its call returns), shared, or made for the span. Borrowing
+/// is what the hot path does: every call of an action shares its names,
+/// and cloning an `Arc` of them per span had both worker threads writing
+/// the same reference counts.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Text {
-    /// Fixed.
-    Static(&'static str),
+pub enum Text<'a> {
+    /// Borrowed (fixed text among it).
+    Borrowed(&'a str),
     /// Shared: a clone is a count, not a copy.
     Shared(Arc<str>),
     /// Made for this span.
     Owned(String),
 }
 
-impl std::ops::Deref for Text {
+impl std::ops::Deref for Text<'_> {
     type Target = str;
     fn deref(&self) -> &str {
         match self {
-            Text::Static(s) => s,
+            Text::Borrowed(s) => s,
             Text::Shared(s) => s,
             Text::Owned(s) => s,
         }
     }
 }
 
-impl From<&'static str> for Text {
-    fn from(s: &'static str) -> Text {
-        Text::Static(s)
+impl<'a> From<&'a str> for Text<'a> {
+    fn from(s: &'a str) -> Text<'a> {
+        Text::Borrowed(s)
     }
 }
 
-impl From<String> for Text {
-    fn from(s: String) -> Text {
+impl From<String> for Text<'_> {
+    fn from(s: String) -> Self {
         Text::Owned(s)
     }
 }
 
-impl From<&Arc<str>> for Text {
-    fn from(s: &Arc<str>) -> Text {
+impl From<&Arc<str>> for Text<'_> {
+    fn from(s: &Arc<str>) -> Self {
         Text::Shared(s.clone())
     }
 }
 
 /// An attribute's value.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     /// Text.
-    Str(Text),
+    Str(Text<'a>),
     /// A whole number.
     Int(i64),
     /// Yes or no.
     Bool(bool),
 }
 
-impl From<&'static str> for Value {
-    fn from(s: &'static str) -> Value {
-        Value::Str(Text::Static(s))
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Value<'a> {
+        Value::Str(Text::Borrowed(s))
     }
 }
 
-impl From<String> for Value {
-    fn from(s: String) -> Value {
+impl From<String> for Value<'_> {
+    fn from(s: String) -> Self {
         Value::Str(Text::Owned(s))
     }
 }
 
-impl From<&Arc<str>> for Value {
-    fn from(s: &Arc<str>) -> Value {
+impl From<&Arc<str>> for Value<'_> {
+    fn from(s: &Arc<str>) -> Self {
         Value::Str(Text::Shared(s.clone()))
     }
 }
 
-impl From<i64> for Value {
-    fn from(n: i64) -> Value {
+impl From<i64> for Value<'_> {
+    fn from(n: i64) -> Self {
         Value::Int(n)
     }
 }
 
-impl From<bool> for Value {
-    fn from(b: bool) -> Value {
+impl From<bool> for Value<'_> {
+    fn from(b: bool) -> Self {
         Value::Bool(b)
     }
 }
 
 /// A span in the making: what the host knows of one hop, cheap to fill.
+/// It may borrow what outlives the hop (`'a`).
 #[derive(Clone, Debug)]
-pub struct Span {
+pub struct Span<'a> {
     /// `action 'a.b'`, `event 'x' in 'a'`, `HTTP GET /api/a/b`, ...
-    pub name: Text,
+    pub name: Text<'a>,
     /// Moleculer's span `type`: `action`, `event`, `http`, `instance`.
     pub moleculer_type: &'static str,
     /// How OpenTelemetry sees it.
@@ -158,12 +163,12 @@ pub struct Span {
     /// The trace's request id.
     pub request_id: Arc<str>,
     /// The package (Moleculer's `service`), when one serves the hop.
-    pub service: Option<Arc<str>>,
-    /// When it began, for people and for its duration.
+    pub service: Option<Text<'a>>,
+    /// When it began (its duration is the end's time less this, as
+    /// OpenTelemetry's SDKs have it: one clock read at each end).
     pub start: SystemTime,
-    began: Instant,
     /// `steedos.*`, `http.*`... attributes.
-    pub attributes: Vec<(&'static str, Value)>,
+    pub attributes: Vec<(&'static str, Value<'a>)>,
     /// Guest log lines and other moments inside the span.
     pub events: Vec<SpanEvent>,
     /// Why it failed: the error kind's name and its message.
@@ -171,6 +176,9 @@ pub struct Span {
     /// Whether it goes out as a Moleculer span too (not the client half
     /// of a call to another node: the callee reports that one).
     pub moleculer: bool,
+    /// Its name, node, package and first attributes already written as
+    /// OTLP bytes, when its call site has them (see [`spans::Head`]).
+    pub head: Option<&'a spans::Head>,
 }
 
 /// A moment inside a span (a guest log line, say).
@@ -181,23 +189,23 @@ pub struct SpanEvent {
     /// What (`log`, ...).
     pub name: &'static str,
     /// Its attributes.
-    pub attributes: Vec<(&'static str, Value)>,
+    pub attributes: Vec<(&'static str, Value<'static>)>,
 }
 
 /// A finished span, as the sinks take it.
 #[derive(Clone, Debug)]
-pub struct Finished {
+pub struct Finished<'a> {
     /// The span.
-    pub span: Span,
+    pub span: Span<'a>,
     /// When it ended.
     pub end: SystemTime,
     /// This host's node id.
-    pub node: Arc<str>,
+    pub node: &'a str,
 }
 
-impl Span {
+impl<'a> Span<'a> {
     /// A span of `ctx`'s hop (its id, parent and trace), begun now.
-    pub fn of(ctx: &CallContext, name: impl Into<Text>, kind: Kind) -> Span {
+    pub fn of(ctx: &CallContext, name: impl Into<Text<'a>>, kind: Kind) -> Span<'a> {
         Span::new(
             name,
             kind,
@@ -209,12 +217,12 @@ impl Span {
 
     /// A span with ids given.
     pub fn new(
-        name: impl Into<Text>,
+        name: impl Into<Text<'a>>,
         kind: Kind,
         id: ContextId,
         parent: Option<ContextId>,
         request_id: Arc<str>,
-    ) -> Span {
+    ) -> Span<'a> {
         Span {
             name: name.into(),
             moleculer_type: "custom",
@@ -224,16 +232,16 @@ impl Span {
             request_id,
             service: None,
             start: SystemTime::now(),
-            began: Instant::now(),
             attributes: Vec::with_capacity(8),
             events: Vec::new(),
             error: None,
             moleculer: true,
+            head: None,
         }
     }
 
     /// Sets an attribute.
-    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value<'a>>) {
         self.attributes.push((key, value.into()));
     }
 
@@ -250,11 +258,6 @@ impl Span {
     pub fn fail(&mut self, kind: &'static str, message: String) {
         self.set("steedos.result", kind);
         self.error = Some((kind, message));
-    }
-
-    /// How long it has run.
-    pub fn elapsed(&self) -> std::time::Duration {
-        self.began.elapsed()
     }
 }
 
@@ -363,6 +366,11 @@ impl Telemetry {
         }
     }
 
+    /// Whether spans go out over OTLP.
+    pub fn exports_otlp(&self) -> bool {
+        self.otlp.is_some()
+    }
+
     /// Traces not started because every sink was full.
     pub fn shed(&self) -> u64 {
         self.shed.load(std::sync::atomic::Ordering::Relaxed)
@@ -376,10 +384,10 @@ impl Telemetry {
     }
 
     /// Ends `span` now and hands it to the sinks.
-    pub fn end(&self, span: Span) {
+    pub fn end(&self, span: Span<'_>) {
         let finished = Finished {
             end: SystemTime::now(),
-            node: self.node().clone(),
+            node: self.node(),
             span,
         };
         if let Some(queue) = self.moleculer.as_ref().filter(|_| finished.span.moleculer) {

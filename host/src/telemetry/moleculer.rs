@@ -74,7 +74,7 @@ pub(super) fn to_moleculer(f: &Finished) -> Json {
     let span = &f.span;
     let (start, finish) = (millis(span.start), millis(f.end));
     let mut tags = Map::new();
-    tags.insert("nodeID".into(), Json::from(&*f.node));
+    tags.insert("nodeID".into(), Json::from(f.node));
     tags.insert("requestID".into(), Json::from(&*span.request_id));
     for (key, value) in &span.attributes {
         tags.insert((*key).into(), json(value));
@@ -133,7 +133,7 @@ pub(super) fn to_moleculer(f: &Finished) -> Json {
     out
 }
 
-fn attribute<'f>(f: &'f Finished, key: &str) -> Option<&'f Value> {
+fn attribute<'f, 'a>(f: &'f Finished<'a>, key: &str) -> Option<&'f Value<'a>> {
     f.span
         .attributes
         .iter()

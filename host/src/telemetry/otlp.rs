@@ -225,7 +225,7 @@ mod tests {
     use crate::telemetry::otlp_span::tests::finished;
     use crate::telemetry::{Finished, MAX_LOG_EVENTS, log_event};
 
-    fn with_log_lines(lines: usize) -> Finished {
+    fn with_log_lines(lines: usize) -> Finished<'static> {
         let mut f = finished(None, None);
         for _ in 0..lines {
             log_event(&mut f.span.events, "info", &"x".repeat(1024));

@@ -11,7 +11,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 
 use super::ids::{span_id, trace_id};
 use super::otlp_wire::{nanos, resource, scope};
-use super::{Finished, Kind, Value};
+use super::{Finished, Kind, Span, Value};
 
 /// Spans encoded one after the other as the `spans` of one `ScopeSpans`,
 /// and the envelope that makes them one export of this host.
@@ -24,6 +24,8 @@ pub(super) struct Batch {
     scope: Vec<u8>,
     /// A span's body while it is written (its length goes first).
     scratch: Vec<u8>,
+    /// The `steedos.node` attribute, encoded once per node (a host has one).
+    node: (String, Vec<u8>),
 }
 
 impl Batch {
@@ -39,6 +41,7 @@ impl Batch {
             resource: r,
             scope: s,
             scratch: Vec::new(),
+            node: (String::new(), Vec::new()),
         }
     }
 
@@ -53,9 +56,14 @@ impl Batch {
     }
 
     /// Adds `f`.
-    pub(super) fn push(&mut self, f: &Finished) {
+    pub(super) fn push(&mut self, f: &Finished<'_>) {
+        if self.node.0 != f.node {
+            self.node.1.clear();
+            key_value(9, "steedos.node", AnyRef::Str(f.node), &mut self.node.1);
+            self.node.0 = f.node.to_string();
+        }
         self.scratch.clear();
-        span_body(f, &mut self.scratch);
+        span_body(f, &self.node.1, &mut self.scratch);
         field_bytes(2, &self.scratch, &mut self.spans);
         self.count += 1;
     }
@@ -140,8 +148,8 @@ enum AnyRef<'a> {
     Bool(bool),
 }
 
-impl<'a> From<&'a Value> for AnyRef<'a> {
-    fn from(v: &'a Value) -> AnyRef<'a> {
+impl<'a> From<&'a Value<'_>> for AnyRef<'a> {
+    fn from(v: &'a Value<'_>) -> AnyRef<'a> {
         match v {
             Value::Str(s) => AnyRef::Str(s),
             Value::Int(n) => AnyRef::Int(*n),
@@ -153,7 +161,9 @@ impl<'a> From<&'a Value> for AnyRef<'a> {
 /// A `KeyValue` as field `tag` of its message. Written in full, as
 /// OpenTelemetry's SDKs do: an empty string or a zero is still a value.
 fn key_value(tag: u32, key: &str, value: AnyRef<'_>, out: &mut Vec<u8>) {
-    delimited_head(tag, key_value_len(key, value), out);
+    let len = key_value_len(key, value);
+    out.reserve(delimited_len(tag, len));
+    delimited_head(tag, len, out);
     delimited_head(1, key.len(), out);
     out.extend_from_slice(key.as_bytes());
     delimited_head(2, any_len(value), out);
@@ -205,14 +215,23 @@ fn event<'a>(
 /// `ids.rs`), sampled, its parent local; the node, request id and package
 /// as `steedos.*` attributes; an error as the status and an `exception`
 /// event, as OpenTelemetry's semantic conventions put them.
-fn span_body(f: &Finished, out: &mut Vec<u8>) {
+/// `node` is the `steedos.node` attribute, encoded.
+fn span_body(f: &Finished<'_>, node: &[u8], out: &mut Vec<u8>) {
     let span = &f.span;
+    // A head written on another node (the node was named since) is not used.
+    let head = span.head.filter(|h| *h.node == *f.node);
     field_bytes(1, &trace_id(&span.request_id).to_be_bytes(), out);
     field_bytes(2, &span_id(&span.id).to_be_bytes(), out);
     if let Some(parent) = &span.parent {
         field_bytes(4, &span_id(parent).to_be_bytes(), out);
     }
-    field_bytes(5, span.name.as_bytes(), out);
+    match head {
+        Some(head) => out.extend_from_slice(&head.bytes),
+        None => {
+            field_bytes(5, span.name.as_bytes(), out);
+            out.extend_from_slice(node);
+        }
+    }
     let kind = match span.kind {
         Kind::Internal => 1,
         Kind::Server => 2,
@@ -222,12 +241,12 @@ fn span_body(f: &Finished, out: &mut Vec<u8>) {
     field_varint(6, kind, out);
     field_fixed64(7, nanos(span.start), out);
     field_fixed64(8, nanos(f.end), out);
-    key_value(9, "steedos.node", AnyRef::Str(&f.node), out);
     key_value(9, "steedos.request_id", AnyRef::Str(&span.request_id), out);
-    if let Some(service) = &span.service {
+    let written = head.map_or(0, |h| h.attributes);
+    if let (None, Some(service)) = (head, &span.service) {
         key_value(9, "steedos.package", AnyRef::Str(service), out);
     }
-    for (k, v) in &span.attributes {
+    for (k, v) in span.attributes.iter().skip(written) {
         key_value(9, k, v.into(), out);
     }
     if let Some((kind, _)) = &span.error {
@@ -255,11 +274,29 @@ fn span_body(f: &Finished, out: &mut Vec<u8>) {
     field_fixed32(16, 0x101, out);
 }
 
+/// The part of `span` a [`Head`](super::spans::Head) holds, on `node`:
+/// its name field, `steedos.node`, `steedos.package` and its attributes
+/// so far, as [`span_body`] writes them.
+pub(super) fn head(span: &Span<'_>, node: &str) -> Box<[u8]> {
+    let mut out = Vec::new();
+    field_bytes(5, span.name.as_bytes(), &mut out);
+    key_value(9, "steedos.node", AnyRef::Str(node), &mut out);
+    if let Some(service) = &span.service {
+        key_value(9, "steedos.package", AnyRef::Str(service), &mut out);
+    }
+    for (k, v) in &span.attributes {
+        key_value(9, k, v.into(), &mut out);
+    }
+    out.into_boxed_slice()
+}
+
 /// One span's bytes as a whole `Span` message (for the tests).
 #[cfg(test)]
-pub(super) fn encode(f: &Finished) -> Vec<u8> {
+pub(super) fn encode(f: &Finished<'_>) -> Vec<u8> {
+    let mut node = Vec::new();
+    key_value(9, "steedos.node", AnyRef::Str(f.node), &mut node);
     let mut out = Vec::new();
-    span_body(f, &mut out);
+    span_body(f, &node, &mut out);
     out
 }
 
@@ -275,12 +312,13 @@ pub(super) mod tests {
 
     use super::*;
     use crate::context::ContextId;
+    use crate::telemetry::spans::Head;
     use crate::telemetry::{Span as Hop, log_event};
 
     pub(in crate::telemetry) fn finished(
         parent: Option<ContextId>,
         error: Option<(&'static str, String)>,
-    ) -> Finished {
+    ) -> Finished<'static> {
         let request: Arc<str> = "7b1d4a0e-5c3f-4e2a-9d8b-1f2e3d4c5b6a".into();
         let mut span = Hop::new(
             "action 'shop.relay'",
@@ -295,12 +333,12 @@ pub(super) mod tests {
         span.error = error;
         Finished {
             end: span.start + Duration::from_millis(3),
-            node: "node-1".into(),
+            node: "node-1",
             span,
         }
     }
 
-    fn decoded(f: &Finished) -> Span {
+    fn decoded(f: &Finished<'_>) -> Span {
         Span::decode(&encode(f)[..]).expect("our bytes are an OTLP Span")
     }
 
@@ -348,6 +386,40 @@ pub(super) mod tests {
         assert_eq!(text(attr(&s.events[0].attributes, "log.severity")), "info");
         let status = s.status.expect("status");
         assert_eq!(status.code, status::StatusCode::Unset as i32);
+    }
+
+    /// A span's attributes by key, in key order.
+    fn sorted(mut s: Span) -> Span {
+        s.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+        s
+    }
+
+    #[test]
+    fn a_span_whose_call_site_has_a_head_reads_back_the_same() {
+        let whole = finished(Some(ContextId::new()), None);
+        let mut headed: Finished<'_> = whole.clone();
+        let head = Head::new(&headed.span, "node-1", 2, false, None);
+        headed.span.head = Some(&head);
+        let mut whole = whole;
+        for f in [&mut whole, &mut headed] {
+            f.span.set("steedos.queue_wait_us", 7i64);
+            f.span.set("steedos.result", "ok");
+        }
+        let written = encode(&headed);
+        assert_eq!(sorted(decoded(&headed)), sorted(decoded(&whole)));
+        let attributes = decoded(&headed).attributes.len();
+        assert_eq!(
+            attributes, 6,
+            "node, package, request, level, wait, result, once each"
+        );
+        assert!(written.windows(head.bytes.len()).any(|w| w == &*head.bytes));
+
+        // A head written before the node was named is not used.
+        let mut elsewhere: Finished<'_> = headed.clone();
+        elsewhere.node = "node-2";
+        let s = decoded(&elsewhere);
+        assert_eq!(text(attr(&s.attributes, "steedos.node")), "node-2");
+        assert_eq!(s.attributes.len(), 6);
     }
 
     #[test]
@@ -413,7 +485,7 @@ pub(super) mod tests {
     #[test]
     fn one_request_holds_the_batch_under_this_host_and_the_batch_starts_again() {
         let mut batch = Batch::new("wasm-shop");
-        let spans: Vec<Finished> = (0..3).map(|_| finished(None, None)).collect();
+        let spans: Vec<Finished<'_>> = (0..3).map(|_| finished(None, None)).collect();
         for f in &spans {
             batch.push(f);
         }
@@ -439,8 +511,22 @@ pub(super) mod tests {
             .collect();
         assert_eq!(ids, want);
 
+        for s in &ss.spans {
+            assert_eq!(text(attr(&s.attributes, "steedos.node")), "node-1");
+        }
+
+        // The node's attribute is written once per node, not once for all.
+        let mut elsewhere = finished(None, None);
+        elsewhere.node = "node-2";
         batch.push(&spans[0]);
+        batch.push(&elsewhere);
+        batch.push(&spans[1]);
         let again = ExportTraceServiceRequest::decode(&batch.take()[..]).expect("a request");
-        assert_eq!(again.resource_spans[0].scope_spans[0].spans.len(), 1);
+        let nodes: Vec<String> = again.resource_spans[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| text(attr(&s.attributes, "steedos.node")))
+            .collect();
+        assert_eq!(nodes, ["node-1", "node-2", "node-1"]);
     }
 }

@@ -4,18 +4,72 @@
 //! a gateway request, an outgoing HTTP request. Callers hold the span while
 //! the hop runs and hand it back to [`Telemetry::end`](super::Telemetry::end).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use super::{Kind, Span, Telemetry};
+use super::{Kind, Span, Telemetry, Text};
 use crate::context::{CallContext, ContextId};
 
 /// What a call's span says of an action, written once per action (so a
 /// span shares them instead of formatting them each call): its span name,
-/// `action 'a.b'` as Moleculer names it, and its full name `a.b`.
+/// `action 'a.b'` as Moleculer names it, and its full name `a.b`; and,
+/// once per call site, the OTLP bytes of what every span there shares
+/// (see [`Head`]).
 #[derive(Clone, Debug)]
 pub struct ActionNames {
     span: Arc<str>,
     action: Arc<str>,
+    heads: [OnceLock<Head>; HEADS],
+}
+
+/// Call sites of one action whose spans' shared part is kept as bytes (an
+/// action is called from a few places; calls from more are written whole).
+const HEADS: usize = 4;
+
+/// The OTLP bytes every span of an action at one call site shares: its
+/// name, this node, the package, the action, the level, whether the call
+/// came from another node, and the caller; written once, copied into each
+/// span as it is exported (they were most of the work of writing one).
+/// Read without a lock (a `OnceLock`), so the threads calling an action
+/// share it without writing to it.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub(super) node: Box<str>,
+    level: u32,
+    remote: bool,
+    caller: Option<Box<str>>,
+    /// The bytes: the span's name field, then `steedos.node`,
+    /// `steedos.package` and its first [`Head::attributes`] attributes.
+    pub(super) bytes: Box<[u8]>,
+    /// How many of the span's attributes the bytes hold (its first ones).
+    pub(super) attributes: usize,
+}
+
+impl Head {
+    /// The head of `span` as it is now, on `node`, for calls at `level`
+    /// (`remote` when from another node) from `caller`.
+    pub(super) fn new(
+        span: &Span<'_>,
+        node: &str,
+        level: u32,
+        remote: bool,
+        caller: Option<&str>,
+    ) -> Head {
+        Head {
+            node: node.into(),
+            level,
+            remote,
+            caller: caller.map(Into::into),
+            bytes: super::otlp_span::head(span, node),
+            attributes: span.attributes.len(),
+        }
+    }
+
+    fn is(&self, node: &str, level: u32, remote: bool, caller: Option<&str>) -> bool {
+        self.level == level
+            && self.remote == remote
+            && *self.node == *node
+            && self.caller.as_deref() == caller
+    }
 }
 
 impl ActionNames {
@@ -24,19 +78,42 @@ impl ActionNames {
         ActionNames {
             span: format!("action '{package}.{action}'").into(),
             action: format!("{package}.{action}").into(),
+            heads: Default::default(),
         }
+    }
+
+    /// The head of `span` (begun at this call site), written now when
+    /// this call site is new and there is room; `None` when not.
+    fn head(
+        &self,
+        span: &Span<'_>,
+        node: &str,
+        level: u32,
+        remote: bool,
+        caller: Option<&str>,
+    ) -> Option<&Head> {
+        for slot in &self.heads {
+            let head = match slot.get() {
+                Some(head) => head,
+                None => slot.get_or_init(|| Head::new(span, node, level, remote, caller)),
+            };
+            if head.is(node, level, remote, caller) {
+                return Some(head);
+            }
+        }
+        None
     }
 }
 
 /// The span of a call of `package`'s action `names` under `ctx` (its
 /// sampling decided here when nobody upstream decided it); `None` when
 /// not sampled.
-pub fn call(
+pub fn call<'a>(
     t: &Telemetry,
     ctx: &mut CallContext,
-    package: &Arc<str>,
-    names: &ActionNames,
-) -> Option<Span> {
+    package: &'a str,
+    names: &'a ActionNames,
+) -> Option<Span<'a>> {
     if ctx.tracing.is_none() {
         t.decide(ctx);
     }
@@ -48,14 +125,19 @@ pub fn call(
         true => Kind::Server,
         false => Kind::Internal,
     };
-    let mut span = Span::of(ctx, &names.span, kind);
+    let level = ctx.level();
+    let mut span = Span::of(ctx, &*names.span, kind);
     span.moleculer_type = "action";
-    span.service = Some(package.clone());
-    span.set("steedos.action", &names.action);
-    span.set("steedos.level", i64::from(ctx.level()));
+    span.service = Some(Text::Borrowed(package));
+    span.set("steedos.action", &*names.action);
+    span.set("steedos.level", i64::from(level));
     span.set("remoteCall", remote);
-    if let Some(caller) = ctx.caller_name() {
+    let caller = ctx.caller_name();
+    if let Some(caller) = caller {
         span.set("steedos.caller", caller);
+    }
+    if t.exports_otlp() {
+        span.head = names.head(&span, t.node(), level, remote, caller.map(|c| &**c));
     }
     Some(span)
 }
@@ -65,7 +147,7 @@ pub fn call(
 /// Zipkin's client and server halves do, so a Node.js service that does
 /// not trace still links what it calls to this trace. Not sent as a
 /// Moleculer span (the callee's own is that).
-pub fn remote_call(t: &Telemetry, ctx: &mut CallContext, action: &str) -> Option<Span> {
+pub fn remote_call(t: &Telemetry, ctx: &mut CallContext, action: &str) -> Option<Span<'static>> {
     if ctx.tracing.is_none() {
         t.decide(ctx);
     }
@@ -93,7 +175,7 @@ pub fn event(
     ctx: &mut CallContext,
     package: &Arc<str>,
     event: &str,
-) -> Option<Span> {
+) -> Option<Span<'static>> {
     if ctx.tracing.is_none() {
         t.decide(ctx);
     }
@@ -107,7 +189,7 @@ pub fn event(
         Kind::Consumer,
     );
     span.moleculer_type = "event";
-    span.service = Some(package.clone());
+    span.service = Some(Text::Shared(package.clone()));
     span.set("eventName", event.to_string());
     span.set("steedos.level", i64::from(ctx.level()));
     if let Some(caller) = ctx.caller() {
@@ -124,7 +206,7 @@ pub fn instance_start(
     ctx: &mut CallContext,
     package: &Arc<str>,
     restart: bool,
-) -> Option<Span> {
+) -> Option<Span<'static>> {
     if !t.decide(ctx) {
         return None;
     }
@@ -134,7 +216,7 @@ pub fn instance_start(
     };
     let mut span = Span::of(ctx, name, Kind::Internal);
     span.moleculer_type = "instance";
-    span.service = Some(package.clone());
+    span.service = Some(Text::Shared(package.clone()));
     span.set("steedos.restart", restart);
     Some(span)
 }
@@ -164,7 +246,7 @@ impl Outbound {
 
     /// Begins the span of a request of `method` to `uri`, and the
     /// `traceparent` to send with it (this span as the callee's parent).
-    pub fn begin(&self, method: &http::Method, uri: &http::Uri) -> (Span, String) {
+    pub fn begin(&self, method: &http::Method, uri: &http::Uri) -> (Span<'static>, String) {
         let id = ContextId::new();
         let traceparent = super::TraceParent {
             trace_id: super::trace_id(&self.request_id),
@@ -177,7 +259,7 @@ impl Outbound {
         let parent = Some(self.parent.clone());
         let mut span = Span::new(name, Kind::Client, id, parent, self.request_id.clone());
         span.moleculer_type = "http";
-        span.service = Some(self.package.clone());
+        span.service = Some(Text::Shared(self.package.clone()));
         span.set("http.request.method", method.to_string());
         span.set("server.address", host.to_string());
         span.set("url.full", uri.to_string());
@@ -190,7 +272,7 @@ impl Outbound {
     }
 
     /// Ends `span`: the response's status, or why there was none.
-    pub fn end(&self, mut span: Span, outcome: Result<u16, String>) {
+    pub fn end(&self, mut span: Span<'_>, outcome: Result<u16, String>) {
         match outcome {
             Ok(status) => {
                 span.set("http.response.status_code", i64::from(status));
