@@ -55,7 +55,7 @@ mod output;
 mod serve;
 
 pub use analysis::{ActionType, PackageType, TypedImport, interface_short_name};
-pub use bytes::{ByteShape, Output, Params, host_budget};
+pub use bytes::{Output, Params, TypedShape, host_budget};
 pub use host::{Cutoff, HostState, ImportTarget, add_to_linker, base_linker, is_call_error_result};
 pub use imports::link_typed_import;
 pub use instance::{Fault, LiveInstance, Package, StartError};
@@ -132,8 +132,8 @@ pub trait Router: Send + Sync + 'static {
         params: Vec<u8>,
         options: CallOptions,
     ) -> BoxFuture<'a, Result<Vec<u8>, CallError>>;
-    /// A call through a typed import: values in and out, or byte lists as
-    /// bytes for a byte-shaped signature ([`ByteShape`]).
+    /// A call through a typed import: values in and out, or typed values
+    /// (byte lists as bytes) for a signature of [`TypedShape`].
     fn call_import<'a>(
         &'a self,
         from: Caller<'a>,

@@ -394,11 +394,11 @@ impl Broker {
             span.set("steedos.queue_wait_us", now.elapsed().as_micros() as i64);
         }
         let action_ty = &service.package.ty.actions[action];
-        let (has_result, bytes) = (action_ty.result.is_some(), action_ty.bytes);
+        let (has_result, typed) = (action_ty.result.is_some(), action_ty.typed);
         let deadline = ctx.deadline;
         let mut lease = super::lifecycle::Lease::new(self, service, instance);
         let outcome = {
-            let run = std::pin::pin!(lease.get().call(action, params, bytes, has_result, ctx));
+            let run = std::pin::pin!(lease.get().call(action, params, typed, has_result, ctx));
             // The epoch deadline stops a running guest. The outermost call also
             // keeps a timer, for a guest stuck in a host call; nested calls are
             // inside its future and go with it (their leases retire them).
@@ -575,7 +575,7 @@ pub(super) fn unavailable(service: &Service, label: &str) -> CallError {
     }
 }
 
-/// A call's decoded parameters: bytes kept as bytes for a byte-shaped
+/// A call's decoded parameters: bytes kept as bytes for a typed-shape
 /// action, values for any other.
 pub(super) enum Decoded {
     Vals(Vec<Val>),
@@ -590,7 +590,7 @@ impl Decoded {
         action: &ActionType,
         service: &Service,
     ) -> Result<Decoded, String> {
-        if action.bytes.is_some() {
+        if action.typed.is_some() {
             return Ok(Decoded::Args(args));
         }
         let budget = host_budget(service.package.spec.memory);
@@ -625,7 +625,7 @@ fn decode_params(
 ) -> Result<Decoded, CallError> {
     let options = codec::DecodeOptions {
         budget: host_budget(service.package.spec.memory),
-        bytes: action.bytes.is_some(),
+        bytes: action.typed.is_some(),
     };
     let refuse = |e: &dyn std::fmt::Display| {
         let size = bytesize::ByteSize::b(bytes.len() as u64).display().iec();

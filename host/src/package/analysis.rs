@@ -9,7 +9,7 @@ use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentInstance, ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex};
 
-use super::{ByteShape, MAX_ACTIONS, PackageError, STEEDOS_PACKAGE};
+use super::{MAX_ACTIONS, PackageError, STEEDOS_PACKAGE, TypedShape};
 use crate::codec;
 
 /// One action: a function the package exports.
@@ -25,8 +25,9 @@ pub struct ActionType {
     pub params: Vec<(String, Type)>,
     /// The result type, if any.
     pub result: Option<Type>,
-    /// Set when its byte lists can cross as bytes.
-    pub bytes: Option<ByteShape>,
+    /// Set when it is called through a typed function (no `Val`s; its
+    /// byte lists cross as bytes).
+    pub typed: Option<TypedShape>,
     /// Where to find the function in an instance.
     pub(crate) index: ComponentExportIndex,
 }
@@ -357,7 +358,7 @@ fn action(
         name: function.to_string(),
         interface: interface.map(str::to_string),
         function: function.to_string(),
-        bytes: ByteShape::of(&params, result.as_ref()),
+        typed: TypedShape::of(&params, result.as_ref()),
         params,
         result,
         index,

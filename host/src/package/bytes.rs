@@ -1,10 +1,13 @@
-//! Byte lists that cross as bytes.
+//! Signatures called through typed functions: byte lists that cross as
+//! bytes, and small values that cross without `Val`s.
 //!
 //! wasmtime's dynamic calls take and give [`Val`]s, and a `list<u8>` as
 //! `Val`s is one `Val` (40 bytes) per byte: a 24 MiB payload would hold
-//! 960 MiB of host memory. An action whose signature is made of byte lists
-//! and strings ([`ByteShape`]) is called through a typed function instead,
-//! so its bytes are copied as bytes, into the guest and out of it.
+//! 960 MiB of host memory. An action whose signature is made of byte
+//! lists, strings and integers ([`TypedShape`]) is called through a typed
+//! function instead, so its bytes are copied as bytes, into the guest and
+//! out of it, and a string or an integer is lowered as what it is: no
+//! `Val` is built, checked against the signature and dropped per call.
 //!
 //! Typed imports of the same shapes are linked as typed host functions
 //! (see `imports.rs`): a byte list crosses from the calling guest to the
@@ -53,7 +56,7 @@ impl Atom {
     }
 }
 
-/// The parameters of a byte-shaped signature.
+/// The parameters of a typed signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Takes {
     Nothing,
@@ -61,7 +64,7 @@ pub(super) enum Takes {
     Two(Atom, Atom),
 }
 
-/// The result of a byte-shaped signature.
+/// The result of a typed signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Returns {
     Nothing,
@@ -80,29 +83,20 @@ pub(super) enum Returns {
     U64,
 }
 
-impl Returns {
-    fn bytes(self) -> bool {
-        matches!(
-            self,
-            Returns::Bytes | Returns::BytesOrText | Returns::BytesOrCallError
-        )
-    }
-}
-
-/// A signature whose byte lists can cross as bytes: at most two
-/// parameters, each a `list<u8>`, `string`, `u32` or `u64`; a result that
-/// is nothing, a `list<u8>`, a `string`, a `u32`, a `u64`, a `result` of
-/// `list<u8>`, `string` or nothing with a `string` error, or a
-/// `result<list<u8>, call-error>`; and a `list<u8>` somewhere.
+/// A signature called through a typed function: at most two parameters,
+/// each a `list<u8>`, `string`, `u32` or `u64`; a result that is nothing,
+/// a `list<u8>`, a `string`, a `u32`, a `u64`, a `result` of `list<u8>`,
+/// `string` or nothing with a `string` error, or a
+/// `result<list<u8>, call-error>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ByteShape {
+pub struct TypedShape {
     pub(super) takes: Takes,
     pub(super) returns: Returns,
 }
 
-impl ByteShape {
-    /// The shape of `params -> result`, if it is byte-shaped.
-    pub fn of(params: &[(String, Type)], result: Option<&Type>) -> Option<ByteShape> {
+impl TypedShape {
+    /// The shape of `params -> result`, if it has one.
+    pub fn of(params: &[(String, Type)], result: Option<&Type>) -> Option<TypedShape> {
         let takes = match params {
             [] => Takes::Nothing,
             [(_, a)] => Takes::One(Atom::of(a)?),
@@ -130,16 +124,7 @@ impl ByteShape {
                 Atom::U64 => Returns::U64,
             },
         };
-        let shape = ByteShape { takes, returns };
-        (shape.takes_bytes() || returns.bytes()).then_some(shape)
-    }
-
-    fn takes_bytes(self) -> bool {
-        match self.takes {
-            Takes::Nothing => false,
-            Takes::One(a) => a == Atom::Bytes,
-            Takes::Two(a, b) => a == Atom::Bytes || b == Atom::Bytes,
-        }
+        Some(TypedShape { takes, returns })
     }
 }
 
@@ -148,7 +133,7 @@ impl ByteShape {
 pub enum Params<'a> {
     /// Component values (typed imports, [`crate::broker::Broker::call`]).
     Vals(&'a [Val]),
-    /// Decoded for a byte-shaped action: its `list<u8>` as bytes.
+    /// Decoded for an action: a `list<u8>` as bytes.
     Args(&'a [Arg]),
 }
 
@@ -175,7 +160,7 @@ impl Output {
     }
 }
 
-/// One argument of a byte-shaped call, borrowed from the decoded ones.
+/// One argument of a typed call, borrowed from the decoded ones or the values.
 enum In<'a> {
     Bytes(&'a [u8]),
     Text(&'a str),
@@ -187,9 +172,18 @@ impl<'a> In<'a> {
     fn of(arg: &'a Arg, atom: Atom) -> Option<In<'a>> {
         match (arg, atom) {
             (Arg::Bytes(bytes), Atom::Bytes) => Some(In::Bytes(bytes)),
-            (Arg::Val(Val::String(text)), Atom::Text) => Some(In::Text(text)),
-            (Arg::Val(Val::U32(n)), Atom::U32) => Some(In::U32(*n)),
-            (Arg::Val(Val::U64(n)), Atom::U64) => Some(In::U64(*n)),
+            (Arg::Val(val), _) => In::of_val(val, atom),
+            _ => None,
+        }
+    }
+
+    /// A value as `atom`; a byte list given as values stays values (its
+    /// `Val`s are already built: nothing to save).
+    fn of_val(val: &'a Val, atom: Atom) -> Option<In<'a>> {
+        match (val, atom) {
+            (Val::String(text), Atom::Text) => Some(In::Text(text)),
+            (Val::U32(n), Atom::U32) => Some(In::U32(*n)),
+            (Val::U64(n), Atom::U64) => Some(In::U64(*n)),
             _ => None,
         }
     }
@@ -227,58 +221,31 @@ macro_rules! each_in {
     };
 }
 
-/// Calls `func`, of byte shape `shape`, with `args` through a typed
-/// function. `None` if `args` do not fit the shape (the caller then uses
-/// `Val`s).
+/// Calls `func`, of shape `shape`, with `params` through a typed function.
+/// `None` if `params` do not fit the shape (the caller then uses `Val`s).
 pub(super) async fn call(
     func: Func,
     store: &mut Store<HostState>,
-    shape: ByteShape,
-    args: &[Arg],
+    shape: TypedShape,
+    params: Params<'_>,
 ) -> Option<wasmtime::Result<Option<Output>>> {
-    let one = |i: usize, atom| args.get(i).and_then(|arg| In::of(arg, atom));
+    let one = |i: usize, atom| match params {
+        Params::Args(args) => args.get(i).and_then(|arg| In::of(arg, atom)),
+        Params::Vals(vals) => vals.get(i).and_then(|val| In::of_val(val, atom)),
+    };
+    let given = match params {
+        Params::Args(args) => args.len(),
+        Params::Vals(vals) => vals.len(),
+    };
     let r = shape.returns;
-    // Parameters without bytes go with results that have them: only those
-    // combinations are instantiated.
-    Some(match (shape.takes, shape.takes_bytes()) {
-        (Takes::Nothing, _) if args.is_empty() => each_in!(returns_bytes(func, store, r) for ()),
-        (Takes::One(a), true) if args.len() == 1 => {
-            each_in!(returns(func, store, r) for (one(0, a)?))
-        }
-        (Takes::One(a), false) if args.len() == 1 => {
-            each_in!(returns_bytes(func, store, r) for (one(0, a)?))
-        }
-        (Takes::Two(a, b), true) if args.len() == 2 => {
+    Some(match shape.takes {
+        Takes::Nothing if given == 0 => each_in!(returns(func, store, r) for ()),
+        Takes::One(a) if given == 1 => each_in!(returns(func, store, r) for (one(0, a)?)),
+        Takes::Two(a, b) if given == 2 => {
             each_in!(returns(func, store, r) for (one(0, a)?, one(1, b)?))
-        }
-        (Takes::Two(a, b), false) if args.len() == 2 => {
-            each_in!(returns_bytes(func, store, r) for (one(0, a)?, one(1, b)?))
         }
         _ => return None,
     })
-}
-
-/// [`returns`] for parameters without bytes: the result has them.
-async fn returns_bytes<P>(
-    func: Func,
-    store: &mut Store<HostState>,
-    returns: Returns,
-    params: P,
-) -> wasmtime::Result<Option<Output>>
-where
-    P: ComponentNamedList + Lower + Send + Sync,
-{
-    match returns {
-        Returns::Bytes => {
-            let (bytes,) = typed::<P, (Vec<u8>,)>(func, store, params).await?;
-            Ok(Some(Output::Bytes(bytes)))
-        }
-        Returns::BytesOrCallError => or_call_error(func, store, params).await,
-        _ => {
-            let (r,) = typed::<P, (Result<Vec<u8>, String>,)>(func, store, params).await?;
-            Ok(Some(r.map_or_else(failed, Output::OkBytes)))
-        }
-    }
 }
 
 /// A `result<list<u8>, call-error>`: the bytes, or the error case as a value.
@@ -372,7 +339,7 @@ mod tests {
     use wasmtime::component::types::ComponentItem;
     use wasmtime::{Config, Engine};
 
-    fn shape(func: &str) -> Option<ByteShape> {
+    fn shape(func: &str) -> Option<TypedShape> {
         let engine = Engine::new(&Config::new()).expect("engine");
         let text = format!("(component (import \"f\" (func {func})))");
         let component = Component::new(&engine, text).expect("valid");
@@ -382,12 +349,12 @@ mod tests {
             panic!("not a function")
         };
         let params: Vec<_> = f.params().map(|(n, t)| (n.to_owned(), t)).collect();
-        ByteShape::of(&params, f.results().next().as_ref())
+        TypedShape::of(&params, f.results().next().as_ref())
     }
 
     #[test]
-    fn byte_shapes_are_signatures_of_bytes_and_strings_with_bytes_in_them() {
-        let bytes = |takes, returns| Some(ByteShape { takes, returns });
+    fn typed_shapes_are_signatures_of_bytes_strings_and_integers() {
+        let bytes = |takes, returns| Some(TypedShape { takes, returns });
         use Atom::{Bytes as B, Text as T};
         let echo = "(param \"d\" (list u8)) (result (list u8))";
         assert_eq!(shape(echo), bytes(Takes::One(B), Returns::Bytes));
@@ -403,9 +370,13 @@ mod tests {
         assert_eq!(shape(make), bytes(Takes::One(Atom::U32), Returns::Bytes));
         let sum = "(param \"d\" (list u8)) (result u64)";
         assert_eq!(shape(sum), bytes(Takes::One(B), Returns::U64));
-        // No bytes, or something else: values as before.
-        assert_eq!(shape("(param \"s\" string) (result string)"), None);
-        assert_eq!(shape("(param \"n\" u32) (result u64)"), None);
+        // Without bytes too: no `Val` is built for a string or an integer.
+        let hello = "(param \"s\" string) (result string)";
+        assert_eq!(shape(hello), bytes(Takes::One(T), Returns::Text));
+        let count = "(param \"n\" u32) (result u64)";
+        assert_eq!(shape(count), bytes(Takes::One(Atom::U32), Returns::U64));
+        assert_eq!(shape(""), bytes(Takes::Nothing, Returns::Nothing));
+        // Anything else: values, as before.
         assert_eq!(shape("(param \"d\" (list u8)) (result s16)"), None);
         assert_eq!(shape("(param \"d\" (list u16)) (result (list u8))"), None);
         let three = "(param \"a\" (list u8)) (param \"b\" (list u8)) (param \"c\" (list u8))";

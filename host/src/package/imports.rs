@@ -1,11 +1,12 @@
 //! Typed imports: how a package's import of another package's interface
 //! is linked. Each imported function forwards to the providing package
-//! through the [`Router`](super::Router); one whose signature is
-//! byte-shaped ([`ByteShape`]) is linked as a typed host function, so its
+//! through the [`Router`](super::Router); one whose signature has a typed
+//! shape ([`TypedShape`]) is linked as a typed host function, so its
 //! byte lists are copied as bytes out of the caller and into it, never
-//! turned into a `Val` per byte; any other crosses as values.
+//! turned into a `Val` per byte, and its strings and integers cross with
+//! no `Val` built; any other crosses as values.
 //!
-//! It owns the linking and the forwarding; what a byte shape is and how an
+//! It owns the linking and the forwarding; what a typed shape is and how an
 //! action is called with one is `bytes.rs`'s, the rest of the host side of
 //! imports is `host.rs`'s.
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentNamedList, Lift, Linker, LinkerInstance, Lower, Val};
 
-use super::bytes::{Atom, ByteShape, Output, Params, Returns, Takes};
+use super::bytes::{Atom, Output, Params, Returns, Takes, TypedShape};
 use super::host::{ImportTarget, call_error_val, caller, to_wit_error};
 use super::wit::steedos::package::types::CallError as WitCallError;
 use super::{Caller, HostState, TypedImport};
@@ -24,7 +25,7 @@ use crate::engine::coarse_now;
 
 /// Adds one typed import to `linker`: each function forwards to
 /// `targets[i]` through the router, its byte lists as bytes when its
-/// signature is byte-shaped ([`ByteShape`]), as values otherwise.
+/// signature has a typed shape ([`TypedShape`]), as values otherwise.
 pub fn link_typed_import(
     linker: &mut Linker<HostState>,
     import: &TypedImport,
@@ -33,7 +34,7 @@ pub fn link_typed_import(
     let mut inst = linker.instance(&import.interface)?;
     for ((fname, func), target) in import.functions.iter().zip(targets) {
         let params: Vec<_> = func.params().map(|(n, t)| (n.to_owned(), t)).collect();
-        if let Some(shape) = ByteShape::of(&params, func.results().next().as_ref()) {
+        if let Some(shape) = TypedShape::of(&params, func.results().next().as_ref()) {
             link_import(&mut inst, fname, shape, target)?;
             continue;
         }
@@ -96,7 +97,7 @@ pub(super) fn import_failed(target: &ImportTarget, e: CallError) -> wasmtime::Er
     wasmtime::format_err!("typed call to `{}` failed: {e}", target.label)
 }
 
-/// A parameter of a byte-shaped typed import, as the provider takes it.
+/// A parameter of a typed import of a typed shape, as the provider takes it.
 trait IntoArg {
     fn into_arg(self) -> Arg;
 }
@@ -125,7 +126,7 @@ impl IntoArg for u64 {
     }
 }
 
-/// The parameters of a byte-shaped typed import.
+/// The parameters of a typed import of a typed shape.
 trait IntoArgs {
     fn into_args(self) -> Vec<Arg>;
 }
@@ -148,7 +149,7 @@ impl<A: IntoArg, B: IntoArg> IntoArgs for (A, B) {
     }
 }
 
-/// The result of a byte-shaped typed import, from what the provider
+/// The result of a typed import of a typed shape, from what the provider
 /// returned (as bytes, or as values when it crossed as values); `None`
 /// when it does not fit.
 trait FromOutput: Sized {
@@ -295,11 +296,9 @@ fn call_error_of(val: Val) -> Option<CallError> {
 pub(super) fn link_import(
     inst: &mut LinkerInstance<'_, HostState>,
     name: &str,
-    shape: ByteShape,
+    shape: TypedShape,
     target: Arc<ImportTarget>,
 ) -> wasmtime::Result<()> {
-    // Every result for parameters with bytes; results with bytes for the
-    // others (the only byte shapes there are).
     macro_rules! returns {
         ($p:ty) => {
             match shape.returns {
@@ -314,17 +313,6 @@ pub(super) fn link_import(
                 }
                 Returns::U32 => wrap::<$p, (u32,)>(inst, name, target),
                 Returns::U64 => wrap::<$p, (u64,)>(inst, name, target),
-            }
-        };
-    }
-    macro_rules! returns_bytes {
-        ($p:ty) => {
-            match shape.returns {
-                Returns::Bytes => wrap::<$p, (Vec<u8>,)>(inst, name, target),
-                Returns::BytesOrCallError => {
-                    wrap::<$p, (Result<Vec<u8>, WitCallError>,)>(inst, name, target)
-                }
-                _ => wrap::<$p, (Result<Vec<u8>, String>,)>(inst, name, target),
             }
         };
     }
@@ -349,13 +337,13 @@ pub(super) fn link_import(
     }
     use Atom::Bytes as B;
     match shape.takes {
-        Takes::Nothing => returns_bytes!(()),
+        Takes::Nothing => returns!(()),
         Takes::One(B) => returns!((Vec<u8>,)),
-        Takes::One(a) => plain!(a, A => returns_bytes!((A,))),
+        Takes::One(a) => plain!(a, A => returns!((A,))),
         Takes::Two(B, B) => returns!((Vec<u8>, Vec<u8>)),
         Takes::Two(B, b) => plain!(b, T => returns!((Vec<u8>, T))),
         Takes::Two(a, B) => plain!(a, T => returns!((T, Vec<u8>))),
-        Takes::Two(a, b) => plain!(a, A => plain!(b, T => returns_bytes!((A, T)))),
+        Takes::Two(a, b) => plain!(a, A => plain!(b, T => returns!((A, T)))),
     }
 }
 

@@ -17,7 +17,7 @@ use super::contract_v1::to_v1_context;
 use super::host::{Cutoff, HostState, MemoryLimit, to_wit_context};
 use super::output::{human, human_bytes, is_hostcall_fuel, last_words};
 use super::wit::steedos::package::types as wit_types;
-use super::{ByteShape, Output, PackageError, PackageType, Params, Router, bytes, host_budget};
+use super::{Output, PackageError, PackageType, Params, Router, TypedShape, bytes, host_budget};
 use crate::codec;
 use crate::context::{CallContext, CallError};
 use crate::guest_log::{GuestLogs, GuestOutput};
@@ -364,27 +364,26 @@ impl LiveInstance {
     }
 
     /// Runs action `action` with `params`; a [`Fault`] means this instance
-    /// is dead. Decoded parameters of a byte-shaped action (`bytes`) cross
-    /// as bytes.
+    /// is dead. An action of a typed shape (`typed`) is called through a
+    /// typed function (its byte lists as bytes), any other with values.
     pub async fn call(
         &mut self,
         action: usize,
         params: Params<'_>,
-        bytes: Option<ByteShape>,
+        typed: Option<TypedShape>,
         has_result: bool,
         ctx: CallContext,
     ) -> Result<Option<Output>, Fault> {
         let func = self.actions[action];
         self.arm(ctx);
-        let r = match (params, bytes) {
-            (Params::Vals(vals), _) => self.call_vals(func, vals, has_result).await,
-            (Params::Args(args), Some(shape)) => {
-                match bytes::call(func, &mut self.store, shape, args).await {
-                    Some(r) => r,
-                    None => self.call_args(func, args, has_result).await,
-                }
-            }
-            (Params::Args(args), None) => self.call_args(func, args, has_result).await,
+        let called = match typed {
+            Some(shape) => bytes::call(func, &mut self.store, shape, params).await,
+            None => None,
+        };
+        let r = match (called, params) {
+            (Some(r), _) => r,
+            (None, Params::Vals(vals)) => self.call_vals(func, vals, has_result).await,
+            (None, Params::Args(args)) => self.call_args(func, args, has_result).await,
         };
         self.disarm_replying();
         r.map_err(|e| self.fault(e))
@@ -409,7 +408,7 @@ impl LiveInstance {
         Ok(has_result.then_some(Output::Val(result)))
     }
 
-    /// Decoded parameters that did not fit a byte shape, as values.
+    /// Decoded parameters that did not fit a typed shape, as values.
     async fn call_args(
         &mut self,
         func: Func,
@@ -508,7 +507,7 @@ impl LiveInstance {
             (None, _) if is_hostcall_fuel(&e) => format!(
                 "its result is too large for the host: as component values it would take more \
                  than {} (twice the package's memory limit, at least 128 MiB); a `list<u8>` \
-                 crosses as bytes only in a byte-shaped signature (see the README)",
+                 crosses as bytes only in a signature of a typed shape (see the README)",
                 human_bytes(self.store.hostcall_fuel() as u64)
             ),
             (None, _) => format!("{}", e.root_cause()),
