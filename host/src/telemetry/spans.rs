@@ -10,14 +10,14 @@ use super::{Kind, Span, Telemetry, Text};
 use crate::context::{CallContext, ContextId};
 
 /// What a call's span says of an action, written once per action (so a
-/// span shares them instead of formatting them each call): its span name,
+/// span borrows them instead of formatting them each call): its span name,
 /// `action 'a.b'` as Moleculer names it, and its full name `a.b`; and,
 /// once per call site, the OTLP bytes of what every span there shares
 /// (see [`Head`]).
 #[derive(Clone, Debug)]
 pub struct ActionNames {
-    span: Arc<str>,
-    action: Arc<str>,
+    span: Box<str>,
+    action: Box<str>,
     heads: [OnceLock<Head>; HEADS],
 }
 
